@@ -1,0 +1,303 @@
+//! kiln's run configuration.
+//!
+//! A run is described by one TOML file ([`Config`]); every key has a default, and any key can
+//! be overridden with `--set section.key=value`. [`load`] parses, applies overrides and
+//! validates; errors name the file, the key, the line and what was expected.
+#![warn(missing_docs)]
+
+mod schema;
+
+use std::path::Path;
+
+pub use schema::*;
+
+/// A configuration problem, with enough context to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown or a value has the wrong type.
+    #[error("{origin}, line {line}, column {column}: {message}")]
+    Parse {
+        /// The file (or `--set`).
+        origin: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What toml/serde said.
+        message: String,
+    },
+    /// An override is not `key=value` or names no key.
+    #[error("--set {assignment}: {message}")]
+    Override {
+        /// The override as given.
+        assignment: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A value parses but is out of range or inconsistent.
+    #[error("{origin}: `{key}`{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Invalid {
+        /// The file (or `--set`/defaults).
+        origin: String,
+        /// Dotted key.
+        key: String,
+        /// 1-based line where the key is set, when it is set in the file.
+        line: Option<usize>,
+        /// What was expected.
+        message: String,
+    },
+}
+
+/// Reads, overrides and validates a config file.
+pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+    from_str(&text, &path.display().to_string(), overrides)
+}
+
+/// Parses config text (named `origin` in errors), applies overrides and validates.
+pub fn from_str(text: &str, origin: &str, overrides: &[String]) -> Result<Config, ConfigError> {
+    // Deserialize the file as written first so errors point into it.
+    let parse_error = |e: toml::de::Error, origin: &str, text: &str| {
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        ConfigError::Parse {
+            origin: origin.to_string(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    };
+    let config: Config = toml::from_str(text).map_err(|e| parse_error(e, origin, text))?;
+    let config = if overrides.is_empty() {
+        config
+    } else {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_error(e, origin, text))?;
+        for assignment in overrides {
+            apply_override(&mut table, assignment)?;
+        }
+        let merged = toml::to_string(&table).expect("a TOML table serializes");
+        toml::from_str(&merged).map_err(|e| {
+            let key = overrides.join(", ");
+            ConfigError::Override { assignment: key, message: e.message().trim().to_string() }
+        })?
+    };
+    validate(&config).map_err(|(key, message)| {
+        let line = find_key_line(text, &key);
+        let origin = if line.is_some() {
+            origin.to_string()
+        } else if overrides.iter().any(|o| o.starts_with(&format!("{key}="))) {
+            "--set".to_string()
+        } else {
+            origin.to_string()
+        };
+        ConfigError::Invalid { origin, key, line, message }
+    })?;
+    Ok(config)
+}
+
+/// Builds a config from overrides alone (the zero-config path), then validates it.
+pub fn from_overrides(overrides: &[String]) -> Result<Config, ConfigError> {
+    from_str("", "command line", overrides)
+}
+
+/// Applies `a.b.c=value` to a TOML table. The value is read as TOML (`0.01`, `true`,
+/// `[64, 32]`, `"adam"`), and as a bare string when it is not valid TOML.
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Override { assignment: assignment.to_string(), message };
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| err("expected KEY=VALUE, e.g. trainer.lr=0.01".into()))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(err("empty key".into()));
+    }
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cursor = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = cursor
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry
+            .as_table_mut()
+            .ok_or_else(|| err(format!("`{part}` is not a section")))?;
+    }
+    cursor.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Finds the line that sets a dotted key, following `[section]` headers.
+pub fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let (section, leaf) = match key.rsplit_once('.') {
+        Some((s, l)) => (s, l),
+        None => ("", key),
+    };
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            current = trimmed.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            continue;
+        }
+        let Some((k, _)) = trimmed.split_once('=') else { continue };
+        let k = k.trim().trim_matches('"');
+        let full = if current.is_empty() { k.to_string() } else { format!("{current}.{k}") };
+        if full == key || (current == section && k == leaf) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+type Invalid = (String, String);
+
+fn bad(key: &str, message: impl Into<String>) -> Invalid {
+    (key.to_string(), message.into())
+}
+
+/// Checks ranges and cross-field consistency. Returns the offending dotted key.
+pub fn validate(c: &Config) -> Result<(), Invalid> {
+    if c.device != "cpu" {
+        return Err(bad("device", format!("unknown device \"{}\", expected \"cpu\"", c.device)));
+    }
+    let d = &c.data;
+    if d.source.trim().is_empty() {
+        return Err(bad("data.source", "required: builtin:NAME, a CSV file or an IDX directory"));
+    }
+    let s = &d.split;
+    for (key, v) in [("data.split.validation", s.validation), ("data.split.test", s.test)] {
+        if !(0.0..1.0).contains(&v) || !v.is_finite() {
+            return Err(bad(key, format!("expected a fraction in [0, 1), got {v}")));
+        }
+    }
+    if s.validation + s.test >= 1.0 {
+        return Err(bad("data.split.test", "validation + test must leave rows for training"));
+    }
+    if s.method == Some(SplitMethod::Column) && s.column.is_none() {
+        return Err(bad("data.split.column", "required when split.method = \"column\""));
+    }
+    if s.method == Some(SplitMethod::Kfold) {
+        if s.folds < 2 {
+            return Err(bad("data.split.folds", format!("expected at least 2, got {}", s.folds)));
+        }
+        if s.fold >= s.folds {
+            return Err(bad("data.split.fold", format!("expected 0..{}, got {}", s.folds, s.fold)));
+        }
+    }
+    if let Some(delim) = d.delimiter
+        && (delim == '"' || delim == '\n' || !delim.is_ascii())
+    {
+        return Err(bad("data.delimiter", format!("{delim:?} cannot be a delimiter")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, f) in c.features.iter().enumerate() {
+        let key = format!("features[{i}]");
+        if !seen.insert(f.name.as_str()) {
+            return Err(bad(&key, format!("column \"{}\" is listed twice", f.name)));
+        }
+        if f.missing == Some(MissingStrategy::Constant) && f.fill_value.is_none() {
+            return Err(bad(&key, "missing = \"constant\" needs fill_value"));
+        }
+        if f.embedding_dim == Some(0) {
+            return Err(bad(&key, "embedding_dim must be at least 1"));
+        }
+    }
+    let m = &c.model;
+    if m.hidden.contains(&0) {
+        return Err(bad("model.hidden", "layer widths must be at least 1"));
+    }
+    if !(0.0..1.0).contains(&m.dropout) {
+        return Err(bad("model.dropout", format!("expected a probability in [0, 1), got {}", m.dropout)));
+    }
+    if m.kind == ModelKind::Cnn && m.conv.is_empty() {
+        return Err(bad("model.conv", "a CNN needs at least one conv layer"));
+    }
+    for (i, layer) in m.conv.iter().enumerate() {
+        let key = format!("model.conv[{i}]");
+        if layer.filters == 0 || layer.kernel == 0 || layer.stride == 0 {
+            return Err(bad(&key, "filters, kernel and stride must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&layer.dropout) {
+            return Err(bad(&key, format!("dropout must be in [0, 1), got {}", layer.dropout)));
+        }
+    }
+    let t = &c.trainer;
+    if t.epochs == 0 {
+        return Err(bad("trainer.epochs", "expected at least 1"));
+    }
+    let positive = [("trainer.lr", t.lr), ("trainer.eps", t.eps)];
+    for (key, v) in positive {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(bad(key, format!("expected a positive number, got {v}")));
+        }
+    }
+    let unit = [
+        ("trainer.momentum", t.momentum),
+        ("trainer.beta1", t.beta1),
+        ("trainer.beta2", t.beta2),
+        ("trainer.alpha", t.alpha),
+    ];
+    for (key, v) in unit {
+        if !(0.0..1.0).contains(&v) {
+            return Err(bad(key, format!("expected a value in [0, 1), got {v}")));
+        }
+    }
+    if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+        return Err(bad("trainer.weight_decay", format!("expected >= 0, got {}", t.weight_decay)));
+    }
+    if !(t.grad_clip_norm >= 0.0 && t.grad_clip_norm.is_finite()) {
+        return Err(bad("trainer.grad_clip_norm", format!("expected >= 0 (0 = off), got {}", t.grad_clip_norm)));
+    }
+    if !(t.gamma > 0.0 && t.gamma <= 1.0) {
+        return Err(bad("trainer.gamma", format!("expected a factor in (0, 1], got {}", t.gamma)));
+    }
+    if !(t.plateau_factor > 0.0 && t.plateau_factor < 1.0) {
+        return Err(bad("trainer.plateau_factor", format!("expected a factor in (0, 1), got {}", t.plateau_factor)));
+    }
+    if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+        return Err(bad("trainer.min_lr", format!("expected 0 <= min_lr <= lr, got {}", t.min_lr)));
+    }
+    if t.nesterov && (t.optimizer != OptimizerKind::Sgd || t.momentum == 0.0) {
+        return Err(bad("trainer.nesterov", "Nesterov needs optimizer = \"sgd\" and momentum > 0"));
+    }
+    if t.grad_accum_steps == 0 {
+        return Err(bad("trainer.grad_accum_steps", "expected at least 1"));
+    }
+    if t.step_epochs == 0 {
+        return Err(bad("trainer.step_epochs", "expected at least 1"));
+    }
+    if t.log_every_steps == 0 {
+        return Err(bad("trainer.log_every_steps", "expected at least 1"));
+    }
+    const MONITORS: [&str; 7] = ["loss", "accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2"];
+    if !MONITORS.contains(&t.monitor.as_str()) {
+        return Err(bad("trainer.monitor", format!("unknown metric \"{}\", expected one of {MONITORS:?}", t.monitor)));
+    }
+    if c.output.dir.trim().is_empty() {
+        return Err(bad("output.dir", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Whether a higher value of the monitored metric is better.
+pub fn monitor_higher_is_better(metric: &str) -> bool {
+    matches!(metric, "accuracy" | "f1_macro" | "roc_auc" | "r2")
+}

@@ -1,0 +1,511 @@
+//! The configuration types. Every field has a default, so an empty file is a valid config
+//! once `data.source` is given.
+
+use serde::{Deserialize, Serialize};
+
+/// A whole run: data, features, model, trainer and outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Seed for splits, initialisation, shuffling and dropout. Same seed, same result.
+    pub seed: u64,
+    /// Compute device: `cpu` (Burn's Flex backend). Other devices plug in here.
+    pub device: String,
+    /// Where the data comes from and how it is cleaned and split.
+    pub data: DataConfig,
+    /// Per-feature overrides; columns not listed get inferred types and the data defaults.
+    pub features: Vec<FeatureConfig>,
+    /// The network.
+    pub model: ModelConfig,
+    /// Optimisation.
+    pub trainer: TrainerConfig,
+    /// Where the run directory goes.
+    pub output: OutputConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            device: "cpu".into(),
+            data: DataConfig::default(),
+            features: Vec::new(),
+            model: ModelConfig::default(),
+            trainer: TrainerConfig::default(),
+            output: OutputConfig::default(),
+        }
+    }
+}
+
+/// What kind of prediction the target asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Predict one of a fixed set of classes (two or more).
+    Classification,
+    /// Predict a real number.
+    Regression,
+}
+
+/// The data source and cleaning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// `builtin:NAME` (digits, iris, breast_cancer, diabetes, wine_quality), a CSV file, or a
+    /// directory of gzip IDX files (`train-images-idx3-ubyte.gz` ...).
+    pub source: String,
+    /// Optional separate test set in the same format (e.g. the IDX `t10k` files). When set,
+    /// the split takes only validation rows from `source`.
+    pub test_source: Option<String>,
+    /// Target column. Built-in and IDX sources name theirs `target` / `label`.
+    pub target: Option<String>,
+    /// Classification or regression; inferred from the target column when absent.
+    pub task: Option<Task>,
+    /// A column carried through to predictions (a submission's id), not used as a feature.
+    pub id_column: Option<String>,
+    /// CSV delimiter; sniffed from the header line when absent.
+    pub delimiter: Option<char>,
+    /// Remove exact duplicate rows before splitting (the count is reported).
+    pub drop_duplicates: bool,
+    /// Default handling of missing numeric values.
+    pub missing_numeric: MissingStrategy,
+    /// Default handling of missing categorical and binary values.
+    pub missing_categorical: MissingStrategy,
+    /// Default normalisation of numeric features.
+    pub normalization: Normalization,
+    /// Default encoding of categorical features.
+    pub encoding: CategoricalEncoding,
+    /// Rows whose fields fail to parse: `error` stops with the file and line, `skip` drops
+    /// them and reports the count.
+    pub bad_rows: BadRows,
+    /// How the rows are split into train, validation and test.
+    pub split: SplitConfig,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            source: String::new(),
+            test_source: None,
+            target: None,
+            task: None,
+            id_column: None,
+            delimiter: None,
+            drop_duplicates: false,
+            missing_numeric: MissingStrategy::Mean,
+            missing_categorical: MissingStrategy::Mode,
+            normalization: Normalization::Zscore,
+            encoding: CategoricalEncoding::OneHot,
+            bad_rows: BadRows::Error,
+            split: SplitConfig::default(),
+        }
+    }
+}
+
+/// What to do with a missing value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingStrategy {
+    /// Drop the whole row (counted in the report).
+    Drop,
+    /// Fill with the training mean (numeric only).
+    Mean,
+    /// Fill with the training median (numeric only).
+    Median,
+    /// Fill with the most frequent training value.
+    Mode,
+    /// Fill with the feature's `fill_value`.
+    Constant,
+}
+
+/// Numeric feature scaling, fitted on the training split only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalization {
+    /// Leave values as they are.
+    None,
+    /// (x - mean) / std.
+    Zscore,
+    /// (x - min) / (max - min).
+    MinMax,
+    /// (x - median) / IQR.
+    Robust,
+}
+
+/// How a categorical feature enters the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CategoricalEncoding {
+    /// One input per category (plus one for unknown).
+    OneHot,
+    /// A learned embedding vector.
+    Embedding,
+}
+
+/// Handling of rows that fail to parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadRows {
+    /// Stop with an error naming the file and line.
+    Error,
+    /// Drop them, count them, and report the first few.
+    Skip,
+}
+
+/// How rows are divided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitMethod {
+    /// Shuffled, seeded.
+    Random,
+    /// Shuffled within each class, so every split keeps the class balance.
+    Stratified,
+    /// By the value of `split.column`: `train`, `validation`/`valid`/`val`, `test`.
+    Column,
+    /// k-fold: fold `split.fold` of `split.folds` is the test split.
+    Kfold,
+}
+
+/// Split settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Split method; `stratified` for classification and `random` for regression when absent.
+    pub method: Option<SplitMethod>,
+    /// Fraction of rows for validation (taken from the non-test rows).
+    pub validation: f64,
+    /// Fraction of rows for test (ignored with `test_source`, `column` or `kfold`).
+    pub test: f64,
+    /// Column holding the split name for `method = "column"`.
+    pub column: Option<String>,
+    /// Number of folds for `kfold`.
+    pub folds: usize,
+    /// Which fold is the test split for `kfold` (0-based).
+    pub fold: usize,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self { method: None, validation: 0.1, test: 0.2, column: None, folds: 5, fold: 0 }
+    }
+}
+
+/// The type of a feature column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureType {
+    /// A real number.
+    Numeric,
+    /// One of a set of strings.
+    Categorical,
+    /// Two values (true/false, yes/no, 0/1, or any two strings).
+    Binary,
+    /// Pixels (IDX sources).
+    Image,
+    /// Carried through to predictions, not a feature.
+    Id,
+    /// Not used.
+    Ignore,
+}
+
+/// Overrides for one column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureConfig {
+    /// Column name.
+    pub name: String,
+    /// Column type; inferred when absent.
+    #[serde(rename = "type")]
+    pub kind: Option<FeatureType>,
+    /// Missing-value handling for this column.
+    pub missing: Option<MissingStrategy>,
+    /// Fill value for `missing = "constant"`.
+    pub fill_value: Option<String>,
+    /// Normalisation for this numeric column.
+    pub normalization: Option<Normalization>,
+    /// Encoding for this categorical column.
+    pub encoding: Option<CategoricalEncoding>,
+    /// Embedding width for `encoding = "embedding"`.
+    pub embedding_dim: Option<usize>,
+}
+
+/// Which network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Multi-layer perceptron (no hidden layers: a linear/logistic model).
+    Mlp,
+    /// A linear model: an MLP with no hidden layers (the baseline).
+    Linear,
+    /// Convolutional network over image features, then an MLP head.
+    Cnn,
+}
+
+/// Hidden-layer activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// max(0, x).
+    Relu,
+    /// Gaussian error linear unit.
+    Gelu,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// max(0.01 x, x).
+    LeakyRelu,
+    /// x * sigmoid(x).
+    Silu,
+}
+
+/// One convolution block: conv, optional batch norm, activation, optional max-pool, dropout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvLayer {
+    /// Output channels.
+    pub filters: usize,
+    /// Square kernel size.
+    #[serde(default = "default_kernel")]
+    pub kernel: usize,
+    /// Stride.
+    #[serde(default = "one")]
+    pub stride: usize,
+    /// Zero padding on each side.
+    #[serde(default)]
+    pub padding: usize,
+    /// Max-pool window after the activation (0 or 1: none).
+    #[serde(default)]
+    pub pool: usize,
+    /// Batch normalisation after the convolution.
+    #[serde(default)]
+    pub batch_norm: bool,
+    /// Dropout after the block.
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+fn default_kernel() -> usize {
+    3
+}
+fn one() -> usize {
+    1
+}
+
+/// The network's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Network family.
+    #[serde(rename = "type")]
+    pub kind: ModelKind,
+    /// Widths of the hidden fully connected layers.
+    pub hidden: Vec<usize>,
+    /// Activation after each hidden layer and convolution.
+    pub activation: Activation,
+    /// Dropout after each hidden layer.
+    pub dropout: f64,
+    /// Batch normalisation after each hidden linear layer.
+    pub batch_norm: bool,
+    /// Convolution blocks (CNN only), applied in order before the fully connected head.
+    pub conv: Vec<ConvLayer>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            kind: ModelKind::Mlp,
+            hidden: vec![128, 64],
+            activation: Activation::Relu,
+            dropout: 0.1,
+            batch_norm: false,
+            conv: Vec::new(),
+        }
+    }
+}
+
+/// Batch size: `"full"` (full-batch gradient descent) or a number of samples (1 is SGD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    /// The whole training split in every step.
+    Full,
+    /// Mini-batches of this many samples.
+    Samples(usize),
+}
+
+impl Serialize for BatchSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BatchSize::Full => s.serialize_str("full"),
+            BatchSize::Samples(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = BatchSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#"a positive integer or "full""#)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<BatchSize, E> {
+                if v >= 1 {
+                    Ok(BatchSize::Samples(v as usize))
+                } else {
+                    Err(E::custom(format!(r#"batch size must be at least 1 or "full", got {v}"#)))
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BatchSize, E> {
+                self.visit_i64(v as i64)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BatchSize, E> {
+                match v {
+                    "full" => Ok(BatchSize::Full),
+                    other => other.parse::<i64>().map_err(|_| {
+                        E::custom(format!(r#"expected a positive integer or "full", got "{other}""#))
+                    }).and_then(|n| self.visit_i64(n)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Optimizer family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Stochastic gradient descent, optionally with (Nesterov) momentum.
+    Sgd,
+    /// Adam (L2 weight decay added to the gradient).
+    Adam,
+    /// AdamW (decoupled weight decay).
+    Adamw,
+    /// RMSProp.
+    Rmsprop,
+    /// AdaGrad.
+    Adagrad,
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// Constant.
+    Constant,
+    /// Multiply by `gamma` every `step_epochs` epochs.
+    Step,
+    /// Multiply by `gamma` every epoch.
+    Exponential,
+    /// Cosine decay to `min_lr` over the run.
+    Cosine,
+    /// Multiply by `plateau_factor` when the monitored validation metric stops improving for
+    /// `plateau_patience` epochs.
+    Plateau,
+}
+
+/// Optimisation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// `"full"`, or samples per step.
+    pub batch_size: BatchSize,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// SGD/RMSProp momentum.
+    pub momentum: f64,
+    /// Nesterov momentum (SGD).
+    pub nesterov: bool,
+    /// Adam/AdamW first-moment decay.
+    pub beta1: f64,
+    /// Adam/AdamW second-moment decay.
+    pub beta2: f64,
+    /// Numerical epsilon of adaptive optimizers.
+    pub eps: f64,
+    /// RMSProp smoothing constant.
+    pub alpha: f64,
+    /// Weight decay (L2 for SGD/Adam/RMSProp/AdaGrad, decoupled for AdamW).
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: ScheduleKind,
+    /// Linear warm-up from 0 to `lr` over this many optimizer steps (any schedule).
+    pub warmup_steps: usize,
+    /// Period of the step schedule, in epochs.
+    pub step_epochs: usize,
+    /// Decay factor of the step and exponential schedules.
+    pub gamma: f64,
+    /// Floor of the cosine schedule.
+    pub min_lr: f64,
+    /// Reduce-on-plateau factor.
+    pub plateau_factor: f64,
+    /// Reduce-on-plateau patience in epochs.
+    pub plateau_patience: usize,
+    /// Clip gradients so their global L2 norm is at most this (0 = off).
+    pub grad_clip_norm: f64,
+    /// Micro-batches whose gradients are summed into one optimizer step.
+    pub grad_accum_steps: usize,
+    /// Validation metric that early stopping, plateau and best-model selection watch:
+    /// `loss`, `accuracy`, `f1_macro`, `roc_auc`, `rmse`, `mae`, `r2`.
+    pub monitor: String,
+    /// Stop after this many epochs without improvement (0 = never).
+    pub early_stopping_patience: usize,
+    /// Write a resumable checkpoint every this many optimizer steps (0 = only at epoch ends).
+    pub checkpoint_every_steps: usize,
+    /// Record training loss every this many optimizer steps.
+    pub log_every_steps: usize,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: BatchSize::Samples(64),
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-3,
+            momentum: 0.0,
+            nesterov: false,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            alpha: 0.99,
+            weight_decay: 0.0,
+            schedule: ScheduleKind::Constant,
+            warmup_steps: 0,
+            step_epochs: 10,
+            gamma: 0.1,
+            min_lr: 0.0,
+            plateau_factor: 0.5,
+            plateau_patience: 3,
+            grad_clip_norm: 0.0,
+            grad_accum_steps: 1,
+            monitor: "loss".into(),
+            early_stopping_patience: 0,
+            checkpoint_every_steps: 0,
+            log_every_steps: 10,
+        }
+    }
+}
+
+/// Run directory settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Parent directory of run directories.
+    pub dir: String,
+    /// Run name; `<data>-<model>-<timestamp>` when absent.
+    pub name: Option<String>,
+    /// Draw loss/metric/LR curves, confusion matrix and ROC curve as SVG.
+    pub plots: bool,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self { dir: "runs".into(), name: None, plots: true }
+    }
+}

@@ -1,0 +1,88 @@
+//! Parsing, overrides and validation errors.
+
+use kiln_config::{BatchSize, ConfigError, ModelKind, OptimizerKind, from_str};
+
+const BASE: &str = r#"
+seed = 7
+[data]
+source = "builtin:digits"
+
+[model]
+type = "mlp"
+hidden = [32]
+
+[trainer]
+epochs = 3
+lr = 0.01
+batch_size = "full"
+"#;
+
+#[test]
+fn parses_with_defaults() {
+    let c = from_str(BASE, "t.toml", &[]).unwrap();
+    assert_eq!(c.seed, 7);
+    assert_eq!(c.model.kind, ModelKind::Mlp);
+    assert_eq!(c.trainer.batch_size, BatchSize::Full);
+    assert_eq!(c.trainer.optimizer, OptimizerKind::Adam);
+    assert_eq!(c.data.split.validation, 0.1);
+}
+
+#[test]
+fn overrides_apply_typed_values() {
+    let sets = ["trainer.lr=0.5".to_string(), "trainer.optimizer=sgd".into(), "model.hidden=[8, 4]".into(), "trainer.batch_size=1".into()];
+    let c = from_str(BASE, "t.toml", &sets).unwrap();
+    assert_eq!(c.trainer.lr, 0.5);
+    assert_eq!(c.trainer.optimizer, OptimizerKind::Sgd);
+    assert_eq!(c.model.hidden, vec![8, 4]);
+    assert_eq!(c.trainer.batch_size, BatchSize::Samples(1));
+}
+
+#[test]
+fn unknown_key_names_line() {
+    let text = BASE.replace("lr = 0.01", "lrr = 0.01");
+    let err = from_str(&text, "t.toml", &[]).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ConfigError::Parse { line: 12, .. }), "{msg}");
+    assert!(msg.contains("lrr") && msg.contains("t.toml"), "{msg}");
+}
+
+#[test]
+fn wrong_type_names_line() {
+    let text = BASE.replace("epochs = 3", "epochs = \"three\"");
+    let err = from_str(&text, "t.toml", &[]).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { line: 11, .. }), "{err}");
+}
+
+#[test]
+fn out_of_range_value_names_key_and_line() {
+    let text = BASE.replace("lr = 0.01", "lr = -1.0");
+    let err = from_str(&text, "t.toml", &[]).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(&err, ConfigError::Invalid { key, line: Some(12), .. } if key == "trainer.lr"), "{msg}");
+    assert!(msg.contains("positive"), "{msg}");
+}
+
+#[test]
+fn bad_enum_value_lists_choices() {
+    let err = from_str(BASE, "t.toml", &["trainer.optimizer=adamax".into()]).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("adamax") && msg.contains("adamw"), "{msg}");
+}
+
+#[test]
+fn malformed_override_is_an_error() {
+    let err = from_str(BASE, "t.toml", &["trainer.lr".into()]).unwrap_err();
+    assert!(matches!(err, ConfigError::Override { .. }), "{err}");
+}
+
+#[test]
+fn batch_size_zero_is_rejected() {
+    let err = from_str(BASE, "t.toml", &["trainer.batch_size=0".into()]).unwrap_err();
+    assert!(err.to_string().contains("at least 1"), "{err}");
+}
+
+#[test]
+fn missing_source_is_an_error() {
+    let err = from_str("[model]\nhidden=[4]\n", "t.toml", &[]).unwrap_err();
+    assert!(err.to_string().contains("data.source"), "{err}");
+}
