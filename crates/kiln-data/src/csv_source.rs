@@ -1,0 +1,154 @@
+//! CSV reading: header, delimiter sniffing, quoted fields, missing-value tokens, bad rows.
+
+use std::io::Read;
+use std::path::Path;
+
+use kiln_config::BadRows;
+
+use crate::table::{Column, LoadReport, Table};
+use crate::{DataError, Result};
+
+/// Field values read as missing (besides the empty field).
+pub const MISSING_TOKENS: [&str; 9] = ["NA", "N/A", "na", "nan", "NaN", "null", "NULL", "None", "?"];
+
+const MAX_EXAMPLES: usize = 5;
+
+/// Reads a CSV file with a header row. The delimiter is sniffed from the header when not
+/// given. Records with the wrong number of fields (or invalid UTF-8) are errors naming the
+/// line, or are skipped and counted under `BadRows::Skip`. A `.gz` file is decompressed.
+pub fn read_csv(path: &Path, delimiter: Option<char>, bad_rows: BadRows) -> Result<Table> {
+    let display = path.display().to_string();
+    let io = |source| DataError::Io { path: display.clone(), source };
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path).map_err(io)?;
+    if display.ends_with(".gz") {
+        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes).map_err(io)?;
+    } else {
+        std::io::BufReader::new(file).read_to_end(&mut bytes).map_err(io)?;
+    }
+    parse_csv(&bytes, &display, delimiter, bad_rows)
+}
+
+fn sniff_delimiter(bytes: &[u8]) -> u8 {
+    let header = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let mut best = (b',', 0usize);
+    for cand in [b',', b';', b'\t', b'|'] {
+        let mut in_quotes = false;
+        let mut count = 0;
+        for &b in header {
+            if b == b'"' {
+                in_quotes = !in_quotes;
+            } else if b == cand && !in_quotes {
+                count += 1;
+            }
+        }
+        if count > best.1 {
+            best = (cand, count);
+        }
+    }
+    best.0
+}
+
+/// Parses CSV bytes (see [`read_csv`]); `origin` names the source in errors.
+pub fn parse_csv(bytes: &[u8], origin: &str, delimiter: Option<char>, bad_rows: BadRows) -> Result<Table> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(DataError::Empty { path: origin.into(), detail: " (the file is empty)".into() });
+    }
+    let delim = delimiter.map(|c| c as u8).unwrap_or_else(|| sniff_delimiter(bytes));
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delim)
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let headers = reader.headers().map_err(|e| DataError::Malformed {
+        path: origin.into(),
+        line: 1,
+        message: format!("cannot read the header: {e}"),
+    })?;
+    let names: Vec<String> = headers.iter().map(str::to_string).collect();
+    if let Some((i, _)) = names.iter().enumerate().find(|(_, n)| n.is_empty()) {
+        return Err(DataError::Malformed {
+            path: origin.into(),
+            line: 1,
+            message: format!("header field {} is empty; every column needs a name", i + 1),
+        });
+    }
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(DataError::Malformed {
+                path: origin.into(),
+                line: 1,
+                message: format!("column name \"{n}\" appears twice in the header"),
+            });
+        }
+    }
+    let width = names.len();
+    let mut columns: Vec<Vec<Option<String>>> = vec![Vec::new(); width];
+    let mut lines = Vec::new();
+    let mut report = LoadReport::default();
+    let mut record = csv::ByteRecord::new();
+    loop {
+        let ok = match reader.read_byte_record(&mut record) {
+            Ok(ok) => ok,
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                return Err(DataError::Malformed { path: origin.into(), line, message: e.to_string() });
+            }
+        };
+        if !ok {
+            break;
+        }
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        if record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
+            continue; // blank line
+        }
+        report.rows_read += 1;
+        let problem = if record.len() != width {
+            Some(format!("expected {width} fields (as in the header), found {}", record.len()))
+        } else {
+            record.iter().position(|f| std::str::from_utf8(f).is_err()).map(|i| {
+                format!("field {} (column \"{}\") is not valid UTF-8", i + 1, names[i])
+            })
+        };
+        if let Some(message) = problem {
+            match bad_rows {
+                BadRows::Error => {
+                    return Err(DataError::Malformed {
+                        path: origin.into(),
+                        line,
+                        message: format!("{message} (set data.bad_rows = \"skip\" to drop such rows)"),
+                    });
+                }
+                BadRows::Skip => {
+                    report.bad_rows_skipped += 1;
+                    if report.bad_row_examples.len() < MAX_EXAMPLES {
+                        report.bad_row_examples.push(format!("line {line}: {message}"));
+                    }
+                    continue;
+                }
+            }
+        }
+        for (col, field) in columns.iter_mut().zip(record.iter()) {
+            let s = std::str::from_utf8(field).expect("checked above");
+            col.push(if s.is_empty() || MISSING_TOKENS.contains(&s) { None } else { Some(s.to_string()) });
+        }
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        let detail = if report.bad_rows_skipped > 0 {
+            format!(" (all {} rows were malformed and skipped)", report.bad_rows_skipped)
+        } else {
+            " (only a header)".into()
+        };
+        return Err(DataError::Empty { path: origin.into(), detail });
+    }
+    Ok(Table {
+        origin: origin.into(),
+        names,
+        columns: columns.into_iter().map(Column::Text).collect(),
+        lines,
+        report,
+    })
+}

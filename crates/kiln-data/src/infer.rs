@@ -1,0 +1,276 @@
+//! Deciding what each column is: feature types, the target and the task.
+
+use std::collections::HashSet;
+
+use kiln_config::{
+    BadRows, CategoricalEncoding, Config, FeatureType, MissingStrategy, Normalization, Task,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::table::{Column, Table};
+use crate::{DataError, Result};
+
+/// How one input column is treated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnPlan {
+    /// Column name.
+    pub name: String,
+    /// Its type.
+    pub kind: FeatureType,
+    /// Missing-value handling.
+    pub missing: MissingStrategy,
+    /// Constant fill value.
+    pub fill_value: Option<String>,
+    /// Numeric scaling.
+    pub normalization: Normalization,
+    /// Categorical encoding.
+    pub encoding: CategoricalEncoding,
+    /// Embedding width (0 = choose from the number of categories).
+    pub embedding_dim: usize,
+}
+
+/// The resolved roles of all columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schema {
+    /// Target column.
+    pub target: String,
+    /// Classification or regression.
+    pub task: Task,
+    /// Id column carried to predictions.
+    pub id_column: Option<String>,
+    /// Input features, in column order.
+    pub features: Vec<ColumnPlan>,
+    /// Columns left out, with the reason.
+    pub ignored: Vec<(String, String)>,
+}
+
+/// Whether a string is a finite number.
+pub(crate) fn parse_number(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Infers the type of a column from its values (not the target).
+pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
+    match column {
+        Column::Image { .. } => (FeatureType::Image, None),
+        Column::Number(values) => {
+            let distinct: HashSet<u64> = values.iter().flatten().map(|v| v.to_bits()).collect();
+            if distinct.len() <= 2 && values.iter().flatten().all(|&v| v == 0.0 || v == 1.0) {
+                (FeatureType::Binary, None)
+            } else {
+                (FeatureType::Numeric, None)
+            }
+        }
+        Column::Text(values) => {
+            let present: Vec<&str> = values.iter().flatten().map(String::as_str).collect();
+            if present.is_empty() {
+                return (FeatureType::Ignore, Some("every value is missing".into()));
+            }
+            let numeric = present.iter().filter(|s| parse_number(s).is_some()).count();
+            let distinct: HashSet<&str> = present.iter().copied().collect();
+            if numeric == present.len() {
+                if distinct.len() <= 2 && distinct.iter().all(|s| parse_number(s).is_some_and(|v| v == 0.0 || v == 1.0)) {
+                    return (FeatureType::Binary, None);
+                }
+                return (FeatureType::Numeric, None);
+            }
+            // Mostly numbers with a few stray strings: a numeric column with bad values, so
+            // they are reported rather than turning the column into categories.
+            if numeric as f64 >= 0.9 * present.len() as f64 && distinct.len() > 10 {
+                return (FeatureType::Numeric, None);
+            }
+            if distinct.len() == 2 {
+                return (FeatureType::Binary, None);
+            }
+            if distinct.len() == 1 {
+                return (FeatureType::Ignore, Some("constant column".into()));
+            }
+            if distinct.len() > 20 && distinct.len() as f64 > 0.5 * present.len() as f64 {
+                return (
+                    FeatureType::Ignore,
+                    Some(format!("{} distinct strings in {} rows looks like an identifier or free text", distinct.len(), present.len())),
+                );
+            }
+            (FeatureType::Categorical, None)
+        }
+    }
+}
+
+fn infer_task(column: &Column) -> Task {
+    let values: Vec<f64> = match column {
+        Column::Number(v) => v.iter().flatten().copied().collect(),
+        Column::Text(v) => {
+            let present: Vec<&String> = v.iter().flatten().collect();
+            let parsed: Vec<f64> = present.iter().filter_map(|s| parse_number(s)).collect();
+            if parsed.len() != present.len() {
+                return Task::Classification;
+            }
+            parsed
+        }
+        Column::Image { .. } => return Task::Regression,
+    };
+    let distinct: HashSet<u64> = values.iter().map(|v| v.to_bits()).collect();
+    if values.iter().all(|v| v.fract() == 0.0) && distinct.len() <= 20 {
+        Task::Classification
+    } else {
+        Task::Regression
+    }
+}
+
+/// Resolves the target, task, id column and every feature's plan from the config and the
+/// values of `table`.
+pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
+    let data = &config.data;
+    let target = match &data.target {
+        Some(t) => t.clone(),
+        None => ["target", "label"]
+            .into_iter()
+            .find(|n| table.column_index(n).is_some())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                DataError::Invalid(format!(
+                    "{}: set data.target (or --target) to one of: {}",
+                    table.origin,
+                    table.names.join(", ")
+                ))
+            })?,
+    };
+    let target_column = table.column(&target, "target")?;
+    if matches!(target_column, Column::Image { .. }) {
+        return Err(DataError::Invalid(format!("target \"{target}\" is an image column")));
+    }
+    let task = data.task.unwrap_or_else(|| infer_task(target_column));
+    if task == Task::Regression
+        && let Column::Text(values) = target_column
+        && let Some((row, bad)) = values.iter().enumerate().find_map(|(i, v)| {
+            v.as_ref().filter(|s| parse_number(s).is_none()).map(|s| (i, s.clone()))
+        })
+    {
+        return Err(DataError::BadValue {
+            path: table.origin.clone(),
+            line: table.lines[row],
+            column: target,
+            message: format!("regression target must be a finite number, got \"{bad}\""),
+        });
+    }
+    if let Some(id) = &data.id_column {
+        table.column(id, "id_column")?;
+    }
+    let split_column = data.split.column.as_deref();
+    if let Some(c) = split_column {
+        table.column(c, "split.column")?;
+    }
+    for f in &config.features {
+        table.column(&f.name, "features")?;
+    }
+    let mut features = Vec::new();
+    let mut ignored = Vec::new();
+    for (name, column) in table.names.iter().zip(&table.columns) {
+        if *name == target || Some(name.as_str()) == data.id_column.as_deref() || Some(name.as_str()) == split_column {
+            continue;
+        }
+        let over = config.features.iter().find(|f| &f.name == name);
+        let (kind, reason) = match over.and_then(|f| f.kind) {
+            Some(k) => (k, Some("set to ignore in [[features]]".to_string())),
+            None => infer_type(column),
+        };
+        match kind {
+            FeatureType::Ignore => {
+                ignored.push((name.clone(), reason.unwrap_or_default()));
+                continue;
+            }
+            FeatureType::Id => {
+                ignored.push((name.clone(), "id column".into()));
+                continue;
+            }
+            FeatureType::Image if !matches!(column, Column::Image { .. }) => {
+                return Err(DataError::Invalid(format!("{}: column \"{name}\" is not an image column", table.origin)));
+            }
+            _ => {}
+        }
+        let default_missing = match kind {
+            FeatureType::Numeric => data.missing_numeric,
+            _ => data.missing_categorical,
+        };
+        let missing = over.and_then(|f| f.missing).unwrap_or(default_missing);
+        if kind != FeatureType::Numeric && matches!(missing, MissingStrategy::Mean | MissingStrategy::Median) {
+            return Err(DataError::Invalid(format!(
+                "feature \"{name}\" is {kind:?}: missing = \"{missing:?}\" needs a numeric column; use mode, constant or drop"
+            ).to_lowercase()));
+        }
+        features.push(ColumnPlan {
+            name: name.clone(),
+            kind,
+            missing,
+            fill_value: over.and_then(|f| f.fill_value.clone()),
+            normalization: over.and_then(|f| f.normalization).unwrap_or(data.normalization),
+            encoding: over.and_then(|f| f.encoding).unwrap_or(data.encoding),
+            embedding_dim: over.and_then(|f| f.embedding_dim).unwrap_or(0),
+        });
+    }
+    if features.is_empty() {
+        return Err(DataError::Invalid(format!("{}: no usable feature columns (ignored: {ignored:?})", table.origin)));
+    }
+    if features.iter().any(|f| f.kind == FeatureType::Image) && features.len() > 1 {
+        return Err(DataError::Invalid("an image feature cannot be mixed with tabular features yet".into()));
+    }
+    Ok(Schema { target, task, id_column: data.id_column.clone(), features, ignored })
+}
+
+/// Finds rows whose numeric features or target hold values that are not finite numbers.
+/// Under `BadRows::Error` the first is an error naming the line and column; under `Skip` the
+/// rows are removed and counted in the report.
+pub fn drop_bad_values(table: &mut Table, schema: &Schema, bad_rows: BadRows) -> Result<()> {
+    let mut numeric: Vec<usize> = schema
+        .features
+        .iter()
+        .filter(|f| f.kind == FeatureType::Numeric)
+        .filter_map(|f| table.column_index(&f.name))
+        .collect();
+    if schema.task == Task::Regression {
+        numeric.extend(table.column_index(&schema.target));
+    }
+    let mut bad = vec![false; table.num_rows()];
+    for &c in &numeric {
+        let Column::Text(values) = &table.columns[c] else { continue };
+        for (row, v) in values.iter().enumerate() {
+            let Some(s) = v else { continue };
+            if parse_number(s).is_some() {
+                continue;
+            }
+            let message = if s.parse::<f64>().is_ok() {
+                format!("\"{s}\" is not a finite number")
+            } else {
+                format!("\"{s}\" is not a number")
+            };
+            match bad_rows {
+                BadRows::Error => {
+                    return Err(DataError::BadValue {
+                        path: table.origin.clone(),
+                        line: table.lines[row],
+                        column: table.names[c].clone(),
+                        message: format!("{message} (set data.bad_rows = \"skip\" to drop such rows)"),
+                    });
+                }
+                BadRows::Skip => {
+                    if !bad[row] {
+                        bad[row] = true;
+                        table.report.bad_rows_skipped += 1;
+                        if table.report.bad_row_examples.len() < 5 {
+                            let line = table.lines[row];
+                            let column = &table.names[c];
+                            table.report.bad_row_examples.push(format!("line {line}: column \"{column}\": {message}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if bad.iter().any(|&b| b) {
+        let keep: Vec<usize> = (0..bad.len()).filter(|&r| !bad[r]).collect();
+        let report = table.report.clone();
+        *table = table.select(&keep);
+        table.report = report;
+    }
+    Ok(())
+}

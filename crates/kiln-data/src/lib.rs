@@ -1,0 +1,126 @@
+//! kiln's data pipeline.
+//!
+//! Sources ([`load_source`]: CSV, gzip IDX, built-in sets) produce a [`Table`] of raw columns.
+//! [`infer_schema`] decides each column's [`FeatureType`](kiln_config::FeatureType) and the
+//! task; [`split_rows`] divides rows into train/validation/test; a [`Preprocessor`] is fitted
+//! on the training rows only and turns any rows into an [`Encoded`] batch of `f32` inputs. The
+//! fitted preprocessor is serialised with the model, so `predict` applies the very same
+//! transforms.
+#![warn(missing_docs)]
+
+mod builtin;
+mod csv_source;
+mod describe;
+mod idx;
+mod infer;
+mod preprocess;
+pub mod rng;
+mod split;
+mod table;
+
+pub use builtin::{BUILTIN_DATASETS, load_builtin};
+pub use csv_source::read_csv;
+pub use describe::{ColumnSummary, Description, describe};
+pub use idx::{IdxImages, read_idx_images, read_idx_labels};
+pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
+pub use preprocess::{Encoded, FeatureTransform, InputShape, Preprocessor, Target, TargetTransform};
+pub use split::{Split, split_rows};
+pub use table::{Column, LoadReport, Table};
+
+use std::path::Path;
+
+use kiln_config::DataConfig;
+
+/// Data errors. Each names the file (and line and column where there is one) and what was
+/// expected.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file cannot be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file has no data rows.
+    #[error("{path}: no data rows{detail}")]
+    Empty {
+        /// The file.
+        path: String,
+        /// Extra context.
+        detail: String,
+    },
+    /// A CSV record is malformed (field count, quoting, encoding).
+    #[error("{path}, line {line}: {message}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value cannot be parsed as its column's type.
+    #[error("{path}, line {line}, column \"{column}\": {message}")]
+    BadValue {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: u64,
+        /// Column name.
+        column: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A named column does not exist.
+    #[error("{path}: no column named \"{column}\" (for {role}); columns are: {available}")]
+    UnknownColumn {
+        /// The file.
+        path: String,
+        /// The missing name.
+        column: String,
+        /// What the column was for (target, id, split, feature).
+        role: &'static str,
+        /// The columns that exist.
+        available: String,
+    },
+    /// An IDX file is malformed or truncated.
+    #[error("{path}: not a valid IDX file: {message}")]
+    Idx {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The data cannot be used as configured.
+    #[error("{0}")]
+    Invalid(String),
+    /// Unknown built-in dataset.
+    #[error("unknown built-in dataset \"{name}\"; available: {}", BUILTIN_DATASETS.join(", "))]
+    UnknownBuiltin {
+        /// The requested name.
+        name: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+/// Loads a data source: `builtin:NAME`, an IDX prefix (`DIR/train` for
+/// `DIR/train-images-idx3-ubyte.gz` and `DIR/train-labels-idx1-ubyte.gz`), or a CSV file.
+pub fn load_source(spec: &str, config: &DataConfig) -> Result<Table> {
+    if let Some(name) = spec.strip_prefix("builtin:") {
+        return load_builtin(name);
+    }
+    if let Some(prefix) = idx::idx_prefix(spec) {
+        return idx::load_idx_table(&prefix);
+    }
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Err(DataError::Invalid(format!(
+            "{spec} is a directory; give a CSV file or an IDX prefix such as {spec}/train"
+        )));
+    }
+    read_csv(path, config.delimiter, config.bad_rows)
+}

@@ -1,0 +1,687 @@
+//! The fitted preprocessing state and the transform from raw rows to model inputs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kiln_config::{CategoricalEncoding, FeatureType, MissingStrategy, Normalization, Task};
+use serde::{Deserialize, Serialize};
+
+use crate::infer::{Schema, parse_number};
+use crate::table::{Column, Table};
+use crate::{DataError, Result};
+
+/// A fitted transform of one input column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FeatureTransform {
+    /// `(value - shift) / scale`, missing values filled with `fill`.
+    Numeric {
+        /// Column name.
+        name: String,
+        /// Fill for missing values (training mean/median/mode or the constant).
+        fill: f64,
+        /// Drop rows with a missing value (training only; filled at predict time).
+        drop_missing: bool,
+        /// Subtracted first.
+        shift: f64,
+        /// Then divided by.
+        scale: f64,
+    },
+    /// One-hot or embedding index over the training categories.
+    Categorical {
+        /// Column name.
+        name: String,
+        /// Known categories, most frequent first.
+        categories: Vec<String>,
+        /// Fill for missing values.
+        fill: Option<String>,
+        /// Drop rows with a missing value (training only).
+        drop_missing: bool,
+        /// Embedding width, or `None` for one-hot.
+        embedding_dim: Option<usize>,
+    },
+    /// Two values mapped to 0 and 1.
+    Binary {
+        /// Column name.
+        name: String,
+        /// The value mapped to 0 and the value mapped to 1.
+        values: [String; 2],
+        /// Fill for missing values.
+        fill: Option<String>,
+        /// Drop rows with a missing value (training only).
+        drop_missing: bool,
+    },
+    /// Pixels scaled to [0, 1], then standardised with the training mean and std.
+    Image {
+        /// Column name.
+        name: String,
+        /// Height.
+        height: usize,
+        /// Width.
+        width: usize,
+        /// Training pixel mean (after /255).
+        mean: f32,
+        /// Training pixel std (after /255).
+        std: f32,
+    },
+}
+
+impl FeatureTransform {
+    /// The column this transform reads.
+    pub fn name(&self) -> &str {
+        match self {
+            FeatureTransform::Numeric { name, .. }
+            | FeatureTransform::Categorical { name, .. }
+            | FeatureTransform::Binary { name, .. }
+            | FeatureTransform::Image { name, .. } => name,
+        }
+    }
+
+    fn dense_width(&self) -> usize {
+        match self {
+            FeatureTransform::Numeric { .. } | FeatureTransform::Binary { .. } => 1,
+            FeatureTransform::Categorical { categories, embedding_dim: None, .. } => categories.len(),
+            FeatureTransform::Categorical { .. } => 0,
+            FeatureTransform::Image { height, width, .. } => height * width,
+        }
+    }
+}
+
+/// The fitted target transform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TargetTransform {
+    /// Class names; the label of class `i` is `classes[i]`.
+    Classes {
+        /// Column name.
+        name: String,
+        /// Class names in label order.
+        classes: Vec<String>,
+    },
+    /// Standardised real target: the model predicts `(y - mean) / std`.
+    Regression {
+        /// Column name.
+        name: String,
+        /// Training mean.
+        mean: f64,
+        /// Training std.
+        std: f64,
+    },
+}
+
+/// Shape of one model input row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InputShape {
+    /// A flat vector.
+    Flat {
+        /// Its length.
+        width: usize,
+    },
+    /// A `channels x height x width` image.
+    Image {
+        /// Channels.
+        channels: usize,
+        /// Height.
+        height: usize,
+        /// Width.
+        width: usize,
+    },
+}
+
+impl InputShape {
+    /// Number of `f32` values per row.
+    pub fn size(&self) -> usize {
+        match *self {
+            InputShape::Flat { width } => width,
+            InputShape::Image { channels, height, width } => channels * height * width,
+        }
+    }
+}
+
+/// Encoded targets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Class labels.
+    Classes(Vec<u32>),
+    /// Standardised regression values.
+    Values(Vec<f32>),
+}
+
+impl Target {
+    /// Rows `idx` of the target.
+    pub fn select(&self, idx: &[usize]) -> Target {
+        match self {
+            Target::Classes(v) => Target::Classes(idx.iter().map(|&i| v[i]).collect()),
+            Target::Values(v) => Target::Values(idx.iter().map(|&i| v[i]).collect()),
+        }
+    }
+}
+
+/// Rows turned into model inputs.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Dense inputs, `rows * shape.size()` values.
+    pub x: Vec<f32>,
+    /// Number of rows.
+    pub rows: usize,
+    /// Shape of one row of `x`.
+    pub shape: InputShape,
+    /// Embedding indices, `rows * cardinalities.len()` values (0 = unknown or missing).
+    pub categories: Vec<u32>,
+    /// Table size of each embedded feature (known categories + 1).
+    pub cardinalities: Vec<usize>,
+    /// Targets, when the target column is present.
+    pub y: Option<Target>,
+    /// Id column values, when configured.
+    pub ids: Option<Vec<String>>,
+    /// Which input rows these are (rows dropped for missing values are absent).
+    pub source_rows: Vec<usize>,
+    /// Unknown categories seen, by column.
+    pub unknown_categories: BTreeMap<String, usize>,
+    /// Missing values filled.
+    pub missing_filled: usize,
+    /// Rows dropped for a missing value.
+    pub missing_dropped: usize,
+    /// Rows dropped for a missing target.
+    pub missing_target_dropped: usize,
+}
+
+impl Encoded {
+    /// The rows `idx` (positions in this batch).
+    pub fn select(&self, idx: &[usize]) -> Encoded {
+        let size = self.shape.size();
+        let ncat = self.cardinalities.len();
+        let mut x = Vec::with_capacity(idx.len() * size);
+        let mut categories = Vec::with_capacity(idx.len() * ncat);
+        for &i in idx {
+            x.extend_from_slice(&self.x[i * size..(i + 1) * size]);
+            categories.extend_from_slice(&self.categories[i * ncat..(i + 1) * ncat]);
+        }
+        Encoded {
+            x,
+            rows: idx.len(),
+            shape: self.shape,
+            categories,
+            cardinalities: self.cardinalities.clone(),
+            y: self.y.as_ref().map(|y| y.select(idx)),
+            ids: self.ids.as_ref().map(|ids| idx.iter().map(|&i| ids[i].clone()).collect()),
+            source_rows: idx.iter().map(|&i| self.source_rows[i]).collect(),
+            unknown_categories: self.unknown_categories.clone(),
+            missing_filled: self.missing_filled,
+            missing_dropped: self.missing_dropped,
+            missing_target_dropped: self.missing_target_dropped,
+        }
+    }
+}
+
+/// The complete fitted preprocessing: saved as `preprocessor.json` in the run directory and
+/// applied unchanged by `eval` and `predict`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessor {
+    /// Format version of this file.
+    pub version: u32,
+    /// Input transforms in model input order.
+    pub features: Vec<FeatureTransform>,
+    /// Target transform.
+    pub target: TargetTransform,
+    /// Id column copied to predictions.
+    pub id_column: Option<String>,
+    /// Classification or regression.
+    pub task: Task,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    // Linear interpolation, as numpy's default.
+    let pos = q * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+fn mode<'a>(values: impl Iterator<Item = &'a str>) -> Option<String> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for v in values {
+        *counts.entry(v).or_default() += 1;
+    }
+    let mut best: Vec<(&str, usize)> = counts.into_iter().collect();
+    best.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    best.first().map(|(v, _)| v.to_string())
+}
+
+fn numeric_values(table: &Table, column: &Column, name: &str, rows: &[usize]) -> Result<Vec<Option<f64>>> {
+    rows.iter()
+        .map(|&r| match column {
+            Column::Number(v) => Ok(v[r]),
+            Column::Text(v) => match &v[r] {
+                None => Ok(None),
+                Some(s) => parse_number(s).map(Some).ok_or_else(|| DataError::BadValue {
+                    path: table.origin.clone(),
+                    line: table.lines[r],
+                    column: name.to_string(),
+                    message: format!("expected a finite number, got \"{s}\""),
+                }),
+            },
+            Column::Image { .. } => Err(DataError::Invalid(format!("column \"{name}\" holds images, expected numbers"))),
+        })
+        .collect()
+}
+
+fn sort_labels(labels: &mut [String]) {
+    if labels.iter().all(|l| parse_number(l).is_some()) {
+        labels.sort_by(|a, b| parse_number(a).unwrap().total_cmp(&parse_number(b).unwrap()));
+    } else {
+        labels.sort();
+    }
+}
+
+impl Preprocessor {
+    /// Fits every transform on the `train` rows of `table`. Class names are collected from
+    /// all `labeled` rows so a class absent from the training split still has a label.
+    pub fn fit(table: &Table, schema: &Schema, train: &[usize], labeled: &[usize]) -> Result<Self> {
+        if train.is_empty() {
+            return Err(DataError::Invalid(format!("{}: the training split is empty", table.origin)));
+        }
+        let mut features = Vec::new();
+        for plan in &schema.features {
+            let column = table.column(&plan.name, "feature")?;
+            let drop_missing = plan.missing == MissingStrategy::Drop;
+            let transform = match plan.kind {
+                FeatureType::Numeric => {
+                    let values = numeric_values(table, column, &plan.name, train)?;
+                    let mut present: Vec<f64> = values.iter().flatten().copied().collect();
+                    if present.is_empty() {
+                        return Err(DataError::Invalid(format!("feature \"{}\" has no values in the training split", plan.name)));
+                    }
+                    present.sort_by(f64::total_cmp);
+                    let fill = match plan.missing {
+                        MissingStrategy::Mean | MissingStrategy::Drop => mean(&present),
+                        MissingStrategy::Median => quantile(&present, 0.5),
+                        MissingStrategy::Mode => {
+                            let m = mode(present.iter().map(|v| v.to_string()).collect::<Vec<_>>().iter().map(String::as_str));
+                            m.and_then(|s| s.parse().ok()).unwrap_or(0.0)
+                        }
+                        MissingStrategy::Constant => {
+                            let raw = plan.fill_value.clone().unwrap_or_default();
+                            parse_number(&raw).ok_or_else(|| {
+                                DataError::Invalid(format!("feature \"{}\": fill_value \"{raw}\" is not a number", plan.name))
+                            })?
+                        }
+                    };
+                    let (shift, scale) = match plan.normalization {
+                        Normalization::None => (0.0, 1.0),
+                        Normalization::Zscore => {
+                            let m = mean(&present);
+                            let var = present.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / present.len() as f64;
+                            (m, if var > 0.0 { var.sqrt() } else { 1.0 })
+                        }
+                        Normalization::MinMax => {
+                            let (lo, hi) = (present[0], present[present.len() - 1]);
+                            (lo, if hi > lo { hi - lo } else { 1.0 })
+                        }
+                        Normalization::Robust => {
+                            let iqr = quantile(&present, 0.75) - quantile(&present, 0.25);
+                            (quantile(&present, 0.5), if iqr > 0.0 { iqr } else { 1.0 })
+                        }
+                    };
+                    FeatureTransform::Numeric { name: plan.name.clone(), fill, drop_missing, shift, scale }
+                }
+                FeatureType::Categorical | FeatureType::Binary => {
+                    let texts: Vec<String> = train.iter().filter_map(|&r| column.text(r)).collect();
+                    let mut counts: HashMap<&str, usize> = HashMap::new();
+                    for t in &texts {
+                        *counts.entry(t.as_str()).or_default() += 1;
+                    }
+                    let mut categories: Vec<(&str, usize)> = counts.into_iter().collect();
+                    categories.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                    let categories: Vec<String> = categories.into_iter().map(|(c, _)| c.to_string()).collect();
+                    let fill = match plan.missing {
+                        MissingStrategy::Constant => plan.fill_value.clone(),
+                        _ => categories.first().cloned(),
+                    };
+                    if plan.kind == FeatureType::Binary {
+                        if categories.len() > 2 {
+                            return Err(DataError::Invalid(format!(
+                                "feature \"{}\" is binary but has {} values in training: {:?}",
+                                plan.name,
+                                categories.len(),
+                                &categories[..categories.len().min(5)]
+                            )));
+                        }
+                        let mut values = categories.clone();
+                        sort_labels(&mut values);
+                        let values = match values.len() {
+                            0 => ["0".to_string(), "1".to_string()],
+                            1 => [values[0].clone(), format!("not {}", values[0])],
+                            _ => [values[0].clone(), values[1].clone()],
+                        };
+                        FeatureTransform::Binary { name: plan.name.clone(), values, fill, drop_missing }
+                    } else {
+                        let embedding_dim = match plan.encoding {
+                            CategoricalEncoding::OneHot => None,
+                            CategoricalEncoding::Embedding => Some(if plan.embedding_dim > 0 {
+                                plan.embedding_dim
+                            } else {
+                                // fastai's rule of thumb.
+                                ((1.6 * (categories.len() as f64 + 1.0).powf(0.56)).round() as usize).clamp(2, 600)
+                            }),
+                        };
+                        FeatureTransform::Categorical { name: plan.name.clone(), categories, fill, drop_missing, embedding_dim }
+                    }
+                }
+                FeatureType::Image => {
+                    let Column::Image { pixels, height, width } = column else {
+                        return Err(DataError::Invalid(format!("column \"{}\" is not an image column", plan.name)));
+                    };
+                    let size = height * width;
+                    let (mut sum, mut sq) = (0f64, 0f64);
+                    for &r in train {
+                        for &p in &pixels[r * size..(r + 1) * size] {
+                            let v = p as f64 / 255.0;
+                            sum += v;
+                            sq += v * v;
+                        }
+                    }
+                    let n = (train.len() * size) as f64;
+                    let m = sum / n;
+                    let std = (sq / n - m * m).max(0.0).sqrt();
+                    FeatureTransform::Image {
+                        name: plan.name.clone(),
+                        height: *height,
+                        width: *width,
+                        mean: m as f32,
+                        std: if std > 0.0 { std as f32 } else { 1.0 },
+                    }
+                }
+                FeatureType::Id | FeatureType::Ignore => continue,
+            };
+            features.push(transform);
+        }
+        let target_column = table.column(&schema.target, "target")?;
+        let target = match schema.task {
+            Task::Classification => {
+                let mut classes: Vec<String> = labeled.iter().filter_map(|&r| target_column.text(r)).collect();
+                sort_labels(&mut classes);
+                classes.dedup();
+                if classes.len() < 2 {
+                    return Err(DataError::Invalid(format!(
+                        "{}: target \"{}\" has {} distinct value(s); classification needs at least 2",
+                        table.origin,
+                        schema.target,
+                        classes.len()
+                    )));
+                }
+                TargetTransform::Classes { name: schema.target.clone(), classes }
+            }
+            Task::Regression => {
+                let values: Vec<f64> =
+                    numeric_values(table, target_column, &schema.target, train)?.into_iter().flatten().collect();
+                if values.is_empty() {
+                    return Err(DataError::Invalid(format!("target \"{}\" is missing in every training row", schema.target)));
+                }
+                let m = mean(&values);
+                let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / values.len() as f64;
+                TargetTransform::Regression { name: schema.target.clone(), mean: m, std: if var > 0.0 { var.sqrt() } else { 1.0 } }
+            }
+        };
+        Ok(Self { version: 1, features, target, id_column: schema.id_column.clone(), task: schema.task })
+    }
+
+    /// Shape of one encoded row.
+    pub fn input_shape(&self) -> InputShape {
+        if let [FeatureTransform::Image { height, width, .. }] = self.features.as_slice() {
+            return InputShape::Image { channels: 1, height: *height, width: *width };
+        }
+        InputShape::Flat { width: self.features.iter().map(FeatureTransform::dense_width).sum() }
+    }
+
+    /// Table size of each embedded categorical feature (known categories + 1 for unknown).
+    pub fn cardinalities(&self) -> Vec<usize> {
+        self.embedding_dims().into_iter().map(|(c, _)| c).collect()
+    }
+
+    /// `(table size, width)` of each embedded categorical feature.
+    pub fn embedding_dims(&self) -> Vec<(usize, usize)> {
+        self.features
+            .iter()
+            .filter_map(|f| match f {
+                FeatureTransform::Categorical { categories, embedding_dim: Some(d), .. } => Some((categories.len() + 1, *d)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Number of classes (1 for regression: one output).
+    pub fn num_outputs(&self) -> usize {
+        match &self.target {
+            TargetTransform::Classes { classes, .. } => classes.len(),
+            TargetTransform::Regression { .. } => 1,
+        }
+    }
+
+    /// Class names, for classification.
+    pub fn classes(&self) -> Option<&[String]> {
+        match &self.target {
+            TargetTransform::Classes { classes, .. } => Some(classes),
+            TargetTransform::Regression { .. } => None,
+        }
+    }
+
+    /// Maps a standardised regression output back to target units.
+    pub fn denormalize(&self, v: f32) -> f32 {
+        match &self.target {
+            TargetTransform::Regression { mean, std, .. } => (v as f64 * std + mean) as f32,
+            TargetTransform::Classes { .. } => v,
+        }
+    }
+
+    /// Encodes the `rows` of `table`. With `training`, rows with a missing value under
+    /// `missing = "drop"` (and rows without a target) are dropped and counted; otherwise
+    /// (`predict`) every row is kept and missing values are filled, so the output has one
+    /// row per input. `require_target` makes a missing target column an error.
+    pub fn transform(&self, table: &Table, rows: &[usize], training: bool, require_target: bool) -> Result<Encoded> {
+        let shape = self.input_shape();
+        let size = shape.size();
+        let cardinalities = self.cardinalities();
+        let target_name = match &self.target {
+            TargetTransform::Classes { name, .. } | TargetTransform::Regression { name, .. } => name,
+        };
+        let target_col = table.column_index(target_name);
+        if require_target && target_col.is_none() {
+            table.column(target_name, "target")?;
+        }
+        let class_index: HashMap<&str, u32> = match &self.target {
+            TargetTransform::Classes { classes, .. } => {
+                classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect()
+            }
+            _ => HashMap::new(),
+        };
+        let columns: Vec<&Column> = self
+            .features
+            .iter()
+            .map(|f| table.column(f.name(), "feature"))
+            .collect::<Result<_>>()?;
+        let id_col = match &self.id_column {
+            Some(id) => Some(table.column(id, "id_column")?),
+            None => None,
+        };
+        let mut out = Encoded {
+            x: Vec::with_capacity(rows.len() * size),
+            rows: 0,
+            shape,
+            categories: Vec::with_capacity(rows.len() * cardinalities.len()),
+            cardinalities: cardinalities.clone(),
+            y: None,
+            ids: id_col.map(|_| Vec::with_capacity(rows.len())),
+            source_rows: Vec::with_capacity(rows.len()),
+            unknown_categories: BTreeMap::new(),
+            missing_filled: 0,
+            missing_dropped: 0,
+            missing_target_dropped: 0,
+        };
+        let mut classes = Vec::new();
+        let mut values = Vec::new();
+        let mut row_x = Vec::with_capacity(size);
+        let mut row_cat = Vec::with_capacity(cardinalities.len());
+        'rows: for &r in rows {
+            row_x.clear();
+            row_cat.clear();
+            let mut filled = 0;
+            // Target first: a labelled row without a target is dropped in training.
+            let mut label = None;
+            let mut value = None;
+            if let Some(tc) = target_col {
+                let column = &table.columns[tc];
+                match &self.target {
+                    TargetTransform::Classes { .. } => match column.text(r) {
+                        None if training => {
+                            out.missing_target_dropped += 1;
+                            continue 'rows;
+                        }
+                        None => {}
+                        Some(t) => match class_index.get(t.as_str()) {
+                            Some(&c) => label = Some(c),
+                            None => {
+                                return Err(DataError::BadValue {
+                                    path: table.origin.clone(),
+                                    line: table.lines[r],
+                                    column: target_name.clone(),
+                                    message: format!(
+                                        "class \"{t}\" was not seen in training; known classes: {:?}",
+                                        class_index.keys().collect::<Vec<_>>()
+                                    ),
+                                });
+                            }
+                        },
+                    },
+                    TargetTransform::Regression { mean, std, .. } => {
+                        let v = numeric_values(table, column, target_name, &[r])?[0];
+                        match v {
+                            None if training => {
+                                out.missing_target_dropped += 1;
+                                continue 'rows;
+                            }
+                            None => {}
+                            Some(v) => value = Some(((v - mean) / std) as f32),
+                        }
+                    }
+                }
+            }
+            for (f, column) in self.features.iter().zip(&columns) {
+                match f {
+                    FeatureTransform::Numeric { name, fill, drop_missing, shift, scale } => {
+                        let v = match numeric_values(table, column, name, &[r])?[0] {
+                            Some(v) => v,
+                            None if *drop_missing && training => {
+                                out.missing_dropped += 1;
+                                continue 'rows;
+                            }
+                            None => {
+                                filled += 1;
+                                *fill
+                            }
+                        };
+                        row_x.push(((v - shift) / scale) as f32);
+                    }
+                    FeatureTransform::Binary { name: _, values, fill, drop_missing } => {
+                        let t = match column.text(r) {
+                            Some(t) => Some(t),
+                            None if *drop_missing && training => {
+                                out.missing_dropped += 1;
+                                continue 'rows;
+                            }
+                            None => {
+                                filled += 1;
+                                fill.clone()
+                            }
+                        };
+                        let v = match t {
+                            Some(t) if t == values[1] => 1.0,
+                            Some(t) if t == values[0] => 0.0,
+                            Some(_) => {
+                                *out.unknown_categories.entry(f.name().to_string()).or_default() += 1;
+                                0.5
+                            }
+                            None => 0.5,
+                        };
+                        row_x.push(v);
+                    }
+                    FeatureTransform::Categorical { name, categories, fill, drop_missing, embedding_dim } => {
+                        let t = match column.text(r) {
+                            Some(t) => Some(t),
+                            None if *drop_missing && training => {
+                                out.missing_dropped += 1;
+                                continue 'rows;
+                            }
+                            None => {
+                                filled += 1;
+                                fill.clone()
+                            }
+                        };
+                        let index = t.as_ref().and_then(|t| categories.iter().position(|c| c == t));
+                        if index.is_none() && t.is_some() {
+                            *out.unknown_categories.entry(name.clone()).or_default() += 1;
+                        }
+                        match embedding_dim {
+                            Some(_) => row_cat.push(index.map(|i| i as u32 + 1).unwrap_or(0)),
+                            None => {
+                                let start = row_x.len();
+                                row_x.resize(start + categories.len(), 0.0);
+                                if let Some(i) = index {
+                                    row_x[start + i] = 1.0;
+                                }
+                            }
+                        }
+                    }
+                    FeatureTransform::Image { height, width, mean, std, .. } => {
+                        let Column::Image { pixels, height: h, width: w } = column else {
+                            return Err(DataError::Invalid(format!("column \"{}\" is not an image column", f.name())));
+                        };
+                        if h != height || w != width {
+                            return Err(DataError::Invalid(format!(
+                                "{}: images are {h}x{w}, the model expects {height}x{width}",
+                                table.origin
+                            )));
+                        }
+                        let s = h * w;
+                        row_x.extend(pixels[r * s..(r + 1) * s].iter().map(|&p| (p as f32 / 255.0 - mean) / std));
+                    }
+                }
+            }
+            out.missing_filled += filled;
+            out.x.extend_from_slice(&row_x);
+            out.categories.extend_from_slice(&row_cat);
+            if let Some(ids) = out.ids.as_mut() {
+                ids.push(id_col.and_then(|c| c.text(r)).unwrap_or_default());
+            }
+            if let Some(l) = label {
+                classes.push(l);
+            }
+            if let Some(v) = value {
+                values.push(v);
+            }
+            out.source_rows.push(r);
+            out.rows += 1;
+        }
+        if target_col.is_some() {
+            match &self.target {
+                TargetTransform::Classes { .. } if classes.len() == out.rows => out.y = Some(Target::Classes(classes)),
+                TargetTransform::Regression { .. } if values.len() == out.rows => out.y = Some(Target::Values(values)),
+                _ if require_target => {
+                    return Err(DataError::Invalid(format!(
+                        "{}: target \"{target_name}\" is missing in some rows",
+                        table.origin
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,169 @@
+//! Raw, typed-as-read columns.
+
+use serde::{Deserialize, Serialize};
+
+/// One column as read from the source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Column {
+    /// Text fields (CSV); `None` is a missing value.
+    Text(Vec<Option<String>>),
+    /// Numbers (built-in sets, IDX labels); `None` is missing.
+    Number(Vec<Option<f64>>),
+    /// Grey-scale images, `height * width` bytes per row.
+    Image {
+        /// Row-major pixels of all rows.
+        pixels: Vec<u8>,
+        /// Image height.
+        height: usize,
+        /// Image width.
+        width: usize,
+    },
+}
+
+impl Column {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Column::Text(v) => v.len(),
+            Column::Number(v) => v.len(),
+            Column::Image { pixels, height, width } => pixels.len() / (height * width).max(1),
+        }
+    }
+
+    /// Whether the column has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether row `i` is missing.
+    pub fn is_missing(&self, i: usize) -> bool {
+        match self {
+            Column::Text(v) => v[i].is_none(),
+            Column::Number(v) => v[i].is_none(),
+            Column::Image { .. } => false,
+        }
+    }
+
+    /// Row `i` as text, for categorical handling and ids (`None` if missing).
+    pub fn text(&self, i: usize) -> Option<String> {
+        match self {
+            Column::Text(v) => v[i].clone(),
+            Column::Number(v) => v[i].map(format_number),
+            Column::Image { .. } => Some(format!("<image {i}>")),
+        }
+    }
+
+    fn select(&self, rows: &[usize]) -> Column {
+        match self {
+            Column::Text(v) => Column::Text(rows.iter().map(|&r| v[r].clone()).collect()),
+            Column::Number(v) => Column::Number(rows.iter().map(|&r| v[r]).collect()),
+            Column::Image { pixels, height, width } => {
+                let size = height * width;
+                let mut out = Vec::with_capacity(rows.len() * size);
+                for &r in rows {
+                    out.extend_from_slice(&pixels[r * size..(r + 1) * size]);
+                }
+                Column::Image { pixels: out, height: *height, width: *width }
+            }
+        }
+    }
+}
+
+/// Formats a number the way a CSV would hold it (integers without `.0`).
+pub fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+}
+
+/// What loading and cleaning did to the rows, for the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Data rows in the source.
+    pub rows_read: usize,
+    /// Rows dropped because a field failed to parse (`bad_rows = "skip"`).
+    pub bad_rows_skipped: usize,
+    /// The first few skipped rows, as `line N: reason`.
+    pub bad_row_examples: Vec<String>,
+    /// Exact duplicate rows dropped (`drop_duplicates = true`).
+    pub duplicates_dropped: usize,
+    /// Rows dropped for a missing value under `missing = "drop"`.
+    pub missing_dropped: usize,
+    /// Rows dropped because the target was missing.
+    pub missing_target_dropped: usize,
+}
+
+/// Named columns of equal length, plus where each row came from.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Where the rows came from (file path or `builtin:NAME`), for messages.
+    pub origin: String,
+    /// Column names, in source order.
+    pub names: Vec<String>,
+    /// Columns, parallel to `names`.
+    pub columns: Vec<Column>,
+    /// 1-based source line of each row (for error messages).
+    pub lines: Vec<u64>,
+    /// What loading did.
+    pub report: LoadReport,
+}
+
+impl Table {
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Index of the column called `name`.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// The column called `name`, or an error naming the role it was wanted for.
+    pub fn column(&self, name: &str, role: &'static str) -> crate::Result<&Column> {
+        self.column_index(name).map(|i| &self.columns[i]).ok_or_else(|| crate::DataError::UnknownColumn {
+            path: self.origin.clone(),
+            column: name.to_string(),
+            role,
+            available: self.names.join(", "),
+        })
+    }
+
+    /// A table holding only `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> Table {
+        Table {
+            origin: self.origin.clone(),
+            names: self.names.clone(),
+            columns: self.columns.iter().map(|c| c.select(rows)).collect(),
+            lines: rows.iter().map(|&r| self.lines[r]).collect(),
+            report: self.report.clone(),
+        }
+    }
+
+    /// Drops exact duplicate rows, keeping the first; returns how many went.
+    pub fn drop_duplicates(&mut self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let keep: Vec<usize> = (0..self.num_rows())
+            .filter(|&r| {
+                let key: Vec<Option<String>> = self
+                    .columns
+                    .iter()
+                    .map(|c| match c {
+                        Column::Image { pixels, height, width } => {
+                            let s = height * width;
+                            Some(format!("{:?}", &pixels[r * s..(r + 1) * s]))
+                        }
+                        other => other.text(r),
+                    })
+                    .collect();
+                seen.insert(key)
+            })
+            .collect();
+        let dropped = self.num_rows() - keep.len();
+        if dropped > 0 {
+            let report = self.report.clone();
+            *self = self.select(&keep);
+            self.report = report;
+        }
+        self.report.duplicates_dropped += dropped;
+        dropped
+    }
+}
