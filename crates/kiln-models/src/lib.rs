@@ -1,0 +1,16 @@
+//! kiln's networks.
+//!
+//! A [`ModelSpec`] (saved as `model.json` in a run directory) fully determines the
+//! architecture; [`Network::new`] builds it on any Burn [`Device`], with or without autodiff.
+//! One [`Network`] type covers the tabular MLP (with optional learned embeddings for
+//! categorical features), the linear baseline (no hidden layers) and the CNN (a conv stack
+//! in front of the same fully connected head).
+#![warn(missing_docs)]
+
+mod network;
+mod spec;
+
+pub use network::{Network, Outputs};
+pub use spec::{InputSpec, ModelSpec, SpecError};
+
+pub use burn::prelude::{Device, Int, Tensor};

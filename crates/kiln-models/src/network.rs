@@ -1,0 +1,150 @@
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig,
+    PaddingConfig2d,
+};
+use burn::prelude::{Device, Int, Tensor};
+use burn::tensor::activation;
+use kiln_config::{Activation, ModelKind};
+
+use crate::spec::{InputSpec, ModelSpec};
+
+/// Conv, optional batch norm, activation, optional max-pool, dropout.
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    conv: Conv2d,
+    norm: Option<BatchNorm>,
+    pool: Option<MaxPool2d>,
+    dropout: Dropout,
+}
+
+/// Linear, optional batch norm, activation, dropout.
+#[derive(Module, Debug)]
+pub struct DenseBlock {
+    linear: Linear,
+    norm: Option<BatchNorm>,
+    dropout: Dropout,
+}
+
+/// An MLP, linear model or CNN, as described by a [`ModelSpec`].
+#[derive(Module, Debug)]
+pub struct Network {
+    convs: Vec<ConvBlock>,
+    embeddings: Vec<Embedding>,
+    hidden: Vec<DenseBlock>,
+    output: Linear,
+    #[module(skip)]
+    activation: Activation,
+    #[module(skip)]
+    input: InputSpec,
+}
+
+/// The raw outputs of a forward pass: logits for classification, standardised values for
+/// regression.
+pub type Outputs = Tensor<2>;
+
+fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
+    match a {
+        Activation::Relu => activation::relu(x),
+        Activation::Gelu => activation::gelu(x),
+        Activation::Tanh => activation::tanh(x),
+        Activation::Sigmoid => activation::sigmoid(x),
+        Activation::LeakyRelu => activation::leaky_relu(x, 0.01),
+        Activation::Silu => activation::silu(x),
+    }
+}
+
+impl Network {
+    /// Builds a freshly initialised network on `device` (seed the device first for
+    /// reproducible weights).
+    pub fn new(spec: &ModelSpec, device: &Device) -> Self {
+        let mut in_channels = match spec.input {
+            InputSpec::Image { channels, .. } => channels,
+            InputSpec::Flat { .. } => 1,
+        };
+        let convs = spec
+            .conv
+            .iter()
+            .map(|layer| {
+                let conv = Conv2dConfig::new([in_channels, layer.filters], [layer.kernel, layer.kernel])
+                    .with_stride([layer.stride, layer.stride])
+                    .with_padding(PaddingConfig2d::Explicit(layer.padding, layer.padding, layer.padding, layer.padding))
+                    .init(device);
+                in_channels = layer.filters;
+                ConvBlock {
+                    conv,
+                    norm: layer.batch_norm.then(|| BatchNormConfig::new(layer.filters).init(device)),
+                    pool: (layer.pool > 1).then(|| {
+                        MaxPool2dConfig::new([layer.pool, layer.pool]).with_strides([layer.pool, layer.pool]).init()
+                    }),
+                    dropout: DropoutConfig::new(layer.dropout).init(),
+                }
+            })
+            .collect();
+        let embeddings = spec.embeddings.iter().map(|&(n, d)| EmbeddingConfig::new(n, d).init(device)).collect();
+        let mut width = spec.head_input();
+        let hidden = spec
+            .hidden
+            .iter()
+            .map(|&h| {
+                let block = DenseBlock {
+                    linear: LinearConfig::new(width, h).init(device),
+                    norm: spec.batch_norm.then(|| BatchNormConfig::new(h).init(device)),
+                    dropout: DropoutConfig::new(spec.dropout).init(),
+                };
+                width = h;
+                block
+            })
+            .collect();
+        let output = LinearConfig::new(width, spec.outputs).init(device);
+        debug_assert!(spec.kind != ModelKind::Cnn || !spec.conv.is_empty());
+        Self { convs, embeddings, hidden, output, activation: spec.activation, input: spec.input }
+    }
+
+    /// Forward pass. `x` is `[batch, input size]` (images flattened row-major); `categories`
+    /// is `[batch, embeddings]` of embedding indices when the model has embeddings.
+    pub fn forward(&self, x: Tensor<2>, categories: Option<Tensor<2, Int>>) -> Outputs {
+        let [batch, _] = x.dims();
+        let mut h = if self.convs.is_empty() {
+            x
+        } else {
+            let InputSpec::Image { channels, height, width } = self.input else {
+                unreachable!("a CNN is only built for image input")
+            };
+            let mut img: Tensor<4> = x.reshape([batch, channels, height, width]);
+            for block in &self.convs {
+                img = block.conv.forward(img);
+                if let Some(norm) = &block.norm {
+                    img = norm.forward(img);
+                }
+                img = act(self.activation, img);
+                if let Some(pool) = &block.pool {
+                    img = pool.forward(img);
+                }
+                img = block.dropout.forward(img);
+            }
+            img.flatten(1, 3)
+        };
+        if !self.embeddings.is_empty() {
+            let categories = categories.expect("the model has embeddings: pass category indices");
+            let mut parts = vec![h];
+            for (i, emb) in self.embeddings.iter().enumerate() {
+                let idx = categories.clone().narrow(1, i, 1); // [batch, 1]
+                let e: Tensor<3> = emb.forward(idx); // [batch, 1, d]
+                parts.push(e.flatten(1, 2));
+            }
+            h = Tensor::cat(parts, 1);
+        }
+        for block in &self.hidden {
+            h = block.linear.forward(h);
+            if let Some(norm) = &block.norm {
+                h = norm.forward(h);
+            }
+            h = act(self.activation, h);
+            h = block.dropout.forward(h);
+        }
+        self.output.forward(h)
+    }
+}

@@ -1,0 +1,143 @@
+use kiln_config::{Activation, ConvLayer, ModelConfig, ModelKind};
+use serde::{Deserialize, Serialize};
+
+/// Shape of the network's dense input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InputSpec {
+    /// A flat vector of `width` values.
+    Flat {
+        /// Width.
+        width: usize,
+    },
+    /// A `channels x height x width` image (stored flat, reshaped by the network).
+    Image {
+        /// Channels.
+        channels: usize,
+        /// Height.
+        height: usize,
+        /// Width.
+        width: usize,
+    },
+}
+
+impl InputSpec {
+    /// Values per row.
+    pub fn size(&self) -> usize {
+        match *self {
+            InputSpec::Flat { width } => width,
+            InputSpec::Image { channels, height, width } => channels * height * width,
+        }
+    }
+}
+
+/// Everything needed to rebuild a network: the model config plus what the data decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Model family.
+    pub kind: ModelKind,
+    /// Dense input shape.
+    pub input: InputSpec,
+    /// `(table size, width)` of each categorical embedding.
+    pub embeddings: Vec<(usize, usize)>,
+    /// Output width: classes, or 1 for regression.
+    pub outputs: usize,
+    /// Hidden widths of the fully connected head.
+    pub hidden: Vec<usize>,
+    /// Activation.
+    pub activation: Activation,
+    /// Dropout after hidden layers.
+    pub dropout: f64,
+    /// Batch norm after hidden linear layers.
+    pub batch_norm: bool,
+    /// Conv blocks (CNN).
+    pub conv: Vec<ConvLayer>,
+}
+
+/// A model config that does not fit the data.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    /// A CNN needs image input.
+    #[error("model.type = \"cnn\" needs an image feature (e.g. an IDX source); this data is tabular")]
+    CnnNeedsImages,
+    /// The conv stack shrinks the image to nothing.
+    #[error("model.conv[{layer}]: the feature map is {height}x{width} before this layer, too small for kernel {kernel} (pool {pool})")]
+    ConvTooSmall {
+        /// Layer index.
+        layer: usize,
+        /// Height before the layer.
+        height: usize,
+        /// Width before the layer.
+        width: usize,
+        /// Kernel.
+        kernel: usize,
+        /// Pool.
+        pool: usize,
+    },
+}
+
+impl ModelSpec {
+    /// Combines the model config with the data's input shape, embeddings and outputs.
+    pub fn from_config(
+        config: &ModelConfig,
+        input: InputSpec,
+        embeddings: Vec<(usize, usize)>,
+        outputs: usize,
+    ) -> Result<Self, SpecError> {
+        let spec = Self {
+            kind: config.kind,
+            input,
+            embeddings,
+            outputs,
+            hidden: if config.kind == ModelKind::Linear { Vec::new() } else { config.hidden.clone() },
+            activation: config.activation,
+            dropout: config.dropout,
+            batch_norm: config.batch_norm,
+            conv: if config.kind == ModelKind::Cnn { config.conv.clone() } else { Vec::new() },
+        };
+        if spec.kind == ModelKind::Cnn {
+            if !matches!(input, InputSpec::Image { .. }) {
+                return Err(SpecError::CnnNeedsImages);
+            }
+            spec.conv_output()?;
+        }
+        Ok(spec)
+    }
+
+    /// `(channels, height, width)` after the conv stack, or the input's for no convs.
+    pub fn conv_output(&self) -> Result<(usize, usize, usize), SpecError> {
+        let (mut c, mut h, mut w) = match self.input {
+            InputSpec::Image { channels, height, width } => (channels, height, width),
+            InputSpec::Flat { width } => (1, 1, width),
+        };
+        for (layer, conv) in self.conv.iter().enumerate() {
+            let too_small = SpecError::ConvTooSmall { layer, height: h, width: w, kernel: conv.kernel, pool: conv.pool };
+            let (ph, pw) = (h + 2 * conv.padding, w + 2 * conv.padding);
+            if ph < conv.kernel || pw < conv.kernel {
+                return Err(too_small);
+            }
+            h = (ph - conv.kernel) / conv.stride + 1;
+            w = (pw - conv.kernel) / conv.stride + 1;
+            if conv.pool > 1 {
+                if h < conv.pool || w < conv.pool {
+                    return Err(too_small);
+                }
+                h /= conv.pool;
+                w /= conv.pool;
+            }
+            c = conv.filters;
+        }
+        Ok((c, h, w))
+    }
+
+    /// Width of the fully connected head's input.
+    pub fn head_input(&self) -> usize {
+        let dense = if self.conv.is_empty() {
+            self.input.size()
+        } else {
+            let (c, h, w) = self.conv_output().expect("validated in from_config");
+            c * h * w
+        };
+        dense + self.embeddings.iter().map(|(_, d)| d).sum::<usize>()
+    }
+}
