@@ -1,0 +1,156 @@
+//! Inference over encoded rows, and scoring.
+
+use burn::module::Module;
+use burn::prelude::{Device, Int, Tensor, TensorData};
+use burn::tensor::activation::softmax;
+use kiln_config::Task;
+use kiln_data::{Encoded, Preprocessor, Target};
+use kiln_metrics::{ClassificationMetrics, RegressionMetrics};
+use kiln_models::Network;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// Rows per forward pass at inference.
+const EVAL_BATCH: usize = 1024;
+
+/// Model outputs for a set of rows.
+#[derive(Debug, Clone)]
+pub struct Predictions {
+    /// Rows.
+    pub rows: usize,
+    /// Values per row: class probabilities, or one regression value in target units.
+    pub width: usize,
+    /// `rows * width` values.
+    pub values: Vec<f32>,
+}
+
+/// Tensors for rows `idx` of `data` on `device`: inputs and optional category indices.
+pub fn batch_inputs(data: &Encoded, idx: &[usize], device: &Device) -> (Tensor<2>, Option<Tensor<2, Int>>) {
+    let size = data.shape.size();
+    let ncat = data.cardinalities.len();
+    let mut x = Vec::with_capacity(idx.len() * size);
+    let mut c = Vec::with_capacity(idx.len() * ncat);
+    for &i in idx {
+        x.extend_from_slice(&data.x[i * size..(i + 1) * size]);
+        c.extend(data.categories[i * ncat..(i + 1) * ncat].iter().map(|&v| v as i64));
+    }
+    let x = Tensor::<2>::from_data(TensorData::new(x, [idx.len(), size]), device);
+    let c = (ncat > 0).then(|| Tensor::<2, Int>::from_data(TensorData::new(c, [idx.len(), ncat]), device));
+    (x, c)
+}
+
+/// Runs `model` (in inference mode) over all rows of `data`.
+pub fn predict(model: &Network, data: &Encoded, preprocessor: &Preprocessor, device: &Device) -> Predictions {
+    let model = model.valid();
+    let device = device.clone().without_autodiff();
+    let width = preprocessor.num_outputs();
+    let mut values = Vec::with_capacity(data.rows * width);
+    let all: Vec<usize> = (0..data.rows).collect();
+    for chunk in all.chunks(EVAL_BATCH) {
+        let (x, c) = batch_inputs(data, chunk, &device);
+        let out = model.forward(x, c);
+        let out = match preprocessor.task {
+            Task::Classification => softmax(out, 1),
+            Task::Regression => out,
+        };
+        let v: Vec<f32> = out.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 output");
+        match preprocessor.task {
+            Task::Classification => values.extend(v),
+            Task::Regression => values.extend(v.into_iter().map(|y| preprocessor.denormalize(y))),
+        }
+    }
+    Predictions { rows: data.rows, width, values }
+}
+
+/// Scores of a model on labelled rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum Evaluation {
+    /// Classification metrics; `loss` is the cross-entropy.
+    Classification {
+        /// Mean cross-entropy.
+        loss: f64,
+        /// Metrics.
+        metrics: ClassificationMetrics,
+    },
+    /// Regression metrics; `loss` is the MSE of standardised targets (the training loss).
+    Regression {
+        /// Standardised MSE.
+        loss: f64,
+        /// Metrics in target units.
+        metrics: RegressionMetrics,
+    },
+}
+
+impl Evaluation {
+    /// The loss.
+    pub fn loss(&self) -> f64 {
+        match self {
+            Evaluation::Classification { loss, .. } | Evaluation::Regression { loss, .. } => *loss,
+        }
+    }
+
+    /// A named metric (`loss`, `accuracy`, `f1_macro`, `roc_auc`, `rmse`, `mae`, `r2`), if
+    /// defined for this task.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match (self, name) {
+            (_, "loss") => Some(self.loss()),
+            (Evaluation::Classification { metrics, .. }, "accuracy") => Some(metrics.accuracy),
+            (Evaluation::Classification { metrics, .. }, "f1_macro") => Some(metrics.f1_macro),
+            (Evaluation::Classification { metrics, .. }, "roc_auc") => metrics.roc_auc,
+            (Evaluation::Regression { metrics, .. }, "rmse") => Some(metrics.rmse),
+            (Evaluation::Regression { metrics, .. }, "mae") => Some(metrics.mae),
+            (Evaluation::Regression { metrics, .. }, "r2") => Some(metrics.r2),
+            _ => None,
+        }
+    }
+
+    /// The headline numbers as JSON (`accuracy`, `f1_macro`, `roc_auc` or `rmse`, `mae`, `r2`).
+    pub fn summary(&self) -> serde_json::Value {
+        match self {
+            Evaluation::Classification { loss, metrics } => serde_json::json!({
+                "loss": loss,
+                "accuracy": metrics.accuracy,
+                "f1_macro": metrics.f1_macro,
+                "roc_auc": metrics.roc_auc,
+                "log_loss": metrics.log_loss,
+                "samples": metrics.samples,
+            }),
+            Evaluation::Regression { loss, metrics } => serde_json::json!({
+                "loss": loss,
+                "rmse": metrics.rmse,
+                "mae": metrics.mae,
+                "r2": metrics.r2,
+                "mse": metrics.mse,
+            }),
+        }
+    }
+}
+
+/// Scores `predictions` of labelled rows `data`.
+pub fn score(data: &Encoded, predictions: &Predictions, preprocessor: &Preprocessor) -> Result<Evaluation, TrainError> {
+    match (&data.y, preprocessor.task) {
+        (Some(Target::Classes(labels)), Task::Classification) => {
+            let y: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+            let metrics = ClassificationMetrics::compute(&y, &predictions.values, predictions.width)?;
+            Ok(Evaluation::Classification { loss: metrics.log_loss, metrics })
+        }
+        (Some(Target::Values(standardised)), Task::Regression) => {
+            let actual: Vec<f32> = standardised.iter().map(|&v| preprocessor.denormalize(v)).collect();
+            let metrics = RegressionMetrics::compute(&actual, &predictions.values)?;
+            let scale = match &preprocessor.target {
+                kiln_data::TargetTransform::Regression { std, .. } => *std,
+                _ => 1.0,
+            };
+            Ok(Evaluation::Regression { loss: metrics.mse / (scale * scale), metrics })
+        }
+        _ => Err(TrainError::Invalid("the data has no target column to score against".into())),
+    }
+}
+
+/// Predicts and scores in one go.
+pub fn evaluate(model: &Network, data: &Encoded, preprocessor: &Preprocessor, device: &Device) -> Result<Evaluation, TrainError> {
+    let predictions = predict(model, data, preprocessor, device);
+    score(data, &predictions, preprocessor)
+}

@@ -1,0 +1,153 @@
+//! Gradients of one optimizer step, and the seam where they would be all-reduced.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::Tensor;
+use burn::tensor::Gradients;
+
+use crate::TrainError;
+
+/// Gradients keyed by parameter path (`hidden.0.linear.weight`), flattened to rank 1 and
+/// detached from autodiff. Paths, not Burn's per-process parameter ids, so the same key names
+/// the same parameter in every process and in every checkpoint.
+#[derive(Debug, Default, Clone)]
+pub struct ParamGrads {
+    /// Path to flattened gradient.
+    pub grads: BTreeMap<String, Tensor<1>>,
+}
+
+/// Tracks the dotted module path during a visit or map.
+#[derive(Default)]
+pub(crate) struct PathStack(Vec<String>);
+
+impl PathStack {
+    pub(crate) fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    pub(crate) fn exit(&mut self) {
+        self.0.pop();
+    }
+    pub(crate) fn path(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+struct GradCollector<'a> {
+    grads: &'a mut Gradients,
+    out: &'a mut ParamGrads,
+    path: PathStack,
+}
+
+impl ModuleVisitor for GradCollector<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !param.is_require_grad() {
+            return;
+        }
+        if let Some(grad) = param.val().grad_remove(self.grads) {
+            let n = grad.shape().num_elements();
+            self.out.grads.insert(self.path.path(), grad.reshape([n]));
+        }
+    }
+}
+
+struct PathLister {
+    path: PathStack,
+    out: Vec<(String, Vec<usize>)>,
+}
+
+impl ModuleVisitor for PathLister {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if param.is_require_grad() {
+            self.out.push((self.path.path(), param.val().dims().to_vec()));
+        }
+    }
+}
+
+/// Paths and shapes of a module's trainable parameters, in visit order.
+pub fn trainable_parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    let mut lister = PathLister { path: PathStack::default(), out: Vec::new() };
+    module.visit(&mut lister);
+    lister.out
+}
+
+impl ParamGrads {
+    /// Takes the gradients of `module`'s trainable parameters out of `grads`.
+    pub fn collect<M: Module>(module: &M, mut grads: Gradients) -> Self {
+        let mut out = ParamGrads::default();
+        let mut collector = GradCollector { grads: &mut grads, out: &mut out, path: PathStack::default() };
+        module.visit(&mut collector);
+        out
+    }
+
+    /// Adds `other` into `self` (gradient accumulation).
+    pub fn accumulate(&mut self, other: ParamGrads) {
+        for (path, g) in other.grads {
+            match self.grads.remove(&path) {
+                Some(acc) => self.grads.insert(path, acc + g),
+                None => self.grads.insert(path, g),
+            };
+        }
+    }
+
+    /// Multiplies every gradient by `factor`.
+    pub fn scale(&mut self, factor: f64) {
+        for g in self.grads.values_mut() {
+            *g = g.clone().mul_scalar(factor);
+        }
+    }
+
+    /// The L2 norm of all gradients taken together.
+    pub fn global_norm(&self) -> f64 {
+        let parts: Vec<Tensor<1>> = self.grads.values().map(|g| g.clone().powi_scalar(2).sum()).collect();
+        if parts.is_empty() {
+            return 0.0;
+        }
+        let total: f64 = Tensor::cat(parts, 0).into_data().iter::<f64>().sum();
+        total.sqrt()
+    }
+
+    /// Scales all gradients together so their global L2 norm is at most `max_norm` (as
+    /// `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping.
+    pub fn clip_global_norm(&mut self, max_norm: f64) -> f64 {
+        let norm = self.global_norm();
+        if norm.is_finite() && norm > max_norm {
+            self.scale(max_norm / (norm + 1e-6));
+        }
+        norm
+    }
+}
+
+/// Where per-process gradients are combined before the update: the one seam for
+/// data-parallel training. An MPI or NCCL implementation all-reduces (averages) every tensor
+/// of `grads` across processes; the optimizer then takes the same step everywhere.
+pub trait GradientSync {
+    /// Combines `grads` across processes in place.
+    fn all_reduce(&mut self, grads: &mut ParamGrads) -> Result<(), TrainError>;
+    /// Number of processes taking part.
+    fn world_size(&self) -> usize {
+        1
+    }
+}
+
+/// Training in one process: nothing to combine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SingleProcess;
+
+impl GradientSync for SingleProcess {
+    fn all_reduce(&mut self, _grads: &mut ParamGrads) -> Result<(), TrainError> {
+        Ok(())
+    }
+}

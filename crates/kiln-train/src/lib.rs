@@ -1,0 +1,60 @@
+//! kiln's trainer.
+//!
+//! [`train`] runs the optimisation loop over encoded data with kiln's own
+//! [`Optimizer`](optim::Optimizer)s and [`LrSchedule`](schedule::LrSchedule), writes
+//! `metrics.jsonl` and atomic [checkpoints](checkpoint), and resumes bit-identically.
+//! [`evaluate`](evaluate::evaluate) and [`predict`](evaluate::predict) score and apply a
+//! model; [`run`] knows the run-directory layout that `eval`, `predict`, a server and a
+//! dashboard read.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod evaluate;
+pub mod grads;
+pub mod optim;
+pub mod run;
+pub mod schedule;
+mod trainer;
+pub mod weights;
+
+pub use grads::{GradientSync, ParamGrads, SingleProcess};
+pub use trainer::{EpochRecord, Observer, Silent, StartInfo, StepRecord, TrainOutcome, TrainSetup, check_task, train};
+
+/// Training errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A checkpoint is missing, truncated, corrupt or foreign.
+    #[error("checkpoint error: {0}")]
+    Checkpoint(String),
+    /// Weights do not load.
+    #[error("weights: {0}")]
+    Weights(String),
+    /// The loss became NaN or infinite.
+    #[error("training diverged at step {step}: loss is {loss} (lower trainer.lr, or set trainer.grad_clip_norm)")]
+    Diverged {
+        /// The step.
+        step: u64,
+        /// The loss.
+        loss: f64,
+    },
+    /// Inconsistent inputs.
+    #[error("{0}")]
+    Invalid(String),
+    /// Metric computation failed.
+    #[error(transparent)]
+    Metrics(#[from] kiln_metrics::MetricsError),
+    /// Data problem.
+    #[error(transparent)]
+    Data(#[from] kiln_data::DataError),
+    /// Run directory problem.
+    #[error("{0}")]
+    Run(String),
+}

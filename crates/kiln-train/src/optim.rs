@@ -1,0 +1,212 @@
+//! Optimizers: SGD (momentum, Nesterov), Adam, AdamW, RMSProp, AdaGrad.
+//!
+//! The update rules are PyTorch's (`torch.optim`), written with Burn tensor ops. Unlike
+//! Burn's `ModuleOptimizer`, whose state is keyed by per-process parameter ids, state here is
+//! keyed by parameter path, so a checkpoint written by one process resumes in another (and,
+//! later, on another rank) and can be inspected as a plain safetensors file.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::prelude::{Device, Tensor, TensorData};
+use kiln_config::{OptimizerKind, TrainerConfig};
+
+use crate::TrainError;
+use crate::grads::{ParamGrads, PathStack};
+
+/// Hyper-parameters of the optimizer (the learning rate comes from the schedule each step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimizerSettings {
+    /// Family.
+    pub kind: OptimizerKind,
+    /// Momentum (SGD, RMSProp).
+    pub momentum: f64,
+    /// Nesterov (SGD).
+    pub nesterov: bool,
+    /// Adam beta1.
+    pub beta1: f64,
+    /// Adam beta2.
+    pub beta2: f64,
+    /// Epsilon.
+    pub eps: f64,
+    /// RMSProp smoothing.
+    pub alpha: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+}
+
+impl From<&TrainerConfig> for OptimizerSettings {
+    fn from(t: &TrainerConfig) -> Self {
+        Self {
+            kind: t.optimizer,
+            momentum: t.momentum,
+            nesterov: t.nesterov,
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: t.eps,
+            alpha: t.alpha,
+            weight_decay: t.weight_decay,
+        }
+    }
+}
+
+/// An optimizer with its per-parameter state.
+#[derive(Debug, Clone)]
+pub struct Optimizer {
+    settings: OptimizerSettings,
+    /// Optimizer steps taken (for bias correction).
+    steps: u64,
+    /// Per parameter path: state slots (flattened), by slot name.
+    state: BTreeMap<String, BTreeMap<&'static str, Tensor<1>>>,
+}
+
+struct Update<'a> {
+    optimizer: &'a mut Optimizer,
+    grads: &'a mut ParamGrads,
+    lr: f64,
+    path: PathStack,
+}
+
+impl ModuleMapper for Update<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.path();
+        let Some(grad) = self.grads.grads.remove(&path) else {
+            return param;
+        };
+        let (id, tensor, mapper) = param.consume();
+        let require_grad = tensor.is_require_grad();
+        let dims = tensor.dims();
+        let n = tensor.shape().num_elements();
+        let flat: Tensor<1> = tensor.inner().reshape([n]);
+        let updated = self.optimizer.update(&path, flat, grad, self.lr);
+        let mut t: Tensor<D> = Tensor::from_inner(updated.reshape(dims));
+        if require_grad {
+            t = t.require_grad();
+        }
+        Param::from_mapped_value(id, t, mapper)
+    }
+}
+
+impl Optimizer {
+    /// A fresh optimizer.
+    pub fn new(settings: OptimizerSettings) -> Self {
+        Self { settings, steps: 0, state: BTreeMap::new() }
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Applies one step with learning rate `lr` to every parameter of `module` that has a
+    /// gradient in `grads`.
+    pub fn step<M: Module>(&mut self, module: M, mut grads: ParamGrads, lr: f64) -> M {
+        self.steps += 1;
+        let mut update = Update { optimizer: self, grads: &mut grads, lr, path: PathStack::default() };
+        module.map(&mut update)
+    }
+
+    fn slot(&mut self, path: &str, name: &'static str, like: &Tensor<1>) -> Tensor<1> {
+        self.state
+            .get(path)
+            .and_then(|s| s.get(name))
+            .cloned()
+            .unwrap_or_else(|| like.zeros_like())
+    }
+
+    fn store(&mut self, path: &str, name: &'static str, value: Tensor<1>) {
+        self.state.entry(path.to_string()).or_default().insert(name, value);
+    }
+
+    fn update(&mut self, path: &str, p: Tensor<1>, mut g: Tensor<1>, lr: f64) -> Tensor<1> {
+        let s = self.settings;
+        let t = self.steps as i32;
+        let decoupled = s.kind == OptimizerKind::Adamw;
+        if s.weight_decay > 0.0 && !decoupled {
+            g = g + p.clone().mul_scalar(s.weight_decay);
+        }
+        match s.kind {
+            OptimizerKind::Sgd => {
+                if s.momentum > 0.0 {
+                    let first = !self.state.get(path).is_some_and(|m| m.contains_key("momentum"));
+                    let buf = if first {
+                        g.clone()
+                    } else {
+                        self.slot(path, "momentum", &g).mul_scalar(s.momentum) + g.clone()
+                    };
+                    self.store(path, "momentum", buf.clone());
+                    g = if s.nesterov { g + buf.mul_scalar(s.momentum) } else { buf };
+                }
+                p - g.mul_scalar(lr)
+            }
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let p = if decoupled && s.weight_decay > 0.0 { p.mul_scalar(1.0 - lr * s.weight_decay) } else { p };
+                let m = self.slot(path, "exp_avg", &g).mul_scalar(s.beta1) + g.clone().mul_scalar(1.0 - s.beta1);
+                let v = self.slot(path, "exp_avg_sq", &g).mul_scalar(s.beta2)
+                    + g.clone().powi_scalar(2).mul_scalar(1.0 - s.beta2);
+                self.store(path, "exp_avg", m.clone());
+                self.store(path, "exp_avg_sq", v.clone());
+                let bc1 = 1.0 - s.beta1.powi(t);
+                let bc2 = 1.0 - s.beta2.powi(t);
+                let denom = v.div_scalar(bc2).sqrt().add_scalar(s.eps);
+                p - m.div(denom).mul_scalar(lr / bc1)
+            }
+            OptimizerKind::Rmsprop => {
+                let v = self.slot(path, "square_avg", &g).mul_scalar(s.alpha)
+                    + g.clone().powi_scalar(2).mul_scalar(1.0 - s.alpha);
+                self.store(path, "square_avg", v.clone());
+                let step = g.div(v.sqrt().add_scalar(s.eps));
+                if s.momentum > 0.0 {
+                    let buf = self.slot(path, "momentum", &step).mul_scalar(s.momentum) + step;
+                    self.store(path, "momentum", buf.clone());
+                    p - buf.mul_scalar(lr)
+                } else {
+                    p - step.mul_scalar(lr)
+                }
+            }
+            OptimizerKind::Adagrad => {
+                let sum = self.slot(path, "sum", &g) + g.clone().powi_scalar(2);
+                self.store(path, "sum", sum.clone());
+                p - g.div(sum.sqrt().add_scalar(s.eps)).mul_scalar(lr)
+            }
+        }
+    }
+
+    /// The state as named `f32` vectors (`{path}/{slot}`), plus the step count.
+    pub fn export(&self) -> (u64, Vec<(String, Vec<f32>)>) {
+        let mut out = Vec::new();
+        for (path, slots) in &self.state {
+            for (name, t) in slots {
+                let values = t.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 state");
+                out.push((format!("{path}/{name}"), values));
+            }
+        }
+        (self.steps, out)
+    }
+
+    /// Restores state written by [`export`](Self::export).
+    pub fn import(&mut self, steps: u64, tensors: Vec<(String, Vec<f32>)>, device: &Device) -> Result<(), TrainError> {
+        const SLOTS: [&str; 5] = ["momentum", "exp_avg", "exp_avg_sq", "square_avg", "sum"];
+        self.steps = steps;
+        self.state.clear();
+        for (key, values) in tensors {
+            let (path, slot) = key
+                .rsplit_once('/')
+                .ok_or_else(|| TrainError::Checkpoint(format!("optimizer tensor \"{key}\" has no slot name")))?;
+            let slot = SLOTS
+                .iter()
+                .find(|s| **s == slot)
+                .ok_or_else(|| TrainError::Checkpoint(format!("optimizer tensor \"{key}\": unknown slot \"{slot}\"")))?;
+            let n = values.len();
+            let t = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
+            self.state.entry(path.to_string()).or_default().insert(slot, t);
+        }
+        Ok(())
+    }
+}

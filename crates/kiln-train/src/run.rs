@@ -1,0 +1,120 @@
+//! The run directory: what a training run leaves behind, for `eval`, `predict`, `serve` and
+//! a dashboard to read.
+//!
+//! ```text
+//! RUN/
+//!   config.toml          resolved configuration (defaults and --set applied)
+//!   schema.json          column roles and types as inferred
+//!   preprocessor.json    fitted preprocessing (predict applies exactly this)
+//!   model.json           architecture (kiln_models::ModelSpec)
+//!   model.safetensors    final weights (best on validation)
+//!   metrics.jsonl        one JSON object per logged step and per epoch
+//!   report.json          final report on the test split (+ report.txt, plots/*.svg)
+//!   checkpoints/         step-NNNNNNNN/ directories and a `latest` pointer
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::Device;
+use kiln_config::Config;
+use kiln_data::Preprocessor;
+use kiln_models::{ModelSpec, Network};
+
+use crate::TrainError;
+use crate::checkpoint::write_atomic;
+use crate::weights::{model_from_bytes, model_to_bytes};
+
+/// File names inside a run directory.
+pub mod files {
+    /// Resolved config.
+    pub const CONFIG: &str = "config.toml";
+    /// Inferred schema.
+    pub const SCHEMA: &str = "schema.json";
+    /// Fitted preprocessing.
+    pub const PREPROCESSOR: &str = "preprocessor.json";
+    /// Architecture.
+    pub const MODEL_SPEC: &str = "model.json";
+    /// Final weights.
+    pub const WEIGHTS: &str = "model.safetensors";
+    /// Metrics log.
+    pub const METRICS: &str = "metrics.jsonl";
+    /// Final report.
+    pub const REPORT_JSON: &str = "report.json";
+    /// Final report, text.
+    pub const REPORT_TXT: &str = "report.txt";
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io { path: path.display().to_string(), source: e }
+}
+
+/// Writes a JSON file atomically.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), TrainError> {
+    write_atomic(path, &serde_json::to_vec_pretty(value).expect("serializable"))
+}
+
+/// Reads a JSON file, naming it in errors.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&bytes).map_err(|e| TrainError::Run(format!("{}: {e}", path.display())))
+}
+
+/// Creates a fresh run directory `parent/name` (failing if it holds a run already).
+pub fn create(parent: &Path, name: &str) -> Result<PathBuf, TrainError> {
+    let dir = parent.join(name);
+    if dir.join(files::CONFIG).exists() {
+        return Err(TrainError::Run(format!(
+            "{} already holds a run; choose another output.name or resume it with --resume",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    Ok(dir)
+}
+
+/// Saves the resolved config.
+pub fn save_config(dir: &Path, config: &Config) -> Result<(), TrainError> {
+    let text = toml::to_string_pretty(config).map_err(|e| TrainError::Run(e.to_string()))?;
+    write_atomic(&dir.join(files::CONFIG), text.as_bytes())
+}
+
+/// A trained model loaded from a run directory.
+#[derive(Debug)]
+pub struct LoadedRun {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its config.
+    pub config: Config,
+    /// Its preprocessing.
+    pub preprocessor: Preprocessor,
+    /// Its architecture.
+    pub spec: ModelSpec,
+    /// Its weights, on the requested device.
+    pub model: Network,
+}
+
+/// Loads config, preprocessing, architecture and final weights of a run.
+pub fn load(dir: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
+    if !dir.is_dir() {
+        return Err(TrainError::Run(format!("{}: no such run directory", dir.display())));
+    }
+    let config_path = dir.join(files::CONFIG);
+    let config = kiln_config::load(&config_path, &[]).map_err(|e| TrainError::Run(e.to_string()))?;
+    let preprocessor: Preprocessor = read_json(&dir.join(files::PREPROCESSOR))?;
+    let spec: ModelSpec = read_json(&dir.join(files::MODEL_SPEC))?;
+    let weights_path = dir.join(files::WEIGHTS);
+    let bytes = std::fs::read(&weights_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            TrainError::Run(format!("{}: no model.safetensors (did training finish?)", dir.display()))
+        } else {
+            TrainError::Io { path: weights_path.display().to_string(), source: e }
+        }
+    })?;
+    let model = model_from_bytes(&spec, &bytes, device, &weights_path.display().to_string())?;
+    Ok(LoadedRun { dir: dir.to_path_buf(), config, preprocessor, spec, model })
+}
+
+/// Saves the final weights atomically.
+pub fn save_weights(dir: &Path, model: &Network) -> Result<(), TrainError> {
+    write_atomic(&dir.join(files::WEIGHTS), &model_to_bytes(model)?)
+}

@@ -1,0 +1,443 @@
+//! The training loop.
+//!
+//! One optimizer step is: for each micro-batch of the step's group, forward, loss weighted by
+//! the micro-batch's share of the group, backward, collect gradients by path and add them up;
+//! then [`GradientSync::all_reduce`] (the data-parallel seam), global-norm clipping, and the
+//! optimizer update. Dropout is seeded from `(seed, step)` and shuffling from
+//! `(seed, epoch)`, so a run resumed from a checkpoint replays exactly what an uninterrupted
+//! run does.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::prelude::{Device, Int, Tensor, TensorData};
+use burn::tensor::activation::log_softmax;
+use kiln_config::{BatchSize, Config, Task};
+use kiln_data::rng::SplitMix64;
+use kiln_data::{Encoded, Preprocessor, Target};
+use kiln_models::{ModelSpec, Network};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{LoadedCheckpoint, write_atomic, write_checkpoint};
+use crate::evaluate::{Evaluation, batch_inputs, evaluate};
+use crate::grads::{GradientSync, ParamGrads};
+use crate::optim::{Optimizer, OptimizerSettings};
+use crate::schedule::LrSchedule;
+use crate::weights::{model_from_bytes, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes};
+use crate::TrainError;
+
+/// One line of `metrics.jsonl` for an optimizer step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Optimizer steps taken, including this one.
+    pub step: u64,
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Training loss of this step's samples.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping, when clipping is on.
+    pub grad_norm: Option<f64>,
+    /// Training throughput since the last record.
+    pub samples_per_sec: f64,
+}
+
+/// One line of `metrics.jsonl` at the end of an epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f64,
+    /// Validation scores, when there is a validation split.
+    pub validation: Option<serde_json::Value>,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Wall-clock seconds of the epoch (training and validation).
+    pub seconds: f64,
+    /// Whether the monitored validation metric improved (the best model was kept).
+    pub improved: bool,
+}
+
+/// Facts the observer gets before the first step.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    /// Optimizer steps of the whole run.
+    pub total_steps: u64,
+    /// Steps already done (resume).
+    pub steps_done: u64,
+    /// Steps per epoch.
+    pub steps_per_epoch: u64,
+    /// Training rows.
+    pub train_rows: usize,
+    /// Trainable parameters.
+    pub parameters: usize,
+}
+
+/// Receives progress (the CLI draws progress bars from it).
+pub trait Observer {
+    /// Before the first step.
+    fn on_start(&mut self, _info: &StartInfo) {}
+    /// After every optimizer step.
+    fn on_step(&mut self, _record: &StepRecord) {}
+    /// After every epoch.
+    fn on_epoch(&mut self, _record: &EpochRecord) {}
+    /// A notable event (checkpoint written, LR reduced, early stop).
+    fn on_event(&mut self, _message: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// Everything a training run needs.
+pub struct TrainSetup<'a> {
+    /// Resolved configuration.
+    pub config: &'a Config,
+    /// Architecture.
+    pub spec: &'a ModelSpec,
+    /// Fitted preprocessing (for scoring validation).
+    pub preprocessor: &'a Preprocessor,
+    /// Training rows.
+    pub train: &'a Encoded,
+    /// Validation rows.
+    pub validation: Option<&'a Encoded>,
+    /// Run directory (metrics.jsonl and checkpoints go here).
+    pub run_dir: &'a Path,
+    /// Compute device (without autodiff; the trainer adds it).
+    pub device: Device,
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// Final model: the best on validation when there is a validation split, else the last.
+    pub model: Network,
+    /// Epochs completed.
+    pub epochs_run: usize,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// Epoch of the kept model (0-based).
+    pub best_epoch: Option<usize>,
+    /// Mean training loss of the last epoch.
+    pub final_train_loss: f64,
+    /// Last validation evaluation.
+    pub last_validation: Option<Evaluation>,
+    /// Wall-clock seconds of this invocation.
+    pub seconds: f64,
+    /// The checkpoint step this run resumed from.
+    pub resumed_from: Option<u64>,
+}
+
+/// Resumable trainer state (`trainer_state.json` in a checkpoint).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    /// Epoch to continue in.
+    epoch: usize,
+    /// Step groups of that epoch already done.
+    group_in_epoch: usize,
+    /// Optimizer steps taken.
+    global_step: u64,
+    /// Sum and count of this epoch's step losses so far.
+    epoch_loss_sum: f64,
+    epoch_loss_steps: u64,
+    schedule: LrSchedule,
+    best: Option<f64>,
+    best_epoch: Option<usize>,
+    bad_epochs: usize,
+}
+
+const STEP_STREAM: u64 = 0xD0_0D;
+const EPOCH_STREAM: u64 = 0xE9_0C;
+
+fn loss_of(outputs: Tensor<2>, target: &Target, idx: &[usize], device: &Device) -> Tensor<1> {
+    match target {
+        Target::Classes(labels) => {
+            let t: Vec<i64> = idx.iter().map(|&i| labels[i] as i64).collect();
+            let t = Tensor::<1, Int>::from_data(TensorData::new(t, [idx.len()]), device).reshape([idx.len(), 1]);
+            log_softmax(outputs, 1).gather(1, t).mean().neg()
+        }
+        Target::Values(values) => {
+            let t: Vec<f32> = idx.iter().map(|&i| values[i]).collect();
+            let t = Tensor::<2>::from_data(TensorData::new(t, [idx.len(), 1]), device);
+            (outputs - t).powi_scalar(2).mean()
+        }
+    }
+}
+
+fn append_jsonl(path: &Path, value: &impl Serialize, kind: &str) -> Result<(), TrainError> {
+    let mut v = serde_json::to_value(value).expect("record serializes");
+    v.as_object_mut().expect("records are objects").insert("kind".into(), kind.into());
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainError::Io { path: path.display().to_string(), source: e })?;
+    writeln!(f, "{v}").map_err(|e| TrainError::Io { path: path.display().to_string(), source: e })
+}
+
+/// Keeps only `metrics.jsonl` records up to `step` (the lines a resumed run will redo go).
+fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+/// Trains as configured, from scratch or from `resume`.
+pub fn train(
+    setup: TrainSetup<'_>,
+    resume: Option<LoadedCheckpoint>,
+    observer: &mut dyn Observer,
+    sync: &mut dyn GradientSync,
+) -> Result<TrainOutcome, TrainError> {
+    let started = Instant::now();
+    let cfg = setup.config;
+    let t = &cfg.trainer;
+    let device = setup.device.clone().without_autodiff();
+    let ad = device.clone().autodiff();
+    let train = setup.train;
+    let Some(target) = train.y.as_ref() else {
+        return Err(TrainError::Invalid("training rows have no target".into()));
+    };
+    if train.rows == 0 {
+        return Err(TrainError::Invalid("no training rows left after cleaning".into()));
+    }
+    let micro = match t.batch_size {
+        BatchSize::Full => train.rows.div_ceil(t.grad_accum_steps),
+        BatchSize::Samples(n) => n.min(train.rows),
+    };
+    let group = (micro * t.grad_accum_steps).min(train.rows);
+    let steps_per_epoch = train.rows.div_ceil(group) as u64;
+    let total_steps = steps_per_epoch * t.epochs as u64;
+    let metrics_path = setup.run_dir.join("metrics.jsonl");
+    let checkpoints_dir = setup.run_dir.join("checkpoints");
+    let settings = OptimizerSettings::from(t);
+    let higher = kiln_config::monitor_higher_is_better(&t.monitor);
+
+    device.seed(cfg.seed);
+    let (mut model, mut optimizer, mut state, mut best_model, resumed_from) = match &resume {
+        None => {
+            let _ = std::fs::remove_file(&metrics_path);
+            let model = Network::new(setup.spec, &ad);
+            let state = TrainerState {
+                epoch: 0,
+                group_in_epoch: 0,
+                global_step: 0,
+                epoch_loss_sum: 0.0,
+                epoch_loss_steps: 0,
+                schedule: LrSchedule::new(t, total_steps),
+                best: None,
+                best_epoch: None,
+                bad_epochs: 0,
+            };
+            (model, Optimizer::new(settings), state, None, None)
+        }
+        Some(ckpt) => {
+            let origin = ckpt.dir.display().to_string();
+            let model = model_from_bytes(setup.spec, ckpt.file("model.safetensors")?, &ad, &origin)?;
+            let optimizer = optimizer_from_bytes(settings, ckpt.file("optimizer.safetensors")?, &device)?;
+            let state: TrainerState = serde_json::from_slice(ckpt.file("trainer_state.json")?)
+                .map_err(|e| TrainError::Checkpoint(format!("{origin}: trainer_state.json: {e}")))?;
+            let best = match ckpt.files.get("best_model.safetensors") {
+                Some(bytes) => Some(model_from_bytes(setup.spec, bytes, &device, &origin)?),
+                None => None,
+            };
+            truncate_metrics(&metrics_path, state.global_step)?;
+            (model, optimizer, state, best, Some(ckpt.step))
+        }
+    };
+
+    let parameters = crate::grads::trainable_parameters(&model).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    observer.on_start(&StartInfo {
+        total_steps,
+        steps_done: state.global_step,
+        steps_per_epoch,
+        train_rows: train.rows,
+        parameters,
+    });
+
+    let save_checkpoint = |model: &Network,
+                           optimizer: &Optimizer,
+                           state: &TrainerState,
+                           best_model: &Option<Network>|
+     -> Result<PathBuf, TrainError> {
+        let mut files = vec![
+            ("model.safetensors", model_to_bytes(model)?),
+            ("optimizer.safetensors", optimizer_to_bytes(optimizer)?),
+            ("trainer_state.json", serde_json::to_vec_pretty(state).expect("state serializes")),
+        ];
+        if let Some(best) = best_model {
+            files.push(("best_model.safetensors", model_to_bytes(best)?));
+        }
+        write_checkpoint(&checkpoints_dir, state.global_step, &files)
+    };
+
+    let mut stopped_early = false;
+    let mut last_validation = None;
+    let mut final_train_loss = f64::NAN;
+    let mut epochs_run = state.epoch;
+    let mut window = (Instant::now(), 0usize);
+    while state.epoch < t.epochs {
+        let epoch = state.epoch;
+        let epoch_started = Instant::now();
+        let mut order: Vec<usize> = (0..train.rows).collect();
+        if t.batch_size != BatchSize::Full {
+            SplitMix64::derive(cfg.seed ^ EPOCH_STREAM, epoch as u64).shuffle(&mut order);
+        }
+        let groups: Vec<&[usize]> = order.chunks(group).collect();
+        for (gi, rows) in groups.iter().enumerate().skip(state.group_in_epoch) {
+            let mut seeder = SplitMix64::derive(cfg.seed ^ STEP_STREAM, state.global_step);
+            device.seed(seeder.next_u64());
+            let mut grads = ParamGrads::default();
+            let mut step_loss = 0.0;
+            for micro_rows in rows.chunks(micro) {
+                let (x, c) = batch_inputs(train, micro_rows, &ad);
+                let out = model.forward(x, c);
+                let loss = loss_of(out, target, micro_rows, &ad);
+                let weight = micro_rows.len() as f64 / rows.len() as f64;
+                let loss = loss.mul_scalar(weight);
+                let g = loss.backward();
+                step_loss += loss.into_scalar::<f64>();
+                grads.accumulate(ParamGrads::collect(&model, g));
+            }
+            if !step_loss.is_finite() {
+                return Err(TrainError::Diverged { step: state.global_step + 1, loss: step_loss });
+            }
+            sync.all_reduce(&mut grads)?;
+            let grad_norm = (t.grad_clip_norm > 0.0).then(|| grads.clip_global_norm(t.grad_clip_norm));
+            let lr = state.schedule.lr(state.global_step, epoch);
+            model = optimizer.step(model, grads, lr);
+            state.global_step += 1;
+            state.group_in_epoch = gi + 1;
+            state.epoch_loss_sum += step_loss;
+            state.epoch_loss_steps += 1;
+            window.1 += rows.len();
+            let record = StepRecord {
+                step: state.global_step,
+                epoch,
+                loss: step_loss,
+                lr,
+                grad_norm,
+                samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
+            };
+            observer.on_step(&record);
+            if state.global_step % t.log_every_steps as u64 == 0 || gi + 1 == groups.len() {
+                append_jsonl(&metrics_path, &record, "step")?;
+                window = (Instant::now(), 0);
+            }
+            if t.checkpoint_every_steps > 0
+                && state.global_step % t.checkpoint_every_steps as u64 == 0
+                && gi + 1 < groups.len()
+            {
+                let dir = save_checkpoint(&model, &optimizer, &state, &best_model)?;
+                observer.on_event(&format!("checkpoint {}", dir.display()));
+            }
+        }
+        // End of epoch: validate, schedule, early stopping, best model.
+        let train_loss = state.epoch_loss_sum / state.epoch_loss_steps.max(1) as f64;
+        final_train_loss = train_loss;
+        let mut improved = false;
+        let validation = match setup.validation {
+            Some(v) if v.rows > 0 => {
+                let eval = evaluate(&model, v, setup.preprocessor, &device)?;
+                let value = eval.metric(&t.monitor).ok_or_else(|| {
+                    TrainError::Invalid(format!("trainer.monitor = \"{}\" is not defined for this task", t.monitor))
+                })?;
+                if state.schedule.observe(value) {
+                    observer.on_event(&format!("epoch {}: {} plateaued, learning rate reduced", epoch + 1, t.monitor));
+                }
+                improved = match state.best {
+                    None => true,
+                    Some(b) => if higher { value > b } else { value < b },
+                };
+                if improved {
+                    state.best = Some(value);
+                    state.best_epoch = Some(epoch);
+                    state.bad_epochs = 0;
+                    best_model = Some(model.valid());
+                } else {
+                    state.bad_epochs += 1;
+                }
+                let summary = eval.summary();
+                last_validation = Some(eval);
+                Some(summary)
+            }
+            _ => None,
+        };
+        let record = EpochRecord {
+            epoch,
+            step: state.global_step,
+            train_loss,
+            validation,
+            lr: state.schedule.lr(state.global_step, epoch + 1),
+            seconds: epoch_started.elapsed().as_secs_f64(),
+            improved,
+        };
+        append_jsonl(&metrics_path, &record, "epoch")?;
+        observer.on_epoch(&record);
+        state.epoch += 1;
+        state.group_in_epoch = 0;
+        state.epoch_loss_sum = 0.0;
+        state.epoch_loss_steps = 0;
+        epochs_run = state.epoch;
+        if t.early_stopping_patience > 0 && state.bad_epochs >= t.early_stopping_patience {
+            stopped_early = true;
+            observer.on_event(&format!(
+                "early stopping after epoch {}: no {} improvement for {} epochs",
+                epoch + 1,
+                t.monitor,
+                t.early_stopping_patience
+            ));
+        }
+        save_checkpoint(&model, &optimizer, &state, &best_model)?;
+        if stopped_early {
+            break;
+        }
+    }
+    let best_epoch = state.best_epoch;
+    let model = match best_model {
+        Some(best) => best,
+        None => model.valid(),
+    };
+    Ok(TrainOutcome {
+        model,
+        epochs_run,
+        steps: state.global_step,
+        stopped_early,
+        best_epoch,
+        final_train_loss,
+        last_validation,
+        seconds: started.elapsed().as_secs_f64(),
+        resumed_from,
+    })
+}
+
+/// Whether the configured task and the preprocessor agree (guards resume and eval).
+pub fn check_task(config: &Config, preprocessor: &Preprocessor) -> Result<(), TrainError> {
+    if let Some(task) = config.data.task
+        && task != preprocessor.task
+    {
+        return Err(TrainError::Invalid(format!(
+            "config says task {task:?} but the fitted preprocessor is {:?}",
+            preprocessor.task
+        )));
+    }
+    let _ = Task::Classification;
+    Ok(())
+}
