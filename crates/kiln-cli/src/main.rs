@@ -1,1 +1,252 @@
-fn main() {}
+//! `kiln`: train, evaluate and apply models from the command line.
+
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use kiln::config::Config;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "From a data file to a trained, evaluated model.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a TOML config, or zero-config from --data and --target.
+    Train(TrainArgs),
+    /// Score a trained run on labelled data.
+    Eval(EvalArgs),
+    /// Write one prediction per input row (a submission file).
+    Predict(PredictArgs),
+    /// Inspect data files.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Config file (TOML). Optional with --data.
+    config: Option<PathBuf>,
+    /// Data source: a CSV file, an IDX prefix (DIR/train) or builtin:NAME. Sets data.source.
+    #[arg(long)]
+    data: Option<String>,
+    /// Target column. Sets data.target.
+    #[arg(long)]
+    target: Option<String>,
+    /// Override any config key, e.g. --set trainer.lr=0.01 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue the run in this directory (or from this checkpoint) with its saved config.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "target", "overrides"])]
+    resume: Option<PathBuf>,
+    /// Print one JSON object at the end instead of the text summary.
+    #[arg(long)]
+    json: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Run directory.
+    run_dir: PathBuf,
+    /// Labelled data (CSV, IDX prefix or builtin:NAME).
+    #[arg(long)]
+    data: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// Run directory.
+    run_dir: PathBuf,
+    /// Data to predict (the target column may be absent).
+    #[arg(long)]
+    data: String,
+    /// Output CSV.
+    #[arg(long)]
+    out: PathBuf,
+    /// Add one probability column per class.
+    #[arg(long)]
+    proba: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Rows, column types, missing values and class balance.
+    Describe {
+        /// CSV file, IDX prefix or builtin:NAME.
+        file: String,
+        /// Target column for the class balance.
+        #[arg(long)]
+        target: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load_config(args: &TrainArgs) -> Result<Config> {
+    let mut overrides = Vec::new();
+    if let Some(d) = &args.data {
+        overrides.push(format!("data.source={}", toml_string(d)));
+    }
+    if let Some(t) = &args.target {
+        overrides.push(format!("data.target={}", toml_string(t)));
+    }
+    overrides.extend(args.overrides.iter().cloned());
+    match &args.config {
+        Some(path) => Ok(kiln::config::load(path, &overrides)?),
+        None if args.data.is_some() => Ok(kiln::config::from_overrides(&overrides)?),
+        None => bail!("give a config file, or --data FILE (and --target COLUMN) for zero-config training"),
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let summary = match &args.resume {
+        Some(run) => {
+            let mut observer = progress::Bars::new(args.quiet || args.json);
+            kiln::train_run(&Config::default(), Some(run), &mut observer)?
+        }
+        None => {
+            let config = load_config(&args)?;
+            let mut observer = progress::Bars::new(args.quiet || args.json);
+            kiln::train_run(&config, None, &mut observer)?
+        }
+    };
+    if args.json {
+        let out = serde_json::json!({
+            "run_dir": summary.run_dir,
+            "task": summary.data.task,
+            "test": summary.test.as_ref().map(|e| e.summary()),
+            "validation": summary.validation.as_ref().map(|e| e.summary()),
+            "epochs_run": summary.epochs_run,
+            "steps": summary.steps,
+            "best_epoch": summary.best_epoch,
+            "stopped_early": summary.stopped_early,
+            "final_train_loss": summary.final_train_loss,
+            "train_seconds": summary.train_seconds,
+            "resumed_from": summary.resumed_from,
+            "parameters": summary.parameters,
+            "rows": {"train": summary.data.train_rows, "validation": summary.data.validation_rows, "test": summary.data.test_rows},
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(summary.run_dir.join("report.txt")).unwrap_or_default();
+    print!("{text}");
+    let d = &summary.data;
+    if d.load.bad_rows_skipped + d.missing_dropped + d.missing_target_dropped + d.load.duplicates_dropped > 0 {
+        println!(
+            "cleaning: {} malformed rows skipped, {} duplicates dropped, {} rows dropped for missing values, {} for a missing target, {} values filled",
+            d.load.bad_rows_skipped, d.load.duplicates_dropped, d.missing_dropped, d.missing_target_dropped, d.missing_filled
+        );
+    } else if d.missing_filled > 0 {
+        println!("cleaning: {} missing values filled", d.missing_filled);
+    }
+    for (col, why) in &d.ignored_columns {
+        println!("ignored column \"{col}\": {why}");
+    }
+    println!("run directory: {}", summary.run_dir.display());
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let s = kiln::evaluate_run(&args.run_dir, &args.data)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"run_dir": s.run_dir, "data": s.data, "rows": s.rows, "rows_dropped": s.rows_dropped,
+                "test": s.evaluation.summary(), "details": s.evaluation, "unknown_categories": s.unknown_categories})
+        );
+        return Ok(());
+    }
+    print!("{}", kiln::format_evaluation(&format!("{} on {}", args.run_dir.display(), s.data), &s.evaluation, s.classes.as_deref()));
+    if s.rows_dropped > 0 {
+        println!("{} rows dropped (missing target or missing values under missing = \"drop\")", s.rows_dropped);
+    }
+    for (col, n) in &s.unknown_categories {
+        println!("column \"{col}\": {n} values not seen in training (encoded as unknown)");
+    }
+    Ok(())
+}
+
+fn predict(args: PredictArgs) -> Result<()> {
+    let s = kiln::predict_run(&args.run_dir, &args.data, &args.out, args.proba)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    println!("wrote {} predictions to {}", s.rows, s.out.display());
+    if s.missing_filled > 0 {
+        println!("{} missing values filled with training statistics", s.missing_filled);
+    }
+    for (col, n) in &s.unknown_categories {
+        println!("column \"{col}\": {n} values not seen in training (encoded as unknown)");
+    }
+    Ok(())
+}
+
+fn describe(file: &str, target: Option<&str>, json: bool) -> Result<()> {
+    let mut config = Config::default();
+    config.data.bad_rows = kiln::config::BadRows::Skip;
+    let table = kiln::load_table(file, &config).with_context(|| format!("reading {file}"))?;
+    let d = kiln::data::describe(&table, target)?;
+    if json {
+        println!("{}", serde_json::to_string(&d)?);
+        return Ok(());
+    }
+    println!("{}: {} rows, {} columns", d.origin, d.rows, d.columns.len());
+    if table.report.bad_rows_skipped > 0 {
+        println!("{} malformed rows (first: {:?})", table.report.bad_rows_skipped, table.report.bad_row_examples);
+    }
+    let w = d.columns.iter().map(|c| c.name.len()).max().unwrap_or(6).clamp(6, 40);
+    println!("{:<w$}  {:<11}  {:>7}  {:>8}  range (min / mean / max)", "column", "type", "missing", "distinct");
+    for c in &d.columns {
+        let kind = format!("{:?}", c.kind).to_lowercase();
+        let range = c.range.map(|(a, m, b)| format!("{a:.4} / {m:.4} / {b:.4}")).unwrap_or_default();
+        let note = c.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default();
+        println!("{:<w$}  {:<11}  {:>7}  {:>8}  {range}{note}", c.name, kind, c.missing, c.distinct);
+    }
+    if let Some((name, counts)) = &d.class_balance {
+        let total: usize = counts.iter().map(|c| c.1).sum();
+        println!("class balance of \"{name}\":");
+        for (class, n) in counts.iter().take(30) {
+            println!("  {class:<20} {n:>8}  {:>5.1}%", 100.0 * *n as f64 / total as f64);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train(a),
+        Command::Eval(a) => eval(a),
+        Command::Predict(a) => predict(a),
+        Command::Data(DataCommand::Describe { file, target, json }) => describe(&file, target.as_deref(), json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

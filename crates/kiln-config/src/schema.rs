@@ -455,6 +455,9 @@ pub struct TrainerConfig {
     pub monitor: String,
     /// Stop after this many epochs without improvement (0 = never).
     pub early_stopping_patience: usize,
+    /// Keep the weights of the epoch with the best monitored validation value as the final
+    /// model (HF's `load_best_model_at_end`); otherwise the last epoch's.
+    pub keep_best: bool,
     /// Write a resumable checkpoint every this many optimizer steps (0 = only at epoch ends).
     pub checkpoint_every_steps: usize,
     /// Record training loss every this many optimizer steps.
@@ -486,6 +489,7 @@ impl Default for TrainerConfig {
             grad_accum_steps: 1,
             monitor: "loss".into(),
             early_stopping_patience: 0,
+            keep_best: false,
             checkpoint_every_steps: 0,
             log_every_steps: 10,
         }

@@ -116,7 +116,7 @@ pub struct TrainSetup<'a> {
 /// What a finished run produced.
 #[derive(Debug)]
 pub struct TrainOutcome {
-    /// Final model: the best on validation when there is a validation split, else the last.
+    /// Final model: the last epoch's, or the best on validation with `trainer.keep_best`.
     pub model: Network,
     /// Epochs completed.
     pub epochs_run: usize,
@@ -412,9 +412,10 @@ pub fn train(
     }
     let best_epoch = state.best_epoch;
     let model = match best_model {
-        Some(best) => best,
-        None => model.valid(),
+        Some(best) if t.keep_best => best,
+        _ => model.valid(),
     };
+    let best_epoch = if t.keep_best { best_epoch } else { epochs_run.checked_sub(1) };
     Ok(TrainOutcome {
         model,
         epochs_run,

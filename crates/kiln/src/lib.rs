@@ -1,0 +1,57 @@
+//! kiln as a library.
+//!
+//! [`train_run`] takes a validated [`Config`](kiln_config::Config) to a finished run
+//! directory: load and clean the data, infer the schema, split, fit preprocessing on the
+//! training rows, train, evaluate the kept model on the test split, and write the report with
+//! its charts. [`evaluate_run`] and [`predict_run`] load a run directory and apply it to new
+//! data with exactly the saved preprocessing. The `kiln` binary is a thin layer over these.
+#![warn(missing_docs)]
+
+mod pipeline;
+mod report;
+
+pub use pipeline::{
+    DataSummary, EvalSummary, PredictSummary, PreparedData, RunSummary, device_for, evaluate_run, load_table,
+    predict_run, prepare, train_run,
+};
+pub use report::format_evaluation;
+
+pub use kiln_config as config;
+pub use kiln_data as data;
+pub use kiln_metrics as metrics;
+pub use kiln_models as models;
+pub use kiln_train as train;
+
+/// Any kiln error, by layer.
+#[derive(Debug, thiserror::Error)]
+pub enum KilnError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] kiln_config::ConfigError),
+    /// Data.
+    #[error(transparent)]
+    Data(#[from] kiln_data::DataError),
+    /// Training, checkpoints, run directories.
+    #[error(transparent)]
+    Train(#[from] kiln_train::TrainError),
+    /// The model config does not fit the data.
+    #[error(transparent)]
+    Spec(#[from] kiln_models::SpecError),
+    /// Charts.
+    #[error(transparent)]
+    Plot(#[from] kiln_report::PlotError),
+    /// Writing outputs.
+    #[error("{path}: {message}")]
+    Output {
+        /// File.
+        path: String,
+        /// Problem.
+        message: String,
+    },
+    /// Anything else that is the caller's to fix.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias.
+pub type Result<T, E = KilnError> = std::result::Result<T, E>;

@@ -1,0 +1,414 @@
+//! Config to run directory, and run directory to predictions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::Device;
+use kiln_config::{Config, Task};
+use kiln_data::{Encoded, LoadReport, Preprocessor, Schema, Split, Table};
+use kiln_models::{InputSpec, ModelSpec};
+use kiln_train::checkpoint::{LoadedCheckpoint, read_latest};
+use kiln_train::evaluate::{Evaluation, predict, score};
+use kiln_train::run::{self, files};
+use kiln_train::{Observer, SingleProcess, TrainOutcome, TrainSetup};
+use serde::Serialize;
+
+use crate::{KilnError, Result};
+
+/// The compute device a config asks for.
+pub fn device_for(config: &Config) -> Result<Device> {
+    match config.device.as_str() {
+        "cpu" => Ok(Device::flex()),
+        other => Err(KilnError::Invalid(format!("unknown device \"{other}\"; this build has: cpu"))),
+    }
+}
+
+/// Loads any data source kiln reads (CSV, IDX prefix, `builtin:NAME`), honouring the
+/// config's delimiter and bad-row policy.
+pub fn load_table(spec: &str, config: &Config) -> Result<Table> {
+    Ok(kiln_data::load_source(spec, &config.data)?)
+}
+
+/// Data after cleaning, splitting and preprocessing.
+pub struct PreparedData {
+    /// The training source after cleaning.
+    pub table: Table,
+    /// Column roles.
+    pub schema: Schema,
+    /// Row split of `table`.
+    pub split: Split,
+    /// Fitted on the training rows.
+    pub preprocessor: Preprocessor,
+    /// Encoded training rows.
+    pub train: Encoded,
+    /// Encoded validation rows.
+    pub validation: Encoded,
+    /// Encoded test rows (from the split or `data.test_source`).
+    pub test: Encoded,
+    /// Counts for the report.
+    pub summary: DataSummary,
+}
+
+/// What happened to the rows, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataSummary {
+    /// Source.
+    pub source: String,
+    /// Separate test source.
+    pub test_source: Option<String>,
+    /// Loading and cleaning counts of the source.
+    pub load: LoadReport,
+    /// Rows per split after cleaning.
+    pub train_rows: usize,
+    /// Validation rows.
+    pub validation_rows: usize,
+    /// Test rows.
+    pub test_rows: usize,
+    /// Missing values filled, over all splits.
+    pub missing_filled: usize,
+    /// Rows dropped for missing values.
+    pub missing_dropped: usize,
+    /// Rows dropped for a missing target.
+    pub missing_target_dropped: usize,
+    /// Unknown categories met in validation/test, by column.
+    pub unknown_categories: BTreeMap<String, usize>,
+    /// Columns not used, with the reason.
+    pub ignored_columns: Vec<(String, String)>,
+    /// Task.
+    pub task: Task,
+    /// Target column.
+    pub target: String,
+    /// Input features used.
+    pub features: Vec<String>,
+}
+
+/// Loads, cleans, splits and preprocesses the data of `config`.
+pub fn prepare(config: &Config) -> Result<PreparedData> {
+    let mut table = load_table(&config.data.source, config)?;
+    if config.data.drop_duplicates {
+        table.drop_duplicates();
+    }
+    let schema = kiln_data::infer_schema(&table, config)?;
+    kiln_data::drop_bad_values(&mut table, &schema, config.data.bad_rows)?;
+    let split = kiln_data::split_rows(&table, &schema, &config.data, config.seed)?;
+    let all: Vec<usize> = (0..table.num_rows()).collect();
+    let preprocessor = Preprocessor::fit(&table, &schema, &split.train, &all)?;
+    let train = preprocessor.transform(&table, &split.train, true, true)?;
+    let validation = preprocessor.transform(&table, &split.validation, true, true)?;
+    let test = match &config.data.test_source {
+        Some(path) => {
+            let mut test_table = load_table(path, config)?;
+            kiln_data::drop_bad_values(&mut test_table, &schema, config.data.bad_rows)?;
+            let rows: Vec<usize> = (0..test_table.num_rows()).collect();
+            preprocessor.transform(&test_table, &rows, true, true)?
+        }
+        None => preprocessor.transform(&table, &split.test, true, true)?,
+    };
+    let mut unknown = BTreeMap::new();
+    for e in [&validation, &test] {
+        for (k, v) in &e.unknown_categories {
+            *unknown.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    let parts = [&train, &validation, &test];
+    let summary = DataSummary {
+        source: config.data.source.clone(),
+        test_source: config.data.test_source.clone(),
+        load: table.report.clone(),
+        train_rows: train.rows,
+        validation_rows: validation.rows,
+        test_rows: test.rows,
+        missing_filled: parts.iter().map(|e| e.missing_filled).sum(),
+        missing_dropped: parts.iter().map(|e| e.missing_dropped).sum(),
+        missing_target_dropped: parts.iter().map(|e| e.missing_target_dropped).sum(),
+        unknown_categories: unknown,
+        ignored_columns: schema.ignored.clone(),
+        task: schema.task,
+        target: schema.target.clone(),
+        features: schema.features.iter().map(|f| f.name.clone()).collect(),
+    };
+    if train.rows == 0 {
+        return Err(KilnError::Invalid(format!(
+            "{}: no training rows left after cleaning ({} dropped for missing values)",
+            config.data.source, summary.missing_dropped
+        )));
+    }
+    Ok(PreparedData { table, schema, split, preprocessor, train, validation, test, summary })
+}
+
+/// Architecture for `config` on `preprocessor`'s inputs.
+fn model_spec(config: &Config, preprocessor: &Preprocessor) -> Result<ModelSpec> {
+    let input = match preprocessor.input_shape() {
+        kiln_data::InputShape::Flat { width } => InputSpec::Flat { width },
+        kiln_data::InputShape::Image { channels, height, width } => InputSpec::Image { channels, height, width },
+    };
+    Ok(ModelSpec::from_config(&config.model, input, preprocessor.embedding_dims(), preprocessor.num_outputs())?)
+}
+
+/// The result of `kiln train`.
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Data counts.
+    pub data: DataSummary,
+    /// Test-split scores of the kept model.
+    pub test: Option<Evaluation>,
+    /// Validation scores of the kept model.
+    pub validation: Option<Evaluation>,
+    /// Epochs run.
+    pub epochs_run: usize,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Epoch whose model was kept.
+    pub best_epoch: Option<usize>,
+    /// Early stopping ended the run.
+    pub stopped_early: bool,
+    /// Mean training loss of the last epoch.
+    pub final_train_loss: f64,
+    /// Wall-clock seconds of training in this invocation.
+    pub train_seconds: f64,
+    /// Checkpoint step resumed from.
+    pub resumed_from: Option<u64>,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Class names (classification).
+    pub classes: Option<Vec<String>>,
+}
+
+fn default_run_name(config: &Config) -> String {
+    let source = &config.data.source;
+    let stem = source
+        .strip_prefix("builtin:")
+        .map(str::to_string)
+        .unwrap_or_else(|| Path::new(source).file_stem().and_then(|s| s.to_str()).unwrap_or("data").to_string());
+    let stem = stem.trim_end_matches(".csv").replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_");
+    let model = format!("{:?}", config.model.kind).to_lowercase();
+    format!("{stem}-{model}-{}", utc_timestamp())
+}
+
+/// `YYYYmmdd-HHMMSS` in UTC.
+fn utc_timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Trains `config` into a new run directory, or continues the run at `resume` (a run
+/// directory or one of its checkpoints) with the config saved there.
+pub fn train_run(config: &Config, resume: Option<&Path>, observer: &mut dyn Observer) -> Result<RunSummary> {
+    let (config, run_dir, checkpoint): (Config, PathBuf, Option<LoadedCheckpoint>) = match resume {
+        Some(path) => {
+            let checkpoint = read_latest(path)?;
+            // A checkpoint lives in RUN/checkpoints/step-N.
+            let run_dir = if path.join(files::CONFIG).exists() {
+                path.to_path_buf()
+            } else {
+                checkpoint
+                    .dir
+                    .parent()
+                    .and_then(Path::parent)
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| KilnError::Invalid(format!("{}: cannot find its run directory", path.display())))?
+            };
+            let saved = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
+            (saved, run_dir, Some(checkpoint))
+        }
+        None => {
+            let name = config.output.name.clone().unwrap_or_else(|| default_run_name(config));
+            let run_dir = run::create(Path::new(&config.output.dir), &name)?;
+            (config.clone(), run_dir, None)
+        }
+    };
+    let device = device_for(&config)?;
+    let data = prepare(&config)?;
+    let spec = model_spec(&config, &data.preprocessor)?;
+    if checkpoint.is_some() {
+        let saved: Preprocessor = run::read_json(&run_dir.join(files::PREPROCESSOR))?;
+        if saved != data.preprocessor {
+            return Err(KilnError::Invalid(format!(
+                "{}: the data no longer gives the preprocessing this run was started with; the source changed since",
+                config.data.source
+            )));
+        }
+    } else {
+        run::save_config(&run_dir, &config)?;
+        run::write_json(&run_dir.join(files::SCHEMA), &data.schema)?;
+        run::write_json(&run_dir.join(files::PREPROCESSOR), &data.preprocessor)?;
+        run::write_json(&run_dir.join(files::MODEL_SPEC), &spec)?;
+    }
+    let setup = TrainSetup {
+        config: &config,
+        spec: &spec,
+        preprocessor: &data.preprocessor,
+        train: &data.train,
+        validation: Some(&data.validation),
+        run_dir: &run_dir,
+        device: device.clone(),
+    };
+    let outcome: TrainOutcome = kiln_train::train(setup, checkpoint, observer, &mut SingleProcess)?;
+    run::save_weights(&run_dir, &outcome.model)?;
+    let parameters = kiln_train::grads::trainable_parameters(&kiln_models::Network::new(&spec, &device.clone().autodiff()))
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    let score_split = |e: &Encoded| -> Result<Option<Evaluation>> {
+        if e.rows == 0 {
+            return Ok(None);
+        }
+        let p = predict(&outcome.model, e, &data.preprocessor, &device);
+        Ok(Some(score(e, &p, &data.preprocessor)?))
+    };
+    let test = score_split(&data.test)?;
+    let validation = score_split(&data.validation)?;
+    let test_predictions = (data.test.rows > 0).then(|| predict(&outcome.model, &data.test, &data.preprocessor, &device));
+    let summary = RunSummary {
+        run_dir: run_dir.clone(),
+        data: data.summary.clone(),
+        test,
+        validation,
+        epochs_run: outcome.epochs_run,
+        steps: outcome.steps,
+        best_epoch: outcome.best_epoch,
+        stopped_early: outcome.stopped_early,
+        final_train_loss: outcome.final_train_loss,
+        train_seconds: outcome.seconds,
+        resumed_from: outcome.resumed_from,
+        parameters,
+        classes: data.preprocessor.classes().map(<[String]>::to_vec),
+    };
+    crate::report::write_report(&run_dir, &config, &summary, &data.test, test_predictions.as_ref())?;
+    Ok(summary)
+}
+
+/// The result of `kiln eval`.
+#[derive(Debug, Serialize)]
+pub struct EvalSummary {
+    /// Run evaluated.
+    pub run_dir: PathBuf,
+    /// Data evaluated on.
+    pub data: String,
+    /// Rows scored.
+    pub rows: usize,
+    /// Rows dropped (missing target or `missing = "drop"` values).
+    pub rows_dropped: usize,
+    /// Unknown categories met.
+    pub unknown_categories: BTreeMap<String, usize>,
+    /// Scores.
+    pub evaluation: Evaluation,
+    /// Class names.
+    pub classes: Option<Vec<String>>,
+}
+
+/// Scores a run's model on labelled data.
+pub fn evaluate_run(run_dir: &Path, data_spec: &str) -> Result<EvalSummary> {
+    let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
+    let device = device_for(&config)?;
+    let loaded = run::load(run_dir, &device)?;
+    let table = load_table(data_spec, &loaded.config)?;
+    let rows: Vec<usize> = (0..table.num_rows()).collect();
+    let encoded = loaded.preprocessor.transform(&table, &rows, true, true)?;
+    if encoded.rows == 0 {
+        return Err(KilnError::Invalid(format!("{data_spec}: no rows to score after cleaning")));
+    }
+    let p = predict(&loaded.model, &encoded, &loaded.preprocessor, &device);
+    let evaluation = score(&encoded, &p, &loaded.preprocessor)?;
+    Ok(EvalSummary {
+        run_dir: run_dir.to_path_buf(),
+        data: data_spec.to_string(),
+        rows: encoded.rows,
+        rows_dropped: encoded.missing_dropped + encoded.missing_target_dropped,
+        unknown_categories: encoded.unknown_categories,
+        evaluation,
+        classes: loaded.preprocessor.classes().map(<[String]>::to_vec),
+    })
+}
+
+/// The result of `kiln predict`.
+#[derive(Debug, Serialize)]
+pub struct PredictSummary {
+    /// Run used.
+    pub run_dir: PathBuf,
+    /// Input data.
+    pub data: String,
+    /// Output file.
+    pub out: PathBuf,
+    /// Rows written (one per input row).
+    pub rows: usize,
+    /// Missing values filled with training statistics.
+    pub missing_filled: usize,
+    /// Unknown categories met, by column (encoded as all-zero / the unknown embedding).
+    pub unknown_categories: BTreeMap<String, usize>,
+}
+
+/// Writes one prediction per input row to `out` as CSV: the id column first when the run
+/// has one, then the prediction (named after the target), then `proba_<class>` columns with
+/// `proba`.
+pub fn predict_run(run_dir: &Path, data_spec: &str, out: &Path, proba: bool) -> Result<PredictSummary> {
+    let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
+    let device = device_for(&config)?;
+    let loaded = run::load(run_dir, &device)?;
+    let table = load_table(data_spec, &loaded.config)?;
+    let rows: Vec<usize> = (0..table.num_rows()).collect();
+    let encoded = loaded.preprocessor.transform(&table, &rows, false, false)?;
+    let p = predict(&loaded.model, &encoded, &loaded.preprocessor, &device);
+    let pre = &loaded.preprocessor;
+    let target_name = match &pre.target {
+        kiln_data::TargetTransform::Classes { name, .. } | kiln_data::TargetTransform::Regression { name, .. } => name,
+    };
+    let out_err = |e: &dyn std::fmt::Display| KilnError::Output { path: out.display().to_string(), message: e.to_string() };
+    let mut buf = Vec::new();
+    {
+        let mut w = csv::Writer::from_writer(&mut buf);
+        let mut header: Vec<String> = Vec::new();
+        if let Some(id) = &pre.id_column {
+            header.push(id.clone());
+        }
+        header.push(target_name.clone());
+        if proba && let Some(classes) = pre.classes() {
+            header.extend(classes.iter().map(|c| format!("proba_{c}")));
+        }
+        w.write_record(&header).map_err(|e| out_err(&e))?;
+        for r in 0..p.rows {
+            let row = &p.values[r * p.width..(r + 1) * p.width];
+            let mut rec: Vec<String> = Vec::with_capacity(header.len());
+            if let Some(ids) = &encoded.ids {
+                rec.push(ids[r].clone());
+            }
+            match pre.classes() {
+                Some(classes) => {
+                    let best = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+                    rec.push(classes[best].clone());
+                    if proba {
+                        rec.extend(row.iter().map(|v| format!("{v:.6}")));
+                    }
+                }
+                None => rec.push(format!("{}", row[0])),
+            }
+            w.write_record(&rec).map_err(|e| out_err(&e))?;
+        }
+        w.flush().map_err(|e| out_err(&e))?;
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| out_err(&e))?;
+    }
+    kiln_train::checkpoint::write_atomic(out, &buf)?;
+    Ok(PredictSummary {
+        run_dir: run_dir.to_path_buf(),
+        data: data_spec.to_string(),
+        out: out.to_path_buf(),
+        rows: p.rows,
+        missing_filled: encoded.missing_filled,
+        unknown_categories: encoded.unknown_categories,
+    })
+}

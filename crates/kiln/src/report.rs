@@ -1,0 +1,157 @@
+//! The final report of a run: `report.json`, `report.txt` and `plots/*.svg`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use kiln_config::Config;
+use kiln_data::{Encoded, Target};
+use kiln_report::{Series, confusion_matrix, line_chart, roc_curve};
+use kiln_train::evaluate::{Evaluation, Predictions};
+use kiln_train::run::files;
+
+use crate::pipeline::RunSummary;
+use crate::{KilnError, Result};
+
+/// Human-readable scores, as `kiln train`, `kiln eval` and `report.txt` print them.
+pub fn format_evaluation(title: &str, eval: &Evaluation, classes: Option<&[String]>) -> String {
+    let mut s = String::new();
+    match eval {
+        Evaluation::Classification { metrics: m, .. } => {
+            let _ = writeln!(s, "{title} ({} samples)", m.samples);
+            let _ = writeln!(s, "  accuracy   {:.4}", m.accuracy);
+            let _ = writeln!(s, "  f1 macro   {:.4}   weighted {:.4}   micro {:.4}", m.f1_macro, m.f1_weighted, m.f1_micro);
+            let _ = writeln!(s, "  precision  {:.4} (macro)   recall {:.4} (macro)", m.precision_macro, m.recall_macro);
+            match m.roc_auc {
+                Some(auc) => {
+                    let _ = writeln!(s, "  roc auc    {auc:.4}{}", if m.per_class.len() > 2 { " (one-vs-rest, macro)" } else { "" });
+                }
+                None => {
+                    let _ = writeln!(s, "  roc auc    undefined (a class is absent)");
+                }
+            }
+            let _ = writeln!(s, "  log loss   {:.4}", m.log_loss);
+            if m.top_k_accuracy.len() >= 3 {
+                let _ = writeln!(s, "  top-3 acc  {:.4}", m.top_k_accuracy[2]);
+            }
+            let names: Vec<String> = match classes {
+                Some(c) => c.to_vec(),
+                None => (0..m.per_class.len()).map(|i| i.to_string()).collect(),
+            };
+            let w = names.iter().map(String::len).max().unwrap_or(5).clamp(5, 24);
+            let _ = writeln!(s, "  {:>w$}  precision  recall     f1  support", "class");
+            for (name, c) in names.iter().zip(&m.per_class) {
+                let _ = writeln!(s, "  {name:>w$}  {:>9.4}  {:>6.4}  {:>6.4}  {:>7}", c.precision, c.recall, c.f1, c.support);
+            }
+            let _ = writeln!(s, "  confusion matrix (rows: true, columns: predicted)");
+            for (name, row) in names.iter().zip(&m.confusion) {
+                let cells: Vec<String> = row.iter().map(|c| format!("{c:>5}")).collect();
+                let _ = writeln!(s, "  {name:>w$} {}", cells.join(""));
+            }
+        }
+        Evaluation::Regression { metrics: m, .. } => {
+            let _ = writeln!(s, "{title}");
+            let _ = writeln!(s, "  rmse  {:.4}", m.rmse);
+            let _ = writeln!(s, "  mae   {:.4}", m.mae);
+            let _ = writeln!(s, "  r2    {:.4}", m.r2);
+        }
+    }
+    s
+}
+
+fn plots(run_dir: &Path, config: &Config, summary: &RunSummary, test: &Encoded, preds: Option<&Predictions>) -> Result<()> {
+    let dir = run_dir.join("plots");
+    std::fs::create_dir_all(&dir).map_err(|e| KilnError::Output { path: dir.display().to_string(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(run_dir.join(files::METRICS)).unwrap_or_default();
+    let records: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let epochs: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "epoch").collect();
+    let steps: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "step").collect();
+    let x = |r: &serde_json::Value| r["epoch"].as_f64().unwrap_or(0.0) + 1.0;
+    let train_loss: Vec<(f64, f64)> = epochs.iter().map(|r| (x(r), r["train_loss"].as_f64().unwrap_or(f64::NAN))).collect();
+    let val_loss: Vec<(f64, f64)> = epochs
+        .iter()
+        .filter_map(|r| r["validation"]["loss"].as_f64().map(|v| (x(r), v)))
+        .collect();
+    let mut series = vec![Series { name: "train", points: train_loss }];
+    if !val_loss.is_empty() {
+        series.push(Series { name: "validation", points: val_loss });
+    }
+    line_chart(&dir.join("loss.svg"), "Loss per epoch", "epoch", "loss", &series)?;
+    let metric = match summary.data.task {
+        kiln_config::Task::Classification => ["accuracy", "f1_macro"],
+        kiln_config::Task::Regression => ["r2", "rmse"],
+    };
+    let metric_series: Vec<Series> = metric
+        .iter()
+        .map(|m| Series {
+            name: m,
+            points: epochs.iter().filter_map(|r| r["validation"][*m].as_f64().map(|v| (x(r), v))).collect(),
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    if !metric_series.is_empty() {
+        line_chart(&dir.join("validation_metrics.svg"), "Validation metrics per epoch", "epoch", "value", &metric_series)?;
+    }
+    let lr: Vec<(f64, f64)> = steps.iter().map(|r| (r["step"].as_f64().unwrap_or(0.0), r["lr"].as_f64().unwrap_or(0.0))).collect();
+    line_chart(&dir.join("learning_rate.svg"), "Learning rate", "optimizer step", "lr", &[Series { name: "lr", points: lr }])?;
+    let step_loss: Vec<(f64, f64)> = steps.iter().map(|r| (r["step"].as_f64().unwrap_or(0.0), r["loss"].as_f64().unwrap_or(f64::NAN))).collect();
+    line_chart(&dir.join("step_loss.svg"), "Training loss per logged step", "optimizer step", "loss", &[Series { name: "train", points: step_loss }])?;
+    if let (Some(Evaluation::Classification { metrics, .. }), Some(classes)) = (&summary.test, &summary.classes) {
+        confusion_matrix(&dir.join("confusion_matrix.svg"), classes, &metrics.confusion)?;
+        if classes.len() == 2
+            && let (Some(p), Some(Target::Classes(labels))) = (preds, &test.y)
+        {
+            let positive: Vec<bool> = labels.iter().map(|&l| l == 1).collect();
+            let scores: Vec<f32> = (0..p.rows).map(|r| p.values[r * 2 + 1]).collect();
+            if let Ok(Some(curve)) = kiln_metrics::roc_curve(&positive, &scores) {
+                roc_curve(&dir.join("roc_curve.svg"), &curve.fpr, &curve.tpr, metrics.roc_auc.unwrap_or(f64::NAN))?;
+            }
+        }
+    }
+    let _ = config;
+    Ok(())
+}
+
+/// Writes `report.json`, `report.txt` and (unless `output.plots = false`) the charts.
+pub(crate) fn write_report(
+    run_dir: &Path,
+    config: &Config,
+    summary: &RunSummary,
+    test: &Encoded,
+    preds: Option<&Predictions>,
+) -> Result<()> {
+    kiln_train::run::write_json(&run_dir.join(files::REPORT_JSON), summary)?;
+    let mut text = String::new();
+    let _ = writeln!(text, "kiln run {}", run_dir.display());
+    let d = &summary.data;
+    let _ = writeln!(
+        text,
+        "data: {} ({:?}, target \"{}\", {} features): {} train / {} validation / {} test rows",
+        d.source,
+        d.task,
+        d.target,
+        d.features.len(),
+        d.train_rows,
+        d.validation_rows,
+        d.test_rows
+    );
+    let _ = writeln!(
+        text,
+        "training: {} epochs, {} steps, {:.1} s, {} parameters{}",
+        summary.epochs_run,
+        summary.steps,
+        summary.train_seconds,
+        summary.parameters,
+        if summary.stopped_early { ", stopped early" } else { "" }
+    );
+    if let Some(v) = &summary.validation {
+        text.push_str(&format_evaluation("validation", v, summary.classes.as_deref()));
+    }
+    if let Some(t) = &summary.test {
+        text.push_str(&format_evaluation("test", t, summary.classes.as_deref()));
+    }
+    kiln_train::checkpoint::write_atomic(&run_dir.join(files::REPORT_TXT), text.as_bytes())?;
+    if config.output.plots {
+        plots(run_dir, config, summary, test, preds)?;
+    }
+    Ok(())
+}
