@@ -1,0 +1,169 @@
+//! CSV parsing, type inference, splits and fitted preprocessing.
+
+use std::collections::HashSet;
+
+use kiln_config::{
+    BadRows, CategoricalEncoding, Config, FeatureConfig, FeatureType, MissingStrategy, Normalization, SplitMethod, Task,
+};
+use kiln_data::{Column, Preprocessor, Target, infer_schema, load_builtin, read_csv, split_rows};
+
+fn csv_table(text: &str) -> kiln_data::Table {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.csv");
+    std::fs::write(&p, text).unwrap();
+    read_csv(&p, None, BadRows::Error).unwrap()
+}
+
+fn config(target: &str) -> Config {
+    let mut c = Config::default();
+    c.data.source = "t.csv".into();
+    c.data.target = Some(target.into());
+    c
+}
+
+#[test]
+fn csv_quotes_semicolons_missing_tokens_and_bom() {
+    let t = csv_table("\u{feff}name;note;value\n\"Smith; J\";\"said \"\"hi\"\"\";1.5\nDoe;NA;\n");
+    assert_eq!(t.names, ["name", "note", "value"]);
+    assert_eq!(t.num_rows(), 2);
+    let Column::Text(names) = &t.columns[0] else { panic!() };
+    assert_eq!(names[0].as_deref(), Some("Smith; J"));
+    let Column::Text(notes) = &t.columns[1] else { panic!() };
+    assert_eq!(notes[0].as_deref(), Some("said \"hi\""));
+    assert_eq!(notes[1], None, "NA is missing");
+    let Column::Text(values) = &t.columns[2] else { panic!() };
+    assert_eq!(values[1], None, "empty is missing");
+    assert_eq!(t.lines, [2, 3]);
+}
+
+#[test]
+fn inference_of_types_and_task() {
+    let mut text = String::from("id,age,city,member,score,label\n");
+    for i in 0..60 {
+        text.push_str(&format!("u{i},{},{},{},{}.5,{}\n", 20 + i, ["a", "b", "c"][i % 3], if i % 2 == 0 { "yes" } else { "no" }, i, i % 2));
+    }
+    let t = csv_table(&text);
+    let s = infer_schema(&t, &config("label")).unwrap();
+    assert_eq!(s.task, Task::Classification);
+    let kind = |n: &str| s.features.iter().find(|f| f.name == n).map(|f| f.kind);
+    assert_eq!(kind("age"), Some(FeatureType::Numeric));
+    assert_eq!(kind("city"), Some(FeatureType::Categorical));
+    assert_eq!(kind("member"), Some(FeatureType::Binary));
+    assert_eq!(kind("id"), None, "unique strings are ignored");
+    assert!(s.ignored.iter().any(|(n, _)| n == "id"));
+    let s = infer_schema(&t, &config("score")).unwrap();
+    assert_eq!(s.task, Task::Regression);
+}
+
+#[test]
+fn stratified_split_keeps_balance_and_is_seeded() {
+    let t = load_builtin("breast_cancer").unwrap();
+    let mut c = config("target");
+    c.data.source = "builtin:breast_cancer".into();
+    let s = infer_schema(&t, &c).unwrap();
+    let a = split_rows(&t, &s, &c.data, 1).unwrap();
+    let b = split_rows(&t, &s, &c.data, 1).unwrap();
+    let other = split_rows(&t, &s, &c.data, 2).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a.train, other.train);
+    let all: HashSet<usize> = a.train.iter().chain(&a.validation).chain(&a.test).copied().collect();
+    assert_eq!(all.len(), t.num_rows(), "splits partition the rows");
+    let target = &t.columns[t.column_index("target").unwrap()];
+    let share = |rows: &[usize]| rows.iter().filter(|&&r| target.text(r).as_deref() == Some("1")).count() as f64 / rows.len() as f64;
+    let overall = share(&(0..t.num_rows()).collect::<Vec<_>>());
+    assert!((share(&a.test) - overall).abs() < 0.02);
+    assert!((share(&a.train) - overall).abs() < 0.02);
+}
+
+#[test]
+fn kfold_folds_partition_the_rows() {
+    let t = load_builtin("iris").unwrap();
+    let mut c = config("target");
+    c.data.split.method = Some(SplitMethod::Kfold);
+    c.data.split.folds = 5;
+    let s = infer_schema(&t, &c).unwrap();
+    let mut seen = HashSet::new();
+    for fold in 0..5 {
+        c.data.split.fold = fold;
+        let sp = split_rows(&t, &s, &c.data, 9).unwrap();
+        assert_eq!(sp.test.len(), 30);
+        for r in &sp.test {
+            assert!(seen.insert(*r), "row {r} in two test folds");
+        }
+    }
+    assert_eq!(seen.len(), 150);
+}
+
+#[test]
+fn preprocessing_fits_on_train_only_and_round_trips() {
+    let t = csv_table("x,c,y\n1,a,p\n2,b,q\n3,a,p\n,a,q\n100,zz,p\n");
+    let mut c = config("y");
+    c.features = vec![
+        FeatureConfig { name: "x".into(), kind: None, missing: Some(MissingStrategy::Median), fill_value: None, normalization: Some(Normalization::MinMax), encoding: None, embedding_dim: None },
+        FeatureConfig { name: "c".into(), kind: Some(FeatureType::Categorical), missing: None, fill_value: None, normalization: None, encoding: Some(CategoricalEncoding::OneHot), embedding_dim: None },
+    ];
+    let s = infer_schema(&t, &c).unwrap();
+    let train = [0, 1, 2, 3];
+    let pre = Preprocessor::fit(&t, &s, &train, &[0, 1, 2, 3, 4]).unwrap();
+    let e = pre.transform(&t, &[0, 1, 2, 3, 4], false, true).unwrap();
+    // x: min 1, max 3 on train; median 2 fills row 3; row 4 (100) is outside the fitted range.
+    // c: categories by frequency [a, b]; "zz" is unknown: all zeros, counted.
+    assert_eq!(e.shape.size(), 3);
+    let rows: Vec<&[f32]> = e.x.chunks(3).collect();
+    assert_eq!(rows[0], [0.0, 1.0, 0.0]);
+    assert_eq!(rows[1], [0.5, 0.0, 1.0]);
+    assert_eq!(rows[3], [0.5, 1.0, 0.0]);
+    assert_eq!(rows[4], [49.5, 0.0, 0.0]);
+    assert_eq!(e.unknown_categories.get("c"), Some(&1));
+    assert_eq!(e.missing_filled, 1);
+    assert_eq!(e.y, Some(Target::Classes(vec![0, 1, 0, 1, 0])));
+    let json = serde_json::to_string(&pre).unwrap();
+    let back: Preprocessor = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, pre);
+}
+
+#[test]
+fn zscore_has_zero_mean_on_train_and_drop_counts_rows() {
+    let t = load_builtin("diabetes").unwrap();
+    let mut c = config("target");
+    c.data.task = Some(Task::Regression);
+    let s = infer_schema(&t, &c).unwrap();
+    let rows: Vec<usize> = (0..t.num_rows()).collect();
+    let pre = Preprocessor::fit(&t, &s, &rows, &rows).unwrap();
+    let e = pre.transform(&t, &rows, true, true).unwrap();
+    let w = e.shape.size();
+    for f in 0..w {
+        let mean: f64 = (0..e.rows).map(|r| e.x[r * w + f] as f64).sum::<f64>() / e.rows as f64;
+        assert!(mean.abs() < 1e-4, "feature {f} mean {mean}");
+    }
+    let Some(Target::Values(y)) = &e.y else { panic!() };
+    let ym: f64 = y.iter().map(|&v| v as f64).sum::<f64>() / y.len() as f64;
+    assert!(ym.abs() < 1e-4, "standardised target");
+
+    let t = csv_table("x,y\n1,a\n,b\n3,a\n4,b\n");
+    let mut c = config("y");
+    c.data.missing_numeric = MissingStrategy::Drop;
+    let s = infer_schema(&t, &c).unwrap();
+    let pre = Preprocessor::fit(&t, &s, &[0, 1, 2, 3], &[0, 1, 2, 3]).unwrap();
+    let train = pre.transform(&t, &[0, 1, 2, 3], true, true).unwrap();
+    assert_eq!((train.rows, train.missing_dropped), (3, 1));
+    let predict = pre.transform(&t, &[0, 1, 2, 3], false, false).unwrap();
+    assert_eq!(predict.rows, 4, "predict keeps every row");
+}
+
+#[test]
+fn duplicates_are_dropped_and_counted() {
+    let mut t = csv_table("a,b\n1,x\n1,x\n2,y\n1,x\n");
+    assert_eq!(t.drop_duplicates(), 2);
+    assert_eq!(t.num_rows(), 2);
+    assert_eq!(t.report.duplicates_dropped, 2);
+}
+
+#[test]
+fn builtin_sets_load() {
+    for (name, rows, cols) in [("digits", 1797, 65), ("iris", 150, 5), ("breast_cancer", 569, 31), ("diabetes", 442, 11)] {
+        let t = load_builtin(name).unwrap();
+        assert_eq!((t.num_rows(), t.names.len()), (rows, cols), "{name}");
+    }
+    assert!(load_builtin("nope").is_err());
+}
