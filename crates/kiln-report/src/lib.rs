@@ -92,6 +92,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
 
 /// Draws a confusion matrix (`matrix[true][predicted]`) as a heat map with counts.
 pub fn confusion_matrix(path: &Path, classes: &[String], matrix: &[Vec<usize>]) -> Result<(), PlotError> {
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
     let k = classes.len();
     let cell = (480 / k.max(1)).clamp(24, 80) as u32;
     let side = cell * k as u32;
@@ -102,16 +103,19 @@ pub fn confusion_matrix(path: &Path, classes: &[String], matrix: &[Vec<usize>]) 
         .margin(10)
         .x_label_area_size(50)
         .y_label_area_size(90)
-        .build_cartesian_2d(0..k, 0..k)
+        .build_cartesian_2d((0..k).into_segmented(), (0..k).into_segmented())
         .map_err(|e| err(path, e))?;
-    let label = |i: &usize| classes.get(*i).cloned().unwrap_or_default();
+    let name = |v: &SegmentValue<usize>, flip: bool| match v {
+        SegmentValue::CenterOf(i) if *i < k => classes[if flip { k - 1 - *i } else { *i }].clone(),
+        _ => String::new(),
+    };
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_labels(k)
-        .y_labels(k)
-        .x_label_formatter(&label)
-        .y_label_formatter(&|i: &usize| label(&(k - 1 - *i)))
+        .x_labels(k + 1)
+        .y_labels(k + 1)
+        .x_label_formatter(&|v| name(v, false))
+        .y_label_formatter(&|v| name(v, true))
         .x_desc("predicted")
         .y_desc("true")
         .draw()
@@ -124,15 +128,15 @@ pub fn confusion_matrix(path: &Path, classes: &[String], matrix: &[Vec<usize>]) 
             let shade = (255.0 - 200.0 * intensity) as u8;
             let fill = RGBColor(shade, shade, 255);
             chart
-                .draw_series(std::iter::once(Rectangle::new([(p, y), (p + 1, y + 1)], fill.filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(SegmentValue::Exact(p), SegmentValue::Exact(y + 1)), (SegmentValue::Exact(p + 1), SegmentValue::Exact(y))],
+                    fill.filled(),
+                )))
                 .map_err(|e| err(path, e))?;
             let text_color = if intensity > 0.6 { WHITE } else { BLACK };
+            let style = ("sans-serif", 14).into_font().color(&text_color).pos(Pos::new(HPos::Center, VPos::Center));
             chart
-                .draw_series(std::iter::once(Text::new(
-                    count.to_string(),
-                    (p, y + 1),
-                    ("sans-serif", 14).into_font().color(&text_color),
-                )))
+                .draw_series(std::iter::once(Text::new(count.to_string(), (SegmentValue::CenterOf(p), SegmentValue::CenterOf(y)), style)))
                 .map_err(|e| err(path, e))?;
         }
     }
