@@ -39,11 +39,14 @@ struct TrainArgs {
     /// Target column. Sets data.target.
     #[arg(long)]
     target: Option<String>,
+    /// Compute device (sets `device`): cpu.
+    #[arg(long)]
+    device: Option<String>,
     /// Override any config key, e.g. --set trainer.lr=0.01 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
     /// Continue the run in this directory (or from this checkpoint) with its saved config.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "target", "overrides"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "target", "overrides", "device"])]
     resume: Option<PathBuf>,
     /// Print one JSON object at the end instead of the text summary.
     #[arg(long)]
@@ -105,6 +108,9 @@ fn load_config(args: &TrainArgs) -> Result<Config> {
     }
     if let Some(t) = &args.target {
         overrides.push(format!("data.target={}", toml_string(t)));
+    }
+    if let Some(d) = &args.device {
+        overrides.push(format!("device={}", toml_string(d)));
     }
     overrides.extend(args.overrides.iter().cloned());
     match &args.config {

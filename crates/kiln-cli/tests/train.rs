@@ -121,3 +121,27 @@ fn gradient_descent_family_runs_from_one_config() {
     assert_eq!(finals[0].1, 60);
     assert!(finals[2].1 > 1000);
 }
+
+#[test]
+fn categorical_embeddings_and_robust_scaling_train() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.csv"), churn_csv(1500, 8, true, None)).unwrap();
+    std::fs::write(dir.path().join("test.csv"), churn_csv(100, 12, false, Some("Brest"))).unwrap();
+    let out = kiln_json(
+        dir.path(),
+        &[
+            "train", "--data", "train.csv", "--target", "churn", "--json",
+            "--set", "data.encoding=embedding", "--set", "data.normalization=robust",
+            "--set", "data.missing_numeric=median", "--set", "data.split.method=random",
+            "--set", "trainer.epochs=15",
+        ],
+    );
+    assert!(out["test"]["accuracy"].as_f64().unwrap() > 0.8, "{out}");
+    let run = out["run_dir"].as_str().unwrap();
+    let pre: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(run).join("preprocessor.json")).unwrap()).unwrap();
+    let city = pre["features"].as_array().unwrap().iter().find(|f| f["name"] == "city").unwrap();
+    assert!(city["embedding_dim"].as_u64().unwrap() >= 2, "{city}");
+    kiln_ok(dir.path(), &["predict", run, "--data", "test.csv", "--out", "p.csv"]);
+    assert_eq!(std::fs::read_to_string(dir.path().join("p.csv")).unwrap().lines().count(), 101);
+}

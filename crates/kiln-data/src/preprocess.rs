@@ -273,6 +273,19 @@ fn numeric_values(table: &Table, column: &Column, name: &str, rows: &[usize]) ->
         .collect()
 }
 
+/// Row `r` of a text-like column, the fill value when missing, or `None` when the row is to
+/// be dropped (`drop` and missing).
+fn text_or_fill(column: &Column, r: usize, fill: &Option<String>, drop: bool, filled: &mut usize) -> Option<Option<String>> {
+    match column.text(r) {
+        Some(t) => Some(Some(t)),
+        None if drop => None,
+        None => {
+            *filled += 1;
+            Some(fill.clone())
+        }
+    }
+}
+
 fn sort_labels(labels: &mut [String]) {
     if labels.iter().all(|l| parse_number(l).is_some()) {
         labels.sort_by(|a, b| parse_number(a).unwrap().total_cmp(&parse_number(b).unwrap()));
@@ -590,16 +603,9 @@ impl Preprocessor {
                         row_x.push(((v - shift) / scale) as f32);
                     }
                     FeatureTransform::Binary { name: _, values, fill, drop_missing } => {
-                        let t = match column.text(r) {
-                            Some(t) => Some(t),
-                            None if *drop_missing && training => {
-                                out.missing_dropped += 1;
-                                continue 'rows;
-                            }
-                            None => {
-                                filled += 1;
-                                fill.clone()
-                            }
+                        let Some(t) = text_or_fill(column, r, fill, *drop_missing && training, &mut filled) else {
+                            out.missing_dropped += 1;
+                            continue 'rows;
                         };
                         let v = match t {
                             Some(t) if t == values[1] => 1.0,
@@ -613,16 +619,9 @@ impl Preprocessor {
                         row_x.push(v);
                     }
                     FeatureTransform::Categorical { name, categories, fill, drop_missing, embedding_dim } => {
-                        let t = match column.text(r) {
-                            Some(t) => Some(t),
-                            None if *drop_missing && training => {
-                                out.missing_dropped += 1;
-                                continue 'rows;
-                            }
-                            None => {
-                                filled += 1;
-                                fill.clone()
-                            }
+                        let Some(t) = text_or_fill(column, r, fill, *drop_missing && training, &mut filled) else {
+                            out.missing_dropped += 1;
+                            continue 'rows;
                         };
                         let index = t.as_ref().and_then(|t| categories.iter().position(|c| c == t));
                         if index.is_none() && t.is_some() {

@@ -11,6 +11,7 @@ mod network;
 mod spec;
 
 pub use network::{Network, Outputs};
-pub use spec::{InputSpec, ModelSpec, SpecError};
+pub use kiln_data::InputShape;
+pub use spec::{ModelSpec, SpecError};
 
 pub use burn::prelude::{Device, Int, Tensor};

@@ -9,7 +9,8 @@ use burn::prelude::{Device, Int, Tensor};
 use burn::tensor::activation;
 use kiln_config::{Activation, ModelKind};
 
-use crate::spec::{InputSpec, ModelSpec};
+use crate::spec::ModelSpec;
+use kiln_data::InputShape;
 
 /// Conv, optional batch norm, activation, optional max-pool, dropout.
 #[derive(Module, Debug)]
@@ -38,7 +39,7 @@ pub struct Network {
     #[module(skip)]
     activation: Activation,
     #[module(skip)]
-    input: InputSpec,
+    input: InputShape,
 }
 
 /// The raw outputs of a forward pass: logits for classification, standardised values for
@@ -61,8 +62,8 @@ impl Network {
     /// reproducible weights).
     pub fn new(spec: &ModelSpec, device: &Device) -> Self {
         let mut in_channels = match spec.input {
-            InputSpec::Image { channels, .. } => channels,
-            InputSpec::Flat { .. } => 1,
+            InputShape::Image { channels, .. } => channels,
+            InputShape::Flat { .. } => 1,
         };
         let convs = spec
             .conv
@@ -110,7 +111,7 @@ impl Network {
         let mut h = if self.convs.is_empty() {
             x
         } else {
-            let InputSpec::Image { channels, height, width } = self.input else {
+            let InputShape::Image { channels, height, width } = self.input else {
                 unreachable!("a CNN is only built for image input")
             };
             let mut img: Tensor<4> = x.reshape([batch, channels, height, width]);

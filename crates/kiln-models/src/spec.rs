@@ -1,35 +1,6 @@
 use kiln_config::{Activation, ConvLayer, ModelConfig, ModelKind};
+use kiln_data::InputShape;
 use serde::{Deserialize, Serialize};
-
-/// Shape of the network's dense input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum InputSpec {
-    /// A flat vector of `width` values.
-    Flat {
-        /// Width.
-        width: usize,
-    },
-    /// A `channels x height x width` image (stored flat, reshaped by the network).
-    Image {
-        /// Channels.
-        channels: usize,
-        /// Height.
-        height: usize,
-        /// Width.
-        width: usize,
-    },
-}
-
-impl InputSpec {
-    /// Values per row.
-    pub fn size(&self) -> usize {
-        match *self {
-            InputSpec::Flat { width } => width,
-            InputSpec::Image { channels, height, width } => channels * height * width,
-        }
-    }
-}
 
 /// Everything needed to rebuild a network: the model config plus what the data decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,7 +8,7 @@ pub struct ModelSpec {
     /// Model family.
     pub kind: ModelKind,
     /// Dense input shape.
-    pub input: InputSpec,
+    pub input: InputShape,
     /// `(table size, width)` of each categorical embedding.
     pub embeddings: Vec<(usize, usize)>,
     /// Output width: classes, or 1 for regression.
@@ -80,7 +51,7 @@ impl ModelSpec {
     /// Combines the model config with the data's input shape, embeddings and outputs.
     pub fn from_config(
         config: &ModelConfig,
-        input: InputSpec,
+        input: InputShape,
         embeddings: Vec<(usize, usize)>,
         outputs: usize,
     ) -> Result<Self, SpecError> {
@@ -96,7 +67,7 @@ impl ModelSpec {
             conv: if config.kind == ModelKind::Cnn { config.conv.clone() } else { Vec::new() },
         };
         if spec.kind == ModelKind::Cnn {
-            if !matches!(input, InputSpec::Image { .. }) {
+            if !matches!(input, InputShape::Image { .. }) {
                 return Err(SpecError::CnnNeedsImages);
             }
             spec.conv_output()?;
@@ -107,8 +78,8 @@ impl ModelSpec {
     /// `(channels, height, width)` after the conv stack, or the input's for no convs.
     pub fn conv_output(&self) -> Result<(usize, usize, usize), SpecError> {
         let (mut c, mut h, mut w) = match self.input {
-            InputSpec::Image { channels, height, width } => (channels, height, width),
-            InputSpec::Flat { width } => (1, 1, width),
+            InputShape::Image { channels, height, width } => (channels, height, width),
+            InputShape::Flat { width } => (1, 1, width),
         };
         for (layer, conv) in self.conv.iter().enumerate() {
             let too_small = SpecError::ConvTooSmall { layer, height: h, width: w, kernel: conv.kernel, pool: conv.pool };

@@ -12,7 +12,9 @@ use crate::optim::{Optimizer, OptimizerSettings};
 
 /// Serialises a network's weights (including batch-norm running statistics) as safetensors.
 pub fn model_to_bytes(model: &Network) -> Result<Vec<u8>, TrainError> {
-    let mut store = SafetensorsStore::from_bytes(None).metadata("format", "kiln");
+    // One metadata key only: a HashMap of several would serialise in a random order, and the
+    // same weights must always give the same bytes.
+    let mut store = SafetensorsStore::from_bytes(None).clear_metadata().metadata("format", "kiln");
     model.save_into(&mut store).map_err(|e| TrainError::Weights(e.to_string()))?;
     store.get_bytes().map_err(|e| TrainError::Weights(e.to_string()))
 }

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::prelude::{Device, Tensor, TensorData};
 use kiln_config::{Activation, ModelKind, OptimizerKind, ScheduleKind, TrainerConfig};
-use kiln_models::{InputSpec, ModelSpec, Network};
+use kiln_models::{InputShape, ModelSpec, Network};
 use kiln_train::grads::{ParamGrads, trainable_parameters};
 use kiln_train::optim::{Optimizer, OptimizerSettings};
 use kiln_train::schedule::LrSchedule;
@@ -11,7 +11,7 @@ use kiln_train::schedule::LrSchedule;
 fn linear_model(device: &Device) -> Network {
     let spec = ModelSpec {
         kind: ModelKind::Linear,
-        input: InputSpec::Flat { width: 2 },
+        input: InputShape::Flat { width: 2 },
         embeddings: vec![],
         outputs: 1,
         hidden: vec![],
@@ -132,7 +132,8 @@ fn optimizer_state_round_trips() {
     let mut s = settings(OptimizerKind::Adamw);
     s.weight_decay = 0.01;
     let mut a = Optimizer::new(s);
-    let model = a.step(model, grads_of(&model, &G1, &device), 0.01);
+    let g1 = grads_of(&model, &G1, &device);
+    let model = a.step(model, g1, 0.01);
     let bytes = kiln_train::weights::optimizer_to_bytes(&a).unwrap();
     let mut b = kiln_train::weights::optimizer_from_bytes(s, &bytes, &device).unwrap();
     let ma = a.step(model.clone(), grads_of(&model, &G2, &device), 0.01);

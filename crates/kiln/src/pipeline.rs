@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::Device;
 use kiln_config::{Config, Task};
 use kiln_data::{Encoded, LoadReport, Preprocessor, Schema, Split, Table};
-use kiln_models::{InputSpec, ModelSpec};
+use kiln_models::ModelSpec;
 use kiln_train::checkpoint::{LoadedCheckpoint, read_latest};
 use kiln_train::evaluate::{Evaluation, predict, score};
 use kiln_train::run::{self, files};
@@ -138,10 +138,7 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
 
 /// Architecture for `config` on `preprocessor`'s inputs.
 fn model_spec(config: &Config, preprocessor: &Preprocessor) -> Result<ModelSpec> {
-    let input = match preprocessor.input_shape() {
-        kiln_data::InputShape::Flat { width } => InputSpec::Flat { width },
-        kiln_data::InputShape::Image { channels, height, width } => InputSpec::Image { channels, height, width },
-    };
+    let input = preprocessor.input_shape();
     Ok(ModelSpec::from_config(&config.model, input, preprocessor.embedding_dims(), preprocessor.num_outputs())?)
 }
 
