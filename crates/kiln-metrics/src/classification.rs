@@ -98,10 +98,10 @@ impl ClassificationMetrics {
         }
         let correct: usize = (0..k).map(|c| confusion[c][c]).sum();
         let mut per_class = Vec::with_capacity(k);
-        for c in 0..k {
-            let tp = confusion[c][c] as f64;
-            let predicted: usize = (0..k).map(|t| confusion[t][c]).sum();
-            let support: usize = confusion[c].iter().sum();
+        for (c, row) in confusion.iter().enumerate() {
+            let tp = row[c] as f64;
+            let predicted: usize = confusion.iter().map(|r| r[c]).sum();
+            let support: usize = row.iter().sum();
             let precision = ratio(tp, predicted as f64);
             let recall = ratio(tp, support as f64);
             let f1 = ratio(2.0 * precision * recall, precision + recall);
