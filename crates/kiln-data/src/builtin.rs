@@ -4,12 +4,15 @@ use crate::table::{Column, LoadReport, Table};
 use crate::{DataError, Result};
 
 /// Names accepted after `builtin:`.
-pub const BUILTIN_DATASETS: [&str; 5] = ["digits", "iris", "breast_cancer", "diabetes", "boston"];
+pub const BUILTIN_DATASETS: [&str; 6] = ["digits", "iris", "breast_cancer", "diabetes", "boston", "wine_quality"];
 
 /// Loads a built-in data set as a table whose last column is `target`.
 #[cfg(feature = "builtin")]
 pub fn load_builtin(name: &str) -> Result<Table> {
     use smartcore::dataset;
+    if name == "wine_quality" {
+        return wine_quality();
+    }
     let (ds, names): (dataset::Dataset<f32, f32>, Option<Vec<String>>) = match name {
         "digits" => (dataset::digits::load_dataset(), Some((0..64).map(|i| format!("pixel_{}_{}", i / 8, i % 8)).collect())),
         "iris" => (as_f32(dataset::iris::load_dataset()), None),
@@ -40,6 +43,27 @@ pub fn load_builtin(name: &str) -> Result<Table> {
         columns,
         lines: (2..ds.num_samples as u64 + 2).collect(),
         report: LoadReport { rows_read: ds.num_samples, ..Default::default() },
+    })
+}
+
+/// Red wine quality (1599 wines, 11 physico-chemical measurements, quality score 3-8) from
+/// `linfa-datasets`.
+#[cfg(feature = "builtin")]
+fn wine_quality() -> Result<Table> {
+    let ds = linfa_datasets::winequality();
+    let records = ds.records();
+    let (rows, cols) = records.dim();
+    let mut names: Vec<String> = ds.feature_names().to_vec();
+    let mut columns: Vec<Column> =
+        (0..cols).map(|c| Column::Number((0..rows).map(|r| Some(records[[r, c]])).collect())).collect();
+    columns.push(Column::Number(ds.targets().iter().map(|&t| Some(t as f64)).collect()));
+    names.push("quality".into());
+    Ok(Table {
+        origin: "builtin:wine_quality".into(),
+        names,
+        columns,
+        lines: (2..rows as u64 + 2).collect(),
+        report: LoadReport { rows_read: rows, ..Default::default() },
     })
 }
 

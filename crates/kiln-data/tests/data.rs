@@ -161,7 +161,7 @@ fn duplicates_are_dropped_and_counted() {
 
 #[test]
 fn builtin_sets_load() {
-    for (name, rows, cols) in [("digits", 1797, 65), ("iris", 150, 5), ("breast_cancer", 569, 31), ("diabetes", 442, 11)] {
+    for (name, rows, cols) in [("digits", 1797, 65), ("iris", 150, 5), ("breast_cancer", 569, 31), ("diabetes", 442, 11), ("wine_quality", 1599, 12)] {
         let t = load_builtin(name).unwrap();
         assert_eq!((t.num_rows(), t.names.len()), (rows, cols), "{name}");
     }
