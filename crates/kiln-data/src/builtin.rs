@@ -1,6 +1,8 @@
 //! Data sets compiled into the binary, so examples and tests need no download.
 
-use crate::table::{Column, LoadReport, Table};
+#[cfg(feature = "builtin")]
+use crate::table::{Column, LoadReport};
+use crate::table::Table;
 use crate::{DataError, Result};
 
 /// Names accepted after `builtin:`.

@@ -1,0 +1,174 @@
+//! Tokenizers through the `tokenizers` crate.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::{Result, TextError};
+
+/// Which tokenizer to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// One token per Unicode scalar value seen in the corpus, plus `<unk>`.
+    Char,
+    /// Byte-level BPE (GPT-2 style) trained on the corpus: every string round-trips.
+    Bpe {
+        /// Target vocabulary size (at least 256 + 1).
+        vocab_size: usize,
+    },
+    /// An existing HuggingFace `tokenizer.json`.
+    File {
+        /// Its path.
+        path: String,
+    },
+}
+
+/// Unknown-character token of the character-level tokenizer.
+pub const UNK: &str = "<unk>";
+/// End-of-text token of the BPE tokenizer.
+pub const EOT: &str = "<|endoftext|>";
+
+/// A tokenizer kiln trains or loads.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer").field("vocab_size", &self.vocab_size()).finish()
+    }
+}
+
+fn tk_err(e: impl std::fmt::Display) -> TextError {
+    TextError::Tokenizer(e.to_string())
+}
+
+impl TextTokenizer {
+    /// Builds the tokenizer of `kind`, training on `texts` where it needs to.
+    pub fn build(kind: &TokenizerKind, texts: &[&str]) -> Result<Self> {
+        match kind {
+            TokenizerKind::Char => Self::train_char(texts),
+            TokenizerKind::Bpe { vocab_size } => Self::train_bpe(texts, *vocab_size),
+            TokenizerKind::File { path } => Self::from_file(Path::new(path)),
+        }
+    }
+
+    /// A character-level tokenizer over the characters of `texts` (ids in code-point order
+    /// after `<unk>` = 0). Characters never seen map to `<unk>`.
+    pub fn train_char(texts: &[&str]) -> Result<Self> {
+        let chars: BTreeSet<char> = texts.iter().flat_map(|t| t.chars()).collect();
+        if chars.is_empty() {
+            return Err(TextError::EmptyCorpus("character vocabulary".into()));
+        }
+        let mut vocab = serde_json::Map::new();
+        vocab.insert(UNK.into(), 0.into());
+        for (i, c) in chars.iter().enumerate() {
+            vocab.insert(c.to_string(), (i + 1).into());
+        }
+        let json = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [{"id": 0, "content": UNK, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(?s)."}, "behavior": "Isolated", "invert": false},
+            "post_processor": null,
+            "decoder": {"type": "Fuse"},
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": UNK},
+        });
+        let inner = Tokenizer::from_bytes(serde_json::to_vec(&json).expect("json")).map_err(tk_err)?;
+        Ok(Self { inner })
+    }
+
+    /// A byte-level BPE tokenizer with about `vocab_size` tokens trained on `texts`.
+    pub fn train_bpe(texts: &[&str], vocab_size: usize) -> Result<Self> {
+        if texts.iter().all(|t| t.is_empty()) {
+            return Err(TextError::EmptyCorpus("BPE training text".into()));
+        }
+        if vocab_size < 257 {
+            return Err(TextError::Tokenizer(format!("BPE vocab_size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}")));
+        }
+        let mut inner = Tokenizer::new(BPE::default());
+        let byte_level = ByteLevel::default().add_prefix_space(false).trim_offsets(false);
+        inner.with_pre_tokenizer(Some(byte_level));
+        inner.with_decoder(Some(byte_level));
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(EOT, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        // Train on line chunks so memory stays proportional to the vocabulary, not the text.
+        let chunks = texts.iter().flat_map(|t| t.split_inclusive('\n'));
+        inner.train(&mut trainer, chunks).map_err(tk_err)?;
+        Ok(Self { inner })
+    }
+
+    /// Loads a HuggingFace `tokenizer.json` (BPE, WordPiece, Unigram, WordLevel ...).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| TextError::Io { path: path.display().to_string(), source: e })?;
+        let inner = Tokenizer::from_bytes(&bytes)
+            .map_err(|e| TextError::Tokenizer(format!("{}: not a valid tokenizer.json: {e}", path.display())))?;
+        Ok(Self { inner })
+    }
+
+    /// Saves as `tokenizer.json`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = self.inner.to_string(true).map_err(tk_err)?;
+        std::fs::write(path, json).map_err(|e| TextError::Io { path: path.display().to_string(), source: e })
+    }
+
+    /// The serialised `tokenizer.json` text (for fingerprints).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(tk_err)
+    }
+
+    /// Vocabulary size, including special tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text` (no special tokens added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode_fast(text, false).map_err(tk_err)?.get_ids().to_vec())
+    }
+
+    /// Token ids of a long text, encoded line-chunk by line-chunk to bound memory.
+    pub fn encode_long(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(text.len() / 2);
+        let mut start = 0;
+        const CHUNK: usize = 1 << 16;
+        while start < text.len() {
+            let mut end = (start + CHUNK).min(text.len());
+            if end < text.len() {
+                // Cut after a newline when there is one, else at a char boundary.
+                end = match text[start..end].rfind('\n') {
+                    Some(i) => start + i + 1,
+                    None => (end..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len()),
+                };
+            }
+            ids.extend(self.encode(&text[start..end])?);
+            start = end;
+        }
+        Ok(ids)
+    }
+
+    /// Text of `ids`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(tk_err)
+    }
+
+    /// Id of the `<unk>` token, when the tokenizer has one.
+    pub fn unk_id(&self) -> Option<u32> {
+        self.inner.token_to_id(UNK)
+    }
+}
