@@ -7,9 +7,11 @@
 //! in front of the same fully connected head).
 #![warn(missing_docs)]
 
+mod gpt;
 mod network;
 mod spec;
 
+pub use gpt::{Gpt, GptConfig, KvCache};
 pub use network::{Network, Outputs};
 pub use kiln_data::InputShape;
 pub use spec::{ModelSpec, SpecError};

@@ -1,0 +1,66 @@
+//! GPT: causal masking, and cached decoding equal to uncached decoding.
+
+use burn::prelude::{Device, Int, Tensor, TensorData};
+use kiln_models::{Gpt, GptConfig, KvCache};
+
+fn config(tied: bool) -> GptConfig {
+    GptConfig { vocab_size: 37, context: 32, layers: 2, heads: 4, embd: 32, dropout: 0.0, bias: true, tied_head: tied }
+}
+
+fn ids(v: &[i64], device: &Device) -> Tensor<2, Int> {
+    Tensor::<2, Int>::from_data(TensorData::new(v.to_vec(), [1, v.len()]), device)
+}
+
+fn row(t: Tensor<3>, pos: usize) -> Vec<f32> {
+    let [_, _, v] = t.dims();
+    t.narrow(1, pos, 1).reshape([v]).into_data().convert::<f32>().try_to_vec().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn future_tokens_do_not_change_past_logits() {
+    let device = Device::flex();
+    device.seed(1);
+    let gpt = Gpt::new(&config(false), &device);
+    let a = gpt.forward(ids(&[1, 2, 3, 4, 5, 6], &device));
+    let b = gpt.forward(ids(&[1, 2, 3, 9, 9, 9], &device));
+    for pos in 0..3 {
+        assert!(max_diff(&row(a.clone(), pos), &row(b.clone(), pos)) < 1e-6, "position {pos} saw the future");
+    }
+    assert!(max_diff(&row(a, 3), &row(b, 3)) > 1e-4, "position 3 sees its own token");
+}
+
+#[test]
+fn cached_decoding_matches_uncached_logits() {
+    for tied in [false, true] {
+        let device = Device::flex();
+        device.seed(2);
+        let gpt = Gpt::new(&config(tied), &device);
+        let tokens: Vec<i64> = (0..24).map(|i| (i * 7 + 3) % 37).collect();
+        let prompt = 10;
+        let mut cache = KvCache::new();
+        // Prompt in one cached pass, then one token at a time.
+        let first = gpt.forward_cached(ids(&tokens[..prompt], &device), &mut cache);
+        let full = gpt.forward(ids(&tokens[..prompt], &device));
+        for pos in 0..prompt {
+            assert!(max_diff(&row(first.clone(), pos), &row(full.clone(), pos)) < 1e-4);
+        }
+        for t in prompt..tokens.len() {
+            let step = gpt.forward_cached(ids(&tokens[t..t + 1], &device), &mut cache);
+            let full = gpt.forward(ids(&tokens[..t + 1], &device));
+            let d = max_diff(&row(step, 0), &row(full, t));
+            assert!(d < 1e-4, "tied={tied} position {t}: cached and uncached logits differ by {d}");
+        }
+        assert_eq!(cache.len(), tokens.len());
+    }
+}
+
+#[test]
+fn config_validation() {
+    let mut c = config(false);
+    c.heads = 5;
+    assert!(c.validate().unwrap_err().contains("divisible"));
+}
