@@ -239,6 +239,26 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             return Err(bad(&key, format!("dropout must be in [0, 1), got {}", layer.dropout)));
         }
     }
+    if m.kind == ModelKind::Gpt {
+        if m.layers == 0 || m.heads == 0 || m.embd == 0 || m.context < 2 {
+            return Err(bad("model", "a GPT needs layers, heads, embd >= 1 and context >= 2"));
+        }
+        if m.embd % m.heads != 0 {
+            return Err(bad("model.heads", format!("embd ({}) must be divisible by heads ({})", m.embd, m.heads)));
+        }
+        if c.trainer.max_steps == 0 {
+            return Err(bad("trainer.max_steps", "expected at least 1"));
+        }
+        if c.trainer.eval_every_steps == 0 || c.trainer.eval_batches == 0 {
+            return Err(bad("trainer.eval_every_steps", "eval_every_steps and eval_batches must be at least 1"));
+        }
+        if !(c.text.val_fraction > 0.0 && c.text.val_fraction < 0.5) {
+            return Err(bad("text.val_fraction", format!("expected a fraction in (0, 0.5), got {}", c.text.val_fraction)));
+        }
+        if c.text.tokenizer == "bpe" && c.text.vocab_size < 257 {
+            return Err(bad("text.vocab_size", format!("BPE needs at least 257 tokens, got {}", c.text.vocab_size)));
+        }
+    }
     let t = &c.trainer;
     if t.epochs == 0 {
         return Err(bad("trainer.epochs", "expected at least 1"));

@@ -19,6 +19,8 @@ pub struct Config {
     pub model: ModelConfig,
     /// Optimisation.
     pub trainer: TrainerConfig,
+    /// Tokenizer and corpus settings (language models and text features).
+    pub text: TextConfig,
     /// Where the run directory goes.
     pub output: OutputConfig,
 }
@@ -32,6 +34,7 @@ impl Default for Config {
             features: Vec::new(),
             model: ModelConfig::default(),
             trainer: TrainerConfig::default(),
+            text: TextConfig::default(),
             output: OutputConfig::default(),
         }
     }
@@ -239,6 +242,8 @@ pub enum ModelKind {
     Linear,
     /// Convolutional network over image features, then an MLP head.
     Cnn,
+    /// A nanoGPT-style decoder language model trained on a text corpus.
+    Gpt,
 }
 
 /// Hidden-layer activation.
@@ -309,6 +314,18 @@ pub struct ModelConfig {
     pub batch_norm: bool,
     /// Convolution blocks (CNN only), applied in order before the fully connected head.
     pub conv: Vec<ConvLayer>,
+    /// Transformer blocks (GPT).
+    pub layers: usize,
+    /// Attention heads (GPT).
+    pub heads: usize,
+    /// Embedding width (GPT).
+    pub embd: usize,
+    /// Context length in tokens (GPT).
+    pub context: usize,
+    /// Biases in Linear and LayerNorm (GPT).
+    pub bias: bool,
+    /// Tie the output head to the token embedding (GPT).
+    pub tied_head: bool,
 }
 
 impl Default for ModelConfig {
@@ -320,6 +337,12 @@ impl Default for ModelConfig {
             dropout: 0.1,
             batch_norm: false,
             conv: Vec::new(),
+            layers: 4,
+            heads: 4,
+            embd: 128,
+            context: 64,
+            bias: false,
+            tied_head: true,
         }
     }
 }
@@ -462,6 +485,12 @@ pub struct TrainerConfig {
     pub checkpoint_every_steps: usize,
     /// Record training loss every this many optimizer steps.
     pub log_every_steps: usize,
+    /// Language models: optimizer steps to run (instead of epochs).
+    pub max_steps: usize,
+    /// Language models: validate every this many steps.
+    pub eval_every_steps: usize,
+    /// Language models: validation batches per evaluation.
+    pub eval_batches: usize,
 }
 
 impl Default for TrainerConfig {
@@ -492,7 +521,28 @@ impl Default for TrainerConfig {
             keep_best: false,
             checkpoint_every_steps: 0,
             log_every_steps: 10,
+            max_steps: 2000,
+            eval_every_steps: 250,
+            eval_batches: 20,
         }
+    }
+}
+
+/// Tokenizer and corpus settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TextConfig {
+    /// `char`, `bpe`, or the path of an existing `tokenizer.json`.
+    pub tokenizer: String,
+    /// BPE vocabulary size.
+    pub vocab_size: usize,
+    /// Fraction of the corpus (its end) held out for validation.
+    pub val_fraction: f64,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        Self { tokenizer: "char".into(), vocab_size: 2000, val_fraction: 0.1 }
     }
 }
 

@@ -7,10 +7,12 @@
 //! in front of the same fully connected head).
 #![warn(missing_docs)]
 
+mod generate;
 mod gpt;
 mod network;
 mod spec;
 
+pub use generate::{SamplingConfig, generate, sample};
 pub use gpt::{Gpt, GptConfig, KvCache};
 pub use network::{Network, Outputs};
 pub use kiln_data::InputShape;

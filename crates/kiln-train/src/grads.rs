@@ -151,3 +151,19 @@ impl GradientSync for SingleProcess {
         Ok(())
     }
 }
+
+/// The update every trainer shares: combine gradients across processes, clip their global
+/// norm (when `max_norm > 0`), and take an optimizer step. Returns the model and the norm
+/// before clipping (when clipping is on).
+pub fn apply_update<M: Module>(
+    model: M,
+    mut grads: ParamGrads,
+    sync: &mut dyn GradientSync,
+    max_norm: f64,
+    optimizer: &mut crate::optim::Optimizer,
+    lr: f64,
+) -> Result<(M, Option<f64>), TrainError> {
+    sync.all_reduce(&mut grads)?;
+    let norm = (max_norm > 0.0).then(|| grads.clip_global_norm(max_norm));
+    Ok((optimizer.step(model, grads, lr), norm))
+}

@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod evaluate;
 pub mod grads;
+pub mod lm;
 pub mod optim;
 pub mod run;
 pub mod schedule;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{LoadedCheckpoint, write_atomic, write_checkpoint};
 use crate::evaluate::{Evaluation, batch_inputs, evaluate};
-use crate::grads::{GradientSync, ParamGrads};
+use crate::grads::{GradientSync, ParamGrads, apply_update};
 use crate::optim::{Optimizer, OptimizerSettings};
 use crate::schedule::LrSchedule;
 use crate::weights::{model_from_bytes, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes};
@@ -172,7 +172,7 @@ fn loss_of(outputs: Tensor<2>, target: &Target, idx: &[usize], device: &Device) 
     }
 }
 
-fn append_jsonl(path: &Path, value: &impl Serialize, kind: &str) -> Result<(), TrainError> {
+pub(crate) fn append_jsonl(path: &Path, value: &impl Serialize, kind: &str) -> Result<(), TrainError> {
     let mut v = serde_json::to_value(value).expect("record serializes");
     v.as_object_mut().expect("records are objects").insert("kind".into(), kind.into());
     let mut f = std::fs::OpenOptions::new()
@@ -184,7 +184,7 @@ fn append_jsonl(path: &Path, value: &impl Serialize, kind: &str) -> Result<(), T
 }
 
 /// Keeps only `metrics.jsonl` records up to `step` (the lines a resumed run will redo go).
-fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
+pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: String = text
         .lines()
@@ -319,10 +319,9 @@ pub fn train(
             if !step_loss.is_finite() {
                 return Err(TrainError::Diverged { step: state.global_step + 1, loss: step_loss });
             }
-            sync.all_reduce(&mut grads)?;
-            let grad_norm = (t.grad_clip_norm > 0.0).then(|| grads.clip_global_norm(t.grad_clip_norm));
             let lr = state.schedule.lr(state.global_step, epoch);
-            model = optimizer.step(model, grads, lr);
+            let (updated, grad_norm) = apply_update(model, grads, sync, t.grad_clip_norm, &mut optimizer, lr)?;
+            model = updated;
             state.global_step += 1;
             state.group_in_epoch = gi + 1;
             state.epoch_loss_sum += step_loss;

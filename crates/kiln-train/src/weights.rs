@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use burn::module::Module;
 use burn::prelude::Device;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use kiln_models::{ModelSpec, Network};
@@ -10,8 +11,8 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use crate::TrainError;
 use crate::optim::{Optimizer, OptimizerSettings};
 
-/// Serialises a network's weights (including batch-norm running statistics) as safetensors.
-pub fn model_to_bytes(model: &Network) -> Result<Vec<u8>, TrainError> {
+/// Serialises a module's weights (including batch-norm running statistics) as safetensors.
+pub fn model_to_bytes<M: Module>(model: &M) -> Result<Vec<u8>, TrainError> {
     // One metadata key only: a HashMap of several would serialise in a random order, and the
     // same weights must always give the same bytes.
     let mut store = SafetensorsStore::from_bytes(None).clear_metadata().metadata("format", "kiln");
@@ -22,9 +23,13 @@ pub fn model_to_bytes(model: &Network) -> Result<Vec<u8>, TrainError> {
 /// Builds the network of `spec` on `device` and loads `bytes` into it. Every tensor must be
 /// present with the right shape.
 pub fn model_from_bytes(spec: &ModelSpec, bytes: &[u8], device: &Device, origin: &str) -> Result<Network, TrainError> {
+    load_into(Network::new(spec, device), bytes, origin)
+}
+
+/// Loads safetensors `bytes` into `model`; every tensor must be present with the right shape.
+pub fn load_into<M: Module>(mut model: M, bytes: &[u8], origin: &str) -> Result<M, TrainError> {
     SafeTensors::deserialize(bytes)
         .map_err(|e| TrainError::Weights(format!("{origin}: not a valid safetensors file: {e}")))?;
-    let mut model = Network::new(spec, device);
     let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec())).allow_partial(false).validate(true);
     let result = model
         .load_from(&mut store)

@@ -1,0 +1,118 @@
+//! Autoregressive sampling from a [`Gpt`]: temperature, top-k, top-p (nucleus), seeded, with
+//! or without the key/value cache.
+
+use burn::module::Module;
+use burn::prelude::{Device, Int, Tensor, TensorData};
+use kiln_data::rng::SplitMix64;
+
+use crate::gpt::{Gpt, KvCache};
+
+/// Sampling settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingConfig {
+    /// Softmax temperature; 0 means greedy (arg-max).
+    pub temperature: f64,
+    /// Keep only the `k` most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `p` (1.0 = all).
+    pub top_p: f64,
+    /// Seed of the sampling stream.
+    pub seed: u64,
+    /// Use the key/value cache.
+    pub use_cache: bool,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self { temperature: 0.8, top_k: 0, top_p: 1.0, seed: 1337, use_cache: true }
+    }
+}
+
+/// Picks the next token from `logits` of one position.
+pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32 {
+    if cfg.temperature <= 0.0 {
+        return logits.iter().enumerate().fold(0, |b, (i, &v)| if v > logits[b] { i } else { b }) as u32;
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if cfg.top_k > 0 {
+        order.truncate(cfg.top_k);
+    }
+    let max = logits[order[0]] as f64;
+    let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / cfg.temperature).exp()).collect();
+    let sum: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    if cfg.top_p < 1.0 {
+        let mut acc = 0.0;
+        let keep = probs.iter().position(|p| {
+            acc += p;
+            acc >= cfg.top_p
+        });
+        let keep = keep.map(|i| i + 1).unwrap_or(probs.len());
+        order.truncate(keep);
+        probs.truncate(keep);
+        let s: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= s);
+    }
+    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let mut acc = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if u < acc {
+            return order[i] as u32;
+        }
+    }
+    order[order.len() - 1] as u32
+}
+
+fn last_logits(logits: Tensor<3>) -> Vec<f32> {
+    let [_, t, v] = logits.dims();
+    logits.narrow(1, t - 1, 1).reshape([v]).into_data().convert::<f32>().try_to_vec().expect("f32 logits")
+}
+
+fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
+    let v: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    Tensor::<2, Int>::from_data(TensorData::new(v, [1, ids.len()]), device)
+}
+
+/// Generates `max_new` tokens after `prompt` (which must fit the context). When the sequence
+/// reaches the context length, the window slides: the cache is rebuilt from the last half
+/// context of tokens. `on_token` sees each new token as it is made (for streaming).
+pub fn generate(
+    model: &Gpt,
+    prompt: &[u32],
+    max_new: usize,
+    cfg: &SamplingConfig,
+    device: &Device,
+    mut on_token: impl FnMut(u32),
+) -> Vec<u32> {
+    let model = model.valid();
+    let context = model.context();
+    assert!(!prompt.is_empty() && prompt.len() <= context, "prompt length must be in 1..=context");
+    let mut rng = SplitMix64::derive(cfg.seed, 0x6E4E);
+    let mut tokens = prompt.to_vec();
+    let mut cache = KvCache::new();
+    let mut logits = if cfg.use_cache {
+        last_logits(model.forward_cached(ids_tensor(&tokens, device), &mut cache))
+    } else {
+        last_logits(model.forward(ids_tensor(&tokens, device)))
+    };
+    for _ in 0..max_new {
+        let next = sample(&logits, cfg, &mut rng);
+        tokens.push(next);
+        on_token(next);
+        if cfg.use_cache {
+            if cache.len() >= context {
+                cache = KvCache::new();
+                let keep = &tokens[tokens.len() - context / 2..];
+                logits = last_logits(model.forward_cached(ids_tensor(keep, device), &mut cache));
+            } else {
+                logits = last_logits(model.forward_cached(ids_tensor(&[next], device), &mut cache));
+            }
+        } else {
+            let start = tokens.len().saturating_sub(context);
+            logits = last_logits(model.forward(ids_tensor(&tokens[start..], device)));
+        }
+    }
+    tokens[prompt.len()..].to_vec()
+}

@@ -1,0 +1,225 @@
+//! Language-model training: the same optimizer, schedule, gradient seam, checkpoints and
+//! metrics log as the tabular trainer, over random windows of a memory-mapped token file.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::prelude::{Device, Int, Tensor, TensorData};
+use burn::tensor::activation::log_softmax;
+use kiln_config::Config;
+use kiln_data::rng::SplitMix64;
+use kiln_models::{Gpt, GptConfig};
+use kiln_text::{TokenFile, TokenFileMeta};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{LoadedCheckpoint, write_checkpoint};
+use crate::grads::{GradientSync, ParamGrads, apply_update};
+use crate::optim::{Optimizer, OptimizerSettings};
+use crate::schedule::LrSchedule;
+use crate::trainer::{Observer, StartInfo, StepRecord, append_jsonl, truncate_metrics};
+use crate::weights::{load_into, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes};
+use crate::TrainError;
+
+const BATCH_STREAM: u64 = 0xBA7C;
+const EVAL_STREAM: u64 = 0xE7A1;
+
+/// A validation measurement (one line of `metrics.jsonl` with `kind = "eval"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LmEval {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Mean training loss since the previous evaluation.
+    pub train_loss: f64,
+    /// Mean validation cross-entropy (nats per token).
+    pub val_loss: f64,
+    /// exp(val_loss).
+    pub perplexity: f64,
+    /// Bits per character of the validation text: val_loss · tokens / chars / ln 2.
+    pub bits_per_char: f64,
+    /// Seconds since training started (this invocation).
+    pub elapsed: f64,
+}
+
+/// What a language-model run produced.
+#[derive(Debug)]
+pub struct LmOutcome {
+    /// The trained model (inference mode).
+    pub model: Gpt,
+    /// Steps taken.
+    pub steps: u64,
+    /// Every evaluation, in order (this invocation).
+    pub evals: Vec<LmEval>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Checkpoint step resumed from.
+    pub resumed_from: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LmState {
+    step: u64,
+    schedule: LrSchedule,
+    loss_sum: f64,
+    loss_count: u64,
+}
+
+/// Mean cross-entropy of next-token prediction for `x`/`y` of shape `[b, t]`.
+pub fn lm_loss(model: &Gpt, x: Vec<i64>, y: Vec<i64>, b: usize, t: usize, device: &Device) -> Tensor<1> {
+    let x = Tensor::<2, Int>::from_data(TensorData::new(x, [b, t]), device);
+    let y = Tensor::<2, Int>::from_data(TensorData::new(y, [b * t, 1]), device);
+    let logits = model.forward(x);
+    let v = logits.dims()[2];
+    log_softmax(logits.reshape([b * t, v]), 1).gather(1, y).mean().neg()
+}
+
+/// Validation loss over `batches` fixed (seeded) windows.
+pub fn evaluate_lm(model: &Gpt, val: &TokenFile, cfg: &Config, vocab: usize, device: &Device) -> Result<f64, TrainError> {
+    use burn::module::Module;
+    let model = model.valid();
+    let device = device.clone().without_autodiff();
+    let t = &cfg.trainer;
+    let b = match t.batch_size {
+        kiln_config::BatchSize::Samples(n) => n,
+        kiln_config::BatchSize::Full => 32,
+    };
+    let context = cfg.model.context;
+    let mut rng = SplitMix64::derive(cfg.seed ^ EVAL_STREAM, 0);
+    let mut total = 0.0;
+    for _ in 0..t.eval_batches {
+        let (x, y) = val.random_batch(&mut rng, b, context, vocab).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        total += lm_loss(&model, x, y, b, context, &device).into_scalar::<f64>();
+    }
+    Ok(total / t.eval_batches as f64)
+}
+
+/// Trains a GPT on `train`, validating on `val`, writing `metrics.jsonl` and checkpoints
+/// under `run_dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_lm(
+    config: &Config,
+    gpt: &GptConfig,
+    meta: &TokenFileMeta,
+    train: &TokenFile,
+    val: &TokenFile,
+    run_dir: &Path,
+    device: Device,
+    resume: Option<LoadedCheckpoint>,
+    observer: &mut dyn Observer,
+    sync: &mut dyn GradientSync,
+) -> Result<LmOutcome, TrainError> {
+    let started = Instant::now();
+    let t = &config.trainer;
+    let device = device.without_autodiff();
+    let ad = device.clone().autodiff();
+    let micro = match t.batch_size {
+        kiln_config::BatchSize::Samples(n) => n,
+        kiln_config::BatchSize::Full => {
+            return Err(TrainError::Invalid("trainer.batch_size = \"full\" has no meaning for a language model; give a number".into()));
+        }
+    };
+    let context = gpt.context;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let checkpoints = run_dir.join("checkpoints");
+    let settings = OptimizerSettings::from(t);
+    device.seed(config.seed);
+    let (mut model, mut optimizer, mut state, resumed_from) = match &resume {
+        None => {
+            let _ = std::fs::remove_file(&metrics_path);
+            let state = LmState { step: 0, schedule: LrSchedule::new(t, t.max_steps as u64), loss_sum: 0.0, loss_count: 0 };
+            (Gpt::new(gpt, &ad), Optimizer::new(settings), state, None)
+        }
+        Some(ck) => {
+            let origin = ck.dir.display().to_string();
+            let model = load_into(Gpt::new(gpt, &ad), ck.file("model.safetensors")?, &origin)?;
+            let optimizer = optimizer_from_bytes(settings, ck.file("optimizer.safetensors")?, &device)?;
+            let state: LmState = serde_json::from_slice(ck.file("trainer_state.json")?)
+                .map_err(|e| TrainError::Checkpoint(format!("{origin}: trainer_state.json: {e}")))?;
+            truncate_metrics(&metrics_path, state.step)?;
+            (model, optimizer, state, Some(ck.step))
+        }
+    };
+    let parameters = crate::grads::trainable_parameters(&model).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    observer.on_start(&StartInfo {
+        total_steps: t.max_steps as u64,
+        steps_done: state.step,
+        steps_per_epoch: t.max_steps as u64,
+        train_rows: train.len(),
+        parameters,
+    });
+    let tokens_per_char = meta.val_tokens as f64 / meta.val_chars.max(1) as f64;
+    let mut evals = Vec::new();
+    let mut window = (Instant::now(), 0usize);
+    let save = |model: &Gpt, optimizer: &Optimizer, state: &LmState| -> Result<(), TrainError> {
+        write_checkpoint(
+            &checkpoints,
+            state.step,
+            &[
+                ("model.safetensors", model_to_bytes(model)?),
+                ("optimizer.safetensors", optimizer_to_bytes(optimizer)?),
+                ("trainer_state.json", serde_json::to_vec_pretty(state).expect("state")),
+            ],
+        )?;
+        Ok(())
+    };
+    while state.step < t.max_steps as u64 {
+        let mut seeder = SplitMix64::derive(config.seed ^ BATCH_STREAM, state.step);
+        device.seed(seeder.next_u64());
+        let mut grads = ParamGrads::default();
+        let mut step_loss = 0.0;
+        for _ in 0..t.grad_accum_steps {
+            let (x, y) = train.random_batch(&mut seeder, micro, context, gpt.vocab_size).map_err(|e| TrainError::Invalid(e.to_string()))?;
+            let loss = lm_loss(&model, x, y, micro, context, &ad).div_scalar(t.grad_accum_steps as f64);
+            let g = loss.backward();
+            step_loss += loss.into_scalar::<f64>();
+            grads.accumulate(ParamGrads::collect(&model, g));
+        }
+        if !step_loss.is_finite() {
+            return Err(TrainError::Diverged { step: state.step + 1, loss: step_loss });
+        }
+        let lr = state.schedule.lr(state.step, 0);
+        let (updated, grad_norm) = apply_update(model, grads, sync, t.grad_clip_norm, &mut optimizer, lr)?;
+        model = updated;
+        state.step += 1;
+        state.loss_sum += step_loss;
+        state.loss_count += 1;
+        window.1 += micro * context * t.grad_accum_steps;
+        let record = StepRecord {
+            step: state.step,
+            epoch: 0,
+            loss: step_loss,
+            lr,
+            grad_norm,
+            samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
+        };
+        observer.on_step(&record);
+        if state.step % t.log_every_steps as u64 == 0 {
+            append_jsonl(&metrics_path, &record, "step")?;
+            window = (Instant::now(), 0);
+        }
+        let last = state.step == t.max_steps as u64;
+        if state.step % t.eval_every_steps as u64 == 0 || last {
+            let val_loss = evaluate_lm(&model, val, config, gpt.vocab_size, &device)?;
+            let eval = LmEval {
+                step: state.step,
+                train_loss: state.loss_sum / state.loss_count.max(1) as f64,
+                val_loss,
+                perplexity: val_loss.exp(),
+                bits_per_char: val_loss * tokens_per_char / std::f64::consts::LN_2,
+                elapsed: started.elapsed().as_secs_f64(),
+            };
+            state.loss_sum = 0.0;
+            state.loss_count = 0;
+            append_jsonl(&metrics_path, &eval, "eval")?;
+            observer.on_event(&format!(
+                "step {:>6}: train loss {:.4}, val loss {:.4}, perplexity {:.2}, {:.3} bits/char",
+                eval.step, eval.train_loss, eval.val_loss, eval.perplexity, eval.bits_per_char
+            ));
+            evals.push(eval);
+        }
+        if (t.checkpoint_every_steps > 0 && state.step % t.checkpoint_every_steps as u64 == 0) || last {
+            save(&model, &optimizer, &state)?;
+        }
+    }
+    use burn::module::Module;
+    Ok(LmOutcome { model: model.valid(), steps: state.step, evals, seconds: started.elapsed().as_secs_f64(), resumed_from })
+}
