@@ -24,9 +24,41 @@ enum Command {
     Eval(EvalArgs),
     /// Write one prediction per input row (a submission file).
     Predict(PredictArgs),
-    /// Inspect data files.
+    /// Sample text from a trained language model.
+    Generate(GenerateArgs),
+    /// Inspect and prepare data files.
     #[command(subcommand)]
     Data(DataCommand),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Run directory of a GPT.
+    run_dir: PathBuf,
+    /// Text to continue (must fit the model's context).
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample only from the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1.0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Recompute the whole window for every token instead of using the key/value cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Print JSON at the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -88,6 +120,24 @@ struct PredictArgs {
 
 #[derive(Subcommand)]
 enum DataCommand {
+    /// Tokenize text files into train.bin/val.bin token files (u16 or u32) + meta.json + tokenizer.json.
+    PrepareText {
+        /// Text files (UTF-8).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// `char`, `bpe`, or a tokenizer.json path.
+        #[arg(long, default_value = "char")]
+        tokenizer: String,
+        /// BPE vocabulary size.
+        #[arg(long, default_value_t = 2000)]
+        vocab_size: usize,
+        /// Fraction of the text (its end) for validation.
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Rows, column types, missing values and class balance.
     Describe {
         /// CSV file, IDX prefix or builtin:NAME.
@@ -124,14 +174,121 @@ fn toml_string(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
+fn is_language_model(args: &TrainArgs) -> Result<(bool, Option<Config>)> {
+    match &args.resume {
+        Some(run) => {
+            // A checkpoint directory lives in RUN/checkpoints/step-N.
+            let dir = if run.join("config.toml").exists() { run.clone() } else { run.join("../..") };
+            let kind = kiln::config::load(&dir.join("config.toml"), &[]).map(|c| c.model.kind).ok();
+            Ok((kind == Some(kiln::config::ModelKind::Gpt), None))
+        }
+        None => {
+            let config = load_config(args)?;
+            Ok((config.model.kind == kiln::config::ModelKind::Gpt, Some(config)))
+        }
+    }
+}
+
+fn train_lm(args: &TrainArgs, config: Option<Config>) -> Result<()> {
+    let mut observer = progress::Bars::new(args.quiet || args.json);
+    let s = kiln::train_lm_run(&config.unwrap_or_default(), args.resume.as_deref(), &mut observer)?;
+    drop(observer);
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    println!(
+        "language model: {} parameters, vocabulary {}, {} train / {} validation tokens",
+        s.parameters, s.corpus.vocab_size, s.corpus.train_tokens, s.corpus.val_tokens
+    );
+    for e in &s.evals {
+        println!(
+            "  step {:>6}  train {:.4}  val {:.4}  perplexity {:>8.2}  {:.3} bits/char  {:>7.1}s",
+            e.step, e.train_loss, e.val_loss, e.perplexity, e.bits_per_char, e.elapsed
+        );
+    }
+    println!("{} steps in {:.1} s (corpus preparation {:.1} s)", s.steps, s.train_seconds, s.prepare_seconds);
+    println!("run directory: {}", s.run_dir.display());
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    use std::io::Write;
+    let sampling = kiln::models::SamplingConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        use_cache: !args.no_cache,
+    };
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], got {}", args.top_p);
+    }
+    if !args.json {
+        print!("{}", args.prompt);
+    }
+    let g = kiln::generate_run(&args.run_dir, &args.prompt, args.max_new_tokens, &sampling, |piece| {
+        if !args.json {
+            print!("{piece}");
+            let _ = std::io::stdout().flush();
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&g)?);
+        return Ok(());
+    }
+    println!();
+    if g.unknown_prompt_tokens > 0 {
+        eprintln!("note: {} prompt characters are not in the vocabulary and were read as <unk>", g.unknown_prompt_tokens);
+    }
+    eprintln!(
+        "{} tokens in {:.2} s: {:.1} tokens/s ({})",
+        g.new_tokens,
+        g.seconds,
+        g.tokens_per_second,
+        if args.no_cache { "no cache" } else { "KV cache" }
+    );
+    Ok(())
+}
+
+fn prepare_text(files: &[PathBuf], tokenizer: &str, vocab_size: usize, val_fraction: f64, out: &PathBuf) -> Result<()> {
+    use kiln::text::{TextTokenizer, TokenizerKind};
+    let text = kiln::text::read_corpus(files)?;
+    let kind = match tokenizer {
+        "char" => TokenizerKind::Char,
+        "bpe" => TokenizerKind::Bpe { vocab_size },
+        path => TokenizerKind::File { path: path.to_string() },
+    };
+    if !(val_fraction > 0.0 && val_fraction < 0.5) {
+        bail!("--val-fraction must be in (0, 0.5), got {val_fraction}");
+    }
+    let tk = TextTokenizer::build(&kind, &[&text])?;
+    let meta = kiln::text::prepare_corpus(&text, &tk, out, val_fraction)?;
+    println!(
+        "{}: vocabulary {}, {:?} tokens: {} train / {} validation ({} / {} characters)",
+        out.display(),
+        meta.vocab_size,
+        meta.dtype,
+        meta.train_tokens,
+        meta.val_tokens,
+        meta.train_chars,
+        meta.val_chars
+    );
+    Ok(())
+}
+
 fn train(args: TrainArgs) -> Result<()> {
+    let (lm, config) = is_language_model(&args)?;
+    if lm {
+        return train_lm(&args, config);
+    }
     let summary = match &args.resume {
         Some(run) => {
             let mut observer = progress::Bars::new(args.quiet || args.json);
             kiln::train_run(&Config::default(), Some(run), &mut observer)?
         }
         None => {
-            let config = load_config(&args)?;
+            let config = config.expect("loaded above");
             let mut observer = progress::Bars::new(args.quiet || args.json);
             kiln::train_run(&config, None, &mut observer)?
         }
@@ -246,7 +403,11 @@ fn main() -> ExitCode {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
         Command::Predict(a) => predict(a),
+        Command::Generate(a) => generate(a),
         Command::Data(DataCommand::Describe { file, target, json }) => describe(&file, target.as_deref(), json),
+        Command::Data(DataCommand::PrepareText { files, tokenizer, vocab_size, val_fraction, out }) => {
+            prepare_text(&files, &tokenizer, vocab_size, val_fraction, &out)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -75,9 +75,9 @@ fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
     Tensor::<2, Int>::from_data(TensorData::new(v, [1, ids.len()]), device)
 }
 
-/// Generates `max_new` tokens after `prompt` (which must fit the context). When the sequence
-/// reaches the context length, the window slides: the cache is rebuilt from the last half
-/// context of tokens. `on_token` sees each new token as it is made (for streaming).
+/// Generates `max_new` tokens after `prompt` (which must fit the context). When the window
+/// would exceed the context length it slides: it restarts from the last half context of
+/// tokens (the cache is rebuilt from them), the same with and without the cache. `on_token` sees each new token as it is made (for streaming).
 pub fn generate(
     model: &Gpt,
     prompt: &[u32],
@@ -97,22 +97,25 @@ pub fn generate(
     } else {
         last_logits(model.forward(ids_tensor(&tokens, device)))
     };
+    // Both paths see the same window: tokens[start..]. When it would exceed the context it
+    // restarts from the last half context of tokens, so cached and uncached decoding agree.
+    let mut start = 0;
     for _ in 0..max_new {
         let next = sample(&logits, cfg, &mut rng);
         tokens.push(next);
         on_token(next);
-        if cfg.use_cache {
-            if cache.len() >= context {
-                cache = KvCache::new();
-                let keep = &tokens[tokens.len() - context / 2..];
-                logits = last_logits(model.forward_cached(ids_tensor(keep, device), &mut cache));
-            } else {
-                logits = last_logits(model.forward_cached(ids_tensor(&[next], device), &mut cache));
-            }
-        } else {
-            let start = tokens.len().saturating_sub(context);
-            logits = last_logits(model.forward(ids_tensor(&tokens[start..], device)));
+        let slide = tokens.len() - start > context;
+        if slide {
+            start = tokens.len() - context / 2;
         }
+        logits = if !cfg.use_cache {
+            last_logits(model.forward(ids_tensor(&tokens[start..], device)))
+        } else if slide {
+            cache = KvCache::new();
+            last_logits(model.forward_cached(ids_tensor(&tokens[start..], device), &mut cache))
+        } else {
+            last_logits(model.forward_cached(ids_tensor(&[next], device), &mut cache))
+        };
     }
     tokens[prompt.len()..].to_vec()
 }

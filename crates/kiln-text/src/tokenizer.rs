@@ -149,12 +149,14 @@ impl TextTokenizer {
         const CHUNK: usize = 1 << 16;
         while start < text.len() {
             let mut end = (start + CHUNK).min(text.len());
-            if end < text.len() {
-                // Cut after a newline when there is one, else at a char boundary.
-                end = match text[start..end].rfind('\n') {
-                    Some(i) => start + i + 1,
-                    None => (end..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len()),
-                };
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            if end < text.len()
+                && let Some(i) = text[start..end].rfind('\n')
+            {
+                // Cut after a newline when there is one, so chunks end where lines do.
+                end = start + i + 1;
             }
             ids.extend(self.encode(&text[start..end])?);
             start = end;

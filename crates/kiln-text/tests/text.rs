@@ -73,3 +73,13 @@ fn non_utf8_and_empty_corpora_are_errors() {
     std::fs::write(&empty, "\n  \n").unwrap();
     assert!(read_corpus(&[empty]).unwrap_err().to_string().contains("empty"));
 }
+
+#[test]
+fn long_texts_encode_in_chunks_at_char_boundaries() {
+    // Far longer than one 64 KiB chunk, multi-byte characters, few newlines.
+    let text = "中华人民共和国成立五十周年".repeat(3000) + "\n" + &"新年贺词".repeat(9000);
+    let tk = TextTokenizer::train_char(&[&text]).unwrap();
+    let ids = tk.encode_long(&text).unwrap();
+    assert_eq!(ids.len(), text.chars().count());
+    assert_eq!(tk.decode(&ids).unwrap(), text);
+}

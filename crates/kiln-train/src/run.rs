@@ -115,6 +115,6 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
 }
 
 /// Saves the final weights atomically.
-pub fn save_weights(dir: &Path, model: &Network) -> Result<(), TrainError> {
+pub fn save_weights<M: burn::module::Module>(dir: &Path, model: &M) -> Result<(), TrainError> {
     write_atomic(&dir.join(files::WEIGHTS), &model_to_bytes(model)?)
 }

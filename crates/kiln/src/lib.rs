@@ -7,6 +7,7 @@
 //! data with exactly the saved preprocessing. The `kiln` binary is a thin layer over these.
 #![warn(missing_docs)]
 
+mod lm;
 mod pipeline;
 mod report;
 
@@ -14,12 +15,14 @@ pub use pipeline::{
     DataSummary, EvalSummary, PredictSummary, PreparedData, RunSummary, device_for, evaluate_run, load_table,
     predict_run, prepare, train_run,
 };
+pub use lm::{Generation, LmSummary, corpus_files, generate_run, load_lm, train_lm_run};
 pub use report::format_evaluation;
 
 pub use kiln_config as config;
 pub use kiln_data as data;
 pub use kiln_metrics as metrics;
 pub use kiln_models as models;
+pub use kiln_text as text;
 pub use kiln_train as train;
 
 /// Any kiln error, by layer.

@@ -1,0 +1,257 @@
+//! Language-model runs: corpus → tokenizer → token files → GPT → run directory, and
+//! generation from a run directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kiln_config::Config;
+use kiln_models::{Gpt, GptConfig, SamplingConfig};
+use kiln_text::{TextTokenizer, TokenFile, TokenFileMeta, TokenizerKind};
+use kiln_train::checkpoint::read_latest;
+use kiln_train::lm::{LmEval, train_lm};
+use kiln_train::run::{self, files};
+use kiln_train::{Observer, SingleProcess};
+use serde::Serialize;
+
+use crate::pipeline::device_for;
+use crate::{KilnError, Result};
+
+/// Files of a language-model run besides the common ones.
+pub mod lm_files {
+    /// Tokenizer.
+    pub const TOKENIZER: &str = "tokenizer.json";
+    /// Token files and their meta.json.
+    pub const DATA_DIR: &str = "data";
+}
+
+fn text_err(e: kiln_text::TextError) -> KilnError {
+    KilnError::Invalid(e.to_string())
+}
+
+/// The corpus files of `data.source`: one file, or every file of a directory (sorted).
+pub fn corpus_files(source: &str) -> Result<Vec<PathBuf>> {
+    let p = Path::new(source);
+    if p.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(|e| KilnError::Invalid(format!("{source}: {e}")))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(KilnError::Invalid(format!("{source}: the directory has no files")));
+        }
+        Ok(files)
+    } else if p.is_file() {
+        Ok(vec![p.to_path_buf()])
+    } else {
+        Err(KilnError::Invalid(format!("{source}: no such file or directory")))
+    }
+}
+
+fn tokenizer_kind(config: &Config) -> TokenizerKind {
+    match config.text.tokenizer.as_str() {
+        "char" => TokenizerKind::Char,
+        "bpe" => TokenizerKind::Bpe { vocab_size: config.text.vocab_size },
+        path => TokenizerKind::File { path: path.to_string() },
+    }
+}
+
+fn gpt_config(config: &Config, vocab_size: usize) -> GptConfig {
+    let m = &config.model;
+    GptConfig {
+        vocab_size,
+        context: m.context,
+        layers: m.layers,
+        heads: m.heads,
+        embd: m.embd,
+        dropout: m.dropout,
+        bias: m.bias,
+        tied_head: m.tied_head,
+    }
+}
+
+/// The result of training a language model.
+#[derive(Debug, Serialize)]
+pub struct LmSummary {
+    /// Run directory.
+    pub run_dir: PathBuf,
+    /// Token files.
+    pub corpus: TokenFileMeta,
+    /// Parameters.
+    pub parameters: usize,
+    /// Steps taken.
+    pub steps: u64,
+    /// Evaluations.
+    pub evals: Vec<LmEval>,
+    /// Final validation loss.
+    pub val_loss: Option<f64>,
+    /// Final bits per character.
+    pub bits_per_char: Option<f64>,
+    /// Seconds of training (this invocation).
+    pub train_seconds: f64,
+    /// Seconds preparing the corpus.
+    pub prepare_seconds: f64,
+    /// Resumed from this checkpoint step.
+    pub resumed_from: Option<u64>,
+}
+
+/// Trains a GPT as configured into a new run directory, or resumes one.
+pub fn train_lm_run(config: &Config, resume: Option<&Path>, observer: &mut dyn Observer) -> Result<LmSummary> {
+    let (config, run_dir, checkpoint) = match resume {
+        Some(path) => {
+            let ck = read_latest(path)?;
+            let run_dir = ck.dir.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| path.to_path_buf());
+            (kiln_config::load(&run_dir.join(files::CONFIG), &[])?, run_dir, Some(ck))
+        }
+        None => {
+            let name = config.output.name.clone().unwrap_or_else(|| format!("lm-{}", std::process::id()));
+            let run_dir = run::create(Path::new(&config.output.dir), &name)?;
+            run::save_config(&run_dir, config)?;
+            (config.clone(), run_dir, None)
+        }
+    };
+    let device = device_for(&config)?;
+    let data_dir = run_dir.join(lm_files::DATA_DIR);
+    let prepare_started = Instant::now();
+    let meta: TokenFileMeta = if checkpoint.is_some() {
+        run::read_json(&data_dir.join("meta.json"))?
+    } else {
+        let text = kiln_text::read_corpus(&corpus_files(&config.data.source)?).map_err(text_err)?;
+        // Train the tokenizer on the training part only.
+        let cut = text.char_indices().nth(((text.chars().count() as f64) * (1.0 - config.text.val_fraction)) as usize).map(|(i, _)| i).unwrap_or(text.len());
+        let tokenizer = TextTokenizer::build(&tokenizer_kind(&config), &[&text[..cut]]).map_err(text_err)?;
+        let meta = kiln_text::prepare_corpus(&text, &tokenizer, &data_dir, config.text.val_fraction).map_err(text_err)?;
+        tokenizer.save(&run_dir.join(lm_files::TOKENIZER)).map_err(text_err)?;
+        meta
+    };
+    let prepare_seconds = prepare_started.elapsed().as_secs_f64();
+    let gpt = gpt_config(&config, meta.vocab_size);
+    gpt.validate().map_err(KilnError::Invalid)?;
+    run::write_json(&run_dir.join(files::MODEL_SPEC), &gpt)?;
+    let train = TokenFile::open(&data_dir.join("train.bin"), meta.dtype).map_err(text_err)?;
+    let val = TokenFile::open(&data_dir.join("val.bin"), meta.dtype).map_err(text_err)?;
+    if val.len() <= gpt.context {
+        return Err(KilnError::Invalid(format!(
+            "the validation text has {} tokens, fewer than one context window of {} + 1: use a larger corpus or text.val_fraction",
+            val.len(),
+            gpt.context
+        )));
+    }
+    let outcome = train_lm(&config, &gpt, &meta, &train, &val, &run_dir, device, checkpoint, observer, &mut SingleProcess)?;
+    run::save_weights(&run_dir, &outcome.model)?;
+    let last = outcome.evals.last();
+    let summary = LmSummary {
+        run_dir: run_dir.clone(),
+        corpus: meta,
+        parameters: kiln_train::grads::trainable_parameters(&outcome.model).iter().map(|(_, s)| s.iter().product::<usize>()).sum(),
+        steps: outcome.steps,
+        val_loss: last.map(|e| e.val_loss),
+        bits_per_char: last.map(|e| e.bits_per_char),
+        evals: outcome.evals,
+        train_seconds: outcome.seconds,
+        prepare_seconds,
+        resumed_from: outcome.resumed_from,
+    };
+    run::write_json(&run_dir.join(files::REPORT_JSON), &summary)?;
+    if config.output.plots && !summary.evals.is_empty() {
+        let dir = run_dir.join("plots");
+        std::fs::create_dir_all(&dir).map_err(|e| KilnError::Output { path: dir.display().to_string(), message: e.to_string() })?;
+        let pts = |f: fn(&LmEval) -> f64| summary.evals.iter().map(|e| (e.step as f64, f(e))).collect::<Vec<_>>();
+        kiln_report::line_chart(
+            &dir.join("loss.svg"),
+            "Language model loss",
+            "optimizer step",
+            "cross-entropy (nats/token)",
+            &[kiln_report::Series { name: "train", points: pts(|e| e.train_loss) }, kiln_report::Series { name: "validation", points: pts(|e| e.val_loss) }],
+        )?;
+    }
+    Ok(summary)
+}
+
+/// What `kiln generate` produced.
+#[derive(Debug, Serialize)]
+pub struct Generation {
+    /// The prompt.
+    pub prompt: String,
+    /// The generated continuation.
+    pub text: String,
+    /// Tokens generated.
+    pub new_tokens: usize,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Prompt characters the tokenizer did not know (mapped to `<unk>`).
+    pub unknown_prompt_tokens: usize,
+    /// Generation speed.
+    pub tokens_per_second: f64,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Loads a language-model run (model, tokenizer) for generation.
+pub fn load_lm(run_dir: &Path) -> Result<(Gpt, TextTokenizer, burn::prelude::Device)> {
+    let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
+    let device = device_for(&config)?;
+    let gpt: GptConfig = run::read_json(&run_dir.join(files::MODEL_SPEC))?;
+    let tokenizer = TextTokenizer::from_file(&run_dir.join(lm_files::TOKENIZER)).map_err(text_err)?;
+    if tokenizer.vocab_size() != gpt.vocab_size {
+        return Err(KilnError::Invalid(format!(
+            "{}: the tokenizer has {} tokens but the model was trained with {}: they do not belong together",
+            run_dir.display(),
+            tokenizer.vocab_size(),
+            gpt.vocab_size
+        )));
+    }
+    let weights = run_dir.join(files::WEIGHTS);
+    let bytes = std::fs::read(&weights).map_err(|e| KilnError::Invalid(format!("{}: {e}", weights.display())))?;
+    let model = kiln_train::weights::load_into(Gpt::new(&gpt, &device), &bytes, &weights.display().to_string())?;
+    Ok((model, tokenizer, device))
+}
+
+/// Generates a continuation of `prompt` with a trained run. The prompt must fit the model's
+/// context; characters the tokenizer does not know become `<unk>` and are counted.
+pub fn generate_run(run_dir: &Path, prompt: &str, max_new_tokens: usize, sampling: &SamplingConfig, mut on_text: impl FnMut(&str)) -> Result<Generation> {
+    let (model, tokenizer, device) = load_lm(run_dir)?;
+    let mut ids = tokenizer.encode(prompt).map_err(text_err)?;
+    if ids.is_empty() {
+        // An empty prompt starts from the first token of the vocabulary after <unk>.
+        ids.push(tokenizer.encode("\n").map_err(text_err)?.first().copied().unwrap_or(0));
+    }
+    if ids.len() > model.context() {
+        return Err(KilnError::Invalid(format!(
+            "the prompt is {} tokens; this model's context is {} tokens: shorten the prompt",
+            ids.len(),
+            model.context()
+        )));
+    }
+    let unknown = tokenizer.unk_id().map(|u| ids.iter().filter(|&&i| i == u).count()).unwrap_or(0);
+    let started = Instant::now();
+    let mut emitted = String::new();
+    let mut generated_ids = Vec::new();
+    let new = kiln_models::generate(&model, &ids, max_new_tokens, sampling, &device, |t| {
+        generated_ids.push(t);
+        // Stream whole characters: decode everything so far and emit the new suffix.
+        if let Ok(text) = tokenizer.decode(&generated_ids)
+            && text.len() > emitted.len()
+            && text.starts_with(emitted.as_str())
+            && !text.ends_with('\u{FFFD}')
+        {
+            on_text(&text[emitted.len()..]);
+            emitted = text;
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let text = tokenizer.decode(&new).map_err(text_err)?;
+    if text.len() > emitted.len() && text.starts_with(emitted.as_str()) {
+        on_text(&text[emitted.len()..]);
+    }
+    Ok(Generation {
+        prompt: prompt.to_string(),
+        text,
+        new_tokens: new.len(),
+        prompt_tokens: ids.len(),
+        unknown_prompt_tokens: unknown,
+        tokens_per_second: new.len() as f64 / seconds.max(1e-9),
+        seconds,
+    })
+}
