@@ -33,6 +33,21 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32
     if cfg.temperature <= 0.0 {
         return logits.iter().enumerate().fold(0, |b, (i, &v)| if v > logits[b] { i } else { b }) as u32;
     }
+    if cfg.top_k == 0 && cfg.top_p >= 1.0 {
+        // Plain temperature sampling: no need to sort the vocabulary.
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let weights: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / cfg.temperature).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        let mut acc = 0.0;
+        for (i, w) in weights.iter().enumerate() {
+            acc += w;
+            if u < acc {
+                return i as u32;
+            }
+        }
+        return (logits.len() - 1) as u32;
+    }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     if cfg.top_k > 0 {

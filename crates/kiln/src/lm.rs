@@ -94,6 +94,16 @@ pub struct LmSummary {
     pub prepare_seconds: f64,
     /// Resumed from this checkpoint step.
     pub resumed_from: Option<u64>,
+    /// Peak resident memory of this process, in MiB (Linux).
+    pub peak_rss_mib: Option<u64>,
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`), where the OS reports it.
+pub fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// Trains a GPT as configured into a new run directory, or resumes one.
@@ -112,9 +122,17 @@ pub fn train_lm_run(config: &Config, resume: Option<&Path>, observer: &mut dyn O
         }
     };
     let device = device_for(&config)?;
-    let data_dir = run_dir.join(lm_files::DATA_DIR);
+    // A directory written by `kiln data prepare-text` is used in place (no copy): token files
+    // of any size are only ever memory-mapped.
+    let prepared = Path::new(&config.data.source);
+    let use_prepared = prepared.join("meta.json").is_file() && prepared.join("train.bin").is_file();
+    let data_dir = if use_prepared { prepared.to_path_buf() } else { run_dir.join(lm_files::DATA_DIR) };
     let prepare_started = Instant::now();
-    let meta: TokenFileMeta = if checkpoint.is_some() {
+    let meta: TokenFileMeta = if checkpoint.is_some() || use_prepared {
+        if checkpoint.is_none() {
+            std::fs::copy(data_dir.join(lm_files::TOKENIZER), run_dir.join(lm_files::TOKENIZER))
+                .map_err(|e| KilnError::Invalid(format!("{}: {e}", data_dir.join(lm_files::TOKENIZER).display())))?;
+        }
         run::read_json(&data_dir.join("meta.json"))?
     } else {
         let text = kiln_text::read_corpus(&corpus_files(&config.data.source)?).map_err(text_err)?;
@@ -152,6 +170,7 @@ pub fn train_lm_run(config: &Config, resume: Option<&Path>, observer: &mut dyn O
         train_seconds: outcome.seconds,
         prepare_seconds,
         resumed_from: outcome.resumed_from,
+        peak_rss_mib: peak_rss_mib(),
     };
     run::write_json(&run_dir.join(files::REPORT_JSON), &summary)?;
     if config.output.plots && !summary.evals.is_empty() {
