@@ -251,7 +251,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn prepare_text(files: &[PathBuf], tokenizer: &str, vocab_size: usize, val_fraction: f64, out: &PathBuf) -> Result<()> {
+fn prepare_text(files: &[PathBuf], tokenizer: &str, vocab_size: usize, val_fraction: f64, out: &std::path::Path) -> Result<()> {
     use kiln::text::{TextTokenizer, TokenizerKind};
     let text = kiln::text::read_corpus(files)?;
     let kind = match tokenizer {

@@ -243,7 +243,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
         if m.layers == 0 || m.heads == 0 || m.embd == 0 || m.context < 2 {
             return Err(bad("model", "a GPT needs layers, heads, embd >= 1 and context >= 2"));
         }
-        if m.embd % m.heads != 0 {
+        if !m.embd.is_multiple_of(m.heads) {
             return Err(bad("model.heads", format!("embd ({}) must be divisible by heads ({})", m.embd, m.heads)));
         }
         if c.trainer.max_steps == 0 {

@@ -35,7 +35,7 @@ impl GptConfig {
         if self.vocab_size == 0 || self.context == 0 || self.layers == 0 || self.heads == 0 || self.embd == 0 {
             return Err("vocab_size, context, layers, heads and embd must all be at least 1".into());
         }
-        if self.embd % self.heads != 0 {
+        if !self.embd.is_multiple_of(self.heads) {
             return Err(format!("embd ({}) must be divisible by heads ({})", self.embd, self.heads));
         }
         if !(0.0..1.0).contains(&self.dropout) {
