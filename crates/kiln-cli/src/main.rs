@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use kiln::config::Config;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "From a data file to a trained, evaluated model.")]
+#[command(
+    name = "kiln",
+    version,
+    about = "From a data file to a trained, evaluated model."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -166,7 +170,9 @@ fn load_config(args: &TrainArgs) -> Result<Config> {
     match &args.config {
         Some(path) => Ok(kiln::config::load(path, &overrides)?),
         None if args.data.is_some() => Ok(kiln::config::from_overrides(&overrides)?),
-        None => bail!("give a config file, or --data FILE (and --target COLUMN) for zero-config training"),
+        None => bail!(
+            "give a config file, or --data FILE (and --target COLUMN) for zero-config training"
+        ),
     }
 }
 
@@ -178,20 +184,33 @@ fn is_language_model(args: &TrainArgs) -> Result<(bool, Option<Config>)> {
     match &args.resume {
         Some(run) => {
             // A checkpoint directory lives in RUN/checkpoints/step-N.
-            let dir = if run.join("config.toml").exists() { run.clone() } else { run.join("../..") };
-            let kind = kiln::config::load(&dir.join("config.toml"), &[]).map(|c| c.model.kind).ok();
+            let dir = if run.join("config.toml").exists() {
+                run.clone()
+            } else {
+                run.join("../..")
+            };
+            let kind = kiln::config::load(&dir.join("config.toml"), &[])
+                .map(|c| c.model.kind)
+                .ok();
             Ok((kind == Some(kiln::config::ModelKind::Gpt), None))
         }
         None => {
             let config = load_config(args)?;
-            Ok((config.model.kind == kiln::config::ModelKind::Gpt, Some(config)))
+            Ok((
+                config.model.kind == kiln::config::ModelKind::Gpt,
+                Some(config),
+            ))
         }
     }
 }
 
 fn train_lm(args: &TrainArgs, config: Option<Config>) -> Result<()> {
     let mut observer = progress::Bars::new(args.quiet || args.json);
-    let s = kiln::train_lm_run(&config.unwrap_or_default(), args.resume.as_deref(), &mut observer)?;
+    let s = kiln::train_lm_run(
+        &config.unwrap_or_default(),
+        args.resume.as_deref(),
+        &mut observer,
+    )?;
     drop(observer);
     if args.json {
         println!("{}", serde_json::to_string(&s)?);
@@ -207,7 +226,10 @@ fn train_lm(args: &TrainArgs, config: Option<Config>) -> Result<()> {
             e.step, e.train_loss, e.val_loss, e.perplexity, e.bits_per_char, e.elapsed
         );
     }
-    println!("{} steps in {:.1} s (corpus preparation {:.1} s)", s.steps, s.train_seconds, s.prepare_seconds);
+    println!(
+        "{} steps in {:.1} s (corpus preparation {:.1} s)",
+        s.steps, s.train_seconds, s.prepare_seconds
+    );
     println!("run directory: {}", s.run_dir.display());
     Ok(())
 }
@@ -227,37 +249,58 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if !args.json {
         print!("{}", args.prompt);
     }
-    let g = kiln::generate_run(&args.run_dir, &args.prompt, args.max_new_tokens, &sampling, |piece| {
-        if !args.json {
-            print!("{piece}");
-            let _ = std::io::stdout().flush();
-        }
-    })?;
+    let g = kiln::generate_run(
+        &args.run_dir,
+        &args.prompt,
+        args.max_new_tokens,
+        &sampling,
+        |piece| {
+            if !args.json {
+                print!("{piece}");
+                let _ = std::io::stdout().flush();
+            }
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string(&g)?);
         return Ok(());
     }
     println!();
     if g.unknown_prompt_tokens > 0 {
-        eprintln!("note: {} prompt characters are not in the vocabulary and were read as <unk>", g.unknown_prompt_tokens);
+        eprintln!(
+            "note: {} prompt characters are not in the vocabulary and were read as <unk>",
+            g.unknown_prompt_tokens
+        );
     }
     eprintln!(
         "{} tokens in {:.2} s: {:.1} tokens/s ({})",
         g.new_tokens,
         g.seconds,
         g.tokens_per_second,
-        if args.no_cache { "no cache" } else { "KV cache" }
+        if args.no_cache {
+            "no cache"
+        } else {
+            "KV cache"
+        }
     );
     Ok(())
 }
 
-fn prepare_text(files: &[PathBuf], tokenizer: &str, vocab_size: usize, val_fraction: f64, out: &std::path::Path) -> Result<()> {
+fn prepare_text(
+    files: &[PathBuf],
+    tokenizer: &str,
+    vocab_size: usize,
+    val_fraction: f64,
+    out: &std::path::Path,
+) -> Result<()> {
     use kiln::text::{TextTokenizer, TokenizerKind};
     let text = kiln::text::read_corpus(files)?;
     let kind = match tokenizer {
         "char" => TokenizerKind::Char,
         "bpe" => TokenizerKind::Bpe { vocab_size },
-        path => TokenizerKind::File { path: path.to_string() },
+        path => TokenizerKind::File {
+            path: path.to_string(),
+        },
     };
     if !(val_fraction > 0.0 && val_fraction < 0.5) {
         bail!("--val-fraction must be in (0, 0.5), got {val_fraction}");
@@ -315,10 +358,19 @@ fn train(args: TrainArgs) -> Result<()> {
     let text = std::fs::read_to_string(summary.run_dir.join("report.txt")).unwrap_or_default();
     print!("{text}");
     let d = &summary.data;
-    if d.load.bad_rows_skipped + d.missing_dropped + d.missing_target_dropped + d.load.duplicates_dropped > 0 {
+    if d.load.bad_rows_skipped
+        + d.missing_dropped
+        + d.missing_target_dropped
+        + d.load.duplicates_dropped
+        > 0
+    {
         println!(
             "cleaning: {} malformed rows skipped, {} duplicates dropped, {} rows dropped for missing values, {} for a missing target, {} values filled",
-            d.load.bad_rows_skipped, d.load.duplicates_dropped, d.missing_dropped, d.missing_target_dropped, d.missing_filled
+            d.load.bad_rows_skipped,
+            d.load.duplicates_dropped,
+            d.missing_dropped,
+            d.missing_target_dropped,
+            d.missing_filled
         );
     } else if d.missing_filled > 0 {
         println!("cleaning: {} missing values filled", d.missing_filled);
@@ -340,9 +392,19 @@ fn eval(args: EvalArgs) -> Result<()> {
         );
         return Ok(());
     }
-    print!("{}", kiln::format_evaluation(&format!("{} on {}", args.run_dir.display(), s.data), &s.evaluation, s.classes.as_deref()));
+    print!(
+        "{}",
+        kiln::format_evaluation(
+            &format!("{} on {}", args.run_dir.display(), s.data),
+            &s.evaluation,
+            s.classes.as_deref()
+        )
+    );
     if s.rows_dropped > 0 {
-        println!("{} rows dropped (missing target or missing values under missing = \"drop\")", s.rows_dropped);
+        println!(
+            "{} rows dropped (missing target or missing values under missing = \"drop\")",
+            s.rows_dropped
+        );
     }
     for (col, n) in &s.unknown_categories {
         println!("column \"{col}\": {n} values not seen in training (encoded as unknown)");
@@ -358,7 +420,10 @@ fn predict(args: PredictArgs) -> Result<()> {
     }
     println!("wrote {} predictions to {}", s.rows, s.out.display());
     if s.missing_filled > 0 {
-        println!("{} missing values filled with training statistics", s.missing_filled);
+        println!(
+            "{} missing values filled with training statistics",
+            s.missing_filled
+        );
     }
     for (col, n) in &s.unknown_categories {
         println!("column \"{col}\": {n} values not seen in training (encoded as unknown)");
@@ -377,21 +442,46 @@ fn describe(file: &str, target: Option<&str>, json: bool) -> Result<()> {
     }
     println!("{}: {} rows, {} columns", d.origin, d.rows, d.columns.len());
     if table.report.bad_rows_skipped > 0 {
-        println!("{} malformed rows (first: {:?})", table.report.bad_rows_skipped, table.report.bad_row_examples);
+        println!(
+            "{} malformed rows (first: {:?})",
+            table.report.bad_rows_skipped, table.report.bad_row_examples
+        );
     }
-    let w = d.columns.iter().map(|c| c.name.len()).max().unwrap_or(6).clamp(6, 40);
-    println!("{:<w$}  {:<11}  {:>7}  {:>8}  range (min / mean / max)", "column", "type", "missing", "distinct");
+    let w = d
+        .columns
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(6)
+        .clamp(6, 40);
+    println!(
+        "{:<w$}  {:<11}  {:>7}  {:>8}  range (min / mean / max)",
+        "column", "type", "missing", "distinct"
+    );
     for c in &d.columns {
         let kind = format!("{:?}", c.kind).to_lowercase();
-        let range = c.range.map(|(a, m, b)| format!("{a:.4} / {m:.4} / {b:.4}")).unwrap_or_default();
-        let note = c.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default();
-        println!("{:<w$}  {:<11}  {:>7}  {:>8}  {range}{note}", c.name, kind, c.missing, c.distinct);
+        let range = c
+            .range
+            .map(|(a, m, b)| format!("{a:.4} / {m:.4} / {b:.4}"))
+            .unwrap_or_default();
+        let note = c
+            .note
+            .as_ref()
+            .map(|n| format!("  ({n})"))
+            .unwrap_or_default();
+        println!(
+            "{:<w$}  {:<11}  {:>7}  {:>8}  {range}{note}",
+            c.name, kind, c.missing, c.distinct
+        );
     }
     if let Some((name, counts)) = &d.class_balance {
         let total: usize = counts.iter().map(|c| c.1).sum();
         println!("class balance of \"{name}\":");
         for (class, n) in counts.iter().take(30) {
-            println!("  {class:<20} {n:>8}  {:>5.1}%", 100.0 * *n as f64 / total as f64);
+            println!(
+                "  {class:<20} {n:>8}  {:>5.1}%",
+                100.0 * *n as f64 / total as f64
+            );
         }
     }
     Ok(())
@@ -404,10 +494,16 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval(a),
         Command::Predict(a) => predict(a),
         Command::Generate(a) => generate(a),
-        Command::Data(DataCommand::Describe { file, target, json }) => describe(&file, target.as_deref(), json),
-        Command::Data(DataCommand::PrepareText { files, tokenizer, vocab_size, val_fraction, out }) => {
-            prepare_text(&files, &tokenizer, vocab_size, val_fraction, &out)
+        Command::Data(DataCommand::Describe { file, target, json }) => {
+            describe(&file, target.as_deref(), json)
         }
+        Command::Data(DataCommand::PrepareText {
+            files,
+            tokenizer,
+            vocab_size,
+            val_fraction,
+            out,
+        }) => prepare_text(&files, &tokenizer, vocab_size, val_fraction, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

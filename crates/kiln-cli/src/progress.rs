@@ -12,7 +12,11 @@ pub struct Bars {
 
 impl Bars {
     pub fn new(hidden: bool) -> Self {
-        Self { hidden, bar: None, last_val: String::new() }
+        Self {
+            hidden,
+            bar: None,
+            last_val: String::new(),
+        }
     }
 }
 
@@ -23,8 +27,10 @@ impl Observer for Bars {
         }
         let bar = ProgressBar::new(info.total_steps);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+            )
+            .expect("valid template"),
         );
         bar.set_position(info.steps_done);
         bar.println(format!(
@@ -32,7 +38,11 @@ impl Observer for Bars {
             info.parameters,
             info.train_rows,
             info.steps_per_epoch,
-            if info.steps_done > 0 { format!(", resuming at step {}", info.steps_done) } else { String::new() }
+            if info.steps_done > 0 {
+                format!(", resuming at step {}", info.steps_done)
+            } else {
+                String::new()
+            }
         ));
         self.bar = Some(bar);
     }
@@ -53,7 +63,10 @@ impl Observer for Bars {
 
     fn on_epoch(&mut self, r: &EpochRecord) {
         if let Some(v) = &r.validation {
-            self.last_val = match (v.get("accuracy").and_then(|a| a.as_f64()), v.get("r2").and_then(|a| a.as_f64())) {
+            self.last_val = match (
+                v.get("accuracy").and_then(|a| a.as_f64()),
+                v.get("r2").and_then(|a| a.as_f64()),
+            ) {
                 (Some(a), _) => format!(" val_acc {a:.4}"),
                 (_, Some(r2)) => format!(" val_r2 {r2:.4}"),
                 _ => String::new(),
@@ -63,7 +76,13 @@ impl Observer for Bars {
             let val = r
                 .validation
                 .as_ref()
-                .map(|v| format!(" val_loss {:.4}{}", v["loss"].as_f64().unwrap_or(f64::NAN), self.last_val))
+                .map(|v| {
+                    format!(
+                        " val_loss {:.4}{}",
+                        v["loss"].as_f64().unwrap_or(f64::NAN),
+                        self.last_val
+                    )
+                })
                 .unwrap_or_default();
             bar.println(format!(
                 "epoch {:>3}  train_loss {:.4}{val}  {:.1}s{}",

@@ -35,12 +35,18 @@ fn empty_file() {
 
 #[test]
 fn header_only() {
-    expect(&train_csv_err(b"a,b,label\n", "label", &[]), &["data.csv", "only a header"]);
+    expect(
+        &train_csv_err(b"a,b,label\n", "label", &[]),
+        &["data.csv", "only a header"],
+    );
 }
 
 #[test]
 fn wrong_field_count_names_line() {
-    expect(&train_csv_err(b"a,b,label\n1,2,x\n3,4\n", "label", &[]), &["data.csv", "line 3", "expected 3 fields"]);
+    expect(
+        &train_csv_err(b"a,b,label\n1,2,x\n3,4\n", "label", &[]),
+        &["data.csv", "line 3", "expected 3 fields"],
+    );
 }
 
 #[test]
@@ -49,16 +55,38 @@ fn malformed_rows_can_be_skipped_and_are_counted() {
     let mut csv = String::from(GOOD);
     csv.push_str("1,2\n");
     for i in 0..40 {
-        csv.push_str(&format!("{},{},{}\n", i, i * 2, if i % 2 == 0 { "x" } else { "y" }));
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            i,
+            i * 2,
+            if i % 2 == 0 { "x" } else { "y" }
+        ));
     }
     write(dir.path(), "d.csv", csv.as_bytes());
-    let out = kiln_ok(dir.path(), &["train", "--data", "d.csv", "--target", "label", "--quiet", "--set", "data.bad_rows=skip", "--set", "trainer.epochs=2"]);
+    let out = kiln_ok(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "d.csv",
+            "--target",
+            "label",
+            "--quiet",
+            "--set",
+            "data.bad_rows=skip",
+            "--set",
+            "trainer.epochs=2",
+        ],
+    );
     assert!(out.contains("1 malformed rows skipped"), "{out}");
 }
 
 #[test]
 fn unknown_target_lists_columns() {
-    expect(&train_csv_err(GOOD.as_bytes(), "lable", &[]), &["no column named \"lable\"", "a, b, label"]);
+    expect(
+        &train_csv_err(GOOD.as_bytes(), "lable", &[]),
+        &["no column named \"lable\"", "a, b, label"],
+    );
 }
 
 #[test]
@@ -68,7 +96,10 @@ fn text_in_numeric_column_names_line_and_column() {
         csv.push_str(&format!("{},{},{}\n", i, i + 1, i % 2));
     }
     csv.push_str("oops,3,1\n");
-    expect(&train_csv_err(csv.as_bytes(), "label", &[]), &["line 32", "column \"a\"", "\"oops\" is not a number"]);
+    expect(
+        &train_csv_err(csv.as_bytes(), "label", &[]),
+        &["line 32", "column \"a\"", "\"oops\" is not a number"],
+    );
 }
 
 #[test]
@@ -78,7 +109,10 @@ fn infinity_is_rejected() {
         csv.push_str(&format!("{},{},{}\n", i, i + 1, i % 2));
     }
     csv.push_str("inf,3,1\n");
-    expect(&train_csv_err(csv.as_bytes(), "label", &[]), &["line 32", "not a finite number"]);
+    expect(
+        &train_csv_err(csv.as_bytes(), "label", &[]),
+        &["line 32", "not a finite number"],
+    );
 }
 
 #[test]
@@ -88,34 +122,55 @@ fn non_finite_regression_target() {
         csv.push_str(&format!("{},{}.5\n", i, i * 3));
     }
     csv.push_str("4,-inf\n");
-    expect(&train_csv_err(csv.as_bytes(), "y", &["--set", "data.task=regression"]), &["column \"y\"", "finite number"]);
+    expect(
+        &train_csv_err(csv.as_bytes(), "y", &["--set", "data.task=regression"]),
+        &["column \"y\"", "finite number"],
+    );
 }
 
 #[test]
 fn invalid_utf8_names_line() {
-    expect(&train_csv_err(b"a,b,label\n1,2,x\n3,\xff\xfe,y\n", "label", &[]), &["line 3", "UTF-8"]);
+    expect(
+        &train_csv_err(b"a,b,label\n1,2,x\n3,\xff\xfe,y\n", "label", &[]),
+        &["line 3", "UTF-8"],
+    );
 }
 
 #[test]
 fn duplicate_header() {
-    expect(&train_csv_err(b"a,a,label\n1,2,x\n", "label", &[]), &["line 1", "appears twice"]);
+    expect(
+        &train_csv_err(b"a,a,label\n1,2,x\n", "label", &[]),
+        &["line 1", "appears twice"],
+    );
 }
 
 #[test]
 fn single_class_target() {
-    expect(&train_csv_err(b"a,label\n1,x\n2,x\n3,x\n4,x\n", "label", &[]), &["needs at least 2"]);
+    expect(
+        &train_csv_err(b"a,label\n1,x\n2,x\n3,x\n4,x\n", "label", &[]),
+        &["needs at least 2"],
+    );
 }
 
 #[test]
 fn missing_data_file() {
     let dir = tempfile::tempdir().unwrap();
-    expect(&kiln_err(dir.path(), &["train", "--data", "nope.csv", "--target", "y"]), &["nope.csv", "No such file"]);
+    expect(
+        &kiln_err(
+            dir.path(),
+            &["train", "--data", "nope.csv", "--target", "y"],
+        ),
+        &["nope.csv", "No such file"],
+    );
 }
 
 #[test]
 fn unknown_builtin() {
     let dir = tempfile::tempdir().unwrap();
-    expect(&kiln_err(dir.path(), &["train", "--data", "builtin:mnist"]), &["unknown built-in dataset \"mnist\"", "digits"]);
+    expect(
+        &kiln_err(dir.path(), &["train", "--data", "builtin:mnist"]),
+        &["unknown built-in dataset \"mnist\"", "digits"],
+    );
 }
 
 fn config_err(toml: &str, extra: &[&str]) -> String {
@@ -130,22 +185,34 @@ const CFG: &str = "[data]\nsource = \"builtin:iris\"\n\n[trainer]\nepochs = 2\n"
 
 #[test]
 fn unknown_config_key_names_line() {
-    expect(&config_err(&format!("{CFG}lrr = 0.1\n"), &[]), &["c.toml", "line 6", "unknown field `lrr`"]);
+    expect(
+        &config_err(&format!("{CFG}lrr = 0.1\n"), &[]),
+        &["c.toml", "line 6", "unknown field `lrr`"],
+    );
 }
 
 #[test]
 fn wrong_config_type_names_line() {
-    expect(&config_err(&CFG.replace("epochs = 2", "epochs = \"two\""), &[]), &["c.toml", "line 5", "invalid type"]);
+    expect(
+        &config_err(&CFG.replace("epochs = 2", "epochs = \"two\""), &[]),
+        &["c.toml", "line 5", "invalid type"],
+    );
 }
 
 #[test]
 fn out_of_range_config_value_names_key() {
-    expect(&config_err(&format!("{CFG}lr = -0.5\n"), &[]), &["trainer.lr", "line 6", "positive"]);
+    expect(
+        &config_err(&format!("{CFG}lr = -0.5\n"), &[]),
+        &["trainer.lr", "line 6", "positive"],
+    );
 }
 
 #[test]
 fn unknown_enum_value_lists_choices() {
-    expect(&config_err(CFG, &["--set", "trainer.optimizer=adamax"]), &["adamax", "sgd", "adamw"]);
+    expect(
+        &config_err(CFG, &["--set", "trainer.optimizer=adamax"]),
+        &["adamax", "sgd", "adamw"],
+    );
 }
 
 #[test]
@@ -155,18 +222,35 @@ fn malformed_override() {
 
 #[test]
 fn malformed_toml() {
-    expect(&config_err("[data\nsource = 1\n", &[]), &["c.toml", "line 1"]);
+    expect(
+        &config_err("[data\nsource = 1\n", &[]),
+        &["c.toml", "line 1"],
+    );
 }
 
 #[test]
 fn missing_config_file() {
     let dir = tempfile::tempdir().unwrap();
-    expect(&kiln_err(dir.path(), &["train", "absent.toml"]), &["cannot read config absent.toml"]);
+    expect(
+        &kiln_err(dir.path(), &["train", "absent.toml"]),
+        &["cannot read config absent.toml"],
+    );
 }
 
 #[test]
 fn cnn_on_tabular_data() {
-    expect(&config_err(CFG, &["--set", "model.type=cnn", "--set", "model.conv=[{filters=4}]"]), &["needs an image feature"]);
+    expect(
+        &config_err(
+            CFG,
+            &[
+                "--set",
+                "model.type=cnn",
+                "--set",
+                "model.conv=[{filters=4}]",
+            ],
+        ),
+        &["needs an image feature"],
+    );
 }
 
 #[test]
@@ -175,14 +259,35 @@ fn truncated_idx_file() {
     let mut images = vec![0u8, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28];
     images.extend(vec![0u8; 100]); // far fewer than 10 * 28 * 28 pixels
     write(dir.path(), "x-images-idx3-ubyte", &images);
-    write(dir.path(), "x-labels-idx1-ubyte", &[0, 0, 8, 1, 0, 0, 0, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0]);
-    expect(&kiln_err(dir.path(), &["train", "--data", "x"]), &["x-images-idx3-ubyte", "not a valid IDX", "promises"]);
+    write(
+        dir.path(),
+        "x-labels-idx1-ubyte",
+        &[0, 0, 8, 1, 0, 0, 0, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0],
+    );
+    expect(
+        &kiln_err(dir.path(), &["train", "--data", "x"]),
+        &["x-images-idx3-ubyte", "not a valid IDX", "promises"],
+    );
 }
 
 /// Trains a small churn model in `dir` and returns its run directory.
 fn churn_run(dir: &Path) -> String {
     write(dir, "train.csv", churn_csv(400, 3, true, None).as_bytes());
-    let out = kiln_json(dir, &["train", "--data", "train.csv", "--target", "churn", "--set", "data.id_column=customer_id", "--set", "trainer.epochs=2", "--json"]);
+    let out = kiln_json(
+        dir,
+        &[
+            "train",
+            "--data",
+            "train.csv",
+            "--target",
+            "churn",
+            "--set",
+            "data.id_column=customer_id",
+            "--set",
+            "trainer.epochs=2",
+            "--json",
+        ],
+    );
     out["run_dir"].as_str().unwrap().to_string()
 }
 
@@ -191,46 +296,105 @@ fn predict_and_eval_errors() {
     let dir = tempfile::tempdir().unwrap();
     let run = churn_run(dir.path());
     // A feature column is missing at predict time.
-    write(dir.path(), "nocity.csv", b"customer_id,age,plan,monthly_spend\nA,30,basic,50\n");
-    expect(&kiln_err(dir.path(), &["predict", &run, "--data", "nocity.csv", "--out", "p.csv"]), &["no column named \"city\""]);
+    write(
+        dir.path(),
+        "nocity.csv",
+        b"customer_id,age,plan,monthly_spend\nA,30,basic,50\n",
+    );
+    expect(
+        &kiln_err(
+            dir.path(),
+            &["predict", &run, "--data", "nocity.csv", "--out", "p.csv"],
+        ),
+        &["no column named \"city\""],
+    );
     // eval needs the target.
-    write(dir.path(), "unlabelled.csv", churn_csv(20, 5, false, None).as_bytes());
-    expect(&kiln_err(dir.path(), &["eval", &run, "--data", "unlabelled.csv"]), &["no column named \"churn\"", "target"]);
+    write(
+        dir.path(),
+        "unlabelled.csv",
+        churn_csv(20, 5, false, None).as_bytes(),
+    );
+    expect(
+        &kiln_err(dir.path(), &["eval", &run, "--data", "unlabelled.csv"]),
+        &["no column named \"churn\"", "target"],
+    );
     // A class the model never saw.
     let mut odd = churn_csv(20, 5, true, None);
     odd = odd.replacen(",no\n", ",maybe\n", 1);
     write(dir.path(), "odd.csv", odd.as_bytes());
-    expect(&kiln_err(dir.path(), &["eval", &run, "--data", "odd.csv"]), &["class \"maybe\" was not seen in training"]);
+    expect(
+        &kiln_err(dir.path(), &["eval", &run, "--data", "odd.csv"]),
+        &["class \"maybe\" was not seen in training"],
+    );
     // Not a run directory.
-    expect(&kiln_err(dir.path(), &["eval", "nowhere", "--data", "odd.csv"]), &["nowhere"]);
+    expect(
+        &kiln_err(dir.path(), &["eval", "nowhere", "--data", "odd.csv"]),
+        &["nowhere"],
+    );
     // Unknown categories are reported, not fatal; every row gets a prediction.
-    write(dir.path(), "new_city.csv", churn_csv(30, 11, false, Some("Brest")).as_bytes());
-    let out = kiln_ok(dir.path(), &["predict", &run, "--data", "new_city.csv", "--out", "p.csv"]);
-    assert!(out.contains("column \"city\"") && out.contains("not seen in training"), "{out}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("p.csv")).unwrap().lines().count(), 31);
+    write(
+        dir.path(),
+        "new_city.csv",
+        churn_csv(30, 11, false, Some("Brest")).as_bytes(),
+    );
+    let out = kiln_ok(
+        dir.path(),
+        &["predict", &run, "--data", "new_city.csv", "--out", "p.csv"],
+    );
+    assert!(
+        out.contains("column \"city\"") && out.contains("not seen in training"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("p.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        31
+    );
 }
 
 #[test]
 fn resume_without_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("empty")).unwrap();
-    expect(&kiln_err(dir.path(), &["train", "--resume", "empty"]), &["no checkpoint to resume from"]);
+    expect(
+        &kiln_err(dir.path(), &["train", "--resume", "empty"]),
+        &["no checkpoint to resume from"],
+    );
 }
 
 #[test]
 fn split_column_required() {
-    expect(&config_err(CFG, &["--set", "data.split.method=column"]), &["data.split.column", "required"]);
+    expect(
+        &config_err(CFG, &["--set", "data.split.method=column"]),
+        &["data.split.column", "required"],
+    );
 }
 
 #[test]
 fn bad_split_value_names_line() {
     let mut csv = String::from("a,label,fold\n");
     for i in 0..20 {
-        csv.push_str(&format!("{},{},{}\n", i, i % 2, if i < 15 { "train" } else { "test" }));
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            i,
+            i % 2,
+            if i < 15 { "train" } else { "test" }
+        ));
     }
     csv.push_str("3,1,holdout\n");
     expect(
-        &train_csv_err(csv.as_bytes(), "label", &["--set", "data.split.method=column", "--set", "data.split.column=fold"]),
+        &train_csv_err(
+            csv.as_bytes(),
+            "label",
+            &[
+                "--set",
+                "data.split.method=column",
+                "--set",
+                "data.split.column=fold",
+            ],
+        ),
         &["line 22", "column \"fold\"", "\"holdout\""],
     );
 }

@@ -17,7 +17,10 @@ fn fashion_mlp_reaches_88_percent() {
     let config = root().join("examples/fashion_mlp.toml");
     let out = kiln_json(dir.path(), &["train", config.to_str().unwrap(), "--json"]);
     let acc = out["test"]["accuracy"].as_f64().unwrap();
-    println!("fashion MLP: test accuracy {acc:.4}, {:.0} s", out["train_seconds"].as_f64().unwrap());
+    println!(
+        "fashion MLP: test accuracy {acc:.4}, {:.0} s",
+        out["train_seconds"].as_f64().unwrap()
+    );
     assert_eq!(out["rows"]["test"], 10000);
     assert!(acc >= 0.88, "fashion MLP test accuracy {acc}");
 }
@@ -30,7 +33,10 @@ fn fashion_cnn_reaches_91_percent() {
     let config = root().join("examples/fashion_cnn.toml");
     let out = kiln_json(dir.path(), &["train", config.to_str().unwrap(), "--json"]);
     let acc = out["test"]["accuracy"].as_f64().unwrap();
-    println!("fashion CNN: test accuracy {acc:.4}, {:.0} s", out["train_seconds"].as_f64().unwrap());
+    println!(
+        "fashion CNN: test accuracy {acc:.4}, {:.0} s",
+        out["train_seconds"].as_f64().unwrap()
+    );
     assert_eq!(out["rows"]["test"], 10000);
     assert!(acc >= 0.91, "fashion CNN test accuracy {acc}");
 }

@@ -45,7 +45,10 @@ fn corpus() -> String {
         "人民日报发表新年贺词。",
         "the bird sang on the tree.",
     ];
-    (0..400).map(|i| lines[i % lines.len()]).collect::<Vec<_>>().join("\n")
+    (0..400)
+        .map(|i| lines[i % lines.len()])
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn setup(dir: &Path, tokenizer: &str) {
@@ -57,7 +60,10 @@ fn setup(dir: &Path, tokenizer: &str) {
 fn char_gpt_trains_and_generates_the_same_with_and_without_cache() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), "char");
-    let out = kiln_json(dir.path(), &["train", "lm.toml", "--json", "--set", "output.name=lm"]);
+    let out = kiln_json(
+        dir.path(),
+        &["train", "lm.toml", "--json", "--set", "output.name=lm"],
+    );
     let evals = out["evals"].as_array().unwrap();
     assert_eq!(evals.len(), 3);
     let first = evals[0]["val_loss"].as_f64().unwrap();
@@ -65,36 +71,137 @@ fn char_gpt_trains_and_generates_the_same_with_and_without_cache() {
     assert!(last < first, "validation loss falls: {first} -> {last}");
     assert!(last < 2.0, "a repetitive corpus is learnable: {last}");
     let run = dir.path().join("runs/lm");
-    for f in ["model.safetensors", "tokenizer.json", "model.json", "data/train.bin", "data/val.bin", "data/meta.json"] {
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "model.json",
+        "data/train.bin",
+        "data/val.bin",
+        "data/meta.json",
+    ] {
         assert!(run.join(f).exists(), "{f}");
     }
     let greedy = |cache: bool| {
-        let mut args = vec!["generate", "runs/lm", "--prompt", "the cat", "--max-new-tokens", "40", "--temperature", "0", "--json"];
+        let mut args = vec![
+            "generate",
+            "runs/lm",
+            "--prompt",
+            "the cat",
+            "--max-new-tokens",
+            "40",
+            "--temperature",
+            "0",
+            "--json",
+        ];
         if !cache {
             args.push("--no-cache");
         }
         kiln_json(dir.path(), &args)
     };
     let (a, b) = (greedy(true), greedy(false));
-    assert_eq!(a["text"], b["text"], "cached and uncached greedy decoding agree");
+    assert_eq!(
+        a["text"], b["text"],
+        "cached and uncached greedy decoding agree"
+    );
     assert_eq!(a["new_tokens"], 40);
     // Sampling is seeded.
-    let s1 = kiln_json(dir.path(), &["generate", "runs/lm", "--prompt", "the", "--max-new-tokens", "80", "--seed", "9", "--top-k", "5", "--top-p", "0.9", "--json"]);
-    let s2 = kiln_json(dir.path(), &["generate", "runs/lm", "--prompt", "the", "--max-new-tokens", "80", "--seed", "9", "--top-k", "5", "--top-p", "0.9", "--json"]);
+    let s1 = kiln_json(
+        dir.path(),
+        &[
+            "generate",
+            "runs/lm",
+            "--prompt",
+            "the",
+            "--max-new-tokens",
+            "80",
+            "--seed",
+            "9",
+            "--top-k",
+            "5",
+            "--top-p",
+            "0.9",
+            "--json",
+        ],
+    );
+    let s2 = kiln_json(
+        dir.path(),
+        &[
+            "generate",
+            "runs/lm",
+            "--prompt",
+            "the",
+            "--max-new-tokens",
+            "80",
+            "--seed",
+            "9",
+            "--top-k",
+            "5",
+            "--top-p",
+            "0.9",
+            "--json",
+        ],
+    );
     assert_eq!(s1["text"], s2["text"]);
     // Generating past the context slides the window instead of failing.
-    let long = kiln_json(dir.path(), &["generate", "runs/lm", "--prompt", "the", "--max-new-tokens", "100", "--json"]);
+    let long = kiln_json(
+        dir.path(),
+        &[
+            "generate",
+            "runs/lm",
+            "--prompt",
+            "the",
+            "--max-new-tokens",
+            "100",
+            "--json",
+        ],
+    );
     assert_eq!(long["new_tokens"], 100);
     // Characters never seen become <unk> and are counted.
-    let unk = kiln_json(dir.path(), &["generate", "runs/lm", "--prompt", "the 🙂", "--max-new-tokens", "5", "--json"]);
+    let unk = kiln_json(
+        dir.path(),
+        &[
+            "generate",
+            "runs/lm",
+            "--prompt",
+            "the 🙂",
+            "--max-new-tokens",
+            "5",
+            "--json",
+        ],
+    );
     assert_eq!(unk["unknown_prompt_tokens"], 1);
     // A prompt longer than the context is a clear error.
-    let err = kiln_err(dir.path(), &["generate", "runs/lm", "--prompt", &"the cat ".repeat(10), "--max-new-tokens", "5"]);
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "generate",
+            "runs/lm",
+            "--prompt",
+            &"the cat ".repeat(10),
+            "--max-new-tokens",
+            "5",
+        ],
+    );
     assert!(err.contains("context is 32 tokens"), "{err}");
     // A tokenizer from another corpus does not fit the model.
     std::fs::write(dir.path().join("other.txt"), "xyz").unwrap();
-    kiln_ok(dir.path(), &["data", "prepare-text", "other.txt", "--out", "other", "--val-fraction", "0.3"]);
-    std::fs::copy(dir.path().join("other/tokenizer.json"), run.join("tokenizer.json")).unwrap();
+    kiln_ok(
+        dir.path(),
+        &[
+            "data",
+            "prepare-text",
+            "other.txt",
+            "--out",
+            "other",
+            "--val-fraction",
+            "0.3",
+        ],
+    );
+    std::fs::copy(
+        dir.path().join("other/tokenizer.json"),
+        run.join("tokenizer.json"),
+    )
+    .unwrap();
     let err = kiln_err(dir.path(), &["generate", "runs/lm", "--prompt", "x"]);
     assert!(err.contains("do not belong together"), "{err}");
 }
@@ -103,14 +210,33 @@ fn char_gpt_trains_and_generates_the_same_with_and_without_cache() {
 fn bpe_gpt_resumes_bit_identically() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), "bpe");
-    kiln_ok(dir.path(), &["train", "lm.toml", "--quiet", "--set", "output.name=full"]);
+    kiln_ok(
+        dir.path(),
+        &["train", "lm.toml", "--quiet", "--set", "output.name=full"],
+    );
     // Stop a copy at step 50 (checkpoint at 50), then resume it to 60.
-    kiln_ok(dir.path(), &["train", "lm.toml", "--quiet", "--set", "output.name=part", "--set", "trainer.max_steps=60", "--set", "trainer.checkpoint_every_steps=25"]);
+    kiln_ok(
+        dir.path(),
+        &[
+            "train",
+            "lm.toml",
+            "--quiet",
+            "--set",
+            "output.name=part",
+            "--set",
+            "trainer.max_steps=60",
+            "--set",
+            "trainer.checkpoint_every_steps=25",
+        ],
+    );
     // Rewind the finished copy to its step-50 checkpoint and resume from there.
     let ck = dir.path().join("runs/part/checkpoints/step-00000050");
     assert!(ck.exists());
     std::fs::remove_file(dir.path().join("runs/part/model.safetensors")).unwrap();
-    let out = kiln_json(dir.path(), &["train", "--resume", ck.to_str().unwrap(), "--json"]);
+    let out = kiln_json(
+        dir.path(),
+        &["train", "--resume", ck.to_str().unwrap(), "--json"],
+    );
     assert_eq!(out["resumed_from"], 50);
     let a = std::fs::read(dir.path().join("runs/full/model.safetensors")).unwrap();
     let b = std::fs::read(dir.path().join("runs/part/model.safetensors")).unwrap();
@@ -124,13 +250,30 @@ fn text_bad_inputs() {
     std::fs::write(dir.path().join("corpus.txt"), "").unwrap();
     let err = kiln_err(dir.path(), &["train", "lm.toml"]);
     assert!(err.contains("corpus is empty"), "{err}");
-    std::fs::write(dir.path().join("corpus.txt"), b"good line\nbad \xfe\xff line\n").unwrap();
+    std::fs::write(
+        dir.path().join("corpus.txt"),
+        b"good line\nbad \xfe\xff line\n",
+    )
+    .unwrap();
     let err = kiln_err(dir.path(), &["train", "lm.toml", "--set", "output.name=b"]);
-    assert!(err.contains("corpus.txt") && err.contains("not valid UTF-8") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("corpus.txt") && err.contains("not valid UTF-8") && err.contains("line 2"),
+        "{err}"
+    );
     std::fs::write(dir.path().join("corpus.txt"), "tiny corpus\n").unwrap();
     let err = kiln_err(dir.path(), &["train", "lm.toml", "--set", "output.name=c"]);
     assert!(err.contains("fewer than one context window"), "{err}");
-    let err = kiln_err(dir.path(), &["train", "lm.toml", "--set", "model.heads=3", "--set", "output.name=d"]);
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "train",
+            "lm.toml",
+            "--set",
+            "model.heads=3",
+            "--set",
+            "output.name=d",
+        ],
+    );
     assert!(err.contains("divisible"), "{err}");
     let err = kiln_err(dir.path(), &["generate", "nowhere", "--prompt", "x"]);
     assert!(err.contains("nowhere"), "{err}");

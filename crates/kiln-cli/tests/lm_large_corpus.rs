@@ -12,12 +12,32 @@ use common::*;
 #[ignore = "writes a 2.2 GB token file"]
 fn two_gigabyte_token_file_trains_in_constant_memory() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("small.txt"), "abcdefghij klmnopqrstuvwxyz\n".repeat(200)).unwrap();
-    kiln_ok(dir.path(), &["data", "prepare-text", "small.txt", "--out", "tokens", "--val-fraction", "0.2"]);
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("tokens/meta.json")).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("small.txt"),
+        "abcdefghij klmnopqrstuvwxyz\n".repeat(200),
+    )
+    .unwrap();
+    kiln_ok(
+        dir.path(),
+        &[
+            "data",
+            "prepare-text",
+            "small.txt",
+            "--out",
+            "tokens",
+            "--val-fraction",
+            "0.2",
+        ],
+    );
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("tokens/meta.json")).unwrap(),
+    )
+    .unwrap();
     let vocab = meta["vocab_size"].as_u64().unwrap() as u16;
     // Replace train.bin with 1.1 G u16 tokens (2.2 GB) of a pseudo-random stream.
-    let mut f = std::io::BufWriter::new(std::fs::File::create(dir.path().join("tokens/train.bin")).unwrap());
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(dir.path().join("tokens/train.bin")).unwrap(),
+    );
     let mut state = 1u64;
     let chunk: Vec<u8> = (0..(1 << 20))
         .flat_map(|_| {
@@ -30,7 +50,9 @@ fn two_gigabyte_token_file_trains_in_constant_memory() {
     }
     f.flush().unwrap();
     drop(f);
-    let size = std::fs::metadata(dir.path().join("tokens/train.bin")).unwrap().len();
+    let size = std::fs::metadata(dir.path().join("tokens/train.bin"))
+        .unwrap()
+        .len();
     assert!(size > 2_000_000_000, "{size}");
     std::fs::write(
         dir.path().join("lm.toml"),
@@ -55,6 +77,9 @@ plots = false
     .unwrap();
     let out = kiln_json(dir.path(), &["train", "lm.toml", "--json"]);
     let rss = out["peak_rss_mib"].as_u64().unwrap();
-    println!("trained 300 steps on a {:.2} GB token file; peak RSS {rss} MiB", size as f64 / 1e9);
+    println!(
+        "trained 300 steps on a {:.2} GB token file; peak RSS {rss} MiB",
+        size as f64 / 1e9
+    );
     assert!(rss < 1024, "peak RSS {rss} MiB");
 }

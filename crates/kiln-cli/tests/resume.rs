@@ -42,12 +42,21 @@ fn sigkill_then_resume_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("run.toml"), CONFIG).unwrap();
     // Uninterrupted reference run.
-    kiln_ok(dir.path(), &["train", "run.toml", "--quiet", "--set", "output.name=full"]);
+    kiln_ok(
+        dir.path(),
+        &["train", "run.toml", "--quiet", "--set", "output.name=full"],
+    );
     let reference = std::fs::read(dir.path().join("runs/full/model.safetensors")).unwrap();
 
     // The same run, killed with SIGKILL once it has checkpointed past epoch 3 (40 steps an epoch).
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["train", "run.toml", "--quiet", "--set", "output.name=killed"])
+        .args([
+            "train",
+            "run.toml",
+            "--quiet",
+            "--set",
+            "output.name=killed",
+        ])
         .current_dir(dir.path())
         .spawn()
         .unwrap();
@@ -57,25 +66,44 @@ fn sigkill_then_resume_is_bit_identical() {
         if latest_step(&run).is_some_and(|s| s >= 150) {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
-    assert!(!run.join("model.safetensors").exists(), "killed before the end");
+    assert!(
+        !run.join("model.safetensors").exists(),
+        "killed before the end"
+    );
     let killed_at = latest_step(&run).unwrap();
 
-    let out = kiln_json(dir.path(), &["train", "--resume", run.to_str().unwrap(), "--json"]);
+    let out = kiln_json(
+        dir.path(),
+        &["train", "--resume", run.to_str().unwrap(), "--json"],
+    );
     assert_eq!(out["resumed_from"].as_u64(), Some(killed_at));
     let resumed = std::fs::read(run.join("model.safetensors")).unwrap();
-    assert!(resumed == reference, "resumed weights differ from the uninterrupted run (killed at step {killed_at})");
+    assert!(
+        resumed == reference,
+        "resumed weights differ from the uninterrupted run (killed at step {killed_at})"
+    );
     // The resumed metrics log has no duplicated steps.
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let mut steps: Vec<u64> = metrics
         .lines()
         .filter(|l| l.contains("\"kind\":\"step\""))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     let n = steps.len();
     steps.dedup();
@@ -87,7 +115,10 @@ fn truncated_checkpoint_is_reported_and_earlier_one_still_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let config = CONFIG.replace("epochs = 25", "epochs = 2");
     std::fs::write(dir.path().join("run.toml"), config).unwrap();
-    kiln_ok(dir.path(), &["train", "run.toml", "--quiet", "--set", "output.name=r"]);
+    kiln_ok(
+        dir.path(),
+        &["train", "run.toml", "--quiet", "--set", "output.name=r"],
+    );
     let ckpts = dir.path().join("runs/r/checkpoints");
     let latest = std::fs::read_to_string(ckpts.join("latest")).unwrap();
     let weights = ckpts.join(latest.trim()).join("model.safetensors");
@@ -98,8 +129,20 @@ fn truncated_checkpoint_is_reported_and_earlier_one_still_resumes() {
     assert!(err.contains("truncated"), "{err}");
     assert!(err.contains("usable earlier checkpoints"), "{err}");
     // The earlier checkpoint named in the message still works.
-    let earlier = kiln_train::checkpoint::list_checkpoints(&ckpts).unwrap().into_iter().find(|n| n != latest.trim()).unwrap();
-    kiln_ok(dir.path(), &["train", "--resume", ckpts.join(earlier).to_str().unwrap(), "--quiet"]);
+    let earlier = kiln_train::checkpoint::list_checkpoints(&ckpts)
+        .unwrap()
+        .into_iter()
+        .find(|n| n != latest.trim())
+        .unwrap();
+    kiln_ok(
+        dir.path(),
+        &[
+            "train",
+            "--resume",
+            ckpts.join(earlier).to_str().unwrap(),
+            "--quiet",
+        ],
+    );
 }
 
 #[test]
@@ -107,8 +150,19 @@ fn foreign_directory_is_not_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("runs/x/checkpoints/step-00000001");
     std::fs::create_dir_all(&fake).unwrap();
-    std::fs::write(dir.path().join("runs/x/checkpoints/latest"), "step-00000001").unwrap();
+    std::fs::write(
+        dir.path().join("runs/x/checkpoints/latest"),
+        "step-00000001",
+    )
+    .unwrap();
     std::fs::write(fake.join("model.safetensors"), b"not weights").unwrap();
-    let err = kiln_err(dir.path(), &["train", "--resume", dir.path().join("runs/x").to_str().unwrap()]);
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "train",
+            "--resume",
+            dir.path().join("runs/x").to_str().unwrap(),
+        ],
+    );
     assert!(err.contains("not a kiln checkpoint"), "{err}");
 }

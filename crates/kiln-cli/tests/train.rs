@@ -8,23 +8,55 @@ use common::*;
 fn digits_example_reaches_97_percent_on_the_test_split() {
     let dir = tempfile::tempdir().unwrap();
     let config = root().join("examples/digits.toml");
-    let out = kiln_json(dir.path(), &["train", config.to_str().unwrap(), "--json", "--set", "output.dir=runs"]);
+    let out = kiln_json(
+        dir.path(),
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--json",
+            "--set",
+            "output.dir=runs",
+        ],
+    );
     let acc = out["test"]["accuracy"].as_f64().unwrap();
     assert!(acc >= 0.97, "digits test accuracy {acc}");
     assert_eq!(out["rows"]["test"], 359);
     assert!(out["test"]["f1_macro"].as_f64().unwrap() > 0.96);
     assert!(out["test"]["roc_auc"].as_f64().unwrap() > 0.99);
     let run = dir.path().join(out["run_dir"].as_str().unwrap());
-    for f in ["config.toml", "preprocessor.json", "model.json", "model.safetensors", "metrics.jsonl", "report.json", "report.txt", "plots/loss.svg", "plots/confusion_matrix.svg", "plots/learning_rate.svg"] {
+    for f in [
+        "config.toml",
+        "preprocessor.json",
+        "model.json",
+        "model.safetensors",
+        "metrics.jsonl",
+        "report.json",
+        "report.txt",
+        "plots/loss.svg",
+        "plots/confusion_matrix.svg",
+        "plots/learning_rate.svg",
+    ] {
         assert!(run.join(f).exists(), "run directory lacks {f}");
     }
     // metrics.jsonl has per-step and per-epoch records.
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let epochs = metrics.lines().filter(|l| l.contains("\"kind\":\"epoch\"")).count();
+    let epochs = metrics
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"epoch\""))
+        .count();
     assert_eq!(epochs, 60);
     assert!(metrics.lines().any(|l| l.contains("\"kind\":\"step\"")));
     // eval reloads the saved model and preprocessing.
-    let eval = kiln_json(dir.path(), &["eval", run.to_str().unwrap(), "--data", "builtin:digits", "--json"]);
+    let eval = kiln_json(
+        dir.path(),
+        &[
+            "eval",
+            run.to_str().unwrap(),
+            "--data",
+            "builtin:digits",
+            "--json",
+        ],
+    );
     assert_eq!(eval["rows"], 1797);
     assert!(eval["test"]["accuracy"].as_f64().unwrap() > 0.97);
 }
@@ -49,9 +81,20 @@ fn diabetes_regression_beats_or_matches_a_linear_baseline() {
     let mlp = kiln_json(dir.path(), &["train", config.to_str().unwrap(), "--json"]);
     let linear = kiln_json(
         dir.path(),
-        &["train", config.to_str().unwrap(), "--json", "--set", "model.type=linear", "--set", "output.name=diabetes-linear"],
+        &[
+            "train",
+            config.to_str().unwrap(),
+            "--json",
+            "--set",
+            "model.type=linear",
+            "--set",
+            "output.name=diabetes-linear",
+        ],
     );
-    let (r2_mlp, r2_lin) = (mlp["test"]["r2"].as_f64().unwrap(), linear["test"]["r2"].as_f64().unwrap());
+    let (r2_mlp, r2_lin) = (
+        mlp["test"]["r2"].as_f64().unwrap(),
+        linear["test"]["r2"].as_f64().unwrap(),
+    );
     // Diabetes is close to linear: a linear model gets R2 near 0.45 on held-out rows.
     assert!(r2_lin > 0.3, "linear baseline R2 {r2_lin}");
     assert!(r2_mlp > 0.3, "MLP R2 {r2_mlp}");
@@ -64,27 +107,72 @@ fn diabetes_regression_beats_or_matches_a_linear_baseline() {
 fn zero_config_csv_with_missing_values_and_categories_then_submission() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("train.csv"), churn_csv(1500, 7, true, None)).unwrap();
-    std::fs::write(dir.path().join("test.csv"), churn_csv(200, 99, false, Some("Brest"))).unwrap();
+    std::fs::write(
+        dir.path().join("test.csv"),
+        churn_csv(200, 99, false, Some("Brest")),
+    )
+    .unwrap();
     let out = kiln_json(
         dir.path(),
-        &["train", "--data", "train.csv", "--target", "churn", "--set", "data.id_column=customer_id", "--set", "trainer.epochs=15", "--json"],
+        &[
+            "train",
+            "--data",
+            "train.csv",
+            "--target",
+            "churn",
+            "--set",
+            "data.id_column=customer_id",
+            "--set",
+            "trainer.epochs=15",
+            "--json",
+        ],
     );
     let acc = out["test"]["accuracy"].as_f64().unwrap();
     assert!(acc > 0.8, "zero-config churn accuracy {acc}");
     let run = out["run_dir"].as_str().unwrap().to_string();
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join(&run).join("schema.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(&run).join("schema.json")).unwrap(),
+    )
+    .unwrap();
     let kinds: Vec<(String, String)> = schema["features"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["name"].as_str().unwrap().to_string(), f["kind"].as_str().unwrap().to_string()))
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["kind"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert!(kinds.contains(&("city".into(), "categorical".into())), "{kinds:?}");
-    assert!(kinds.contains(&("plan".into(), "binary".into())), "{kinds:?}");
-    assert!(kinds.contains(&("age".into(), "numeric".into())), "{kinds:?}");
-    let stdout = kiln_ok(dir.path(), &["predict", &run, "--data", "test.csv", "--out", "submission.csv", "--proba"]);
-    assert!(stdout.contains("\"city\": ") || stdout.contains("column \"city\""), "unknown category reported: {stdout}");
+    assert!(
+        kinds.contains(&("city".into(), "categorical".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("plan".into(), "binary".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("age".into(), "numeric".into())),
+        "{kinds:?}"
+    );
+    let stdout = kiln_ok(
+        dir.path(),
+        &[
+            "predict",
+            &run,
+            "--data",
+            "test.csv",
+            "--out",
+            "submission.csv",
+            "--proba",
+        ],
+    );
+    assert!(
+        stdout.contains("\"city\": ") || stdout.contains("column \"city\""),
+        "unknown category reported: {stdout}"
+    );
     let sub = std::fs::read_to_string(dir.path().join("submission.csv")).unwrap();
     let lines: Vec<&str> = sub.lines().collect();
     assert_eq!(lines[0], "customer_id,churn,proba_no,proba_yes");
@@ -97,7 +185,11 @@ fn gradient_descent_family_runs_from_one_config() {
     let dir = tempfile::tempdir().unwrap();
     let config = root().join("examples/breast_cancer.toml");
     let mut finals = Vec::new();
-    for (name, batch, epochs) in [("full", "\"full\"", "60"), ("mini", "32", "10"), ("sgd", "1", "3")] {
+    for (name, batch, epochs) in [
+        ("full", "\"full\"", "60"),
+        ("mini", "32", "10"),
+        ("sgd", "1", "3"),
+    ] {
         let out = kiln_json(
             dir.path(),
             &[
@@ -126,22 +218,54 @@ fn gradient_descent_family_runs_from_one_config() {
 fn categorical_embeddings_and_robust_scaling_train() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("train.csv"), churn_csv(1500, 8, true, None)).unwrap();
-    std::fs::write(dir.path().join("test.csv"), churn_csv(100, 12, false, Some("Brest"))).unwrap();
+    std::fs::write(
+        dir.path().join("test.csv"),
+        churn_csv(100, 12, false, Some("Brest")),
+    )
+    .unwrap();
     let out = kiln_json(
         dir.path(),
         &[
-            "train", "--data", "train.csv", "--target", "churn", "--json",
-            "--set", "data.encoding=embedding", "--set", "data.normalization=robust",
-            "--set", "data.missing_numeric=median", "--set", "data.split.method=random",
-            "--set", "trainer.epochs=15",
+            "train",
+            "--data",
+            "train.csv",
+            "--target",
+            "churn",
+            "--json",
+            "--set",
+            "data.encoding=embedding",
+            "--set",
+            "data.normalization=robust",
+            "--set",
+            "data.missing_numeric=median",
+            "--set",
+            "data.split.method=random",
+            "--set",
+            "trainer.epochs=15",
         ],
     );
     assert!(out["test"]["accuracy"].as_f64().unwrap() > 0.8, "{out}");
     let run = out["run_dir"].as_str().unwrap();
-    let pre: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join(run).join("preprocessor.json")).unwrap()).unwrap();
-    let city = pre["features"].as_array().unwrap().iter().find(|f| f["name"] == "city").unwrap();
+    let pre: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(run).join("preprocessor.json")).unwrap(),
+    )
+    .unwrap();
+    let city = pre["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "city")
+        .unwrap();
     assert!(city["embedding_dim"].as_u64().unwrap() >= 2, "{city}");
-    kiln_ok(dir.path(), &["predict", run, "--data", "test.csv", "--out", "p.csv"]);
-    assert_eq!(std::fs::read_to_string(dir.path().join("p.csv")).unwrap().lines().count(), 101);
+    kiln_ok(
+        dir.path(),
+        &["predict", run, "--data", "test.csv", "--out", "p.csv"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("p.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        101
+    );
 }

@@ -58,8 +58,10 @@ pub enum ConfigError {
 
 /// Reads, overrides and validates a config file.
 pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     from_str(&text, &path.display().to_string(), overrides)
 }
 
@@ -79,14 +81,18 @@ pub fn from_str(text: &str, origin: &str, overrides: &[String]) -> Result<Config
     let config = if overrides.is_empty() {
         config
     } else {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_error(e, origin, text))?;
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(e, origin, text))?;
         for assignment in overrides {
             apply_override(&mut table, assignment)?;
         }
         let merged = toml::to_string(&table).expect("a TOML table serializes");
         toml::from_str(&merged).map_err(|e| {
             let key = overrides.join(", ");
-            ConfigError::Override { assignment: key, message: e.message().trim().to_string() }
+            ConfigError::Override {
+                assignment: key,
+                message: e.message().trim().to_string(),
+            }
         })?
     };
     validate(&config).map_err(|(key, message)| {
@@ -98,7 +104,12 @@ pub fn from_str(text: &str, origin: &str, overrides: &[String]) -> Result<Config
         } else {
             origin.to_string()
         };
-        ConfigError::Invalid { origin, key, line, message }
+        ConfigError::Invalid {
+            origin,
+            key,
+            line,
+            message,
+        }
     })?;
     Ok(config)
 }
@@ -111,7 +122,10 @@ pub fn from_overrides(overrides: &[String]) -> Result<Config, ConfigError> {
 /// Applies `a.b.c=value` to a TOML table. The value is read as TOML (`0.01`, `true`,
 /// `[64, 32]`, `"adam"`), and as a bare string when it is not valid TOML.
 pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
-    let err = |message: String| ConfigError::Override { assignment: assignment.to_string(), message };
+    let err = |message: String| ConfigError::Override {
+        assignment: assignment.to_string(),
+        message,
+    };
     let (key, raw) = assignment
         .split_once('=')
         .ok_or_else(|| err("expected KEY=VALUE, e.g. trainer.lr=0.01".into()))?;
@@ -154,12 +168,21 @@ pub fn find_key_line(text: &str, key: &str) -> Option<usize> {
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if trimmed.starts_with('[') {
-            current = trimmed.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            current = trimmed
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
             continue;
         }
-        let Some((k, _)) = trimmed.split_once('=') else { continue };
+        let Some((k, _)) = trimmed.split_once('=') else {
+            continue;
+        };
         let k = k.trim().trim_matches('"');
-        let full = if current.is_empty() { k.to_string() } else { format!("{current}.{k}") };
+        let full = if current.is_empty() {
+            k.to_string()
+        } else {
+            format!("{current}.{k}")
+        };
         if full == key || (current == section && k == leaf) {
             return Some(i + 1);
         }
@@ -176,36 +199,60 @@ fn bad(key: &str, message: impl Into<String>) -> Invalid {
 /// Checks ranges and cross-field consistency. Returns the offending dotted key.
 pub fn validate(c: &Config) -> Result<(), Invalid> {
     if c.device != "cpu" {
-        return Err(bad("device", format!("unknown device \"{}\", expected \"cpu\"", c.device)));
+        return Err(bad(
+            "device",
+            format!("unknown device \"{}\", expected \"cpu\"", c.device),
+        ));
     }
     let d = &c.data;
     if d.source.trim().is_empty() {
-        return Err(bad("data.source", "required: builtin:NAME, a CSV file or an IDX directory"));
+        return Err(bad(
+            "data.source",
+            "required: builtin:NAME, a CSV file or an IDX directory",
+        ));
     }
     let s = &d.split;
-    for (key, v) in [("data.split.validation", s.validation), ("data.split.test", s.test)] {
+    for (key, v) in [
+        ("data.split.validation", s.validation),
+        ("data.split.test", s.test),
+    ] {
         if !(0.0..1.0).contains(&v) || !v.is_finite() {
             return Err(bad(key, format!("expected a fraction in [0, 1), got {v}")));
         }
     }
     if s.validation + s.test >= 1.0 {
-        return Err(bad("data.split.test", "validation + test must leave rows for training"));
+        return Err(bad(
+            "data.split.test",
+            "validation + test must leave rows for training",
+        ));
     }
     if s.method == Some(SplitMethod::Column) && s.column.is_none() {
-        return Err(bad("data.split.column", "required when split.method = \"column\""));
+        return Err(bad(
+            "data.split.column",
+            "required when split.method = \"column\"",
+        ));
     }
     if s.method == Some(SplitMethod::Kfold) {
         if s.folds < 2 {
-            return Err(bad("data.split.folds", format!("expected at least 2, got {}", s.folds)));
+            return Err(bad(
+                "data.split.folds",
+                format!("expected at least 2, got {}", s.folds),
+            ));
         }
         if s.fold >= s.folds {
-            return Err(bad("data.split.fold", format!("expected 0..{}, got {}", s.folds, s.fold)));
+            return Err(bad(
+                "data.split.fold",
+                format!("expected 0..{}, got {}", s.folds, s.fold),
+            ));
         }
     }
     if let Some(delim) = d.delimiter
         && (delim == '"' || delim == '\n' || !delim.is_ascii())
     {
-        return Err(bad("data.delimiter", format!("{delim:?} cannot be a delimiter")));
+        return Err(bad(
+            "data.delimiter",
+            format!("{delim:?} cannot be a delimiter"),
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for (i, f) in c.features.iter().enumerate() {
@@ -225,7 +272,10 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
         return Err(bad("model.hidden", "layer widths must be at least 1"));
     }
     if !(0.0..1.0).contains(&m.dropout) {
-        return Err(bad("model.dropout", format!("expected a probability in [0, 1), got {}", m.dropout)));
+        return Err(bad(
+            "model.dropout",
+            format!("expected a probability in [0, 1), got {}", m.dropout),
+        ));
     }
     if m.kind == ModelKind::Cnn && m.conv.is_empty() {
         return Err(bad("model.conv", "a CNN needs at least one conv layer"));
@@ -236,27 +286,48 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             return Err(bad(&key, "filters, kernel and stride must be at least 1"));
         }
         if !(0.0..1.0).contains(&layer.dropout) {
-            return Err(bad(&key, format!("dropout must be in [0, 1), got {}", layer.dropout)));
+            return Err(bad(
+                &key,
+                format!("dropout must be in [0, 1), got {}", layer.dropout),
+            ));
         }
     }
     if m.kind == ModelKind::Gpt {
         if m.layers == 0 || m.heads == 0 || m.embd == 0 || m.context < 2 {
-            return Err(bad("model", "a GPT needs layers, heads, embd >= 1 and context >= 2"));
+            return Err(bad(
+                "model",
+                "a GPT needs layers, heads, embd >= 1 and context >= 2",
+            ));
         }
         if !m.embd.is_multiple_of(m.heads) {
-            return Err(bad("model.heads", format!("embd ({}) must be divisible by heads ({})", m.embd, m.heads)));
+            return Err(bad(
+                "model.heads",
+                format!("embd ({}) must be divisible by heads ({})", m.embd, m.heads),
+            ));
         }
         if c.trainer.max_steps == 0 {
             return Err(bad("trainer.max_steps", "expected at least 1"));
         }
         if c.trainer.eval_every_steps == 0 || c.trainer.eval_batches == 0 {
-            return Err(bad("trainer.eval_every_steps", "eval_every_steps and eval_batches must be at least 1"));
+            return Err(bad(
+                "trainer.eval_every_steps",
+                "eval_every_steps and eval_batches must be at least 1",
+            ));
         }
         if !(c.text.val_fraction > 0.0 && c.text.val_fraction < 0.5) {
-            return Err(bad("text.val_fraction", format!("expected a fraction in (0, 0.5), got {}", c.text.val_fraction)));
+            return Err(bad(
+                "text.val_fraction",
+                format!(
+                    "expected a fraction in (0, 0.5), got {}",
+                    c.text.val_fraction
+                ),
+            ));
         }
         if c.text.tokenizer == "bpe" && c.text.vocab_size < 257 {
-            return Err(bad("text.vocab_size", format!("BPE needs at least 257 tokens, got {}", c.text.vocab_size)));
+            return Err(bad(
+                "text.vocab_size",
+                format!("BPE needs at least 257 tokens, got {}", c.text.vocab_size),
+            ));
         }
     }
     let t = &c.trainer;
@@ -281,22 +352,40 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
         }
     }
     if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
-        return Err(bad("trainer.weight_decay", format!("expected >= 0, got {}", t.weight_decay)));
+        return Err(bad(
+            "trainer.weight_decay",
+            format!("expected >= 0, got {}", t.weight_decay),
+        ));
     }
     if !(t.grad_clip_norm >= 0.0 && t.grad_clip_norm.is_finite()) {
-        return Err(bad("trainer.grad_clip_norm", format!("expected >= 0 (0 = off), got {}", t.grad_clip_norm)));
+        return Err(bad(
+            "trainer.grad_clip_norm",
+            format!("expected >= 0 (0 = off), got {}", t.grad_clip_norm),
+        ));
     }
     if !(t.gamma > 0.0 && t.gamma <= 1.0) {
-        return Err(bad("trainer.gamma", format!("expected a factor in (0, 1], got {}", t.gamma)));
+        return Err(bad(
+            "trainer.gamma",
+            format!("expected a factor in (0, 1], got {}", t.gamma),
+        ));
     }
     if !(t.plateau_factor > 0.0 && t.plateau_factor < 1.0) {
-        return Err(bad("trainer.plateau_factor", format!("expected a factor in (0, 1), got {}", t.plateau_factor)));
+        return Err(bad(
+            "trainer.plateau_factor",
+            format!("expected a factor in (0, 1), got {}", t.plateau_factor),
+        ));
     }
     if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
-        return Err(bad("trainer.min_lr", format!("expected 0 <= min_lr <= lr, got {}", t.min_lr)));
+        return Err(bad(
+            "trainer.min_lr",
+            format!("expected 0 <= min_lr <= lr, got {}", t.min_lr),
+        ));
     }
     if t.nesterov && (t.optimizer != OptimizerKind::Sgd || t.momentum == 0.0) {
-        return Err(bad("trainer.nesterov", "Nesterov needs optimizer = \"sgd\" and momentum > 0"));
+        return Err(bad(
+            "trainer.nesterov",
+            "Nesterov needs optimizer = \"sgd\" and momentum > 0",
+        ));
     }
     if t.grad_accum_steps == 0 {
         return Err(bad("trainer.grad_accum_steps", "expected at least 1"));
@@ -307,9 +396,17 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     if t.log_every_steps == 0 {
         return Err(bad("trainer.log_every_steps", "expected at least 1"));
     }
-    const MONITORS: [&str; 7] = ["loss", "accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2"];
+    const MONITORS: [&str; 7] = [
+        "loss", "accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2",
+    ];
     if !MONITORS.contains(&t.monitor.as_str()) {
-        return Err(bad("trainer.monitor", format!("unknown metric \"{}\", expected one of {MONITORS:?}", t.monitor)));
+        return Err(bad(
+            "trainer.monitor",
+            format!(
+                "unknown metric \"{}\", expected one of {MONITORS:?}",
+                t.monitor
+            ),
+        ));
     }
     if c.output.dir.trim().is_empty() {
         return Err(bad("output.dir", "must not be empty"));

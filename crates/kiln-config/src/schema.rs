@@ -189,7 +189,14 @@ pub struct SplitConfig {
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        Self { method: None, validation: 0.1, test: 0.2, column: None, folds: 5, fold: 0 }
+        Self {
+            method: None,
+            validation: 0.1,
+            test: 0.2,
+            column: None,
+            folds: 5,
+            fold: 0,
+        }
     }
 }
 
@@ -377,7 +384,9 @@ impl<'de> Deserialize<'de> for BatchSize {
                 if v >= 1 {
                     Ok(BatchSize::Samples(v as usize))
                 } else {
-                    Err(E::custom(format!(r#"batch size must be at least 1 or "full", got {v}"#)))
+                    Err(E::custom(format!(
+                        r#"batch size must be at least 1 or "full", got {v}"#
+                    )))
                 }
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BatchSize, E> {
@@ -386,9 +395,14 @@ impl<'de> Deserialize<'de> for BatchSize {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BatchSize, E> {
                 match v {
                     "full" => Ok(BatchSize::Full),
-                    other => other.parse::<i64>().map_err(|_| {
-                        E::custom(format!(r#"expected a positive integer or "full", got "{other}""#))
-                    }).and_then(|n| self.visit_i64(n)),
+                    other => other
+                        .parse::<i64>()
+                        .map_err(|_| {
+                            E::custom(format!(
+                                r#"expected a positive integer or "full", got "{other}""#
+                            ))
+                        })
+                        .and_then(|n| self.visit_i64(n)),
                 }
             }
         }
@@ -542,7 +556,11 @@ pub struct TextConfig {
 
 impl Default for TextConfig {
     fn default() -> Self {
-        Self { tokenizer: "char".into(), vocab_size: 2000, val_fraction: 0.1 }
+        Self {
+            tokenizer: "char".into(),
+            vocab_size: 2000,
+            val_fraction: 0.1,
+        }
     }
 }
 
@@ -560,6 +578,10 @@ pub struct OutputConfig {
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        Self { dir: "runs".into(), name: None, plots: true }
+        Self {
+            dir: "runs".into(),
+            name: None,
+            plots: true,
+        }
     }
 }

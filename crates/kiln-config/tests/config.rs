@@ -29,7 +29,12 @@ fn parses_with_defaults() {
 
 #[test]
 fn overrides_apply_typed_values() {
-    let sets = ["trainer.lr=0.5".to_string(), "trainer.optimizer=sgd".into(), "model.hidden=[8, 4]".into(), "trainer.batch_size=1".into()];
+    let sets = [
+        "trainer.lr=0.5".to_string(),
+        "trainer.optimizer=sgd".into(),
+        "model.hidden=[8, 4]".into(),
+        "trainer.batch_size=1".into(),
+    ];
     let c = from_str(BASE, "t.toml", &sets).unwrap();
     assert_eq!(c.trainer.lr, 0.5);
     assert_eq!(c.trainer.optimizer, OptimizerKind::Sgd);
@@ -58,7 +63,10 @@ fn out_of_range_value_names_key_and_line() {
     let text = BASE.replace("lr = 0.01", "lr = -1.0");
     let err = from_str(&text, "t.toml", &[]).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(&err, ConfigError::Invalid { key, line: Some(12), .. } if key == "trainer.lr"), "{msg}");
+    assert!(
+        matches!(&err, ConfigError::Invalid { key, line: Some(12), .. } if key == "trainer.lr"),
+        "{msg}"
+    );
     assert!(msg.contains("positive"), "{msg}");
 }
 

@@ -9,7 +9,8 @@ use crate::table::{Column, LoadReport, Table};
 use crate::{DataError, Result};
 
 /// Field values read as missing (besides the empty field).
-pub const MISSING_TOKENS: [&str; 9] = ["NA", "N/A", "na", "nan", "NaN", "null", "NULL", "None", "?"];
+pub const MISSING_TOKENS: [&str; 9] =
+    ["NA", "N/A", "na", "nan", "NaN", "null", "NULL", "None", "?"];
 
 const MAX_EXAMPLES: usize = 5;
 
@@ -18,13 +19,20 @@ const MAX_EXAMPLES: usize = 5;
 /// line, or are skipped and counted under `BadRows::Skip`. A `.gz` file is decompressed.
 pub fn read_csv(path: &Path, delimiter: Option<char>, bad_rows: BadRows) -> Result<Table> {
     let display = path.display().to_string();
-    let io = |source| DataError::Io { path: display.clone(), source };
+    let io = |source| DataError::Io {
+        path: display.clone(),
+        source,
+    };
     let mut bytes = Vec::new();
     let file = std::fs::File::open(path).map_err(io)?;
     if display.ends_with(".gz") {
-        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes).map_err(io)?;
+        flate2::read::GzDecoder::new(file)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
     } else {
-        std::io::BufReader::new(file).read_to_end(&mut bytes).map_err(io)?;
+        std::io::BufReader::new(file)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
     }
     parse_csv(&bytes, &display, delimiter, bad_rows)
 }
@@ -50,12 +58,22 @@ fn sniff_delimiter(bytes: &[u8]) -> u8 {
 }
 
 /// Parses CSV bytes (see [`read_csv`]); `origin` names the source in errors.
-pub fn parse_csv(bytes: &[u8], origin: &str, delimiter: Option<char>, bad_rows: BadRows) -> Result<Table> {
+pub fn parse_csv(
+    bytes: &[u8],
+    origin: &str,
+    delimiter: Option<char>,
+    bad_rows: BadRows,
+) -> Result<Table> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(DataError::Empty { path: origin.into(), detail: " (the file is empty)".into() });
+        return Err(DataError::Empty {
+            path: origin.into(),
+            detail: " (the file is empty)".into(),
+        });
     }
-    let delim = delimiter.map(|c| c as u8).unwrap_or_else(|| sniff_delimiter(bytes));
+    let delim = delimiter
+        .map(|c| c as u8)
+        .unwrap_or_else(|| sniff_delimiter(bytes));
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delim)
         .has_headers(true)
@@ -94,7 +112,11 @@ pub fn parse_csv(bytes: &[u8], origin: &str, delimiter: Option<char>, bad_rows: 
             Ok(ok) => ok,
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
-                return Err(DataError::Malformed { path: origin.into(), line, message: e.to_string() });
+                return Err(DataError::Malformed {
+                    path: origin.into(),
+                    line,
+                    message: e.to_string(),
+                });
             }
         };
         if !ok {
@@ -106,11 +128,21 @@ pub fn parse_csv(bytes: &[u8], origin: &str, delimiter: Option<char>, bad_rows: 
         }
         report.rows_read += 1;
         let problem = if record.len() != width {
-            Some(format!("expected {width} fields (as in the header), found {}", record.len()))
+            Some(format!(
+                "expected {width} fields (as in the header), found {}",
+                record.len()
+            ))
         } else {
-            record.iter().position(|f| std::str::from_utf8(f).is_err()).map(|i| {
-                format!("field {} (column \"{}\") is not valid UTF-8", i + 1, names[i])
-            })
+            record
+                .iter()
+                .position(|f| std::str::from_utf8(f).is_err())
+                .map(|i| {
+                    format!(
+                        "field {} (column \"{}\") is not valid UTF-8",
+                        i + 1,
+                        names[i]
+                    )
+                })
         };
         if let Some(message) = problem {
             match bad_rows {
@@ -118,13 +150,17 @@ pub fn parse_csv(bytes: &[u8], origin: &str, delimiter: Option<char>, bad_rows: 
                     return Err(DataError::Malformed {
                         path: origin.into(),
                         line,
-                        message: format!("{message} (set data.bad_rows = \"skip\" to drop such rows)"),
+                        message: format!(
+                            "{message} (set data.bad_rows = \"skip\" to drop such rows)"
+                        ),
                     });
                 }
                 BadRows::Skip => {
                     report.bad_rows_skipped += 1;
                     if report.bad_row_examples.len() < MAX_EXAMPLES {
-                        report.bad_row_examples.push(format!("line {line}: {message}"));
+                        report
+                            .bad_row_examples
+                            .push(format!("line {line}: {message}"));
                     }
                     continue;
                 }
@@ -132,17 +168,27 @@ pub fn parse_csv(bytes: &[u8], origin: &str, delimiter: Option<char>, bad_rows: 
         }
         for (col, field) in columns.iter_mut().zip(record.iter()) {
             let s = std::str::from_utf8(field).expect("checked above");
-            col.push(if s.is_empty() || MISSING_TOKENS.contains(&s) { None } else { Some(s.to_string()) });
+            col.push(if s.is_empty() || MISSING_TOKENS.contains(&s) {
+                None
+            } else {
+                Some(s.to_string())
+            });
         }
         lines.push(line);
     }
     if lines.is_empty() {
         let detail = if report.bad_rows_skipped > 0 {
-            format!(" (all {} rows were malformed and skipped)", report.bad_rows_skipped)
+            format!(
+                " (all {} rows were malformed and skipped)",
+                report.bad_rows_skipped
+            )
         } else {
             " (only a header)".into()
         };
-        return Err(DataError::Empty { path: origin.into(), detail });
+        return Err(DataError::Empty {
+            path: origin.into(),
+            detail,
+        });
     }
     Ok(Table {
         origin: origin.into(),

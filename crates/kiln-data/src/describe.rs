@@ -47,7 +47,10 @@ pub fn describe(table: &Table, target: Option<&str>) -> crate::Result<Descriptio
         let missing = (0..rows).filter(|&r| column.is_missing(r)).count();
         let distinct = match column {
             Column::Image { .. } => rows,
-            _ => (0..rows).filter_map(|r| column.text(r)).collect::<std::collections::HashSet<_>>().len(),
+            _ => (0..rows)
+                .filter_map(|r| column.text(r))
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
         };
         let range = match (kind, column) {
             (FeatureType::Numeric | FeatureType::Binary, Column::Number(_) | Column::Text(_)) => {
@@ -62,14 +65,23 @@ pub fn describe(table: &Table, target: Option<&str>) -> crate::Result<Descriptio
             }
             _ => None,
         };
-        columns.push(ColumnSummary { name: name.clone(), kind, missing, distinct, note, range });
+        columns.push(ColumnSummary {
+            name: name.clone(),
+            kind,
+            missing,
+            distinct,
+            note,
+            range,
+        });
     }
     let class_balance = match target {
         Some(t) => {
             let column = table.column(t, "target")?;
             let mut counts: HashMap<String, usize> = HashMap::new();
             for r in 0..column.len() {
-                *counts.entry(column.text(r).unwrap_or_else(|| "<missing>".into())).or_default() += 1;
+                *counts
+                    .entry(column.text(r).unwrap_or_else(|| "<missing>".into()))
+                    .or_default() += 1;
             }
             let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
             counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -77,5 +89,10 @@ pub fn describe(table: &Table, target: Option<&str>) -> crate::Result<Descriptio
         }
         None => None,
     };
-    Ok(Description { origin: table.origin.clone(), rows: table.num_rows(), columns, class_balance })
+    Ok(Description {
+        origin: table.origin.clone(),
+        rows: table.num_rows(),
+        columns,
+        class_balance,
+    })
 }

@@ -69,7 +69,11 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
             let numeric = present.iter().filter(|s| parse_number(s).is_some()).count();
             let distinct: HashSet<&str> = present.iter().copied().collect();
             if numeric == present.len() {
-                if distinct.len() <= 2 && distinct.iter().all(|s| parse_number(s).is_some_and(|v| v == 0.0 || v == 1.0)) {
+                if distinct.len() <= 2
+                    && distinct
+                        .iter()
+                        .all(|s| parse_number(s).is_some_and(|v| v == 0.0 || v == 1.0))
+                {
                     return (FeatureType::Binary, None);
                 }
                 return (FeatureType::Numeric, None);
@@ -88,7 +92,11 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
             if distinct.len() > 20 && distinct.len() as f64 > 0.5 * present.len() as f64 {
                 return (
                     FeatureType::Ignore,
-                    Some(format!("{} distinct strings in {} rows looks like an identifier or free text", distinct.len(), present.len())),
+                    Some(format!(
+                        "{} distinct strings in {} rows looks like an identifier or free text",
+                        distinct.len(),
+                        present.len()
+                    )),
                 );
             }
             (FeatureType::Categorical, None)
@@ -137,13 +145,17 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
     };
     let target_column = table.column(&target, "target")?;
     if matches!(target_column, Column::Image { .. }) {
-        return Err(DataError::Invalid(format!("target \"{target}\" is an image column")));
+        return Err(DataError::Invalid(format!(
+            "target \"{target}\" is an image column"
+        )));
     }
     let task = data.task.unwrap_or_else(|| infer_task(target_column));
     if task == Task::Regression
         && let Column::Text(values) = target_column
         && let Some((row, bad)) = values.iter().enumerate().find_map(|(i, v)| {
-            v.as_ref().filter(|s| parse_number(s).is_none()).map(|s| (i, s.clone()))
+            v.as_ref()
+                .filter(|s| parse_number(s).is_none())
+                .map(|s| (i, s.clone()))
         })
     {
         return Err(DataError::BadValue {
@@ -166,7 +178,10 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
     let mut features = Vec::new();
     let mut ignored = Vec::new();
     for (name, column) in table.names.iter().zip(&table.columns) {
-        if *name == target || Some(name.as_str()) == data.id_column.as_deref() || Some(name.as_str()) == split_column {
+        if *name == target
+            || Some(name.as_str()) == data.id_column.as_deref()
+            || Some(name.as_str()) == split_column
+        {
             continue;
         }
         let over = config.features.iter().find(|f| &f.name == name);
@@ -184,7 +199,10 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
                 continue;
             }
             FeatureType::Image if !matches!(column, Column::Image { .. }) => {
-                return Err(DataError::Invalid(format!("{}: column \"{name}\" is not an image column", table.origin)));
+                return Err(DataError::Invalid(format!(
+                    "{}: column \"{name}\" is not an image column",
+                    table.origin
+                )));
             }
             _ => {}
         }
@@ -193,7 +211,9 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
             _ => data.missing_categorical,
         };
         let missing = over.and_then(|f| f.missing).unwrap_or(default_missing);
-        if kind != FeatureType::Numeric && matches!(missing, MissingStrategy::Mean | MissingStrategy::Median) {
+        if kind != FeatureType::Numeric
+            && matches!(missing, MissingStrategy::Mean | MissingStrategy::Median)
+        {
             return Err(DataError::Invalid(format!(
                 "feature \"{name}\" is {kind:?}: missing = \"{missing:?}\" needs a numeric column; use mode, constant or drop"
             ).to_lowercase()));
@@ -203,18 +223,31 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
             kind,
             missing,
             fill_value: over.and_then(|f| f.fill_value.clone()),
-            normalization: over.and_then(|f| f.normalization).unwrap_or(data.normalization),
+            normalization: over
+                .and_then(|f| f.normalization)
+                .unwrap_or(data.normalization),
             encoding: over.and_then(|f| f.encoding).unwrap_or(data.encoding),
             embedding_dim: over.and_then(|f| f.embedding_dim).unwrap_or(0),
         });
     }
     if features.is_empty() {
-        return Err(DataError::Invalid(format!("{}: no usable feature columns (ignored: {ignored:?})", table.origin)));
+        return Err(DataError::Invalid(format!(
+            "{}: no usable feature columns (ignored: {ignored:?})",
+            table.origin
+        )));
     }
     if features.iter().any(|f| f.kind == FeatureType::Image) && features.len() > 1 {
-        return Err(DataError::Invalid("an image feature cannot be mixed with tabular features yet".into()));
+        return Err(DataError::Invalid(
+            "an image feature cannot be mixed with tabular features yet".into(),
+        ));
     }
-    Ok(Schema { target, task, id_column: data.id_column.clone(), features, ignored })
+    Ok(Schema {
+        target,
+        task,
+        id_column: data.id_column.clone(),
+        features,
+        ignored,
+    })
 }
 
 /// Finds rows whose numeric features or target hold values that are not finite numbers.
@@ -232,7 +265,9 @@ pub fn drop_bad_values(table: &mut Table, schema: &Schema, bad_rows: BadRows) ->
     }
     let mut bad = vec![false; table.num_rows()];
     for &c in &numeric {
-        let Column::Text(values) = &table.columns[c] else { continue };
+        let Column::Text(values) = &table.columns[c] else {
+            continue;
+        };
         for (row, v) in values.iter().enumerate() {
             let Some(s) = v else { continue };
             if parse_number(s).is_some() {
@@ -249,7 +284,9 @@ pub fn drop_bad_values(table: &mut Table, schema: &Schema, bad_rows: BadRows) ->
                         path: table.origin.clone(),
                         line: table.lines[row],
                         column: table.names[c].clone(),
-                        message: format!("{message} (set data.bad_rows = \"skip\" to drop such rows)"),
+                        message: format!(
+                            "{message} (set data.bad_rows = \"skip\" to drop such rows)"
+                        ),
                     });
                 }
                 BadRows::Skip => {
@@ -259,7 +296,10 @@ pub fn drop_bad_values(table: &mut Table, schema: &Schema, bad_rows: BadRows) ->
                         if table.report.bad_row_examples.len() < 5 {
                             let line = table.lines[row];
                             let column = &table.names[c];
-                            table.report.bad_row_examples.push(format!("line {line}: column \"{column}\": {message}"));
+                            table
+                                .report
+                                .bad_row_examples
+                                .push(format!("line {line}: column \"{column}\": {message}"));
                         }
                     }
                 }

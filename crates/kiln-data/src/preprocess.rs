@@ -79,7 +79,11 @@ impl FeatureTransform {
     fn dense_width(&self) -> usize {
         match self {
             FeatureTransform::Numeric { .. } | FeatureTransform::Binary { .. } => 1,
-            FeatureTransform::Categorical { categories, embedding_dim: None, .. } => categories.len(),
+            FeatureTransform::Categorical {
+                categories,
+                embedding_dim: None,
+                ..
+            } => categories.len(),
             FeatureTransform::Categorical { .. } => 0,
             FeatureTransform::Image { height, width, .. } => height * width,
         }
@@ -133,7 +137,11 @@ impl InputShape {
     pub fn size(&self) -> usize {
         match *self {
             InputShape::Flat { width } => width,
-            InputShape::Image { channels, height, width } => channels * height * width,
+            InputShape::Image {
+                channels,
+                height,
+                width,
+            } => channels * height * width,
         }
     }
 }
@@ -204,7 +212,10 @@ impl Encoded {
             categories,
             cardinalities: self.cardinalities.clone(),
             y: self.y.as_ref().map(|y| y.select(idx)),
-            ids: self.ids.as_ref().map(|ids| idx.iter().map(|&i| ids[i].clone()).collect()),
+            ids: self
+                .ids
+                .as_ref()
+                .map(|ids| idx.iter().map(|&i| ids[i].clone()).collect()),
             source_rows: idx.iter().map(|&i| self.source_rows[i]).collect(),
             unknown_categories: self.unknown_categories.clone(),
             missing_filled: self.missing_filled,
@@ -255,27 +266,42 @@ fn mode<'a>(values: impl Iterator<Item = &'a str>) -> Option<String> {
     best.first().map(|(v, _)| v.to_string())
 }
 
-fn numeric_values(table: &Table, column: &Column, name: &str, rows: &[usize]) -> Result<Vec<Option<f64>>> {
+fn numeric_values(
+    table: &Table,
+    column: &Column,
+    name: &str,
+    rows: &[usize],
+) -> Result<Vec<Option<f64>>> {
     rows.iter()
         .map(|&r| match column {
             Column::Number(v) => Ok(v[r]),
             Column::Text(v) => match &v[r] {
                 None => Ok(None),
-                Some(s) => parse_number(s).map(Some).ok_or_else(|| DataError::BadValue {
-                    path: table.origin.clone(),
-                    line: table.lines[r],
-                    column: name.to_string(),
-                    message: format!("expected a finite number, got \"{s}\""),
-                }),
+                Some(s) => parse_number(s)
+                    .map(Some)
+                    .ok_or_else(|| DataError::BadValue {
+                        path: table.origin.clone(),
+                        line: table.lines[r],
+                        column: name.to_string(),
+                        message: format!("expected a finite number, got \"{s}\""),
+                    }),
             },
-            Column::Image { .. } => Err(DataError::Invalid(format!("column \"{name}\" holds images, expected numbers"))),
+            Column::Image { .. } => Err(DataError::Invalid(format!(
+                "column \"{name}\" holds images, expected numbers"
+            ))),
         })
         .collect()
 }
 
 /// Row `r` of a text-like column, the fill value when missing, or `None` when the row is to
 /// be dropped (`drop` and missing).
-fn text_or_fill(column: &Column, r: usize, fill: &Option<String>, drop: bool, filled: &mut usize) -> Option<Option<String>> {
+fn text_or_fill(
+    column: &Column,
+    r: usize,
+    fill: &Option<String>,
+    drop: bool,
+    filled: &mut usize,
+) -> Option<Option<String>> {
     match column.text(r) {
         Some(t) => Some(Some(t)),
         None if drop => None,
@@ -288,7 +314,11 @@ fn text_or_fill(column: &Column, r: usize, fill: &Option<String>, drop: bool, fi
 
 fn sort_labels(labels: &mut [String]) {
     if labels.iter().all(|l| parse_number(l).is_some()) {
-        labels.sort_by(|a, b| parse_number(a).unwrap().total_cmp(&parse_number(b).unwrap()));
+        labels.sort_by(|a, b| {
+            parse_number(a)
+                .unwrap()
+                .total_cmp(&parse_number(b).unwrap())
+        });
     } else {
         labels.sort();
     }
@@ -299,7 +329,10 @@ impl Preprocessor {
     /// all `labeled` rows so a class absent from the training split still has a label.
     pub fn fit(table: &Table, schema: &Schema, train: &[usize], labeled: &[usize]) -> Result<Self> {
         if train.is_empty() {
-            return Err(DataError::Invalid(format!("{}: the training split is empty", table.origin)));
+            return Err(DataError::Invalid(format!(
+                "{}: the training split is empty",
+                table.origin
+            )));
         }
         let mut features = Vec::new();
         for plan in &schema.features {
@@ -310,20 +343,33 @@ impl Preprocessor {
                     let values = numeric_values(table, column, &plan.name, train)?;
                     let mut present: Vec<f64> = values.iter().flatten().copied().collect();
                     if present.is_empty() {
-                        return Err(DataError::Invalid(format!("feature \"{}\" has no values in the training split", plan.name)));
+                        return Err(DataError::Invalid(format!(
+                            "feature \"{}\" has no values in the training split",
+                            plan.name
+                        )));
                     }
                     present.sort_by(f64::total_cmp);
                     let fill = match plan.missing {
                         MissingStrategy::Mean | MissingStrategy::Drop => mean(&present),
                         MissingStrategy::Median => quantile(&present, 0.5),
                         MissingStrategy::Mode => {
-                            let m = mode(present.iter().map(|v| v.to_string()).collect::<Vec<_>>().iter().map(String::as_str));
+                            let m = mode(
+                                present
+                                    .iter()
+                                    .map(|v| v.to_string())
+                                    .collect::<Vec<_>>()
+                                    .iter()
+                                    .map(String::as_str),
+                            );
                             m.and_then(|s| s.parse().ok()).unwrap_or(0.0)
                         }
                         MissingStrategy::Constant => {
                             let raw = plan.fill_value.clone().unwrap_or_default();
                             parse_number(&raw).ok_or_else(|| {
-                                DataError::Invalid(format!("feature \"{}\": fill_value \"{raw}\" is not a number", plan.name))
+                                DataError::Invalid(format!(
+                                    "feature \"{}\": fill_value \"{raw}\" is not a number",
+                                    plan.name
+                                ))
                             })?
                         }
                     };
@@ -331,7 +377,8 @@ impl Preprocessor {
                         Normalization::None => (0.0, 1.0),
                         Normalization::Zscore => {
                             let m = mean(&present);
-                            let var = present.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / present.len() as f64;
+                            let var = present.iter().map(|v| (v - m) * (v - m)).sum::<f64>()
+                                / present.len() as f64;
                             (m, if var > 0.0 { var.sqrt() } else { 1.0 })
                         }
                         Normalization::MinMax => {
@@ -343,7 +390,13 @@ impl Preprocessor {
                             (quantile(&present, 0.5), if iqr > 0.0 { iqr } else { 1.0 })
                         }
                     };
-                    FeatureTransform::Numeric { name: plan.name.clone(), fill, drop_missing, shift, scale }
+                    FeatureTransform::Numeric {
+                        name: plan.name.clone(),
+                        fill,
+                        drop_missing,
+                        shift,
+                        scale,
+                    }
                 }
                 FeatureType::Categorical | FeatureType::Binary => {
                     let texts: Vec<String> = train.iter().filter_map(|&r| column.text(r)).collect();
@@ -353,7 +406,8 @@ impl Preprocessor {
                     }
                     let mut categories: Vec<(&str, usize)> = counts.into_iter().collect();
                     categories.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-                    let categories: Vec<String> = categories.into_iter().map(|(c, _)| c.to_string()).collect();
+                    let categories: Vec<String> =
+                        categories.into_iter().map(|(c, _)| c.to_string()).collect();
                     let fill = match plan.missing {
                         MissingStrategy::Constant => plan.fill_value.clone(),
                         _ => categories.first().cloned(),
@@ -374,7 +428,12 @@ impl Preprocessor {
                             1 => [values[0].clone(), format!("not {}", values[0])],
                             _ => [values[0].clone(), values[1].clone()],
                         };
-                        FeatureTransform::Binary { name: plan.name.clone(), values, fill, drop_missing }
+                        FeatureTransform::Binary {
+                            name: plan.name.clone(),
+                            values,
+                            fill,
+                            drop_missing,
+                        }
                     } else {
                         let embedding_dim = match plan.encoding {
                             CategoricalEncoding::OneHot => None,
@@ -382,15 +441,31 @@ impl Preprocessor {
                                 plan.embedding_dim
                             } else {
                                 // fastai's rule of thumb.
-                                ((1.6 * (categories.len() as f64 + 1.0).powf(0.56)).round() as usize).clamp(2, 600)
+                                ((1.6 * (categories.len() as f64 + 1.0).powf(0.56)).round()
+                                    as usize)
+                                    .clamp(2, 600)
                             }),
                         };
-                        FeatureTransform::Categorical { name: plan.name.clone(), categories, fill, drop_missing, embedding_dim }
+                        FeatureTransform::Categorical {
+                            name: plan.name.clone(),
+                            categories,
+                            fill,
+                            drop_missing,
+                            embedding_dim,
+                        }
                     }
                 }
                 FeatureType::Image => {
-                    let Column::Image { pixels, height, width } = column else {
-                        return Err(DataError::Invalid(format!("column \"{}\" is not an image column", plan.name)));
+                    let Column::Image {
+                        pixels,
+                        height,
+                        width,
+                    } = column
+                    else {
+                        return Err(DataError::Invalid(format!(
+                            "column \"{}\" is not an image column",
+                            plan.name
+                        )));
                     };
                     let size = height * width;
                     let (mut sum, mut sq) = (0f64, 0f64);
@@ -419,7 +494,10 @@ impl Preprocessor {
         let target_column = table.column(&schema.target, "target")?;
         let target = match schema.task {
             Task::Classification => {
-                let mut classes: Vec<String> = labeled.iter().filter_map(|&r| target_column.text(r)).collect();
+                let mut classes: Vec<String> = labeled
+                    .iter()
+                    .filter_map(|&r| target_column.text(r))
+                    .collect();
                 sort_labels(&mut classes);
                 classes.dedup();
                 if classes.len() < 2 {
@@ -430,28 +508,57 @@ impl Preprocessor {
                         classes.len()
                     )));
                 }
-                TargetTransform::Classes { name: schema.target.clone(), classes }
+                TargetTransform::Classes {
+                    name: schema.target.clone(),
+                    classes,
+                }
             }
             Task::Regression => {
-                let values: Vec<f64> =
-                    numeric_values(table, target_column, &schema.target, train)?.into_iter().flatten().collect();
+                let values: Vec<f64> = numeric_values(table, target_column, &schema.target, train)?
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 if values.is_empty() {
-                    return Err(DataError::Invalid(format!("target \"{}\" is missing in every training row", schema.target)));
+                    return Err(DataError::Invalid(format!(
+                        "target \"{}\" is missing in every training row",
+                        schema.target
+                    )));
                 }
                 let m = mean(&values);
-                let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / values.len() as f64;
-                TargetTransform::Regression { name: schema.target.clone(), mean: m, std: if var > 0.0 { var.sqrt() } else { 1.0 } }
+                let var =
+                    values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / values.len() as f64;
+                TargetTransform::Regression {
+                    name: schema.target.clone(),
+                    mean: m,
+                    std: if var > 0.0 { var.sqrt() } else { 1.0 },
+                }
             }
         };
-        Ok(Self { version: 1, features, target, id_column: schema.id_column.clone(), task: schema.task })
+        Ok(Self {
+            version: 1,
+            features,
+            target,
+            id_column: schema.id_column.clone(),
+            task: schema.task,
+        })
     }
 
     /// Shape of one encoded row.
     pub fn input_shape(&self) -> InputShape {
         if let [FeatureTransform::Image { height, width, .. }] = self.features.as_slice() {
-            return InputShape::Image { channels: 1, height: *height, width: *width };
+            return InputShape::Image {
+                channels: 1,
+                height: *height,
+                width: *width,
+            };
         }
-        InputShape::Flat { width: self.features.iter().map(FeatureTransform::dense_width).sum() }
+        InputShape::Flat {
+            width: self
+                .features
+                .iter()
+                .map(FeatureTransform::dense_width)
+                .sum(),
+        }
     }
 
     /// Table size of each embedded categorical feature (known categories + 1 for unknown).
@@ -464,7 +571,11 @@ impl Preprocessor {
         self.features
             .iter()
             .filter_map(|f| match f {
-                FeatureTransform::Categorical { categories, embedding_dim: Some(d), .. } => Some((categories.len() + 1, *d)),
+                FeatureTransform::Categorical {
+                    categories,
+                    embedding_dim: Some(d),
+                    ..
+                } => Some((categories.len() + 1, *d)),
                 _ => None,
             })
             .collect()
@@ -498,21 +609,31 @@ impl Preprocessor {
     /// `missing = "drop"` (and rows without a target) are dropped and counted; otherwise
     /// (`predict`) every row is kept and missing values are filled, so the output has one
     /// row per input. `require_target` makes a missing target column an error.
-    pub fn transform(&self, table: &Table, rows: &[usize], training: bool, require_target: bool) -> Result<Encoded> {
+    pub fn transform(
+        &self,
+        table: &Table,
+        rows: &[usize],
+        training: bool,
+        require_target: bool,
+    ) -> Result<Encoded> {
         let shape = self.input_shape();
         let size = shape.size();
         let cardinalities = self.cardinalities();
         let target_name = match &self.target {
-            TargetTransform::Classes { name, .. } | TargetTransform::Regression { name, .. } => name,
+            TargetTransform::Classes { name, .. } | TargetTransform::Regression { name, .. } => {
+                name
+            }
         };
         let target_col = table.column_index(target_name);
         if require_target && target_col.is_none() {
             table.column(target_name, "target")?;
         }
         let class_index: HashMap<&str, u32> = match &self.target {
-            TargetTransform::Classes { classes, .. } => {
-                classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect()
-            }
+            TargetTransform::Classes { classes, .. } => classes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.as_str(), i as u32))
+                .collect(),
             _ => HashMap::new(),
         };
         let columns: Vec<&Column> = self
@@ -588,7 +709,13 @@ impl Preprocessor {
             }
             for (f, column) in self.features.iter().zip(&columns) {
                 match f {
-                    FeatureTransform::Numeric { name, fill, drop_missing, shift, scale } => {
+                    FeatureTransform::Numeric {
+                        name,
+                        fill,
+                        drop_missing,
+                        shift,
+                        scale,
+                    } => {
                         let v = match numeric_values(table, column, name, &[r])?[0] {
                             Some(v) => v,
                             None if *drop_missing && training => {
@@ -602,8 +729,15 @@ impl Preprocessor {
                         };
                         row_x.push(((v - shift) / scale) as f32);
                     }
-                    FeatureTransform::Binary { name: _, values, fill, drop_missing } => {
-                        let Some(t) = text_or_fill(column, r, fill, *drop_missing && training, &mut filled) else {
+                    FeatureTransform::Binary {
+                        name: _,
+                        values,
+                        fill,
+                        drop_missing,
+                    } => {
+                        let Some(t) =
+                            text_or_fill(column, r, fill, *drop_missing && training, &mut filled)
+                        else {
                             out.missing_dropped += 1;
                             continue 'rows;
                         };
@@ -611,19 +745,31 @@ impl Preprocessor {
                             Some(t) if t == values[1] => 1.0,
                             Some(t) if t == values[0] => 0.0,
                             Some(_) => {
-                                *out.unknown_categories.entry(f.name().to_string()).or_default() += 1;
+                                *out.unknown_categories
+                                    .entry(f.name().to_string())
+                                    .or_default() += 1;
                                 0.5
                             }
                             None => 0.5,
                         };
                         row_x.push(v);
                     }
-                    FeatureTransform::Categorical { name, categories, fill, drop_missing, embedding_dim } => {
-                        let Some(t) = text_or_fill(column, r, fill, *drop_missing && training, &mut filled) else {
+                    FeatureTransform::Categorical {
+                        name,
+                        categories,
+                        fill,
+                        drop_missing,
+                        embedding_dim,
+                    } => {
+                        let Some(t) =
+                            text_or_fill(column, r, fill, *drop_missing && training, &mut filled)
+                        else {
                             out.missing_dropped += 1;
                             continue 'rows;
                         };
-                        let index = t.as_ref().and_then(|t| categories.iter().position(|c| c == t));
+                        let index = t
+                            .as_ref()
+                            .and_then(|t| categories.iter().position(|c| c == t));
                         if index.is_none() && t.is_some() {
                             *out.unknown_categories.entry(name.clone()).or_default() += 1;
                         }
@@ -638,9 +784,23 @@ impl Preprocessor {
                             }
                         }
                     }
-                    FeatureTransform::Image { height, width, mean, std, .. } => {
-                        let Column::Image { pixels, height: h, width: w } = column else {
-                            return Err(DataError::Invalid(format!("column \"{}\" is not an image column", f.name())));
+                    FeatureTransform::Image {
+                        height,
+                        width,
+                        mean,
+                        std,
+                        ..
+                    } => {
+                        let Column::Image {
+                            pixels,
+                            height: h,
+                            width: w,
+                        } = column
+                        else {
+                            return Err(DataError::Invalid(format!(
+                                "column \"{}\" is not an image column",
+                                f.name()
+                            )));
                         };
                         if h != height || w != width {
                             return Err(DataError::Invalid(format!(
@@ -649,7 +809,11 @@ impl Preprocessor {
                             )));
                         }
                         let s = h * w;
-                        row_x.extend(pixels[r * s..(r + 1) * s].iter().map(|&p| (p as f32 / 255.0 - mean) / std));
+                        row_x.extend(
+                            pixels[r * s..(r + 1) * s]
+                                .iter()
+                                .map(|&p| (p as f32 / 255.0 - mean) / std),
+                        );
                     }
                 }
             }
@@ -670,8 +834,12 @@ impl Preprocessor {
         }
         if target_col.is_some() {
             match &self.target {
-                TargetTransform::Classes { .. } if classes.len() == out.rows => out.y = Some(Target::Classes(classes)),
-                TargetTransform::Regression { .. } if values.len() == out.rows => out.y = Some(Target::Values(values)),
+                TargetTransform::Classes { .. } if classes.len() == out.rows => {
+                    out.y = Some(Target::Classes(classes))
+                }
+                TargetTransform::Regression { .. } if values.len() == out.rows => {
+                    out.y = Some(Target::Values(values))
+                }
                 _ if require_target => {
                     return Err(DataError::Invalid(format!(
                         "{}: target \"{target_name}\" is missing in some rows",

@@ -30,7 +30,8 @@ fn take(rows: &[usize], validation: f64, test: f64, out: &mut Split) {
     let n_test = n_test.min(n);
     let n_val = n_val.min(n - n_test);
     out.test.extend_from_slice(&rows[..n_test]);
-    out.validation.extend_from_slice(&rows[n_test..n_test + n_val]);
+    out.validation
+        .extend_from_slice(&rows[n_test..n_test + n_val]);
     out.train.extend_from_slice(&rows[n_test + n_val..]);
 }
 
@@ -38,7 +39,11 @@ fn take(rows: &[usize], validation: f64, test: f64, out: &mut Split) {
 /// taken here. The same seed always gives the same split.
 pub fn split_rows(table: &Table, schema: &Schema, data: &DataConfig, seed: u64) -> Result<Split> {
     let cfg = &data.split;
-    let test_fraction = if data.test_source.is_some() { 0.0 } else { cfg.test };
+    let test_fraction = if data.test_source.is_some() {
+        0.0
+    } else {
+        cfg.test
+    };
     let method = cfg.method.unwrap_or(match schema.task {
         Task::Classification => SplitMethod::Stratified,
         Task::Regression => SplitMethod::Random,
@@ -50,7 +55,10 @@ pub fn split_rows(table: &Table, schema: &Schema, data: &DataConfig, seed: u64) 
         let target = table.column(&schema.target, "target")?;
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for r in 0..n {
-            groups.entry(target.text(r).unwrap_or_default()).or_default().push(r);
+            groups
+                .entry(target.text(r).unwrap_or_default())
+                .or_default()
+                .push(r);
         }
         Ok(groups.into_values().collect())
     };
@@ -62,7 +70,9 @@ pub fn split_rows(table: &Table, schema: &Schema, data: &DataConfig, seed: u64) 
         }
         SplitMethod::Stratified => {
             if schema.task == Task::Regression {
-                return Err(DataError::Invalid("data.split.method = \"stratified\" needs a classification target".into()));
+                return Err(DataError::Invalid(
+                    "data.split.method = \"stratified\" needs a classification target".into(),
+                ));
             }
             for mut group in class_groups()? {
                 rng.shuffle(&mut group);
@@ -87,7 +97,9 @@ pub fn split_rows(table: &Table, schema: &Schema, data: &DataConfig, seed: u64) 
                             path: table.origin.clone(),
                             line: table.lines[r],
                             column: name.to_string(),
-                            message: format!("split \"{other}\" is not one of train, validation, test"),
+                            message: format!(
+                                "split \"{other}\" is not one of train, validation, test"
+                            ),
                         });
                     }
                 }
@@ -95,7 +107,11 @@ pub fn split_rows(table: &Table, schema: &Schema, data: &DataConfig, seed: u64) 
         }
         SplitMethod::Kfold => {
             // Deal shuffled rows (class by class for classification) round-robin into folds.
-            let groups = if schema.task == Task::Classification { class_groups()? } else { vec![(0..n).collect()] };
+            let groups = if schema.task == Task::Classification {
+                class_groups()?
+            } else {
+                vec![(0..n).collect()]
+            };
             let mut dealt = 0usize;
             let mut rest = Vec::new();
             for mut group in groups {
@@ -110,7 +126,12 @@ pub fn split_rows(table: &Table, schema: &Schema, data: &DataConfig, seed: u64) 
                 }
             }
             rng.shuffle(&mut rest);
-            take(&rest, cfg.validation / (1.0 - 1.0 / cfg.folds as f64), 0.0, &mut out);
+            take(
+                &rest,
+                cfg.validation / (1.0 - 1.0 / cfg.folds as f64),
+                0.0,
+                &mut out,
+            );
         }
     }
     if out.train.is_empty() {

@@ -26,7 +26,11 @@ impl Column {
         match self {
             Column::Text(v) => v.len(),
             Column::Number(v) => v.len(),
-            Column::Image { pixels, height, width } => pixels.len() / (height * width).max(1),
+            Column::Image {
+                pixels,
+                height,
+                width,
+            } => pixels.len() / (height * width).max(1),
         }
     }
 
@@ -57,13 +61,21 @@ impl Column {
         match self {
             Column::Text(v) => Column::Text(rows.iter().map(|&r| v[r].clone()).collect()),
             Column::Number(v) => Column::Number(rows.iter().map(|&r| v[r]).collect()),
-            Column::Image { pixels, height, width } => {
+            Column::Image {
+                pixels,
+                height,
+                width,
+            } => {
                 let size = height * width;
                 let mut out = Vec::with_capacity(rows.len() * size);
                 for &r in rows {
                     out.extend_from_slice(&pixels[r * size..(r + 1) * size]);
                 }
-                Column::Image { pixels: out, height: *height, width: *width }
+                Column::Image {
+                    pixels: out,
+                    height: *height,
+                    width: *width,
+                }
             }
         }
     }
@@ -71,7 +83,11 @@ impl Column {
 
 /// Formats a number the way a CSV would hold it (integers without `.0`).
 pub fn format_number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
 }
 
 /// What loading and cleaning did to the rows, for the report.
@@ -119,12 +135,14 @@ impl Table {
 
     /// The column called `name`, or an error naming the role it was wanted for.
     pub fn column(&self, name: &str, role: &'static str) -> crate::Result<&Column> {
-        self.column_index(name).map(|i| &self.columns[i]).ok_or_else(|| crate::DataError::UnknownColumn {
-            path: self.origin.clone(),
-            column: name.to_string(),
-            role,
-            available: self.names.join(", "),
-        })
+        self.column_index(name)
+            .map(|i| &self.columns[i])
+            .ok_or_else(|| crate::DataError::UnknownColumn {
+                path: self.origin.clone(),
+                column: name.to_string(),
+                role,
+                available: self.names.join(", "),
+            })
     }
 
     /// A table holding only `rows`, in that order.
@@ -147,7 +165,11 @@ impl Table {
                     .columns
                     .iter()
                     .map(|c| match c {
-                        Column::Image { pixels, height, width } => {
+                        Column::Image {
+                            pixels,
+                            height,
+                            width,
+                        } => {
                             let s = height * width;
                             Some(format!("{:?}", &pixels[r * s..(r + 1) * s]))
                         }

@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use kiln_config::{
-    BadRows, CategoricalEncoding, Config, FeatureConfig, FeatureType, MissingStrategy, Normalization, SplitMethod, Task,
+    BadRows, CategoricalEncoding, Config, FeatureConfig, FeatureType, MissingStrategy,
+    Normalization, SplitMethod, Task,
 };
 use kiln_data::{Column, Preprocessor, Target, infer_schema, load_builtin, read_csv, split_rows};
 
@@ -26,12 +27,18 @@ fn csv_quotes_semicolons_missing_tokens_and_bom() {
     let t = csv_table("\u{feff}name;note;value\n\"Smith; J\";\"said \"\"hi\"\"\";1.5\nDoe;NA;\n");
     assert_eq!(t.names, ["name", "note", "value"]);
     assert_eq!(t.num_rows(), 2);
-    let Column::Text(names) = &t.columns[0] else { panic!() };
+    let Column::Text(names) = &t.columns[0] else {
+        panic!()
+    };
     assert_eq!(names[0].as_deref(), Some("Smith; J"));
-    let Column::Text(notes) = &t.columns[1] else { panic!() };
+    let Column::Text(notes) = &t.columns[1] else {
+        panic!()
+    };
     assert_eq!(notes[0].as_deref(), Some("said \"hi\""));
     assert_eq!(notes[1], None, "NA is missing");
-    let Column::Text(values) = &t.columns[2] else { panic!() };
+    let Column::Text(values) = &t.columns[2] else {
+        panic!()
+    };
     assert_eq!(values[1], None, "empty is missing");
     assert_eq!(t.lines, [2, 3]);
 }
@@ -40,7 +47,14 @@ fn csv_quotes_semicolons_missing_tokens_and_bom() {
 fn inference_of_types_and_task() {
     let mut text = String::from("id,age,city,member,score,label\n");
     for i in 0..60 {
-        text.push_str(&format!("u{i},{},{},{},{}.5,{}\n", 20 + i, ["a", "b", "c"][i % 3], if i % 2 == 0 { "yes" } else { "no" }, i, i % 2));
+        text.push_str(&format!(
+            "u{i},{},{},{},{}.5,{}\n",
+            20 + i,
+            ["a", "b", "c"][i % 3],
+            if i % 2 == 0 { "yes" } else { "no" },
+            i,
+            i % 2
+        ));
     }
     let t = csv_table(&text);
     let s = infer_schema(&t, &config("label")).unwrap();
@@ -66,10 +80,21 @@ fn stratified_split_keeps_balance_and_is_seeded() {
     let other = split_rows(&t, &s, &c.data, 2).unwrap();
     assert_eq!(a, b);
     assert_ne!(a.train, other.train);
-    let all: HashSet<usize> = a.train.iter().chain(&a.validation).chain(&a.test).copied().collect();
+    let all: HashSet<usize> = a
+        .train
+        .iter()
+        .chain(&a.validation)
+        .chain(&a.test)
+        .copied()
+        .collect();
     assert_eq!(all.len(), t.num_rows(), "splits partition the rows");
     let target = &t.columns[t.column_index("target").unwrap()];
-    let share = |rows: &[usize]| rows.iter().filter(|&&r| target.text(r).as_deref() == Some("1")).count() as f64 / rows.len() as f64;
+    let share = |rows: &[usize]| {
+        rows.iter()
+            .filter(|&&r| target.text(r).as_deref() == Some("1"))
+            .count() as f64
+            / rows.len() as f64
+    };
     let overall = share(&(0..t.num_rows()).collect::<Vec<_>>());
     assert!((share(&a.test) - overall).abs() < 0.02);
     assert!((share(&a.train) - overall).abs() < 0.02);
@@ -99,8 +124,24 @@ fn preprocessing_fits_on_train_only_and_round_trips() {
     let t = csv_table("x,c,y\n1,a,p\n2,b,q\n3,a,p\n,a,q\n100,zz,p\n");
     let mut c = config("y");
     c.features = vec![
-        FeatureConfig { name: "x".into(), kind: None, missing: Some(MissingStrategy::Median), fill_value: None, normalization: Some(Normalization::MinMax), encoding: None, embedding_dim: None },
-        FeatureConfig { name: "c".into(), kind: Some(FeatureType::Categorical), missing: None, fill_value: None, normalization: None, encoding: Some(CategoricalEncoding::OneHot), embedding_dim: None },
+        FeatureConfig {
+            name: "x".into(),
+            kind: None,
+            missing: Some(MissingStrategy::Median),
+            fill_value: None,
+            normalization: Some(Normalization::MinMax),
+            encoding: None,
+            embedding_dim: None,
+        },
+        FeatureConfig {
+            name: "c".into(),
+            kind: Some(FeatureType::Categorical),
+            missing: None,
+            fill_value: None,
+            normalization: None,
+            encoding: Some(CategoricalEncoding::OneHot),
+            embedding_dim: None,
+        },
     ];
     let s = infer_schema(&t, &c).unwrap();
     let train = [0, 1, 2, 3];
@@ -136,7 +177,9 @@ fn zscore_has_zero_mean_on_train_and_drop_counts_rows() {
         let mean: f64 = (0..e.rows).map(|r| e.x[r * w + f] as f64).sum::<f64>() / e.rows as f64;
         assert!(mean.abs() < 1e-4, "feature {f} mean {mean}");
     }
-    let Some(Target::Values(y)) = &e.y else { panic!() };
+    let Some(Target::Values(y)) = &e.y else {
+        panic!()
+    };
     let ym: f64 = y.iter().map(|&v| v as f64).sum::<f64>() / y.len() as f64;
     assert!(ym.abs() < 1e-4, "standardised target");
 
@@ -161,7 +204,13 @@ fn duplicates_are_dropped_and_counted() {
 
 #[test]
 fn builtin_sets_load() {
-    for (name, rows, cols) in [("digits", 1797, 65), ("iris", 150, 5), ("breast_cancer", 569, 31), ("diabetes", 442, 11), ("wine_quality", 1599, 12)] {
+    for (name, rows, cols) in [
+        ("digits", 1797, 65),
+        ("iris", 150, 5),
+        ("breast_cancer", 569, 31),
+        ("diabetes", 442, 11),
+        ("wine_quality", 1599, 12),
+    ] {
         let t = load_builtin(name).unwrap();
         assert_eq!((t.num_rows(), t.names.len()), (rows, cols), "{name}");
     }

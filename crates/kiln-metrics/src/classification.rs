@@ -65,7 +65,11 @@ fn check(y_true: &[usize], proba: &[f32], num_classes: usize) -> Result<usize, M
         });
     }
     if let Some((index, &label)) = y_true.iter().enumerate().find(|(_, l)| **l >= num_classes) {
-        return Err(MetricsError::LabelOutOfRange { label, index, num_classes });
+        return Err(MetricsError::LabelOutOfRange {
+            label,
+            index,
+            num_classes,
+        });
     }
     Ok(y_true.len())
 }
@@ -88,7 +92,11 @@ fn ratio(num: f64, den: f64) -> f64 {
 impl ClassificationMetrics {
     /// Scores class probabilities `proba` (row-major, `y_true.len() x num_classes`) against
     /// the true labels. The predicted class is the arg-max of each row.
-    pub fn compute(y_true: &[usize], proba: &[f32], num_classes: usize) -> Result<Self, MetricsError> {
+    pub fn compute(
+        y_true: &[usize],
+        proba: &[f32],
+        num_classes: usize,
+    ) -> Result<Self, MetricsError> {
         let n = check(y_true, proba, num_classes)?;
         let k = num_classes;
         let mut confusion = vec![vec![0usize; k]; k];
@@ -105,11 +113,21 @@ impl ClassificationMetrics {
             let precision = ratio(tp, predicted as f64);
             let recall = ratio(tp, support as f64);
             let f1 = ratio(2.0 * precision * recall, precision + recall);
-            per_class.push(ClassMetrics { precision, recall, f1, support });
+            per_class.push(ClassMetrics {
+                precision,
+                recall,
+                f1,
+                support,
+            });
         }
-        let macro_avg = |f: fn(&ClassMetrics) -> f64| per_class.iter().map(f).sum::<f64>() / k as f64;
+        let macro_avg =
+            |f: fn(&ClassMetrics) -> f64| per_class.iter().map(f).sum::<f64>() / k as f64;
         let weighted = |f: fn(&ClassMetrics) -> f64| {
-            per_class.iter().map(|m| f(m) * m.support as f64).sum::<f64>() / n as f64
+            per_class
+                .iter()
+                .map(|m| f(m) * m.support as f64)
+                .sum::<f64>()
+                / n as f64
         };
         let accuracy = correct as f64 / n as f64;
         let top_k_accuracy = (1..=k.min(5))
@@ -190,7 +208,11 @@ pub fn roc_curve(positive: &[bool], scores: &[f32]) -> Result<Option<RocCurve>, 
     while i < order.len() {
         let threshold = scores[order[i]];
         while i < order.len() && scores[order[i]] == threshold {
-            if positive[order[i]] { tp += 1.0 } else { fp += 1.0 }
+            if positive[order[i]] {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
             i += 1;
         }
         fpr.push(fp / total_neg);
@@ -220,7 +242,10 @@ pub fn log_loss(y_true: &[usize], proba: &[f32], num_classes: usize) -> Result<f
     let mut total = 0.0;
     for (i, &t) in y_true.iter().enumerate() {
         let row = &proba[i * num_classes..(i + 1) * num_classes];
-        let clipped: Vec<f64> = row.iter().map(|&p| (p as f64).clamp(eps, 1.0 - eps)).collect();
+        let clipped: Vec<f64> = row
+            .iter()
+            .map(|&p| (p as f64).clamp(eps, 1.0 - eps))
+            .collect();
         let sum: f64 = clipped.iter().sum();
         total -= (clipped[t] / sum).ln();
     }

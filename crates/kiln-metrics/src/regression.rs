@@ -45,6 +45,11 @@ impl RegressionMetrics {
         } else {
             1.0 - ss_res / ss_tot
         };
-        Ok(Self { mse, rmse: mse.sqrt(), mae: abs / n, r2 })
+        Ok(Self {
+            mse,
+            rmse: mse.sqrt(),
+            mae: abs / n,
+            r2,
+        })
     }
 }

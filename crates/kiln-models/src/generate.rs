@@ -24,19 +24,31 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { temperature: 0.8, top_k: 0, top_p: 1.0, seed: 1337, use_cache: true }
+        Self {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 1337,
+            use_cache: true,
+        }
     }
 }
 
 /// Picks the next token from `logits` of one position.
 pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32 {
     if cfg.temperature <= 0.0 {
-        return logits.iter().enumerate().fold(0, |b, (i, &v)| if v > logits[b] { i } else { b }) as u32;
+        return logits
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, &v)| if v > logits[b] { i } else { b }) as u32;
     }
     if cfg.top_k == 0 && cfg.top_p >= 1.0 {
         // Plain temperature sampling: no need to sort the vocabulary.
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let weights: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / cfg.temperature).exp()).collect();
+        let weights: Vec<f64> = logits
+            .iter()
+            .map(|&l| ((l as f64 - max) / cfg.temperature).exp())
+            .collect();
         let total: f64 = weights.iter().sum();
         let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
         let mut acc = 0.0;
@@ -54,7 +66,10 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32
         order.truncate(cfg.top_k);
     }
     let max = logits[order[0]] as f64;
-    let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / cfg.temperature).exp()).collect();
+    let mut probs: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / cfg.temperature).exp())
+        .collect();
     let sum: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= sum);
     if cfg.top_p < 1.0 {
@@ -82,7 +97,13 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32
 
 fn last_logits(logits: Tensor<3>) -> Vec<f32> {
     let [_, t, v] = logits.dims();
-    logits.narrow(1, t - 1, 1).reshape([v]).into_data().convert::<f32>().try_to_vec().expect("f32 logits")
+    logits
+        .narrow(1, t - 1, 1)
+        .reshape([v])
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32 logits")
 }
 
 fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
@@ -103,7 +124,10 @@ pub fn generate(
 ) -> Vec<u32> {
     let model = model.valid();
     let context = model.context();
-    assert!(!prompt.is_empty() && prompt.len() <= context, "prompt length must be in 1..=context");
+    assert!(
+        !prompt.is_empty() && prompt.len() <= context,
+        "prompt length must be in 1..=context"
+    );
     let mut rng = SplitMix64::derive(cfg.seed, 0x6E4E);
     let mut tokens = prompt.to_vec();
     let mut cache = KvCache::new();

@@ -3,7 +3,10 @@
 //! [`Gpt::forward_cached`] decodes with a key/value cache.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
 use burn::prelude::{Bool, Device, Int, Tensor};
 use burn::tensor::activation::{gelu, softmax};
 use serde::{Deserialize, Serialize};
@@ -32,11 +35,21 @@ pub struct GptConfig {
 impl GptConfig {
     /// Checks the shape is buildable.
     pub fn validate(&self) -> Result<(), String> {
-        if self.vocab_size == 0 || self.context == 0 || self.layers == 0 || self.heads == 0 || self.embd == 0 {
-            return Err("vocab_size, context, layers, heads and embd must all be at least 1".into());
+        if self.vocab_size == 0
+            || self.context == 0
+            || self.layers == 0
+            || self.heads == 0
+            || self.embd == 0
+        {
+            return Err(
+                "vocab_size, context, layers, heads and embd must all be at least 1".into(),
+            );
         }
         if !self.embd.is_multiple_of(self.heads) {
-            return Err(format!("embd ({}) must be divisible by heads ({})", self.embd, self.heads));
+            return Err(format!(
+                "embd ({}) must be divisible by heads ({})",
+                self.embd, self.heads
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
@@ -111,12 +124,21 @@ impl KvCache {
 impl CausalSelfAttention {
     /// `x` is `[B, T, C]`; with a cache, `x` holds only the new positions, which attend to
     /// the cached ones and causally among themselves.
-    fn forward(&self, x: Tensor<3>, cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let h = self.heads;
         let d = c / h;
         let qkv = self.qkv.forward(x);
-        let split = |i: usize| qkv.clone().narrow(2, i * c, c).reshape([b, t, h, d]).swap_dims(1, 2);
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * c, c)
+                .reshape([b, t, h, d])
+                .swap_dims(1, 2)
+        };
         let (q, mut k, mut v) = (split(0), split(1), split(2));
         let mut past = 0;
         if let Some(slot) = cache {
@@ -131,7 +153,8 @@ impl CausalSelfAttention {
         let att = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()); // [B, H, T, total]
         let att = if t > 1 {
             // New position i (absolute past + i) may see keys 0..=past + i.
-            let mask = Tensor::<2, Bool>::triu_mask([t, total], past as i64 + 1, &att.device()).bool_not();
+            let mask =
+                Tensor::<2, Bool>::triu_mask([t, total], past as i64 + 1, &att.device()).bool_not();
             let mask: Tensor<4, Bool> = mask.unsqueeze::<4>().expand([b, h, t, total]);
             att.mask_fill(mask, f32::NEG_INFINITY)
         } else {
@@ -146,9 +169,21 @@ impl CausalSelfAttention {
 impl Gpt {
     /// A freshly initialised model (GPT-2 style: N(0, 0.02) embeddings).
     pub fn new(cfg: &GptConfig, device: &Device) -> Self {
-        let init = burn::nn::Initializer::Normal { mean: 0.0, std: 0.02 };
-        let linear = |i: usize, o: usize| LinearConfig::new(i, o).with_bias(cfg.bias).with_initializer(init.clone()).init(device);
-        let ln = || LayerNormConfig::new(cfg.embd).with_bias(cfg.bias).init(device);
+        let init = burn::nn::Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let linear = |i: usize, o: usize| {
+            LinearConfig::new(i, o)
+                .with_bias(cfg.bias)
+                .with_initializer(init.clone())
+                .init(device)
+        };
+        let ln = || {
+            LayerNormConfig::new(cfg.embd)
+                .with_bias(cfg.bias)
+                .init(device)
+        };
         let drop = || DropoutConfig::new(cfg.dropout).init();
         let blocks = (0..cfg.layers)
             .map(|_| Block {
@@ -161,16 +196,29 @@ impl Gpt {
                     heads: cfg.heads,
                 },
                 ln2: ln(),
-                mlp: Mlp { fc: linear(cfg.embd, 4 * cfg.embd), proj: linear(4 * cfg.embd, cfg.embd), drop: drop() },
+                mlp: Mlp {
+                    fc: linear(cfg.embd, 4 * cfg.embd),
+                    proj: linear(4 * cfg.embd, cfg.embd),
+                    drop: drop(),
+                },
             })
             .collect();
         Self {
-            wte: EmbeddingConfig::new(cfg.vocab_size, cfg.embd).with_initializer(init.clone()).init(device),
-            wpe: EmbeddingConfig::new(cfg.context, cfg.embd).with_initializer(init.clone()).init(device),
+            wte: EmbeddingConfig::new(cfg.vocab_size, cfg.embd)
+                .with_initializer(init.clone())
+                .init(device),
+            wpe: EmbeddingConfig::new(cfg.context, cfg.embd)
+                .with_initializer(init.clone())
+                .init(device),
             drop: drop(),
             blocks,
             ln_f: ln(),
-            head: (!cfg.tied_head).then(|| LinearConfig::new(cfg.embd, cfg.vocab_size).with_bias(false).with_initializer(init).init(device)),
+            head: (!cfg.tied_head).then(|| {
+                LinearConfig::new(cfg.embd, cfg.vocab_size)
+                    .with_bias(false)
+                    .with_initializer(init)
+                    .init(device)
+            }),
             context: cfg.context,
         }
     }
@@ -183,10 +231,20 @@ impl Gpt {
     fn run(&self, idx: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
         let [b, t] = idx.dims();
         let start = cache.as_ref().map(|c| c.len).unwrap_or(0);
-        assert!(start + t <= self.context, "sequence of {} exceeds the context {}", start + t, self.context);
+        assert!(
+            start + t <= self.context,
+            "sequence of {} exceeds the context {}",
+            start + t,
+            self.context
+        );
         let device = idx.device();
-        let pos = Tensor::<1, Int>::arange(start as i64..(start + t) as i64, &device).reshape([1, t]);
-        let x = self.wte.forward(idx) + self.wpe.forward(pos).expand([b, t, self.wpe.weight.dims()[1]]);
+        let pos =
+            Tensor::<1, Int>::arange(start as i64..(start + t) as i64, &device).reshape([1, t]);
+        let x = self.wte.forward(idx)
+            + self
+                .wpe
+                .forward(pos)
+                .expand([b, t, self.wpe.weight.dims()[1]]);
         let mut x = self.drop.forward(x);
         if let Some(c) = cache.as_deref_mut()
             && c.layers.len() != self.blocks.len()

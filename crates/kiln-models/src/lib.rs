@@ -14,8 +14,8 @@ mod spec;
 
 pub use generate::{SamplingConfig, generate, sample};
 pub use gpt::{Gpt, GptConfig, KvCache};
-pub use network::{Network, Outputs};
 pub use kiln_data::InputShape;
+pub use network::{Network, Outputs};
 pub use spec::{ModelSpec, SpecError};
 
 pub use burn::prelude::{Device, Int, Tensor};

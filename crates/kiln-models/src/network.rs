@@ -2,8 +2,8 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{
-    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig,
-    PaddingConfig2d,
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear,
+    LinearConfig, PaddingConfig2d,
 };
 use burn::prelude::{Device, Int, Tensor};
 use burn::tensor::activation;
@@ -69,22 +69,36 @@ impl Network {
             .conv
             .iter()
             .map(|layer| {
-                let conv = Conv2dConfig::new([in_channels, layer.filters], [layer.kernel, layer.kernel])
-                    .with_stride([layer.stride, layer.stride])
-                    .with_padding(PaddingConfig2d::Explicit(layer.padding, layer.padding, layer.padding, layer.padding))
-                    .init(device);
+                let conv =
+                    Conv2dConfig::new([in_channels, layer.filters], [layer.kernel, layer.kernel])
+                        .with_stride([layer.stride, layer.stride])
+                        .with_padding(PaddingConfig2d::Explicit(
+                            layer.padding,
+                            layer.padding,
+                            layer.padding,
+                            layer.padding,
+                        ))
+                        .init(device);
                 in_channels = layer.filters;
                 ConvBlock {
                     conv,
-                    norm: layer.batch_norm.then(|| BatchNormConfig::new(layer.filters).init(device)),
+                    norm: layer
+                        .batch_norm
+                        .then(|| BatchNormConfig::new(layer.filters).init(device)),
                     pool: (layer.pool > 1).then(|| {
-                        MaxPool2dConfig::new([layer.pool, layer.pool]).with_strides([layer.pool, layer.pool]).init()
+                        MaxPool2dConfig::new([layer.pool, layer.pool])
+                            .with_strides([layer.pool, layer.pool])
+                            .init()
                     }),
                     dropout: DropoutConfig::new(layer.dropout).init(),
                 }
             })
             .collect();
-        let embeddings = spec.embeddings.iter().map(|&(n, d)| EmbeddingConfig::new(n, d).init(device)).collect();
+        let embeddings = spec
+            .embeddings
+            .iter()
+            .map(|&(n, d)| EmbeddingConfig::new(n, d).init(device))
+            .collect();
         let mut width = spec.head_input();
         let hidden = spec
             .hidden
@@ -92,7 +106,9 @@ impl Network {
             .map(|&h| {
                 let block = DenseBlock {
                     linear: LinearConfig::new(width, h).init(device),
-                    norm: spec.batch_norm.then(|| BatchNormConfig::new(h).init(device)),
+                    norm: spec
+                        .batch_norm
+                        .then(|| BatchNormConfig::new(h).init(device)),
                     dropout: DropoutConfig::new(spec.dropout).init(),
                 };
                 width = h;
@@ -101,7 +117,14 @@ impl Network {
             .collect();
         let output = LinearConfig::new(width, spec.outputs).init(device);
         debug_assert!(spec.kind != ModelKind::Cnn || !spec.conv.is_empty());
-        Self { convs, embeddings, hidden, output, activation: spec.activation, input: spec.input }
+        Self {
+            convs,
+            embeddings,
+            hidden,
+            output,
+            activation: spec.activation,
+            input: spec.input,
+        }
     }
 
     /// Forward pass. `x` is `[batch, input size]` (images flattened row-major); `categories`
@@ -111,7 +134,12 @@ impl Network {
         let mut h = if self.convs.is_empty() {
             x
         } else {
-            let InputShape::Image { channels, height, width } = self.input else {
+            let InputShape::Image {
+                channels,
+                height,
+                width,
+            } = self.input
+            else {
                 unreachable!("a CNN is only built for image input")
             };
             let mut img: Tensor<4> = x.reshape([batch, channels, height, width]);

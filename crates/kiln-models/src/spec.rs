@@ -29,10 +29,14 @@ pub struct ModelSpec {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpecError {
     /// A CNN needs image input.
-    #[error("model.type = \"cnn\" needs an image feature (e.g. an IDX source); this data is tabular")]
+    #[error(
+        "model.type = \"cnn\" needs an image feature (e.g. an IDX source); this data is tabular"
+    )]
     CnnNeedsImages,
     /// The conv stack shrinks the image to nothing.
-    #[error("model.conv[{layer}]: the feature map is {height}x{width} before this layer, too small for kernel {kernel} (pool {pool})")]
+    #[error(
+        "model.conv[{layer}]: the feature map is {height}x{width} before this layer, too small for kernel {kernel} (pool {pool})"
+    )]
     ConvTooSmall {
         /// Layer index.
         layer: usize,
@@ -60,11 +64,19 @@ impl ModelSpec {
             input,
             embeddings,
             outputs,
-            hidden: if config.kind == ModelKind::Linear { Vec::new() } else { config.hidden.clone() },
+            hidden: if config.kind == ModelKind::Linear {
+                Vec::new()
+            } else {
+                config.hidden.clone()
+            },
             activation: config.activation,
             dropout: config.dropout,
             batch_norm: config.batch_norm,
-            conv: if config.kind == ModelKind::Cnn { config.conv.clone() } else { Vec::new() },
+            conv: if config.kind == ModelKind::Cnn {
+                config.conv.clone()
+            } else {
+                Vec::new()
+            },
         };
         if spec.kind == ModelKind::Cnn {
             if !matches!(input, InputShape::Image { .. }) {
@@ -78,11 +90,21 @@ impl ModelSpec {
     /// `(channels, height, width)` after the conv stack, or the input's for no convs.
     pub fn conv_output(&self) -> Result<(usize, usize, usize), SpecError> {
         let (mut c, mut h, mut w) = match self.input {
-            InputShape::Image { channels, height, width } => (channels, height, width),
+            InputShape::Image {
+                channels,
+                height,
+                width,
+            } => (channels, height, width),
             InputShape::Flat { width } => (1, 1, width),
         };
         for (layer, conv) in self.conv.iter().enumerate() {
-            let too_small = SpecError::ConvTooSmall { layer, height: h, width: w, kernel: conv.kernel, pool: conv.pool };
+            let too_small = SpecError::ConvTooSmall {
+                layer,
+                height: h,
+                width: w,
+                kernel: conv.kernel,
+                pool: conv.pool,
+            };
             let (ph, pw) = (h + 2 * conv.padding, w + 2 * conv.padding);
             if ph < conv.kernel || pw < conv.kernel {
                 return Err(too_small);

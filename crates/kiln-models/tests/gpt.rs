@@ -4,7 +4,16 @@ use burn::prelude::{Device, Int, Tensor, TensorData};
 use kiln_models::{Gpt, GptConfig, KvCache};
 
 fn config(tied: bool) -> GptConfig {
-    GptConfig { vocab_size: 37, context: 32, layers: 2, heads: 4, embd: 32, dropout: 0.0, bias: true, tied_head: tied }
+    GptConfig {
+        vocab_size: 37,
+        context: 32,
+        layers: 2,
+        heads: 4,
+        embd: 32,
+        dropout: 0.0,
+        bias: true,
+        tied_head: tied,
+    }
 }
 
 fn ids(v: &[i64], device: &Device) -> Tensor<2, Int> {
@@ -13,11 +22,19 @@ fn ids(v: &[i64], device: &Device) -> Tensor<2, Int> {
 
 fn row(t: Tensor<3>, pos: usize) -> Vec<f32> {
     let [_, _, v] = t.dims();
-    t.narrow(1, pos, 1).reshape([v]).into_data().convert::<f32>().try_to_vec().unwrap()
+    t.narrow(1, pos, 1)
+        .reshape([v])
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -28,9 +45,15 @@ fn future_tokens_do_not_change_past_logits() {
     let a = gpt.forward(ids(&[1, 2, 3, 4, 5, 6], &device));
     let b = gpt.forward(ids(&[1, 2, 3, 9, 9, 9], &device));
     for pos in 0..3 {
-        assert!(max_diff(&row(a.clone(), pos), &row(b.clone(), pos)) < 1e-6, "position {pos} saw the future");
+        assert!(
+            max_diff(&row(a.clone(), pos), &row(b.clone(), pos)) < 1e-6,
+            "position {pos} saw the future"
+        );
     }
-    assert!(max_diff(&row(a, 3), &row(b, 3)) > 1e-4, "position 3 sees its own token");
+    assert!(
+        max_diff(&row(a, 3), &row(b, 3)) > 1e-4,
+        "position 3 sees its own token"
+    );
 }
 
 #[test]
@@ -52,7 +75,10 @@ fn cached_decoding_matches_uncached_logits() {
             let step = gpt.forward_cached(ids(&tokens[t..t + 1], &device), &mut cache);
             let full = gpt.forward(ids(&tokens[..t + 1], &device));
             let d = max_diff(&row(step, 0), &row(full, t));
-            assert!(d < 1e-4, "tied={tied} position {t}: cached and uncached logits differ by {d}");
+            assert!(
+                d < 1e-4,
+                "tied={tied} position {t}: cached and uncached logits differ by {d}"
+            );
         }
         assert_eq!(cache.len(), tokens.len());
     }

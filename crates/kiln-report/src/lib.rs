@@ -16,7 +16,10 @@ pub struct PlotError {
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> PlotError {
-    PlotError { path: path.display().to_string(), message: e.to_string() }
+    PlotError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
 }
 
 const COLORS: [RGBColor; 6] = [
@@ -53,7 +56,13 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 /// Draws a line chart of `series` to an SVG file.
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> Result<(), PlotError> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> Result<(), PlotError> {
     let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
     let (x0, x1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
@@ -74,12 +83,19 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         .map_err(|e| err(path, e))?;
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let points: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite()).collect();
+        let points: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.1.is_finite())
+            .collect();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(|e| err(path, e))?
             .label(s.name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -91,7 +107,11 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
 }
 
 /// Draws a confusion matrix (`matrix[true][predicted]`) as a heat map with counts.
-pub fn confusion_matrix(path: &Path, classes: &[String], matrix: &[Vec<usize>]) -> Result<(), PlotError> {
+pub fn confusion_matrix(
+    path: &Path,
+    classes: &[String],
+    matrix: &[Vec<usize>],
+) -> Result<(), PlotError> {
     use plotters::style::text_anchor::{HPos, Pos, VPos};
     let k = classes.len();
     let cell = (480 / k.max(1)).clamp(24, 80) as u32;
@@ -99,7 +119,10 @@ pub fn confusion_matrix(path: &Path, classes: &[String], matrix: &[Vec<usize>]) 
     let root = SVGBackend::new(path, (side + 160, side + 140)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Confusion matrix (rows: true, columns: predicted)", ("sans-serif", 16))
+        .caption(
+            "Confusion matrix (rows: true, columns: predicted)",
+            ("sans-serif", 16),
+        )
         .margin(10)
         .x_label_area_size(50)
         .y_label_area_size(90)
@@ -129,14 +152,24 @@ pub fn confusion_matrix(path: &Path, classes: &[String], matrix: &[Vec<usize>]) 
             let fill = RGBColor(shade, shade, 255);
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(SegmentValue::Exact(p), SegmentValue::Exact(y + 1)), (SegmentValue::Exact(p + 1), SegmentValue::Exact(y))],
+                    [
+                        (SegmentValue::Exact(p), SegmentValue::Exact(y + 1)),
+                        (SegmentValue::Exact(p + 1), SegmentValue::Exact(y)),
+                    ],
                     fill.filled(),
                 )))
                 .map_err(|e| err(path, e))?;
             let text_color = if intensity > 0.6 { WHITE } else { BLACK };
-            let style = ("sans-serif", 14).into_font().color(&text_color).pos(Pos::new(HPos::Center, VPos::Center));
+            let style = ("sans-serif", 14)
+                .into_font()
+                .color(&text_color)
+                .pos(Pos::new(HPos::Center, VPos::Center));
             chart
-                .draw_series(std::iter::once(Text::new(count.to_string(), (SegmentValue::CenterOf(p), SegmentValue::CenterOf(y)), style)))
+                .draw_series(std::iter::once(Text::new(
+                    count.to_string(),
+                    (SegmentValue::CenterOf(p), SegmentValue::CenterOf(y)),
+                    style,
+                )))
                 .map_err(|e| err(path, e))?;
         }
     }
@@ -161,10 +194,16 @@ pub fn roc_curve(path: &Path, fpr: &[f64], tpr: &[f64], auc: f64) -> Result<(), 
         .draw()
         .map_err(|e| err(path, e))?;
     chart
-        .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], RGBColor(180, 180, 180)))
+        .draw_series(LineSeries::new(
+            vec![(0.0, 0.0), (1.0, 1.0)],
+            RGBColor(180, 180, 180),
+        ))
         .map_err(|e| err(path, e))?;
     chart
-        .draw_series(LineSeries::new(fpr.iter().copied().zip(tpr.iter().copied()), COLORS[0].stroke_width(2)))
+        .draw_series(LineSeries::new(
+            fpr.iter().copied().zip(tpr.iter().copied()),
+            COLORS[0].stroke_width(2),
+        ))
         .map_err(|e| err(path, e))?;
     root.present().map_err(|e| err(path, e))
 }

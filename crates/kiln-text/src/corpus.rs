@@ -22,7 +22,11 @@ pub enum TokenDtype {
 impl TokenDtype {
     /// The narrowest type for `vocab_size`.
     pub fn for_vocab(vocab_size: usize) -> Self {
-        if vocab_size <= 1 << 16 { TokenDtype::U16 } else { TokenDtype::U32 }
+        if vocab_size <= 1 << 16 {
+            TokenDtype::U16
+        } else {
+            TokenDtype::U32
+        }
     }
     /// Bytes per token.
     pub fn width(self) -> usize {
@@ -61,7 +65,10 @@ pub fn read_corpus(paths: &[PathBuf]) -> Result<String> {
     let mut text = String::new();
     for path in paths {
         let display = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| TextError::Io { path: display.clone(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| TextError::Io {
+            path: display.clone(),
+            source: e,
+        })?;
         match String::from_utf8(bytes) {
             Ok(s) => {
                 if !text.is_empty() && !text.ends_with('\n') {
@@ -71,8 +78,16 @@ pub fn read_corpus(paths: &[PathBuf]) -> Result<String> {
             }
             Err(e) => {
                 let offset = e.utf8_error().valid_up_to();
-                let line = e.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
-                return Err(TextError::NotUtf8 { path: display, offset, line });
+                let line = e.as_bytes()[..offset]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1;
+                return Err(TextError::NotUtf8 {
+                    path: display,
+                    offset,
+                    line,
+                });
             }
         }
     }
@@ -85,7 +100,10 @@ pub fn read_corpus(paths: &[PathBuf]) -> Result<String> {
 
 /// Writes `ids` as a token file.
 pub fn write_token_file(path: &Path, ids: &[u32], dtype: TokenDtype) -> Result<()> {
-    let io = |e| TextError::Io { path: path.display().to_string(), source: e };
+    let io = |e| TextError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     for &id in ids {
         match dtype {
@@ -93,16 +111,31 @@ pub fn write_token_file(path: &Path, ids: &[u32], dtype: TokenDtype) -> Result<(
             TokenDtype::U32 => f.write_all(&id.to_le_bytes()).map_err(io)?,
         }
     }
-    f.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)
+    f.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)
 }
 
 /// Tokenizes `text`, splits it (the last `val_fraction` of the characters is validation, as
 /// nanoGPT) and writes `train.bin`, `val.bin`, `meta.json` and `tokenizer.json` to `out`.
-pub fn prepare_corpus(text: &str, tokenizer: &TextTokenizer, out: &Path, val_fraction: f64) -> Result<CorpusReport> {
-    std::fs::create_dir_all(out).map_err(|e| TextError::Io { path: out.display().to_string(), source: e })?;
+pub fn prepare_corpus(
+    text: &str,
+    tokenizer: &TextTokenizer,
+    out: &Path,
+    val_fraction: f64,
+) -> Result<CorpusReport> {
+    std::fs::create_dir_all(out).map_err(|e| TextError::Io {
+        path: out.display().to_string(),
+        source: e,
+    })?;
     let total_chars = text.chars().count();
     let val_chars = ((total_chars as f64) * val_fraction).round() as usize;
-    let split_at = text.char_indices().nth(total_chars - val_chars).map(|(i, _)| i).unwrap_or(text.len());
+    let split_at = text
+        .char_indices()
+        .nth(total_chars - val_chars)
+        .map(|(i, _)| i)
+        .unwrap_or(text.len());
     let (train_text, val_text) = text.split_at(split_at);
     let dtype = TokenDtype::for_vocab(tokenizer.vocab_size());
     let train = tokenizer.encode_long(train_text)?;
@@ -120,8 +153,12 @@ pub fn prepare_corpus(text: &str, tokenizer: &TextTokenizer, out: &Path, val_fra
         tokenizer_crc32: crc32(&tokenizer.to_json()?),
     };
     let meta_path = out.join("meta.json");
-    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).expect("meta"))
-        .map_err(|e| TextError::Io { path: meta_path.display().to_string(), source: e })?;
+    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).expect("meta")).map_err(|e| {
+        TextError::Io {
+            path: meta_path.display().to_string(),
+            source: e,
+        }
+    })?;
     Ok(meta)
 }
 
@@ -131,7 +168,11 @@ pub fn crc32(s: &str) -> u32 {
     for &b in s.as_bytes() {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -150,20 +191,35 @@ impl TokenFile {
     /// (ids are checked as windows are read).
     pub fn open(path: &Path, dtype: TokenDtype) -> Result<Self> {
         let display = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|e| TextError::Io { path: display.clone(), source: e })?;
+        let file = std::fs::File::open(path).map_err(|e| TextError::Io {
+            path: display.clone(),
+            source: e,
+        })?;
         // SAFETY: the map is read-only and kiln never writes a token file it has open; a file
         // truncated by another process underneath would fault, as with any mmap reader.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| TextError::Io { path: display.clone(), source: e })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| TextError::Io {
+            path: display.clone(),
+            source: e,
+        })?;
         if map.len() % dtype.width() != 0 {
             return Err(TextError::TokenFile {
                 path: display,
-                message: format!("{} bytes is not a whole number of {:?} tokens", map.len(), dtype),
+                message: format!(
+                    "{} bytes is not a whole number of {:?} tokens",
+                    map.len(),
+                    dtype
+                ),
             });
         }
         let len = map.len() / dtype.width();
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Random);
-        Ok(Self { path: path.to_path_buf(), map, dtype, len })
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            dtype,
+            len,
+        })
     }
 
     /// Number of tokens.
@@ -191,11 +247,20 @@ impl TokenFile {
 
     /// A batch of `batch` random windows of `context + 1` tokens drawn by `rng`: inputs are
     /// the first `context`, targets the last `context` of each window (row-major, `i64`).
-    pub fn random_batch(&self, rng: &mut SplitMix64, batch: usize, context: usize, vocab_size: usize) -> Result<(Vec<i64>, Vec<i64>)> {
+    pub fn random_batch(
+        &self,
+        rng: &mut SplitMix64,
+        batch: usize,
+        context: usize,
+        vocab_size: usize,
+    ) -> Result<(Vec<i64>, Vec<i64>)> {
         if self.len < context + 1 {
             return Err(TextError::TokenFile {
                 path: self.path.display().to_string(),
-                message: format!("{} tokens is shorter than one window of context {} + 1", self.len, context),
+                message: format!(
+                    "{} tokens is shorter than one window of context {} + 1",
+                    self.len, context
+                ),
             });
         }
         let mut x = Vec::with_capacity(batch * context);
@@ -206,7 +271,9 @@ impl TokenFile {
             if let Some(bad) = w.iter().find(|&&t| t as usize >= vocab_size) {
                 return Err(TextError::TokenFile {
                     path: self.path.display().to_string(),
-                    message: format!("token id {bad} is outside the vocabulary of {vocab_size}: file and tokenizer do not match"),
+                    message: format!(
+                        "token id {bad} is outside the vocabulary of {vocab_size}: file and tokenizer do not match"
+                    ),
                 });
             }
             x.extend(w[..context].iter().map(|&t| t as i64));

@@ -11,7 +11,10 @@
 mod corpus;
 mod tokenizer;
 
-pub use corpus::{CorpusReport, TokenDtype, TokenFile, TokenFileMeta, prepare_corpus, read_corpus, write_token_file};
+pub use corpus::{
+    CorpusReport, TokenDtype, TokenFile, TokenFileMeta, prepare_corpus, read_corpus,
+    write_token_file,
+};
 pub use tokenizer::{TextTokenizer, TokenizerKind};
 
 /// Text pipeline errors, naming the file and what was expected.
@@ -26,7 +29,9 @@ pub enum TextError {
         source: std::io::Error,
     },
     /// A corpus file is not UTF-8.
-    #[error("{path}: not valid UTF-8 at byte {offset} (line {line}); kiln reads text corpora as UTF-8")]
+    #[error(
+        "{path}: not valid UTF-8 at byte {offset} (line {line}); kiln reads text corpora as UTF-8"
+    )]
     NotUtf8 {
         /// The file.
         path: String,

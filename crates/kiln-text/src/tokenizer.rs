@@ -42,7 +42,9 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer").field("vocab_size", &self.vocab_size()).finish()
+        f.debug_struct("TextTokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .finish()
     }
 }
 
@@ -83,7 +85,8 @@ impl TextTokenizer {
             "decoder": {"type": "Fuse"},
             "model": {"type": "WordLevel", "vocab": vocab, "unk_token": UNK},
         });
-        let inner = Tokenizer::from_bytes(serde_json::to_vec(&json).expect("json")).map_err(tk_err)?;
+        let inner =
+            Tokenizer::from_bytes(serde_json::to_vec(&json).expect("json")).map_err(tk_err)?;
         Ok(Self { inner })
     }
 
@@ -93,10 +96,14 @@ impl TextTokenizer {
             return Err(TextError::EmptyCorpus("BPE training text".into()));
         }
         if vocab_size < 257 {
-            return Err(TextError::Tokenizer(format!("BPE vocab_size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}")));
+            return Err(TextError::Tokenizer(format!(
+                "BPE vocab_size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}"
+            )));
         }
         let mut inner = Tokenizer::new(BPE::default());
-        let byte_level = ByteLevel::default().add_prefix_space(false).trim_offsets(false);
+        let byte_level = ByteLevel::default()
+            .add_prefix_space(false)
+            .trim_offsets(false);
         inner.with_pre_tokenizer(Some(byte_level));
         inner.with_decoder(Some(byte_level));
         let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
@@ -115,16 +122,26 @@ impl TextTokenizer {
 
     /// Loads a HuggingFace `tokenizer.json` (BPE, WordPiece, Unigram, WordLevel ...).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| TextError::Io { path: path.display().to_string(), source: e })?;
-        let inner = Tokenizer::from_bytes(&bytes)
-            .map_err(|e| TextError::Tokenizer(format!("{}: not a valid tokenizer.json: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|e| TextError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| {
+            TextError::Tokenizer(format!(
+                "{}: not a valid tokenizer.json: {e}",
+                path.display()
+            ))
+        })?;
         Ok(Self { inner })
     }
 
     /// Saves as `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = self.inner.to_string(true).map_err(tk_err)?;
-        std::fs::write(path, json).map_err(|e| TextError::Io { path: path.display().to_string(), source: e })
+        std::fs::write(path, json).map_err(|e| TextError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })
     }
 
     /// The serialised `tokenizer.json` text (for fingerprints).
@@ -139,7 +156,12 @@ impl TextTokenizer {
 
     /// Token ids of `text` (no special tokens added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode_fast(text, false).map_err(tk_err)?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode_fast(text, false)
+            .map_err(tk_err)?
+            .get_ids()
+            .to_vec())
     }
 
     /// Token ids of a long text, encoded line-chunk by line-chunk to bound memory.

@@ -39,7 +39,12 @@ fn tokenizer_json_saves_and_loads() {
     let back = TextTokenizer::from_file(&p).unwrap();
     assert_eq!(back.encode(SAMPLE).unwrap(), tk.encode(SAMPLE).unwrap());
     std::fs::write(&p, "{ not json").unwrap();
-    assert!(TextTokenizer::from_file(&p).unwrap_err().to_string().contains("not a valid tokenizer.json"));
+    assert!(
+        TextTokenizer::from_file(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid tokenizer.json")
+    );
 }
 
 #[test]
@@ -49,16 +54,26 @@ fn prepared_corpus_is_memory_mapped_and_batches_are_seeded() {
     let tk = TextTokenizer::train_char(&[&text]).unwrap();
     let meta = prepare_corpus(&text, &tk, dir.path(), 0.1).unwrap();
     assert_eq!(meta.dtype, TokenDtype::U16);
-    assert_eq!((meta.train_tokens + meta.val_tokens) as usize, text.chars().count());
+    assert_eq!(
+        (meta.train_tokens + meta.val_tokens) as usize,
+        text.chars().count()
+    );
     let train = TokenFile::open(&dir.path().join("train.bin"), meta.dtype).unwrap();
     assert_eq!(train.len() as u64, meta.train_tokens);
-    let (x, y) = train.random_batch(&mut SplitMix64::new(5), 4, 16, meta.vocab_size).unwrap();
+    let (x, y) = train
+        .random_batch(&mut SplitMix64::new(5), 4, 16, meta.vocab_size)
+        .unwrap();
     assert_eq!((x.len(), y.len()), (64, 64));
     assert_eq!(&x[1..16], &y[..15], "targets are inputs shifted by one");
-    let again = train.random_batch(&mut SplitMix64::new(5), 4, 16, meta.vocab_size).unwrap();
+    let again = train
+        .random_batch(&mut SplitMix64::new(5), 4, 16, meta.vocab_size)
+        .unwrap();
     assert_eq!(again.0, x);
     // A vocabulary smaller than the ids in the file is a mismatch, not a panic.
-    let err = train.random_batch(&mut SplitMix64::new(5), 4, 16, 3).unwrap_err().to_string();
+    let err = train
+        .random_batch(&mut SplitMix64::new(5), 4, 16, 3)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("do not match"), "{err}");
 }
 
@@ -68,10 +83,18 @@ fn non_utf8_and_empty_corpora_are_errors() {
     let bad = dir.path().join("bad.txt");
     std::fs::write(&bad, b"line one\nline \xff two\n").unwrap();
     let err = read_corpus(&[bad]).unwrap_err().to_string();
-    assert!(err.contains("bad.txt") && err.contains("byte 14") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("bad.txt") && err.contains("byte 14") && err.contains("line 2"),
+        "{err}"
+    );
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "\n  \n").unwrap();
-    assert!(read_corpus(&[empty]).unwrap_err().to_string().contains("empty"));
+    assert!(
+        read_corpus(&[empty])
+            .unwrap_err()
+            .to_string()
+            .contains("empty")
+    );
 }
 
 #[test]

@@ -37,7 +37,10 @@ struct Manifest {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> TrainError {
-    TrainError::Io { path: path.display().to_string(), source: e }
+    TrainError::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
@@ -64,7 +67,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 
 /// Writes a checkpoint of `files` for optimizer step `step` under `checkpoints_dir`, points
 /// `latest` at it and prunes old ones. Returns its directory.
-pub fn write_checkpoint(checkpoints_dir: &Path, step: u64, files: &[(&str, Vec<u8>)]) -> Result<PathBuf, TrainError> {
+pub fn write_checkpoint(
+    checkpoints_dir: &Path,
+    step: u64,
+    files: &[(&str, Vec<u8>)],
+) -> Result<PathBuf, TrainError> {
     fs::create_dir_all(checkpoints_dir).map_err(|e| io_err(checkpoints_dir, e))?;
     let name = format!("step-{step:08}");
     let final_dir = checkpoints_dir.join(&name);
@@ -73,15 +80,24 @@ pub fn write_checkpoint(checkpoints_dir: &Path, step: u64, files: &[(&str, Vec<u
         fs::remove_dir_all(&tmp_dir).map_err(|e| io_err(&tmp_dir, e))?;
     }
     fs::create_dir_all(&tmp_dir).map_err(|e| io_err(&tmp_dir, e))?;
-    let mut manifest = Manifest { format: FORMAT.into(), version: VERSION, step, files: BTreeMap::new() };
+    let mut manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        step,
+        files: BTreeMap::new(),
+    };
     for (file, bytes) in files {
         let path = tmp_dir.join(file);
         let mut f = File::create(&path).map_err(|e| io_err(&path, e))?;
         f.write_all(bytes).map_err(|e| io_err(&path, e))?;
         f.sync_all().map_err(|e| io_err(&path, e))?;
-        manifest
-            .files
-            .insert(file.to_string(), FileEntry { bytes: bytes.len() as u64, crc32: crc32fast::hash(bytes) });
+        manifest.files.insert(
+            file.to_string(),
+            FileEntry {
+                bytes: bytes.len() as u64,
+                crc32: crc32fast::hash(bytes),
+            },
+        );
     }
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     write_atomic(&tmp_dir.join(MANIFEST), &manifest_bytes)?;
@@ -135,9 +151,10 @@ pub struct LoadedCheckpoint {
 impl LoadedCheckpoint {
     /// The contents of `name`, or an error naming the checkpoint.
     pub fn file(&self, name: &str) -> Result<&[u8], TrainError> {
-        self.files.get(name).map(Vec::as_slice).ok_or_else(|| {
-            TrainError::Checkpoint(format!("{}: has no {name}", self.dir.display()))
-        })
+        self.files
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| TrainError::Checkpoint(format!("{}: has no {name}", self.dir.display())))
     }
 }
 
@@ -155,10 +172,16 @@ pub fn read_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, TrainError> {
     let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| bad(format!("manifest.json is not valid: {e}")))?;
     if manifest.format != FORMAT {
-        return Err(bad(format!("format \"{}\", expected \"{FORMAT}\"", manifest.format)));
+        return Err(bad(format!(
+            "format \"{}\", expected \"{FORMAT}\"",
+            manifest.format
+        )));
     }
     if manifest.version != VERSION {
-        return Err(bad(format!("checkpoint version {}, this kiln reads version {VERSION}", manifest.version)));
+        return Err(bad(format!(
+            "checkpoint version {}, this kiln reads version {VERSION}",
+            manifest.version
+        )));
     }
     let mut files = BTreeMap::new();
     for (name, entry) in &manifest.files {
@@ -172,11 +195,17 @@ pub fn read_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, TrainError> {
             )));
         }
         if crc32fast::hash(&bytes) != entry.crc32 {
-            return Err(bad(format!("{name} fails its checksum: the file is corrupt")));
+            return Err(bad(format!(
+                "{name} fails its checksum: the file is corrupt"
+            )));
         }
         files.insert(name.clone(), bytes);
     }
-    Ok(LoadedCheckpoint { dir: dir.to_path_buf(), step: manifest.step, files })
+    Ok(LoadedCheckpoint {
+        dir: dir.to_path_buf(),
+        step: manifest.step,
+        files,
+    })
 }
 
 /// Resolves what `--resume PATH` names: a checkpoint directory, or a run directory whose
@@ -206,7 +235,10 @@ pub fn read_latest(run_or_checkpoint: &Path) -> Result<LoadedCheckpoint, TrainEr
         if others.is_empty() {
             e
         } else {
-            TrainError::Checkpoint(format!("{e}; usable earlier checkpoints: {} (pass one to --resume)", others.join(", ")))
+            TrainError::Checkpoint(format!(
+                "{e}; usable earlier checkpoints: {} (pass one to --resume)",
+                others.join(", ")
+            ))
         }
     })
 }

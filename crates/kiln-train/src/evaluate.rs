@@ -26,22 +26,36 @@ pub struct Predictions {
 }
 
 /// Tensors for rows `idx` of `data` on `device`: inputs and optional category indices.
-pub fn batch_inputs(data: &Encoded, idx: &[usize], device: &Device) -> (Tensor<2>, Option<Tensor<2, Int>>) {
+pub fn batch_inputs(
+    data: &Encoded,
+    idx: &[usize],
+    device: &Device,
+) -> (Tensor<2>, Option<Tensor<2, Int>>) {
     let size = data.shape.size();
     let ncat = data.cardinalities.len();
     let mut x = Vec::with_capacity(idx.len() * size);
     let mut c = Vec::with_capacity(idx.len() * ncat);
     for &i in idx {
         x.extend_from_slice(&data.x[i * size..(i + 1) * size]);
-        c.extend(data.categories[i * ncat..(i + 1) * ncat].iter().map(|&v| v as i64));
+        c.extend(
+            data.categories[i * ncat..(i + 1) * ncat]
+                .iter()
+                .map(|&v| v as i64),
+        );
     }
     let x = Tensor::<2>::from_data(TensorData::new(x, [idx.len(), size]), device);
-    let c = (ncat > 0).then(|| Tensor::<2, Int>::from_data(TensorData::new(c, [idx.len(), ncat]), device));
+    let c = (ncat > 0)
+        .then(|| Tensor::<2, Int>::from_data(TensorData::new(c, [idx.len(), ncat]), device));
     (x, c)
 }
 
 /// Runs `model` (in inference mode) over all rows of `data`.
-pub fn predict(model: &Network, data: &Encoded, preprocessor: &Preprocessor, device: &Device) -> Predictions {
+pub fn predict(
+    model: &Network,
+    data: &Encoded,
+    preprocessor: &Preprocessor,
+    device: &Device,
+) -> Predictions {
     let model = model.valid();
     let device = device.clone().without_autodiff();
     let width = preprocessor.num_outputs();
@@ -54,13 +68,21 @@ pub fn predict(model: &Network, data: &Encoded, preprocessor: &Preprocessor, dev
             Task::Classification => softmax(out, 1),
             Task::Regression => out,
         };
-        let v: Vec<f32> = out.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 output");
+        let v: Vec<f32> = out
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 output");
         match preprocessor.task {
             Task::Classification => values.extend(v),
             Task::Regression => values.extend(v.into_iter().map(|y| preprocessor.denormalize(y))),
         }
     }
-    Predictions { rows: data.rows, width, values }
+    Predictions {
+        rows: data.rows,
+        width,
+        values,
+    }
 }
 
 /// Scores of a model on labelled rows.
@@ -129,28 +151,49 @@ impl Evaluation {
 }
 
 /// Scores `predictions` of labelled rows `data`.
-pub fn score(data: &Encoded, predictions: &Predictions, preprocessor: &Preprocessor) -> Result<Evaluation, TrainError> {
+pub fn score(
+    data: &Encoded,
+    predictions: &Predictions,
+    preprocessor: &Preprocessor,
+) -> Result<Evaluation, TrainError> {
     match (&data.y, preprocessor.task) {
         (Some(Target::Classes(labels)), Task::Classification) => {
             let y: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
-            let metrics = ClassificationMetrics::compute(&y, &predictions.values, predictions.width)?;
-            Ok(Evaluation::Classification { loss: metrics.log_loss, metrics })
+            let metrics =
+                ClassificationMetrics::compute(&y, &predictions.values, predictions.width)?;
+            Ok(Evaluation::Classification {
+                loss: metrics.log_loss,
+                metrics,
+            })
         }
         (Some(Target::Values(standardised)), Task::Regression) => {
-            let actual: Vec<f32> = standardised.iter().map(|&v| preprocessor.denormalize(v)).collect();
+            let actual: Vec<f32> = standardised
+                .iter()
+                .map(|&v| preprocessor.denormalize(v))
+                .collect();
             let metrics = RegressionMetrics::compute(&actual, &predictions.values)?;
             let scale = match &preprocessor.target {
                 kiln_data::TargetTransform::Regression { std, .. } => *std,
                 _ => 1.0,
             };
-            Ok(Evaluation::Regression { loss: metrics.mse / (scale * scale), metrics })
+            Ok(Evaluation::Regression {
+                loss: metrics.mse / (scale * scale),
+                metrics,
+            })
         }
-        _ => Err(TrainError::Invalid("the data has no target column to score against".into())),
+        _ => Err(TrainError::Invalid(
+            "the data has no target column to score against".into(),
+        )),
     }
 }
 
 /// Predicts and scores in one go.
-pub fn evaluate(model: &Network, data: &Encoded, preprocessor: &Preprocessor, device: &Device) -> Result<Evaluation, TrainError> {
+pub fn evaluate(
+    model: &Network,
+    data: &Encoded,
+    preprocessor: &Preprocessor,
+    device: &Device,
+) -> Result<Evaluation, TrainError> {
     let predictions = predict(model, data, preprocessor, device);
     score(data, &predictions, preprocessor)
 }

@@ -71,14 +71,18 @@ impl ModuleVisitor for PathLister {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if param.is_require_grad() {
-            self.out.push((self.path.path(), param.val().dims().to_vec()));
+            self.out
+                .push((self.path.path(), param.val().dims().to_vec()));
         }
     }
 }
 
 /// Paths and shapes of a module's trainable parameters, in visit order.
 pub fn trainable_parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
-    let mut lister = PathLister { path: PathStack::default(), out: Vec::new() };
+    let mut lister = PathLister {
+        path: PathStack::default(),
+        out: Vec::new(),
+    };
     module.visit(&mut lister);
     lister.out
 }
@@ -87,7 +91,11 @@ impl ParamGrads {
     /// Takes the gradients of `module`'s trainable parameters out of `grads`.
     pub fn collect<M: Module>(module: &M, mut grads: Gradients) -> Self {
         let mut out = ParamGrads::default();
-        let mut collector = GradCollector { grads: &mut grads, out: &mut out, path: PathStack::default() };
+        let mut collector = GradCollector {
+            grads: &mut grads,
+            out: &mut out,
+            path: PathStack::default(),
+        };
         module.visit(&mut collector);
         out
     }
@@ -111,7 +119,11 @@ impl ParamGrads {
 
     /// The L2 norm of all gradients taken together.
     pub fn global_norm(&self) -> f64 {
-        let parts: Vec<Tensor<1>> = self.grads.values().map(|g| g.clone().powi_scalar(2).sum()).collect();
+        let parts: Vec<Tensor<1>> = self
+            .grads
+            .values()
+            .map(|g| g.clone().powi_scalar(2).sum())
+            .collect();
         if parts.is_empty() {
             return 0.0;
         }

@@ -19,7 +19,10 @@ mod trainer;
 pub mod weights;
 
 pub use grads::{GradientSync, ParamGrads, SingleProcess};
-pub use trainer::{EpochRecord, Observer, Silent, StartInfo, StepRecord, TrainOutcome, TrainSetup, check_task, train};
+pub use trainer::{
+    EpochRecord, Observer, Silent, StartInfo, StepRecord, TrainOutcome, TrainSetup, check_task,
+    train,
+};
 
 /// Training errors.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +42,9 @@ pub enum TrainError {
     #[error("weights: {0}")]
     Weights(String),
     /// The loss became NaN or infinite.
-    #[error("training diverged at step {step}: loss is {loss} (lower trainer.lr, or set trainer.grad_clip_norm)")]
+    #[error(
+        "training diverged at step {step}: loss is {loss} (lower trainer.lr, or set trainer.grad_clip_norm)"
+    )]
     Diverged {
         /// The step.
         step: u64,

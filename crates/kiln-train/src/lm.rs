@@ -12,13 +12,13 @@ use kiln_models::{Gpt, GptConfig};
 use kiln_text::{TokenFile, TokenFileMeta};
 use serde::{Deserialize, Serialize};
 
+use crate::TrainError;
 use crate::checkpoint::{LoadedCheckpoint, write_checkpoint};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
 use crate::optim::{Optimizer, OptimizerSettings};
 use crate::schedule::LrSchedule;
 use crate::trainer::{Observer, StartInfo, StepRecord, append_jsonl, truncate_metrics};
 use crate::weights::{load_into, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes};
-use crate::TrainError;
 
 const BATCH_STREAM: u64 = 0xBA7C;
 const EVAL_STREAM: u64 = 0xE7A1;
@@ -64,16 +64,32 @@ struct LmState {
 }
 
 /// Mean cross-entropy of next-token prediction for `x`/`y` of shape `[b, t]`.
-pub fn lm_loss(model: &Gpt, x: Vec<i64>, y: Vec<i64>, b: usize, t: usize, device: &Device) -> Tensor<1> {
+pub fn lm_loss(
+    model: &Gpt,
+    x: Vec<i64>,
+    y: Vec<i64>,
+    b: usize,
+    t: usize,
+    device: &Device,
+) -> Tensor<1> {
     let x = Tensor::<2, Int>::from_data(TensorData::new(x, [b, t]), device);
     let y = Tensor::<2, Int>::from_data(TensorData::new(y, [b * t, 1]), device);
     let logits = model.forward(x);
     let v = logits.dims()[2];
-    log_softmax(logits.reshape([b * t, v]), 1).gather(1, y).mean().neg()
+    log_softmax(logits.reshape([b * t, v]), 1)
+        .gather(1, y)
+        .mean()
+        .neg()
 }
 
 /// Validation loss over `batches` fixed (seeded) windows.
-pub fn evaluate_lm(model: &Gpt, val: &TokenFile, cfg: &Config, vocab: usize, device: &Device) -> Result<f64, TrainError> {
+pub fn evaluate_lm(
+    model: &Gpt,
+    val: &TokenFile,
+    cfg: &Config,
+    vocab: usize,
+    device: &Device,
+) -> Result<f64, TrainError> {
     use burn::module::Module;
     let model = model.valid();
     let device = device.clone().without_autodiff();
@@ -86,7 +102,9 @@ pub fn evaluate_lm(model: &Gpt, val: &TokenFile, cfg: &Config, vocab: usize, dev
     let mut rng = SplitMix64::derive(cfg.seed ^ EVAL_STREAM, 0);
     let mut total = 0.0;
     for _ in 0..t.eval_batches {
-        let (x, y) = val.random_batch(&mut rng, b, context, vocab).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let (x, y) = val
+            .random_batch(&mut rng, b, context, vocab)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
         total += lm_loss(&model, x, y, b, context, &device).into_scalar::<f64>();
     }
     Ok(total / t.eval_batches as f64)
@@ -114,7 +132,10 @@ pub fn train_lm(
     let micro = match t.batch_size {
         kiln_config::BatchSize::Samples(n) => n,
         kiln_config::BatchSize::Full => {
-            return Err(TrainError::Invalid("trainer.batch_size = \"full\" has no meaning for a language model; give a number".into()));
+            return Err(TrainError::Invalid(
+                "trainer.batch_size = \"full\" has no meaning for a language model; give a number"
+                    .into(),
+            ));
         }
     };
     let context = gpt.context;
@@ -125,20 +146,31 @@ pub fn train_lm(
     let (mut model, mut optimizer, mut state, resumed_from) = match &resume {
         None => {
             let _ = std::fs::remove_file(&metrics_path);
-            let state = LmState { step: 0, schedule: LrSchedule::new(t, t.max_steps as u64), loss_sum: 0.0, loss_count: 0 };
+            let state = LmState {
+                step: 0,
+                schedule: LrSchedule::new(t, t.max_steps as u64),
+                loss_sum: 0.0,
+                loss_count: 0,
+            };
             (Gpt::new(gpt, &ad), Optimizer::new(settings), state, None)
         }
         Some(ck) => {
             let origin = ck.dir.display().to_string();
             let model = load_into(Gpt::new(gpt, &ad), ck.file("model.safetensors")?, &origin)?;
-            let optimizer = optimizer_from_bytes(settings, ck.file("optimizer.safetensors")?, &device)?;
-            let state: LmState = serde_json::from_slice(ck.file("trainer_state.json")?)
-                .map_err(|e| TrainError::Checkpoint(format!("{origin}: trainer_state.json: {e}")))?;
+            let optimizer =
+                optimizer_from_bytes(settings, ck.file("optimizer.safetensors")?, &device)?;
+            let state: LmState =
+                serde_json::from_slice(ck.file("trainer_state.json")?).map_err(|e| {
+                    TrainError::Checkpoint(format!("{origin}: trainer_state.json: {e}"))
+                })?;
             truncate_metrics(&metrics_path, state.step)?;
             (model, optimizer, state, Some(ck.step))
         }
     };
-    let parameters = crate::grads::trainable_parameters(&model).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    let parameters = crate::grads::trainable_parameters(&model)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
     observer.on_start(&StartInfo {
         total_steps: t.max_steps as u64,
         steps_done: state.step,
@@ -156,7 +188,10 @@ pub fn train_lm(
             &[
                 ("model.safetensors", model_to_bytes(model)?),
                 ("optimizer.safetensors", optimizer_to_bytes(optimizer)?),
-                ("trainer_state.json", serde_json::to_vec_pretty(state).expect("state")),
+                (
+                    "trainer_state.json",
+                    serde_json::to_vec_pretty(state).expect("state"),
+                ),
             ],
         )?;
         Ok(())
@@ -167,17 +202,24 @@ pub fn train_lm(
         let mut grads = ParamGrads::default();
         let mut step_loss = 0.0;
         for _ in 0..t.grad_accum_steps {
-            let (x, y) = train.random_batch(&mut seeder, micro, context, gpt.vocab_size).map_err(|e| TrainError::Invalid(e.to_string()))?;
-            let loss = lm_loss(&model, x, y, micro, context, &ad).div_scalar(t.grad_accum_steps as f64);
+            let (x, y) = train
+                .random_batch(&mut seeder, micro, context, gpt.vocab_size)
+                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            let loss =
+                lm_loss(&model, x, y, micro, context, &ad).div_scalar(t.grad_accum_steps as f64);
             let g = loss.backward();
             step_loss += loss.into_scalar::<f64>();
             grads.accumulate(ParamGrads::collect(&model, g));
         }
         if !step_loss.is_finite() {
-            return Err(TrainError::Diverged { step: state.step + 1, loss: step_loss });
+            return Err(TrainError::Diverged {
+                step: state.step + 1,
+                loss: step_loss,
+            });
         }
         let lr = state.schedule.lr(state.step, 0);
-        let (updated, grad_norm) = apply_update(model, grads, sync, t.grad_clip_norm, &mut optimizer, lr)?;
+        let (updated, grad_norm) =
+            apply_update(model, grads, sync, t.grad_clip_norm, &mut optimizer, lr)?;
         model = updated;
         state.step += 1;
         state.loss_sum += step_loss;
@@ -216,10 +258,18 @@ pub fn train_lm(
             ));
             evals.push(eval);
         }
-        if (t.checkpoint_every_steps > 0 && state.step % t.checkpoint_every_steps as u64 == 0) || last {
+        if (t.checkpoint_every_steps > 0 && state.step % t.checkpoint_every_steps as u64 == 0)
+            || last
+        {
             save(&model, &optimizer, &state)?;
         }
     }
     use burn::module::Module;
-    Ok(LmOutcome { model: model.valid(), steps: state.step, evals, seconds: started.elapsed().as_secs_f64(), resumed_from })
+    Ok(LmOutcome {
+        model: model.valid(),
+        steps: state.step,
+        evals,
+        seconds: started.elapsed().as_secs_f64(),
+        resumed_from,
+    })
 }

@@ -96,7 +96,11 @@ impl ModuleMapper for Update<'_> {
 impl Optimizer {
     /// A fresh optimizer.
     pub fn new(settings: OptimizerSettings) -> Self {
-        Self { settings, steps: 0, state: BTreeMap::new() }
+        Self {
+            settings,
+            steps: 0,
+            state: BTreeMap::new(),
+        }
     }
 
     /// Optimizer steps taken so far.
@@ -108,7 +112,12 @@ impl Optimizer {
     /// gradient in `grads`.
     pub fn step<M: Module>(&mut self, module: M, mut grads: ParamGrads, lr: f64) -> M {
         self.steps += 1;
-        let mut update = Update { optimizer: self, grads: &mut grads, lr, path: PathStack::default() };
+        let mut update = Update {
+            optimizer: self,
+            grads: &mut grads,
+            lr,
+            path: PathStack::default(),
+        };
         module.map(&mut update)
     }
 
@@ -121,7 +130,10 @@ impl Optimizer {
     }
 
     fn store(&mut self, path: &str, name: &'static str, value: Tensor<1>) {
-        self.state.entry(path.to_string()).or_default().insert(name, value);
+        self.state
+            .entry(path.to_string())
+            .or_default()
+            .insert(name, value);
     }
 
     fn update(&mut self, path: &str, p: Tensor<1>, mut g: Tensor<1>, lr: f64) -> Tensor<1> {
@@ -134,20 +146,32 @@ impl Optimizer {
         match s.kind {
             OptimizerKind::Sgd => {
                 if s.momentum > 0.0 {
-                    let first = !self.state.get(path).is_some_and(|m| m.contains_key("momentum"));
+                    let first = !self
+                        .state
+                        .get(path)
+                        .is_some_and(|m| m.contains_key("momentum"));
                     let buf = if first {
                         g.clone()
                     } else {
                         self.slot(path, "momentum", &g).mul_scalar(s.momentum) + g.clone()
                     };
                     self.store(path, "momentum", buf.clone());
-                    g = if s.nesterov { g + buf.mul_scalar(s.momentum) } else { buf };
+                    g = if s.nesterov {
+                        g + buf.mul_scalar(s.momentum)
+                    } else {
+                        buf
+                    };
                 }
                 p - g.mul_scalar(lr)
             }
             OptimizerKind::Adam | OptimizerKind::Adamw => {
-                let p = if decoupled && s.weight_decay > 0.0 { p.mul_scalar(1.0 - lr * s.weight_decay) } else { p };
-                let m = self.slot(path, "exp_avg", &g).mul_scalar(s.beta1) + g.clone().mul_scalar(1.0 - s.beta1);
+                let p = if decoupled && s.weight_decay > 0.0 {
+                    p.mul_scalar(1.0 - lr * s.weight_decay)
+                } else {
+                    p
+                };
+                let m = self.slot(path, "exp_avg", &g).mul_scalar(s.beta1)
+                    + g.clone().mul_scalar(1.0 - s.beta1);
                 let v = self.slot(path, "exp_avg_sq", &g).mul_scalar(s.beta2)
                     + g.clone().powi_scalar(2).mul_scalar(1.0 - s.beta2);
                 self.store(path, "exp_avg", m.clone());
@@ -183,7 +207,12 @@ impl Optimizer {
         let mut out = Vec::new();
         for (path, slots) in &self.state {
             for (name, t) in slots {
-                let values = t.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 state");
+                let values = t
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .expect("f32 state");
                 out.push((format!("{path}/{name}"), values));
             }
         }
@@ -191,21 +220,30 @@ impl Optimizer {
     }
 
     /// Restores state written by [`export`](Self::export).
-    pub fn import(&mut self, steps: u64, tensors: Vec<(String, Vec<f32>)>, device: &Device) -> Result<(), TrainError> {
+    pub fn import(
+        &mut self,
+        steps: u64,
+        tensors: Vec<(String, Vec<f32>)>,
+        device: &Device,
+    ) -> Result<(), TrainError> {
         const SLOTS: [&str; 5] = ["momentum", "exp_avg", "exp_avg_sq", "square_avg", "sum"];
         self.steps = steps;
         self.state.clear();
         for (key, values) in tensors {
-            let (path, slot) = key
-                .rsplit_once('/')
-                .ok_or_else(|| TrainError::Checkpoint(format!("optimizer tensor \"{key}\" has no slot name")))?;
-            let slot = SLOTS
-                .iter()
-                .find(|s| **s == slot)
-                .ok_or_else(|| TrainError::Checkpoint(format!("optimizer tensor \"{key}\": unknown slot \"{slot}\"")))?;
+            let (path, slot) = key.rsplit_once('/').ok_or_else(|| {
+                TrainError::Checkpoint(format!("optimizer tensor \"{key}\" has no slot name"))
+            })?;
+            let slot = SLOTS.iter().find(|s| **s == slot).ok_or_else(|| {
+                TrainError::Checkpoint(format!(
+                    "optimizer tensor \"{key}\": unknown slot \"{slot}\""
+                ))
+            })?;
             let n = values.len();
             let t = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
-            self.state.entry(path.to_string()).or_default().insert(slot, t);
+            self.state
+                .entry(path.to_string())
+                .or_default()
+                .insert(slot, t);
         }
         Ok(())
     }

@@ -45,12 +45,18 @@ pub mod files {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io { path: path.display().to_string(), source: e }
+    move |e| TrainError::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
 }
 
 /// Writes a JSON file atomically.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), TrainError> {
-    write_atomic(path, &serde_json::to_vec_pretty(value).expect("serializable"))
+    write_atomic(
+        path,
+        &serde_json::to_vec_pretty(value).expect("serializable"),
+    )
 }
 
 /// Reads a JSON file, naming it in errors.
@@ -96,22 +102,38 @@ pub struct LoadedRun {
 /// Loads config, preprocessing, architecture and final weights of a run.
 pub fn load(dir: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
     if !dir.is_dir() {
-        return Err(TrainError::Run(format!("{}: no such run directory", dir.display())));
+        return Err(TrainError::Run(format!(
+            "{}: no such run directory",
+            dir.display()
+        )));
     }
     let config_path = dir.join(files::CONFIG);
-    let config = kiln_config::load(&config_path, &[]).map_err(|e| TrainError::Run(e.to_string()))?;
+    let config =
+        kiln_config::load(&config_path, &[]).map_err(|e| TrainError::Run(e.to_string()))?;
     let preprocessor: Preprocessor = read_json(&dir.join(files::PREPROCESSOR))?;
     let spec: ModelSpec = read_json(&dir.join(files::MODEL_SPEC))?;
     let weights_path = dir.join(files::WEIGHTS);
     let bytes = std::fs::read(&weights_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            TrainError::Run(format!("{}: no model.safetensors (did training finish?)", dir.display()))
+            TrainError::Run(format!(
+                "{}: no model.safetensors (did training finish?)",
+                dir.display()
+            ))
         } else {
-            TrainError::Io { path: weights_path.display().to_string(), source: e }
+            TrainError::Io {
+                path: weights_path.display().to_string(),
+                source: e,
+            }
         }
     })?;
     let model = model_from_bytes(&spec, &bytes, device, &weights_path.display().to_string())?;
-    Ok(LoadedRun { dir: dir.to_path_buf(), config, preprocessor, spec, model })
+    Ok(LoadedRun {
+        dir: dir.to_path_buf(),
+        config,
+        preprocessor,
+        spec,
+        model,
+    })
 }
 
 /// Saves the final weights atomically.

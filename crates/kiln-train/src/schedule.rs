@@ -47,7 +47,11 @@ impl LrSchedule {
             plateau_factor: config.plateau_factor,
             plateau_patience: config.plateau_patience,
             higher_is_better: kiln_config::monitor_higher_is_better(&config.monitor),
-            plateau: PlateauState { lr: config.lr, best: None, bad_epochs: 0 },
+            plateau: PlateauState {
+                lr: config.lr,
+                best: None,
+                bad_epochs: 0,
+            },
         }
     }
 
@@ -60,11 +64,18 @@ impl LrSchedule {
             ScheduleKind::Cosine => {
                 let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
                 let progress = (step.saturating_sub(self.warmup_steps) as f64 / span).min(1.0);
-                self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+                self.min_lr
+                    + (self.base_lr - self.min_lr)
+                        * 0.5
+                        * (1.0 + (std::f64::consts::PI * progress).cos())
             }
             ScheduleKind::Plateau => self.plateau.lr,
         };
-        if step < self.warmup_steps { lr * (step + 1) as f64 / self.warmup_steps as f64 } else { lr }
+        if step < self.warmup_steps {
+            lr * (step + 1) as f64 / self.warmup_steps as f64
+        } else {
+            lr
+        }
     }
 
     /// Feeds the epoch's monitored validation value to reduce-on-plateau. Returns true when
@@ -76,7 +87,11 @@ impl LrSchedule {
         let improved = match self.plateau.best {
             None => true,
             Some(best) => {
-                if self.higher_is_better { value > best + 1e-12 } else { value < best - 1e-12 }
+                if self.higher_is_better {
+                    value > best + 1e-12
+                } else {
+                    value < best - 1e-12
+                }
             }
         };
         if improved {

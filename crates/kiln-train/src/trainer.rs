@@ -20,13 +20,13 @@ use kiln_data::{Encoded, Preprocessor, Target};
 use kiln_models::{ModelSpec, Network};
 use serde::{Deserialize, Serialize};
 
+use crate::TrainError;
 use crate::checkpoint::{LoadedCheckpoint, write_atomic, write_checkpoint};
 use crate::evaluate::{Evaluation, batch_inputs, evaluate};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
 use crate::optim::{Optimizer, OptimizerSettings};
 use crate::schedule::LrSchedule;
 use crate::weights::{model_from_bytes, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes};
-use crate::TrainError;
 
 /// One line of `metrics.jsonl` for an optimizer step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,7 +161,8 @@ fn loss_of(outputs: Tensor<2>, target: &Target, idx: &[usize], device: &Device) 
     match target {
         Target::Classes(labels) => {
             let t: Vec<i64> = idx.iter().map(|&i| labels[i] as i64).collect();
-            let t = Tensor::<1, Int>::from_data(TensorData::new(t, [idx.len()]), device).reshape([idx.len(), 1]);
+            let t = Tensor::<1, Int>::from_data(TensorData::new(t, [idx.len()]), device)
+                .reshape([idx.len(), 1]);
             log_softmax(outputs, 1).gather(1, t).mean().neg()
         }
         Target::Values(values) => {
@@ -172,20 +173,34 @@ fn loss_of(outputs: Tensor<2>, target: &Target, idx: &[usize], device: &Device) 
     }
 }
 
-pub(crate) fn append_jsonl(path: &Path, value: &impl Serialize, kind: &str) -> Result<(), TrainError> {
+pub(crate) fn append_jsonl(
+    path: &Path,
+    value: &impl Serialize,
+    kind: &str,
+) -> Result<(), TrainError> {
     let mut v = serde_json::to_value(value).expect("record serializes");
-    v.as_object_mut().expect("records are objects").insert("kind".into(), kind.into());
+    v.as_object_mut()
+        .expect("records are objects")
+        .insert("kind".into(), kind.into());
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| TrainError::Io { path: path.display().to_string(), source: e })?;
-    writeln!(f, "{v}").map_err(|e| TrainError::Io { path: path.display().to_string(), source: e })
+        .map_err(|e| TrainError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+    writeln!(f, "{v}").map_err(|e| TrainError::Io {
+        path: path.display().to_string(),
+        source: e,
+    })
 }
 
 /// Keeps only `metrics.jsonl` records up to `step` (the lines a resumed run will redo go).
 pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
         .filter(|l| {
@@ -216,7 +231,9 @@ pub fn train(
         return Err(TrainError::Invalid("training rows have no target".into()));
     };
     if train.rows == 0 {
-        return Err(TrainError::Invalid("no training rows left after cleaning".into()));
+        return Err(TrainError::Invalid(
+            "no training rows left after cleaning".into(),
+        ));
     }
     let micro = match t.batch_size {
         BatchSize::Full => train.rows.div_ceil(t.grad_accum_steps),
@@ -250,10 +267,14 @@ pub fn train(
         }
         Some(ckpt) => {
             let origin = ckpt.dir.display().to_string();
-            let model = model_from_bytes(setup.spec, ckpt.file("model.safetensors")?, &ad, &origin)?;
-            let optimizer = optimizer_from_bytes(settings, ckpt.file("optimizer.safetensors")?, &device)?;
+            let model =
+                model_from_bytes(setup.spec, ckpt.file("model.safetensors")?, &ad, &origin)?;
+            let optimizer =
+                optimizer_from_bytes(settings, ckpt.file("optimizer.safetensors")?, &device)?;
             let state: TrainerState = serde_json::from_slice(ckpt.file("trainer_state.json")?)
-                .map_err(|e| TrainError::Checkpoint(format!("{origin}: trainer_state.json: {e}")))?;
+                .map_err(|e| {
+                    TrainError::Checkpoint(format!("{origin}: trainer_state.json: {e}"))
+                })?;
             let best = match ckpt.files.get("best_model.safetensors") {
                 Some(bytes) => Some(model_from_bytes(setup.spec, bytes, &device, &origin)?),
                 None => None,
@@ -263,7 +284,10 @@ pub fn train(
         }
     };
 
-    let parameters = crate::grads::trainable_parameters(&model).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    let parameters = crate::grads::trainable_parameters(&model)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
     observer.on_start(&StartInfo {
         total_steps,
         steps_done: state.global_step,
@@ -280,7 +304,10 @@ pub fn train(
         let mut files = vec![
             ("model.safetensors", model_to_bytes(model)?),
             ("optimizer.safetensors", optimizer_to_bytes(optimizer)?),
-            ("trainer_state.json", serde_json::to_vec_pretty(state).expect("state serializes")),
+            (
+                "trainer_state.json",
+                serde_json::to_vec_pretty(state).expect("state serializes"),
+            ),
         ];
         if let Some(best) = best_model {
             files.push(("best_model.safetensors", model_to_bytes(best)?));
@@ -317,10 +344,14 @@ pub fn train(
                 grads.accumulate(ParamGrads::collect(&model, g));
             }
             if !step_loss.is_finite() {
-                return Err(TrainError::Diverged { step: state.global_step + 1, loss: step_loss });
+                return Err(TrainError::Diverged {
+                    step: state.global_step + 1,
+                    loss: step_loss,
+                });
             }
             let lr = state.schedule.lr(state.global_step, epoch);
-            let (updated, grad_norm) = apply_update(model, grads, sync, t.grad_clip_norm, &mut optimizer, lr)?;
+            let (updated, grad_norm) =
+                apply_update(model, grads, sync, t.grad_clip_norm, &mut optimizer, lr)?;
             model = updated;
             state.global_step += 1;
             state.group_in_epoch = gi + 1;
@@ -356,14 +387,27 @@ pub fn train(
             Some(v) if v.rows > 0 => {
                 let eval = evaluate(&model, v, setup.preprocessor, &device)?;
                 let value = eval.metric(&t.monitor).ok_or_else(|| {
-                    TrainError::Invalid(format!("trainer.monitor = \"{}\" is not defined for this task", t.monitor))
+                    TrainError::Invalid(format!(
+                        "trainer.monitor = \"{}\" is not defined for this task",
+                        t.monitor
+                    ))
                 })?;
                 if state.schedule.observe(value) {
-                    observer.on_event(&format!("epoch {}: {} plateaued, learning rate reduced", epoch + 1, t.monitor));
+                    observer.on_event(&format!(
+                        "epoch {}: {} plateaued, learning rate reduced",
+                        epoch + 1,
+                        t.monitor
+                    ));
                 }
                 improved = match state.best {
                     None => true,
-                    Some(b) => if higher { value > b } else { value < b },
+                    Some(b) => {
+                        if higher {
+                            value > b
+                        } else {
+                            value < b
+                        }
+                    }
                 };
                 if improved {
                     state.best = Some(value);
@@ -414,7 +458,11 @@ pub fn train(
         Some(best) if t.keep_best => best,
         _ => model.valid(),
     };
-    let best_epoch = if t.keep_best { best_epoch } else { epochs_run.checked_sub(1) };
+    let best_epoch = if t.keep_best {
+        best_epoch
+    } else {
+        epochs_run.checked_sub(1)
+    };
     Ok(TrainOutcome {
         model,
         epochs_run,

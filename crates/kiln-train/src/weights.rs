@@ -15,14 +15,25 @@ use crate::optim::{Optimizer, OptimizerSettings};
 pub fn model_to_bytes<M: Module>(model: &M) -> Result<Vec<u8>, TrainError> {
     // One metadata key only: a HashMap of several would serialise in a random order, and the
     // same weights must always give the same bytes.
-    let mut store = SafetensorsStore::from_bytes(None).clear_metadata().metadata("format", "kiln");
-    model.save_into(&mut store).map_err(|e| TrainError::Weights(e.to_string()))?;
-    store.get_bytes().map_err(|e| TrainError::Weights(e.to_string()))
+    let mut store = SafetensorsStore::from_bytes(None)
+        .clear_metadata()
+        .metadata("format", "kiln");
+    model
+        .save_into(&mut store)
+        .map_err(|e| TrainError::Weights(e.to_string()))?;
+    store
+        .get_bytes()
+        .map_err(|e| TrainError::Weights(e.to_string()))
 }
 
 /// Builds the network of `spec` on `device` and loads `bytes` into it. Every tensor must be
 /// present with the right shape.
-pub fn model_from_bytes(spec: &ModelSpec, bytes: &[u8], device: &Device, origin: &str) -> Result<Network, TrainError> {
+pub fn model_from_bytes(
+    spec: &ModelSpec,
+    bytes: &[u8],
+    device: &Device,
+    origin: &str,
+) -> Result<Network, TrainError> {
     load_into(Network::new(spec, device), bytes, origin)
 }
 
@@ -30,7 +41,9 @@ pub fn model_from_bytes(spec: &ModelSpec, bytes: &[u8], device: &Device, origin:
 pub fn load_into<M: Module>(mut model: M, bytes: &[u8], origin: &str) -> Result<M, TrainError> {
     SafeTensors::deserialize(bytes)
         .map_err(|e| TrainError::Weights(format!("{origin}: not a valid safetensors file: {e}")))?;
-    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec())).allow_partial(false).validate(true);
+    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
+        .allow_partial(false)
+        .validate(true);
     let result = model
         .load_from(&mut store)
         .map_err(|e| TrainError::Weights(format!("{origin}: {e}")))?;
@@ -38,7 +51,11 @@ pub fn load_into<M: Module>(mut model: M, bytes: &[u8], origin: &str) -> Result<
         let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
         return Err(TrainError::Weights(format!(
             "{origin}: weights do not match model.json (missing: {missing:?}; errors: {:?})",
-            result.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+            result
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
         )));
     }
     Ok(model)
@@ -56,14 +73,26 @@ pub fn optimizer_to_bytes(optimizer: &Optimizer) -> Result<Vec<u8>, TrainError> 
         .collect();
     let views: Vec<(String, TensorView<'_>)> = bytes
         .iter()
-        .map(|(name, b, n)| (name.clone(), TensorView::new(Dtype::F32, vec![*n], b).expect("sizes match")))
+        .map(|(name, b, n)| {
+            (
+                name.clone(),
+                TensorView::new(Dtype::F32, vec![*n], b).expect("sizes match"),
+            )
+        })
         .collect();
-    let meta = HashMap::from([("steps".to_string(), steps.to_string()), ("format".to_string(), "kiln-optimizer".to_string())]);
+    let meta = HashMap::from([
+        ("steps".to_string(), steps.to_string()),
+        ("format".to_string(), "kiln-optimizer".to_string()),
+    ]);
     safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::Weights(e.to_string()))
 }
 
 /// Restores optimizer state written by [`optimizer_to_bytes`].
-pub fn optimizer_from_bytes(settings: OptimizerSettings, bytes: &[u8], device: &Device) -> Result<Optimizer, TrainError> {
+pub fn optimizer_from_bytes(
+    settings: OptimizerSettings,
+    bytes: &[u8],
+    device: &Device,
+) -> Result<Optimizer, TrainError> {
     let bad = |m: String| TrainError::Checkpoint(format!("optimizer state: {m}"));
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
@@ -71,13 +100,20 @@ pub fn optimizer_from_bytes(settings: OptimizerSettings, bytes: &[u8], device: &
     if meta.get("format").map(String::as_str) != Some("kiln-optimizer") {
         return Err(bad("not a kiln optimizer file".into()));
     }
-    let steps: u64 = meta.get("steps").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no step count".into()))?;
+    let steps: u64 = meta
+        .get("steps")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no step count".into()))?;
     let mut tensors = Vec::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
             return Err(bad(format!("{name} is {:?}, expected F32", view.dtype())));
         }
-        let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         tensors.push((name, values));
     }
     let mut optimizer = Optimizer::new(settings);

@@ -31,7 +31,14 @@ fn flat_params(model: &Network) -> Vec<f32> {
     names.sort();
     names
         .iter()
-        .flat_map(|n| st.tensor(n).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>())
+        .flat_map(|n| {
+            st.tensor(n)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -44,14 +51,26 @@ fn grads_of(model: &Network, values: &[f32], device: &Device) -> ParamGrads {
     for (path, shape) in params {
         let n: usize = shape.iter().product();
         let v = values[offset..offset + n].to_vec();
-        g.grads.insert(path, Tensor::<1>::from_data(TensorData::new(v, [n]), device));
+        g.grads.insert(
+            path,
+            Tensor::<1>::from_data(TensorData::new(v, [n]), device),
+        );
         offset += n;
     }
     g
 }
 
 fn settings(kind: OptimizerKind) -> OptimizerSettings {
-    OptimizerSettings { kind, momentum: 0.0, nesterov: false, beta1: 0.9, beta2: 0.999, eps: 1e-8, alpha: 0.99, weight_decay: 0.0 }
+    OptimizerSettings {
+        kind,
+        momentum: 0.0,
+        nesterov: false,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        alpha: 0.99,
+        weight_decay: 0.0,
+    }
 }
 
 fn close(a: &[f32], b: &[f32]) {
@@ -87,7 +106,9 @@ fn sgd_momentum_and_nesterov() {
     let mut s = settings(OptimizerKind::Sgd);
     s.momentum = 0.9;
     let (p0, p2) = run(s, 0.1, &[G1, G2]);
-    let want: Vec<f32> = (0..3).map(|i| p0[i] - 0.1 * G1[i] - 0.1 * (0.9 * G1[i] + G2[i])).collect();
+    let want: Vec<f32> = (0..3)
+        .map(|i| p0[i] - 0.1 * G1[i] - 0.1 * (0.9 * G1[i] + G2[i]))
+        .collect();
     close(&p2, &want);
     s.nesterov = true;
     let (p0, p2) = run(s, 0.1, &[G1, G2]);
@@ -103,7 +124,11 @@ fn sgd_momentum_and_nesterov() {
 #[test]
 fn adam_first_step_is_lr_times_sign() {
     let (p0, p1) = run(settings(OptimizerKind::Adam), 0.01, &[G1]);
-    let want: Vec<f32> = p0.iter().zip(G1).map(|(p, g)| p - 0.01 * g.signum()).collect();
+    let want: Vec<f32> = p0
+        .iter()
+        .zip(G1)
+        .map(|(p, g)| p - 0.01 * g.signum())
+        .collect();
     close(&p1, &want);
 }
 
@@ -112,17 +137,33 @@ fn adamw_decays_weights_decoupled() {
     let mut s = settings(OptimizerKind::Adamw);
     s.weight_decay = 0.1;
     let (p0, p1) = run(s, 0.01, &[G1]);
-    let want: Vec<f32> = p0.iter().zip(G1).map(|(p, g)| p * (1.0 - 0.01 * 0.1) - 0.01 * g.signum()).collect();
+    let want: Vec<f32> = p0
+        .iter()
+        .zip(G1)
+        .map(|(p, g)| p * (1.0 - 0.01 * 0.1) - 0.01 * g.signum())
+        .collect();
     close(&p1, &want);
 }
 
 #[test]
 fn adagrad_and_rmsprop_first_steps() {
     let (p0, p1) = run(settings(OptimizerKind::Adagrad), 0.1, &[G1]);
-    close(&p1, &p0.iter().zip(G1).map(|(p, g)| p - 0.1 * g.signum()).collect::<Vec<_>>());
+    close(
+        &p1,
+        &p0.iter()
+            .zip(G1)
+            .map(|(p, g)| p - 0.1 * g.signum())
+            .collect::<Vec<_>>(),
+    );
     let (p0, p1) = run(settings(OptimizerKind::Rmsprop), 0.01, &[G1]);
     // v = 0.01 g^2, step = g / sqrt(v) = 10 sign(g).
-    close(&p1, &p0.iter().zip(G1).map(|(p, g)| p - 0.01 * 10.0 * g.signum()).collect::<Vec<_>>());
+    close(
+        &p1,
+        &p0.iter()
+            .zip(G1)
+            .map(|(p, g)| p - 0.01 * 10.0 * g.signum())
+            .collect::<Vec<_>>(),
+    );
 }
 
 #[test]
@@ -152,7 +193,10 @@ fn global_norm_clipping_scales_all_gradients_together() {
     assert!((g.global_norm() - 1.0).abs() < 1e-5);
     let mut small = grads_of(&model, &[0.0, 0.3, 0.4], &device);
     small.clip_global_norm(1.0);
-    assert!((small.global_norm() - 0.5).abs() < 1e-6, "below the limit nothing changes");
+    assert!(
+        (small.global_norm() - 0.5).abs() < 1e-6,
+        "below the limit nothing changes"
+    );
 }
 
 #[test]
@@ -164,22 +208,41 @@ fn gradients_from_backward_are_collected_by_path() {
     let grads = ParamGrads::collect(&model, loss.backward());
     let paths: Vec<&String> = grads.grads.keys().collect();
     assert_eq!(paths, ["output.bias", "output.weight"]);
-    let w: Vec<f32> = grads.grads["output.weight"].clone().into_data().convert::<f32>().try_to_vec().unwrap();
+    let w: Vec<f32> = grads.grads["output.weight"]
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap();
     assert_eq!(w, vec![1.0, 2.0], "d(sum(xW+b))/dW = x");
     assert_eq!(model.num_params(), 3);
 }
 
 fn trainer(schedule: ScheduleKind) -> TrainerConfig {
-    TrainerConfig { schedule, lr: 1.0, warmup_steps: 10, min_lr: 0.1, step_epochs: 2, gamma: 0.5, ..TrainerConfig::default() }
+    TrainerConfig {
+        schedule,
+        lr: 1.0,
+        warmup_steps: 10,
+        min_lr: 0.1,
+        step_epochs: 2,
+        gamma: 0.5,
+        ..TrainerConfig::default()
+    }
 }
 
 #[test]
 fn schedules() {
     let cos = LrSchedule::new(&trainer(ScheduleKind::Cosine), 110);
-    assert!((cos.lr(0, 0) - 0.1).abs() < 1e-12, "warm-up starts at lr/10");
+    assert!(
+        (cos.lr(0, 0) - 0.1).abs() < 1e-12,
+        "warm-up starts at lr/10"
+    );
     assert!((cos.lr(9, 0) - 1.0).abs() < 1e-12, "warm-up ends at lr");
     assert!((cos.lr(10, 0) - 1.0).abs() < 1e-12);
-    assert!((cos.lr(60, 0) - 0.55).abs() < 1e-9, "half way is the mean of lr and min_lr");
+    assert!(
+        (cos.lr(60, 0) - 0.55).abs() < 1e-9,
+        "half way is the mean of lr and min_lr"
+    );
     assert!((cos.lr(110, 0) - 0.1).abs() < 1e-12);
     let step = LrSchedule::new(&trainer(ScheduleKind::Step), 100);
     assert_eq!(step.lr(50, 1), 1.0);
@@ -193,6 +256,9 @@ fn schedules() {
     assert!(!plateau.observe(1.0));
     assert!(!plateau.observe(0.9));
     assert!(!plateau.observe(0.95));
-    assert!(plateau.observe(0.95), "two epochs without improvement with patience 1");
+    assert!(
+        plateau.observe(0.95),
+        "two epochs without improvement with patience 1"
+    );
     assert_eq!(plateau.lr(50, 4), 0.5);
 }

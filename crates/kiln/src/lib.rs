@@ -11,11 +11,11 @@ mod lm;
 mod pipeline;
 mod report;
 
-pub use pipeline::{
-    DataSummary, EvalSummary, PredictSummary, PreparedData, RunSummary, device_for, evaluate_run, load_table,
-    predict_run, prepare, train_run,
-};
 pub use lm::{Generation, LmSummary, corpus_files, generate_run, load_lm, train_lm_run};
+pub use pipeline::{
+    DataSummary, EvalSummary, PredictSummary, PreparedData, RunSummary, device_for, evaluate_run,
+    load_table, predict_run, prepare, train_run,
+};
 pub use report::format_evaluation;
 
 pub use kiln_config as config;

@@ -39,21 +39,29 @@ pub fn corpus_files(source: &str) -> Result<Vec<PathBuf>> {
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(KilnError::Invalid(format!("{source}: the directory has no files")));
+            return Err(KilnError::Invalid(format!(
+                "{source}: the directory has no files"
+            )));
         }
         Ok(files)
     } else if p.is_file() {
         Ok(vec![p.to_path_buf()])
     } else {
-        Err(KilnError::Invalid(format!("{source}: no such file or directory")))
+        Err(KilnError::Invalid(format!(
+            "{source}: no such file or directory"
+        )))
     }
 }
 
 fn tokenizer_kind(config: &Config) -> TokenizerKind {
     match config.text.tokenizer.as_str() {
         "char" => TokenizerKind::Char,
-        "bpe" => TokenizerKind::Bpe { vocab_size: config.text.vocab_size },
-        path => TokenizerKind::File { path: path.to_string() },
+        "bpe" => TokenizerKind::Bpe {
+            vocab_size: config.text.vocab_size,
+        },
+        path => TokenizerKind::File {
+            path: path.to_string(),
+        },
     }
 }
 
@@ -107,15 +115,32 @@ pub fn peak_rss_mib() -> Option<u64> {
 }
 
 /// Trains a GPT as configured into a new run directory, or resumes one.
-pub fn train_lm_run(config: &Config, resume: Option<&Path>, observer: &mut dyn Observer) -> Result<LmSummary> {
+pub fn train_lm_run(
+    config: &Config,
+    resume: Option<&Path>,
+    observer: &mut dyn Observer,
+) -> Result<LmSummary> {
     let (config, run_dir, checkpoint) = match resume {
         Some(path) => {
             let ck = read_latest(path)?;
-            let run_dir = ck.dir.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| path.to_path_buf());
-            (kiln_config::load(&run_dir.join(files::CONFIG), &[])?, run_dir, Some(ck))
+            let run_dir = ck
+                .dir
+                .parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| path.to_path_buf());
+            (
+                kiln_config::load(&run_dir.join(files::CONFIG), &[])?,
+                run_dir,
+                Some(ck),
+            )
         }
         None => {
-            let name = config.output.name.clone().unwrap_or_else(|| format!("lm-{}", std::process::id()));
+            let name = config
+                .output
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("lm-{}", std::process::id()));
             let run_dir = run::create(Path::new(&config.output.dir), &name)?;
             run::save_config(&run_dir, config)?;
             (config.clone(), run_dir, None)
@@ -126,21 +151,42 @@ pub fn train_lm_run(config: &Config, resume: Option<&Path>, observer: &mut dyn O
     // of any size are only ever memory-mapped.
     let prepared = Path::new(&config.data.source);
     let use_prepared = prepared.join("meta.json").is_file() && prepared.join("train.bin").is_file();
-    let data_dir = if use_prepared { prepared.to_path_buf() } else { run_dir.join(lm_files::DATA_DIR) };
+    let data_dir = if use_prepared {
+        prepared.to_path_buf()
+    } else {
+        run_dir.join(lm_files::DATA_DIR)
+    };
     let prepare_started = Instant::now();
     let meta: TokenFileMeta = if checkpoint.is_some() || use_prepared {
         if checkpoint.is_none() {
-            std::fs::copy(data_dir.join(lm_files::TOKENIZER), run_dir.join(lm_files::TOKENIZER))
-                .map_err(|e| KilnError::Invalid(format!("{}: {e}", data_dir.join(lm_files::TOKENIZER).display())))?;
+            std::fs::copy(
+                data_dir.join(lm_files::TOKENIZER),
+                run_dir.join(lm_files::TOKENIZER),
+            )
+            .map_err(|e| {
+                KilnError::Invalid(format!(
+                    "{}: {e}",
+                    data_dir.join(lm_files::TOKENIZER).display()
+                ))
+            })?;
         }
         run::read_json(&data_dir.join("meta.json"))?
     } else {
         let text = kiln_text::read_corpus(&corpus_files(&config.data.source)?).map_err(text_err)?;
         // Train the tokenizer on the training part only.
-        let cut = text.char_indices().nth(((text.chars().count() as f64) * (1.0 - config.text.val_fraction)) as usize).map(|(i, _)| i).unwrap_or(text.len());
-        let tokenizer = TextTokenizer::build(&tokenizer_kind(&config), &[&text[..cut]]).map_err(text_err)?;
-        let meta = kiln_text::prepare_corpus(&text, &tokenizer, &data_dir, config.text.val_fraction).map_err(text_err)?;
-        tokenizer.save(&run_dir.join(lm_files::TOKENIZER)).map_err(text_err)?;
+        let cut = text
+            .char_indices()
+            .nth(((text.chars().count() as f64) * (1.0 - config.text.val_fraction)) as usize)
+            .map(|(i, _)| i)
+            .unwrap_or(text.len());
+        let tokenizer =
+            TextTokenizer::build(&tokenizer_kind(&config), &[&text[..cut]]).map_err(text_err)?;
+        let meta =
+            kiln_text::prepare_corpus(&text, &tokenizer, &data_dir, config.text.val_fraction)
+                .map_err(text_err)?;
+        tokenizer
+            .save(&run_dir.join(lm_files::TOKENIZER))
+            .map_err(text_err)?;
         meta
     };
     let prepare_seconds = prepare_started.elapsed().as_secs_f64();
@@ -156,13 +202,27 @@ pub fn train_lm_run(config: &Config, resume: Option<&Path>, observer: &mut dyn O
             gpt.context
         )));
     }
-    let outcome = train_lm(&config, &gpt, &meta, &train, &val, &run_dir, device, checkpoint, observer, &mut SingleProcess)?;
+    let outcome = train_lm(
+        &config,
+        &gpt,
+        &meta,
+        &train,
+        &val,
+        &run_dir,
+        device,
+        checkpoint,
+        observer,
+        &mut SingleProcess,
+    )?;
     run::save_weights(&run_dir, &outcome.model)?;
     let last = outcome.evals.last();
     let summary = LmSummary {
         run_dir: run_dir.clone(),
         corpus: meta,
-        parameters: kiln_train::grads::trainable_parameters(&outcome.model).iter().map(|(_, s)| s.iter().product::<usize>()).sum(),
+        parameters: kiln_train::grads::trainable_parameters(&outcome.model)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum(),
         steps: outcome.steps,
         val_loss: last.map(|e| e.val_loss),
         bits_per_char: last.map(|e| e.bits_per_char),
@@ -175,14 +235,32 @@ pub fn train_lm_run(config: &Config, resume: Option<&Path>, observer: &mut dyn O
     run::write_json(&run_dir.join(files::REPORT_JSON), &summary)?;
     if config.output.plots && !summary.evals.is_empty() {
         let dir = run_dir.join("plots");
-        std::fs::create_dir_all(&dir).map_err(|e| KilnError::Output { path: dir.display().to_string(), message: e.to_string() })?;
-        let pts = |f: fn(&LmEval) -> f64| summary.evals.iter().map(|e| (e.step as f64, f(e))).collect::<Vec<_>>();
+        std::fs::create_dir_all(&dir).map_err(|e| KilnError::Output {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let pts = |f: fn(&LmEval) -> f64| {
+            summary
+                .evals
+                .iter()
+                .map(|e| (e.step as f64, f(e)))
+                .collect::<Vec<_>>()
+        };
         kiln_report::line_chart(
             &dir.join("loss.svg"),
             "Language model loss",
             "optimizer step",
             "cross-entropy (nats/token)",
-            &[kiln_report::Series { name: "train", points: pts(|e| e.train_loss) }, kiln_report::Series { name: "validation", points: pts(|e| e.val_loss) }],
+            &[
+                kiln_report::Series {
+                    name: "train",
+                    points: pts(|e| e.train_loss),
+                },
+                kiln_report::Series {
+                    name: "validation",
+                    points: pts(|e| e.val_loss),
+                },
+            ],
         )?;
     }
     Ok(summary)
@@ -212,7 +290,8 @@ pub fn load_lm(run_dir: &Path) -> Result<(Gpt, TextTokenizer, burn::prelude::Dev
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let device = device_for(&config)?;
     let gpt: GptConfig = run::read_json(&run_dir.join(files::MODEL_SPEC))?;
-    let tokenizer = TextTokenizer::from_file(&run_dir.join(lm_files::TOKENIZER)).map_err(text_err)?;
+    let tokenizer =
+        TextTokenizer::from_file(&run_dir.join(lm_files::TOKENIZER)).map_err(text_err)?;
     if tokenizer.vocab_size() != gpt.vocab_size {
         return Err(KilnError::Invalid(format!(
             "{}: the tokenizer has {} tokens but the model was trained with {}: they do not belong together",
@@ -222,19 +301,37 @@ pub fn load_lm(run_dir: &Path) -> Result<(Gpt, TextTokenizer, burn::prelude::Dev
         )));
     }
     let weights = run_dir.join(files::WEIGHTS);
-    let bytes = std::fs::read(&weights).map_err(|e| KilnError::Invalid(format!("{}: {e}", weights.display())))?;
-    let model = kiln_train::weights::load_into(Gpt::new(&gpt, &device), &bytes, &weights.display().to_string())?;
+    let bytes = std::fs::read(&weights)
+        .map_err(|e| KilnError::Invalid(format!("{}: {e}", weights.display())))?;
+    let model = kiln_train::weights::load_into(
+        Gpt::new(&gpt, &device),
+        &bytes,
+        &weights.display().to_string(),
+    )?;
     Ok((model, tokenizer, device))
 }
 
 /// Generates a continuation of `prompt` with a trained run. The prompt must fit the model's
 /// context; characters the tokenizer does not know become `<unk>` and are counted.
-pub fn generate_run(run_dir: &Path, prompt: &str, max_new_tokens: usize, sampling: &SamplingConfig, mut on_text: impl FnMut(&str)) -> Result<Generation> {
+pub fn generate_run(
+    run_dir: &Path,
+    prompt: &str,
+    max_new_tokens: usize,
+    sampling: &SamplingConfig,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
     let (model, tokenizer, device) = load_lm(run_dir)?;
     let mut ids = tokenizer.encode(prompt).map_err(text_err)?;
     if ids.is_empty() {
         // An empty prompt starts from the first token of the vocabulary after <unk>.
-        ids.push(tokenizer.encode("\n").map_err(text_err)?.first().copied().unwrap_or(0));
+        ids.push(
+            tokenizer
+                .encode("\n")
+                .map_err(text_err)?
+                .first()
+                .copied()
+                .unwrap_or(0),
+        );
     }
     if ids.len() > model.context() {
         return Err(KilnError::Invalid(format!(
@@ -243,7 +340,10 @@ pub fn generate_run(run_dir: &Path, prompt: &str, max_new_tokens: usize, samplin
             model.context()
         )));
     }
-    let unknown = tokenizer.unk_id().map(|u| ids.iter().filter(|&&i| i == u).count()).unwrap_or(0);
+    let unknown = tokenizer
+        .unk_id()
+        .map(|u| ids.iter().filter(|&&i| i == u).count())
+        .unwrap_or(0);
     let started = Instant::now();
     let mut emitted = String::new();
     let mut generated_ids = Vec::new();

@@ -19,7 +19,9 @@ use crate::{KilnError, Result};
 pub fn device_for(config: &Config) -> Result<Device> {
     match config.device.as_str() {
         "cpu" => Ok(Device::flex()),
-        other => Err(KilnError::Invalid(format!("unknown device \"{other}\"; this build has: cpu"))),
+        other => Err(KilnError::Invalid(format!(
+            "unknown device \"{other}\"; this build has: cpu"
+        ))),
     }
 }
 
@@ -133,13 +135,27 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
             config.data.source, summary.missing_dropped
         )));
     }
-    Ok(PreparedData { table, schema, split, preprocessor, train, validation, test, summary })
+    Ok(PreparedData {
+        table,
+        schema,
+        split,
+        preprocessor,
+        train,
+        validation,
+        test,
+        summary,
+    })
 }
 
 /// Architecture for `config` on `preprocessor`'s inputs.
 fn model_spec(config: &Config, preprocessor: &Preprocessor) -> Result<ModelSpec> {
     let input = preprocessor.input_shape();
-    Ok(ModelSpec::from_config(&config.model, input, preprocessor.embedding_dims(), preprocessor.num_outputs())?)
+    Ok(ModelSpec::from_config(
+        &config.model,
+        input,
+        preprocessor.embedding_dims(),
+        preprocessor.num_outputs(),
+    )?)
 }
 
 /// The result of `kiln train`.
@@ -178,15 +194,27 @@ fn default_run_name(config: &Config) -> String {
     let stem = source
         .strip_prefix("builtin:")
         .map(str::to_string)
-        .unwrap_or_else(|| Path::new(source).file_stem().and_then(|s| s.to_str()).unwrap_or("data").to_string());
-    let stem = stem.trim_end_matches(".csv").replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_");
+        .unwrap_or_else(|| {
+            Path::new(source)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("data")
+                .to_string()
+        });
+    let stem = stem.trim_end_matches(".csv").replace(
+        |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+        "_",
+    );
     let model = format!("{:?}", config.model.kind).to_lowercase();
     format!("{stem}-{model}-{}", utc_timestamp())
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC.
 fn utc_timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant).
     let z = days as i64 + 719_468;
@@ -198,12 +226,21 @@ fn utc_timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Trains `config` into a new run directory, or continues the run at `resume` (a run
 /// directory or one of its checkpoints) with the config saved there.
-pub fn train_run(config: &Config, resume: Option<&Path>, observer: &mut dyn Observer) -> Result<RunSummary> {
+pub fn train_run(
+    config: &Config,
+    resume: Option<&Path>,
+    observer: &mut dyn Observer,
+) -> Result<RunSummary> {
     let (config, run_dir, checkpoint): (Config, PathBuf, Option<LoadedCheckpoint>) = match resume {
         Some(path) => {
             let checkpoint = read_latest(path)?;
@@ -216,13 +253,22 @@ pub fn train_run(config: &Config, resume: Option<&Path>, observer: &mut dyn Obse
                     .parent()
                     .and_then(Path::parent)
                     .map(Path::to_path_buf)
-                    .ok_or_else(|| KilnError::Invalid(format!("{}: cannot find its run directory", path.display())))?
+                    .ok_or_else(|| {
+                        KilnError::Invalid(format!(
+                            "{}: cannot find its run directory",
+                            path.display()
+                        ))
+                    })?
             };
             let saved = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
             (saved, run_dir, Some(checkpoint))
         }
         None => {
-            let name = config.output.name.clone().unwrap_or_else(|| default_run_name(config));
+            let name = config
+                .output
+                .name
+                .clone()
+                .unwrap_or_else(|| default_run_name(config));
             let run_dir = run::create(Path::new(&config.output.dir), &name)?;
             (config.clone(), run_dir, None)
         }
@@ -255,10 +301,13 @@ pub fn train_run(config: &Config, resume: Option<&Path>, observer: &mut dyn Obse
     };
     let outcome: TrainOutcome = kiln_train::train(setup, checkpoint, observer, &mut SingleProcess)?;
     run::save_weights(&run_dir, &outcome.model)?;
-    let parameters = kiln_train::grads::trainable_parameters(&kiln_models::Network::new(&spec, &device.clone().autodiff()))
-        .iter()
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
+    let parameters = kiln_train::grads::trainable_parameters(&kiln_models::Network::new(
+        &spec,
+        &device.clone().autodiff(),
+    ))
+    .iter()
+    .map(|(_, s)| s.iter().product::<usize>())
+    .sum();
     let score_split = |e: &Encoded| -> Result<Option<Evaluation>> {
         if e.rows == 0 {
             return Ok(None);
@@ -268,7 +317,8 @@ pub fn train_run(config: &Config, resume: Option<&Path>, observer: &mut dyn Obse
     };
     let test = score_split(&data.test)?;
     let validation = score_split(&data.validation)?;
-    let test_predictions = (data.test.rows > 0).then(|| predict(&outcome.model, &data.test, &data.preprocessor, &device));
+    let test_predictions = (data.test.rows > 0)
+        .then(|| predict(&outcome.model, &data.test, &data.preprocessor, &device));
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         data: data.summary.clone(),
@@ -284,7 +334,13 @@ pub fn train_run(config: &Config, resume: Option<&Path>, observer: &mut dyn Obse
         parameters,
         classes: data.preprocessor.classes().map(<[String]>::to_vec),
     };
-    crate::report::write_report(&run_dir, &config, &summary, &data.test, test_predictions.as_ref())?;
+    crate::report::write_report(
+        &run_dir,
+        &config,
+        &summary,
+        &data.test,
+        test_predictions.as_ref(),
+    )?;
     Ok(summary)
 }
 
@@ -316,7 +372,9 @@ pub fn evaluate_run(run_dir: &Path, data_spec: &str) -> Result<EvalSummary> {
     let rows: Vec<usize> = (0..table.num_rows()).collect();
     let encoded = loaded.preprocessor.transform(&table, &rows, true, true)?;
     if encoded.rows == 0 {
-        return Err(KilnError::Invalid(format!("{data_spec}: no rows to score after cleaning")));
+        return Err(KilnError::Invalid(format!(
+            "{data_spec}: no rows to score after cleaning"
+        )));
     }
     let p = predict(&loaded.model, &encoded, &loaded.preprocessor, &device);
     let evaluation = score(&encoded, &p, &loaded.preprocessor)?;
@@ -351,7 +409,12 @@ pub struct PredictSummary {
 /// Writes one prediction per input row to `out` as CSV: the id column first when the run
 /// has one, then the prediction (named after the target), then `proba_<class>` columns with
 /// `proba`.
-pub fn predict_run(run_dir: &Path, data_spec: &str, out: &Path, proba: bool) -> Result<PredictSummary> {
+pub fn predict_run(
+    run_dir: &Path,
+    data_spec: &str,
+    out: &Path,
+    proba: bool,
+) -> Result<PredictSummary> {
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let device = device_for(&config)?;
     let loaded = run::load(run_dir, &device)?;
@@ -361,9 +424,13 @@ pub fn predict_run(run_dir: &Path, data_spec: &str, out: &Path, proba: bool) -> 
     let p = predict(&loaded.model, &encoded, &loaded.preprocessor, &device);
     let pre = &loaded.preprocessor;
     let target_name = match &pre.target {
-        kiln_data::TargetTransform::Classes { name, .. } | kiln_data::TargetTransform::Regression { name, .. } => name,
+        kiln_data::TargetTransform::Classes { name, .. }
+        | kiln_data::TargetTransform::Regression { name, .. } => name,
     };
-    let out_err = |e: &dyn std::fmt::Display| KilnError::Output { path: out.display().to_string(), message: e.to_string() };
+    let out_err = |e: &dyn std::fmt::Display| KilnError::Output {
+        path: out.display().to_string(),
+        message: e.to_string(),
+    };
     let mut buf = Vec::new();
     {
         let mut w = csv::Writer::from_writer(&mut buf);
@@ -384,7 +451,10 @@ pub fn predict_run(run_dir: &Path, data_spec: &str, out: &Path, proba: bool) -> 
             }
             match pre.classes() {
                 Some(classes) => {
-                    let best = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+                    let best = row
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
                     rec.push(classes[best].clone());
                     if proba {
                         rec.extend(row.iter().map(|v| format!("{v:.6}")));

@@ -19,11 +19,27 @@ pub fn format_evaluation(title: &str, eval: &Evaluation, classes: Option<&[Strin
         Evaluation::Classification { metrics: m, .. } => {
             let _ = writeln!(s, "{title} ({} samples)", m.samples);
             let _ = writeln!(s, "  accuracy   {:.4}", m.accuracy);
-            let _ = writeln!(s, "  f1 macro   {:.4}   weighted {:.4}   micro {:.4}", m.f1_macro, m.f1_weighted, m.f1_micro);
-            let _ = writeln!(s, "  precision  {:.4} (macro)   recall {:.4} (macro)", m.precision_macro, m.recall_macro);
+            let _ = writeln!(
+                s,
+                "  f1 macro   {:.4}   weighted {:.4}   micro {:.4}",
+                m.f1_macro, m.f1_weighted, m.f1_micro
+            );
+            let _ = writeln!(
+                s,
+                "  precision  {:.4} (macro)   recall {:.4} (macro)",
+                m.precision_macro, m.recall_macro
+            );
             match m.roc_auc {
                 Some(auc) => {
-                    let _ = writeln!(s, "  roc auc    {auc:.4}{}", if m.per_class.len() > 2 { " (one-vs-rest, macro)" } else { "" });
+                    let _ = writeln!(
+                        s,
+                        "  roc auc    {auc:.4}{}",
+                        if m.per_class.len() > 2 {
+                            " (one-vs-rest, macro)"
+                        } else {
+                            ""
+                        }
+                    );
                 }
                 None => {
                     let _ = writeln!(s, "  roc auc    undefined (a class is absent)");
@@ -37,10 +53,19 @@ pub fn format_evaluation(title: &str, eval: &Evaluation, classes: Option<&[Strin
                 Some(c) => c.to_vec(),
                 None => (0..m.per_class.len()).map(|i| i.to_string()).collect(),
             };
-            let w = names.iter().map(String::len).max().unwrap_or(5).clamp(5, 24);
+            let w = names
+                .iter()
+                .map(String::len)
+                .max()
+                .unwrap_or(5)
+                .clamp(5, 24);
             let _ = writeln!(s, "  {:>w$}  precision  recall     f1  support", "class");
             for (name, c) in names.iter().zip(&m.per_class) {
-                let _ = writeln!(s, "  {name:>w$}  {:>9.4}  {:>6.4}  {:>6.4}  {:>7}", c.precision, c.recall, c.f1, c.support);
+                let _ = writeln!(
+                    s,
+                    "  {name:>w$}  {:>9.4}  {:>6.4}  {:>6.4}  {:>7}",
+                    c.precision, c.recall, c.f1, c.support
+                );
             }
             let _ = writeln!(s, "  confusion matrix (rows: true, columns: predicted)");
             for (name, row) in names.iter().zip(&m.confusion) {
@@ -58,24 +83,51 @@ pub fn format_evaluation(title: &str, eval: &Evaluation, classes: Option<&[Strin
     s
 }
 
-fn plots(run_dir: &Path, config: &Config, summary: &RunSummary, test: &Encoded, preds: Option<&Predictions>) -> Result<()> {
+fn plots(
+    run_dir: &Path,
+    config: &Config,
+    summary: &RunSummary,
+    test: &Encoded,
+    preds: Option<&Predictions>,
+) -> Result<()> {
     let dir = run_dir.join("plots");
-    std::fs::create_dir_all(&dir).map_err(|e| KilnError::Output { path: dir.display().to_string(), message: e.to_string() })?;
+    std::fs::create_dir_all(&dir).map_err(|e| KilnError::Output {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
     let text = std::fs::read_to_string(run_dir.join(files::METRICS)).unwrap_or_default();
-    let records: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let epochs: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "epoch").collect();
     let steps: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "step").collect();
     let x = |r: &serde_json::Value| r["epoch"].as_f64().unwrap_or(0.0) + 1.0;
-    let train_loss: Vec<(f64, f64)> = epochs.iter().map(|r| (x(r), r["train_loss"].as_f64().unwrap_or(f64::NAN))).collect();
+    let train_loss: Vec<(f64, f64)> = epochs
+        .iter()
+        .map(|r| (x(r), r["train_loss"].as_f64().unwrap_or(f64::NAN)))
+        .collect();
     let val_loss: Vec<(f64, f64)> = epochs
         .iter()
         .filter_map(|r| r["validation"]["loss"].as_f64().map(|v| (x(r), v)))
         .collect();
-    let mut series = vec![Series { name: "train", points: train_loss }];
+    let mut series = vec![Series {
+        name: "train",
+        points: train_loss,
+    }];
     if !val_loss.is_empty() {
-        series.push(Series { name: "validation", points: val_loss });
+        series.push(Series {
+            name: "validation",
+            points: val_loss,
+        });
     }
-    line_chart(&dir.join("loss.svg"), "Loss per epoch", "epoch", "loss", &series)?;
+    line_chart(
+        &dir.join("loss.svg"),
+        "Loss per epoch",
+        "epoch",
+        "loss",
+        &series,
+    )?;
     let metric = match summary.data.task {
         kiln_config::Task::Classification => ["accuracy", "f1_macro"],
         kiln_config::Task::Regression => ["r2", "rmse"],
@@ -84,26 +136,80 @@ fn plots(run_dir: &Path, config: &Config, summary: &RunSummary, test: &Encoded, 
         .iter()
         .map(|m| Series {
             name: m,
-            points: epochs.iter().filter_map(|r| r["validation"][*m].as_f64().map(|v| (x(r), v))).collect(),
+            points: epochs
+                .iter()
+                .filter_map(|r| r["validation"][*m].as_f64().map(|v| (x(r), v)))
+                .collect(),
         })
         .filter(|s| !s.points.is_empty())
         .collect();
     if !metric_series.is_empty() {
-        line_chart(&dir.join("validation_metrics.svg"), "Validation metrics per epoch", "epoch", "value", &metric_series)?;
+        line_chart(
+            &dir.join("validation_metrics.svg"),
+            "Validation metrics per epoch",
+            "epoch",
+            "value",
+            &metric_series,
+        )?;
     }
-    let lr: Vec<(f64, f64)> = steps.iter().map(|r| (r["step"].as_f64().unwrap_or(0.0), r["lr"].as_f64().unwrap_or(0.0))).collect();
-    line_chart(&dir.join("learning_rate.svg"), "Learning rate", "optimizer step", "lr", &[Series { name: "lr", points: lr }])?;
-    let step_loss: Vec<(f64, f64)> = steps.iter().map(|r| (r["step"].as_f64().unwrap_or(0.0), r["loss"].as_f64().unwrap_or(f64::NAN))).collect();
-    line_chart(&dir.join("step_loss.svg"), "Training loss per logged step", "optimizer step", "loss", &[Series { name: "train", points: step_loss }])?;
-    if let (Some(Evaluation::Classification { metrics, .. }), Some(classes)) = (&summary.test, &summary.classes) {
-        confusion_matrix(&dir.join("confusion_matrix.svg"), classes, &metrics.confusion)?;
+    let lr: Vec<(f64, f64)> = steps
+        .iter()
+        .map(|r| {
+            (
+                r["step"].as_f64().unwrap_or(0.0),
+                r["lr"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    line_chart(
+        &dir.join("learning_rate.svg"),
+        "Learning rate",
+        "optimizer step",
+        "lr",
+        &[Series {
+            name: "lr",
+            points: lr,
+        }],
+    )?;
+    let step_loss: Vec<(f64, f64)> = steps
+        .iter()
+        .map(|r| {
+            (
+                r["step"].as_f64().unwrap_or(0.0),
+                r["loss"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    line_chart(
+        &dir.join("step_loss.svg"),
+        "Training loss per logged step",
+        "optimizer step",
+        "loss",
+        &[Series {
+            name: "train",
+            points: step_loss,
+        }],
+    )?;
+    if let (Some(Evaluation::Classification { metrics, .. }), Some(classes)) =
+        (&summary.test, &summary.classes)
+    {
+        confusion_matrix(
+            &dir.join("confusion_matrix.svg"),
+            classes,
+            &metrics.confusion,
+        )?;
         if classes.len() == 2
             && let (Some(p), Some(Target::Classes(labels))) = (preds, &test.y)
         {
             let positive: Vec<bool> = labels.iter().map(|&l| l == 1).collect();
             let scores: Vec<f32> = (0..p.rows).map(|r| p.values[r * 2 + 1]).collect();
             if let Ok(Some(curve)) = kiln_metrics::roc_curve(&positive, &scores) {
-                roc_curve(&dir.join("roc_curve.svg"), &curve.fpr, &curve.tpr, metrics.roc_auc.unwrap_or(f64::NAN))?;
+                roc_curve(
+                    &dir.join("roc_curve.svg"),
+                    &curve.fpr,
+                    &curve.tpr,
+                    metrics.roc_auc.unwrap_or(f64::NAN),
+                )?;
             }
         }
     }
@@ -141,10 +247,18 @@ pub(crate) fn write_report(
         summary.steps,
         summary.train_seconds,
         summary.parameters,
-        if summary.stopped_early { ", stopped early" } else { "" }
+        if summary.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        }
     );
     if let Some(v) = &summary.validation {
-        text.push_str(&format_evaluation("validation", v, summary.classes.as_deref()));
+        text.push_str(&format_evaluation(
+            "validation",
+            v,
+            summary.classes.as_deref(),
+        ));
     }
     if let Some(t) = &summary.test {
         text.push_str(&format_evaluation("test", t, summary.classes.as_deref()));
