@@ -269,3 +269,13 @@ fn categorical_embeddings_and_robust_scaling_train() {
         101
     );
 }
+
+#[test]
+fn rerunning_a_named_run_never_overwrites_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["train", "--data", "builtin:iris", "--set", "trainer.epochs=1", "--set", "output.name=iris", "--json"];
+    let a = kiln_json(dir.path(), &args);
+    let b = kiln_json(dir.path(), &args);
+    assert_eq!(a["run_dir"], "runs/iris");
+    assert_eq!(b["run_dir"], "runs/iris-2");
+}

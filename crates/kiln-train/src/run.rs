@@ -65,14 +65,15 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Train
     serde_json::from_slice(&bytes).map_err(|e| TrainError::Run(format!("{}: {e}", path.display())))
 }
 
-/// Creates a fresh run directory `parent/name` (failing if it holds a run already).
+/// Creates a fresh run directory `parent/name`; when that already holds a run, the first
+/// free `name-2`, `name-3`, ... (as Ludwig numbers its runs), so re-running a config never
+/// overwrites an earlier run.
 pub fn create(parent: &Path, name: &str) -> Result<PathBuf, TrainError> {
-    let dir = parent.join(name);
-    if dir.join(files::CONFIG).exists() {
-        return Err(TrainError::Run(format!(
-            "{} already holds a run; choose another output.name or resume it with --resume",
-            dir.display()
-        )));
+    let mut dir = parent.join(name);
+    let mut n = 2;
+    while dir.join(files::CONFIG).exists() {
+        dir = parent.join(format!("{name}-{n}"));
+        n += 1;
     }
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     Ok(dir)
