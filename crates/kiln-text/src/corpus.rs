@@ -240,6 +240,28 @@ impl TokenFile {
         }
     }
 
+    /// Unmaps the pages around tokens `start..start + count` once they have been copied out.
+    ///
+    /// The kernel maps page-cache pages into the process in large folios (up to 2 MiB) on a
+    /// fault, so random windows over a multi-gigabyte file would otherwise map most of it and
+    /// count it as resident. Dropping the 2 MiB blocks just read keeps resident memory at a few
+    /// blocks; the data stays in the page cache, so a later read is a minor fault.
+    fn release(&self, start: usize, count: usize) {
+        #[cfg(unix)]
+        {
+            const BLOCK: usize = 2 << 20;
+            let first = (start * self.dtype.width()) / BLOCK * BLOCK;
+            let end = ((start + count) * self.dtype.width()).div_ceil(BLOCK) * BLOCK;
+            let end = end.min(self.map.len());
+            // SAFETY: the map is a read-only shared file mapping and no slice of it outlives
+            // this call's caller (windows are copied out first); MADV_DONTNEED on such a map
+            // only drops page-table entries, and the next access reads the same file data.
+            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first) };
+        }
+        #[cfg(not(unix))]
+        let _ = (start, count);
+    }
+
     /// `count` tokens from `start`.
     pub fn window(&self, start: usize, count: usize) -> Vec<u32> {
         (start..start + count).map(|i| self.get(i)).collect()
@@ -278,6 +300,7 @@ impl TokenFile {
             }
             x.extend(w[..context].iter().map(|&t| t as i64));
             y.extend(w[1..].iter().map(|&t| t as i64));
+            self.release(start, context + 1);
         }
         Ok((x, y))
     }
