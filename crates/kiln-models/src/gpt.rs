@@ -264,9 +264,11 @@ impl Gpt {
         match &self.head {
             Some(head) => head.forward(x),
             None => {
+                // [B*T, C] x [C, V]: one 2-D matmul on the transposed embedding view.
                 let w = self.wte.weight.val(); // [V, C]
                 let [v, c] = w.dims();
-                x.matmul(w.transpose().reshape([1, c, v]).expand([b, c, v]))
+                let [_, t, _] = x.dims();
+                x.reshape([b * t, c]).matmul(w.transpose()).reshape([b, t, v])
             }
         }
     }
