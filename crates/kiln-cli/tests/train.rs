@@ -273,7 +273,16 @@ fn categorical_embeddings_and_robust_scaling_train() {
 #[test]
 fn rerunning_a_named_run_never_overwrites_it() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["train", "--data", "builtin:iris", "--set", "trainer.epochs=1", "--set", "output.name=iris", "--json"];
+    let args = [
+        "train",
+        "--data",
+        "builtin:iris",
+        "--set",
+        "trainer.epochs=1",
+        "--set",
+        "output.name=iris",
+        "--json",
+    ];
     let a = kiln_json(dir.path(), &args);
     let b = kiln_json(dir.path(), &args);
     assert_eq!(a["run_dir"], "runs/iris");

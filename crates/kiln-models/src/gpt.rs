@@ -268,7 +268,9 @@ impl Gpt {
                 let w = self.wte.weight.val(); // [V, C]
                 let [v, c] = w.dims();
                 let [_, t, _] = x.dims();
-                x.reshape([b * t, c]).matmul(w.transpose()).reshape([b, t, v])
+                x.reshape([b * t, c])
+                    .matmul(w.transpose())
+                    .reshape([b, t, v])
             }
         }
     }

@@ -90,3 +90,52 @@ fn config_validation() {
     c.heads = 5;
     assert!(c.validate().unwrap_err().contains("divisible"));
 }
+
+#[test]
+fn sampling_respects_temperature_top_k_and_top_p() {
+    use kiln_data::rng::SplitMix64;
+    use kiln_models::{SamplingConfig, sample};
+    let logits = [0.0f32, 3.0, 1.0, 2.9, -1.0];
+    let greedy = SamplingConfig {
+        temperature: 0.0,
+        ..SamplingConfig::default()
+    };
+    assert_eq!(sample(&logits, &greedy, &mut SplitMix64::new(1)), 1);
+    let top2 = SamplingConfig {
+        temperature: 1.0,
+        top_k: 2,
+        ..SamplingConfig::default()
+    };
+    let mut rng = SplitMix64::new(2);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..500 {
+        seen.insert(sample(&logits, &top2, &mut rng));
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec![1, 3],
+        "top-k keeps the two best"
+    );
+    // Probabilities (T = 1): 1 → 0.47, 3 → 0.43: top_p = 0.4 keeps token 1 alone.
+    let nucleus = SamplingConfig {
+        temperature: 1.0,
+        top_p: 0.4,
+        ..SamplingConfig::default()
+    };
+    for seed in 0..50 {
+        assert_eq!(sample(&logits, &nucleus, &mut SplitMix64::new(seed)), 1);
+    }
+    // Plain sampling visits every token and follows the softmax roughly.
+    let plain = SamplingConfig {
+        temperature: 1.0,
+        ..SamplingConfig::default()
+    };
+    let mut counts = [0usize; 5];
+    let mut rng = SplitMix64::new(3);
+    for _ in 0..20_000 {
+        counts[sample(&logits, &plain, &mut rng) as usize] += 1;
+    }
+    let share = counts[1] as f64 / 20_000.0;
+    assert!((share - 0.47).abs() < 0.03, "token 1 share {share}");
+    assert!(counts.iter().all(|&c| c > 0));
+}

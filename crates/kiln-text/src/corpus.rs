@@ -256,7 +256,13 @@ impl TokenFile {
             // SAFETY: the map is a read-only shared file mapping and no slice of it outlives
             // this call's caller (windows are copied out first); MADV_DONTNEED on such a map
             // only drops page-table entries, and the next access reads the same file data.
-            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first) };
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first,
+                    end - first,
+                )
+            };
         }
         #[cfg(not(unix))]
         let _ = (start, count);

@@ -117,10 +117,22 @@ fn peoples_daily() -> Option<String> {
 #[ignore = "needs data/peoples_daily.txt (scripts/setup-text-data.sh)"]
 fn bpe_round_trips_the_peoples_daily_validation_text() {
     let text = peoples_daily().expect("run scripts/setup-text-data.sh first");
-    let cut = text.char_indices().nth(text.chars().count() * 9 / 10).unwrap().0;
+    let cut = text
+        .char_indices()
+        .nth(text.chars().count() * 9 / 10)
+        .unwrap()
+        .0;
     let (train, val) = text.split_at(cut);
     let tk = TextTokenizer::train_bpe(&[train], 6000).unwrap();
     let ids = tk.encode_long(val).unwrap();
-    assert_eq!(tk.decode(&ids).unwrap(), val, "decode(encode(x)) == x on the validation text");
-    println!("{} validation characters -> {} BPE tokens", val.chars().count(), ids.len());
+    assert_eq!(
+        tk.decode(&ids).unwrap(),
+        val,
+        "decode(encode(x)) == x on the validation text"
+    );
+    println!(
+        "{} validation characters -> {} BPE tokens",
+        val.chars().count(),
+        ids.len()
+    );
 }

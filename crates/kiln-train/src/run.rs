@@ -111,6 +111,12 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
     let config_path = dir.join(files::CONFIG);
     let config =
         kiln_config::load(&config_path, &[]).map_err(|e| TrainError::Run(e.to_string()))?;
+    if config.model.kind == kiln_config::ModelKind::Gpt {
+        return Err(TrainError::Run(format!(
+            "{} is a language-model run: sample from it with `kiln generate`",
+            dir.display()
+        )));
+    }
     let preprocessor: Preprocessor = read_json(&dir.join(files::PREPROCESSOR))?;
     let spec: ModelSpec = read_json(&dir.join(files::MODEL_SPEC))?;
     let weights_path = dir.join(files::WEIGHTS);
