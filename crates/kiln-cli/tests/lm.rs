@@ -183,6 +183,9 @@ fn char_gpt_trains_and_generates_the_same_with_and_without_cache() {
         ],
     );
     assert!(err.contains("context is 32 tokens"), "{err}");
+    // eval/predict are for tabular runs.
+    let err = kiln_err(dir.path(), &["eval", "runs/lm", "--data", "corpus.txt"]);
+    assert!(err.contains("language-model run"), "{err}");
     // A tokenizer from another corpus does not fit the model.
     std::fs::write(dir.path().join("other.txt"), "xyz").unwrap();
     kiln_ok(
