@@ -21,6 +21,8 @@ fn digits_example_reaches_97_percent_on_the_test_split() {
     let acc = out["test"]["accuracy"].as_f64().unwrap();
     assert!(acc >= 0.97, "digits test accuracy {acc}");
     assert_eq!(out["rows"]["test"], 359);
+    // 64·256+256 + 256·128+128 + 128·10+10 weights and biases.
+    assert_eq!(out["parameters"], 50826);
     assert!(out["test"]["f1_macro"].as_f64().unwrap() > 0.96);
     assert!(out["test"]["roc_auc"].as_f64().unwrap() > 0.99);
     let run = dir.path().join(out["run_dir"].as_str().unwrap());

@@ -77,6 +77,11 @@ impl ModuleVisitor for PathLister {
     }
 }
 
+/// Number of scalar parameters of a module (trainable or not, initialised or lazy).
+pub fn parameter_count<M: Module>(module: &M) -> usize {
+    module.num_params()
+}
+
 /// Paths and shapes of a module's trainable parameters, in visit order.
 pub fn trainable_parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
     let mut lister = PathLister {

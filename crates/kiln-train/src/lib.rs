@@ -20,8 +20,7 @@ pub mod weights;
 
 pub use grads::{GradientSync, ParamGrads, SingleProcess};
 pub use trainer::{
-    EpochRecord, Observer, Silent, StartInfo, StepRecord, TrainOutcome, TrainSetup, check_task,
-    train,
+    EpochRecord, Observer, Silent, StartInfo, StepRecord, TrainOutcome, TrainSetup, train,
 };
 
 /// Training errors.

@@ -167,10 +167,7 @@ pub fn train_lm(
             (model, optimizer, state, Some(ck.step))
         }
     };
-    let parameters = crate::grads::trainable_parameters(&model)
-        .iter()
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
+    let parameters = crate::grads::parameter_count(&model);
     observer.on_start(&StartInfo {
         total_steps: t.max_steps as u64,
         steps_done: state.step,

@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::prelude::{Device, Int, Tensor, TensorData};
 use burn::tensor::activation::log_softmax;
-use kiln_config::{BatchSize, Config, Task};
+use kiln_config::{BatchSize, Config};
 use kiln_data::rng::SplitMix64;
 use kiln_data::{Encoded, Preprocessor, Target};
 use kiln_models::{ModelSpec, Network};
@@ -284,10 +284,7 @@ pub fn train(
         }
     };
 
-    let parameters = crate::grads::trainable_parameters(&model)
-        .iter()
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
+    let parameters = crate::grads::parameter_count(&model);
     observer.on_start(&StartInfo {
         total_steps,
         steps_done: state.global_step,
@@ -474,18 +471,4 @@ pub fn train(
         seconds: started.elapsed().as_secs_f64(),
         resumed_from,
     })
-}
-
-/// Whether the configured task and the preprocessor agree (guards resume and eval).
-pub fn check_task(config: &Config, preprocessor: &Preprocessor) -> Result<(), TrainError> {
-    if let Some(task) = config.data.task
-        && task != preprocessor.task
-    {
-        return Err(TrainError::Invalid(format!(
-            "config says task {task:?} but the fitted preprocessor is {:?}",
-            preprocessor.task
-        )));
-    }
-    let _ = Task::Classification;
-    Ok(())
 }

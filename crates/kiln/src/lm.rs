@@ -219,10 +219,7 @@ pub fn train_lm_run(
     let summary = LmSummary {
         run_dir: run_dir.clone(),
         corpus: meta,
-        parameters: kiln_train::grads::trainable_parameters(&outcome.model)
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum(),
+        parameters: kiln_train::grads::parameter_count(&outcome.model),
         steps: outcome.steps,
         val_loss: last.map(|e| e.val_loss),
         bits_per_char: last.map(|e| e.bits_per_char),

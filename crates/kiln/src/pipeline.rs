@@ -301,13 +301,7 @@ pub fn train_run(
     };
     let outcome: TrainOutcome = kiln_train::train(setup, checkpoint, observer, &mut SingleProcess)?;
     run::save_weights(&run_dir, &outcome.model)?;
-    let parameters = kiln_train::grads::trainable_parameters(&kiln_models::Network::new(
-        &spec,
-        &device.clone().autodiff(),
-    ))
-    .iter()
-    .map(|(_, s)| s.iter().product::<usize>())
-    .sum();
+    let parameters = kiln_train::grads::parameter_count(&outcome.model);
     let score_split = |e: &Encoded| -> Result<Option<Evaluation>> {
         if e.rows == 0 {
             return Ok(None);

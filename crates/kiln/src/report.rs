@@ -85,7 +85,6 @@ pub fn format_evaluation(title: &str, eval: &Evaluation, classes: Option<&[Strin
 
 fn plots(
     run_dir: &Path,
-    config: &Config,
     summary: &RunSummary,
     test: &Encoded,
     preds: Option<&Predictions>,
@@ -213,7 +212,6 @@ fn plots(
             }
         }
     }
-    let _ = config;
     Ok(())
 }
 
@@ -265,7 +263,7 @@ pub(crate) fn write_report(
     }
     kiln_train::checkpoint::write_atomic(&run_dir.join(files::REPORT_TXT), text.as_bytes())?;
     if config.output.plots {
-        plots(run_dir, config, summary, test, preds)?;
+        plots(run_dir, summary, test, preds)?;
     }
     Ok(())
 }
