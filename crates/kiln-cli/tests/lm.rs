@@ -65,7 +65,11 @@ fn char_gpt_trains_and_generates_the_same_with_and_without_cache() {
         &["train", "lm.toml", "--json", "--set", "output.name=lm"],
     );
     // 2 blocks of 12·32² + 8·32 (no bias), embeddings (vocab + 32 positions)·32, final norm.
-    assert!(out["parameters"].as_u64().unwrap() > 2 * 12 * 32 * 32, "{}", out["parameters"]);
+    assert!(
+        out["parameters"].as_u64().unwrap() > 2 * 12 * 32 * 32,
+        "{}",
+        out["parameters"]
+    );
     let evals = out["evals"].as_array().unwrap();
     assert_eq!(evals.len(), 3);
     let first = evals[0]["val_loss"].as_f64().unwrap();

@@ -8,7 +8,7 @@ use kiln_config::{Config, Task};
 use kiln_data::{Encoded, LoadReport, Preprocessor, Schema, Split, Table};
 use kiln_models::ModelSpec;
 use kiln_train::checkpoint::{LoadedCheckpoint, read_latest};
-use kiln_train::evaluate::{Evaluation, predict, score};
+use kiln_train::evaluate::{Evaluation, Predictions, predict, score};
 use kiln_train::run::{self, files};
 use kiln_train::{Observer, SingleProcess, TrainOutcome, TrainSetup};
 use serde::Serialize;
@@ -302,17 +302,18 @@ pub fn train_run(
     let outcome: TrainOutcome = kiln_train::train(setup, checkpoint, observer, &mut SingleProcess)?;
     run::save_weights(&run_dir, &outcome.model)?;
     let parameters = kiln_train::grads::parameter_count(&outcome.model);
-    let score_split = |e: &Encoded| -> Result<Option<Evaluation>> {
-        if e.rows == 0 {
-            return Ok(None);
-        }
-        let p = predict(&outcome.model, e, &data.preprocessor, &device);
-        Ok(Some(score(e, &p, &data.preprocessor)?))
+    // Predict each split once; the test predictions also feed the report's ROC curve.
+    let predict_split =
+        |e: &Encoded| (e.rows > 0).then(|| predict(&outcome.model, e, &data.preprocessor, &device));
+    let score_split = |e: &Encoded, p: &Option<Predictions>| -> Result<Option<Evaluation>> {
+        Ok(match p {
+            Some(p) => Some(score(e, p, &data.preprocessor)?),
+            None => None,
+        })
     };
-    let test = score_split(&data.test)?;
-    let validation = score_split(&data.validation)?;
-    let test_predictions = (data.test.rows > 0)
-        .then(|| predict(&outcome.model, &data.test, &data.preprocessor, &device));
+    let test_predictions = predict_split(&data.test);
+    let test = score_split(&data.test, &test_predictions)?;
+    let validation = score_split(&data.validation, &predict_split(&data.validation))?;
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         data: data.summary.clone(),
