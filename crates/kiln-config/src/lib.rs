@@ -292,11 +292,11 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             ));
         }
     }
-    if m.kind == ModelKind::Gpt {
+    if matches!(m.kind, ModelKind::Gpt | ModelKind::Transformer) {
         if m.layers == 0 || m.heads == 0 || m.embd == 0 || m.context < 2 {
             return Err(bad(
                 "model",
-                "a GPT needs layers, heads, embd >= 1 and context >= 2",
+                "a transformer needs layers, heads, embd >= 1 and context >= 2",
             ));
         }
         if !m.embd.is_multiple_of(m.heads) {
@@ -305,6 +305,17 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
                 format!("embd ({}) must be divisible by heads ({})", m.embd, m.heads),
             ));
         }
+    }
+    if matches!(m.kind, ModelKind::Transformer)
+        && c.text.tokenizer == "bpe"
+        && c.text.vocab_size < 257
+    {
+        return Err(bad(
+            "text.vocab_size",
+            format!("BPE needs at least 257 tokens, got {}", c.text.vocab_size),
+        ));
+    }
+    if m.kind == ModelKind::Gpt {
         if c.trainer.max_steps == 0 {
             return Err(bad("trainer.max_steps", "expected at least 1"));
         }
@@ -396,8 +407,17 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     if t.log_every_steps == 0 {
         return Err(bad("trainer.log_every_steps", "expected at least 1"));
     }
-    const MONITORS: [&str; 7] = [
-        "loss", "accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2",
+    const MONITORS: [&str; 10] = [
+        "loss",
+        "accuracy",
+        "f1_macro",
+        "f1",
+        "precision",
+        "recall",
+        "roc_auc",
+        "rmse",
+        "mae",
+        "r2",
     ];
     if !MONITORS.contains(&t.monitor.as_str()) {
         return Err(bad(
@@ -416,5 +436,8 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
 
 /// Whether a higher value of the monitored metric is better.
 pub fn monitor_higher_is_better(metric: &str) -> bool {
-    matches!(metric, "accuracy" | "f1_macro" | "roc_auc" | "r2")
+    matches!(
+        metric,
+        "accuracy" | "f1_macro" | "f1" | "precision" | "recall" | "roc_auc" | "r2"
+    )
 }

@@ -212,6 +212,9 @@ pub enum FeatureType {
     Binary,
     /// Pixels (IDX sources).
     Image,
+    /// Free text, tokenized (`[text]` settings) and read by a transformer encoder
+    /// (`model.type = "transformer"`).
+    Text,
     /// Carried through to predictions, not a feature.
     Id,
     /// Not used.
@@ -251,6 +254,9 @@ pub enum ModelKind {
     Cnn,
     /// A nanoGPT-style decoder language model trained on a text corpus.
     Gpt,
+    /// A transformer encoder over a `text` feature (token + position embeddings, encoder
+    /// blocks, mean pooling), joined with any other features before the MLP head.
+    Transformer,
 }
 
 /// Hidden-layer activation.
@@ -321,15 +327,16 @@ pub struct ModelConfig {
     pub batch_norm: bool,
     /// Convolution blocks (CNN only), applied in order before the fully connected head.
     pub conv: Vec<ConvLayer>,
-    /// Transformer blocks (GPT).
+    /// Transformer blocks (GPT, transformer).
     pub layers: usize,
-    /// Attention heads (GPT).
+    /// Attention heads (GPT, transformer).
     pub heads: usize,
-    /// Embedding width (GPT).
+    /// Embedding width (GPT, transformer).
     pub embd: usize,
-    /// Context length in tokens (GPT).
+    /// Context length in tokens (GPT); longest text read, in tokens (transformer: longer
+    /// texts keep their first `context` tokens).
     pub context: usize,
-    /// Biases in Linear and LayerNorm (GPT).
+    /// Biases in Linear and LayerNorm (GPT, transformer).
     pub bias: bool,
     /// Tie the output head to the token embedding (GPT).
     pub tied_head: bool,
@@ -495,6 +502,10 @@ pub struct TrainerConfig {
     /// Keep the weights of the epoch with the best monitored validation value as the final
     /// model (HF's `load_best_model_at_end`); otherwise the last epoch's.
     pub keep_best: bool,
+    /// Text data: batch texts of similar length (HF's `group_by_length`): rows are shuffled,
+    /// sorted by length within windows of 50 batches, and the batches shuffled, so little
+    /// compute goes to padding.
+    pub group_by_length: bool,
     /// Write a resumable checkpoint every this many optimizer steps (0 = only at epoch ends).
     pub checkpoint_every_steps: usize,
     /// Record training loss every this many optimizer steps.
@@ -533,6 +544,7 @@ impl Default for TrainerConfig {
             monitor: "loss".into(),
             early_stopping_patience: 0,
             keep_best: false,
+            group_by_length: true,
             checkpoint_every_steps: 0,
             log_every_steps: 10,
             max_steps: 2000,

@@ -3,8 +3,10 @@
 use std::collections::HashSet;
 
 use kiln_config::{
-    BadRows, CategoricalEncoding, Config, FeatureType, MissingStrategy, Normalization, Task,
+    BadRows, CategoricalEncoding, Config, FeatureType, MissingStrategy, ModelKind, Normalization,
+    Task,
 };
+use kiln_text::TokenizerKind;
 use serde::{Deserialize, Serialize};
 
 use crate::table::{Column, Table};
@@ -27,6 +29,12 @@ pub struct ColumnPlan {
     pub encoding: CategoricalEncoding,
     /// Embedding width (0 = choose from the number of categories).
     pub embedding_dim: usize,
+    /// Tokenizer of a text feature.
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerKind>,
+    /// Longest token sequence kept of a text feature (longer texts keep their start).
+    #[serde(default)]
+    pub max_tokens: usize,
 }
 
 /// The resolved roles of all columns.
@@ -90,6 +98,9 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
                 return (FeatureType::Ignore, Some("constant column".into()));
             }
             if distinct.len() > 20 && distinct.len() as f64 > 0.5 * present.len() as f64 {
+                if looks_like_prose(&present) {
+                    return (FeatureType::Text, None);
+                }
                 return (
                     FeatureType::Ignore,
                     Some(format!(
@@ -102,6 +113,19 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
             (FeatureType::Categorical, None)
         }
     }
+}
+
+/// Mostly-distinct strings that read as sentences rather than identifiers: long on average,
+/// or several words long.
+fn looks_like_prose(values: &[&str]) -> bool {
+    let n = values.len().max(1) as f64;
+    let chars = values.iter().map(|s| s.chars().count()).sum::<usize>() as f64 / n;
+    let words = values
+        .iter()
+        .map(|s| s.split_whitespace().count())
+        .sum::<usize>() as f64
+        / n;
+    chars >= 24.0 || words >= 4.0
 }
 
 fn infer_task(column: &Column) -> Task {
@@ -187,7 +211,16 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
         let over = config.features.iter().find(|f| &f.name == name);
         let (kind, reason) = match over.and_then(|f| f.kind) {
             Some(k) => (k, Some("set to ignore in [[features]]".to_string())),
-            None => infer_type(column),
+            None => match infer_type(column) {
+                (FeatureType::Text, _) if config.model.kind != ModelKind::Transformer => (
+                    FeatureType::Ignore,
+                    Some(
+                        "free text; set model.type = \"transformer\" to read it with a text encoder"
+                            .into(),
+                    ),
+                ),
+                inferred => inferred,
+            },
         };
         match kind {
             FeatureType::Ignore => {
@@ -201,6 +234,18 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
             FeatureType::Image if !matches!(column, Column::Image { .. }) => {
                 return Err(DataError::Invalid(format!(
                     "{}: column \"{name}\" is not an image column",
+                    table.origin
+                )));
+            }
+            FeatureType::Text if config.model.kind != ModelKind::Transformer => {
+                return Err(DataError::Invalid(format!(
+                    "column \"{name}\" is a text feature: it needs model.type = \"transformer\" (model.type is \"{}\")",
+                    format!("{:?}", config.model.kind).to_lowercase()
+                )));
+            }
+            FeatureType::Text if !matches!(column, Column::Text(_)) => {
+                return Err(DataError::Invalid(format!(
+                    "{}: column \"{name}\" holds numbers or images, not text",
                     table.origin
                 )));
             }
@@ -228,11 +273,35 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
                 .unwrap_or(data.normalization),
             encoding: over.and_then(|f| f.encoding).unwrap_or(data.encoding),
             embedding_dim: over.and_then(|f| f.embedding_dim).unwrap_or(0),
+            tokenizer: (kind == FeatureType::Text).then(|| {
+                TokenizerKind::from_setting(&config.text.tokenizer, config.text.vocab_size)
+            }),
+            max_tokens: if kind == FeatureType::Text {
+                config.model.context
+            } else {
+                0
+            },
         });
     }
     if features.is_empty() {
         return Err(DataError::Invalid(format!(
             "{}: no usable feature columns (ignored: {ignored:?})",
+            table.origin
+        )));
+    }
+    let texts = features
+        .iter()
+        .filter(|f| f.kind == FeatureType::Text)
+        .count();
+    if texts > 1 {
+        return Err(DataError::Invalid(format!(
+            "{}: {texts} text features; a transformer reads one text column (join them into one, or set the others to type = \"ignore\")",
+            table.origin
+        )));
+    }
+    if config.model.kind == ModelKind::Transformer && texts == 0 {
+        return Err(DataError::Invalid(format!(
+            "{}: model.type = \"transformer\" needs a text feature; none of the columns was inferred as text (mark one with [[features]] type = \"text\")",
             table.origin
         )));
     }

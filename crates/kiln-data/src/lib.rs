@@ -14,7 +14,6 @@ mod describe;
 mod idx;
 mod infer;
 mod preprocess;
-pub mod rng;
 mod split;
 mod table;
 

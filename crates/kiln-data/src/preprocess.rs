@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use kiln_config::{CategoricalEncoding, FeatureType, MissingStrategy, Normalization, Task};
+use kiln_text::TextTokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::infer::{Schema, parse_number};
@@ -63,6 +64,19 @@ pub enum FeatureTransform {
         /// Training pixel std (after /255).
         std: f32,
     },
+    /// Text as token ids: the tokenizer's ids + 1 (0 pads), at most `max_tokens` per row.
+    Text {
+        /// Column name.
+        name: String,
+        /// The tokenizer fitted on the training rows (`tokenizer.json` text).
+        tokenizer: String,
+        /// Token table size of the model: the tokenizer's vocabulary + 1 for padding.
+        vocab_size: usize,
+        /// Longest sequence kept; longer texts keep their first `max_tokens` tokens.
+        max_tokens: usize,
+        /// Drop rows with missing text (training only); otherwise missing text is empty.
+        drop_missing: bool,
+    },
 }
 
 impl FeatureTransform {
@@ -72,7 +86,8 @@ impl FeatureTransform {
             FeatureTransform::Numeric { name, .. }
             | FeatureTransform::Categorical { name, .. }
             | FeatureTransform::Binary { name, .. }
-            | FeatureTransform::Image { name, .. } => name,
+            | FeatureTransform::Image { name, .. }
+            | FeatureTransform::Text { name, .. } => name,
         }
     }
 
@@ -84,7 +99,7 @@ impl FeatureTransform {
                 embedding_dim: None,
                 ..
             } => categories.len(),
-            FeatureTransform::Categorical { .. } => 0,
+            FeatureTransform::Categorical { .. } | FeatureTransform::Text { .. } => 0,
             FeatureTransform::Image { height, width, .. } => height * width,
         }
     }
@@ -176,6 +191,12 @@ pub struct Encoded {
     pub shape: InputShape,
     /// Embedding indices, `rows * cardinalities.len()` values (0 = unknown or missing).
     pub categories: Vec<u32>,
+    /// Token ids of the text feature, `rows * seq_len` values, 0-padded at the end.
+    pub tokens: Vec<u32>,
+    /// Tokens per row of `tokens` (0 without a text feature).
+    pub seq_len: usize,
+    /// Texts cut to `seq_len` tokens.
+    pub texts_truncated: usize,
     /// Table size of each embedded feature (known categories + 1).
     pub cardinalities: Vec<usize>,
     /// Targets, when the target column is present.
@@ -195,21 +216,38 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    /// Tokens (before padding) of each row's text; empty without a text feature.
+    pub fn text_lengths(&self) -> Vec<usize> {
+        if self.seq_len == 0 {
+            return Vec::new();
+        }
+        self.tokens
+            .chunks(self.seq_len)
+            .map(|row| row.iter().rposition(|&v| v != 0).map_or(0, |p| p + 1))
+            .collect()
+    }
+
     /// The rows `idx` (positions in this batch).
     pub fn select(&self, idx: &[usize]) -> Encoded {
         let size = self.shape.size();
         let ncat = self.cardinalities.len();
+        let t = self.seq_len;
         let mut x = Vec::with_capacity(idx.len() * size);
         let mut categories = Vec::with_capacity(idx.len() * ncat);
+        let mut tokens = Vec::with_capacity(idx.len() * t);
         for &i in idx {
             x.extend_from_slice(&self.x[i * size..(i + 1) * size]);
             categories.extend_from_slice(&self.categories[i * ncat..(i + 1) * ncat]);
+            tokens.extend_from_slice(&self.tokens[i * t..(i + 1) * t]);
         }
         Encoded {
             x,
             rows: idx.len(),
             shape: self.shape,
             categories,
+            tokens,
+            seq_len: t,
+            texts_truncated: self.texts_truncated,
             cardinalities: self.cardinalities.clone(),
             y: self.y.as_ref().map(|y| y.select(idx)),
             ids: self
@@ -487,6 +525,29 @@ impl Preprocessor {
                         std: if std > 0.0 { std as f32 } else { 1.0 },
                     }
                 }
+                FeatureType::Text => {
+                    let texts: Vec<String> = train.iter().filter_map(|&r| column.text(r)).collect();
+                    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                    let kind = plan.tokenizer.clone().ok_or_else(|| {
+                        DataError::Invalid(format!(
+                            "text feature \"{}\" has no tokenizer",
+                            plan.name
+                        ))
+                    })?;
+                    let tokenizer = TextTokenizer::build(&kind, &texts).map_err(|e| {
+                        DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
+                    })?;
+                    let json = tokenizer.to_json().map_err(|e| {
+                        DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
+                    })?;
+                    FeatureTransform::Text {
+                        name: plan.name.clone(),
+                        tokenizer: json,
+                        vocab_size: tokenizer.vocab_size() + 1,
+                        max_tokens: plan.max_tokens.max(1),
+                        drop_missing,
+                    }
+                }
                 FeatureType::Id | FeatureType::Ignore => continue,
             };
             features.push(transform);
@@ -581,6 +642,18 @@ impl Preprocessor {
             .collect()
     }
 
+    /// `(token table size, longest sequence)` of the text feature, if there is one.
+    pub fn text_input(&self) -> Option<(usize, usize)> {
+        self.features.iter().find_map(|f| match f {
+            FeatureTransform::Text {
+                vocab_size,
+                max_tokens,
+                ..
+            } => Some((*vocab_size, *max_tokens)),
+            _ => None,
+        })
+    }
+
     /// Number of classes (1 for regression: one output).
     pub fn num_outputs(&self) -> usize {
         match &self.target {
@@ -645,11 +718,27 @@ impl Preprocessor {
             Some(id) => Some(table.column(id, "id_column")?),
             None => None,
         };
+        let tokenizers: Vec<Option<TextTokenizer>> = self
+            .features
+            .iter()
+            .map(|f| match f {
+                FeatureTransform::Text {
+                    name, tokenizer, ..
+                } => TextTokenizer::from_json(tokenizer)
+                    .map(Some)
+                    .map_err(|e| DataError::Invalid(format!("text feature \"{name}\": {e}"))),
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        let seq_len = self.text_input().map(|(_, t)| t).unwrap_or(0);
         let mut out = Encoded {
             x: Vec::with_capacity(rows.len() * size),
             rows: 0,
             shape,
             categories: Vec::with_capacity(rows.len() * cardinalities.len()),
+            tokens: Vec::with_capacity(rows.len() * seq_len),
+            seq_len,
+            texts_truncated: 0,
             cardinalities: cardinalities.clone(),
             y: None,
             ids: id_col.map(|_| Vec::with_capacity(rows.len())),
@@ -663,9 +752,11 @@ impl Preprocessor {
         let mut values = Vec::new();
         let mut row_x = Vec::with_capacity(size);
         let mut row_cat = Vec::with_capacity(cardinalities.len());
+        let mut row_tokens = Vec::with_capacity(seq_len);
         'rows: for &r in rows {
             row_x.clear();
             row_cat.clear();
+            row_tokens.clear();
             let mut filled = 0;
             // Target first: a labelled row without a target is dropped in training.
             let mut label = None;
@@ -707,7 +798,7 @@ impl Preprocessor {
                     }
                 }
             }
-            for (f, column) in self.features.iter().zip(&columns) {
+            for ((f, column), tokenizer) in self.features.iter().zip(&columns).zip(&tokenizers) {
                 match f {
                     FeatureTransform::Numeric {
                         name,
@@ -815,11 +906,42 @@ impl Preprocessor {
                                 .map(|&p| (p as f32 / 255.0 - mean) / std),
                         );
                     }
+                    FeatureTransform::Text {
+                        name,
+                        max_tokens,
+                        drop_missing,
+                        ..
+                    } => {
+                        let text = match column.text(r) {
+                            Some(t) => t,
+                            None if *drop_missing && training => {
+                                out.missing_dropped += 1;
+                                continue 'rows;
+                            }
+                            None => {
+                                filled += 1;
+                                String::new()
+                            }
+                        };
+                        let tokenizer = tokenizer.as_ref().expect("built for text features");
+                        let ids = tokenizer.encode(&text).map_err(|e| DataError::BadValue {
+                            path: table.origin.clone(),
+                            line: table.lines[r],
+                            column: name.clone(),
+                            message: e.to_string(),
+                        })?;
+                        if ids.len() > *max_tokens {
+                            out.texts_truncated += 1;
+                        }
+                        row_tokens.extend(ids.iter().take(*max_tokens).map(|&id| id + 1));
+                        row_tokens.resize(*max_tokens, 0);
+                    }
                 }
             }
             out.missing_filled += filled;
             out.x.extend_from_slice(&row_x);
             out.categories.extend_from_slice(&row_cat);
+            out.tokens.extend_from_slice(&row_tokens);
             if let Some(ids) = out.ids.as_mut() {
                 ids.push(id_col.and_then(|c| c.text(r)).unwrap_or_default());
             }

@@ -6,9 +6,9 @@ use kiln_config::{DataConfig, SplitMethod, Task};
 use serde::{Deserialize, Serialize};
 
 use crate::infer::Schema;
-use crate::rng::SplitMix64;
 use crate::table::Table;
 use crate::{DataError, Result};
+use kiln_rng::SplitMix64;
 
 /// Row indices of each split.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -216,3 +216,81 @@ fn builtin_sets_load() {
     }
     assert!(load_builtin("nope").is_err());
 }
+
+fn reviews(rows: usize) -> String {
+    let words = [
+        "good", "bad", "plot", "film", "actors", "slow", "fine", "music",
+    ];
+    let mut text = String::from("id,review,label\n");
+    for i in 0..rows {
+        let review: Vec<&str> = (0..4 + i % 5).map(|w| words[(i * 7 + w * 3) % 8]).collect();
+        let review = if i == 3 {
+            "x".to_string()
+        } else {
+            review.join(" ")
+        };
+        text.push_str(&format!("{i},\"{review} {i}\",{}\n", ["a", "b"][i % 2]));
+    }
+    text
+}
+
+#[test]
+fn free_text_is_inferred_for_a_transformer_and_left_out_otherwise() {
+    let t = csv_table(&reviews(40));
+    let tabular = infer_schema(&t, &config("label")).unwrap();
+    assert!(tabular.features.iter().all(|f| f.name != "review"));
+    let reason = &tabular
+        .ignored
+        .iter()
+        .find(|(n, _)| n == "review")
+        .unwrap()
+        .1;
+    assert!(reason.contains("free text"), "{reason}");
+    let mut c = config("label");
+    c.model.kind = kiln_config::ModelKind::Transformer;
+    let schema = infer_schema(&t, &c).unwrap();
+    let review = schema.features.iter().find(|f| f.name == "review").unwrap();
+    assert_eq!(review.kind, FeatureType::Text);
+    assert_eq!(review.max_tokens, c.model.context);
+}
+
+#[test]
+fn text_becomes_shifted_token_ids_padded_and_truncated() {
+    let t = csv_table(&reviews(40));
+    let mut c = config("label");
+    c.model.kind = kiln_config::ModelKind::Transformer;
+    c.model.context = 12;
+    c.text.tokenizer = "char".into();
+    c.features = vec![FeatureConfig {
+        name: "id".into(),
+        kind: Some(FeatureType::Ignore),
+        missing: None,
+        fill_value: None,
+        normalization: None,
+        encoding: None,
+        embedding_dim: None,
+    }];
+    let schema = infer_schema(&t, &c).unwrap();
+    let rows: Vec<usize> = (0..40).collect();
+    let p = Preprocessor::fit(&t, &schema, &rows, &rows).unwrap();
+    let (vocab, max_tokens) = p.text_input().unwrap();
+    assert_eq!(max_tokens, 12);
+    let e = p.transform(&t, &rows, true, true).unwrap();
+    assert_eq!(e.seq_len, 12);
+    assert_eq!(e.tokens.len(), 40 * 12);
+    assert!(e.tokens.iter().all(|&id| (id as usize) < vocab));
+    // Row 3's text is "x 3": three characters, then padding.
+    let row3 = &e.tokens[3 * 12..4 * 12];
+    assert!(row3[..3].iter().all(|&id| id > 0));
+    assert!(row3[3..].iter().all(|&id| id == 0));
+    assert_eq!(e.text_lengths()[3], 3);
+    // Every other review is longer than 12 characters and is cut.
+    assert_eq!(e.texts_truncated, 39);
+    // The fitted tokenizer survives a save/load of the preprocessor.
+    let json = serde_json::to_string(&p).unwrap();
+    let back: Preprocessor = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        back.transform(&t, &rows, true, true).unwrap().tokens,
+        e.tokens
+    );
+}

@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::prelude::{Device, Int, Tensor, TensorData};
-use kiln_data::rng::SplitMix64;
+use kiln_rng::SplitMix64;
 
 use crate::gpt::{Gpt, KvCache};
 

@@ -3,13 +3,11 @@
 //! [`Gpt::forward_cached`] decodes with a key/value cache.
 
 use burn::module::Module;
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
-};
-use burn::prelude::{Bool, Device, Int, Tensor};
-use burn::tensor::activation::{gelu, softmax};
+use burn::nn::{Dropout, Embedding, EmbeddingConfig, LayerNorm, Linear, LinearConfig};
+use burn::prelude::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::transformer::{AttentionMask, Block, BlockShape, gpt2_init};
 
 /// GPT shape (saved in `model.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,34 +56,6 @@ impl GptConfig {
     }
 }
 
-/// Causal multi-head self-attention.
-#[derive(Module, Debug)]
-pub struct CausalSelfAttention {
-    qkv: Linear,
-    proj: Linear,
-    attn_drop: Dropout,
-    resid_drop: Dropout,
-    #[module(skip)]
-    heads: usize,
-}
-
-/// MLP: Linear(embd, 4 embd) → GELU → Linear(4 embd, embd) → dropout.
-#[derive(Module, Debug)]
-pub struct Mlp {
-    fc: Linear,
-    proj: Linear,
-    drop: Dropout,
-}
-
-/// One pre-LayerNorm block.
-#[derive(Module, Debug)]
-pub struct Block {
-    ln1: LayerNorm,
-    attn: CausalSelfAttention,
-    ln2: LayerNorm,
-    mlp: Mlp,
-}
-
 /// The decoder.
 #[derive(Module, Debug)]
 pub struct Gpt {
@@ -121,88 +91,17 @@ impl KvCache {
     }
 }
 
-impl CausalSelfAttention {
-    /// `x` is `[B, T, C]`; with a cache, `x` holds only the new positions, which attend to
-    /// the cached ones and causally among themselves.
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-    ) -> Tensor<3> {
-        let [b, t, c] = x.dims();
-        let h = self.heads;
-        let d = c / h;
-        let qkv = self.qkv.forward(x);
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(2, i * c, c)
-                .reshape([b, t, h, d])
-                .swap_dims(1, 2)
-        };
-        let (q, mut k, mut v) = (split(0), split(1), split(2));
-        let mut past = 0;
-        if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.take() {
-                past = pk.dims()[2];
-                k = Tensor::cat(vec![pk, k], 2);
-                v = Tensor::cat(vec![pv, v], 2);
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        let total = past + t;
-        let att = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()); // [B, H, T, total]
-        let att = if t > 1 {
-            // New position i (absolute past + i) may see keys 0..=past + i.
-            let mask =
-                Tensor::<2, Bool>::triu_mask([t, total], past as i64 + 1, &att.device()).bool_not();
-            let mask: Tensor<4, Bool> = mask.unsqueeze::<4>().expand([b, h, t, total]);
-            att.mask_fill(mask, f32::NEG_INFINITY)
-        } else {
-            att
-        };
-        let att = self.attn_drop.forward(softmax(att, 3));
-        let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
-        self.resid_drop.forward(self.proj.forward(y))
-    }
-}
-
 impl Gpt {
     /// A freshly initialised model (GPT-2 style: N(0, 0.02) embeddings).
     pub fn new(cfg: &GptConfig, device: &Device) -> Self {
-        let init = burn::nn::Initializer::Normal {
-            mean: 0.0,
-            std: 0.02,
+        let init = gpt2_init();
+        let shape = BlockShape {
+            embd: cfg.embd,
+            heads: cfg.heads,
+            dropout: cfg.dropout,
+            bias: cfg.bias,
         };
-        let linear = |i: usize, o: usize| {
-            LinearConfig::new(i, o)
-                .with_bias(cfg.bias)
-                .with_initializer(init.clone())
-                .init(device)
-        };
-        let ln = || {
-            LayerNormConfig::new(cfg.embd)
-                .with_bias(cfg.bias)
-                .init(device)
-        };
-        let drop = || DropoutConfig::new(cfg.dropout).init();
-        let blocks = (0..cfg.layers)
-            .map(|_| Block {
-                ln1: ln(),
-                attn: CausalSelfAttention {
-                    qkv: linear(cfg.embd, 3 * cfg.embd),
-                    proj: linear(cfg.embd, cfg.embd),
-                    attn_drop: drop(),
-                    resid_drop: drop(),
-                    heads: cfg.heads,
-                },
-                ln2: ln(),
-                mlp: Mlp {
-                    fc: linear(cfg.embd, 4 * cfg.embd),
-                    proj: linear(4 * cfg.embd, cfg.embd),
-                    drop: drop(),
-                },
-            })
-            .collect();
+        let blocks = shape.blocks(cfg.layers, device);
         Self {
             wte: EmbeddingConfig::new(cfg.vocab_size, cfg.embd)
                 .with_initializer(init.clone())
@@ -210,9 +109,9 @@ impl Gpt {
             wpe: EmbeddingConfig::new(cfg.context, cfg.embd)
                 .with_initializer(init.clone())
                 .init(device),
-            drop: drop(),
+            drop: shape.dropout(),
             blocks,
-            ln_f: ln(),
+            ln_f: shape.layer_norm(device),
             head: (!cfg.tied_head).then(|| {
                 LinearConfig::new(cfg.embd, cfg.vocab_size)
                     .with_bias(false)
@@ -253,9 +152,7 @@ impl Gpt {
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = x.clone() + block.attn.forward(block.ln1.forward(x), slot);
-            let m = block.mlp.fc.forward(block.ln2.forward(x.clone()));
-            x = x + block.mlp.drop.forward(block.mlp.proj.forward(gelu(m)));
+            x = block.forward(x, &AttentionMask::Causal, slot);
         }
         if let Some(c) = cache {
             c.len += t;

@@ -4,18 +4,23 @@
 //! architecture; [`Network::new`] builds it on any Burn [`Device`], with or without autodiff.
 //! One [`Network`] type covers the tabular MLP (with optional learned embeddings for
 //! categorical features), the linear baseline (no hidden layers) and the CNN (a conv stack
-//! in front of the same fully connected head).
+//! in front of the same fully connected head) and the text classifier (a transformer
+//! encoder whose mean-pooled output joins the head's input). [`Gpt`] is the decoder
+//! language model; both transformers share their blocks.
 #![warn(missing_docs)]
 
+mod encoder;
 mod generate;
 mod gpt;
 mod network;
 mod spec;
+mod transformer;
 
+pub use encoder::{TextEncoder, TextEncoderSpec};
 pub use generate::{SamplingConfig, generate, sample};
 pub use gpt::{Gpt, GptConfig, KvCache};
 pub use kiln_data::InputShape;
-pub use network::{Network, Outputs};
+pub use network::{Inputs, Network, Outputs};
 pub use spec::{ModelSpec, SpecError};
 
 pub use burn::prelude::{Device, Int, Tensor};

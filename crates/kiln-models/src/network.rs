@@ -9,6 +9,7 @@ use burn::prelude::{Device, Int, Tensor};
 use burn::tensor::activation;
 use kiln_config::{Activation, ModelKind};
 
+use crate::encoder::TextEncoder;
 use crate::spec::ModelSpec;
 use kiln_data::InputShape;
 
@@ -29,17 +30,41 @@ pub struct DenseBlock {
     dropout: Dropout,
 }
 
-/// An MLP, linear model or CNN, as described by a [`ModelSpec`].
+/// An MLP, linear model, CNN or text classifier, as described by a [`ModelSpec`].
 #[derive(Module, Debug)]
 pub struct Network {
     convs: Vec<ConvBlock>,
     embeddings: Vec<Embedding>,
+    text: Option<TextEncoder>,
     hidden: Vec<DenseBlock>,
     output: Linear,
     #[module(skip)]
     activation: Activation,
     #[module(skip)]
     input: InputShape,
+}
+
+/// One batch of model inputs.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// Dense inputs `[batch, input size]` (images flattened row-major); `None` when the
+    /// model has no dense inputs (text only).
+    pub x: Option<Tensor<2>>,
+    /// Embedding indices `[batch, embeddings]`, when the model has embeddings.
+    pub categories: Option<Tensor<2, Int>>,
+    /// Token ids `[batch, tokens]` (0 = padding), when the model reads text.
+    pub tokens: Option<Tensor<2, Int>>,
+}
+
+impl Inputs {
+    /// Dense inputs only.
+    pub fn dense(x: Tensor<2>) -> Self {
+        Self {
+            x: Some(x),
+            categories: None,
+            tokens: None,
+        }
+    }
 }
 
 /// The raw outputs of a forward pass: logits for classification, standardised values for
@@ -99,6 +124,7 @@ impl Network {
             .iter()
             .map(|&(n, d)| EmbeddingConfig::new(n, d).init(device))
             .collect();
+        let text = spec.text.as_ref().map(|t| TextEncoder::new(t, device));
         let mut width = spec.head_input();
         let hidden = spec
             .hidden
@@ -120,6 +146,7 @@ impl Network {
         Self {
             convs,
             embeddings,
+            text,
             hidden,
             output,
             activation: spec.activation,
@@ -127,45 +154,59 @@ impl Network {
         }
     }
 
-    /// Forward pass. `x` is `[batch, input size]` (images flattened row-major); `categories`
-    /// is `[batch, embeddings]` of embedding indices when the model has embeddings.
-    pub fn forward(&self, x: Tensor<2>, categories: Option<Tensor<2, Int>>) -> Outputs {
-        let [batch, _] = x.dims();
-        let mut h = if self.convs.is_empty() {
-            x
-        } else {
-            let InputShape::Image {
-                channels,
-                height,
-                width,
-            } = self.input
-            else {
-                unreachable!("a CNN is only built for image input")
-            };
-            let mut img: Tensor<4> = x.reshape([batch, channels, height, width]);
-            for block in &self.convs {
-                img = block.conv.forward(img);
-                if let Some(norm) = &block.norm {
-                    img = norm.forward(img);
+    /// Forward pass over one batch.
+    ///
+    /// # Panics
+    /// When `inputs` lacks a part the model reads (dense values, category indices, tokens).
+    pub fn forward(&self, inputs: Inputs) -> Outputs {
+        let mut parts = Vec::with_capacity(2 + self.embeddings.len());
+        if let Some(x) = inputs.x {
+            let [batch, _] = x.dims();
+            parts.push(if self.convs.is_empty() {
+                x
+            } else {
+                let InputShape::Image {
+                    channels,
+                    height,
+                    width,
+                } = self.input
+                else {
+                    unreachable!("a CNN is only built for image input")
+                };
+                let mut img: Tensor<4> = x.reshape([batch, channels, height, width]);
+                for block in &self.convs {
+                    img = block.conv.forward(img);
+                    if let Some(norm) = &block.norm {
+                        img = norm.forward(img);
+                    }
+                    img = act(self.activation, img);
+                    if let Some(pool) = &block.pool {
+                        img = pool.forward(img);
+                    }
+                    img = block.dropout.forward(img);
                 }
-                img = act(self.activation, img);
-                if let Some(pool) = &block.pool {
-                    img = pool.forward(img);
-                }
-                img = block.dropout.forward(img);
-            }
-            img.flatten(1, 3)
-        };
+                img.flatten(1, 3)
+            });
+        }
         if !self.embeddings.is_empty() {
-            let categories = categories.expect("the model has embeddings: pass category indices");
-            let mut parts = vec![h];
+            let categories = inputs
+                .categories
+                .expect("the model has embeddings: pass category indices");
             for (i, emb) in self.embeddings.iter().enumerate() {
                 let idx = categories.clone().narrow(1, i, 1); // [batch, 1]
                 let e: Tensor<3> = emb.forward(idx); // [batch, 1, d]
                 parts.push(e.flatten(1, 2));
             }
-            h = Tensor::cat(parts, 1);
         }
+        if let Some(encoder) = &self.text {
+            let tokens = inputs.tokens.expect("the model reads text: pass token ids");
+            parts.push(encoder.forward(tokens));
+        }
+        let mut h = if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Tensor::cat(parts, 1)
+        };
         for block in &self.hidden {
             h = block.linear.forward(h);
             if let Some(norm) = &block.norm {

@@ -2,6 +2,8 @@ use kiln_config::{Activation, ConvLayer, ModelConfig, ModelKind};
 use kiln_data::InputShape;
 use serde::{Deserialize, Serialize};
 
+use crate::encoder::TextEncoderSpec;
+
 /// Everything needed to rebuild a network: the model config plus what the data decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -23,6 +25,9 @@ pub struct ModelSpec {
     pub batch_norm: bool,
     /// Conv blocks (CNN).
     pub conv: Vec<ConvLayer>,
+    /// Text encoder (transformer), whose pooled output joins the head's input.
+    #[serde(default)]
+    pub text: Option<TextEncoderSpec>,
 }
 
 /// A model config that does not fit the data.
@@ -33,6 +38,12 @@ pub enum SpecError {
         "model.type = \"cnn\" needs an image feature (e.g. an IDX source); this data is tabular"
     )]
     CnnNeedsImages,
+    /// A transformer needs a text feature.
+    #[error("model.type = \"transformer\" needs a text feature (a column with type = \"text\")")]
+    TransformerNeedsText,
+    /// A text feature needs a transformer.
+    #[error("a text feature needs model.type = \"transformer\"")]
+    TextNeedsTransformer,
     /// The conv stack shrinks the image to nothing.
     #[error(
         "model.conv[{layer}]: the feature map is {height}x{width} before this layer, too small for kernel {kernel} (pool {pool})"
@@ -52,13 +63,22 @@ pub enum SpecError {
 }
 
 impl ModelSpec {
-    /// Combines the model config with the data's input shape, embeddings and outputs.
+    /// Combines the model config with the data's input shape, embeddings, text input
+    /// (`(token table size, longest sequence)`) and outputs.
     pub fn from_config(
         config: &ModelConfig,
         input: InputShape,
         embeddings: Vec<(usize, usize)>,
+        text: Option<(usize, usize)>,
         outputs: usize,
     ) -> Result<Self, SpecError> {
+        match (config.kind, text) {
+            (ModelKind::Transformer, None) => return Err(SpecError::TransformerNeedsText),
+            (kind, Some(_)) if kind != ModelKind::Transformer => {
+                return Err(SpecError::TextNeedsTransformer);
+            }
+            _ => {}
+        }
         let spec = Self {
             kind: config.kind,
             input,
@@ -77,6 +97,15 @@ impl ModelSpec {
             } else {
                 Vec::new()
             },
+            text: text.map(|(vocab_size, max_tokens)| TextEncoderSpec {
+                vocab_size,
+                max_tokens,
+                layers: config.layers,
+                heads: config.heads,
+                embd: config.embd,
+                dropout: config.dropout,
+                bias: config.bias,
+            }),
         };
         if spec.kind == ModelKind::Cnn {
             if !matches!(input, InputShape::Image { .. }) {
@@ -131,6 +160,8 @@ impl ModelSpec {
             let (c, h, w) = self.conv_output().expect("validated in from_config");
             c * h * w
         };
-        dense + self.embeddings.iter().map(|(_, d)| d).sum::<usize>()
+        dense
+            + self.embeddings.iter().map(|(_, d)| d).sum::<usize>()
+            + self.text.as_ref().map(|t| t.embd).unwrap_or(0)
     }
 }

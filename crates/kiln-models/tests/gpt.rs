@@ -93,8 +93,8 @@ fn config_validation() {
 
 #[test]
 fn sampling_respects_temperature_top_k_and_top_p() {
-    use kiln_data::rng::SplitMix64;
     use kiln_models::{SamplingConfig, sample};
+    use kiln_rng::SplitMix64;
     let logits = [0.0f32, 3.0, 1.0, 2.9, -1.0];
     let greedy = SamplingConfig {
         temperature: 0.0,

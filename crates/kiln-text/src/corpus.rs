@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kiln_data::rng::SplitMix64;
+use kiln_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::tokenizer::TextTokenizer;

@@ -29,6 +29,20 @@ pub enum TokenizerKind {
     },
 }
 
+impl TokenizerKind {
+    /// Parses the `[text] tokenizer` setting: `char`, `bpe` (with `vocab_size`), or the path
+    /// of a `tokenizer.json`.
+    pub fn from_setting(setting: &str, vocab_size: usize) -> Self {
+        match setting {
+            "char" => TokenizerKind::Char,
+            "bpe" => TokenizerKind::Bpe { vocab_size },
+            path => TokenizerKind::File {
+                path: path.to_string(),
+            },
+        }
+    }
+}
+
 /// Unknown-character token of the character-level tokenizer.
 pub const UNK: &str = "<unk>";
 /// End-of-text token of the BPE tokenizer.
@@ -135,6 +149,13 @@ impl TextTokenizer {
         Ok(Self { inner })
     }
 
+    /// Parses `tokenizer.json` text (as [`TextTokenizer::to_json`] writes it).
+    pub fn from_json(json: &str) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(json.as_bytes())
+            .map_err(|e| TextError::Tokenizer(format!("not a valid tokenizer.json: {e}")))?;
+        Ok(Self { inner })
+    }
+
     /// Saves as `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = self.inner.to_string(true).map_err(tk_err)?;
@@ -144,7 +165,7 @@ impl TextTokenizer {
         })
     }
 
-    /// The serialised `tokenizer.json` text (for fingerprints).
+    /// The serialised `tokenizer.json` text (compact).
     pub fn to_json(&self) -> Result<String> {
         self.inner.to_string(false).map_err(tk_err)
     }

@@ -1,6 +1,6 @@
 //! Tokenizer round trips (English and Chinese), token files, bad input.
 
-use kiln_data::rng::SplitMix64;
+use kiln_rng::SplitMix64;
 use kiln_text::{TextTokenizer, TokenDtype, TokenFile, prepare_corpus, read_corpus};
 
 const SAMPLE: &str = "人民日报 1998年1月 新年贺词\nThe quick brown fox jumps over the lazy dog.\n  tabs\tand  spaces \n中华人民共和国成立五十周年。\n";

@@ -6,7 +6,7 @@ use burn::tensor::activation::softmax;
 use kiln_config::Task;
 use kiln_data::{Encoded, Preprocessor, Target};
 use kiln_metrics::{ClassificationMetrics, RegressionMetrics};
-use kiln_models::Network;
+use kiln_models::{Inputs, Network};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -25,28 +25,51 @@ pub struct Predictions {
     pub values: Vec<f32>,
 }
 
-/// Tensors for rows `idx` of `data` on `device`: inputs and optional category indices.
-pub fn batch_inputs(
-    data: &Encoded,
-    idx: &[usize],
-    device: &Device,
-) -> (Tensor<2>, Option<Tensor<2, Int>>) {
+/// Tensors for rows `idx` of `data` on `device`. Token rows are cut to the longest text of
+/// the batch, so short texts do not pay for the padding of the longest possible one.
+pub fn batch_inputs(data: &Encoded, idx: &[usize], device: &Device) -> Inputs {
     let size = data.shape.size();
     let ncat = data.cardinalities.len();
-    let mut x = Vec::with_capacity(idx.len() * size);
-    let mut c = Vec::with_capacity(idx.len() * ncat);
-    for &i in idx {
-        x.extend_from_slice(&data.x[i * size..(i + 1) * size]);
-        c.extend(
-            data.categories[i * ncat..(i + 1) * ncat]
-                .iter()
-                .map(|&v| v as i64),
-        );
+    let t = data.seq_len;
+    let x = (size > 0).then(|| {
+        let mut x = Vec::with_capacity(idx.len() * size);
+        for &i in idx {
+            x.extend_from_slice(&data.x[i * size..(i + 1) * size]);
+        }
+        Tensor::<2>::from_data(TensorData::new(x, [idx.len(), size]), device)
+    });
+    let categories = (ncat > 0).then(|| {
+        let mut c = Vec::with_capacity(idx.len() * ncat);
+        for &i in idx {
+            c.extend(
+                data.categories[i * ncat..(i + 1) * ncat]
+                    .iter()
+                    .map(|&v| v as i64),
+            );
+        }
+        Tensor::<2, Int>::from_data(TensorData::new(c, [idx.len(), ncat]), device)
+    });
+    let tokens = (t > 0).then(|| {
+        let row = |i: usize| &data.tokens[i * t..(i + 1) * t];
+        // Padding is only at the end of a row: its length is the position after the last
+        // real token. At least one column, so an all-empty batch still has a shape.
+        let len = idx
+            .iter()
+            .map(|&i| row(i).iter().rposition(|&v| v != 0).map_or(0, |p| p + 1))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut ids = Vec::with_capacity(idx.len() * len);
+        for &i in idx {
+            ids.extend(row(i)[..len].iter().map(|&v| v as i64));
+        }
+        Tensor::<2, Int>::from_data(TensorData::new(ids, [idx.len(), len]), device)
+    });
+    Inputs {
+        x,
+        categories,
+        tokens,
     }
-    let x = Tensor::<2>::from_data(TensorData::new(x, [idx.len(), size]), device);
-    let c = (ncat > 0)
-        .then(|| Tensor::<2, Int>::from_data(TensorData::new(c, [idx.len(), ncat]), device));
-    (x, c)
 }
 
 /// Runs `model` (in inference mode) over all rows of `data`.
@@ -62,8 +85,7 @@ pub fn predict(
     let mut values = Vec::with_capacity(data.rows * width);
     let all: Vec<usize> = (0..data.rows).collect();
     for chunk in all.chunks(EVAL_BATCH) {
-        let (x, c) = batch_inputs(data, chunk, &device);
-        let out = model.forward(x, c);
+        let out = model.forward(batch_inputs(data, chunk, &device));
         let out = match preprocessor.task {
             Task::Classification => softmax(out, 1),
             Task::Regression => out,
@@ -113,10 +135,20 @@ impl Evaluation {
         }
     }
 
-    /// A named metric (`loss`, `accuracy`, `f1_macro`, `roc_auc`, `rmse`, `mae`, `r2`), if
-    /// defined for this task.
+    /// A named metric (`loss`, `accuracy`, `f1_macro`, `roc_auc`, `rmse`, `mae`, `r2`; for
+    /// two classes also `f1`, `precision`, `recall` of class 1, the positive class as in
+    /// scikit-learn), if defined for this task.
     pub fn metric(&self, name: &str) -> Option<f64> {
+        let positive = match self {
+            Evaluation::Classification { metrics, .. } if metrics.per_class.len() == 2 => {
+                Some(metrics.per_class[1])
+            }
+            _ => None,
+        };
         match (self, name) {
+            (_, "f1") => positive.map(|c| c.f1),
+            (_, "precision") => positive.map(|c| c.precision),
+            (_, "recall") => positive.map(|c| c.recall),
             (_, "loss") => Some(self.loss()),
             (Evaluation::Classification { metrics, .. }, "accuracy") => Some(metrics.accuracy),
             (Evaluation::Classification { metrics, .. }, "f1_macro") => Some(metrics.f1_macro),
@@ -131,14 +163,22 @@ impl Evaluation {
     /// The headline numbers as JSON (`accuracy`, `f1_macro`, `roc_auc` or `rmse`, `mae`, `r2`).
     pub fn summary(&self) -> serde_json::Value {
         match self {
-            Evaluation::Classification { loss, metrics } => serde_json::json!({
-                "loss": loss,
-                "accuracy": metrics.accuracy,
-                "f1_macro": metrics.f1_macro,
-                "roc_auc": metrics.roc_auc,
-                "log_loss": metrics.log_loss,
-                "samples": metrics.samples,
-            }),
+            Evaluation::Classification { loss, metrics } => {
+                let mut summary = serde_json::json!({
+                    "loss": loss,
+                    "accuracy": metrics.accuracy,
+                    "f1_macro": metrics.f1_macro,
+                    "roc_auc": metrics.roc_auc,
+                    "log_loss": metrics.log_loss,
+                    "samples": metrics.samples,
+                });
+                for name in ["f1", "precision", "recall"] {
+                    if let Some(v) = self.metric(name) {
+                        summary[name] = v.into();
+                    }
+                }
+                summary
+            }
             Evaluation::Regression { loss, metrics } => serde_json::json!({
                 "loss": loss,
                 "rmse": metrics.rmse,

@@ -7,8 +7,8 @@ use std::time::Instant;
 use burn::prelude::{Device, Int, Tensor, TensorData};
 use burn::tensor::activation::log_softmax;
 use kiln_config::Config;
-use kiln_data::rng::SplitMix64;
 use kiln_models::{Gpt, GptConfig};
+use kiln_rng::SplitMix64;
 use kiln_text::{TokenFile, TokenFileMeta};
 use serde::{Deserialize, Serialize};
 

@@ -15,9 +15,9 @@ use burn::module::Module;
 use burn::prelude::{Device, Int, Tensor, TensorData};
 use burn::tensor::activation::log_softmax;
 use kiln_config::{BatchSize, Config};
-use kiln_data::rng::SplitMix64;
 use kiln_data::{Encoded, Preprocessor, Target};
 use kiln_models::{ModelSpec, Network};
+use kiln_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -214,6 +214,26 @@ pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError>
     write_atomic(path, kept.as_bytes())
 }
 
+/// Batches of similar text length, as HF's `LengthGroupedSampler`: the shuffled `order` is
+/// sorted longest first within windows of 50 groups, cut into groups, and the groups are
+/// shuffled (the longest group first, so running out of memory shows at once).
+fn group_by_length<'a>(
+    order: &'a mut [usize],
+    lengths: &[usize],
+    group: usize,
+    rng: &mut SplitMix64,
+) -> Vec<&'a [usize]> {
+    for window in order.chunks_mut(group * 50) {
+        window.sort_by_key(|&r| std::cmp::Reverse(lengths[r]));
+    }
+    let mut groups: Vec<&[usize]> = order.chunks(group).collect();
+    rng.shuffle(&mut groups);
+    if let Some(longest) = (0..groups.len()).max_by_key(|&g| lengths[groups[g][0]]) {
+        groups.swap(0, longest);
+    }
+    groups
+}
+
 /// Trains as configured, from scratch or from `resume`.
 pub fn train(
     setup: TrainSetup<'_>,
@@ -312,6 +332,7 @@ pub fn train(
         write_checkpoint(&checkpoints_dir, state.global_step, &files)
     };
 
+    let text_lengths = (train.seq_len > 0 && t.group_by_length).then(|| train.text_lengths());
     let mut stopped_early = false;
     let mut last_validation = None;
     let mut final_train_loss = f64::NAN;
@@ -321,18 +342,23 @@ pub fn train(
         let epoch = state.epoch;
         let epoch_started = Instant::now();
         let mut order: Vec<usize> = (0..train.rows).collect();
+        let mut rng = SplitMix64::derive(cfg.seed ^ EPOCH_STREAM, epoch as u64);
         if t.batch_size != BatchSize::Full {
-            SplitMix64::derive(cfg.seed ^ EPOCH_STREAM, epoch as u64).shuffle(&mut order);
+            rng.shuffle(&mut order);
         }
-        let groups: Vec<&[usize]> = order.chunks(group).collect();
+        let groups: Vec<&[usize]> = match &text_lengths {
+            Some(lengths) if t.batch_size != BatchSize::Full => {
+                group_by_length(&mut order, lengths, group, &mut rng)
+            }
+            _ => order.chunks(group).collect(),
+        };
         for (gi, rows) in groups.iter().enumerate().skip(state.group_in_epoch) {
             let mut seeder = SplitMix64::derive(cfg.seed ^ STEP_STREAM, state.global_step);
             device.seed(seeder.next_u64());
             let mut grads = ParamGrads::default();
             let mut step_loss = 0.0;
             for micro_rows in rows.chunks(micro) {
-                let (x, c) = batch_inputs(train, micro_rows, &ad);
-                let out = model.forward(x, c);
+                let out = model.forward(batch_inputs(train, micro_rows, &ad));
                 let loss = loss_of(out, target, micro_rows, &ad);
                 let weight = micro_rows.len() as f64 / rows.len() as f64;
                 let loss = loss.mul_scalar(weight);

@@ -19,6 +19,7 @@ fn linear_model(device: &Device) -> Network {
         dropout: 0.0,
         batch_norm: false,
         conv: vec![],
+        text: None,
     };
     Network::new(&spec, device)
 }
@@ -204,7 +205,7 @@ fn gradients_from_backward_are_collected_by_path() {
     let device = Device::flex().autodiff();
     let model = linear_model(&device);
     let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0], [1, 2]), &device);
-    let loss = model.forward(x, None).sum();
+    let loss = model.forward(kiln_models::Inputs::dense(x)).sum();
     let grads = ParamGrads::collect(&model, loss.backward());
     let paths: Vec<&String> = grads.grads.keys().collect();
     assert_eq!(paths, ["output.bias", "output.weight"]);

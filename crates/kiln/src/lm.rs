@@ -54,15 +54,7 @@ pub fn corpus_files(source: &str) -> Result<Vec<PathBuf>> {
 }
 
 fn tokenizer_kind(config: &Config) -> TokenizerKind {
-    match config.text.tokenizer.as_str() {
-        "char" => TokenizerKind::Char,
-        "bpe" => TokenizerKind::Bpe {
-            vocab_size: config.text.vocab_size,
-        },
-        path => TokenizerKind::File {
-            path: path.to_string(),
-        },
-    }
+    TokenizerKind::from_setting(&config.text.tokenizer, config.text.vocab_size)
 }
 
 fn gpt_config(config: &Config, vocab_size: usize) -> GptConfig {

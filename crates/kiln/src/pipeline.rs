@@ -154,6 +154,7 @@ fn model_spec(config: &Config, preprocessor: &Preprocessor) -> Result<ModelSpec>
         &config.model,
         input,
         preprocessor.embedding_dims(),
+        preprocessor.text_input(),
         preprocessor.num_outputs(),
     )?)
 }

@@ -1,5 +1,6 @@
-//! A small seeded generator whose stream never changes across dependency upgrades, so a
-//! seed names the same split and the same shuffle forever.
+//! kiln's seeded random stream: a small generator whose output never changes across
+//! dependency upgrades, so a seed names the same split, shuffle and sample forever.
+#![warn(missing_docs)]
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,199 @@
+//! Text classification end to end: a `text` feature read by a transformer encoder, scored on
+//! held-out rows, then `eval` and `predict` on new text.
+
+mod common;
+
+use common::*;
+
+/// Reviews of random filler words with one opinion word placed anywhere; the label is the
+/// opinion's polarity, with 3% of labels flipped. Only a model that reads the words (not
+/// the length, not a fixed position) can learn it.
+fn reviews_csv(rows: usize, seed: u64) -> String {
+    let mut state = seed;
+    let mut next = move |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % n
+    };
+    let filler = [
+        "the", "film", "was", "a", "plot", "with", "actors", "and", "music", "scenes", "it",
+        "story", "ending", "quite", "some", "director", "camera", "very", "of", "this",
+    ];
+    let good = ["great", "wonderful", "superb", "moving", "brilliant"];
+    let bad = ["awful", "boring", "dreadful", "clumsy", "tedious"];
+    let mut out = String::from("id,review,sentiment\n");
+    for i in 0..rows {
+        let positive = next(2) == 0;
+        let len = 6 + next(14);
+        let at = next(len);
+        let words: Vec<&str> = (0..len)
+            .map(|w| {
+                if w == at {
+                    if positive {
+                        good[next(5)]
+                    } else {
+                        bad[next(5)]
+                    }
+                } else {
+                    filler[next(filler.len())]
+                }
+            })
+            .collect();
+        let flipped = next(100) < 3;
+        let label = if positive != flipped { "pos" } else { "neg" };
+        out.push_str(&format!("r{i},\"{}\",{label}\n", words.join(" ")));
+    }
+    out
+}
+
+const CONFIG: &str = r#"
+seed = 7
+[data]
+source = "reviews.csv"
+target = "sentiment"
+id_column = "id"
+[data.split]
+method = "stratified"
+validation = 0.1
+test = 0.2
+[text]
+tokenizer = "bpe"
+vocab_size = 1000
+[model]
+type = "transformer"
+layers = 1
+heads = 2
+embd = 32
+context = 24
+dropout = 0.0
+hidden = [32]
+[trainer]
+epochs = 20
+batch_size = 32
+optimizer = "adamw"
+lr = 0.003
+weight_decay = 0.01
+monitor = "f1"
+keep_best = true
+[output]
+dir = "runs"
+"#;
+
+#[test]
+fn transformer_reads_an_inferred_text_column_and_scores_held_out_reviews() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reviews.csv"), reviews_csv(1500, 11)).unwrap();
+    std::fs::write(dir.path().join("text.toml"), CONFIG).unwrap();
+    let out = kiln_json(dir.path(), &["train", "text.toml", "--json"]);
+    // With 3% label noise the ceiling is about 0.97.
+    let acc = out["test"]["accuracy"].as_f64().unwrap();
+    let f1 = out["test"]["f1"].as_f64().unwrap();
+    eprintln!("synthetic reviews: test accuracy {acc:.4}, F1(pos) {f1:.4}");
+    assert!(acc >= 0.9, "held-out accuracy {acc}: {out}");
+    assert!(f1 >= 0.9, "held-out F1 of \"pos\" {f1}");
+    assert_eq!(out["rows"]["test"], 300);
+    let run = dir.path().join(out["run_dir"].as_str().unwrap());
+    let schema = std::fs::read_to_string(run.join("schema.json")).unwrap();
+    assert!(
+        schema.contains("\"text\""),
+        "review was not inferred as text: {schema}"
+    );
+    // The tokenizer travels inside preprocessor.json; new text is tokenized the same way.
+    std::fs::write(
+        dir.path().join("new.csv"),
+        "id,review\nn1,\"the plot was superb and the music moving\"\nn2,\"a tedious story with clumsy actors\"\nn3,\"\"\n",
+    )
+    .unwrap();
+    kiln_ok(
+        dir.path(),
+        &[
+            "predict",
+            run.to_str().unwrap(),
+            "--data",
+            "new.csv",
+            "--out",
+            "pred.csv",
+        ],
+    );
+    let pred = std::fs::read_to_string(dir.path().join("pred.csv")).unwrap();
+    let lines: Vec<&str> = pred.lines().collect();
+    assert_eq!(lines.len(), 4, "{pred}");
+    assert!(
+        lines[1].starts_with("n1,") && lines[1].ends_with("pos"),
+        "{pred}"
+    );
+    assert!(
+        lines[2].starts_with("n2,") && lines[2].ends_with("neg"),
+        "{pred}"
+    );
+    // eval on labelled data reloads everything.
+    std::fs::write(dir.path().join("more.csv"), reviews_csv(200, 99)).unwrap();
+    let eval = kiln_json(
+        dir.path(),
+        &[
+            "eval",
+            run.to_str().unwrap(),
+            "--data",
+            "more.csv",
+            "--json",
+        ],
+    );
+    assert!(eval["test"]["accuracy"].as_f64().unwrap() >= 0.9, "{eval}");
+}
+
+#[test]
+fn text_configuration_mistakes_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reviews.csv"), reviews_csv(100, 1)).unwrap();
+    // An explicit text feature with a tabular model.
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "reviews.csv",
+            "--target",
+            "sentiment",
+            "--set",
+            "features=[{name=\"review\", type=\"text\"}]",
+        ],
+    );
+    assert!(
+        err.contains("review") && err.contains("model.type = \"transformer\""),
+        "{err}"
+    );
+    // A transformer with no text to read.
+    std::fs::write(
+        dir.path().join("nums.csv"),
+        "a,b,y\n1,2,x\n3,4,z\n5,6,x\n7,8,z\n",
+    )
+    .unwrap();
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "nums.csv",
+            "--target",
+            "y",
+            "--set",
+            "model.type=transformer",
+        ],
+    );
+    assert!(err.contains("needs a text feature"), "{err}");
+    // Free text is left out of a tabular model, with the reason shown.
+    let out = kiln_json(
+        dir.path(),
+        &[
+            "data",
+            "describe",
+            "reviews.csv",
+            "--target",
+            "sentiment",
+            "--json",
+        ],
+    );
+    let text = out.to_string();
+    assert!(text.contains("free text"), "{text}");
+}

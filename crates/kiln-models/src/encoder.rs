@@ -1,0 +1,82 @@
+//! The text encoder of `model.type = "transformer"`: token + learned position embeddings,
+//! pre-LayerNorm blocks of bidirectional self-attention that ignore padding, a final
+//! LayerNorm and mean pooling over the real tokens.
+
+use burn::module::Module;
+use burn::nn::{Dropout, Embedding, EmbeddingConfig, LayerNorm};
+use burn::prelude::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::transformer::{AttentionMask, Block, BlockShape, gpt2_init};
+
+/// Shape of a text encoder (part of [`ModelSpec`](crate::ModelSpec)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextEncoderSpec {
+    /// Token table size, including id 0 for padding.
+    pub vocab_size: usize,
+    /// Longest sequence.
+    pub max_tokens: usize,
+    /// Encoder blocks.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Embedding width (the pooled output's width).
+    pub embd: usize,
+    /// Dropout on embeddings, attention and residual branches.
+    pub dropout: f64,
+    /// Biases in Linear and LayerNorm layers.
+    pub bias: bool,
+}
+
+/// A transformer encoder that turns `[B, T]` token ids (0 = padding) into `[B, embd]`.
+#[derive(Module, Debug)]
+pub struct TextEncoder {
+    wte: Embedding,
+    wpe: Embedding,
+    drop: Dropout,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+impl TextEncoder {
+    /// A freshly initialised encoder.
+    pub fn new(spec: &TextEncoderSpec, device: &Device) -> Self {
+        let shape = BlockShape {
+            embd: spec.embd,
+            heads: spec.heads,
+            dropout: spec.dropout,
+            bias: spec.bias,
+        };
+        Self {
+            wte: EmbeddingConfig::new(spec.vocab_size, spec.embd)
+                .with_initializer(gpt2_init())
+                .init(device),
+            wpe: EmbeddingConfig::new(spec.max_tokens, spec.embd)
+                .with_initializer(gpt2_init())
+                .init(device),
+            drop: shape.dropout(),
+            blocks: shape.blocks(spec.layers, device),
+            ln_f: shape.layer_norm(device),
+        }
+    }
+
+    /// Mean of the final hidden states over the non-padding positions, `[B, embd]`. A row
+    /// of padding only (an empty text) pools to zeros.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<2> {
+        let [b, t] = tokens.dims();
+        let device = tokens.device();
+        let pad = tokens.clone().equal_elem(0);
+        let pos = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]);
+        let embd = self.wpe.weight.dims()[1];
+        let x = self.wte.forward(tokens) + self.wpe.forward(pos).expand([b, t, embd]);
+        let mut x = self.drop.forward(x);
+        let mask = AttentionMask::Padding(pad.clone());
+        for block in &self.blocks {
+            x = block.forward(x, &mask, None);
+        }
+        let x = self.ln_f.forward(x);
+        let keep: Tensor<3> = pad.bool_not().float().reshape([b, t, 1]);
+        let count = keep.clone().sum_dim(1).clamp_min(1.0); // [B, 1, 1]
+        (x * keep).sum_dim(1).div(count).reshape([b, embd])
+    }
+}
