@@ -924,16 +924,17 @@ impl Preprocessor {
                             }
                         };
                         let tokenizer = tokenizer.as_ref().expect("built for text features");
-                        let ids = tokenizer.encode(&text).map_err(|e| DataError::BadValue {
-                            path: table.origin.clone(),
-                            line: table.lines[r],
-                            column: name.clone(),
-                            message: e.to_string(),
-                        })?;
-                        if ids.len() > *max_tokens {
-                            out.texts_truncated += 1;
-                        }
-                        row_tokens.extend(ids.iter().take(*max_tokens).map(|&id| id + 1));
+                        let (ids, truncated) =
+                            tokenizer.encode_head(&text, *max_tokens).map_err(|e| {
+                                DataError::BadValue {
+                                    path: table.origin.clone(),
+                                    line: table.lines[r],
+                                    column: name.clone(),
+                                    message: e.to_string(),
+                                }
+                            })?;
+                        out.texts_truncated += usize::from(truncated);
+                        row_tokens.extend(ids.iter().map(|&id| id + 1));
                         row_tokens.resize(*max_tokens, 0);
                     }
                 }

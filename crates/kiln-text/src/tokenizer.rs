@@ -185,6 +185,31 @@ impl TextTokenizer {
             .to_vec())
     }
 
+    /// The first `max` token ids of `text`, and whether the text had more. Only a prefix of a
+    /// long text is encoded (cut at whitespace, with a margin of tokens past `max` so the cut
+    /// cannot change the kept ones); the whole text only when the prefix falls short.
+    pub fn encode_head(&self, text: &str, max: usize) -> Result<(Vec<u32>, bool)> {
+        const MARGIN: usize = 16;
+        let budget = (max + MARGIN).saturating_mul(8);
+        if text.len() > budget {
+            let mut cut = budget;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if let Some(space) = text[..cut].rfind(char::is_whitespace) {
+                cut = space;
+            }
+            let ids = self.encode(&text[..cut])?;
+            if ids.len() >= max + MARGIN {
+                return Ok((ids[..max].to_vec(), true));
+            }
+        }
+        let mut ids = self.encode(text)?;
+        let truncated = ids.len() > max;
+        ids.truncate(max);
+        Ok((ids, truncated))
+    }
+
     /// Token ids of a long text, encoded line-chunk by line-chunk to bound memory.
     pub fn encode_long(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(text.len() / 2);

@@ -136,3 +136,24 @@ fn bpe_round_trips_the_peoples_daily_validation_text() {
         ids.len()
     );
 }
+
+#[test]
+fn encode_head_keeps_the_same_first_tokens_as_a_full_encode() {
+    let words = [
+        "spam", "offer", "free", "money", "meeting", "notes", "日本", "新年",
+    ];
+    let mut rng = SplitMix64::new(5);
+    let text: String = (0..3000)
+        .map(|_| format!("{} ", words[rng.below(words.len())]))
+        .collect();
+    let tk = TextTokenizer::train_bpe(&[&text], 300).unwrap();
+    let full = tk.encode(&text).unwrap();
+    for max in [1, 7, 64, 256] {
+        let (head, truncated) = tk.encode_head(&text, max).unwrap();
+        assert_eq!(head, full[..max], "max {max}");
+        assert!(truncated);
+    }
+    let (all, truncated) = tk.encode_head("free money", 64).unwrap();
+    assert_eq!(all, tk.encode("free money").unwrap());
+    assert!(!truncated);
+}

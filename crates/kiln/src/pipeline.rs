@@ -74,6 +74,8 @@ pub struct DataSummary {
     pub missing_target_dropped: usize,
     /// Unknown categories met in validation/test, by column.
     pub unknown_categories: BTreeMap<String, usize>,
+    /// Texts longer than `model.context` tokens (cut to their start), over all splits.
+    pub texts_truncated: usize,
     /// Columns not used, with the reason.
     pub ignored_columns: Vec<(String, String)>,
     /// Task.
@@ -124,6 +126,7 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
         missing_dropped: parts.iter().map(|e| e.missing_dropped).sum(),
         missing_target_dropped: parts.iter().map(|e| e.missing_target_dropped).sum(),
         unknown_categories: unknown,
+        texts_truncated: parts.iter().map(|e| e.texts_truncated).sum(),
         ignored_columns: schema.ignored.clone(),
         task: schema.task,
         target: schema.target.clone(),

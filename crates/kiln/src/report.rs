@@ -238,6 +238,14 @@ pub(crate) fn write_report(
         d.validation_rows,
         d.test_rows
     );
+    if d.texts_truncated > 0 {
+        let rows = d.train_rows + d.validation_rows + d.test_rows;
+        let _ = writeln!(
+            text,
+            "text: {} of {} texts longer than model.context tokens, cut to their start",
+            d.texts_truncated, rows
+        );
+    }
     let _ = writeln!(
         text,
         "training: {} epochs, {} steps, {:.1} s, {} parameters{}",
