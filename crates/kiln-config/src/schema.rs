@@ -340,6 +340,21 @@ pub struct ModelConfig {
     pub bias: bool,
     /// Tie the output head to the token embedding (GPT).
     pub tied_head: bool,
+    /// How the text encoder turns token states into one vector (transformer).
+    pub pooling: Pooling,
+}
+
+/// Pooling of a text encoder's token states over the real (non-padding) tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The mean.
+    #[default]
+    Mean,
+    /// The element-wise maximum: one strong token anywhere counts.
+    Max,
+    /// Mean and maximum side by side (ULMFiT's concat pooling), twice the width.
+    MeanMax,
 }
 
 impl Default for ModelConfig {
@@ -357,6 +372,7 @@ impl Default for ModelConfig {
             context: 64,
             bias: false,
             tied_head: true,
+            pooling: Pooling::Mean,
         }
     }
 }

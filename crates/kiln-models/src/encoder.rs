@@ -5,6 +5,7 @@
 use burn::module::Module;
 use burn::nn::{Dropout, Embedding, EmbeddingConfig, LayerNorm};
 use burn::prelude::{Device, Int, Tensor};
+use kiln_config::Pooling;
 use serde::{Deserialize, Serialize};
 
 use crate::transformer::{AttentionMask, Block, BlockShape, gpt2_init};
@@ -26,6 +27,19 @@ pub struct TextEncoderSpec {
     pub dropout: f64,
     /// Biases in Linear and LayerNorm layers.
     pub bias: bool,
+    /// How token states become one vector.
+    #[serde(default)]
+    pub pooling: Pooling,
+}
+
+impl TextEncoderSpec {
+    /// Width of the pooled output.
+    pub fn output_width(&self) -> usize {
+        match self.pooling {
+            Pooling::Mean | Pooling::Max => self.embd,
+            Pooling::MeanMax => 2 * self.embd,
+        }
+    }
 }
 
 /// A transformer encoder that turns `[B, T]` token ids (0 = padding) into `[B, embd]`.
@@ -36,7 +50,12 @@ pub struct TextEncoder {
     drop: Dropout,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
+    #[module(skip)]
+    pooling: Pooling,
 }
+
+/// Fill for padding before the max-pool: below any real activation after LayerNorm.
+const PAD_FOR_MAX: f32 = -1e4;
 
 impl TextEncoder {
     /// A freshly initialised encoder.
@@ -57,11 +76,12 @@ impl TextEncoder {
             drop: shape.dropout(),
             blocks: shape.blocks(spec.layers, device),
             ln_f: shape.layer_norm(device),
+            pooling: spec.pooling,
         }
     }
 
-    /// Mean of the final hidden states over the non-padding positions, `[B, embd]`. A row
-    /// of padding only (an empty text) pools to zeros.
+    /// The final hidden states pooled over the non-padding positions (mean, max, or both
+    /// side by side), `[B, width]`. A row of padding only (an empty text) pools to zeros.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<2> {
         let [b, t] = tokens.dims();
         let device = tokens.device();
@@ -75,8 +95,30 @@ impl TextEncoder {
             x = block.forward(x, &mask, None);
         }
         let x = self.ln_f.forward(x);
-        let keep: Tensor<3> = pad.bool_not().float().reshape([b, t, 1]);
-        let count = keep.clone().sum_dim(1).clamp_min(1.0); // [B, 1, 1]
-        (x * keep).sum_dim(1).div(count).reshape([b, embd])
+        let keep: Tensor<3> = pad.clone().bool_not().float().reshape([b, t, 1]);
+        let mean = || {
+            let count = keep.clone().sum_dim(1).clamp_min(1.0); // [B, 1, 1]
+            (x.clone() * keep.clone())
+                .sum_dim(1)
+                .div(count)
+                .reshape([b, embd])
+        };
+        let max = || {
+            let pad: Tensor<3, burn::prelude::Bool> =
+                pad.clone().reshape([b, t, 1]).expand([b, t, embd]);
+            let m = x
+                .clone()
+                .mask_fill(pad, PAD_FOR_MAX)
+                .max_dim(1)
+                .reshape([b, embd]);
+            // An all-padding row would pool to the fill value: zero it like the mean.
+            let any: Tensor<2> = keep.clone().max_dim(1).reshape([b, 1]);
+            m * any
+        };
+        match self.pooling {
+            Pooling::Mean => mean(),
+            Pooling::Max => max(),
+            Pooling::MeanMax => Tensor::cat(vec![mean(), max()], 1),
+        }
     }
 }

@@ -105,6 +105,7 @@ impl ModelSpec {
                 embd: config.embd,
                 dropout: config.dropout,
                 bias: config.bias,
+                pooling: config.pooling,
             }),
         };
         if spec.kind == ModelKind::Cnn {
@@ -162,6 +163,10 @@ impl ModelSpec {
         };
         dense
             + self.embeddings.iter().map(|(_, d)| d).sum::<usize>()
-            + self.text.as_ref().map(|t| t.embd).unwrap_or(0)
+            + self
+                .text
+                .as_ref()
+                .map(TextEncoderSpec::output_width)
+                .unwrap_or(0)
     }
 }

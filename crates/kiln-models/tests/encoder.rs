@@ -1,9 +1,14 @@
 //! The text encoder: padding is invisible, every real token counts, empty texts stay finite.
 
 use burn::prelude::{Device, Int, Tensor, TensorData};
+use kiln_config::Pooling;
 use kiln_models::{TextEncoder, TextEncoderSpec};
 
 fn encoder(device: &Device) -> TextEncoder {
+    encoder_with(Pooling::Mean, device)
+}
+
+fn encoder_with(pooling: Pooling, device: &Device) -> TextEncoder {
     device.seed(3);
     TextEncoder::new(
         &TextEncoderSpec {
@@ -14,6 +19,7 @@ fn encoder(device: &Device) -> TextEncoder {
             embd: 32,
             dropout: 0.0,
             bias: true,
+            pooling,
         },
         device,
     )
@@ -69,8 +75,27 @@ fn every_real_token_and_its_position_matter() {
 #[test]
 fn an_empty_text_pools_to_zeros() {
     let device = Device::flex();
-    let enc = encoder(&device);
-    let out = pooled(&enc, &[vec![0, 0, 0], vec![1, 2, 3]], &device);
-    assert!(out[0].iter().all(|&v| v == 0.0), "{:?}", out[0]);
-    assert!(out[1].iter().all(|v| v.is_finite()));
+    for pooling in [Pooling::Mean, Pooling::Max, Pooling::MeanMax] {
+        let enc = encoder_with(pooling, &device);
+        let out = pooled(&enc, &[vec![0, 0, 0], vec![1, 2, 3]], &device);
+        assert!(
+            out[0].iter().all(|&v| v == 0.0),
+            "{pooling:?}: {:?}",
+            out[0]
+        );
+        assert!(out[1].iter().all(|v| v.is_finite()));
+    }
+}
+
+#[test]
+fn max_and_concat_pooling_ignore_padding_and_have_their_widths() {
+    let device = Device::flex();
+    for (pooling, width) in [(Pooling::Max, 32), (Pooling::MeanMax, 64)] {
+        let enc = encoder_with(pooling, &device);
+        let out = pooled(&enc, &[vec![5, 9, 3, 0, 0], vec![5, 9, 3, 8, 8]], &device);
+        assert_eq!(out[0].len(), width);
+        let short = pooled(&enc, &[vec![5, 9, 3]], &device);
+        assert!(max_diff(&short[0], &out[0]) < 1e-5, "{pooling:?}");
+        assert!(max_diff(&out[0], &out[1]) > 1e-3, "{pooling:?}");
+    }
 }
