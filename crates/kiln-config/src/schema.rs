@@ -344,6 +344,17 @@ pub struct ModelConfig {
     pub pooling: Pooling,
 }
 
+/// Per-class loss weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeights {
+    /// Every row counts the same.
+    #[default]
+    None,
+    /// Inverse class frequency, averaging 1 over the training rows.
+    Balanced,
+}
+
 /// Pooling of a text encoder's token states over the real (non-padding) tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -522,6 +533,11 @@ pub struct TrainerConfig {
     /// sorted by length within windows of 50 batches, and the batches shuffled, so little
     /// compute goes to padding.
     pub group_by_length: bool,
+    /// Classification: weight each class's loss. `"balanced"` weights class `c` by
+    /// `rows / (classes * rows of c)` in the training split (scikit-learn's
+    /// `class_weight="balanced"`: the weights average 1 over the training rows), so a rare
+    /// class counts as much as a common one.
+    pub class_weights: ClassWeights,
     /// Write a resumable checkpoint every this many optimizer steps (0 = only at epoch ends).
     pub checkpoint_every_steps: usize,
     /// Record training loss every this many optimizer steps.
@@ -561,6 +577,7 @@ impl Default for TrainerConfig {
             early_stopping_patience: 0,
             keep_best: false,
             group_by_length: true,
+            class_weights: ClassWeights::None,
             checkpoint_every_steps: 0,
             log_every_steps: 10,
             max_steps: 2000,

@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::prelude::{Device, Int, Tensor, TensorData};
 use burn::tensor::activation::log_softmax;
-use kiln_config::{BatchSize, Config};
+use kiln_config::{BatchSize, ClassWeights, Config};
 use kiln_data::{Encoded, Preprocessor, Target};
 use kiln_models::{ModelSpec, Network};
 use kiln_rng::SplitMix64;
@@ -157,13 +157,53 @@ struct TrainerState {
 const STEP_STREAM: u64 = 0xD0_0D;
 const EPOCH_STREAM: u64 = 0xE9_0C;
 
-fn loss_of(outputs: Tensor<2>, target: &Target, idx: &[usize], device: &Device) -> Tensor<1> {
+/// Loss weight of each class under `trainer.class_weights` (`None`: all equal).
+fn class_weights(setting: ClassWeights, target: &Target, classes: usize) -> Option<Vec<f32>> {
+    let (ClassWeights::Balanced, Target::Classes(labels)) = (setting, target) else {
+        return None;
+    };
+    let mut counts = vec![0usize; classes];
+    for &l in labels {
+        counts[l as usize] += 1;
+    }
+    let n = labels.len() as f64;
+    Some(
+        counts
+            .iter()
+            .map(|&c| {
+                if c == 0 {
+                    0.0
+                } else {
+                    (n / (classes as f64 * c as f64)) as f32
+                }
+            })
+            .collect(),
+    )
+}
+
+fn loss_of(
+    outputs: Tensor<2>,
+    target: &Target,
+    idx: &[usize],
+    weights: Option<&[f32]>,
+    device: &Device,
+) -> Tensor<1> {
     match target {
         Target::Classes(labels) => {
             let t: Vec<i64> = idx.iter().map(|&i| labels[i] as i64).collect();
             let t = Tensor::<1, Int>::from_data(TensorData::new(t, [idx.len()]), device)
                 .reshape([idx.len(), 1]);
-            log_softmax(outputs, 1).gather(1, t).mean().neg()
+            let nll = log_softmax(outputs, 1).gather(1, t).neg();
+            match weights {
+                // Sample weights, as scikit-learn: mean of weight × loss, not renormalised
+                // per batch, so gradient accumulation sees the same objective.
+                Some(w) => {
+                    let w: Vec<f32> = idx.iter().map(|&i| w[labels[i] as usize]).collect();
+                    let w = Tensor::<2>::from_data(TensorData::new(w, [idx.len(), 1]), device);
+                    (nll * w).mean()
+                }
+                None => nll.mean(),
+            }
         }
         Target::Values(values) => {
             let t: Vec<f32> = idx.iter().map(|&i| values[i]).collect();
@@ -333,6 +373,7 @@ pub fn train(
     };
 
     let text_lengths = (train.seq_len > 0 && t.group_by_length).then(|| train.text_lengths());
+    let weights = class_weights(t.class_weights, target, setup.preprocessor.num_outputs());
     let mut stopped_early = false;
     let mut last_validation = None;
     let mut final_train_loss = f64::NAN;
@@ -359,7 +400,7 @@ pub fn train(
             let mut step_loss = 0.0;
             for micro_rows in rows.chunks(micro) {
                 let out = model.forward(batch_inputs(train, micro_rows, &ad));
-                let loss = loss_of(out, target, micro_rows, &ad);
+                let loss = loss_of(out, target, micro_rows, weights.as_deref(), &ad);
                 let weight = micro_rows.len() as f64 / rows.len() as f64;
                 let loss = loss.mul_scalar(weight);
                 let g = loss.backward();
