@@ -306,7 +306,10 @@ fn imbalanced_csv(rows: usize, seed: u64) -> String {
         // Box-Muller.
         let z = (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos();
         let x = z + if rare { 1.5 } else { 0.0 };
-        out.push_str(&format!("{x:.4},{}\n", if rare { "rare" } else { "common" }));
+        out.push_str(&format!(
+            "{x:.4},{}\n",
+            if rare { "rare" } else { "common" }
+        ));
     }
     out
 }

@@ -1,6 +1,9 @@
 //! The text encoder: padding is invisible, every real token counts, empty texts stay finite.
 
+mod common;
+
 use burn::prelude::{Device, Int, Tensor, TensorData};
+use common::max_diff;
 use kiln_config::Pooling;
 use kiln_models::{TextEncoder, TextEncoderSpec};
 
@@ -34,13 +37,6 @@ fn pooled(enc: &TextEncoder, rows: &[Vec<i64>], device: &Device) -> Vec<Vec<f32>
     assert_eq!(b, rows.len());
     let v: Vec<f32> = out.into_data().convert::<f32>().try_to_vec().unwrap();
     v.chunks(e).map(<[f32]>::to_vec).collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! GPT: causal masking, and cached decoding equal to uncached decoding.
 
+mod common;
+
 use burn::prelude::{Device, Int, Tensor, TensorData};
+use common::max_diff;
 use kiln_models::{Gpt, GptConfig, KvCache};
 
 fn config(tied: bool) -> GptConfig {
@@ -28,13 +31,6 @@ fn row(t: Tensor<3>, pos: usize) -> Vec<f32> {
         .convert::<f32>()
         .try_to_vec()
         .unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]
