@@ -595,6 +595,8 @@ pub struct TextConfig {
     pub tokenizer: String,
     /// BPE vocabulary size.
     pub vocab_size: usize,
+    /// Lowercase text before tokenizing (char and BPE tokenizers kiln trains).
+    pub lowercase: bool,
     /// Fraction of the corpus (its end) held out for validation.
     pub val_fraction: f64,
 }
@@ -604,6 +606,7 @@ impl Default for TextConfig {
         Self {
             tokenizer: "char".into(),
             vocab_size: 2000,
+            lowercase: false,
             val_fraction: 0.1,
         }
     }

@@ -35,6 +35,9 @@ pub struct ColumnPlan {
     /// Longest token sequence kept of a text feature (longer texts keep their start).
     #[serde(default)]
     pub max_tokens: usize,
+    /// Lowercase a text feature before tokenizing.
+    #[serde(default)]
+    pub lowercase: bool,
 }
 
 /// The resolved roles of all columns.
@@ -281,6 +284,7 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
             } else {
                 0
             },
+            lowercase: kind == FeatureType::Text && config.text.lowercase,
         });
     }
     if features.is_empty() {

@@ -534,9 +534,10 @@ impl Preprocessor {
                             plan.name
                         ))
                     })?;
-                    let tokenizer = TextTokenizer::build(&kind, &texts).map_err(|e| {
-                        DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
-                    })?;
+                    let tokenizer = TextTokenizer::build_normalized(&kind, &texts, plan.lowercase)
+                        .map_err(|e| {
+                            DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
+                        })?;
                     let json = tokenizer.to_json().map_err(|e| {
                         DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
                     })?;

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::normalizers::Lowercase;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
@@ -69,9 +70,26 @@ fn tk_err(e: impl std::fmt::Display) -> TextError {
 impl TextTokenizer {
     /// Builds the tokenizer of `kind`, training on `texts` where it needs to.
     pub fn build(kind: &TokenizerKind, texts: &[&str]) -> Result<Self> {
+        Self::build_normalized(kind, texts, false)
+    }
+
+    /// As [`build`](Self::build); with `lowercase`, a trained tokenizer lowercases text
+    /// before tokenizing (its `tokenizer.json` carries a `Lowercase` normalizer, so encoding
+    /// new text lowercases it too; decoding gives the lowercased text). A loaded
+    /// `tokenizer.json` keeps its own normalizer.
+    pub fn build_normalized(kind: &TokenizerKind, texts: &[&str], lowercase: bool) -> Result<Self> {
         match kind {
+            TokenizerKind::Char if lowercase => {
+                let lowered: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
+                let lowered: Vec<&str> = lowered.iter().map(String::as_str).collect();
+                let mut tk = Self::train_char(&lowered)?;
+                tk.inner.with_normalizer(Some(Lowercase));
+                Ok(tk)
+            }
             TokenizerKind::Char => Self::train_char(texts),
-            TokenizerKind::Bpe { vocab_size } => Self::train_bpe(texts, *vocab_size),
+            TokenizerKind::Bpe { vocab_size } => {
+                Self::train_bpe_with(texts, *vocab_size, lowercase)
+            }
             TokenizerKind::File { path } => Self::from_file(Path::new(path)),
         }
     }
@@ -106,6 +124,10 @@ impl TextTokenizer {
 
     /// A byte-level BPE tokenizer with about `vocab_size` tokens trained on `texts`.
     pub fn train_bpe(texts: &[&str], vocab_size: usize) -> Result<Self> {
+        Self::train_bpe_with(texts, vocab_size, false)
+    }
+
+    fn train_bpe_with(texts: &[&str], vocab_size: usize, lowercase: bool) -> Result<Self> {
         if texts.iter().all(|t| t.is_empty()) {
             return Err(TextError::EmptyCorpus("BPE training text".into()));
         }
@@ -115,6 +137,9 @@ impl TextTokenizer {
             )));
         }
         let mut inner = Tokenizer::new(BPE::default());
+        if lowercase {
+            inner.with_normalizer(Some(Lowercase));
+        }
         let byte_level = ByteLevel::default()
             .add_prefix_space(false)
             .trim_offsets(false);

@@ -157,3 +157,22 @@ fn encode_head_keeps_the_same_first_tokens_as_a_full_encode() {
     assert_eq!(all, tk.encode("free money").unwrap());
     assert!(!truncated);
 }
+
+#[test]
+fn lowercase_tokenizers_read_upper_and_lower_case_alike() {
+    use kiln_text::TokenizerKind;
+    let text = "Free MONEY now, free money later. Meeting Notes.";
+    for kind in [TokenizerKind::Char, TokenizerKind::Bpe { vocab_size: 300 }] {
+        let tk = TextTokenizer::build_normalized(&kind, &[text], true).unwrap();
+        assert_eq!(
+            tk.encode("FREE Money").unwrap(),
+            tk.encode("free money").unwrap(),
+            "{kind:?}"
+        );
+        // The normalizer travels with the saved tokenizer.
+        let back = TextTokenizer::from_json(&tk.to_json().unwrap()).unwrap();
+        assert_eq!(back.encode("MEETING").unwrap(), tk.encode("meeting").unwrap());
+        let cased = TextTokenizer::build(&kind, &[text]).unwrap();
+        assert_ne!(cased.encode("FREE").unwrap(), cased.encode("free").unwrap());
+    }
+}

@@ -171,8 +171,12 @@ pub fn train_lm_run(
             .nth(((text.chars().count() as f64) * (1.0 - config.text.val_fraction)) as usize)
             .map(|(i, _)| i)
             .unwrap_or(text.len());
-        let tokenizer =
-            TextTokenizer::build(&tokenizer_kind(&config), &[&text[..cut]]).map_err(text_err)?;
+        let tokenizer = TextTokenizer::build_normalized(
+            &tokenizer_kind(&config),
+            &[&text[..cut]],
+            config.text.lowercase,
+        )
+        .map_err(text_err)?;
         let meta =
             kiln_text::prepare_corpus(&text, &tokenizer, &data_dir, config.text.val_fraction)
                 .map_err(text_err)?;
