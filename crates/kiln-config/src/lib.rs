@@ -306,7 +306,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             ));
         }
     }
-    if matches!(m.kind, ModelKind::Transformer)
+    if matches!(m.kind, ModelKind::Gpt | ModelKind::Transformer)
         && c.text.tokenizer == "bpe"
         && c.text.vocab_size < 257
     {
@@ -332,12 +332,6 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
                     "expected a fraction in (0, 0.5), got {}",
                     c.text.val_fraction
                 ),
-            ));
-        }
-        if c.text.tokenizer == "bpe" && c.text.vocab_size < 257 {
-            return Err(bad(
-                "text.vocab_size",
-                format!("BPE needs at least 257 tokens, got {}", c.text.vocab_size),
             ));
         }
     }

@@ -216,15 +216,22 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Tokens (before padding) of each row's text; empty without a text feature.
+    /// Tokens (before padding) of row `i`'s text: padding is only at the end, so the
+    /// position after the last real token. 0 without a text feature.
+    pub fn text_len(&self, i: usize) -> usize {
+        let t = self.seq_len;
+        self.tokens[i * t..(i + 1) * t]
+            .iter()
+            .rposition(|&v| v != 0)
+            .map_or(0, |p| p + 1)
+    }
+
+    /// [`text_len`](Self::text_len) of every row; empty without a text feature.
     pub fn text_lengths(&self) -> Vec<usize> {
         if self.seq_len == 0 {
             return Vec::new();
         }
-        self.tokens
-            .chunks(self.seq_len)
-            .map(|row| row.iter().rposition(|&v| v != 0).map_or(0, |p| p + 1))
-            .collect()
+        (0..self.rows).map(|i| self.text_len(i)).collect()
     }
 
     /// The rows `idx` (positions in this batch).

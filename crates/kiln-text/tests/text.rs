@@ -171,7 +171,10 @@ fn lowercase_tokenizers_read_upper_and_lower_case_alike() {
         );
         // The normalizer travels with the saved tokenizer.
         let back = TextTokenizer::from_json(&tk.to_json().unwrap()).unwrap();
-        assert_eq!(back.encode("MEETING").unwrap(), tk.encode("meeting").unwrap());
+        assert_eq!(
+            back.encode("MEETING").unwrap(),
+            tk.encode("meeting").unwrap()
+        );
         let cased = TextTokenizer::build(&kind, &[text]).unwrap();
         assert_ne!(cased.encode("FREE").unwrap(), cased.encode("free").unwrap());
     }

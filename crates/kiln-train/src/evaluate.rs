@@ -13,6 +13,9 @@ use crate::TrainError;
 
 /// Rows per forward pass at inference.
 const EVAL_BATCH: usize = 1024;
+/// Tokens per forward pass at inference over text: bounds the `[rows, heads, T, T]`
+/// attention scores (1 024 rows of 256 tokens would need 1 GiB per block).
+const EVAL_TOKENS: usize = 32_768;
 
 /// Model outputs for a set of rows.
 #[derive(Debug, Clone)]
@@ -50,18 +53,16 @@ pub fn batch_inputs(data: &Encoded, idx: &[usize], device: &Device) -> Inputs {
         Tensor::<2, Int>::from_data(TensorData::new(c, [idx.len(), ncat]), device)
     });
     let tokens = (t > 0).then(|| {
-        let row = |i: usize| &data.tokens[i * t..(i + 1) * t];
-        // Padding is only at the end of a row: its length is the position after the last
-        // real token. At least one column, so an all-empty batch still has a shape.
+        // At least one column, so an all-empty batch still has a shape.
         let len = idx
             .iter()
-            .map(|&i| row(i).iter().rposition(|&v| v != 0).map_or(0, |p| p + 1))
+            .map(|&i| data.text_len(i))
             .max()
             .unwrap_or(0)
             .max(1);
         let mut ids = Vec::with_capacity(idx.len() * len);
         for &i in idx {
-            ids.extend(row(i)[..len].iter().map(|&v| v as i64));
+            ids.extend(data.tokens[i * t..i * t + len].iter().map(|&v| v as i64));
         }
         Tensor::<2, Int>::from_data(TensorData::new(ids, [idx.len(), len]), device)
     });
@@ -84,7 +85,11 @@ pub fn predict(
     let width = preprocessor.num_outputs();
     let mut values = Vec::with_capacity(data.rows * width);
     let all: Vec<usize> = (0..data.rows).collect();
-    for chunk in all.chunks(EVAL_BATCH) {
+    let rows_per_pass = match data.seq_len {
+        0 => EVAL_BATCH,
+        t => (EVAL_TOKENS / t).clamp(1, EVAL_BATCH),
+    };
+    for chunk in all.chunks(rows_per_pass) {
         let out = model.forward(batch_inputs(data, chunk, &device));
         let out = match preprocessor.task {
             Task::Classification => softmax(out, 1),
