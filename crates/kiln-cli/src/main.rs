@@ -30,6 +30,8 @@ enum Command {
     Predict(PredictArgs),
     /// Sample text from a trained language model.
     Generate(GenerateArgs),
+    /// Export a trained run: ONNX (with reference test data) or HuggingFace-style safetensors.
+    Export(ExportArgs),
     /// Inspect and prepare data files.
     #[command(subcommand)]
     Data(DataCommand),
@@ -61,6 +63,27 @@ struct GenerateArgs {
     #[arg(long)]
     no_cache: bool,
     /// Print JSON at the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormatArg {
+    Onnx,
+    Safetensors,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Run directory.
+    run_dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "onnx")]
+    format: ExportFormatArg,
+    /// Output directory (created): the model plus what a client needs to build its inputs.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print JSON.
     #[arg(long)]
     json: bool,
 }
@@ -286,6 +309,32 @@ fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn export(args: ExportArgs) -> Result<()> {
+    let format = match args.format {
+        ExportFormatArg::Onnx => kiln::ExportFormat::Onnx,
+        ExportFormatArg::Safetensors => kiln::ExportFormat::Safetensors,
+    };
+    let s = kiln::export_run(&args.run_dir, format, &args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    println!(
+        "exported {} run {} to {} ({:.2} MB{})",
+        s.kind,
+        s.run_dir.display(),
+        s.out.display(),
+        s.bytes as f64 / 1e6,
+        s.nodes
+            .map(|n| format!(", {n} graph nodes"))
+            .unwrap_or_default()
+    );
+    for f in &s.files {
+        println!("  {f}");
+    }
+    Ok(())
+}
+
 fn prepare_text(
     files: &[PathBuf],
     tokenizer: &str,
@@ -488,6 +537,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval(a),
         Command::Predict(a) => predict(a),
         Command::Generate(a) => generate(a),
+        Command::Export(a) => export(a),
         Command::Data(DataCommand::Describe { file, target, json }) => {
             describe(&file, target.as_deref(), json)
         }

@@ -23,7 +23,7 @@ pub use describe::{ColumnSummary, Description, describe};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
 pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
 pub use preprocess::{
-    Encoded, FeatureTransform, InputShape, Preprocessor, Target, TargetTransform,
+    DenseSlot, Encoded, FeatureTransform, InputShape, Preprocessor, Target, TargetTransform,
 };
 pub use split::{Split, split_rows};
 pub use table::{Column, LoadReport, Table};

@@ -105,6 +105,28 @@ impl FeatureTransform {
     }
 }
 
+/// How one value of the dense model input is made from its raw value: a missing value (NaN)
+/// becomes `fill`, then `(value - shift) / scale`. Raw values are the number of a numeric
+/// column, 0 or 1 for a binary or one-hot slot, 0-255 for a pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DenseSlot {
+    /// Replaces a missing value.
+    pub fill: f64,
+    /// Subtracted.
+    pub shift: f64,
+    /// Then divided by.
+    pub scale: f64,
+}
+
+impl DenseSlot {
+    /// A slot used as is (one-hot); missing counts as 0.
+    pub const IDENTITY: DenseSlot = DenseSlot {
+        fill: 0.0,
+        shift: 0.0,
+        scale: 1.0,
+    };
+}
+
 /// The fitted target transform.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -628,6 +650,50 @@ impl Preprocessor {
                 .map(FeatureTransform::dense_width)
                 .sum(),
         }
+    }
+
+    /// How each slot of the dense input is normalised, in input order (one per value of a
+    /// row of [`Encoded::x`]). Lets an exported model take raw values and normalise them itself.
+    pub fn dense_slots(&self) -> Vec<DenseSlot> {
+        let mut slots = Vec::with_capacity(self.input_shape().size());
+        for f in &self.features {
+            match f {
+                FeatureTransform::Numeric {
+                    fill, shift, scale, ..
+                } => slots.push(DenseSlot {
+                    fill: *fill,
+                    shift: *shift,
+                    scale: *scale,
+                }),
+                FeatureTransform::Binary { values, fill, .. } => slots.push(DenseSlot {
+                    fill: match fill {
+                        Some(v) if *v == values[1] => 1.0,
+                        Some(v) if *v == values[0] => 0.0,
+                        _ => 0.5,
+                    },
+                    shift: 0.0,
+                    scale: 1.0,
+                }),
+                FeatureTransform::Categorical {
+                    categories,
+                    embedding_dim: None,
+                    ..
+                } => slots.extend((0..categories.len()).map(|_| DenseSlot::IDENTITY)),
+                FeatureTransform::Categorical { .. } | FeatureTransform::Text { .. } => {}
+                FeatureTransform::Image {
+                    height,
+                    width,
+                    mean,
+                    std,
+                    ..
+                } => slots.extend((0..height * width).map(|_| DenseSlot {
+                    fill: 0.0,
+                    shift: f64::from(*mean) * 255.0,
+                    scale: f64::from(*std) * 255.0,
+                })),
+            }
+        }
+        slots
     }
 
     /// Table size of each embedded categorical feature (known categories + 1 for unknown).

@@ -7,10 +7,12 @@
 //! data with exactly the saved preprocessing. The `kiln` binary is a thin layer over these.
 #![warn(missing_docs)]
 
+mod export;
 mod lm;
 mod pipeline;
 mod report;
 
+pub use export::{ExportFormat, ExportSummary, export_files, export_run};
 pub use lm::{Generation, LmSummary, corpus_files, generate_run, load_lm, train_lm_run};
 pub use pipeline::{
     DataSummary, EvalSummary, PredictSummary, PreparedData, RunSummary, device_for, evaluate_run,
@@ -20,6 +22,7 @@ pub use report::format_evaluation;
 
 pub use kiln_config as config;
 pub use kiln_data as data;
+pub use kiln_export as export_formats;
 pub use kiln_metrics as metrics;
 pub use kiln_models as models;
 pub use kiln_text as text;
