@@ -32,6 +32,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Export a trained run: ONNX (with reference test data) or HuggingFace-style safetensors.
     Export(ExportArgs),
+    /// Serve trained runs over HTTP (Open Inference Protocol, raw-record predict, generation).
+    Serve(ServeArgs),
     /// Inspect and prepare data files.
     #[command(subcommand)]
     Data(DataCommand),
@@ -65,6 +67,44 @@ struct GenerateArgs {
     /// Print JSON at the end instead of streaming text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Run directories to serve, as RUN_DIR (named after the directory) or NAME=RUN_DIR.
+    #[arg(required = true)]
+    models: Vec<String>,
+    /// Address to listen on (loopback by default; 0.0.0.0 opens it to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port (0 picks a free one).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Most rows per forward pass when batching requests together.
+    #[arg(long, default_value_t = 64)]
+    max_batch_size: usize,
+    /// How long a request waits for others to share its forward pass, in milliseconds.
+    #[arg(long, default_value_t = 2.0)]
+    max_queue_delay_ms: f64,
+    /// Run every request on its own (no dynamic batching).
+    #[arg(long)]
+    no_batching: bool,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Most rows (instances) per request.
+    #[arg(long, default_value_t = 1024)]
+    max_rows: usize,
+    /// Most new tokens a generation request may ask for.
+    #[arg(long, default_value_t = 1024)]
+    max_new_tokens: usize,
+    /// Requests served at once; more are refused with 429.
+    #[arg(long, default_value_t = 256)]
+    max_concurrent: usize,
+    /// Require `Authorization: Bearer TOKEN` (health endpoints stay open). Also read from
+    /// KILN_SERVE_TOKEN.
+    #[arg(long, env = "KILN_SERVE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -335,6 +375,88 @@ fn export(args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+fn serve(args: ServeArgs) -> Result<()> {
+    use kiln_serve::{AppState, BatchSettings, ModelSource, ServeConfig};
+    let mut sources = Vec::new();
+    for m in &args.models {
+        let (name, dir) = match m.split_once('=') {
+            Some((n, d)) => (n.to_string(), PathBuf::from(d)),
+            None => {
+                let dir = PathBuf::from(m);
+                let name = dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_string)
+                    .with_context(|| {
+                        format!("{m}: cannot name a model after this path; use NAME=RUN_DIR")
+                    })?;
+                (name, dir)
+            }
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!("model name \"{name}\": use letters, digits, '-', '_' or '.' (NAME=RUN_DIR)");
+        }
+        sources.push(ModelSource { name, run_dir: dir });
+    }
+    if !(args.max_queue_delay_ms >= 0.0 && args.max_queue_delay_ms.is_finite()) {
+        bail!("--max-queue-delay-ms must be >= 0");
+    }
+    if args.max_batch_size == 0 || args.max_rows == 0 || args.max_concurrent == 0 {
+        bail!("--max-batch-size, --max-rows and --max-concurrent must be at least 1");
+    }
+    let config = ServeConfig {
+        addr: std::net::SocketAddr::new(args.host, args.port),
+        batching: BatchSettings {
+            max_batch_size: args.max_batch_size,
+            max_queue_delay: std::time::Duration::from_secs_f64(args.max_queue_delay_ms / 1000.0),
+            enabled: !args.no_batching,
+        },
+        max_body_bytes: args.max_body_bytes,
+        max_rows: args.max_rows,
+        max_new_tokens: args.max_new_tokens,
+        max_concurrent: args.max_concurrent,
+        token: args.token.filter(|t| !t.is_empty()),
+    };
+    let batching = config.batching;
+    let auth = config.token.is_some();
+    let state = AppState::load(&sources, config)?;
+    let models = state.models();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime
+        .block_on(kiln_serve::serve(state, |addr| {
+            eprintln!(
+                "kiln serve: listening on http://{addr} ({}; {})",
+                if batching.enabled {
+                    format!(
+                        "dynamic batching up to {} rows, {:.1} ms queue delay",
+                        batching.max_batch_size,
+                        batching.max_queue_delay.as_secs_f64() * 1000.0
+                    )
+                } else {
+                    "no batching".into()
+                },
+                if auth {
+                    "bearer token required"
+                } else {
+                    "no auth"
+                }
+            );
+            for (name, kind) in &models {
+                eprintln!("  {kind:<12} http://{addr}/v2/models/{name}");
+            }
+        }))
+        .context("serving")?;
+    eprintln!("kiln serve: stopped (in-flight requests finished)");
+    Ok(())
+}
+
 fn prepare_text(
     files: &[PathBuf],
     tokenizer: &str,
@@ -538,6 +660,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => predict(a),
         Command::Generate(a) => generate(a),
         Command::Export(a) => export(a),
+        Command::Serve(a) => serve(a),
         Command::Data(DataCommand::Describe { file, target, json }) => {
             describe(&file, target.as_deref(), json)
         }

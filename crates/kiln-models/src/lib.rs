@@ -23,4 +23,4 @@ pub use kiln_data::InputShape;
 pub use network::{Inputs, Network, Outputs};
 pub use spec::{ModelSpec, SpecError};
 
-pub use burn::prelude::{Device, Int, Tensor};
+pub use burn::prelude::{Device, Int, Tensor, TensorData};

@@ -80,36 +80,55 @@ pub fn predict(
     preprocessor: &Preprocessor,
     device: &Device,
 ) -> Predictions {
+    let width = preprocessor.num_outputs();
+    let values = forward_rows(model, data, device, |out| match preprocessor.task {
+        Task::Classification => softmax(out, 1),
+        Task::Regression => out,
+    });
+    let values = match preprocessor.task {
+        Task::Classification => values,
+        Task::Regression => values
+            .into_iter()
+            .map(|y| preprocessor.denormalize(y))
+            .collect(),
+    };
+    Predictions {
+        rows: data.rows,
+        width,
+        values,
+    }
+}
+
+/// The network's raw outputs (logits, or standardised regression values) for all rows of
+/// `data`, row-major, in inference mode.
+pub fn raw_outputs(model: &Network, data: &Encoded, device: &Device) -> Vec<f32> {
+    forward_rows(model, data, device, |out| out)
+}
+
+fn forward_rows(
+    model: &Network,
+    data: &Encoded,
+    device: &Device,
+    finish: impl Fn(Tensor<2>) -> Tensor<2>,
+) -> Vec<f32> {
     let model = model.valid();
     let device = device.clone().without_autodiff();
-    let width = preprocessor.num_outputs();
-    let mut values = Vec::with_capacity(data.rows * width);
+    let mut values = Vec::new();
     let all: Vec<usize> = (0..data.rows).collect();
     let rows_per_pass = match data.seq_len {
         0 => EVAL_BATCH,
         t => (EVAL_TOKENS / t).clamp(1, EVAL_BATCH),
     };
     for chunk in all.chunks(rows_per_pass) {
-        let out = model.forward(batch_inputs(data, chunk, &device));
-        let out = match preprocessor.task {
-            Task::Classification => softmax(out, 1),
-            Task::Regression => out,
-        };
-        let v: Vec<f32> = out
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 output");
-        match preprocessor.task {
-            Task::Classification => values.extend(v),
-            Task::Regression => values.extend(v.into_iter().map(|y| preprocessor.denormalize(y))),
-        }
+        let out = finish(model.forward(batch_inputs(data, chunk, &device)));
+        values.extend(
+            out.into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32 output"),
+        );
     }
-    Predictions {
-        rows: data.rows,
-        width,
-        values,
-    }
+    values
 }
 
 /// Scores of a model on labelled rows.

@@ -13,7 +13,9 @@ mod pipeline;
 mod report;
 
 pub use export::{ExportFormat, ExportSummary, export_files, export_run};
-pub use lm::{Generation, LmSummary, corpus_files, generate_run, load_lm, train_lm_run};
+pub use lm::{
+    Generation, LmSummary, corpus_files, generate_run, generate_text, load_lm, train_lm_run,
+};
 pub use pipeline::{
     DataSummary, EvalSummary, PredictSummary, PreparedData, RunSummary, device_for, evaluate_run,
     load_table, predict_run, prepare, train_run,

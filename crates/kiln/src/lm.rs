@@ -311,9 +311,31 @@ pub fn generate_run(
     prompt: &str,
     max_new_tokens: usize,
     sampling: &SamplingConfig,
-    mut on_text: impl FnMut(&str),
+    on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     let (model, tokenizer, device) = load_lm(run_dir)?;
+    generate_text(
+        &model,
+        &tokenizer,
+        &device,
+        prompt,
+        max_new_tokens,
+        sampling,
+        on_text,
+    )
+}
+
+/// Generates a continuation of `prompt` with a loaded model, streaming whole characters to
+/// `on_text` as they are decoded.
+pub fn generate_text(
+    model: &Gpt,
+    tokenizer: &TextTokenizer,
+    device: &burn::prelude::Device,
+    prompt: &str,
+    max_new_tokens: usize,
+    sampling: &SamplingConfig,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
     let mut ids = tokenizer.encode(prompt).map_err(text_err)?;
     if ids.is_empty() {
         // An empty prompt starts from the first token of the vocabulary after <unk>.
@@ -340,7 +362,7 @@ pub fn generate_run(
     let started = Instant::now();
     let mut emitted = String::new();
     let mut generated_ids = Vec::new();
-    let new = kiln_models::generate(&model, &ids, max_new_tokens, sampling, &device, |t| {
+    let new = kiln_models::generate(model, &ids, max_new_tokens, sampling, device, |t| {
         generated_ids.push(t);
         // Stream whole characters: decode everything so far and emit the new suffix.
         if let Ok(text) = tokenizer.decode(&generated_ids)

@@ -1,0 +1,438 @@
+//! `kiln serve`: an HTTP inference server for kiln run directories.
+//!
+//! - Open Inference Protocol (KServe v2, spoken by Triton and `tritonclient`):
+//!   `GET /v2`, `/v2/health/live`, `/v2/health/ready`, `/v2/models/{name}[/versions/{v}]`,
+//!   `.../ready`, `POST .../infer` (JSON or the binary tensor extension) and
+//!   `POST /v2/repository/index`. Tensors are the ONNX export's interface (`features`,
+//!   `pixels`, `categories`, `tokens` in; `logits`, `probabilities`, `prediction` out), with
+//!   the dense normalisation applied by the server.
+//! - `POST /v1/models/{name}/predict` takes raw records and applies the saved preprocessing;
+//!   `POST /v1/models/{name}/generate` samples from a GPT, optionally streamed (SSE).
+//! - Dynamic batching per model ([`BatchSettings`]), `GET /metrics` (Prometheus), limits on
+//!   body size, rows, generation length and concurrent requests (429 past it), optional
+//!   bearer token, graceful shutdown on Ctrl-C/SIGTERM that lets in-flight requests finish.
+#![warn(missing_docs)]
+
+mod batcher;
+mod error;
+mod metrics;
+mod model;
+mod v1;
+mod v2;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body as HttpBody, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+pub use batcher::BatchSettings;
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use model::ServedModel;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to bind (loopback by default).
+    pub addr: SocketAddr,
+    /// Dynamic batching.
+    pub batching: BatchSettings,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Most rows (instances) per request.
+    pub max_rows: usize,
+    /// Most tokens one generation request may ask for.
+    pub max_new_tokens: usize,
+    /// Requests served at once; more get 429.
+    pub max_concurrent: usize,
+    /// Required `Authorization: Bearer` token (health endpoints stay open).
+    pub token: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            batching: BatchSettings::default(),
+            max_body_bytes: 16 << 20,
+            max_rows: 1024,
+            max_new_tokens: 1024,
+            max_concurrent: 256,
+            token: None,
+        }
+    }
+}
+
+/// A model to load: its URL name and run directory.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    /// Name in URLs.
+    pub name: String,
+    /// Run directory.
+    pub run_dir: PathBuf,
+}
+
+/// Everything a handler needs.
+#[derive(Debug)]
+pub struct AppState {
+    models: BTreeMap<String, ServedModel>,
+    config: ServeConfig,
+    metrics: Arc<Metrics>,
+    permits: Semaphore,
+}
+
+type Shared = Arc<AppState>;
+
+impl AppState {
+    /// Loads every model; names must be unique.
+    pub fn load(sources: &[ModelSource], config: ServeConfig) -> Result<Self, kiln::KilnError> {
+        let metrics = Arc::new(Metrics::new());
+        let mut models = BTreeMap::new();
+        for s in sources {
+            if models.contains_key(&s.name) {
+                return Err(kiln::KilnError::Invalid(format!(
+                    "two models are named \"{}\": name them with NAME=RUN_DIR",
+                    s.name
+                )));
+            }
+            let m = ServedModel::load(&s.name, &s.run_dir, config.batching, metrics.clone())?;
+            models.insert(s.name.clone(), m);
+        }
+        Ok(Self {
+            models,
+            permits: Semaphore::new(config.max_concurrent),
+            config,
+            metrics,
+        })
+    }
+
+    /// Names and kinds of the loaded models.
+    pub fn models(&self) -> Vec<(String, String)> {
+        self.models
+            .values()
+            .map(|m| (m.name.clone(), m.kind()))
+            .collect()
+    }
+
+    fn model(&self, name: &str) -> Result<&ServedModel, ApiError> {
+        self.models.get(name).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "unknown model \"{name}\"; this server has {}",
+                self.models
+                    .keys()
+                    .map(|k| format!("\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    fn limits(&self) -> v2::RequestLimits {
+        v2::RequestLimits {
+            max_rows: self.config.max_rows,
+        }
+    }
+}
+
+/// The HTTP routes over `state`.
+pub fn router(state: Shared) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_versioned),
+        )
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_versioned),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer_versioned),
+        )
+        .route("/v1/models/{name}/predict", post(predict))
+        .route("/v1/models/{name}/generate", post(generate))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Loads the models and serves until Ctrl-C or SIGTERM; in-flight requests finish first.
+pub async fn serve(state: AppState, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
+    let addr = state.config.addr;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    on_ready(local);
+    axum::serve(listener, router(Arc::new(state)))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Auth, the concurrency limit and metrics around every request.
+async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let open = route.starts_with("/v2/health/");
+    let response = if let Some(token) = state.config.token.as_deref().filter(|_| !open) {
+        let ok = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+        if ok {
+            None
+        } else {
+            Some(
+                ApiError {
+                    status: StatusCode::UNAUTHORIZED,
+                    message: "missing or wrong bearer token (Authorization: Bearer ...)".into(),
+                }
+                .into_response(),
+            )
+        }
+    } else {
+        None
+    };
+    let response = match response {
+        Some(r) => r,
+        None => {
+            let limited = matches!(request.method(), &axum::http::Method::POST);
+            let permit = if limited {
+                match state.permits.try_acquire() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        let r = ApiError {
+                            status: StatusCode::TOO_MANY_REQUESTS,
+                            message: format!(
+                                "more than {} requests at once; retry later",
+                                state.config.max_concurrent
+                            ),
+                        }
+                        .into_response();
+                        record(&state, &route, &r, started);
+                        return r;
+                    }
+                }
+            } else {
+                None
+            };
+            state.metrics.in_flight.inc();
+            let r = next.run(request).await;
+            state.metrics.in_flight.dec();
+            drop(permit);
+            r
+        }
+    };
+    record(&state, &route, &response, started);
+    response
+}
+
+fn record(state: &AppState, route: &str, response: &Response, started: Instant) {
+    let code = response.status().as_u16().to_string();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route, &code])
+        .inc();
+    if response.status().is_client_error() || response.status().is_server_error() {
+        state
+            .metrics
+            .errors
+            .with_label_values(&[route, &code])
+            .inc();
+    }
+    state
+        .metrics
+        .latency
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!("request body larger than {limit} bytes"))
+        } else {
+            ApiError::bad_request(format!("unreadable request body: {e}"))
+        }
+    })
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint (see /v2, /v2/models/{name}, /v1/models/{name}/predict)")
+}
+
+async fn server_metadata() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "kiln",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "model_repository"],
+    }))
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn ready() -> StatusCode {
+    // Models load before the listener opens, so a listening server is ready.
+    StatusCode::OK
+}
+
+async fn repository_index(State(state): State<Shared>) -> Json<serde_json::Value> {
+    Json(json!(
+        state
+            .models
+            .keys()
+            .map(|n| json!({"name": n, "version": "1", "state": "READY"}))
+            .collect::<Vec<_>>()
+    ))
+}
+
+fn check_version(version: &str) -> Result<(), ApiError> {
+    if version == "1" {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "model version \"{version}\" does not exist; kiln serves version \"1\""
+        )))
+    }
+}
+
+async fn model_metadata(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = state.model(&name)?;
+    Ok(Json(json!({
+        "name": m.name,
+        "versions": ["1"],
+        "platform": format!("kiln_{}", m.kind()),
+        "inputs": m.inputs(),
+        "outputs": m.outputs(),
+    })))
+}
+
+async fn model_metadata_versioned(
+    state: State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_version(&version)?;
+    model_metadata(state, Path(name)).await
+}
+
+async fn model_ready(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.model(&name).map(|_| StatusCode::OK)
+}
+
+async fn model_ready_versioned(
+    state: State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    check_version(&version)?;
+    model_ready(state, Path(name)).await
+}
+
+async fn infer(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.config.max_body_bytes)?;
+    let m = state.model(&name)?;
+    v2::infer(m, &headers, &body, state.limits()).await
+}
+
+async fn infer_versioned(
+    state: State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_version(&version)?;
+    infer(state, Path(name), headers, body).await
+}
+
+async fn predict(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.config.max_body_bytes)?;
+    let m = state.model(&name)?;
+    v1::predict(m, &body, state.limits()).await
+}
+
+async fn generate(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.config.max_body_bytes)?;
+    let m = state.model(&name)?;
+    v1::generate(m, &body, state.config.max_new_tokens).await
+}
+
+async fn metrics_text(State(state): State<Shared>) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        HttpBody::from(state.metrics.render()),
+    )
+        .into_response()
+}

@@ -1,0 +1,301 @@
+//! Models loaded from run directories, their tensor interface (the same as the ONNX export's)
+//! and the conversion of request tensors and records into model rows.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln::config::ModelKind;
+use kiln::data::{
+    Column, Encoded, FeatureTransform, InputShape, Preprocessor, Table, TargetTransform,
+};
+use kiln::models::{Device, Gpt, GptConfig, ModelSpec};
+use kiln::text::TextTokenizer;
+use serde::Serialize;
+
+use crate::batcher::{BatchSettings, Batcher};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// A served model.
+#[derive(Debug)]
+pub struct ServedModel {
+    /// Name in URLs.
+    pub name: String,
+    /// Where it was loaded from.
+    pub run_dir: PathBuf,
+    /// The model.
+    pub body: Body,
+}
+
+/// What kind of model, with what it needs to run.
+#[derive(Debug)]
+pub enum Body {
+    /// An MLP, CNN or text classifier behind a batcher.
+    Network {
+        /// Fitted preprocessing.
+        preprocessor: Preprocessor,
+        /// Architecture.
+        spec: ModelSpec,
+        /// Queue to the worker thread that owns the weights.
+        batcher: Batcher,
+    },
+    /// A language model.
+    Gpt {
+        /// Weights (read-only, shared by generation tasks).
+        model: Arc<Gpt>,
+        /// Its tokenizer.
+        tokenizer: Arc<TextTokenizer>,
+        /// Shape.
+        config: GptConfig,
+        /// Device.
+        device: Device,
+    },
+}
+
+/// A tensor in model metadata: `shape` uses -1 for dynamic axes.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorSpec {
+    /// Name.
+    pub name: String,
+    /// Open Inference Protocol datatype ("FP32", "INT64").
+    pub datatype: &'static str,
+    /// Shape.
+    pub shape: Vec<i64>,
+}
+
+fn spec(name: &str, datatype: &'static str, shape: Vec<i64>) -> TensorSpec {
+    TensorSpec {
+        name: name.into(),
+        datatype,
+        shape,
+    }
+}
+
+impl ServedModel {
+    /// Loads the run in `dir` under `name`.
+    pub fn load(
+        name: &str,
+        dir: &Path,
+        settings: BatchSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, kiln::KilnError> {
+        let config = kiln::config::load(&dir.join("config.toml"), &[])?;
+        let body = if config.model.kind == ModelKind::Gpt {
+            let (model, tokenizer, device) = kiln::load_lm(dir)?;
+            let config: GptConfig = kiln::train::run::read_json(&dir.join("model.json"))?;
+            Body::Gpt {
+                model: Arc::new(model),
+                tokenizer: Arc::new(tokenizer),
+                config,
+                device,
+            }
+        } else {
+            let device = kiln::device_for(&config)?;
+            let run = kiln::train::run::load(dir, &device)?;
+            let width = run.preprocessor.num_outputs();
+            Body::Network {
+                batcher: Batcher::spawn(name, run.model, device, width, settings, metrics),
+                preprocessor: run.preprocessor,
+                spec: run.spec,
+            }
+        };
+        Ok(Self {
+            name: name.to_string(),
+            run_dir: dir.to_path_buf(),
+            body,
+        })
+    }
+
+    /// Model family, as in `config.toml`.
+    pub fn kind(&self) -> String {
+        match &self.body {
+            Body::Network { spec, .. } => format!("{:?}", spec.kind).to_lowercase(),
+            Body::Gpt { .. } => "gpt".into(),
+        }
+    }
+
+    /// Input tensors (the ONNX export's interface).
+    pub fn inputs(&self) -> Vec<TensorSpec> {
+        match &self.body {
+            Body::Network { spec: s, .. } => {
+                let mut v = Vec::new();
+                match s.input {
+                    InputShape::Image {
+                        channels,
+                        height,
+                        width,
+                    } => v.push(spec(
+                        "pixels",
+                        "FP32",
+                        vec![-1, channels as i64, height as i64, width as i64],
+                    )),
+                    InputShape::Flat { width } if width > 0 => {
+                        v.push(spec("features", "FP32", vec![-1, width as i64]))
+                    }
+                    InputShape::Flat { .. } => {}
+                }
+                if !s.embeddings.is_empty() {
+                    v.push(spec(
+                        "categories",
+                        "INT64",
+                        vec![-1, s.embeddings.len() as i64],
+                    ));
+                }
+                if s.text.is_some() {
+                    v.push(spec("tokens", "INT64", vec![-1, -1]));
+                }
+                v
+            }
+            Body::Gpt { .. } => vec![spec("tokens", "INT64", vec![-1, -1])],
+        }
+    }
+
+    /// Output tensors.
+    pub fn outputs(&self) -> Vec<TensorSpec> {
+        match &self.body {
+            Body::Network { preprocessor, .. } => match &preprocessor.target {
+                TargetTransform::Classes { classes, .. } => {
+                    let k = classes.len() as i64;
+                    vec![
+                        spec("logits", "FP32", vec![-1, k]),
+                        spec("probabilities", "FP32", vec![-1, k]),
+                    ]
+                }
+                TargetTransform::Regression { .. } => vec![spec("prediction", "FP32", vec![-1, 1])],
+            },
+            Body::Gpt { config, .. } => {
+                vec![spec(
+                    "logits",
+                    "FP32",
+                    vec![-1, -1, config.vocab_size as i64],
+                )]
+            }
+        }
+    }
+}
+
+/// An empty [`Encoded`] with the model's shapes.
+pub fn empty_rows(pre: &Preprocessor) -> Encoded {
+    Encoded {
+        x: Vec::new(),
+        rows: 0,
+        shape: pre.input_shape(),
+        categories: Vec::new(),
+        tokens: Vec::new(),
+        seq_len: pre.text_input().map(|(_, t)| t).unwrap_or(0),
+        texts_truncated: 0,
+        cardinalities: pre.cardinalities(),
+        y: None,
+        ids: None,
+        source_rows: Vec::new(),
+        unknown_categories: BTreeMap::new(),
+        missing_filled: 0,
+        missing_dropped: 0,
+        missing_target_dropped: 0,
+    }
+}
+
+/// Normalises raw dense values (NaN = missing) exactly as the preprocessor does.
+pub fn normalise_dense(pre: &Preprocessor, raw: &[f32], rows: usize) -> Vec<f32> {
+    if let [FeatureTransform::Image { mean, std, .. }] = pre.features.as_slice() {
+        return raw.iter().map(|&p| (p / 255.0 - mean) / std).collect();
+    }
+    let slots = pre.dense_slots();
+    let width = slots.len();
+    let mut out = Vec::with_capacity(rows * width);
+    for row in raw.chunks(width) {
+        for (v, s) in row.iter().zip(&slots) {
+            let v = if v.is_nan() { s.fill } else { f64::from(*v) };
+            out.push(((v - s.shift) / s.scale) as f32);
+        }
+    }
+    out
+}
+
+/// A table of the records' fields under the preprocessor's feature names: strings as they
+/// are, numbers and booleans as text (as a CSV would hold them), null or absent = missing.
+pub fn records_table(pre: &Preprocessor, records: &[serde_json::Value]) -> Result<Table, ApiError> {
+    let text_features: Vec<&str> = pre
+        .features
+        .iter()
+        .filter(|f| matches!(f, FeatureTransform::Text { .. }))
+        .map(FeatureTransform::name)
+        .collect();
+    let mut columns: Vec<Vec<Option<String>>> =
+        vec![Vec::with_capacity(records.len()); pre.features.len()];
+    for (i, record) in records.iter().enumerate() {
+        let fields = match record {
+            serde_json::Value::Object(map) => map.clone(),
+            serde_json::Value::String(s) if pre.features.len() == 1 && text_features.len() == 1 => {
+                serde_json::Map::from_iter([(
+                    text_features[0].to_string(),
+                    serde_json::Value::String(s.clone()),
+                )])
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "instances[{i}]: expected an object of column values{}, got {}",
+                    if text_features.len() == 1 && pre.features.len() == 1 {
+                        " or a string"
+                    } else {
+                        ""
+                    },
+                    json_kind(other)
+                )));
+            }
+        };
+        for (c, f) in pre.features.iter().enumerate() {
+            if let FeatureTransform::Image { .. } = f {
+                return Err(ApiError::bad_request(
+                    "image models take pixels through the v2 infer endpoint (input \"pixels\")",
+                ));
+            }
+            let value = match fields.get(f.name()) {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                Some(serde_json::Value::Bool(b)) => Some(b.to_string()),
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "instances[{i}].{}: expected a string, number or null, got {}",
+                        f.name(),
+                        json_kind(other)
+                    )));
+                }
+            };
+            columns[c].push(value);
+        }
+    }
+    Ok(Table {
+        origin: "request".into(),
+        names: pre.features.iter().map(|f| f.name().to_string()).collect(),
+        columns: columns.into_iter().map(Column::Text).collect(),
+        lines: (1..=records.len() as u64).collect(),
+        report: Default::default(),
+    })
+}
+
+/// "an array", "a number", ... for messages.
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Row-wise softmax of `rows x width` logits.
+pub fn softmax_rows(logits: &[f32], width: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(logits.len());
+    for row in logits.chunks(width) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        out.extend(exp.into_iter().map(|e| e / sum));
+    }
+    out
+}

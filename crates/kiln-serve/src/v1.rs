@@ -1,0 +1,226 @@
+//! Convenience endpoints: predictions from raw records with the run's saved preprocessing
+//! (KServe v1's `{"instances": [...]}` shape), and text generation, streamed as server-sent
+//! events.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use kiln::data::TargetTransform;
+use kiln::models::SamplingConfig;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::error::ApiError;
+use crate::model::{Body, ServedModel, records_table, softmax_rows};
+use crate::v2::RequestLimits;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest {
+    instances: Vec<Value>,
+}
+
+/// `POST /v1/models/{name}/predict`: `{"instances": [{column: value, ...}, ...]}` (or strings
+/// for a model whose only feature is text) to labels and probabilities.
+pub async fn predict(
+    model: &ServedModel,
+    body: &[u8],
+    limits: RequestLimits,
+) -> Result<Response, ApiError> {
+    let Body::Network {
+        preprocessor,
+        batcher,
+        ..
+    } = &model.body
+    else {
+        return Err(ApiError::bad_request(format!(
+            "model \"{}\" is a language model: use /v1/models/{}/generate",
+            model.name, model.name
+        )));
+    };
+    let request: PredictRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid predict request: {e} (expected {{\"instances\": [{{\"column\": value, ...}}]}})"
+        ))
+    })?;
+    let n = request.instances.len();
+    if n == 0 {
+        return Err(ApiError::bad_request("\"instances\" is empty"));
+    }
+    if n > limits.max_rows {
+        return Err(ApiError::too_large(format!(
+            "{n} instances in one request; this server takes at most {}",
+            limits.max_rows
+        )));
+    }
+    let table = records_table(preprocessor, &request.instances)?;
+    let rows: Vec<usize> = (0..n).collect();
+    let encoded = preprocessor
+        .transform(&table, &rows, false, false)
+        .map_err(|e| ApiError::bad_request(e.to_string().replace("request: line ", "instance ")))?;
+    let unknown = encoded.unknown_categories.clone();
+    let truncated = encoded.texts_truncated;
+    let raw = batcher.run(encoded).await?;
+    let width = batcher.width();
+    let predictions: Vec<Value> = match &preprocessor.target {
+        TargetTransform::Classes { classes, .. } => softmax_rows(&raw, width)
+            .chunks(width)
+            .map(|p| {
+                let best = p
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &v)| if v > p[b] { i } else { b });
+                let probabilities: serde_json::Map<String, Value> = classes
+                    .iter()
+                    .zip(p)
+                    .map(|(c, &v)| (c.clone(), json!(v)))
+                    .collect();
+                json!({"label": classes[best], "probabilities": probabilities})
+            })
+            .collect(),
+        TargetTransform::Regression { .. } => raw
+            .iter()
+            .map(|&v| json!({"prediction": preprocessor.denormalize(v)}))
+            .collect(),
+    };
+    let mut out = json!({"model_name": model.name, "predictions": predictions});
+    if !unknown.is_empty() {
+        out["unknown_categories"] = json!(unknown);
+    }
+    if truncated > 0 {
+        out["texts_truncated"] = json!(truncated);
+    }
+    Ok(Json(out).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateRequest {
+    prompt: String,
+    #[serde(default = "default_new_tokens")]
+    max_new_tokens: usize,
+    #[serde(default = "default_temperature")]
+    temperature: f64,
+    #[serde(default)]
+    top_k: usize,
+    #[serde(default = "default_top_p")]
+    top_p: f64,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[serde(default)]
+    stream: bool,
+}
+
+fn default_new_tokens() -> usize {
+    64
+}
+fn default_temperature() -> f64 {
+    0.8
+}
+fn default_top_p() -> f64 {
+    1.0
+}
+fn default_seed() -> u64 {
+    1337
+}
+
+/// `POST /v1/models/{name}/generate`: `{"prompt": ..., "max_new_tokens": ..., "stream": true}`.
+/// Streams `data: {"text": ...}` events and a final `event: done` with the summary.
+pub async fn generate(
+    model: &ServedModel,
+    body: &[u8],
+    max_new_tokens: usize,
+) -> Result<Response, ApiError> {
+    let Body::Gpt {
+        model: gpt,
+        tokenizer,
+        device,
+        ..
+    } = &model.body
+    else {
+        return Err(ApiError::bad_request(format!(
+            "model \"{}\" is not a language model: use /v1/models/{}/predict",
+            model.name, model.name
+        )));
+    };
+    let request: GenerateRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid generate request: {e} (expected {{\"prompt\": \"...\", \"max_new_tokens\": N}})"
+        ))
+    })?;
+    if request.max_new_tokens == 0 || request.max_new_tokens > max_new_tokens {
+        return Err(ApiError::bad_request(format!(
+            "max_new_tokens is {}; this server allows 1..={max_new_tokens}",
+            request.max_new_tokens
+        )));
+    }
+    if !(request.top_p > 0.0 && request.top_p <= 1.0) {
+        return Err(ApiError::bad_request(format!(
+            "top_p must be in (0, 1], got {}",
+            request.top_p
+        )));
+    }
+    if !(request.temperature >= 0.0 && request.temperature.is_finite()) {
+        return Err(ApiError::bad_request(format!(
+            "temperature must be >= 0, got {}",
+            request.temperature
+        )));
+    }
+    let sampling = SamplingConfig {
+        temperature: request.temperature,
+        top_k: request.top_k,
+        top_p: request.top_p,
+        seed: request.seed,
+        use_cache: true,
+    };
+    // Check the prompt here, so a bad one is a 400 and not a broken stream.
+    let ids = tokenizer
+        .encode(&request.prompt)
+        .map_err(|e| ApiError::bad_request(format!("prompt: {e}")))?;
+    if ids.len() > gpt.context() {
+        return Err(ApiError::bad_request(format!(
+            "the prompt is {} tokens; this model's context is {} tokens",
+            ids.len(),
+            gpt.context()
+        )));
+    }
+    let (gpt, tokenizer, device) = (gpt.clone(), tokenizer.clone(), device.clone());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Event, Infallible>>();
+    let stream = request.stream;
+    let task = tokio::task::spawn_blocking(move || {
+        kiln::generate_text(
+            &gpt,
+            &tokenizer,
+            &device,
+            &request.prompt,
+            request.max_new_tokens,
+            &sampling,
+            |piece| {
+                if stream {
+                    let _ = tx.send(Ok(Event::default().data(json!({"text": piece}).to_string())));
+                }
+            },
+        )
+        .map(|g| {
+            if stream {
+                let _ = tx.send(Ok(Event::default()
+                    .event("done")
+                    .data(serde_json::to_string(&g).expect("serialisable"))));
+            }
+            g
+        })
+    });
+    if stream {
+        let events = UnboundedReceiverStream::new(rx).map(|e| e);
+        return Ok(Sse::new(events).into_response());
+    }
+    let g = task
+        .await
+        .map_err(|_| ApiError::internal("generation failed"))?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(json!({"model_name": model.name, "generation": g})).into_response())
+}

@@ -1,0 +1,542 @@
+//! The Open Inference Protocol (KServe v2, as spoken by Triton and `tritonclient`), with the
+//! binary tensor data extension: a JSON header of `Inference-Header-Content-Length` bytes
+//! followed by raw little-endian tensors.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::model::{Body, ServedModel, empty_rows, normalise_dense, softmax_rows};
+
+/// Header carrying the JSON part's length in binary requests and responses.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InferRequest {
+    id: Option<String>,
+    inputs: Vec<InputTensor>,
+    outputs: Option<Vec<RequestedOutput>>,
+    parameters: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    data: Option<Value>,
+    parameters: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestedOutput {
+    name: String,
+    parameters: Option<serde_json::Map<String, Value>>,
+}
+
+/// A decoded input tensor.
+#[derive(Debug)]
+struct Tensor {
+    shape: Vec<usize>,
+    values: Values,
+}
+
+#[derive(Debug)]
+enum Values {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+fn flatten(name: &str, v: &Value, out: &mut Vec<Value>) -> Result<(), ApiError> {
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                flatten(name, item, out)?;
+            }
+            Ok(())
+        }
+        Value::Number(_) | Value::Null | Value::Bool(_) => {
+            out.push(v.clone());
+            Ok(())
+        }
+        other => Err(ApiError::bad_request(format!(
+            "input \"{name}\": data must be numbers, got {}",
+            crate::model::json_kind(other)
+        ))),
+    }
+}
+
+/// Decodes `t` (JSON `data` or its slice of the binary part) as the datatype the model wants.
+fn decode(t: &InputTensor, binary: Option<&[u8]>, want_int: bool) -> Result<Tensor, ApiError> {
+    let name = &t.name;
+    if t.shape.iter().any(|&d| d < 0) {
+        return Err(ApiError::bad_request(format!(
+            "input \"{name}\": shape {:?} has a negative dimension",
+            t.shape
+        )));
+    }
+    let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    let count: usize = shape.iter().product();
+    let dtype = t.datatype.as_str();
+    let values = match binary {
+        Some(bytes) => {
+            let size = match dtype {
+                "FP32" | "INT32" => 4,
+                "FP64" | "INT64" => 8,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "input \"{name}\": datatype {other} is not supported (FP32, FP64, INT32, INT64)"
+                    )));
+                }
+            };
+            if bytes.len() != count * size {
+                return Err(ApiError::bad_request(format!(
+                    "input \"{name}\": {} bytes of {dtype} data for shape {:?} ({} expected)",
+                    bytes.len(),
+                    t.shape,
+                    count * size
+                )));
+            }
+            match dtype {
+                "FP32" => Values::F32(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                        .collect(),
+                ),
+                "FP64" => Values::F32(
+                    bytes
+                        .chunks_exact(8)
+                        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                        .collect(),
+                ),
+                "INT32" => Values::I64(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
+                        .collect(),
+                ),
+                _ => Values::I64(
+                    bytes
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                        .collect(),
+                ),
+            }
+        }
+        None => {
+            let data = t.data.as_ref().ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "input \"{name}\": no \"data\" (and no binary_data_size parameter)"
+                ))
+            })?;
+            let mut flat = Vec::with_capacity(count);
+            flatten(name, data, &mut flat)?;
+            if flat.len() != count {
+                return Err(ApiError::bad_request(format!(
+                    "input \"{name}\": {} values for shape {:?} ({count} expected)",
+                    flat.len(),
+                    t.shape
+                )));
+            }
+            match dtype {
+                "FP32" | "FP64" => Values::F32(
+                    flat.iter()
+                        .enumerate()
+                        .map(|(i, v)| match v {
+                            Value::Null => Ok(f32::NAN), // missing
+                            v => v.as_f64().map(|x| x as f32).ok_or_else(|| {
+                                ApiError::bad_request(format!(
+                                    "input \"{name}\": value {i} is not a number"
+                                ))
+                            }),
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                "INT32" | "INT64" => Values::I64(
+                    flat.iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            v.as_i64().ok_or_else(|| {
+                                ApiError::bad_request(format!(
+                                    "input \"{name}\": value {i} ({v}) is not an integer"
+                                ))
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "input \"{name}\": datatype {other} is not supported (FP32, FP64, INT32, INT64)"
+                    )));
+                }
+            }
+        }
+    };
+    match (&values, want_int) {
+        (Values::F32(_), true) => Err(ApiError::bad_request(format!(
+            "input \"{name}\": datatype {dtype}, expected INT64 (or INT32)"
+        ))),
+        (Values::I64(_), false) => Err(ApiError::bad_request(format!(
+            "input \"{name}\": datatype {dtype}, expected FP32 (or FP64)"
+        ))),
+        _ => Ok(Tensor { shape, values }),
+    }
+}
+
+/// An output to return.
+struct Output {
+    name: String,
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+/// Splits the body into the JSON header and the binary part.
+fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    match headers.get(HEADER_LENGTH) {
+        None => Ok((body, &[])),
+        Some(v) => {
+            let n: usize = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Inference-Header-Content-Length is not a number")
+                })?;
+            if n > body.len() {
+                return Err(ApiError::bad_request(format!(
+                    "Inference-Header-Content-Length is {n} but the body has {} bytes",
+                    body.len()
+                )));
+            }
+            Ok(body.split_at(n))
+        }
+    }
+}
+
+fn binary_size(p: &Option<serde_json::Map<String, Value>>) -> Option<Option<usize>> {
+    p.as_ref()
+        .and_then(|p| p.get("binary_data_size"))
+        .map(|v| v.as_u64().map(|n| n as usize))
+}
+
+fn param_true(p: &Option<serde_json::Map<String, Value>>, key: &str) -> bool {
+    p.as_ref()
+        .and_then(|p| p.get(key))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// Limits applied to one request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Rows per request.
+    pub max_rows: usize,
+}
+
+/// `POST /v2/models/{name}/infer`.
+pub async fn infer(
+    model: &ServedModel,
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: RequestLimits,
+) -> Result<Response, ApiError> {
+    let (json_part, mut binary) = split_body(headers, body)?;
+    let request: InferRequest = serde_json::from_slice(json_part)
+        .map_err(|e| ApiError::bad_request(format!("invalid inference request JSON: {e}")))?;
+    let wanted = model.inputs();
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for input in &request.inputs {
+        let Some(spec) = wanted.iter().find(|s| s.name == input.name) else {
+            return Err(ApiError::bad_request(format!(
+                "unknown input \"{}\"; model \"{}\" takes {}",
+                input.name,
+                model.name,
+                names(wanted.iter().map(|s| s.name.as_str()))
+            )));
+        };
+        if tensors.iter().any(|(n, _)| *n == input.name) {
+            return Err(ApiError::bad_request(format!(
+                "input \"{}\" given twice",
+                input.name
+            )));
+        }
+        let bytes = match binary_size(&input.parameters) {
+            None => None,
+            Some(None) => {
+                return Err(ApiError::bad_request(format!(
+                    "input \"{}\": binary_data_size must be a non-negative integer",
+                    input.name
+                )));
+            }
+            Some(Some(n)) => {
+                if n > binary.len() {
+                    return Err(ApiError::bad_request(format!(
+                        "input \"{}\": binary_data_size {n} exceeds the {} binary bytes left",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                let (head, rest) = binary.split_at(n);
+                binary = rest;
+                Some(head)
+            }
+        };
+        let t = decode(input, bytes, spec.datatype == "INT64")?;
+        if t.shape.len() != spec.shape.len()
+            || t.shape
+                .iter()
+                .zip(&spec.shape)
+                .any(|(&d, &w)| w >= 0 && d as i64 != w)
+        {
+            return Err(ApiError::bad_request(format!(
+                "input \"{}\": shape {:?}, expected {:?} (-1 = any)",
+                input.name, t.shape, spec.shape
+            )));
+        }
+        tensors.push((input.name.clone(), t));
+    }
+    if !binary.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{} bytes of binary data not claimed by any input's binary_data_size",
+            binary.len()
+        )));
+    }
+    for spec in &wanted {
+        if !tensors.iter().any(|(n, _)| *n == spec.name) {
+            return Err(ApiError::bad_request(format!(
+                "missing input \"{}\" ({} {:?})",
+                spec.name, spec.datatype, spec.shape
+            )));
+        }
+    }
+    let rows = tensors[0].1.shape[0];
+    if let Some((n, t)) = tensors.iter().find(|(_, t)| t.shape[0] != rows) {
+        return Err(ApiError::bad_request(format!(
+            "input \"{n}\" has {} rows, input \"{}\" has {rows}: every input needs the same batch size",
+            t.shape[0], tensors[0].0
+        )));
+    }
+    if rows == 0 {
+        return Err(ApiError::bad_request("the batch is empty (shape[0] = 0)"));
+    }
+    if rows > limits.max_rows {
+        return Err(ApiError::too_large(format!(
+            "{rows} rows in one request; this server takes at most {}",
+            limits.max_rows
+        )));
+    }
+    let outputs = run(model, tensors, rows).await?;
+    let all_binary = param_true(&request.parameters, "binary_data_output");
+    let selected: Vec<(Output, bool)> = match &request.outputs {
+        None => outputs.into_iter().map(|o| (o, all_binary)).collect(),
+        Some(requested) => {
+            let mut outputs = outputs;
+            let mut chosen = Vec::new();
+            for r in requested {
+                let Some(i) = outputs.iter().position(|o| o.name == r.name) else {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown output \"{}\"; model \"{}\" gives {}",
+                        r.name,
+                        model.name,
+                        names(model.outputs().iter().map(|s| s.name.as_str()))
+                    )));
+                };
+                let binary = param_true(&r.parameters, "binary_data") || all_binary;
+                chosen.push((outputs.remove(i), binary));
+            }
+            chosen
+        }
+    };
+    let mut blobs: Vec<u8> = Vec::new();
+    let outputs_json: Vec<Value> = selected
+        .into_iter()
+        .map(|(o, binary)| {
+            if binary {
+                let bytes: Vec<u8> = o.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let n = bytes.len();
+                blobs.extend(bytes);
+                json!({"name": o.name, "datatype": "FP32", "shape": o.shape, "parameters": {"binary_data_size": n}})
+            } else {
+                json!({"name": o.name, "datatype": "FP32", "shape": o.shape, "data": o.values})
+            }
+        })
+        .collect();
+    let mut response = json!({
+        "model_name": model.name,
+        "model_version": "1",
+        "outputs": outputs_json,
+    });
+    if let Some(id) = request.id {
+        response["id"] = json!(id);
+    }
+    let header = serde_json::to_vec(&response).expect("serialisable");
+    if blobs.is_empty() {
+        return Ok((
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            header,
+        )
+            .into_response());
+    }
+    let len = header.len();
+    let mut body = header;
+    body.extend(blobs);
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r.headers_mut()
+        .insert(HEADER_LENGTH, HeaderValue::from(len));
+    Ok(r)
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    it.map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn run(
+    model: &ServedModel,
+    tensors: Vec<(String, Tensor)>,
+    rows: usize,
+) -> Result<Vec<Output>, ApiError> {
+    match &model.body {
+        Body::Network {
+            preprocessor,
+            spec,
+            batcher,
+        } => {
+            let mut encoded = empty_rows(preprocessor);
+            encoded.rows = rows;
+            for (name, t) in tensors {
+                match (name.as_str(), t.values) {
+                    ("features" | "pixels", Values::F32(v)) => {
+                        encoded.x = normalise_dense(preprocessor, &v, rows);
+                    }
+                    ("categories", Values::I64(v)) => {
+                        let cards = preprocessor.cardinalities();
+                        let mut out = Vec::with_capacity(v.len());
+                        for (i, &c) in v.iter().enumerate() {
+                            let col = i % cards.len();
+                            if c < 0 || c as usize >= cards[col] {
+                                return Err(ApiError::bad_request(format!(
+                                    "input \"categories\": row {} column {col} is {c}; valid indices are 0..{} (0 = unknown)",
+                                    i / cards.len(),
+                                    cards[col]
+                                )));
+                            }
+                            out.push(c as u32);
+                        }
+                        encoded.categories = out;
+                    }
+                    ("tokens", Values::I64(v)) => {
+                        let text = spec.text.as_ref().expect("text model");
+                        let t = t.shape[1];
+                        if t > text.max_tokens {
+                            return Err(ApiError::bad_request(format!(
+                                "input \"tokens\": {t} tokens per row; this model reads at most {}",
+                                text.max_tokens
+                            )));
+                        }
+                        let mut out = Vec::with_capacity(rows * text.max_tokens);
+                        for (r, row) in v.chunks(t.max(1)).enumerate().take(rows) {
+                            for (j, &id) in row.iter().enumerate() {
+                                if id < 0 || id as usize >= text.vocab_size {
+                                    return Err(ApiError::bad_request(format!(
+                                        "input \"tokens\": row {r} position {j} is {id}; valid ids are 0..{} (0 = padding)",
+                                        text.vocab_size
+                                    )));
+                                }
+                                out.push(id as u32);
+                            }
+                            out.resize((r + 1) * text.max_tokens, 0);
+                        }
+                        out.resize(rows * text.max_tokens, 0);
+                        encoded.tokens = out;
+                    }
+                    _ => unreachable!("datatypes checked against the model's inputs"),
+                }
+            }
+            let raw = batcher.run(encoded).await?;
+            let width = batcher.width();
+            Ok(match &preprocessor.target {
+                kiln::data::TargetTransform::Classes { .. } => vec![
+                    Output {
+                        name: "logits".into(),
+                        shape: vec![rows, width],
+                        values: raw.clone(),
+                    },
+                    Output {
+                        name: "probabilities".into(),
+                        shape: vec![rows, width],
+                        values: softmax_rows(&raw, width),
+                    },
+                ],
+                kiln::data::TargetTransform::Regression { .. } => vec![Output {
+                    name: "prediction".into(),
+                    shape: vec![rows, 1],
+                    values: raw
+                        .into_iter()
+                        .map(|v| preprocessor.denormalize(v))
+                        .collect(),
+                }],
+            })
+        }
+        Body::Gpt {
+            model: gpt,
+            config,
+            device,
+            ..
+        } => {
+            let (_, t) = tensors.into_iter().next().expect("one input");
+            let Values::I64(ids) = t.values else {
+                unreachable!("checked INT64")
+            };
+            let len = t.shape[1];
+            if len == 0 || len > config.context {
+                return Err(ApiError::bad_request(format!(
+                    "input \"tokens\": {len} tokens per row; this model takes 1..={}",
+                    config.context
+                )));
+            }
+            if let Some(bad) = ids
+                .iter()
+                .find(|&&i| i < 0 || i as usize >= config.vocab_size)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "input \"tokens\": id {bad} is outside the vocabulary 0..{}",
+                    config.vocab_size
+                )));
+            }
+            let (gpt, device) = (gpt.clone(), device.clone());
+            let values = tokio::task::spawn_blocking(move || {
+                use kiln::models::{Int, Tensor};
+                let x = Tensor::<2, Int>::from_data(burn_data(ids, [rows, len]), &device);
+                gpt.forward(x)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+            })
+            .await
+            .map_err(|_| ApiError::internal("the forward pass failed"))?
+            .map_err(|e| ApiError::internal(format!("reading logits: {e:?}")))?;
+            Ok(vec![Output {
+                name: "logits".into(),
+                shape: vec![rows, len, config.vocab_size],
+                values,
+            }])
+        }
+    }
+}
+
+fn burn_data(ids: Vec<i64>, shape: [usize; 2]) -> kiln::models::TensorData {
+    kiln::models::TensorData::new(ids, shape)
+}
