@@ -107,3 +107,191 @@ pub fn churn_csv(rows: usize, seed: u64, with_target: bool, extra_city: Option<&
     }
     out
 }
+
+/// Writes an IDX image/label pair of `n` random `size`x`size` images: the label is which half
+/// of the image is brighter.
+pub fn write_idx(dir: &Path, prefix: &str, n: usize, size: usize) {
+    let mut state = 99u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    let mut images = vec![0, 0, 8, 3];
+    let mut labels = vec![0, 0, 8, 1];
+    for v in [n, size, size] {
+        images.extend((v as u32).to_be_bytes());
+    }
+    labels.extend((n as u32).to_be_bytes());
+    for _ in 0..n {
+        let label = (next() % 2) as u8;
+        for r in 0..size {
+            for _ in 0..size {
+                let bright = (r < size / 2) == (label == 0);
+                images.push((next() % 128) as u8 + if bright { 100 } else { 0 });
+            }
+        }
+        labels.push(label);
+    }
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+/// Churn rows with a free-text note per customer.
+pub fn churn_with_notes(rows: usize) -> String {
+    let words = [
+        "call", "bill", "late", "happy", "router", "slow", "thanks", "refund",
+    ];
+    let csv = churn_csv(rows, 3, true, None);
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    let mut out = format!("{header},note\n");
+    for (i, line) in lines.enumerate() {
+        let n = 4 + i % 9;
+        let note: Vec<&str> = (0..n)
+            .map(|j| words[(i * 7 + j * 3) % words.len()])
+            .collect();
+        out.push_str(&format!("{line},\"{}\"\n", note.join(" ")));
+    }
+    out
+}
+
+const CNN: &str = r#"
+seed = 3
+[data]
+source = "img/train"
+[model]
+type = "cnn"
+hidden = [16]
+[[model.conv]]
+filters = 4
+kernel = 3
+padding = 1
+pool = 2
+batch_norm = true
+[[model.conv]]
+filters = 6
+kernel = 3
+[trainer]
+epochs = 1
+batch_size = 32
+[output]
+plots = false
+"#;
+
+const TEXT: &str = r#"
+seed = 4
+[data]
+source = "notes.csv"
+target = "churn"
+id_column = "customer_id"
+encoding = "embedding"
+[[features]]
+name = "note"
+type = "text"
+[text]
+tokenizer = "bpe"
+vocab_size = 300
+[model]
+type = "transformer"
+layers = 2
+heads = 2
+embd = 16
+context = 12
+pooling = "mean_max"
+hidden = [16]
+[trainer]
+epochs = 1
+batch_size = 32
+[output]
+plots = false
+"#;
+
+const GPT: &str = r#"
+seed = 5
+[data]
+source = "corpus.txt"
+[text]
+tokenizer = "char"
+val_fraction = 0.2
+[model]
+type = "gpt"
+layers = 2
+heads = 2
+embd = 16
+context = 16
+tied_head = false
+bias = false
+[trainer]
+max_steps = 5
+batch_size = 4
+eval_every_steps = 5
+eval_batches = 1
+[output]
+plots = false
+"#;
+
+/// Trains one small model of every kind in `dir` (MLP with one-hot/binary/missing values, a
+/// regression MLP with an embedding, a CNN with batch norm, a text + tabular transformer, a
+/// GPT without biases and with an untied head). Returns `(kind, training summary)` pairs.
+pub fn train_small_models(dir: &Path) -> Vec<(&'static str, serde_json::Value)> {
+    std::fs::write(dir.join("churn.csv"), churn_csv(300, 1, true, None)).unwrap();
+    std::fs::write(dir.join("notes.csv"), churn_with_notes(300)).unwrap();
+    std::fs::create_dir_all(dir.join("img")).unwrap();
+    write_idx(&dir.join("img"), "train", 200, 12);
+    std::fs::write(dir.join("cnn.toml"), CNN).unwrap();
+    std::fs::write(dir.join("text.toml"), TEXT).unwrap();
+    std::fs::write(dir.join("gpt.toml"), GPT).unwrap();
+    std::fs::write(
+        dir.join("corpus.txt"),
+        "the cat sat on the mat. 人民日报。\n".repeat(40),
+    )
+    .unwrap();
+    let runs = [
+        (
+            "mlp",
+            kiln_json(
+                dir,
+                &[
+                    "train",
+                    "--data",
+                    "churn.csv",
+                    "--target",
+                    "churn",
+                    "--json",
+                    "--set",
+                    "model.batch_norm=true",
+                    "--set",
+                    "trainer.epochs=2",
+                    "--set",
+                    "output.plots=false",
+                ],
+            ),
+        ),
+        (
+            "regression",
+            kiln_json(
+                dir,
+                &[
+                    "train",
+                    "--data",
+                    "churn.csv",
+                    "--target",
+                    "monthly_spend",
+                    "--json",
+                    "--set",
+                    "data.encoding=embedding",
+                    "--set",
+                    "trainer.epochs=2",
+                    "--set",
+                    "output.plots=false",
+                ],
+            ),
+        ),
+        ("cnn", kiln_json(dir, &["train", "cnn.toml", "--json"])),
+        ("text", kiln_json(dir, &["train", "text.toml", "--json"])),
+        ("gpt", kiln_json(dir, &["train", "gpt.toml", "--json"])),
+    ];
+    runs.into_iter().collect()
+}

@@ -267,9 +267,24 @@ pub fn records_table(pre: &Preprocessor, records: &[serde_json::Value]) -> Resul
             columns[c].push(value);
         }
     }
+    let mut names: Vec<String> = pre.features.iter().map(|f| f.name().to_string()).collect();
+    if let Some(id) = &pre.id_column {
+        // Optional in a request; echoed back with each prediction when given.
+        names.push(id.clone());
+        columns.push(
+            records
+                .iter()
+                .map(|r| match r.get(id) {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                    _ => None,
+                })
+                .collect(),
+        );
+    }
     Ok(Table {
         origin: "request".into(),
-        names: pre.features.iter().map(|f| f.name().to_string()).collect(),
+        names,
         columns: columns.into_iter().map(Column::Text).collect(),
         lines: (1..=records.len() as u64).collect(),
         report: Default::default(),

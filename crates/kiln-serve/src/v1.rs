@@ -63,10 +63,17 @@ pub async fn predict(
         .transform(&table, &rows, false, false)
         .map_err(|e| ApiError::bad_request(e.to_string().replace("request: line ", "instance ")))?;
     let unknown = encoded.unknown_categories.clone();
+    let ids_given = request.instances.iter().any(|r| {
+        preprocessor
+            .id_column
+            .as_ref()
+            .is_some_and(|id| r.get(id).is_some())
+    });
     let truncated = encoded.texts_truncated;
+    let ids = encoded.ids.clone();
     let raw = batcher.run(encoded).await?;
     let width = batcher.width();
-    let predictions: Vec<Value> = match &preprocessor.target {
+    let mut predictions: Vec<Value> = match &preprocessor.target {
         TargetTransform::Classes { classes, .. } => softmax_rows(&raw, width)
             .chunks(width)
             .map(|p| {
@@ -87,6 +94,11 @@ pub async fn predict(
             .map(|&v| json!({"prediction": preprocessor.denormalize(v)}))
             .collect(),
     };
+    if let Some(ids) = ids.filter(|_| ids_given) {
+        for (p, id) in predictions.iter_mut().zip(ids) {
+            p["id"] = json!(id);
+        }
+    }
     let mut out = json!({"model_name": model.name, "predictions": predictions});
     if !unknown.is_empty() {
         out["unknown_categories"] = json!(unknown);
@@ -101,8 +113,7 @@ pub async fn predict(
 #[serde(deny_unknown_fields)]
 struct GenerateRequest {
     prompt: String,
-    #[serde(default = "default_new_tokens")]
-    max_new_tokens: usize,
+    max_new_tokens: Option<usize>,
     #[serde(default = "default_temperature")]
     temperature: f64,
     #[serde(default)]
@@ -115,9 +126,6 @@ struct GenerateRequest {
     stream: bool,
 }
 
-fn default_new_tokens() -> usize {
-    64
-}
 fn default_temperature() -> f64 {
     0.8
 }
@@ -152,10 +160,11 @@ pub async fn generate(
             "invalid generate request: {e} (expected {{\"prompt\": \"...\", \"max_new_tokens\": N}})"
         ))
     })?;
-    if request.max_new_tokens == 0 || request.max_new_tokens > max_new_tokens {
+    // Unset: 64 tokens, or the server's limit if lower.
+    let new_tokens = request.max_new_tokens.unwrap_or(64.min(max_new_tokens));
+    if new_tokens == 0 || new_tokens > max_new_tokens {
         return Err(ApiError::bad_request(format!(
-            "max_new_tokens is {}; this server allows 1..={max_new_tokens}",
-            request.max_new_tokens
+            "max_new_tokens is {new_tokens}; this server allows 1..={max_new_tokens}"
         )));
     }
     if !(request.top_p > 0.0 && request.top_p <= 1.0) {
@@ -197,7 +206,7 @@ pub async fn generate(
             &tokenizer,
             &device,
             &request.prompt,
-            request.max_new_tokens,
+            new_tokens,
             &sampling,
             |piece| {
                 if stream {

@@ -299,6 +299,15 @@ pub async fn infer(
                 input.name, t.shape, spec.shape
             )));
         }
+        if let (Body::Network { spec: s, .. }, "tokens") = (&model.body, input.name.as_str())
+            && let Some(text) = &s.text
+            && t.shape[1] > text.max_tokens
+        {
+            return Err(ApiError::bad_request(format!(
+                "input \"tokens\": {} tokens per row; this model reads at most {}",
+                t.shape[1], text.max_tokens
+            )));
+        }
         tensors.push((input.name.clone(), t));
     }
     if !binary.is_empty() {

@@ -1,0 +1,494 @@
+//! `kiln serve` end to end: the real binary on a free port, spoken to over plain HTTP/1.1.
+//! Open Inference Protocol (JSON and binary tensors) against kiln's own reference outputs,
+//! raw-record predictions against `kiln predict`, generation, metrics, and bad requests.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use prost::Message;
+use serde_json::{Value, json};
+
+/// A running `kiln serve`, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(dir: &Path, args: &[&str]) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("serve")
+        .args(args)
+        .args(["--port", &port.to_string()])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, port };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("kiln serve did not start listening on {port}");
+}
+
+/// One HTTP/1.1 request; returns status, headers (lower-case names) and body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..line_end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[line_end + 2..line_end + 2 + size]);
+        b = &b[line_end + 4 + size..];
+    }
+}
+
+fn post_json(port: u16, path: &str, body: &Value) -> (u16, Value) {
+    let (status, _, body) = http(
+        port,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Reads `test_data_set_0` of an ONNX export: (name, datatype, shape, values as f64).
+fn test_tensors(dir: &Path, prefix: &str) -> Vec<(String, &'static str, Vec<usize>, Vec<f64>)> {
+    let mut out = Vec::new();
+    for i in 0.. {
+        let path = dir.join(format!("test_data_set_0/{prefix}_{i}.pb"));
+        let Ok(bytes) = std::fs::read(&path) else {
+            break;
+        };
+        let t = kiln_export::proto::TensorProto::decode(bytes.as_slice()).unwrap();
+        let raw = t.raw_data.unwrap();
+        let (dtype, values): (&str, Vec<f64>) = match t.data_type {
+            Some(1) => (
+                "FP32",
+                raw.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                    .collect(),
+            ),
+            _ => (
+                "INT64",
+                raw.chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                    .collect(),
+            ),
+        };
+        out.push((
+            t.name.unwrap(),
+            dtype,
+            t.dims.iter().map(|&d| d as usize).collect(),
+            values,
+        ));
+    }
+    out
+}
+
+fn json_number(v: f64) -> Value {
+    if v.is_nan() { Value::Null } else { json!(v) }
+}
+
+#[test]
+fn serve_matches_kiln_over_v2_json_binary_and_v1_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let runs = train_small_models(d);
+    let mut args: Vec<String> = Vec::new();
+    for (name, summary) in &runs {
+        let run = summary["run_dir"].as_str().unwrap().to_string();
+        kiln_ok(d, &["export", &run, "--out", &format!("export/{name}")]);
+        args.push(format!("{name}={run}"));
+    }
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = start(d, &arg_refs);
+    let port = server.port;
+    assert_eq!(http(port, "GET", "/v2/health/live", &[], b"").0, 200);
+    assert_eq!(http(port, "GET", "/v2/health/ready", &[], b"").0, 200);
+    assert_eq!(http(port, "GET", "/v2/models/cnn/ready", &[], b"").0, 200);
+    let (_, index) = post_json(port, "/v2/repository/index", &json!({}));
+    assert_eq!(index.as_array().unwrap().len(), 5, "{index}");
+
+    // v2 infer, JSON and binary, on the export's reference inputs: equal to kiln's outputs.
+    for (name, _) in &runs {
+        let export = d.join(format!("export/{name}"));
+        let inputs = test_tensors(&export, "input");
+        let expected = test_tensors(&export, "output");
+        let request = json!({
+            "id": "r1",
+            "inputs": inputs.iter().map(|(n, t, s, v)| json!({
+                "name": n, "datatype": t, "shape": s,
+                "data": v.iter().map(|&x| if *t == "INT64" { json!(x as i64) } else { json_number(x) }).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        let (status, response) = post_json(port, &format!("/v2/models/{name}/infer"), &request);
+        assert_eq!(status, 200, "{name}: {response}");
+        assert_eq!(response["id"], "r1");
+        for (out_name, _, shape, want) in &expected {
+            let got = response["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["name"] == *out_name)
+                .unwrap();
+            assert_eq!(got["shape"], json!(shape), "{name}/{out_name}");
+            let got: Vec<f64> = got["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let diff = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                diff < 1e-4,
+                "{name}/{out_name}: differs from kiln by {diff}"
+            );
+        }
+        // Binary tensors in and out (tritonclient's default).
+        let mut blob = Vec::new();
+        let header = json!({
+            "inputs": inputs.iter().map(|(n, t, s, v)| {
+                let before = blob.len();
+                match *t {
+                    "FP32" => v.iter().for_each(|&x| blob.extend((x as f32).to_le_bytes())),
+                    _ => v.iter().for_each(|&x| blob.extend((x as i64).to_le_bytes())),
+                }
+                json!({"name": n, "datatype": t, "shape": s, "parameters": {"binary_data_size": blob.len() - before}})
+            }).collect::<Vec<_>>(),
+            "parameters": {"binary_data_output": true},
+        })
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend(&blob);
+        let len = header.len().to_string();
+        let (status, headers, body) = http(
+            port,
+            "POST",
+            &format!("/v2/models/{name}/infer"),
+            &[("Inference-Header-Content-Length", &len)],
+            &body,
+        );
+        assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&body));
+        let json_len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "inference-header-content-length")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        let response: Value = serde_json::from_slice(&body[..json_len]).unwrap();
+        let mut offset = json_len;
+        for o in response["outputs"].as_array().unwrap() {
+            let n = o["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+            let values: Vec<f64> = body[offset..offset + n]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect();
+            offset += n;
+            let want = &expected
+                .iter()
+                .find(|e| e.0 == o["name"].as_str().unwrap())
+                .unwrap()
+                .3;
+            let diff = values
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(diff < 1e-4, "{name} binary: differs by {diff}");
+        }
+    }
+
+    // v1 records equal `kiln predict --proba` on the same rows.
+    let mlp_run = runs[0].1["run_dir"].as_str().unwrap();
+    std::fs::write(d.join("new.csv"), churn_csv(20, 77, false, Some("Brest"))).unwrap();
+    kiln_ok(
+        d,
+        &[
+            "predict", mlp_run, "--data", "new.csv", "--out", "p.csv", "--proba",
+        ],
+    );
+    let predicted = std::fs::read_to_string(d.join("p.csv")).unwrap();
+    let mut reader = csv::Reader::from_path(d.join("new.csv")).unwrap();
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let instances: Vec<Value> = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            Value::Object(
+                header
+                    .iter()
+                    .zip(r.iter())
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect(),
+            )
+        })
+        .collect();
+    let (status, response) = post_json(
+        port,
+        "/v1/models/mlp/predict",
+        &json!({"instances": instances}),
+    );
+    assert_eq!(status, 200, "{response}");
+    assert!(
+        response["unknown_categories"]["city"].as_u64().unwrap() >= 1,
+        "{response}"
+    );
+    let columns: Vec<&str> = predicted.lines().next().unwrap().split(',').collect();
+    let label_at = columns.iter().position(|c| *c == "churn").unwrap();
+    for (line, p) in predicted
+        .lines()
+        .skip(1)
+        .zip(response["predictions"].as_array().unwrap())
+    {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(p["label"], fields[label_at], "{line}");
+        for (c, value) in columns.iter().zip(&fields) {
+            if let Some(class) = c.strip_prefix("proba_") {
+                let want: f64 = value.parse().unwrap();
+                let got = p["probabilities"][class].as_f64().unwrap();
+                assert!((want - got).abs() < 1e-5, "{line} vs {p}");
+            }
+        }
+    }
+    // Text-only instances as strings are accepted when the model has one feature; this one
+    // has tabular columns too, so an object is needed.
+    let (status, response) = post_json(
+        port,
+        "/v1/models/text/predict",
+        &json!({"instances": [{"note": "late bill refund", "age": 40, "city": "Paris", "plan": "basic", "monthly_spend": 50}]}),
+    );
+    assert_eq!(status, 200, "{response}");
+
+    // Generation, whole and streamed.
+    let (status, response) = post_json(
+        port,
+        "/v1/models/gpt/generate",
+        &json!({"prompt": "the", "max_new_tokens": 8}),
+    );
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["generation"]["new_tokens"], 8);
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/models/gpt/generate",
+        &[("content-type", "application/json")],
+        br#"{"prompt": "the", "max_new_tokens": 5, "stream": true}"#,
+    );
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("data: {\"text\"") && body.contains("event: done"),
+        "{body}"
+    );
+
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    for name in [
+        "kiln_requests_total",
+        "kiln_request_duration_seconds_bucket",
+        "kiln_batch_size_bucket",
+        "kiln_queue_depth",
+        "kiln_requests_in_flight",
+    ] {
+        assert!(metrics.contains(name), "no {name} in /metrics:\n{metrics}");
+    }
+}
+
+#[test]
+fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let runs = train_small_models(d);
+    let run = |kind: &str| {
+        runs.iter().find(|(n, _)| *n == kind).unwrap().1["run_dir"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (mlp, text, gpt) = (
+        format!("mlp={}", run("mlp")),
+        format!("text={}", run("text")),
+        format!("gpt={}", run("gpt")),
+    );
+    let server = start(
+        d,
+        &[
+            &mlp,
+            &text,
+            &gpt,
+            "--token",
+            "s3cret",
+            "--max-body-bytes",
+            "20000",
+            "--max-rows",
+            "8",
+            "--max-new-tokens",
+            "16",
+        ],
+    );
+    let port = server.port;
+    let auth = ("authorization", "Bearer s3cret");
+    let features = |rows: usize, width: usize| json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [rows, width], "data": vec![0.5; rows * width]}]});
+    let width = {
+        let (_, _, b) = http(port, "GET", "/v2/models/mlp", &[auth], b"");
+        let meta: Value = serde_json::from_slice(&b).unwrap();
+        meta["inputs"][0]["shape"][1].as_u64().unwrap() as usize
+    };
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        ("POST", "/v2/models/mlp/infer", vec![], features(1, width).to_string().into_bytes(), 401, "bearer token"),
+        ("POST", "/v2/models/mlp/infer", vec![("authorization", "Bearer nope")], features(1, width).to_string().into_bytes(), 401, "bearer token"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], b"{not json".to_vec(), 400, "invalid inference request JSON"),
+        ("POST", "/v2/models/nope/infer", vec![auth], features(1, width).to_string().into_bytes(), 404, "unknown model \"nope\""),
+        ("GET", "/v2/models/nope", vec![auth], vec![], 404, "unknown model"),
+        ("POST", "/v2/models/mlp/versions/7/infer", vec![auth], features(1, width).to_string().into_bytes(), 404, "version \"7\""),
+        ("POST", "/v2/models/mlp/infer", vec![auth], features(1, width + 1).to_string().into_bytes(), 400, "shape"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, width], "data": [1.0]}]}).to_string().into_bytes(), 400, "values for shape"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "INT64", "shape": [1, width], "data": vec![1; width]}]}).to_string().into_bytes(), 400, "expected FP32"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "BYTES", "shape": [1, width], "data": vec!["a"; width]}]}).to_string().into_bytes(), 400, "data must be numbers"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}).to_string().into_bytes(), 400, "unknown input \"pixels\""),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": []}).to_string().into_bytes(), 400, "missing input \"features\""),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, width]}]}).to_string().into_bytes(), 400, "no \"data\""),
+        ("POST", "/v2/models/mlp/infer", vec![auth], features(9, width).to_string().into_bytes(), 413, "at most 8"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], features(0, width).to_string().into_bytes(), 400, "empty"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], vec![b' '; 30000], 413, "larger than 20000 bytes"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], {
+            let mut f = features(1, width); f["outputs"] = json!([{"name": "embedding"}]); f.to_string().into_bytes()
+        }, 400, "unknown output \"embedding\""),
+        ("POST", "/v2/models/mlp/infer", vec![auth, ("Inference-Header-Content-Length", "99999")], features(1, width).to_string().into_bytes(), 400, "Inference-Header-Content-Length"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, width], "data": []}]}).to_string().into_bytes(), 400, "negative"),
+        ("POST", "/v2/models/text/infer", vec![auth], json!({"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 1000], "data": vec![1; 1000]}]}).to_string().into_bytes(), 400, "tokens"),
+        ("POST", "/v2/models/gpt/infer", vec![auth], json!({"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 2], "data": [1, 999999]}]}).to_string().into_bytes(), 400, "outside the vocabulary"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"rows": []}).to_string().into_bytes(), 400, "instances"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [42]}).to_string().into_bytes(), 400, "instances[0]"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": "old"}]}).to_string().into_bytes(), 400, "expected a finite number"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": [1, 2]}]}).to_string().into_bytes(), 400, "instances[0].age"),
+        ("POST", "/v1/models/mlp/generate", vec![auth], json!({"prompt": "x"}).to_string().into_bytes(), 400, "not a language model"),
+        ("POST", "/v1/models/gpt/generate", vec![auth], json!({"prompt": "the", "max_new_tokens": 17}).to_string().into_bytes(), 400, "max_new_tokens"),
+        ("POST", "/v1/models/gpt/generate", vec![auth], json!({"prompt": "the ".repeat(40)}).to_string().into_bytes(), 400, "context"),
+        ("POST", "/v1/models/gpt/generate", vec![auth], json!({"prompt": "x", "top_p": 0}).to_string().into_bytes(), 400, "top_p"),
+        ("POST", "/v1/models/gpt/predict", vec![auth], json!({"instances": ["x"]}).to_string().into_bytes(), 400, "language model"),
+        ("GET", "/v3/anything", vec![auth], vec![], 404, "no such endpoint"),
+    ];
+    assert!(cases.len() >= 20);
+    for (method, path, headers, body, status, needle) in &cases {
+        let (got, _, response) = http(port, method, path, headers, body);
+        let text = String::from_utf8_lossy(&response);
+        assert_eq!(got, *status, "{method} {path} (expect {needle}): {text}");
+        let error: Value = serde_json::from_slice(&response)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        let message = error["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: no error field: {text}"));
+        assert!(
+            message.contains(needle),
+            "{method} {path}: error {message:?} does not mention {needle:?}"
+        );
+        // Still serving.
+        let (ok, _, b) = http(
+            port,
+            "POST",
+            "/v2/models/mlp/infer",
+            &[auth],
+            features(1, width).to_string().as_bytes(),
+        );
+        assert_eq!(
+            ok,
+            200,
+            "after {method} {path}: {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+    // Health stays open without the token.
+    assert_eq!(http(port, "GET", "/v2/health/live", &[], b"").0, 200);
+}
