@@ -492,3 +492,56 @@ fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
     // Health stays open without the token.
     assert_eq!(http(port, "GET", "/v2/health/live", &[], b"").0, 200);
 }
+
+/// Needs python3 with `tritonclient[http]`, onnx and numpy (`.ci/run` installs them).
+#[test]
+#[ignore]
+fn tritonclient_lists_checks_and_infers_like_kiln_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let runs = train_small_models(d);
+    let mut serve_args = Vec::new();
+    let mut check_args = Vec::new();
+    for (name, summary) in &runs {
+        let run = summary["run_dir"].as_str().unwrap().to_string();
+        kiln_ok(d, &["export", &run, "--out", &format!("export/{name}")]);
+        serve_args.push(format!("{name}={run}"));
+        check_args.push(format!("{name}={}", d.join("export").join(name).display()));
+    }
+    let cnn_run = runs[2].1["run_dir"].as_str().unwrap();
+    // kiln predict on 40 rows of the image data, for the same rows through tritonclient.
+    kiln_ok(
+        d,
+        &[
+            "predict",
+            cnn_run,
+            "--data",
+            "img/train",
+            "--out",
+            "cnn.csv",
+            "--proba",
+        ],
+    );
+    let predicted = std::fs::read_to_string(d.join("cnn.csv")).unwrap();
+    let head: Vec<&str> = predicted.lines().take(41).collect();
+    std::fs::write(d.join("cnn40.csv"), head.join("\n") + "\n").unwrap();
+    let refs: Vec<&str> = serve_args.iter().map(String::as_str).collect();
+    let server = start(d, &refs);
+    let out = Command::new("python3")
+        .arg(root().join("scripts/check-triton.py"))
+        .args(["--url", &format!("127.0.0.1:{}", server.port)])
+        .args(&check_args)
+        .args(["--model", "cnn", "--idx"])
+        .arg(d.join("img/train-images-idx3-ubyte"))
+        .arg("--predict")
+        .arg(d.join("cnn40.csv"))
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "check-triton.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

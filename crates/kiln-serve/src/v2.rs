@@ -189,6 +189,37 @@ fn decode(t: &InputTensor, binary: Option<&[u8]>, want_int: bool) -> Result<Tens
     }
 }
 
+/// Python's `json` (and so tritonclient) writes a missing float as the bare token `NaN`, which
+/// JSON does not have: read it as `null` (missing) outside strings.
+fn nan_to_null(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !json.windows(3).any(|w| w == b"NaN") {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = Vec::with_capacity(json.len() + 8);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut i = 0;
+    while i < json.len() {
+        let b = json[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if json[i..].starts_with(b"NaN") {
+            out.extend_from_slice(b"null");
+            i += 3;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// An output to return.
 struct Output {
     name: String,
@@ -247,7 +278,8 @@ pub async fn infer(
     limits: RequestLimits,
 ) -> Result<Response, ApiError> {
     let (json_part, mut binary) = split_body(headers, body)?;
-    let request: InferRequest = serde_json::from_slice(json_part)
+    let json_part = nan_to_null(json_part);
+    let request: InferRequest = serde_json::from_slice(&json_part)
         .map_err(|e| ApiError::bad_request(format!("invalid inference request JSON: {e}")))?;
     let wanted = model.inputs();
     let mut tensors: Vec<(String, Tensor)> = Vec::new();

@@ -1,0 +1,55 @@
+//! Forward-pass cost per row at batch 1 and at larger batches for a run directory: the ceiling
+//! on what dynamic batching can gain. `cargo bench -p kiln-serve --bench forward -- RUN_DIR`
+use std::time::Instant;
+
+fn main() {
+    let run = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_else(|| "runs/fashion-cnn".into());
+    let device = kiln::models::Device::default();
+    let loaded =
+        kiln::train::run::load(std::path::Path::new(&run), &device).expect("a run directory");
+    let size = loaded.preprocessor.input_shape().size();
+    for rows in [1usize, 8, 32, 64, 128] {
+        let mut data = kiln_serve_bench_rows(&loaded.preprocessor, rows, size);
+        data.rows = rows;
+        let reps = (256 / rows).max(4);
+        kiln::train::evaluate::raw_outputs(&loaded.model, &data, &device);
+        let t = Instant::now();
+        for _ in 0..reps {
+            kiln::train::evaluate::raw_outputs(&loaded.model, &data, &device);
+        }
+        let ms = t.elapsed().as_secs_f64() * 1000.0 / reps as f64;
+        println!(
+            "RESULT forward rows={rows:4} {ms:8.3} ms/pass {:7.4} ms/row",
+            ms / rows as f64
+        );
+    }
+}
+
+fn kiln_serve_bench_rows(
+    pre: &kiln::data::Preprocessor,
+    rows: usize,
+    size: usize,
+) -> kiln::data::Encoded {
+    kiln::data::Encoded {
+        x: (0..rows * size)
+            .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+            .collect(),
+        rows,
+        shape: pre.input_shape(),
+        categories: vec![0; rows * pre.cardinalities().len()],
+        tokens: Vec::new(),
+        seq_len: 0,
+        texts_truncated: 0,
+        cardinalities: pre.cardinalities(),
+        y: None,
+        ids: None,
+        source_rows: Vec::new(),
+        unknown_categories: Default::default(),
+        missing_filled: 0,
+        missing_dropped: 0,
+        missing_target_dropped: 0,
+    }
+}
