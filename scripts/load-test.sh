@@ -47,7 +47,7 @@ for mode in batching no-batching; do
   pid=$!
   until curl -sf localhost:$port/v2/health/ready >/dev/null; do sleep 0.2; done
   # Warm up, then measure.
-  wrk -t2 -c8 -d3s -s "$lua" http://127.0.0.1:$port/v2/models/model/infer >/dev/null
+  wrk -t2 -c"$conns" -d5s -s "$lua" http://127.0.0.1:$port/v2/models/model/infer >/dev/null
   before=$(rss $pid)
   echo "== $mode ($encoding tensors): wrk -t2 -c$conns -d${secs}s (RSS before: $before)"
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$lua" http://127.0.0.1:$port/v2/models/model/infer \
