@@ -545,3 +545,58 @@ fn tritonclient_lists_checks_and_infers_like_kiln_predict() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn concurrency_limit_answers_429_and_sigterm_lets_in_flight_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let runs = train_small_models(d);
+    let gpt = format!("gpt={}", runs[4].1["run_dir"].as_str().unwrap());
+    let mut server = start(
+        d,
+        &[&gpt, "--max-concurrent", "1", "--max-new-tokens", "100000"],
+    );
+    let port = server.port;
+    // A long generation holds the only slot.
+    let slow = std::thread::spawn(move || {
+        post_json(
+            port,
+            "/v1/models/gpt/generate",
+            &json!({"prompt": "the", "max_new_tokens": 5000}),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = post_json(
+        port,
+        "/v1/models/gpt/generate",
+        &json!({"prompt": "the", "max_new_tokens": 2}),
+    );
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 1 requests at once"),
+        "{body}"
+    );
+    // GETs are not limited.
+    assert_eq!(http(port, "GET", "/v2/models/gpt", &[], b"").0, 200);
+    // SIGTERM while the generation runs: it still completes, then the server exits cleanly.
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (status, body) = slow.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["generation"]["new_tokens"], 5000);
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "still listening after SIGTERM"
+    );
+}

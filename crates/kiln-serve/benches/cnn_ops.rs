@@ -1,0 +1,54 @@
+//! Where the Fashion-MNIST CNN's forward time goes on Flex, op by op, at one batch size:
+//! `cargo bench -p kiln-serve --bench cnn_ops -- 64`.
+use std::time::Instant;
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::pool::MaxPool2dConfig;
+use burn::prelude::{Device, Tensor};
+use burn::tensor::activation::relu;
+
+fn time<T>(label: &str, reps: usize, mut f: impl FnMut() -> T) -> T {
+    let mut out = f();
+    let t = Instant::now();
+    for _ in 0..reps {
+        out = f();
+    }
+    println!(
+        "RESULT {label:<28} {:8.3} ms",
+        t.elapsed().as_secs_f64() * 1000.0 / reps as f64
+    );
+    out
+}
+
+fn main() {
+    let batch: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(64);
+    let device = Device::default();
+    let reps = 20;
+    let conv = |i, o| {
+        Conv2dConfig::new([i, o], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device)
+    };
+    let (c1, c2) = (conv(1, 32), conv(32, 64));
+    let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
+    let fc = burn::nn::LinearConfig::new(3136, 128).init(&device);
+    let x = Tensor::<4>::random(
+        [batch, 1, 28, 28],
+        burn::tensor::Distribution::Default,
+        &device,
+    );
+    println!("batch {batch}");
+    let a = time("conv1 1->32 28x28", reps, || c1.forward(x.clone()));
+    let a = time("relu [B,32,28,28]", reps, || relu(a.clone()));
+    let a = time("maxpool 2 [B,32,28,28]", reps, || pool.forward(a.clone()));
+    let b = time("conv2 32->64 14x14", reps, || c2.forward(a.clone()));
+    let b = time("relu [B,64,14,14]", reps, || relu(b.clone()));
+    let b = time("maxpool 2 [B,64,14,14]", reps, || pool.forward(b.clone()));
+    let f: Tensor<2> = b.flatten(1, 3);
+    let h = time("linear 3136->128", reps, || fc.forward(f.clone()));
+    let _ = h.into_data();
+}
