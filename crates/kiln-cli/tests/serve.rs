@@ -385,6 +385,16 @@ fn serve_matches_kiln_over_v2_json_binary_and_v1_records() {
     }
 }
 
+/// Method, path, headers, body, expected status, a phrase the error must contain.
+type BadRequest<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 #[test]
 fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -425,7 +435,7 @@ fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
         let meta: Value = serde_json::from_slice(&b).unwrap();
         meta["inputs"][0]["shape"][1].as_u64().unwrap() as usize
     };
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadRequest> = vec![
         ("POST", "/v2/models/mlp/infer", vec![], features(1, width).to_string().into_bytes(), 401, "bearer token"),
         ("POST", "/v2/models/mlp/infer", vec![("authorization", "Bearer nope")], features(1, width).to_string().into_bytes(), 401, "bearer token"),
         ("POST", "/v2/models/mlp/infer", vec![auth], b"{not json".to_vec(), 400, "invalid inference request JSON"),

@@ -12,6 +12,7 @@
 mod encoder;
 mod generate;
 mod gpt;
+pub mod kernels;
 mod network;
 mod spec;
 mod transformer;

@@ -19,6 +19,8 @@ pub struct ConvBlock {
     conv: Conv2d,
     norm: Option<BatchNorm>,
     pool: Option<MaxPool2d>,
+    #[module(skip)]
+    pool_size: usize,
     dropout: Dropout,
 }
 
@@ -110,6 +112,7 @@ impl Network {
                     norm: layer
                         .batch_norm
                         .then(|| BatchNormConfig::new(layer.filters).init(device)),
+                    pool_size: layer.pool,
                     pool: (layer.pool > 1).then(|| {
                         MaxPool2dConfig::new([layer.pool, layer.pool])
                             .with_strides([layer.pool, layer.pool])
@@ -181,7 +184,11 @@ impl Network {
                     }
                     img = act(self.activation, img);
                     if let Some(pool) = &block.pool {
-                        img = pool.forward(img);
+                        img = if img.is_autodiff() {
+                            pool.forward(img)
+                        } else {
+                            crate::kernels::max_pool2d_inference(img, block.pool_size)
+                        };
                     }
                     img = block.dropout.forward(img);
                 }

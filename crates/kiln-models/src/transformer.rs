@@ -8,6 +8,7 @@ use burn::tensor::activation::{gelu, softmax};
 
 /// Which keys a query may attend to.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // built once per forward pass
 pub(crate) enum AttentionMask {
     /// Each position sees itself and earlier positions (decoder).
     Causal,

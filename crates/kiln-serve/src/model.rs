@@ -28,8 +28,9 @@ pub struct ServedModel {
     pub body: Body,
 }
 
-/// What kind of model, with what it needs to run.
+/// What kind of model, with what it needs to run (one per served model: size is no concern).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Body {
     /// An MLP, CNN or text classifier behind a batcher.
     Network {

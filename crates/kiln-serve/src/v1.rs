@@ -11,7 +11,6 @@ use kiln::data::TargetTransform;
 use kiln::models::SamplingConfig;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::error::ApiError;
@@ -214,17 +213,16 @@ pub async fn generate(
                 }
             },
         )
-        .map(|g| {
+        .inspect(|g| {
             if stream {
                 let _ = tx.send(Ok(Event::default()
                     .event("done")
-                    .data(serde_json::to_string(&g).expect("serialisable"))));
+                    .data(serde_json::to_string(g).expect("serialisable"))));
             }
-            g
         })
     });
     if stream {
-        let events = UnboundedReceiverStream::new(rx).map(|e| e);
+        let events = UnboundedReceiverStream::new(rx);
         return Ok(Sse::new(events).into_response());
     }
     let g = task
