@@ -567,6 +567,41 @@ fn concurrency_limit_answers_429_and_sigterm_lets_in_flight_requests_finish() {
         &[&gpt, "--max-concurrent", "1", "--max-new-tokens", "100000"],
     );
     let port = server.port;
+    // A streamed generation holds the only slot until its last event.
+    {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let body = br#"{"prompt": "the", "max_new_tokens": 5000, "stream": true}"#;
+        write!(
+            stream,
+            "POST /v1/models/gpt/generate HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(body).unwrap();
+        let mut first = [0u8; 64];
+        let n = stream.read(&mut first).unwrap();
+        assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+        let (status, body) = post_json(
+            port,
+            "/v1/models/gpt/generate",
+            &json!({"prompt": "the", "max_new_tokens": 2}),
+        );
+        assert_eq!(status, 429, "a second request while a stream runs: {body}");
+    } // the client hangs up: the stream ends and frees the slot
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while post_json(
+        port,
+        "/v1/models/gpt/generate",
+        &json!({"prompt": "the", "max_new_tokens": 1}),
+    )
+    .0 != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the slot was not freed after the client left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A long generation holds the only slot.
     let slow = std::thread::spawn(move || {
         post_json(

@@ -90,7 +90,7 @@ pub struct AppState {
     models: BTreeMap<String, ServedModel>,
     config: ServeConfig,
     metrics: Arc<Metrics>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 type Shared = Arc<AppState>;
@@ -112,7 +112,7 @@ impl AppState {
         }
         Ok(Self {
             models,
-            permits: Semaphore::new(config.max_concurrent),
+            permits: Arc::new(Semaphore::new(config.max_concurrent)),
             config,
             metrics,
         })
@@ -245,7 +245,7 @@ async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Res
         None => {
             let limited = matches!(request.method(), &axum::http::Method::POST);
             let permit = if limited {
-                match state.permits.try_acquire() {
+                match state.permits.clone().try_acquire_owned() {
                     Ok(p) => Some(p),
                     Err(_) => {
                         let r = ApiError {
@@ -265,13 +265,46 @@ async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Res
             };
             state.metrics.in_flight.inc();
             let r = next.run(request).await;
-            state.metrics.in_flight.dec();
-            drop(permit);
-            r
+            let streamed = r
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            if streamed {
+                // A stream is in flight until its last event: keep the slot until then.
+                let held = InFlight {
+                    _permit: permit,
+                    metrics: state.metrics.clone(),
+                };
+                let (parts, body) = r.into_parts();
+                let body = HttpBody::from_stream(tokio_stream::StreamExt::map(
+                    body.into_data_stream(),
+                    move |chunk| {
+                        let _ = &held;
+                        chunk
+                    },
+                ));
+                Response::from_parts(parts, body)
+            } else {
+                state.metrics.in_flight.dec();
+                drop(permit);
+                r
+            }
         }
     };
     record(&state, &route, &response, started);
     response
+}
+
+/// Holds a concurrency slot (and the in-flight gauge) while a streamed body is being sent.
+struct InFlight {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+    }
 }
 
 fn record(state: &AppState, route: &str, response: &Response, started: Instant) {
