@@ -435,6 +435,13 @@ fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
         let meta: Value = serde_json::from_slice(&b).unwrap();
         meta["inputs"][0]["shape"][1].as_u64().unwrap() as usize
     };
+    // Binary FP32 with an infinity in it (JSON cannot carry one).
+    let inf_header = json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, width], "parameters": {"binary_data_size": 4 * width}}]}).to_string();
+    let inf_len = inf_header.len().to_string();
+    let mut inf_body = inf_header.into_bytes();
+    for i in 0..width {
+        inf_body.extend(if i == 1 { f32::INFINITY } else { 0.5 }.to_le_bytes());
+    }
     let cases: Vec<BadRequest> = vec![
         ("POST", "/v2/models/mlp/infer", vec![], features(1, width).to_string().into_bytes(), 401, "bearer token"),
         ("POST", "/v2/models/mlp/infer", vec![("authorization", "Bearer nope")], features(1, width).to_string().into_bytes(), 401, "bearer token"),
@@ -469,6 +476,7 @@ fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
         ("POST", "/v1/models/gpt/generate", vec![auth], json!({"prompt": "x", "top_p": 0}).to_string().into_bytes(), 400, "top_p"),
         ("POST", "/v1/models/gpt/predict", vec![auth], json!({"instances": ["x"]}).to_string().into_bytes(), 400, "language model"),
         ("GET", "/v3/anything", vec![auth], vec![], 404, "no such endpoint"),
+        ("POST", "/v2/models/mlp/infer", vec![auth, ("Inference-Header-Content-Length", &inf_len)], inf_body.clone(), 400, "infinite"),
     ];
     assert!(cases.len() >= 20);
     for (method, path, headers, body, status, needle) in &cases {

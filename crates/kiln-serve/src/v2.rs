@@ -460,6 +460,14 @@ async fn run(
             for (name, t) in tensors {
                 match (name.as_str(), t.values) {
                     ("features" | "pixels", Values::F32(v)) => {
+                        if let Some(i) = v.iter().position(|x| x.is_infinite()) {
+                            let width = v.len() / rows;
+                            return Err(ApiError::bad_request(format!(
+                                "input \"{name}\": row {} column {} is infinite; values must be finite (NaN or null = missing)",
+                                i / width,
+                                i % width
+                            )));
+                        }
                         encoded.x = normalise_dense(preprocessor, &v, rows);
                     }
                     ("categories", Values::I64(v)) => {
