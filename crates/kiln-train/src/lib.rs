@@ -20,7 +20,7 @@ pub mod weights;
 
 pub use grads::{GradientSync, ParamGrads, SingleProcess};
 pub use trainer::{
-    EpochRecord, Observer, Silent, StartInfo, StepRecord, TrainOutcome, TrainSetup, train,
+    EpochRecord, Observer, Silent, StartInfo, StepRecord, TrainOutcome, TrainSetup, loss_of, train,
 };
 
 /// Training errors.

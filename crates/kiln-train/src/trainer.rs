@@ -181,7 +181,9 @@ fn class_weights(setting: ClassWeights, target: &Target, classes: usize) -> Opti
     )
 }
 
-fn loss_of(
+/// The training loss of a batch: mean cross-entropy (optionally sample-weighted by class) for
+/// classes, MSE of standardised values for regression.
+pub fn loss_of(
     outputs: Tensor<2>,
     target: &Target,
     idx: &[usize],
