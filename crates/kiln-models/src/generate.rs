@@ -113,14 +113,15 @@ fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
 
 /// Generates `max_new` tokens after `prompt` (which must fit the context). When the window
 /// would exceed the context length it slides: it restarts from the last half context of
-/// tokens (the cache is rebuilt from them), the same with and without the cache. `on_token` sees each new token as it is made (for streaming).
+/// tokens (the cache is rebuilt from them), the same with and without the cache. `on_token` sees each new token as it is made (for streaming)
+/// and stops the generation early by returning `ControlFlow::Break` (a streaming client left).
 pub fn generate(
     model: &Gpt,
     prompt: &[u32],
     max_new: usize,
     cfg: &SamplingConfig,
     device: &Device,
-    mut on_token: impl FnMut(u32),
+    mut on_token: impl FnMut(u32) -> std::ops::ControlFlow<()>,
 ) -> Vec<u32> {
     let model = model.valid();
     let context = model.context();
@@ -142,7 +143,9 @@ pub fn generate(
     for _ in 0..max_new {
         let next = sample(&logits, cfg, &mut rng);
         tokens.push(next);
-        on_token(next);
+        if on_token(next).is_break() {
+            break;
+        }
         let slide = tokens.len() - start > context;
         if slide {
             start = tokens.len() - context / 2;

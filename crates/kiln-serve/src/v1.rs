@@ -208,8 +208,15 @@ pub async fn generate(
             new_tokens,
             &sampling,
             |piece| {
-                if stream {
-                    let _ = tx.send(Ok(Event::default().data(json!({"text": piece}).to_string())));
+                let gone = stream
+                    && tx
+                        .send(Ok(Event::default().data(json!({"text": piece}).to_string())))
+                        .is_err();
+                // A streaming client that left stops the generation.
+                if gone {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
                 }
             },
         )

@@ -311,7 +311,7 @@ pub fn generate_run(
     prompt: &str,
     max_new_tokens: usize,
     sampling: &SamplingConfig,
-    on_text: impl FnMut(&str),
+    mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     let (model, tokenizer, device) = load_lm(run_dir)?;
     generate_text(
@@ -321,12 +321,15 @@ pub fn generate_run(
         prompt,
         max_new_tokens,
         sampling,
-        on_text,
+        |piece| {
+            on_text(piece);
+            std::ops::ControlFlow::Continue(())
+        },
     )
 }
 
 /// Generates a continuation of `prompt` with a loaded model, streaming whole characters to
-/// `on_text` as they are decoded.
+/// `on_text` as they are decoded; `on_text` returning `Break` stops the generation there.
 pub fn generate_text(
     model: &Gpt,
     tokenizer: &TextTokenizer,
@@ -334,7 +337,7 @@ pub fn generate_text(
     prompt: &str,
     max_new_tokens: usize,
     sampling: &SamplingConfig,
-    mut on_text: impl FnMut(&str),
+    mut on_text: impl FnMut(&str) -> std::ops::ControlFlow<()>,
 ) -> Result<Generation> {
     let mut ids = tokenizer.encode(prompt).map_err(text_err)?;
     if ids.is_empty() {
@@ -370,14 +373,16 @@ pub fn generate_text(
             && text.starts_with(emitted.as_str())
             && !text.ends_with('\u{FFFD}')
         {
-            on_text(&text[emitted.len()..]);
+            let flow = on_text(&text[emitted.len()..]);
             emitted = text;
+            return flow;
         }
+        std::ops::ControlFlow::Continue(())
     });
     let seconds = started.elapsed().as_secs_f64();
     let text = tokenizer.decode(&new).map_err(text_err)?;
     if text.len() > emitted.len() && text.starts_with(emitted.as_str()) {
-        on_text(&text[emitted.len()..]);
+        let _ = on_text(&text[emitted.len()..]);
     }
     Ok(Generation {
         prompt: prompt.to_string(),
