@@ -476,6 +476,8 @@ fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
         ("POST", "/v1/models/gpt/generate", vec![auth], json!({"prompt": "x", "top_p": 0}).to_string().into_bytes(), 400, "top_p"),
         ("POST", "/v1/models/gpt/predict", vec![auth], json!({"instances": ["x"]}).to_string().into_bytes(), 400, "language model"),
         ("GET", "/v3/anything", vec![auth], vec![], 404, "no such endpoint"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [4_000_000_000u64, width], "data": [1.0]}]}).to_string().into_bytes(), 400, "values for shape"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [i64::MAX, i64::MAX], "data": [1.0]}]}).to_string().into_bytes(), 400, "too large"),
         ("POST", "/v2/models/mlp/infer", vec![auth, ("Inference-Header-Content-Length", &inf_len)], inf_body.clone(), 400, "infinite"),
     ];
     assert!(cases.len() >= 20);

@@ -81,7 +81,16 @@ fn decode(t: &InputTensor, binary: Option<&[u8]>, want_int: bool) -> Result<Tens
         )));
     }
     let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= isize::MAX as usize / 8)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "input \"{name}\": shape {:?} is too large",
+                t.shape
+            ))
+        })?;
     let dtype = t.datatype.as_str();
     let values = match binary {
         Some(bytes) => {
@@ -135,7 +144,8 @@ fn decode(t: &InputTensor, binary: Option<&[u8]>, want_int: bool) -> Result<Tens
                     "input \"{name}\": no \"data\" (and no binary_data_size parameter)"
                 ))
             })?;
-            let mut flat = Vec::with_capacity(count);
+            // Not sized by the claimed shape: the data decides what is allocated.
+            let mut flat = Vec::new();
             flatten(name, data, &mut flat)?;
             if flat.len() != count {
                 return Err(ApiError::bad_request(format!(
