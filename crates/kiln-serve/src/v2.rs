@@ -566,6 +566,15 @@ async fn run(
                     config.context
                 )));
             }
+            // The logits are rows x len x vocab floats: bound them (256 MiB).
+            const MAX_LOGITS: usize = 64 << 20;
+            if rows * len * config.vocab_size > MAX_LOGITS {
+                return Err(ApiError::too_large(format!(
+                    "{rows} rows x {len} tokens x {} vocabulary = {} logits; at most {MAX_LOGITS} per request",
+                    config.vocab_size,
+                    rows * len * config.vocab_size
+                )));
+            }
             if let Some(bad) = ids
                 .iter()
                 .find(|&&i| i < 0 || i as usize >= config.vocab_size)
