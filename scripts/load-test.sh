@@ -11,6 +11,8 @@ secs=${2:-30}
 conns=${3:-64}
 port=8765
 kiln=target/release/kiln
+command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
+[ -x "$kiln" ] || { echo "$kiln not built: cargo build --release" >&2; exit 1; }
 body=$(mktemp); lua=$(mktemp --suffix .lua)
 # One image as tritonclient sends it by default: a JSON header, then the raw FP32 tensor
 # (Open Inference Protocol binary tensor extension). --json sends the values in the JSON.
