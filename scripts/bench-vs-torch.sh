@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# kiln against PyTorch on the shared CPU workloads (../shared/bench/WORKLOADS.md: W1 MLP, W2 GPT,
+# W3 CNN training steps, I1 GPT forward latency), side by side on this machine.
+#
+# Sets up the PyTorch reference venv if missing (torch, numpy, onnx, onnxruntime; ~3 GB), then
+# runs kiln's workload bench and torch_reference.py back to back, alternating, ROUNDS times
+# (default 3), each workload in its own process under /usr/bin/time for its peak RSS. Writes the
+# medians, the kiln/PyTorch ratios, the date, CPU model, threads and load average into
+# BENCHMARKS.md (between the bench-vs-torch markers) and prints the table.
+#
+# Usage: scripts/bench-vs-torch.sh          (ROUNDS=5 TORCHREF_VENV=path to override)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+reference=${TORCH_REFERENCE:-../shared/bench/torch_reference.py}
+venv=${TORCHREF_VENV:-.venv-torchref}
+rounds=${ROUNDS:-3}
+[ -f "$reference" ] || { echo "no $reference (the shared PyTorch reference)" >&2; exit 1; }
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== setting up the PyTorch reference venv in $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check torch numpy onnx onnxruntime
+fi
+reference=$(realpath "$reference")
+python=$(realpath "$venv/bin/python")
+echo "== building kiln's workload bench" >&2
+bench=$(cargo bench -p kiln-train --bench workloads --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))/\1/p' | tail -1)
+[ -x "$bench" ] || { echo "could not build the workload bench" >&2; exit 1; }
+bench=$(realpath "$bench")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+for round in $(seq "$rounds"); do
+  for w in W1 W2 W3 I1; do
+    echo "== round $round/$rounds: $w" >&2
+    /usr/bin/time -f "%M" -o "$work/rss" "$bench" "$w" > "$work/out" 2>/dev/null
+    sed "s/\$/ rss_kib=$(tail -1 "$work/rss")/" "$work/out" >> "$work/results"
+    (cd "$work" && /usr/bin/time -f "%M" -o "$work/rss" "$python" "$reference" \
+        --engines eager,compile,onnx --workloads "$w" > "$work/out" 2>/dev/null)
+    sed "s/\$/ rss_kib=$(tail -1 "$work/rss")/" "$work/out" >> "$work/results"
+  done
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 - "$work/results" "$load_before" "$load_after" "$rounds" <<'PY'
+import datetime, os, re, statistics, subprocess, sys
+path, load_before, load_after, rounds = sys.argv[1:5]
+values, rss = {}, {}
+units = {}
+for line in open(path):
+    m = re.match(r"RESULT (\S+) (\S+) (\S+) (\S+) rss_kib=(\d+)", line.strip())
+    if not m:
+        continue
+    engine, workload, value, unit, kib = m.groups()
+    values.setdefault((engine, workload), []).append(float(value))
+    rss.setdefault((engine, workload), []).append(int(kib) / 1024)
+    units[workload] = unit
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+engines = ["kiln", "torch-eager", "torch-compile", "onnxruntime"]
+lines = [
+    f"Measured {datetime.date.today()} by `scripts/bench-vs-torch.sh` ({rounds} alternating rounds, medians): "
+    f"{cpu}, {os.cpu_count()} threads, load average {load_before} before, {load_after} after. "
+    "Ratios: kiln's throughput over the engine's (W1-W3), the engine's latency over kiln's (I1); "
+    "above 1 means kiln is faster. Peak RSS of the whole process per workload.",
+    "",
+    "| workload | unit | " + " | ".join(engines) + " | kiln / eager | kiln / compile | kiln / onnxruntime | peak RSS kiln / eager (MiB) |",
+    "|---" * (len(engines) + 6) + "|",
+]
+for w in ["W1", "W2", "W3", "I1"]:
+    med = {e: statistics.median(values[(e, w)]) for e in engines if (e, w) in values}
+    if "kiln" not in med:
+        continue
+    def ratio(e):
+        if e not in med:
+            return "–"
+        r = med[e] / med["kiln"] if units[w] == "ms" else med["kiln"] / med[e]
+        return f"{r:.2f}×"
+    mem = lambda e: f"{statistics.median(rss[(e, w)]):.0f}" if (e, w) in rss else "–"
+    cells = [f"{med[e]:,.1f}" if e in med else "–" for e in engines]
+    lines.append(f"| {w} | {units[w]} | " + " | ".join(cells) + f" | {ratio('torch-eager')} | {ratio('torch-compile')} | {ratio('onnxruntime')} | {mem('kiln')} / {mem('torch-eager')} |")
+table = "\n".join(lines)
+print(table)
+start, end = "<!-- bench-vs-torch:start -->", "<!-- bench-vs-torch:end -->"
+doc = open("BENCHMARKS.md").read()
+section = f"{start}\n{table}\n{end}"
+if start in doc and end in doc:
+    doc = doc[: doc.index(start)] + section + doc[doc.index(end) + len(end):]
+else:
+    doc += f"\n## kiln vs PyTorch on the shared workloads\n\n{section}\n"
+open("BENCHMARKS.md", "w").write(doc)
+PY
