@@ -81,6 +81,12 @@ impl ServedModel {
         settings: BatchSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, kiln::KilnError> {
+        if !dir.join("config.toml").is_file() {
+            return Err(kiln::KilnError::Invalid(format!(
+                "{}: not a run directory (no config.toml); pass the directory `kiln train` printed",
+                dir.display()
+            )));
+        }
         let config = kiln::config::load(&dir.join("config.toml"), &[])?;
         let body = if config.model.kind == ModelKind::Gpt {
             let (model, tokenizer, device) = kiln::load_lm(dir)?;

@@ -87,6 +87,13 @@ fn read_weights(run_dir: &Path) -> Result<Weights> {
 
 /// Exports the run in `run_dir` to the directory `out`.
 pub fn export_run(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<ExportSummary> {
+    if !run_dir.join(files::CONFIG).is_file() {
+        return Err(KilnError::Invalid(format!(
+            "{}: not a run directory (no {})",
+            run_dir.display(),
+            files::CONFIG
+        )));
+    }
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let weights = read_weights(run_dir)?;
     let mut written = Vec::new();
