@@ -4,7 +4,7 @@
 For each export directory: `onnx.checker.check_model(full_check=True)` (structure and shape
 inference), then onnxruntime runs `model.onnx` on `test_data_set_0/input_*.pb` and every
 output must equal kiln's own `output_*.pb` within the tolerance (default 1e-4, absolute).
-Also checks the dynamic batch axis by running the first row alone.
+Also checks the dynamic axes: the first row alone, and for a GPT a prefix of the tokens.
 
 Needs: pip install onnx onnxruntime numpy
 Usage: scripts/check-onnx.py EXPORT_DIR... [--tol 1e-4]
@@ -57,6 +57,14 @@ def check(export_dir, tol):
         diff = float(np.max(np.abs(one[name] - want[:1])))
         if not diff <= tol:
             raise AssertionError(f"{export_dir}: batch of one: {name} differs by {diff:.3g}")
+    # Dynamic sequence axis (GPT): a causal model's logits for a prefix are the prefix of its
+    # logits.
+    if meta.get("kiln.kind") == "gpt":
+        t = inputs["tokens"].shape[1] // 2
+        (prefix,) = session.run(["logits"], {"tokens": inputs["tokens"][:, :t]})
+        diff = float(np.max(np.abs(prefix - expected["logits"][:, :t])))
+        if not diff <= tol:
+            raise AssertionError(f"{export_dir}: {t}-token prefix: logits differ by {diff:.3g}")
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items())
     print(f"ok  {export_dir}: kind={meta.get('kiln.kind')} nodes={len(model.graph.node)} "
           f"inputs: {shapes}; max |onnxruntime - kiln| = {worst:.2e}")
