@@ -60,6 +60,22 @@ pub fn kiln_err(dir: &Path, args: &[&str]) -> String {
     stderr
 }
 
+/// Runs `python3 scripts/SCRIPT ARGS`, prints its output and asserts it succeeded.
+pub fn python_check(script: &str, args: &[std::ffi::OsString]) {
+    let out = Command::new("python3")
+        .arg(root().join("scripts").join(script))
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A synthetic churn table with numeric, categorical and binary columns, missing values and
 /// an id column. The label follows a noisy rule, so a model can learn it.
 pub fn churn_csv(rows: usize, seed: u64, with_target: bool, extra_city: Option<&str>) -> String {

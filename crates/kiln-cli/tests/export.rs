@@ -153,17 +153,6 @@ fn export_errors_are_clear() {
 fn onnx_exports_match_kiln_in_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
     let exports = train_and_export_all(dir.path());
-    let script = root().join("scripts/check-onnx.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args(&exports)
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "check-onnx.py failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args: Vec<_> = exports.iter().map(|p| p.clone().into_os_string()).collect();
+    python_check("check-onnx.py", &args);
 }

@@ -547,23 +547,14 @@ fn tritonclient_lists_checks_and_infers_like_kiln_predict() {
     std::fs::write(d.join("cnn40.csv"), head.join("\n") + "\n").unwrap();
     let refs: Vec<&str> = serve_args.iter().map(String::as_str).collect();
     let server = start(d, &refs);
-    let out = Command::new("python3")
-        .arg(root().join("scripts/check-triton.py"))
-        .args(["--url", &format!("127.0.0.1:{}", server.port)])
-        .args(&check_args)
-        .args(["--model", "cnn", "--idx"])
-        .arg(d.join("img/train-images-idx3-ubyte"))
-        .arg("--predict")
-        .arg(d.join("cnn40.csv"))
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "check-triton.py failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["--url".into(), format!("127.0.0.1:{}", server.port).into()];
+    args.extend(check_args.iter().map(Into::into));
+    args.extend(["--model".into(), "cnn".into(), "--idx".into()]);
+    args.push(d.join("img/train-images-idx3-ubyte").into_os_string());
+    args.push("--predict".into());
+    args.push(d.join("cnn40.csv").into_os_string());
+    python_check("check-triton.py", &args);
 }
 
 #[test]

@@ -308,6 +308,16 @@ pub struct Preprocessor {
     pub task: Task,
 }
 
+/// A numeric value as the model sees it.
+fn scale_numeric(v: f64, shift: f64, scale: f64) -> f32 {
+    ((v - shift) / scale) as f32
+}
+
+/// A pixel (0-255) as the model sees it.
+fn scale_pixel(p: f32, mean: f32, std: f32) -> f32 {
+    (p / 255.0 - mean) / std
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
@@ -696,6 +706,24 @@ impl Preprocessor {
         slots
     }
 
+    /// Turns raw dense values (rows of [`dense_slots`](Self::dense_slots) values: numbers as
+    /// they are, 0/1 for one-hot and binary slots, pixels 0-255; NaN = missing) into the
+    /// model's dense input, with the same arithmetic as [`transform`](Self::transform).
+    pub fn normalise_dense(&self, raw: &[f32]) -> Vec<f32> {
+        if let [FeatureTransform::Image { mean, std, .. }] = self.features.as_slice() {
+            return raw.iter().map(|&p| scale_pixel(p, *mean, *std)).collect();
+        }
+        let slots = self.dense_slots();
+        raw.chunks(slots.len().max(1))
+            .flat_map(|row| {
+                row.iter().zip(&slots).map(|(&v, s)| {
+                    let v = if v.is_nan() { s.fill } else { f64::from(v) };
+                    scale_numeric(v, s.shift, s.scale)
+                })
+            })
+            .collect()
+    }
+
     /// Table size of each embedded categorical feature (known categories + 1 for unknown).
     pub fn cardinalities(&self) -> Vec<usize> {
         self.embedding_dims().into_iter().map(|(c, _)| c).collect()
@@ -892,7 +920,7 @@ impl Preprocessor {
                                 *fill
                             }
                         };
-                        row_x.push(((v - shift) / scale) as f32);
+                        row_x.push(scale_numeric(v, *shift, *scale));
                     }
                     FeatureTransform::Binary {
                         name: _,
@@ -977,7 +1005,7 @@ impl Preprocessor {
                         row_x.extend(
                             pixels[r * s..(r + 1) * s]
                                 .iter()
-                                .map(|&p| (p as f32 / 255.0 - mean) / std),
+                                .map(|&p| scale_pixel(f32::from(p), *mean, *std)),
                         );
                     }
                     FeatureTransform::Text {

@@ -44,48 +44,18 @@ fn main() {
     println!("batch {batch}");
     let a = time("conv1 1->32 28x28", reps, || c1.forward(x.clone()));
     let a = time("relu [B,32,28,28]", reps, || relu(a.clone()));
-    let reference = pool.forward(a.clone());
-    let fast = time("reshape-max 2 [B,32,28,28]", reps, || {
-        let [b, c, h, w] = a.dims();
-        a.clone()
-            .reshape([b, c, h / 2, 2, w / 2, 2])
-            .max_dim(5)
-            .max_dim(3)
-            .reshape([b, c, h / 2, w / 2])
-    });
-    time("into_data NCHW view", reps, || a.clone().into_data());
-    time("into_data NHWC permuted", reps, || {
-        a.clone().permute([0, 2, 3, 1]).into_data()
-    });
-    let ours = time("kiln max_pool2d_inference", reps, || {
+    // Copying a tensor out: the floor under any pass over it on this machine.
+    time("into_data [B,32,28,28]", reps, || a.clone().into_data());
+    time("kiln pool [B,32,28,28]", reps, || {
         kiln::models::kernels::max_pool2d_inference(a.clone(), 2)
     });
-    println!(
-        "kiln vs MaxPool2d equal: {}",
-        ours.into_data() == reference.clone().into_data()
-    );
-    let strided = time("strided max_pair 2 [B,32,..]", reps, || {
-        let [_, _, h, w] = a.dims();
-        let (h, w) = (h / 2 * 2, w / 2 * 2);
-        let at = |i: usize, j: usize| a.clone().slice(burn::tensor::s![.., .., i..h;2, j..w;2]);
-        at(0, 0)
-            .max_pair(at(0, 1))
-            .max_pair(at(1, 0).max_pair(at(1, 1)))
-    });
-    let diff2 = (strided - reference.clone())
-        .abs()
-        .max()
-        .into_scalar::<f32>();
-    println!("strided vs MaxPool2d max |diff| = {diff2}");
-    let diff = (fast - reference.clone()).abs().max().into_scalar::<f32>();
-    println!("reshape-max vs MaxPool2d max |diff| = {diff}");
-    let a = time("maxpool 2 [B,32,28,28]", reps, || pool.forward(a.clone()));
+    let a = time("Flex pool [B,32,28,28]", reps, || pool.forward(a.clone()));
     let b = time("conv2 32->64 14x14", reps, || c2.forward(a.clone()));
     let b = time("relu [B,64,14,14]", reps, || relu(b.clone()));
     time("kiln pool [B,64,14,14]", reps, || {
         kiln::models::kernels::max_pool2d_inference(b.clone(), 2)
     });
-    let b = time("maxpool 2 [B,64,14,14]", reps, || pool.forward(b.clone()));
+    let b = time("Flex pool [B,64,14,14]", reps, || pool.forward(b.clone()));
     let f: Tensor<2> = b.flatten(1, 3);
     let h = time("linear 3136->128", reps, || fc.forward(f.clone()));
     let _ = h.into_data();

@@ -164,35 +164,37 @@ fn worker(
             .batch_size
             .with_label_values(&[model])
             .observe(rows as f64);
-        let merged = merge(&jobs);
+        let (parts, replies): (Vec<Encoded>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.rows, j.reply)).unzip();
+        let counts: Vec<usize> = parts.iter().map(|p| p.rows).collect();
+        let merged = merge(parts);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             kiln::train::evaluate::raw_outputs(&network, &merged, &device)
         }));
         match result {
             Ok(values) => {
                 let mut offset = 0;
-                for job in jobs {
-                    let n = job.rows.rows * width;
-                    let _ = job.reply.send(Ok(values[offset..offset + n].to_vec()));
+                for (reply, n) in replies.into_iter().zip(counts) {
+                    let n = n * width;
+                    let _ = reply.send(Ok(values[offset..offset + n].to_vec()));
                     offset += n;
                 }
             }
             Err(_) => {
-                for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(ApiError::internal("the forward pass failed")));
+                for reply in replies {
+                    let _ = reply.send(Err(ApiError::internal("the forward pass failed")));
                 }
             }
         }
     }
 }
 
-/// One `Encoded` holding the rows of all `jobs` in order (all share the model's shapes).
-fn merge(jobs: &[Job]) -> Encoded {
-    let mut out = jobs[0].rows.clone();
-    for job in &jobs[1..] {
-        let r = &job.rows;
+/// One `Encoded` holding the rows of all `parts` in order (all share the model's shapes);
+/// a single part is passed through without copying.
+fn merge(parts: Vec<Encoded>) -> Encoded {
+    let mut parts = parts.into_iter();
+    let mut out = parts.next().expect("a batch has a job");
+    for r in parts {
         out.x.extend_from_slice(&r.x);
         out.categories.extend_from_slice(&r.categories);
         out.tokens.extend_from_slice(&r.tokens);

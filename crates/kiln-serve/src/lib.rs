@@ -218,84 +218,73 @@ async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    let response = admitted(&state, &route, request, next).await;
+    record(&state, &route, &response, started);
+    response
+}
+
+/// The response to an authorised request within the concurrency limit, or the 401/429.
+async fn admitted(state: &Shared, route: &str, request: Request, next: Next) -> Response {
     let open = route.starts_with("/v2/health/");
-    let response = if let Some(token) = state.config.token.as_deref().filter(|_| !open) {
+    if let Some(token) = state.config.token.as_deref().filter(|_| !open) {
         let ok = request
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-        if ok {
-            None
-        } else {
-            Some(
-                ApiError {
-                    status: StatusCode::UNAUTHORIZED,
-                    message: "missing or wrong bearer token (Authorization: Bearer ...)".into(),
+        if !ok {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "missing or wrong bearer token (Authorization: Bearer ...)".into(),
+            }
+            .into_response();
+        }
+    }
+    let permit = if request.method() == axum::http::Method::POST {
+        match state.permits.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return ApiError {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    message: format!(
+                        "more than {} requests at once; retry later",
+                        state.config.max_concurrent
+                    ),
                 }
-                .into_response(),
-            )
+                .into_response();
+            }
         }
     } else {
         None
     };
-    let response = match response {
-        Some(r) => r,
-        None => {
-            let limited = matches!(request.method(), &axum::http::Method::POST);
-            let permit = if limited {
-                match state.permits.clone().try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        let r = ApiError {
-                            status: StatusCode::TOO_MANY_REQUESTS,
-                            message: format!(
-                                "more than {} requests at once; retry later",
-                                state.config.max_concurrent
-                            ),
-                        }
-                        .into_response();
-                        record(&state, &route, &r, started);
-                        return r;
-                    }
-                }
-            } else {
-                None
-            };
-            state.metrics.in_flight.inc();
-            let r = next.run(request).await;
-            let streamed = r
-                .headers()
-                .get("content-type")
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            if streamed {
-                // A stream is in flight until its last event: keep the slot until then.
-                let held = InFlight {
-                    _permit: permit,
-                    metrics: state.metrics.clone(),
-                };
-                let (parts, body) = r.into_parts();
-                let body = HttpBody::from_stream(tokio_stream::StreamExt::map(
-                    body.into_data_stream(),
-                    move |chunk| {
-                        let _ = &held;
-                        chunk
-                    },
-                ));
-                Response::from_parts(parts, body)
-            } else {
-                state.metrics.in_flight.dec();
-                drop(permit);
-                r
-            }
-        }
+    state.metrics.in_flight.inc();
+    let held = InFlight {
+        _permit: permit,
+        metrics: state.metrics.clone(),
     };
-    record(&state, &route, &response, started);
-    response
+    let response = next.run(request).await;
+    let streamed = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        return response; // `held` drops here: slot and gauge released
+    }
+    // A stream is in flight until its last event: keep the slot until then.
+    let (parts, body) = response.into_parts();
+    let body = HttpBody::from_stream(tokio_stream::StreamExt::map(
+        body.into_data_stream(),
+        move |chunk| {
+            let _ = &held;
+            chunk
+        },
+    ));
+    Response::from_parts(parts, body)
 }
 
-/// Holds a concurrency slot (and the in-flight gauge) while a streamed body is being sent.
+/// Holds a concurrency slot and counts in the in-flight gauge until dropped (after the
+/// response, or after a streamed body's last event).
 struct InFlight {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     metrics: Arc<Metrics>,

@@ -203,23 +203,6 @@ pub fn empty_rows(pre: &Preprocessor) -> Encoded {
     }
 }
 
-/// Normalises raw dense values (NaN = missing) exactly as the preprocessor does.
-pub fn normalise_dense(pre: &Preprocessor, raw: &[f32], rows: usize) -> Vec<f32> {
-    if let [FeatureTransform::Image { mean, std, .. }] = pre.features.as_slice() {
-        return raw.iter().map(|&p| (p / 255.0 - mean) / std).collect();
-    }
-    let slots = pre.dense_slots();
-    let width = slots.len();
-    let mut out = Vec::with_capacity(rows * width);
-    for row in raw.chunks(width) {
-        for (v, s) in row.iter().zip(&slots) {
-            let v = if v.is_nan() { s.fill } else { f64::from(*v) };
-            out.push(((v - s.shift) / s.scale) as f32);
-        }
-    }
-    out
-}
-
 /// A table of the records' fields under the preprocessor's feature names: strings as they
 /// are, numbers and booleans as text (as a CSV would hold them), null or absent = missing.
 pub fn records_table(pre: &Preprocessor, records: &[serde_json::Value]) -> Result<Table, ApiError> {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::model::{Body, ServedModel, empty_rows, normalise_dense, softmax_rows};
+use crate::model::{Body, ServedModel, empty_rows, softmax_rows};
 
 /// Header carrying the JSON part's length in binary requests and responses.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -478,7 +478,7 @@ async fn run(
                                 i % width
                             )));
                         }
-                        encoded.x = normalise_dense(preprocessor, &v, rows);
+                        encoded.x = preprocessor.normalise_dense(&v);
                     }
                     ("categories", Values::I64(v)) => {
                         let cards = preprocessor.cardinalities();
@@ -587,7 +587,10 @@ async fn run(
             let (gpt, device) = (gpt.clone(), device.clone());
             let values = tokio::task::spawn_blocking(move || {
                 use kiln::models::{Int, Tensor};
-                let x = Tensor::<2, Int>::from_data(burn_data(ids, [rows, len]), &device);
+                let x = Tensor::<2, Int>::from_data(
+                    kiln::models::TensorData::new(ids, [rows, len]),
+                    &device,
+                );
                 gpt.forward(x)
                     .into_data()
                     .convert::<f32>()
@@ -603,8 +606,4 @@ async fn run(
             }])
         }
     }
-}
-
-fn burn_data(ids: Vec<i64>, shape: [usize; 2]) -> kiln::models::TensorData {
-    kiln::models::TensorData::new(ids, shape)
 }

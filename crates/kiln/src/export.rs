@@ -112,13 +112,7 @@ pub fn export_run(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Ex
         match format {
             ExportFormat::Onnx => {
                 let proto = onnx::gpt(&gpt, &weights).map_err(export_err)?;
-                nodes = proto.graph.as_ref().map(|g| g.node.len());
-                write(
-                    out,
-                    export_files::ONNX,
-                    &onnx::to_bytes(&proto),
-                    &mut written,
-                )?;
+                nodes = Some(write_onnx(out, &proto, &mut written)?);
                 model_file = export_files::ONNX;
                 // Two windows of random ids, the first as long as the context.
                 let mut rng = SplitMix64::new(7);
@@ -172,13 +166,7 @@ pub fn export_run(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Ex
         match format {
             ExportFormat::Onnx => {
                 let proto = onnx::network(&loaded.spec, pre, &weights).map_err(export_err)?;
-                nodes = proto.graph.as_ref().map(|g| g.node.len());
-                write(
-                    out,
-                    export_files::ONNX,
-                    &onnx::to_bytes(&proto),
-                    &mut written,
-                )?;
+                nodes = Some(write_onnx(out, &proto, &mut written)?);
                 model_file = export_files::ONNX;
                 let (ins, model_inputs) = sample_inputs(&loaded.spec, pre, 6, &device);
                 let outs = reference_outputs(&loaded.model, pre, model_inputs)?;
@@ -203,6 +191,16 @@ pub fn export_run(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Ex
         nodes,
         bytes,
     })
+}
+
+/// Writes `model.onnx`; returns its node count.
+fn write_onnx(
+    out: &Path,
+    proto: &kiln_export::proto::ModelProto,
+    written: &mut Vec<String>,
+) -> Result<usize> {
+    write(out, export_files::ONNX, &onnx::to_bytes(proto), written)?;
+    Ok(proto.graph.as_ref().map_or(0, |g| g.node.len()))
 }
 
 fn write_hf(
@@ -249,8 +247,8 @@ fn normal(rng: &mut SplitMix64) -> f64 {
     (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
 }
 
-/// `rows` seeded input rows in the ONNX graph's raw form, and the same rows encoded the way
-/// the preprocessor encodes them for kiln's network. Row 0 has a missing numeric value and
+/// `rows` seeded input rows in the ONNX graph's raw form, and the same rows as kiln's network
+/// inputs (dense values through [`Preprocessor::normalise_dense`]). Row 0 has a missing numeric value and
 /// the longest text; row 1 an empty text.
 fn sample_inputs(
     spec: &kiln_models::ModelSpec,
@@ -259,7 +257,7 @@ fn sample_inputs(
     device: &burn::prelude::Device,
 ) -> (Vec<TestTensor>, Inputs) {
     let mut rng = SplitMix64::new(11);
-    let (mut raw, mut x) = (Vec::new(), Vec::new());
+    let mut raw = Vec::new();
     let mut categories = Vec::new();
     let mut tokens = Vec::new();
     let seq = spec.text.as_ref().map(|t| t.max_tokens).unwrap_or(0);
@@ -267,24 +265,15 @@ fn sample_inputs(
         let mut missing_done = false;
         for f in &pre.features {
             match f {
-                FeatureTransform::Numeric {
-                    fill, shift, scale, ..
-                } => {
+                FeatureTransform::Numeric { shift, scale, .. } => {
                     if r == 0 && !missing_done {
                         missing_done = true;
                         raw.push(f32::NAN);
-                        x.push(((fill - shift) / scale) as f32);
                     } else {
-                        let v = (normal(&mut rng) * scale + shift) as f32;
-                        raw.push(v);
-                        x.push(((f64::from(v) - shift) / scale) as f32);
+                        raw.push((normal(&mut rng) * scale + shift) as f32);
                     }
                 }
-                FeatureTransform::Binary { .. } => {
-                    let v = rng.below(2) as f32;
-                    raw.push(v);
-                    x.push(v);
-                }
+                FeatureTransform::Binary { .. } => raw.push(rng.below(2) as f32),
                 FeatureTransform::Categorical {
                     categories: known,
                     embedding_dim,
@@ -293,25 +282,11 @@ fn sample_inputs(
                     Some(_) => categories.push(rng.below(known.len() + 1) as i64),
                     None => {
                         let hot = rng.below(known.len());
-                        for i in 0..known.len() {
-                            let v = f32::from(u8::from(i == hot));
-                            raw.push(v);
-                            x.push(v);
-                        }
+                        raw.extend((0..known.len()).map(|i| f32::from(u8::from(i == hot))));
                     }
                 },
-                FeatureTransform::Image {
-                    height,
-                    width,
-                    mean,
-                    std,
-                    ..
-                } => {
-                    for _ in 0..height * width {
-                        let p = rng.below(256) as u8;
-                        raw.push(f32::from(p));
-                        x.push((f32::from(p) / 255.0 - mean) / std);
-                    }
+                FeatureTransform::Image { height, width, .. } => {
+                    raw.extend((0..height * width).map(|_| rng.below(256) as f32));
                 }
                 FeatureTransform::Text { vocab_size, .. } => {
                     let len = match r {
@@ -356,8 +331,9 @@ fn sample_inputs(
         onnx_inputs.push(TestTensor::F32 {
             name: name.into(),
             shape,
-            values: raw,
+            values: raw.clone(),
         });
+        let x = pre.normalise_dense(&raw);
         model.x = Some(Tensor::from_data(TensorData::new(x, [rows, width]), device));
     }
     if !spec.embeddings.is_empty() {
