@@ -8,6 +8,9 @@
 
 use std::time::Instant;
 
+#[global_allocator]
+static ALLOCATOR: kiln_alloc::Allocator = kiln_alloc::Allocator;
+
 use burn::prelude::{Device, Int, Tensor, TensorData};
 use kiln_config::{Activation, ConvLayer, ModelKind, OptimizerKind};
 use kiln_data::{InputShape, Target};
@@ -92,6 +95,7 @@ fn w2_config() -> GptConfig {
 }
 
 fn main() {
+    kiln_alloc::configure();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
