@@ -17,6 +17,7 @@ pub mod run;
 pub mod schedule;
 mod trainer;
 pub mod weights;
+pub mod workloads;
 
 pub use grads::{GradientSync, ParamGrads, SingleProcess};
 pub use trainer::{

@@ -1,0 +1,232 @@
+//! The shared CPU benchmark workloads (`../shared/bench/WORKLOADS.md`) run through kiln's own
+//! code: `Network`/`Gpt` from kiln-models, the trainer's loss (`loss_of`, `lm_loss`),
+//! `ParamGrads`, `apply_update` and kiln's Adam/AdamW.
+//!
+//! - W1: MLP 784-512-256-10, ReLU, cross-entropy, Adam 1e-3, batch 128.
+//! - W2: char GPT (vocab 65, context 128, 4 layers, 4 heads, 256 wide, no bias, tied head),
+//!   AdamW 3e-4 with weight decay 0.1, batch 16.
+//! - W3: PyTorch's MNIST CNN (conv 32, conv 64, max-pool 2, dense 128), Adam 1e-3, batch 64.
+//! - I1: W2's model, one forward pass over a 128-token prompt, batch 1, no KV cache.
+//!
+//! The workload bench (`cargo bench -p kiln-train --bench workloads`) times these; the test
+//! `tests/workloads.rs` pins the loss after a few steps, so an optimisation that changes what a
+//! step computes is caught.
+
+use std::time::Instant;
+
+use burn::prelude::{Device, Int, Tensor, TensorData};
+use kiln_config::{Activation, ConvLayer, ModelKind, OptimizerKind};
+use kiln_data::{InputShape, Target};
+use kiln_models::{Gpt, GptConfig, Inputs, ModelSpec, Network};
+use kiln_rng::SplitMix64;
+
+use crate::grads::{ParamGrads, apply_update};
+use crate::lm::lm_loss;
+use crate::optim::{Optimizer, OptimizerSettings};
+use crate::{SingleProcess, loss_of};
+
+/// Timed training steps: seconds for the timed steps and the loss of every step (warm-up
+/// included), in order.
+#[derive(Debug, Clone)]
+pub struct StepRun {
+    /// Wall seconds of the timed steps.
+    pub seconds: f64,
+    /// The loss of each step, warm-up steps first.
+    pub losses: Vec<f64>,
+}
+
+/// Adam or AdamW with PyTorch's defaults and the given weight decay.
+pub fn adam(kind: OptimizerKind, weight_decay: f64) -> Optimizer {
+    Optimizer::new(OptimizerSettings {
+        kind,
+        momentum: 0.0,
+        nesterov: false,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        alpha: 0.99,
+        weight_decay,
+    })
+}
+
+/// W1's model: 784-512-256-10 MLP with ReLU.
+pub fn mlp_spec() -> ModelSpec {
+    ModelSpec {
+        kind: ModelKind::Mlp,
+        input: InputShape::Flat { width: 784 },
+        embeddings: Vec::new(),
+        outputs: 10,
+        hidden: vec![512, 256],
+        activation: Activation::Relu,
+        dropout: 0.0,
+        batch_norm: false,
+        conv: Vec::new(),
+        text: None,
+    }
+}
+
+/// W3's model: PyTorch's MNIST example CNN.
+pub fn cnn_spec() -> ModelSpec {
+    let conv = |filters, pool| ConvLayer {
+        filters,
+        kernel: 3,
+        stride: 1,
+        padding: 0,
+        pool,
+        batch_norm: false,
+        dropout: 0.0,
+    };
+    ModelSpec {
+        kind: ModelKind::Cnn,
+        input: InputShape::Image {
+            channels: 1,
+            height: 28,
+            width: 28,
+        },
+        embeddings: Vec::new(),
+        outputs: 10,
+        hidden: vec![128],
+        activation: Activation::Relu,
+        dropout: 0.0,
+        batch_norm: false,
+        conv: vec![conv(32, 1), conv(64, 2)],
+        text: None,
+    }
+}
+
+/// W2's and I1's model: the char GPT, tied head, no bias, no dropout.
+pub fn gpt_config() -> GptConfig {
+    GptConfig {
+        vocab_size: 65,
+        context: 128,
+        layers: 4,
+        heads: 4,
+        embd: 256,
+        dropout: 0.0,
+        bias: false,
+        tied_head: true,
+    }
+}
+
+fn uniform(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+        .collect()
+}
+
+/// W1/W3: `warmup` then `timed` steps of forward, cross-entropy, backward and an Adam step on
+/// one fixed batch of uniform inputs and random labels.
+pub fn classifier_steps(
+    spec: &ModelSpec,
+    batch: usize,
+    warmup: usize,
+    timed: usize,
+    device: &Device,
+) -> StepRun {
+    let ad = device.clone().autodiff();
+    device.seed(1);
+    let mut model = Network::new(spec, &ad);
+    let mut optimizer = adam(OptimizerKind::Adam, 0.0);
+    let mut rng = SplitMix64::new(2);
+    let x = Tensor::<2>::from_data(
+        TensorData::new(
+            uniform(&mut rng, batch * spec.input.size()),
+            [batch, spec.input.size()],
+        ),
+        &ad,
+    );
+    let labels: Vec<u32> = (0..batch).map(|_| rng.below(spec.outputs) as u32).collect();
+    let target = Target::Classes(labels);
+    let idx: Vec<usize> = (0..batch).collect();
+    let mut started = Instant::now();
+    let mut losses = Vec::with_capacity(warmup + timed);
+    for step in 0..warmup + timed {
+        if step == warmup {
+            started = Instant::now();
+        }
+        let out = model.forward(Inputs::dense(x.clone()));
+        let loss = loss_of(out, &target, &idx, None, &ad);
+        let grads = ParamGrads::collect(&model, loss.backward());
+        losses.push(loss.into_scalar::<f64>());
+        model = apply_update(model, grads, &mut SingleProcess, 0.0, &mut optimizer, 1e-3)
+            .expect("single process")
+            .0;
+    }
+    StepRun {
+        seconds: started.elapsed().as_secs_f64(),
+        losses,
+    }
+}
+
+/// W2: `warmup` then `timed` AdamW steps of the GPT on fresh random token windows of
+/// `batch` x `context`.
+pub fn gpt_steps(
+    cfg: &GptConfig,
+    batch: usize,
+    warmup: usize,
+    timed: usize,
+    device: &Device,
+) -> StepRun {
+    let (b, t) = (batch, cfg.context);
+    let ad = device.clone().autodiff();
+    device.seed(3);
+    let mut model = Gpt::new(cfg, &ad);
+    let mut optimizer = adam(OptimizerKind::Adamw, 0.1);
+    let mut rng = SplitMix64::new(4);
+    let mut started = Instant::now();
+    let mut losses = Vec::with_capacity(warmup + timed);
+    for step in 0..warmup + timed {
+        if step == warmup {
+            started = Instant::now();
+        }
+        let tokens: Vec<i64> = (0..b * (t + 1))
+            .map(|_| rng.below(cfg.vocab_size) as i64)
+            .collect();
+        let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
+        for row in tokens.chunks(t + 1) {
+            x.extend_from_slice(&row[..t]);
+            y.extend_from_slice(&row[1..]);
+        }
+        let loss = lm_loss(&model, x, y, b, t, &ad);
+        let grads = ParamGrads::collect(&model, loss.backward());
+        losses.push(loss.into_scalar::<f64>());
+        model = apply_update(model, grads, &mut SingleProcess, 0.0, &mut optimizer, 3e-4)
+            .expect("single process")
+            .0;
+    }
+    StepRun {
+        seconds: started.elapsed().as_secs_f64(),
+        losses,
+    }
+}
+
+/// I1: per-run seconds of `runs` forward passes (after `warmup`) of the GPT over one
+/// `prompt`-token window, and the logits of the last run.
+pub fn gpt_forward_latency(
+    cfg: &GptConfig,
+    prompt: usize,
+    warmup: usize,
+    runs: usize,
+    device: &Device,
+) -> (Vec<f64>, Vec<f32>) {
+    device.seed(5);
+    let model = Gpt::new(cfg, device);
+    let mut rng = SplitMix64::new(6);
+    let ids: Vec<i64> = (0..prompt)
+        .map(|_| rng.below(cfg.vocab_size) as i64)
+        .collect();
+    let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, prompt]), device);
+    let mut times = Vec::with_capacity(runs);
+    let mut logits = Vec::new();
+    for i in 0..warmup + runs {
+        let started = Instant::now();
+        let out = model.forward(x.clone()).into_data();
+        if i >= warmup {
+            times.push(started.elapsed().as_secs_f64());
+        }
+        if i + 1 == warmup + runs {
+            logits = out.convert::<f32>().try_into_vec::<f32>().expect("f32");
+        }
+    }
+    (times, logits)
+}
