@@ -58,6 +58,8 @@ pub struct Optimizer {
     steps: u64,
     /// Per parameter path: state slots (flattened), by slot name.
     state: BTreeMap<String, BTreeMap<&'static str, Tensor<1>>>,
+    /// Fused host-memory kernels where tensors live on the host ([`Self::set_host_kernels`]).
+    host_kernels: bool,
 }
 
 struct Update<'a> {
@@ -93,6 +95,18 @@ impl ModuleMapper for Update<'_> {
     }
 }
 
+/// Whether `t` lives in host memory (Burn's Flex CPU backend), where kiln's fused host
+/// kernels apply.
+fn on_host(t: &Tensor<1>) -> bool {
+    use burn::backend::DispatchDevice;
+    #[allow(unreachable_patterns)]
+    match t.device().as_dispatch() {
+        DispatchDevice::Flex(_) => true,
+        DispatchDevice::Autodiff(inner) => matches!(**inner, DispatchDevice::Flex(_)),
+        _ => false,
+    }
+}
+
 impl Optimizer {
     /// A fresh optimizer.
     pub fn new(settings: OptimizerSettings) -> Self {
@@ -100,6 +114,7 @@ impl Optimizer {
             settings,
             steps: 0,
             state: BTreeMap::new(),
+            host_kernels: true,
         }
     }
 
@@ -140,6 +155,10 @@ impl Optimizer {
         let s = self.settings;
         let t = self.steps as i32;
         let decoupled = s.kind == OptimizerKind::Adamw;
+        let adam = matches!(s.kind, OptimizerKind::Adam | OptimizerKind::Adamw);
+        if adam && self.host_kernels && on_host(&p) {
+            return self.adam_on_host(path, p, g, lr);
+        }
         if s.weight_decay > 0.0 && !decoupled {
             g = g + p.clone().mul_scalar(s.weight_decay);
         }
@@ -200,6 +219,65 @@ impl Optimizer {
                 p - g.div(sum.sqrt().add_scalar(s.eps)).mul_scalar(lr)
             }
         }
+    }
+
+    /// Adam/AdamW as one pass over host memory: the same arithmetic as the tensor-op path
+    /// (same f32 operations in the same order, so the same bits), without its dozen
+    /// intermediate tensors per parameter. Parameters, gradients and moments are taken out of
+    /// their tensors without a copy when nothing else holds them.
+    fn adam_on_host(&mut self, path: &str, p: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
+        let s = self.settings;
+        let t = self.steps as i32;
+        let device = p.device();
+        let n = p.dims()[0];
+        let mut p = p.into_data();
+        let g = g.into_data();
+        let mut slot = |name: &'static str| {
+            self.state
+                .get_mut(path)
+                .and_then(|slots| slots.remove(name))
+                .map(|t| t.into_data())
+                .unwrap_or_else(|| TensorData::new(vec![0.0f32; n], [n]))
+        };
+        let (mut m, mut v) = (slot("exp_avg"), slot("exp_avg_sq"));
+        {
+            let (pv, gv) = (
+                p.as_mut_slice::<f32>().expect("f32 parameter"),
+                g.as_slice::<f32>().expect("f32 gradient"),
+            );
+            let (mv, vv) = (
+                m.as_mut_slice::<f32>().expect("f32 state"),
+                v.as_mut_slice::<f32>().expect("f32 state"),
+            );
+            // Scalars as the tensor path's `*_scalar` ops see them (f64 -> f32).
+            let decoupled = s.kind == OptimizerKind::Adamw && s.weight_decay > 0.0;
+            let coupled = s.kind == OptimizerKind::Adam && s.weight_decay > 0.0;
+            let wd = s.weight_decay as f32;
+            let shrink = (1.0 - lr * s.weight_decay) as f32;
+            let (b1, one_b1) = (s.beta1 as f32, (1.0 - s.beta1) as f32);
+            let (b2, one_b2) = (s.beta2 as f32, (1.0 - s.beta2) as f32);
+            let bc2 = (1.0 - s.beta2.powi(t)) as f32;
+            let step = (lr / (1.0 - s.beta1.powi(t))) as f32;
+            let eps = s.eps as f32;
+            for (((p, &g), m), v) in pv.iter_mut().zip(gv).zip(mv.iter_mut()).zip(vv.iter_mut()) {
+                let g = if coupled { g + *p * wd } else { g };
+                if decoupled {
+                    *p *= shrink;
+                }
+                *m = *m * b1 + g * one_b1;
+                *v = *v * b2 + (g * g) * one_b2;
+                *p -= *m / ((*v / bc2).sqrt() + eps) * step;
+            }
+        }
+        self.store(path, "exp_avg", Tensor::from_data(m, &device));
+        self.store(path, "exp_avg_sq", Tensor::from_data(v, &device));
+        Tensor::from_data(p, &device)
+    }
+
+    /// Use fused host-memory updates where the tensors live in host memory (on by default);
+    /// off, every optimizer runs as Burn tensor ops, as it would on an accelerator.
+    pub fn set_host_kernels(&mut self, on: bool) {
+        self.host_kernels = on;
     }
 
     /// The state as named `f32` vectors (`{path}/{slot}`), plus the step count.
