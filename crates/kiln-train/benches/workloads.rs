@@ -4,12 +4,14 @@
 //! Prints `RESULT kiln <workload> <value> <unit>` lines, as `torch_reference.py` does for
 //! PyTorch.
 //!
-//! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W3 I1]`
+//! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W3 I1 MM]`: MM is the roofline's
+//! matmul microbench (best GFLOP/s per shape, `RESULT kiln MM<m>x<k>x<n> ... GFLOP/s`).
 
 use burn::prelude::Device;
 use kiln_train::grads::parameter_count;
 use kiln_train::workloads::{
-    classifier_steps, cnn_spec, gpt_config, gpt_forward_latency, gpt_steps, mlp_spec,
+    MATMUL_SHAPES, classifier_steps, cnn_spec, gpt_config, gpt_flops_per_token,
+    gpt_forward_latency, gpt_steps, matmul_gflops, mlp_spec,
 };
 
 /// mimalloc, keeping freed pages: the allocator the `kiln` binary uses.
@@ -44,8 +46,8 @@ fn main() {
     }
     if run("W2") {
         let cfg = gpt_config();
-        let model = kiln_models::Gpt::new(&cfg, &device);
-        eprintln!("W2: {} parameters, tied head", parameter_count(&model));
+        let params = parameter_count(&kiln_models::Gpt::new(&cfg, &device));
+        eprintln!("W2: {params} parameters, tied head");
         let (batch, timed) = (16, 20);
         let r = gpt_steps(&cfg, batch, 3, timed, &device);
         eprintln!(
@@ -53,14 +55,23 @@ fn main() {
             r.seconds,
             r.losses.last().unwrap()
         );
-        println!(
-            "RESULT kiln W2 {:.1} tokens/s",
-            (batch * cfg.context * timed) as f64 / r.seconds
+        let tokens_per_s = (batch * cfg.context * timed) as f64 / r.seconds;
+        println!("RESULT kiln W2 {tokens_per_s:.1} tokens/s");
+        eprintln!(
+            "W2: {:.1} model GFLOP/s ({:.2} MFLOP per token)",
+            tokens_per_s * gpt_flops_per_token(&cfg, params) / 1e9,
+            gpt_flops_per_token(&cfg, params) / 1e6
         );
     }
     if run("I1") {
         let (times, _) = gpt_forward_latency(&gpt_config(), 128, 5, 50, &device);
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         println!("RESULT kiln I1 {:.3} ms", mean * 1e3);
+    }
+    if args.iter().any(|a| a == "MM") {
+        for (m, k, n) in MATMUL_SHAPES {
+            let gflops = matmul_gflops(m, k, n, 20, &device);
+            println!("RESULT kiln MM{m}x{k}x{n} {gflops:.1} GFLOP/s");
+        }
     }
 }

@@ -230,3 +230,37 @@ pub fn gpt_forward_latency(
     }
     (times, logits)
 }
+
+/// Model FLOPs per trained token of a GPT, as nanoGPT's `estimate_mfu` (PaLM appendix B)
+/// counts them: 6 per non-embedding parameter (forward 2, backward 4; the tied head's
+/// matmul is the token embedding's) plus attention's 12 x layers x width x context.
+pub fn gpt_flops_per_token(cfg: &GptConfig, parameters: usize) -> f64 {
+    let non_embedding = parameters - cfg.context * cfg.embd;
+    6.0 * non_embedding as f64 + 12.0 * (cfg.layers * cfg.embd * cfg.context) as f64
+}
+
+/// The matrix products of the roofline figure: a square 1024 product (what a BLAS peaks on)
+/// and W2's own shapes (batch x context = 2048 rows; qkv, attention output, MLP up, MLP down).
+pub const MATMUL_SHAPES: [(usize, usize, usize); 5] = [
+    (1024, 1024, 1024),
+    (2048, 256, 768),
+    (2048, 256, 256),
+    (2048, 256, 1024),
+    (2048, 1024, 256),
+];
+
+/// Best-of-`repeats` GFLOP/s of Burn's f32 matmul (Flex: the `gemm` crate) for an
+/// `m x k` by `k x n` product.
+pub fn matmul_gflops(m: usize, k: usize, n: usize, repeats: usize, device: &Device) -> f64 {
+    let mut rng = SplitMix64::new(7);
+    let a = Tensor::<2>::from_data(TensorData::new(uniform(&mut rng, m * k), [m, k]), device);
+    let b = Tensor::<2>::from_data(TensorData::new(uniform(&mut rng, k * n), [k, n]), device);
+    let _ = a.clone().matmul(b.clone()).into_data();
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats {
+        let started = Instant::now();
+        let _ = a.clone().matmul(b.clone()).into_data();
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
