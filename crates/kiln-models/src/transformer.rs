@@ -5,6 +5,8 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::{Bool, Device, Tensor};
 use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 
 /// Which keys a query may attend to.
 #[derive(Debug, Clone)]
@@ -137,6 +139,21 @@ impl SelfAttention {
             *slot = Some((k.clone(), v.clone()));
         }
         let total = past + t;
+        if matches!(mask, AttentionMask::Causal) && !q.is_autodiff() {
+            // Inference: the backend's fused attention (Flex: one pass per head, no score
+            // tensors, no mask tensor). Its causal mask is aligned bottom-right, i.e. new
+            // position i sees keys 0..=past + i, as below. Training keeps the op-by-op form,
+            // whose backward Burn derives.
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: t > 1,
+            };
+            let y = attention(q, k, v, None, None, options)
+                .swap_dims(1, 2)
+                .reshape([b, t, c]);
+            return self.resid_drop.forward(self.proj.forward(y));
+        }
         let att = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()); // [B, H, T, total]
         let att = match mask {
             AttentionMask::Causal if t > 1 => {

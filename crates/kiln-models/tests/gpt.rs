@@ -135,3 +135,32 @@ fn sampling_respects_temperature_top_k_and_top_p() {
     assert!((share - 0.47).abs() < 0.03, "token 1 share {share}");
     assert!(counts.iter().all(|&c| c > 0));
 }
+
+/// Inference runs the backend's fused causal attention; training runs the op-by-op form
+/// whose backward Burn derives. Both give the same logits, prompt and cached decoding alike.
+#[test]
+fn fused_inference_attention_matches_the_training_form() {
+    use burn::module::Module;
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    device.seed(3);
+    let gpt = Gpt::new(&config(true), &ad);
+    let prompt = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5];
+    let training_form = gpt.forward(ids(&prompt, &ad));
+    assert!(training_form.is_autodiff());
+    let inference = gpt.valid();
+    let fused = inference.forward(ids(&prompt, &device));
+    assert!(!fused.is_autodiff());
+    for pos in 0..prompt.len() {
+        let d = max_diff(&row(training_form.clone(), pos), &row(fused.clone(), pos));
+        assert!(d < 1e-5, "position {pos}: fused attention differs by {d}");
+    }
+    // A cached continuation: 3 new positions attending to 8 cached ones.
+    let mut cache = KvCache::default();
+    let _ = inference.forward_cached(ids(&prompt[..8], &device), &mut cache);
+    let tail = inference.forward_cached(ids(&prompt[8..], &device), &mut cache);
+    for i in 0..3 {
+        let d = max_diff(&row(training_form.clone(), 8 + i), &row(tail.clone(), i));
+        assert!(d < 1e-5, "cached position {}: differs by {d}", 8 + i);
+    }
+}
