@@ -182,13 +182,27 @@ impl Network {
                     if let Some(norm) = &block.norm {
                         img = norm.forward(img);
                     }
-                    img = act(self.activation, img);
-                    if let Some(pool) = &block.pool {
-                        img = if img.is_autodiff() {
-                            pool.forward(img)
-                        } else {
-                            crate::kernels::max_pool2d_inference(img, block.pool_size)
-                        };
+                    match &block.pool {
+                        Some(pool) if img.is_autodiff() => {
+                            img = pool.forward(act(self.activation, img));
+                        }
+                        // Inference: max-pool commutes with a piecewise-linear monotone
+                        // activation (max of f = f of max, exactly), so pool first and
+                        // activate a quarter of the values.
+                        Some(_)
+                            if matches!(
+                                self.activation,
+                                Activation::Relu | Activation::LeakyRelu
+                            ) =>
+                        {
+                            img = crate::kernels::max_pool2d_inference(img, block.pool_size);
+                            img = act(self.activation, img);
+                        }
+                        Some(_) => {
+                            img = act(self.activation, img);
+                            img = crate::kernels::max_pool2d_inference(img, block.pool_size);
+                        }
+                        None => img = act(self.activation, img),
                     }
                     img = block.dropout.forward(img);
                 }

@@ -8,6 +8,10 @@ use burn::nn::pool::MaxPool2dConfig;
 use burn::prelude::{Device, Tensor};
 use burn::tensor::activation::relu;
 
+/// The `kiln` binary's allocator, so per-op times match what `kiln serve` sees.
+#[global_allocator]
+static ALLOCATOR: kiln_alloc::Allocator = kiln_alloc::Allocator;
+
 fn time<T>(label: &str, reps: usize, mut f: impl FnMut() -> T) -> T {
     let mut out = f();
     let t = Instant::now();
@@ -22,6 +26,7 @@ fn time<T>(label: &str, reps: usize, mut f: impl FnMut() -> T) -> T {
 }
 
 fn main() {
+    kiln_alloc::configure();
     let batch: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())

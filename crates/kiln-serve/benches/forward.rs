@@ -2,7 +2,12 @@
 //! on what dynamic batching can gain. `cargo bench -p kiln-serve --bench forward -- RUN_DIR`
 use std::time::Instant;
 
+/// The `kiln` binary's allocator, so forward times match what `kiln serve` sees.
+#[global_allocator]
+static ALLOCATOR: kiln_alloc::Allocator = kiln_alloc::Allocator;
+
 fn main() {
+    kiln_alloc::configure();
     let run = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
@@ -11,7 +16,7 @@ fn main() {
     let loaded =
         kiln::train::run::load(std::path::Path::new(&run), &device).expect("a run directory");
     let size = loaded.preprocessor.input_shape().size();
-    for rows in [1usize, 8, 32, 64, 128] {
+    for rows in [1usize, 2, 4, 8, 16, 32, 64, 128] {
         let mut data = kiln_serve_bench_rows(&loaded.preprocessor, rows, size);
         data.rows = rows;
         let reps = (256 / rows).max(4);
