@@ -39,6 +39,23 @@ for round in $(seq "$rounds"); do
     sed "s/\$/ rss_kib=$(tail -1 "$work/rss")/" "$work/out" >> "$work/results"
   done
 done
+# Roofline: the same matrix products in kiln (Burn Flex -> gemm crate) and PyTorch (MKL).
+for round in $(seq "$rounds"); do
+  echo "== round $round/$rounds: matmul roofline" >&2
+  "$bench" MM | sed 's/$/ rss_kib=0/' >> "$work/results"
+  "$python" - <<'MM' | sed 's/$/ rss_kib=0/' >> "$work/results"
+import time, torch
+torch.manual_seed(0)
+for m, k, n in [(1024, 1024, 1024), (2048, 256, 768), (2048, 256, 256), (2048, 256, 1024), (2048, 1024, 256)]:
+    a, b = torch.rand(m, k), torch.rand(k, n)
+    a @ b
+    best = float("inf")
+    for _ in range(20):
+        t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
+    print(f"RESULT torch-eager MM{m}x{k}x{n} {2 * m * k * n / best / 1e9:.1f} GFLOP/s")
+MM
+done
+"$bench" W2-FLOPS >> "$work/results"
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 - "$work/results" "$load_before" "$load_after" "$rounds" <<'PY'
 import datetime, os, re, statistics, subprocess, sys
@@ -64,7 +81,8 @@ lines = [
     "| workload | unit | " + " | ".join(engines) + " | kiln / eager | kiln / compile | kiln / onnxruntime | peak RSS kiln / eager (MiB) |",
     "|---" * (len(engines) + 6) + "|",
 ]
-for w in ["W1", "W2", "W3", "I1"]:
+mm = sorted({w for (_, w) in values if w.startswith("MM")})
+for w in ["W1", "W2", "W3", "I1"] + mm:
     med = {e: statistics.median(values[(e, w)]) for e in engines if (e, w) in values}
     if "kiln" not in med:
         continue
@@ -73,9 +91,18 @@ for w in ["W1", "W2", "W3", "I1"]:
             return "–"
         r = med[e] / med["kiln"] if units[w] == "ms" else med["kiln"] / med[e]
         return f"{r:.2f}×"
-    mem = lambda e: f"{statistics.median(rss[(e, w)]):.0f}" if (e, w) in rss else "–"
+    mem = lambda e: f"{statistics.median(rss[(e, w)]):.0f}" if (e, w) in rss and w[:2] != "MM" else "–"
     cells = [f"{med[e]:,.1f}" if e in med else "–" for e in engines]
     lines.append(f"| {w} | {units[w]} | " + " | ".join(cells) + f" | {ratio('torch-eager')} | {ratio('torch-compile')} | {ratio('onnxruntime')} | {mem('kiln')} / {mem('torch-eager')} |")
+flops = next((float(l.split()[2]) for l in open(path) if l.startswith("FLOPS_PER_TOKEN W2")), None)
+if mm and flops:
+    peak = max(statistics.median(values[(e, w)]) for (e, w) in values if w.startswith("MM"))
+    lines += ["", f"Roofline: this machine's f32 matmul peak, the best median GFLOP/s of any engine on the MM rows, is **{peak:.0f} GFLOP/s**. "
+              f"W2 model FLOPs (nanoGPT's estimate_mfu: 6 x non-embedding parameters + 12 x layers x width x context per token) = {flops / 1e6:.2f} MFLOP/token, so W2's MFU is:"]
+    for e in engines:
+        if (e, "W2") in values:
+            achieved = statistics.median(values[(e, "W2")]) * flops / 1e9
+            lines.append(f"- {e}: {achieved:.1f} GFLOP/s = **{100 * achieved / peak:.0f}%** of peak")
 table = "\n".join(lines)
 print(table)
 start, end = "<!-- bench-vs-torch:start -->", "<!-- bench-vs-torch:end -->"

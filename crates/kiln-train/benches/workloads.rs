@@ -68,6 +68,11 @@ fn main() {
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         println!("RESULT kiln I1 {:.3} ms", mean * 1e3);
     }
+    if args.iter().any(|a| a == "W2-FLOPS") {
+        let cfg = gpt_config();
+        let params = parameter_count(&kiln_models::Gpt::new(&cfg, &device));
+        println!("FLOPS_PER_TOKEN W2 {}", gpt_flops_per_token(&cfg, params));
+    }
     if args.iter().any(|a| a == "MM") {
         for (m, k, n) in MATMUL_SHAPES {
             let gflops = matmul_gflops(m, k, n, 20, &device);
