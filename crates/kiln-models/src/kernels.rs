@@ -47,3 +47,102 @@ pub fn max_pool2d_inference(x: Tensor<4>, k: usize) -> Tensor<4> {
     }
     Tensor::from_data(TensorData::new(out, [b, c, oh, ow]), &device)
 }
+
+/// Exact (erf) GELU, `x * Φ(x)`, for inference: equal to Burn's `gelu` within 1e-6 (tested)
+/// and several times faster, because Flex evaluates libm's scalar `erff` per element while
+/// this loop vectorises (AVX-512/AVX2 where the CPU has them, chosen at run time).
+///
+/// Φ(x) comes from erfc via the Chebyshev fit in Numerical Recipes (§6.2, `erfcc`, fractional
+/// error < 1.2e-7 everywhere), so the far negative tail keeps its relative accuracy, and
+/// exp from a Cephes-style range reduction and degree-6 polynomial.
+pub fn gelu_inference<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let device = x.device();
+    let mut data = x.into_data().convert::<f32>();
+    gelu_in_place(data.as_mut_slice::<f32>().expect("f32 data"));
+    Tensor::from_data(
+        TensorData::new(data.into_vec::<f32>().expect("f32"), dims),
+        &device,
+    )
+}
+
+/// GELU over a slice, in place, with the widest SIMD the CPU offers.
+pub fn gelu_in_place(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { gelu_avx512(values) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { gelu_avx2(values) };
+        }
+    }
+    gelu_portable(values);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_avx512(values: &mut [f32]) {
+    gelu_portable(values);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(values: &mut [f32]) {
+    gelu_portable(values);
+}
+
+#[inline(always)]
+fn gelu_portable(values: &mut [f32]) {
+    for v in values.iter_mut() {
+        *v = gelu_scalar(*v);
+    }
+}
+
+/// `x * Φ(x)`, branch-free so the loop around it vectorises.
+#[inline(always)]
+fn gelu_scalar(x: f32) -> f32 {
+    let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_9
+                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * exp_approx(poly - z * z);
+    let half = 0.5 * erfc; // Φ(-|x|)
+    let cdf = if x >= 0.0 { 1.0 - half } else { half };
+    x * cdf
+}
+
+/// e^x for x <= 88 (0 below -87), to ~1 ulp:
+/// x = n ln2 + r with |r| <= ln2 / 2, e^r by Cephes' `expf` polynomial, 2^n by exponent bits.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Round to nearest by the 1.5 * 2^23 trick (vectorises without SSE4.1's roundps).
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let er = p * r * r + r + 1.0;
+    let bits = (shifted.to_bits() as i32).wrapping_sub(0x4B40_0000) + 127;
+    let y = er * f32::from_bits((bits as u32) << 23);
+    // Below the smallest normal result, flush to 0 rather than return e^-87.
+    if x <= -87.0 { 0.0 } else { y }
+}

@@ -76,6 +76,7 @@ pub type Outputs = Tensor<2>;
 fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
     match a {
         Activation::Relu => activation::relu(x),
+        Activation::Gelu if !x.is_autodiff() => crate::kernels::gelu_inference(x),
         Activation::Gelu => activation::gelu(x),
         Activation::Tanh => activation::tanh(x),
         Activation::Sigmoid => activation::sigmoid(x),

@@ -188,6 +188,11 @@ impl Block {
     ) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(self.ln1.forward(x), mask, cache);
         let m = self.mlp.fc.forward(self.ln2.forward(x.clone()));
-        x + self.mlp.drop.forward(self.mlp.proj.forward(gelu(m)))
+        let m = if m.is_autodiff() {
+            gelu(m)
+        } else {
+            crate::kernels::gelu_inference(m)
+        };
+        x + self.mlp.drop.forward(self.mlp.proj.forward(m))
     }
 }

@@ -91,3 +91,36 @@ fn cnn_inference_forward_equals_the_training_form() {
         assert!(diff < 1e-6, "{activation:?}: inference differs by {diff}");
     }
 }
+
+/// kiln's vectorised GELU equals exact GELU (f64 `erfc`) within 2e-6 relative, growing as
+/// 2.5e-7 x² in the far negative tail (f32 rounding of x²/2 inside the exponential; the values
+/// there are below 1e-6), and Burn's (libm `erff`) within 1e-6 absolute. Burn's own
+/// `1 + erf` cancels in that tail (gelu(-5.07) is -9.98e-7; Burn gives -1.06e-6, and -0 below
+/// -7), which is why the relative check is against f64 rather than Burn.
+#[test]
+fn gelu_kernel_equals_exact_gelu() {
+    let device = Device::default();
+    let mut values: Vec<f32> = (-4000..=4000).map(|i| i as f32 / 250.0).collect();
+    values.extend([
+        0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 30.0, -30.0, 80.0, -80.0, 1e4, -1e4,
+    ]);
+    let n = values.len();
+    let x = Tensor::<1>::from_data(TensorData::new(values.clone(), [n]), &device);
+    let burn = burn::tensor::activation::gelu(x.clone())
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let kiln = kiln_models::kernels::gelu_inference(x)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for ((&x, &b), &k) in values.iter().zip(&burn).zip(&kiln) {
+        let exact = x as f64 * 0.5 * libm::erfc(-(x as f64) / std::f64::consts::SQRT_2);
+        let rel = (k as f64 - exact).abs() / exact.abs().max(1e-37);
+        assert!(
+            rel <= 2e-6 + 2.5e-7 * (x as f64).powi(2) || (k as f64 - exact).abs() < 1e-37,
+            "gelu({x}): exact {exact:e}, kiln {k:e}"
+        );
+        assert!((b - k).abs() <= 1e-6, "gelu({x}): burn {b}, kiln {k}");
+    }
+}
