@@ -56,14 +56,11 @@ pub fn max_pool2d_inference(x: Tensor<4>, k: usize) -> Tensor<4> {
 /// error < 1.2e-7 everywhere), so the far negative tail keeps its relative accuracy, and
 /// exp from a Cephes-style range reduction and degree-6 polynomial.
 pub fn gelu_inference<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let dims = x.dims();
     let device = x.device();
+    // In place in the tensor's own buffer when nothing else holds it (no copy either way).
     let mut data = x.into_data().convert::<f32>();
     gelu_in_place(data.as_mut_slice::<f32>().expect("f32 data"));
-    Tensor::from_data(
-        TensorData::new(data.into_vec::<f32>().expect("f32"), dims),
-        &device,
-    )
+    Tensor::from_data(data, &device)
 }
 
 /// GELU over a slice, in place, with the widest SIMD the CPU offers.
@@ -113,7 +110,7 @@ fn gelu_scalar(x: f32) -> f32 {
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
-                            + t * (-1.135_203_9
+                            + t * (-1.135_204
                                 + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     let erfc = t * exp_approx(poly - z * z);
     let half = 0.5 * erfc; // Φ(-|x|)
@@ -139,7 +136,7 @@ fn exp_approx(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
     let bits = (shifted.to_bits() as i32).wrapping_sub(0x4B40_0000) + 127;
     let y = er * f32::from_bits((bits as u32) << 23);
