@@ -21,7 +21,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check torch numpy onnx onnxruntime
 fi
 reference=$(realpath "$reference")
-python=$(realpath "$venv/bin/python")
+# Not realpath: that resolves the venv's symlink to the base interpreter, outside the venv.
+python="$(cd "$venv/bin" && pwd)/python"
 echo "== building kiln's workload bench" >&2
 bench=$(cargo bench -p kiln-train --bench workloads --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))/\1/p' | tail -1)
 [ -x "$bench" ] || { echo "could not build the workload bench" >&2; exit 1; }
@@ -32,10 +33,12 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq "$rounds"); do
   for w in W1 W2 W3 I1; do
     echo "== round $round/$rounds: $w" >&2
-    /usr/bin/time -f "%M" -o "$work/rss" "$bench" "$w" > "$work/out" 2>/dev/null
+    /usr/bin/time -f "%M" -o "$work/rss" "$bench" "$w" > "$work/out" 2>"$work/err" \
+      || { cat "$work/err" >&2; echo "kiln's $w bench failed" >&2; exit 1; }
     sed "s/\$/ rss_kib=$(tail -1 "$work/rss")/" "$work/out" >> "$work/results"
     (cd "$work" && /usr/bin/time -f "%M" -o "$work/rss" "$python" "$reference" \
-        --engines eager,compile,onnx --workloads "$w" > "$work/out" 2>/dev/null)
+        --engines eager,compile,onnx --workloads "$w" > "$work/out" 2>"$work/err") \
+      || { cat "$work/err" >&2; echo "the PyTorch reference failed on $w" >&2; exit 1; }
     sed "s/\$/ rss_kib=$(tail -1 "$work/rss")/" "$work/out" >> "$work/results"
   done
 done
