@@ -43,8 +43,9 @@ fn flat_params(model: &Network) -> Vec<f32> {
         .collect()
 }
 
+/// `values` split over the model's parameters in sorted path order (for the linear model:
+/// output.bias, 1 value, then output.weight, 2 values).
 fn grads_of(model: &Network, values: &[f32], device: &Device) -> ParamGrads {
-    // Paths sort as output.bias (1 value) then output.weight (2 values).
     let mut params = trainable_parameters(model);
     params.sort();
     let mut g = ParamGrads::default();
@@ -271,13 +272,16 @@ fn fused_host_adam_equals_the_tensor_op_path() {
     let device = Device::flex();
     let ad = device.clone().autodiff();
     let spec = kiln_train::workloads::mlp_spec();
+    // One initial model for both paths (Burn's seeded RNG is process-wide: other tests may
+    // draw from it in between, so the two runs must not re-initialise).
+    let initial = Network::new(&spec, &ad);
+    let n: usize = trainable_parameters(&initial)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
     let mut rng = kiln_rng::SplitMix64::new(9);
     let grads: Vec<Vec<f32>> = (0..4)
         .map(|_| {
-            let n: usize = trainable_parameters(&Network::new(&spec, &ad))
-                .iter()
-                .map(|(_, s)| s.iter().product::<usize>())
-                .sum();
             (0..n)
                 .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
                 .collect()
@@ -291,24 +295,11 @@ fn fused_host_adam_equals_the_tensor_op_path() {
         let mut s = settings(kind);
         s.weight_decay = wd;
         let run = |host: bool| {
-            device.seed(11);
-            let mut model = Network::new(&spec, &ad);
+            let mut model = initial.clone();
             let mut opt = Optimizer::new(s);
             opt.set_host_kernels(host);
             for g in &grads {
-                let mut params = trainable_parameters(&model);
-                params.sort();
-                let mut pg = ParamGrads::default();
-                let mut offset = 0;
-                for (path, shape) in params {
-                    let n: usize = shape.iter().product();
-                    let v = g[offset..offset + n].to_vec();
-                    pg.grads.insert(
-                        path,
-                        Tensor::<1>::from_data(TensorData::new(v, [n]), &device),
-                    );
-                    offset += n;
-                }
+                let pg = grads_of(&model, g, &device);
                 model = opt.step(model, pg, 3e-3);
             }
             (flat_params(&model), opt.export().1)
