@@ -95,10 +95,13 @@ impl ModuleMapper for Update<'_> {
     }
 }
 
-/// Whether `t` lives in host memory (Burn's Flex CPU backend), where kiln's fused host
-/// kernels apply.
+/// Whether `t` is an f32 tensor in host memory (Burn's Flex CPU backend), where kiln's fused
+/// host kernels apply.
 fn on_host(t: &Tensor<1>) -> bool {
     use burn::backend::DispatchDevice;
+    if t.dtype() != burn::tensor::DType::F32 {
+        return false;
+    }
     #[allow(unreachable_patterns)]
     match t.device().as_dispatch() {
         DispatchDevice::Flex(_) => true,
