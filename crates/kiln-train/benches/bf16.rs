@@ -7,23 +7,14 @@
 
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, Param};
-use burn::prelude::{Device, Tensor};
+use burn::module::Module;
+use burn::prelude::Device;
 use burn::tensor::FloatDType;
 use kiln_models::{Gpt, GptConfig};
 use kiln_rng::SplitMix64;
 use kiln_train::grads::ParamGrads;
 use kiln_train::lm::lm_loss;
-
-/// Casts every float parameter to `dtype` as a fresh trainable leaf.
-struct CastParams(FloatDType);
-
-impl ModuleMapper for CastParams {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let dtype = self.0;
-        param.map(|t| t.cast(dtype).detach().require_grad())
-    }
-}
+use kiln_train::workloads::CastParams;
 
 /// Loss and flattened f32 gradients (in parameter-path order) of one step.
 fn step(model: &Gpt, x: &[i64], y: &[i64], b: usize, t: usize, device: &Device) -> (f64, Vec<f32>) {

@@ -4,14 +4,16 @@
 //! Prints `RESULT kiln <workload> <value> <unit>` lines, as `torch_reference.py` does for
 //! PyTorch.
 //!
-//! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W3 I1 MM]`: MM is the roofline's
-//! matmul microbench (best GFLOP/s per shape, `RESULT kiln MM<m>x<k>x<n> ... GFLOP/s`).
+//! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W3 I1 MM W2-BF16]`: MM is the
+//! roofline's matmul microbench (best GFLOP/s per shape, `RESULT kiln MM<m>x<k>x<n> ...
+//! GFLOP/s`); W2-BF16 runs W2 in f32 and in bf16 from the same weights.
 
 use burn::prelude::Device;
+use burn::tensor::FloatDType;
 use kiln_train::grads::parameter_count;
 use kiln_train::workloads::{
     MATMUL_SHAPES, classifier_steps, cnn_spec, gpt_config, gpt_flops_per_token,
-    gpt_forward_latency, gpt_steps, matmul_gflops, mlp_spec,
+    gpt_forward_latency, gpt_steps, gpt_steps_in, matmul_gflops, mlp_spec,
 };
 
 /// mimalloc, keeping freed pages: the allocator the `kiln` binary uses.
@@ -62,6 +64,21 @@ fn main() {
             tokens_per_s * gpt_flops_per_token(&cfg, params) / 1e9,
             gpt_flops_per_token(&cfg, params) / 1e6
         );
+    }
+    if args.iter().any(|a| a == "W2-BF16") {
+        // W2 with every parameter in bf16, next to f32 from the same initial weights.
+        let cfg = gpt_config();
+        let (batch, timed) = (16, 20);
+        for (name, dtype) in [("f32", FloatDType::F32), ("bf16", FloatDType::BF16)] {
+            let r = gpt_steps_in(&cfg, batch, 3, timed, dtype, &device);
+            let tokens_per_s = (batch * cfg.context * timed) as f64 / r.seconds;
+            eprintln!(
+                "W2 {name}: {timed} steps in {:.2} s, loss after the timed steps {:.5}",
+                r.seconds,
+                r.losses.last().unwrap()
+            );
+            println!("RESULT kiln W2-{name} {tokens_per_s:.1} tokens/s");
+        }
     }
     if run("I1") {
         let (times, _) = gpt_forward_latency(&gpt_config(), 128, 5, 50, &device);

@@ -14,7 +14,9 @@
 
 use std::time::Instant;
 
+use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::{Device, Int, Tensor, TensorData};
+use burn::tensor::FloatDType;
 use kiln_config::{Activation, ConvLayer, ModelKind, OptimizerKind};
 use kiln_data::{InputShape, Target};
 use kiln_models::{Gpt, GptConfig, Inputs, ModelSpec, Network};
@@ -158,6 +160,16 @@ pub fn classifier_steps(
     }
 }
 
+/// Casts every float parameter to a dtype, as a fresh trainable leaf (mixed-precision runs).
+pub struct CastParams(pub FloatDType);
+
+impl ModuleMapper for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|t| t.cast(dtype).detach().require_grad())
+    }
+}
+
 /// W2: `warmup` then `timed` AdamW steps of the GPT on fresh random token windows of
 /// `batch` x `context`.
 pub fn gpt_steps(
@@ -167,10 +179,26 @@ pub fn gpt_steps(
     timed: usize,
     device: &Device,
 ) -> StepRun {
+    gpt_steps_in(cfg, batch, warmup, timed, FloatDType::F32, device)
+}
+
+/// [`gpt_steps`] with every parameter (hence activations, gradients and optimizer state) in
+/// `dtype`, initialised from the same f32 weights.
+pub fn gpt_steps_in(
+    cfg: &GptConfig,
+    batch: usize,
+    warmup: usize,
+    timed: usize,
+    dtype: FloatDType,
+    device: &Device,
+) -> StepRun {
     let (b, t) = (batch, cfg.context);
     let ad = device.clone().autodiff();
     device.seed(3);
     let mut model = Gpt::new(cfg, &ad);
+    if dtype != FloatDType::F32 {
+        model = model.map(&mut CastParams(dtype));
+    }
     let mut optimizer = adam(OptimizerKind::Adamw, 0.1);
     let mut rng = SplitMix64::new(4);
     let mut started = Instant::now();
