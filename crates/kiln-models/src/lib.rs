@@ -14,6 +14,7 @@ mod generate;
 mod gpt;
 pub mod kernels;
 mod network;
+pub mod ops;
 mod spec;
 mod transformer;
 

@@ -77,7 +77,7 @@ fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
     match a {
         Activation::Relu => activation::relu(x),
         Activation::Gelu if !x.is_autodiff() => crate::kernels::gelu_inference(x),
-        Activation::Gelu => activation::gelu(x),
+        Activation::Gelu => crate::ops::gelu(x),
         Activation::Tanh => activation::tanh(x),
         Activation::Sigmoid => activation::sigmoid(x),
         Activation::LeakyRelu => activation::leaky_relu(x, 0.01),

@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::{Bool, Device, Tensor};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
@@ -189,7 +189,7 @@ impl Block {
         let x = x.clone() + self.attn.forward(self.ln1.forward(x), mask, cache);
         let m = self.mlp.fc.forward(self.ln2.forward(x.clone()));
         let m = if m.is_autodiff() {
-            gelu(m)
+            crate::ops::gelu(m)
         } else {
             crate::kernels::gelu_inference(m)
         };

@@ -124,3 +124,58 @@ fn gelu_kernel_equals_exact_gelu() {
         assert!((b - k).abs() <= 1e-6, "gelu({x}): burn {b}, kiln {k}");
     }
 }
+
+/// kiln's differentiable GELU (`ops::gelu`, kiln's Flex kernels forward and backward) gives
+/// Burn's values and Burn's gradients, on plain and autodiff devices.
+#[test]
+fn differentiable_gelu_matches_burn_values_and_gradients() {
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    // Large enough to be split across rayon tasks, plus a strided (transposed) view.
+    let values: Vec<f32> = (0..(1 << 17))
+        .map(|i| ((i * 7919) % 20011) as f32 / 1000.0 - 10.0)
+        .collect();
+    let n = values.len();
+    let x = |d: &Device| Tensor::<2>::from_data(TensorData::new(values.clone(), [n / 256, 256]), d);
+    let to_vec = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    // Plain device, contiguous and strided.
+    let plain = to_vec(kiln_models::ops::gelu(x(&device)));
+    let burn = to_vec(burn::tensor::activation::gelu(x(&device)));
+    assert!(max_diff(&plain, &burn) < 1e-6);
+    let strided = to_vec(kiln_models::ops::gelu(x(&device).transpose()));
+    let burn_strided = to_vec(burn::tensor::activation::gelu(x(&device).transpose()));
+    assert!(max_diff(&strided, &burn_strided) < 1e-6);
+    // Autodiff: d/dx sum(gelu(x) * w) against Burn's op.
+    let w = Tensor::<2>::from_data(
+        TensorData::new(
+            (0..n).map(|i| (i % 13) as f32 - 6.0).collect::<Vec<f32>>(),
+            [n / 256, 256],
+        ),
+        &ad,
+    );
+    let grad_of = |kiln: bool| {
+        let xa = x(&ad).require_grad();
+        let y = if kiln {
+            kiln_models::ops::gelu(xa.clone())
+        } else {
+            burn::tensor::activation::gelu(xa.clone())
+        };
+        let grads = (y.clone() * w.clone()).sum().backward();
+        (to_vec(y), to_vec(xa.grad(&grads).unwrap()))
+    };
+    let (kiln_y, kiln_grad) = grad_of(true);
+    let (burn_y, burn_grad) = grad_of(false);
+    assert!(max_diff(&kiln_y, &burn_y) < 1e-6, "forward under autodiff");
+    let d = max_diff(&kiln_grad, &burn_grad);
+    assert!(d < 1e-5, "gradients differ by {d}");
+    assert!(
+        kiln_grad.iter().any(|&g| g.abs() > 1.0),
+        "gradient is not trivially zero"
+    );
+}
