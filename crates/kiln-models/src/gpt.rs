@@ -159,7 +159,7 @@ impl Gpt {
         }
         let x = self.ln_f.forward(x);
         match &self.head {
-            Some(head) => head.forward(x),
+            Some(head) => crate::ops::linear(head, x),
             None => {
                 // [B*T, C] x [C, V]: one 2-D matmul on the transposed embedding view.
                 let w = self.wte.weight.val(); // [V, C]

@@ -230,13 +230,13 @@ impl Network {
             Tensor::cat(parts, 1)
         };
         for block in &self.hidden {
-            h = block.linear.forward(h);
+            h = crate::ops::linear(&block.linear, h);
             if let Some(norm) = &block.norm {
                 h = norm.forward(h);
             }
             h = act(self.activation, h);
             h = block.dropout.forward(h);
         }
-        self.output.forward(h)
+        crate::ops::linear(&self.output, h)
     }
 }

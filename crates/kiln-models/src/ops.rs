@@ -8,16 +8,18 @@
 //! and backward; kiln's kernels vectorise (AVX-512/AVX2 chosen at run time) and run across
 //! rayon's threads.
 
+use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::ops::ActivationOps;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
 use burn::prelude::{Tensor, TensorData};
-use burn::tensor::DType;
+use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
 
 /// Elements per rayon task: large enough that scheduling is noise.
@@ -35,6 +37,40 @@ pub trait KilnOps: Backend {
     fn kiln_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         <Self as ActivationOps<Self>>::gelu_backward(x, grad)
     }
+
+    /// `x [.., in] @ w [in, out]`: a linear layer without its bias.
+    fn kiln_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (rows, shape) = rows_of(&x.shape(), w.shape()[1]);
+        let x = Self::float_reshape(x, Shape::new([rows, w.shape()[0]]));
+        Self::float_reshape(Self::float_matmul(x, w), shape)
+    }
+
+    /// The input's gradient of [`KilnOps::kiln_linear`]: `grad [.., out] @ wᵀ`.
+    fn kiln_linear_grad_input(grad: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (rows, shape) = rows_of(&grad.shape(), w.shape()[0]);
+        let grad = Self::float_reshape(grad, Shape::new([rows, w.shape()[1]]));
+        Self::float_reshape(Self::float_matmul(grad, Self::float_transpose(w)), shape)
+    }
+
+    /// The weight's gradient of [`KilnOps::kiln_linear`]: `xᵀ @ grad`, rows flattened.
+    fn kiln_linear_grad_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let dims = x.shape();
+        let input = dims[dims.num_dims() - 1];
+        let rows = dims.num_elements() / input.max(1);
+        let x = Self::float_reshape(x, Shape::new([rows, input]));
+        let out = grad.shape()[grad.shape().num_dims() - 1];
+        let grad = Self::float_reshape(grad, Shape::new([rows, out]));
+        Self::float_matmul(Self::float_transpose(x), grad)
+    }
+}
+
+/// Rows of a `[.., width]` tensor and the shape with its last dimension set to `last`.
+fn rows_of(shape: &Shape, last: usize) -> (usize, Shape) {
+    let d = shape.num_dims();
+    let rows = shape.num_elements() / shape[d - 1].max(1);
+    let mut dims = shape.to_vec();
+    dims[d - 1] = last;
+    (rows, Shape::from(dims))
 }
 
 /// The f32 values of a Flex tensor, contiguous (copied only if it is a strided view).
@@ -66,6 +102,138 @@ impl KilnOps for Flex {
             .for_each(|((o, x), g)| crate::kernels::gelu_backward_into(x, g, o));
         FlexTensor::from_data(TensorData::new(out, shape))
     }
+    fn kiln_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (Some(xc), Some(wc)) = (contiguous_f32(&x), contiguous_f32(&w)) else {
+            return linear_fallback(x, w);
+        };
+        let [input, out] = [wc.layout().shape()[0], wc.layout().shape()[1]];
+        let (rows, shape) = rows_of(xc.layout().shape(), out);
+        let y = gemm_into(
+            rows,
+            input,
+            out,
+            xc.storage::<f32>(),
+            (input as isize, 1),
+            wc.storage::<f32>(),
+            (out as isize, 1),
+        );
+        FlexTensor::from_data(TensorData::new(y, shape))
+    }
+
+    fn kiln_linear_grad_input(grad: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (Some(gc), Some(wc)) = (contiguous_f32(&grad), contiguous_f32(&w)) else {
+            return grad_input_fallback(grad, w);
+        };
+        let [input, out] = [wc.layout().shape()[0], wc.layout().shape()[1]];
+        let (rows, shape) = rows_of(gc.layout().shape(), input);
+        // wᵀ [out, in]: element (o, i) is w[i, o].
+        let g = gemm_into(
+            rows,
+            out,
+            input,
+            gc.storage::<f32>(),
+            (out as isize, 1),
+            wc.storage::<f32>(),
+            (1, out as isize),
+        );
+        FlexTensor::from_data(TensorData::new(g, shape))
+    }
+
+    fn kiln_linear_grad_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (Some(xc), Some(gc)) = (contiguous_f32(&x), contiguous_f32(&grad)) else {
+            return grad_weight_fallback(x, grad);
+        };
+        let xs = xc.layout().shape();
+        let input = xs[xs.num_dims() - 1];
+        let rows = xs.num_elements() / input.max(1);
+        let gs = gc.layout().shape();
+        let out = gs[gs.num_dims() - 1];
+        // xᵀ [in, rows]: element (i, r) is x[r, i].
+        let g = gemm_into(
+            input,
+            rows,
+            out,
+            xc.storage::<f32>(),
+            (1, input as isize),
+            gc.storage::<f32>(),
+            (out as isize, 1),
+        );
+        FlexTensor::from_data(TensorData::new(g, [input, out]))
+    }
+}
+
+/// Burn's ops for dtypes kiln's Flex kernels do not cover.
+fn linear_fallback(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+    let (rows, shape) = rows_of(x.layout().shape(), w.layout().shape()[1]);
+    let x = Flex::float_reshape(x, Shape::new([rows, w.layout().shape()[0]]));
+    Flex::float_reshape(Flex::float_matmul(x, w), shape)
+}
+
+fn grad_input_fallback(grad: FlexTensor, w: FlexTensor) -> FlexTensor {
+    let (rows, shape) = rows_of(grad.layout().shape(), w.layout().shape()[0]);
+    let grad = Flex::float_reshape(grad, Shape::new([rows, w.layout().shape()[1]]));
+    Flex::float_reshape(Flex::float_matmul(grad, Flex::float_transpose(w)), shape)
+}
+
+fn grad_weight_fallback(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+    let xs = x.layout().shape().clone();
+    let input = xs[xs.num_dims() - 1];
+    let rows = xs.num_elements() / input.max(1);
+    let x = Flex::float_reshape(x, Shape::new([rows, input]));
+    let gs = grad.layout().shape().clone();
+    let grad = Flex::float_reshape(grad, Shape::new([rows, gs[gs.num_dims() - 1]]));
+    Flex::float_matmul(Flex::float_transpose(x), grad)
+}
+
+/// `dst [m, n] = lhs [m, k] @ rhs [k, n]` with element strides `(row, column)` for each
+/// operand, through the gemm crate (what Flex's matmul uses), into a fresh buffer.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (isize, isize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (isize, isize),
+) -> Vec<f32> {
+    let mut dst = vec![0.0f32; m * n];
+    let parallelism = if m * n * k >= 192 * 192 * 192 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `lhs` and `rhs` hold every element the strides reach (callers pass contiguous
+    // row-major buffers of the stated shapes); `dst` is `m * n` row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    dst
+}
+
+/// Flex's f32 contiguous tensors as (values, shape), or `None` for another dtype.
+fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
+    f32_values(t)
 }
 
 impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
@@ -102,6 +270,61 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::kiln_gelu(x.into_primitive())),
         }
+    }
+    fn kiln_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LinearBackward;
+
+        impl<B: Backend + KilnOps> Backward<B, 2> for LinearBackward {
+            /// The forward input and weight.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_w] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, w) = ops.state;
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::kiln_linear_grad_input(grad.clone(), w));
+                }
+                if let Some(node) = node_w {
+                    grads.register::<B>(node.id, B::kiln_linear_grad_weight(x, grad));
+                }
+            }
+        }
+
+        match LinearBackward
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, w) = (x.primitive().clone(), w.primitive().clone());
+                let y = B::kiln_linear(x.clone(), w.clone());
+                prep.finish((x, w), y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::kiln_linear(x.into_primitive(), w.into_primitive()))
+            }
+        }
+    }
+}
+
+/// A linear layer `x W + b` through [`KilnOps`]: kiln's gemm calls on Flex (one output
+/// allocation, no copy; the backward's two products likewise), Burn's matmul elsewhere. The
+/// bias, when present, is added with Burn's broadcasting add.
+pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
+    let y = Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_linear(
+        x.into_dispatch(),
+        layer.weight.val().into_dispatch(),
+    ));
+    match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze(),
+        None => y,
     }
 }
 

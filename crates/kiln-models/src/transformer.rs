@@ -121,7 +121,7 @@ impl SelfAttention {
         let [b, t, c] = x.dims();
         let h = self.heads;
         let d = c / h;
-        let qkv = self.qkv.forward(x);
+        let qkv = crate::ops::linear(&self.qkv, x);
         let split = |i: usize| {
             qkv.clone()
                 .narrow(2, i * c, c)
@@ -152,7 +152,7 @@ impl SelfAttention {
             let y = attention(q, k, v, None, None, options)
                 .swap_dims(1, 2)
                 .reshape([b, t, c]);
-            return self.resid_drop.forward(self.proj.forward(y));
+            return self.resid_drop.forward(crate::ops::linear(&self.proj, y));
         }
         let att = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()); // [B, H, T, total]
         let att = match mask {
@@ -174,7 +174,7 @@ impl SelfAttention {
         };
         let att = self.attn_drop.forward(softmax(att, 3));
         let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
-        self.resid_drop.forward(self.proj.forward(y))
+        self.resid_drop.forward(crate::ops::linear(&self.proj, y))
     }
 }
 
@@ -187,12 +187,12 @@ impl Block {
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(self.ln1.forward(x), mask, cache);
-        let m = self.mlp.fc.forward(self.ln2.forward(x.clone()));
+        let m = crate::ops::linear(&self.mlp.fc, self.ln2.forward(x.clone()));
         let m = if m.is_autodiff() {
             crate::ops::gelu(m)
         } else {
             crate::kernels::gelu_inference(m)
         };
-        x + self.mlp.drop.forward(self.mlp.proj.forward(m))
+        x + self.mlp.drop.forward(crate::ops::linear(&self.mlp.proj, m))
     }
 }

@@ -179,3 +179,91 @@ fn differentiable_gelu_matches_burn_values_and_gradients() {
         "gradient is not trivially zero"
     );
 }
+
+/// kiln's linear op (`ops::linear`, direct gemm calls on Flex) gives `burn::nn::Linear`'s
+/// outputs and gradients for the input, weight and bias, for 2-D and 3-D inputs, with and
+/// without a bias, and for a strided input.
+#[test]
+fn linear_op_matches_burn_linear_values_and_gradients() {
+    use burn::module::Module;
+    use burn::nn::LinearConfig;
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let to_vec = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let close = |what: &str, a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d <= 1e-5 * scale, "{what}: differs by {d} (scale {scale})");
+    };
+    for (bias, strided, [b, t, i, o]) in [
+        (true, false, [3, 5, 7, 4]),
+        (false, false, [2, 64, 96, 200]),
+        (true, true, [4, 6, 8, 3]),
+    ] {
+        device.seed(7);
+        let layer = LinearConfig::new(i, o).with_bias(bias).init(&ad);
+        let values: Vec<f32> = (0..b * t * i)
+            .map(|k| ((k * 31) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let input = || {
+            if strided {
+                Tensor::<3>::from_data(TensorData::new(values.clone(), [b, i, t]), &ad)
+                    .swap_dims(1, 2)
+            } else {
+                Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, i]), &ad)
+            }
+            .require_grad()
+        };
+        let w_out: Vec<f32> = (0..b * t * o).map(|k| (k % 5) as f32 - 2.0).collect();
+        let w_out = Tensor::<3>::from_data(TensorData::new(w_out, [b, t, o]), &ad);
+        let run = |kiln: bool| {
+            let x = input();
+            let y = if kiln {
+                kiln_models::ops::linear(&layer, x.clone())
+            } else {
+                layer.forward(x.clone())
+            };
+            let grads = (y.clone() * w_out.clone()).sum().backward();
+            let gx = to_vec(x.grad(&grads).unwrap());
+            let gw = layer
+                .weight
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let gb = layer.bias.as_ref().map(|p| {
+                p.grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap()
+            });
+            (to_vec(y), gx, gw, gb)
+        };
+        let (ky, kx, kw, kb) = run(true);
+        let (by, bx, bw, bb) = run(false);
+        let what = format!("bias {bias}, strided {strided}, [{b},{t},{i}]->{o}");
+        close(&format!("{what}: output"), &ky, &by);
+        close(&format!("{what}: input gradient"), &kx, &bx);
+        close(&format!("{what}: weight gradient"), &kw, &bw);
+        if let (Some(kb), Some(bb)) = (kb, bb) {
+            close(&format!("{what}: bias gradient"), &kb, &bb);
+        }
+        // Without autodiff too.
+        let plain = layer.valid();
+        let x = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, i]), &device);
+        if !strided {
+            close(
+                &format!("{what}: inference"),
+                &to_vec(kiln_models::ops::linear(&plain, x.clone())),
+                &to_vec(plain.forward(x)),
+            );
+        }
+    }
+}
