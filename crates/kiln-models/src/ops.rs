@@ -62,6 +62,51 @@ pub trait KilnOps: Backend {
         let grad = Self::float_reshape(grad, Shape::new([rows, out]));
         Self::float_matmul(Self::float_transpose(x), grad)
     }
+    /// Causal multi-head self-attention over packed projections: `qkv` is `[B, T, 3C]`
+    /// (queries, keys, values side by side, `heads` heads of `C / heads` each); returns the
+    /// heads' outputs merged back to `[B, T, C]`, ready for the output projection.
+    fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        causal_attention_reference::<Self>(qkv, heads)
+    }
+
+    /// The gradient of [`KilnOps::kiln_causal_attention`] with respect to `qkv`, given the
+    /// output's gradient `grad` `[B, T, C]`.
+    fn kiln_causal_attention_backward(
+        qkv: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        let _ = (qkv, grad, heads);
+        unimplemented!("kiln's causal attention has a backward on Flex only")
+    }
+}
+
+/// Causal attention as Burn ops (any backend's forward; the autodiff path differentiates
+/// the fused op only where the inner backend has the fused backward).
+fn causal_attention_reference<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
+    let dims = qkv.shape();
+    let [b, t, c3] = [dims[0], dims[1], dims[2]];
+    let (c, d) = (c3 / 3, c3 / 3 / heads);
+    let part = |i: usize| {
+        let x = B::float_slice(
+            qkv.clone(),
+            &[
+                burn::tensor::Slice::from(0..b),
+                burn::tensor::Slice::from(0..t),
+                burn::tensor::Slice::from(i * c..(i + 1) * c),
+            ],
+        );
+        let x = B::float_reshape(x, Shape::new([b, t, heads, d]));
+        B::float_swap_dims(x, 1, 2)
+    };
+    let (q, k, v) = (part(0), part(1), part(2));
+    let options = burn::tensor::ops::AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: true,
+    };
+    let y = burn::backend::ops::attention::attention_fallback::<B>(q, k, v, None, None, options);
+    B::float_reshape(B::float_swap_dims(y, 1, 2), Shape::new([b, t, c]))
 }
 
 /// Rows of a `[.., width]` tensor and the shape with its last dimension set to `last`.
@@ -159,6 +204,30 @@ impl KilnOps for Flex {
             (out as isize, 1),
         );
         FlexTensor::from_data(TensorData::new(g, [input, out]))
+    }
+    fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        let Some(qkv) = f32_values(&qkv) else {
+            return causal_attention_reference::<Flex>(qkv, heads);
+        };
+        let s = qkv.layout().shape();
+        let [b, t, c] = [s[0], s[1], s[2] / 3];
+        let y = attention::forward(qkv.storage::<f32>(), b, t, c, heads);
+        FlexTensor::from_data(TensorData::new(y, [b, t, c]))
+    }
+
+    fn kiln_causal_attention_backward(
+        qkv: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        let (qkv, grad) = (
+            f32_values(&qkv).expect("f32 attention input"),
+            f32_values(&grad).expect("f32 attention gradient"),
+        );
+        let s = qkv.layout().shape();
+        let [b, t, c] = [s[0], s[1], s[2] / 3];
+        let g = attention::backward(qkv.storage::<f32>(), grad.storage::<f32>(), b, t, c, heads);
+        FlexTensor::from_data(TensorData::new(g, [b, t, 3 * c]))
     }
 }
 
@@ -312,6 +381,44 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
             }
         }
     }
+
+    fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward {
+            heads: usize,
+        }
+
+        impl<B: Backend + KilnOps> Backward<B, 1> for AttentionBackward {
+            /// The packed projections.
+            type State = FloatTensor<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [parent] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                if let Some(node) = parent {
+                    let g = B::kiln_causal_attention_backward(ops.state, grad, self.heads);
+                    grads.register::<B>(node.id, g);
+                }
+            }
+        }
+
+        let op = AttentionBackward { heads };
+        match op.prepare::<C>([qkv.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let qkv = qkv.primitive().clone();
+                let y = B::kiln_causal_attention(qkv.clone(), heads);
+                prep.finish(qkv, y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::kiln_causal_attention(qkv.into_primitive(), heads))
+            }
+        }
+    }
 }
 
 /// A linear layer `x W + b` through [`KilnOps`]: kiln's gemm calls on Flex (one output
@@ -332,4 +439,262 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
 /// autodiff, backward), Burn's op elsewhere.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_gelu(x.into_dispatch()))
+}
+
+/// Causal self-attention over packed `[B, T, 3C]` projections, `heads` heads, through
+/// [`KilnOps`]: on Flex one fused pass per head forward and backward (scores and
+/// probabilities live in a per-head scratch buffer, recomputed in the backward rather than
+/// stored); call it only where [`fused_attention_available`] holds.
+pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_causal_attention(
+        qkv.into_dispatch(),
+        heads,
+    ))
+}
+
+/// Whether [`causal_attention`] has its fused forward and backward for tensors on `device`
+/// (Flex, with or without autodiff).
+pub fn fused_attention_available(device: &burn::prelude::Device) -> bool {
+    use burn::backend::DispatchDevice;
+    #[allow(unreachable_patterns)]
+    match device.as_dispatch() {
+        DispatchDevice::Flex(_) => true,
+        DispatchDevice::Autodiff(inner) => matches!(**inner, DispatchDevice::Flex(_)),
+        _ => false,
+    }
+}
+
+/// The fused causal attention kernels on host memory.
+mod attention {
+    use rayon::prelude::*;
+
+    /// A base pointer shared by tasks that write disjoint regions.
+    #[derive(Clone, Copy)]
+    struct Shared(*mut f32);
+    // SAFETY: every task writes its own head's columns only.
+    unsafe impl Send for Shared {}
+    unsafe impl Sync for Shared {}
+
+    /// `dst (rows, cols strides) = scale * lhs [m, k] @ rhs [k, n]`, single-threaded (the
+    /// caller parallelises over heads).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        dst: *mut f32,
+        (dst_rs, dst_cs): (isize, isize),
+        lhs: *const f32,
+        (lhs_rs, lhs_cs): (isize, isize),
+        rhs: *const f32,
+        (rhs_rs, rhs_cs): (isize, isize),
+        scale: f32,
+    ) {
+        // SAFETY: the caller guarantees the strided regions are in bounds.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst,
+                dst_cs,
+                dst_rs,
+                false,
+                lhs,
+                lhs_cs,
+                lhs_rs,
+                rhs,
+                rhs_cs,
+                rhs_rs,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+
+    /// Causal softmax probabilities of one head into `p` `[t, t]` (zeros above the diagonal).
+    unsafe fn probabilities(
+        q: *const f32,
+        k: *const f32,
+        t: usize,
+        d: usize,
+        row: isize,
+        p: &mut [f32],
+    ) {
+        let scale = 1.0 / (d as f32).sqrt();
+        // SAFETY: q and k address t rows of d values, `row` apart.
+        unsafe {
+            gemm(
+                t,
+                d,
+                t,
+                p.as_mut_ptr(),
+                (t as isize, 1),
+                q,
+                (row, 1),
+                k,
+                (1, row),
+                scale,
+            );
+        }
+        for (i, r) in p.chunks_exact_mut(t).enumerate() {
+            let (seen, future) = r.split_at_mut(i + 1);
+            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut sum = 0.0;
+            for v in seen.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            for v in seen.iter_mut() {
+                *v *= inv;
+            }
+            future.fill(0.0);
+        }
+    }
+
+    /// `y [b, t, c]` from `qkv [b, t, 3c]`.
+    pub(super) fn forward(qkv: &[f32], b: usize, t: usize, c: usize, heads: usize) -> Vec<f32> {
+        assert_eq!(qkv.len(), b * t * 3 * c);
+        let d = c / heads;
+        let mut y = vec![0.0f32; b * t * c];
+        let out = Shared(y.as_mut_ptr());
+        (0..b * heads).into_par_iter().for_each_init(
+            || vec![0.0f32; t * t],
+            |p, bh| {
+                let (bi, h) = (bh / heads, bh % heads);
+                let base = qkv[bi * t * 3 * c..].as_ptr();
+                // SAFETY: offsets stay inside this batch row's [t, 3c] block and this head's
+                // d columns of y's [t, c] block.
+                unsafe {
+                    let (q, k, v) = (
+                        base.add(h * d),
+                        base.add(c + h * d),
+                        base.add(2 * c + h * d),
+                    );
+                    let row = (3 * c) as isize;
+                    probabilities(q, k, t, d, row, p);
+                    let dst = out.0.add(bi * t * c + h * d);
+                    gemm(
+                        t,
+                        t,
+                        d,
+                        dst,
+                        (c as isize, 1),
+                        p.as_ptr(),
+                        (t as isize, 1),
+                        v,
+                        (row, 1),
+                        1.0,
+                    );
+                }
+            },
+        );
+        y
+    }
+
+    /// `dqkv [b, t, 3c]` from `qkv` and the output gradient `dy [b, t, c]`.
+    pub(super) fn backward(
+        qkv: &[f32],
+        dy: &[f32],
+        b: usize,
+        t: usize,
+        c: usize,
+        heads: usize,
+    ) -> Vec<f32> {
+        assert_eq!(qkv.len(), b * t * 3 * c);
+        assert_eq!(dy.len(), b * t * c);
+        let d = c / heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut g = vec![0.0f32; b * t * 3 * c];
+        let out = Shared(g.as_mut_ptr());
+        (0..b * heads).into_par_iter().for_each_init(
+            || (vec![0.0f32; t * t], vec![0.0f32; t * t]),
+            |(p, dp), bh| {
+                let (bi, h) = (bh / heads, bh % heads);
+                let base = qkv[bi * t * 3 * c..].as_ptr();
+                let dyb = dy[bi * t * c + h * d..].as_ptr();
+                let (row, yrow, tt) = ((3 * c) as isize, c as isize, t as isize);
+                // SAFETY: as in `forward`; each head writes its own d columns of the q, k and
+                // v blocks of this batch row of g.
+                unsafe {
+                    let (q, k, v) = (
+                        base.add(h * d),
+                        base.add(c + h * d),
+                        base.add(2 * c + h * d),
+                    );
+                    let gbase = out.0.add(bi * t * 3 * c);
+                    let (dq, dk, dv) = (
+                        gbase.add(h * d),
+                        gbase.add(c + h * d),
+                        gbase.add(2 * c + h * d),
+                    );
+                    probabilities(q, k, t, d, row, p);
+                    // dV = Pᵀ dY
+                    gemm(
+                        t,
+                        t,
+                        d,
+                        dv,
+                        (row, 1),
+                        p.as_ptr(),
+                        (1, tt),
+                        dyb,
+                        (yrow, 1),
+                        1.0,
+                    );
+                    // dP = dY Vᵀ
+                    gemm(
+                        t,
+                        d,
+                        t,
+                        dp.as_mut_ptr(),
+                        (tt, 1),
+                        dyb,
+                        (yrow, 1),
+                        v,
+                        (1, row),
+                        1.0,
+                    );
+                    // dS = P ∘ (dP − rowsum(dP ∘ P)), times the score scale.
+                    for (pr, dr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
+                        let s: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                        for (x, &pv) in dr.iter_mut().zip(pr) {
+                            *x = pv * (*x - s) * scale;
+                        }
+                    }
+                    // dQ = dS K, dK = dSᵀ Q
+                    gemm(
+                        t,
+                        t,
+                        d,
+                        dq,
+                        (row, 1),
+                        dp.as_ptr(),
+                        (tt, 1),
+                        k,
+                        (row, 1),
+                        1.0,
+                    );
+                    gemm(
+                        t,
+                        t,
+                        d,
+                        dk,
+                        (row, 1),
+                        dp.as_ptr(),
+                        (1, tt),
+                        q,
+                        (row, 1),
+                        1.0,
+                    );
+                }
+            },
+        );
+        g
+    }
 }

@@ -122,6 +122,17 @@ impl SelfAttention {
         let h = self.heads;
         let d = c / h;
         let qkv = crate::ops::linear(&self.qkv, x);
+        if matches!(mask, AttentionMask::Causal)
+            && cache.is_none()
+            && qkv.is_autodiff()
+            && crate::ops::fused_attention_available(&qkv.device())
+            && self.attn_drop.prob == 0.0
+        {
+            // Training on the host: kiln's fused attention, forward and backward, straight
+            // from the packed projections (no head split, score or mask tensors).
+            let y = crate::ops::causal_attention(qkv, h);
+            return self.resid_drop.forward(crate::ops::linear(&self.proj, y));
+        }
         let split = |i: usize| {
             qkv.clone()
                 .narrow(2, i * c, c)

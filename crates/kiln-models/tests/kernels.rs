@@ -267,3 +267,73 @@ fn linear_op_matches_burn_linear_values_and_gradients() {
         }
     }
 }
+
+/// kiln's fused causal attention (`ops::causal_attention`) gives the op-by-op form's outputs
+/// and its gradient with respect to the packed projections.
+#[test]
+fn fused_causal_attention_matches_op_by_op_values_and_gradients() {
+    use burn::prelude::Bool;
+    use burn::tensor::activation::softmax;
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    assert!(kiln_models::ops::fused_attention_available(&ad));
+    for (b, t, c, heads) in [(2, 7, 12, 3), (3, 33, 64, 4)] {
+        let d = c / heads;
+        let values: Vec<f32> = (0..b * t * 3 * c)
+            .map(|k| ((k * 7919) % 1009) as f32 / 300.0 - 1.6)
+            .collect();
+        let weights: Vec<f32> = (0..b * t * c)
+            .map(|k| ((k * 13) % 11) as f32 - 5.0)
+            .collect();
+        let w = Tensor::<3>::from_data(TensorData::new(weights, [b, t, c]), &ad);
+        let run = |fused: bool| {
+            let qkv = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, 3 * c]), &ad)
+                .require_grad();
+            let y = if fused {
+                kiln_models::ops::causal_attention(qkv.clone(), heads)
+            } else {
+                let part = |i: usize| {
+                    qkv.clone()
+                        .narrow(2, i * c, c)
+                        .reshape([b, t, heads, d])
+                        .swap_dims(1, 2)
+                };
+                let (q, k, v) = (part(0), part(1), part(2));
+                let att = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
+                let mask = Tensor::<2, Bool>::triu_mask([t, t], 1, &ad)
+                    .bool_not()
+                    .unsqueeze::<4>()
+                    .expand([b, heads, t, t]);
+                let att = softmax(att.mask_fill(mask, f32::NEG_INFINITY), 3);
+                att.matmul(v).swap_dims(1, 2).reshape([b, t, c])
+            };
+            let grads = (y.clone() * w.clone()).sum().backward();
+            let g = qkv
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            (y.into_data().try_to_vec::<f32>().unwrap(), g)
+        };
+        let (fy, fg) = run(true);
+        let (ry, rg) = run(false);
+        let diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert!(
+            diff(&fy, &ry) < 1e-5,
+            "[{b},{t},{c}]x{heads}: outputs differ by {}",
+            diff(&fy, &ry)
+        );
+        let scale = rg.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            diff(&fg, &rg) < 1e-5 * scale,
+            "[{b},{t},{c}]x{heads}: gradients differ by {} (scale {scale})",
+            diff(&fg, &rg)
+        );
+    }
+}
