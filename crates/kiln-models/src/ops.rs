@@ -475,6 +475,13 @@ mod attention {
     unsafe impl Send for Shared {}
     unsafe impl Sync for Shared {}
 
+    impl Shared {
+        /// The pointer (a method, so closures capture the `Sync` wrapper, not the field).
+        fn ptr(self) -> *mut f32 {
+            self.0
+        }
+    }
+
     /// `dst (rows, cols strides) = scale * lhs [m, k] @ rhs [k, n]`, single-threaded (the
     /// caller parallelises over heads).
     #[allow(clippy::too_many_arguments)]
@@ -578,7 +585,7 @@ mod attention {
                     );
                     let row = (3 * c) as isize;
                     probabilities(q, k, t, d, row, p);
-                    let dst = out.0.add(bi * t * c + h * d);
+                    let dst = out.ptr().add(bi * t * c + h * d);
                     gemm(
                         t,
                         t,
@@ -627,7 +634,7 @@ mod attention {
                         base.add(c + h * d),
                         base.add(2 * c + h * d),
                     );
-                    let gbase = out.0.add(bi * t * 3 * c);
+                    let gbase = out.ptr().add(bi * t * 3 * c);
                     let (dq, dk, dv) = (
                         gbase.add(h * d),
                         gbase.add(c + h * d),
