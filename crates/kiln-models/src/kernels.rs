@@ -98,6 +98,12 @@ pub fn gelu_in_place(values: &mut [f32]) {
     simd_dispatch!(gelu_loop(values: &mut [f32]));
 }
 
+/// GELU of `x` into `out`.
+pub fn gelu_into(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    simd_dispatch!(gelu_copy_loop(x: &[f32], out: &mut [f32]));
+}
+
 /// `grad * d gelu(x) / dx` (= `grad * (Φ(x) + x φ(x))`), elementwise into `out`.
 pub fn gelu_backward_into(x: &[f32], grad: &[f32], out: &mut [f32]) {
     assert!(x.len() == grad.len() && x.len() == out.len());
@@ -108,6 +114,13 @@ pub fn gelu_backward_into(x: &[f32], grad: &[f32], out: &mut [f32]) {
 fn gelu_loop(values: &mut [f32]) {
     for v in values.iter_mut() {
         *v = gelu_scalar(*v);
+    }
+}
+
+#[inline(always)]
+fn gelu_copy_loop(x: &[f32], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = gelu_scalar(x);
     }
 }
 

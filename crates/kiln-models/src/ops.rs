@@ -129,9 +129,10 @@ impl KilnOps for Flex {
             return <Flex as ActivationOps<Flex>>::gelu(x);
         };
         let shape = x.layout().shape().clone();
-        let mut out = x.storage::<f32>().to_vec();
+        let mut out = vec![0.0f32; shape.num_elements()];
         out.par_chunks_mut(CHUNK)
-            .for_each(crate::kernels::gelu_in_place);
+            .zip(x.storage::<f32>().par_chunks(CHUNK))
+            .for_each(|(o, x)| crate::kernels::gelu_into(x, o));
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
