@@ -454,7 +454,7 @@ pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 }
 
 /// Whether [`causal_attention`] has its fused forward and backward for tensors on `device`
-/// (Flex, with or without autodiff).
+/// (Flex, with or without autodiff; f32 tensors only — callers check the dtype).
 pub fn fused_attention_available(device: &burn::prelude::Device) -> bool {
     use burn::backend::DispatchDevice;
     #[allow(unreachable_patterns)]

@@ -125,6 +125,7 @@ impl SelfAttention {
         if matches!(mask, AttentionMask::Causal)
             && cache.is_none()
             && qkv.is_autodiff()
+            && qkv.dtype() == burn::tensor::DType::F32
             && crate::ops::fused_attention_available(&qkv.device())
             && self.attn_drop.prob == 0.0
         {
