@@ -15,7 +15,6 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::ops::ActivationOps;
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
 use burn::prelude::{Tensor, TensorData};
@@ -40,28 +39,19 @@ pub trait KilnOps: Backend {
 
     /// `x [.., in] @ w [in, out]`: a linear layer without its bias.
     fn kiln_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (rows, shape) = rows_of(&x.shape(), w.shape()[1]);
-        let x = Self::float_reshape(x, Shape::new([rows, w.shape()[0]]));
-        Self::float_reshape(Self::float_matmul(x, w), shape)
+        linear_reference::<Self>(x, w)
     }
 
     /// The input's gradient of [`KilnOps::kiln_linear`]: `grad [.., out] @ wᵀ`.
     fn kiln_linear_grad_input(grad: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (rows, shape) = rows_of(&grad.shape(), w.shape()[0]);
-        let grad = Self::float_reshape(grad, Shape::new([rows, w.shape()[1]]));
-        Self::float_reshape(Self::float_matmul(grad, Self::float_transpose(w)), shape)
+        linear_grad_input_reference::<Self>(grad, w)
     }
 
     /// The weight's gradient of [`KilnOps::kiln_linear`]: `xᵀ @ grad`, rows flattened.
     fn kiln_linear_grad_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let dims = x.shape();
-        let input = dims[dims.num_dims() - 1];
-        let rows = dims.num_elements() / input.max(1);
-        let x = Self::float_reshape(x, Shape::new([rows, input]));
-        let out = grad.shape()[grad.shape().num_dims() - 1];
-        let grad = Self::float_reshape(grad, Shape::new([rows, out]));
-        Self::float_matmul(Self::float_transpose(x), grad)
+        linear_grad_weight_reference::<Self>(x, grad)
     }
+
     /// Causal multi-head self-attention over packed projections: `qkv` is `[B, T, 3C]`
     /// (queries, keys, values side by side, `heads` heads of `C / heads` each); returns the
     /// heads' outputs merged back to `[B, T, C]`, ready for the output projection.
@@ -109,6 +99,37 @@ fn causal_attention_reference<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> 
     B::float_reshape(B::float_swap_dims(y, 1, 2), Shape::new([b, t, c]))
 }
 
+/// [`KilnOps::kiln_linear`] as Burn ops.
+fn linear_reference<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+    let (rows, shape) = rows_of(&x.shape(), w.shape()[1]);
+    let x = B::float_reshape(x, Shape::new([rows, w.shape()[0]]));
+    B::float_reshape(B::float_matmul(x, w), shape)
+}
+
+/// [`KilnOps::kiln_linear_grad_input`] as Burn ops.
+fn linear_grad_input_reference<B: Backend>(
+    grad: FloatTensor<B>,
+    w: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let (rows, shape) = rows_of(&grad.shape(), w.shape()[0]);
+    let grad = B::float_reshape(grad, Shape::new([rows, w.shape()[1]]));
+    B::float_reshape(B::float_matmul(grad, B::float_transpose(w)), shape)
+}
+
+/// [`KilnOps::kiln_linear_grad_weight`] as Burn ops.
+fn linear_grad_weight_reference<B: Backend>(
+    x: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let dims = x.shape();
+    let input = dims[dims.num_dims() - 1];
+    let rows = dims.num_elements() / input.max(1);
+    let x = B::float_reshape(x, Shape::new([rows, input]));
+    let out = grad.shape()[grad.shape().num_dims() - 1];
+    let grad = B::float_reshape(grad, Shape::new([rows, out]));
+    B::float_matmul(B::float_transpose(x), grad)
+}
+
 /// Rows of a `[.., width]` tensor and the shape with its last dimension set to `last`.
 fn rows_of(shape: &Shape, last: usize) -> (usize, Shape) {
     let d = shape.num_dims();
@@ -148,9 +169,10 @@ impl KilnOps for Flex {
             .for_each(|((o, x), g)| crate::kernels::gelu_backward_into(x, g, o));
         FlexTensor::from_data(TensorData::new(out, shape))
     }
+
     fn kiln_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (Some(xc), Some(wc)) = (contiguous_f32(&x), contiguous_f32(&w)) else {
-            return linear_fallback(x, w);
+        let (Some(xc), Some(wc)) = (f32_values(&x), f32_values(&w)) else {
+            return linear_reference::<Flex>(x, w);
         };
         let [input, out] = [wc.layout().shape()[0], wc.layout().shape()[1]];
         let (rows, shape) = rows_of(xc.layout().shape(), out);
@@ -167,8 +189,8 @@ impl KilnOps for Flex {
     }
 
     fn kiln_linear_grad_input(grad: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (Some(gc), Some(wc)) = (contiguous_f32(&grad), contiguous_f32(&w)) else {
-            return grad_input_fallback(grad, w);
+        let (Some(gc), Some(wc)) = (f32_values(&grad), f32_values(&w)) else {
+            return linear_grad_input_reference::<Flex>(grad, w);
         };
         let [input, out] = [wc.layout().shape()[0], wc.layout().shape()[1]];
         let (rows, shape) = rows_of(gc.layout().shape(), input);
@@ -186,8 +208,8 @@ impl KilnOps for Flex {
     }
 
     fn kiln_linear_grad_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (Some(xc), Some(gc)) = (contiguous_f32(&x), contiguous_f32(&grad)) else {
-            return grad_weight_fallback(x, grad);
+        let (Some(xc), Some(gc)) = (f32_values(&x), f32_values(&grad)) else {
+            return linear_grad_weight_reference::<Flex>(x, grad);
         };
         let xs = xc.layout().shape();
         let input = xs[xs.num_dims() - 1];
@@ -206,6 +228,7 @@ impl KilnOps for Flex {
         );
         FlexTensor::from_data(TensorData::new(g, [input, out]))
     }
+
     fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         let Some(qkv) = f32_values(&qkv) else {
             return causal_attention_reference::<Flex>(qkv, heads);
@@ -230,29 +253,6 @@ impl KilnOps for Flex {
         let g = attention::backward(qkv.storage::<f32>(), grad.storage::<f32>(), b, t, c, heads);
         FlexTensor::from_data(TensorData::new(g, [b, t, 3 * c]))
     }
-}
-
-/// Burn's ops for dtypes kiln's Flex kernels do not cover.
-fn linear_fallback(x: FlexTensor, w: FlexTensor) -> FlexTensor {
-    let (rows, shape) = rows_of(x.layout().shape(), w.layout().shape()[1]);
-    let x = Flex::float_reshape(x, Shape::new([rows, w.layout().shape()[0]]));
-    Flex::float_reshape(Flex::float_matmul(x, w), shape)
-}
-
-fn grad_input_fallback(grad: FlexTensor, w: FlexTensor) -> FlexTensor {
-    let (rows, shape) = rows_of(grad.layout().shape(), w.layout().shape()[0]);
-    let grad = Flex::float_reshape(grad, Shape::new([rows, w.layout().shape()[1]]));
-    Flex::float_reshape(Flex::float_matmul(grad, Flex::float_transpose(w)), shape)
-}
-
-fn grad_weight_fallback(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-    let xs = x.layout().shape().clone();
-    let input = xs[xs.num_dims() - 1];
-    let rows = xs.num_elements() / input.max(1);
-    let x = Flex::float_reshape(x, Shape::new([rows, input]));
-    let gs = grad.layout().shape().clone();
-    let grad = Flex::float_reshape(grad, Shape::new([rows, gs[gs.num_dims() - 1]]));
-    Flex::float_matmul(Flex::float_transpose(x), grad)
 }
 
 /// `dst [m, n] = lhs [m, k] @ rhs [k, n]` with element strides `(row, column)` for each
@@ -301,11 +301,6 @@ fn gemm_into(
     dst
 }
 
-/// Flex's f32 contiguous tensors as (values, shape), or `None` for another dtype.
-fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
-    f32_values(t)
-}
-
 impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
     fn kiln_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
@@ -341,6 +336,7 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::kiln_gelu(x.into_primitive())),
         }
     }
+
     fn kiln_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct LinearBackward;
