@@ -441,7 +441,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// Causal self-attention over packed `[B, T, 3C]` projections, `heads` heads, through
 /// [`KilnOps`]: on Flex one fused pass per head forward and backward (scores and
 /// probabilities live in a per-head scratch buffer, recomputed in the backward rather than
-/// stored); call it only where [`fused_attention_available`] holds.
+/// stored); call it only where [`on_flex`] holds.
 pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_causal_attention(
         qkv.into_dispatch(),
@@ -449,9 +449,10 @@ pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     ))
 }
 
-/// Whether [`causal_attention`] has its fused forward and backward for tensors on `device`
-/// (Flex, with or without autodiff; f32 tensors only — callers check the dtype).
-pub fn fused_attention_available(device: &burn::prelude::Device) -> bool {
+/// Whether `device` is Flex's (with or without autodiff): where kiln's host kernels and
+/// fused backwards ([`causal_attention`], the fused Adam) exist. f32 tensors only — callers
+/// check the dtype.
+pub fn on_flex(device: &burn::prelude::Device) -> bool {
     use burn::backend::DispatchDevice;
     #[allow(unreachable_patterns)]
     match device.as_dispatch() {

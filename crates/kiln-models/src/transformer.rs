@@ -126,7 +126,7 @@ impl SelfAttention {
             && cache.is_none()
             && qkv.is_autodiff()
             && qkv.dtype() == burn::tensor::DType::F32
-            && crate::ops::fused_attention_available(&qkv.device())
+            && crate::ops::on_flex(&qkv.device())
             && self.attn_drop.prob == 0.0
         {
             // Training on the host: kiln's fused attention, forward and backward, straight

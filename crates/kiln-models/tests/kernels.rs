@@ -276,7 +276,7 @@ fn fused_causal_attention_matches_op_by_op_values_and_gradients() {
     use burn::tensor::activation::softmax;
     let device = Device::flex();
     let ad = device.clone().autodiff();
-    assert!(kiln_models::ops::fused_attention_available(&ad));
+    assert!(kiln_models::ops::on_flex(&ad));
     for (b, t, c, heads) in [(2, 7, 12, 3), (3, 33, 64, 4)] {
         let d = c / heads;
         let values: Vec<f32> = (0..b * t * 3 * c)

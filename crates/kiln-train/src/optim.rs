@@ -98,16 +98,7 @@ impl ModuleMapper for Update<'_> {
 /// Whether `t` is an f32 tensor in host memory (Burn's Flex CPU backend), where kiln's fused
 /// host kernels apply.
 fn on_host(t: &Tensor<1>) -> bool {
-    use burn::backend::DispatchDevice;
-    if t.dtype() != burn::tensor::DType::F32 {
-        return false;
-    }
-    #[allow(unreachable_patterns)]
-    match t.device().as_dispatch() {
-        DispatchDevice::Flex(_) => true,
-        DispatchDevice::Autodiff(inner) => matches!(**inner, DispatchDevice::Flex(_)),
-        _ => false,
-    }
+    t.dtype() == burn::tensor::DType::F32 && kiln_models::ops::on_flex(&t.device())
 }
 
 impl Optimizer {

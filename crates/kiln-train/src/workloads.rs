@@ -17,7 +17,7 @@ use std::time::Instant;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::{Device, Int, Tensor, TensorData};
 use burn::tensor::FloatDType;
-use kiln_config::{Activation, ConvLayer, ModelKind, OptimizerKind};
+use kiln_config::{Activation, ConvLayer, ModelKind, OptimizerKind, TrainerConfig};
 use kiln_data::{InputShape, Target};
 use kiln_models::{Gpt, GptConfig, Inputs, ModelSpec, Network};
 use kiln_rng::SplitMix64;
@@ -37,17 +37,12 @@ pub struct StepRun {
     pub losses: Vec<f64>,
 }
 
-/// Adam or AdamW with PyTorch's defaults and the given weight decay.
+/// Adam or AdamW with PyTorch's defaults (kiln's trainer defaults) and the given weight decay.
 pub fn adam(kind: OptimizerKind, weight_decay: f64) -> Optimizer {
     Optimizer::new(OptimizerSettings {
         kind,
-        momentum: 0.0,
-        nesterov: false,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        alpha: 0.99,
         weight_decay,
+        ..OptimizerSettings::from(&TrainerConfig::default())
     })
 }
 
