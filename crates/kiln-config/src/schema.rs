@@ -599,6 +599,33 @@ pub struct TextConfig {
     pub lowercase: bool,
     /// Fraction of the corpus (its end) held out for validation.
     pub val_fraction: f64,
+    /// Which tokens of a text longer than `model.context` a text feature keeps.
+    pub truncation: Truncation,
+}
+
+/// Which tokens of a text longer than the model's context a text feature keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// The first tokens.
+    #[default]
+    Head,
+    /// The last tokens.
+    Tail,
+    /// The first quarter of the context from the start, the rest from the end (Sun et al.
+    /// 2019, "How to Fine-Tune BERT for Text Classification": 128 + 382 of 512 was best).
+    HeadTail,
+}
+
+impl Truncation {
+    /// How many of `max` kept tokens come from the start of a long text.
+    pub fn head_tokens(self, max: usize) -> usize {
+        match self {
+            Truncation::Head => max,
+            Truncation::Tail => 0,
+            Truncation::HeadTail => max / 4,
+        }
+    }
 }
 
 impl Default for TextConfig {
@@ -608,6 +635,7 @@ impl Default for TextConfig {
             vocab_size: 2000,
             lowercase: false,
             val_fraction: 0.1,
+            truncation: Truncation::Head,
         }
     }
 }

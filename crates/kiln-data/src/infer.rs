@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use kiln_config::{
     BadRows, CategoricalEncoding, Config, FeatureType, MissingStrategy, ModelKind, Normalization,
-    Task,
+    Task, Truncation,
 };
 use kiln_text::TokenizerKind;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,9 @@ pub struct ColumnPlan {
     /// Lowercase a text feature before tokenizing.
     #[serde(default)]
     pub lowercase: bool,
+    /// Which tokens of a long text are kept.
+    #[serde(default)]
+    pub truncation: Truncation,
 }
 
 /// The resolved roles of all columns.
@@ -285,6 +288,7 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
                 0
             },
             lowercase: kind == FeatureType::Text && config.text.lowercase,
+            truncation: config.text.truncation,
         });
     }
     if features.is_empty() {

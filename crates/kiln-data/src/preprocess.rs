@@ -72,8 +72,12 @@ pub enum FeatureTransform {
         tokenizer: String,
         /// Token table size of the model: the tokenizer's vocabulary + 1 for padding.
         vocab_size: usize,
-        /// Longest sequence kept; longer texts keep their first `max_tokens` tokens.
+        /// Longest sequence kept.
         max_tokens: usize,
+        /// How many of the `max_tokens` kept of a longer text come from its start (the rest
+        /// come from its end); absent in older runs, which kept the start only.
+        #[serde(default)]
+        head_tokens: Option<usize>,
         /// Drop rows with missing text (training only); otherwise missing text is empty.
         drop_missing: bool,
     },
@@ -585,6 +589,7 @@ impl Preprocessor {
                         tokenizer: json,
                         vocab_size: tokenizer.vocab_size() + 1,
                         max_tokens: plan.max_tokens.max(1),
+                        head_tokens: Some(plan.truncation.head_tokens(plan.max_tokens.max(1))),
                         drop_missing,
                     }
                 }
@@ -1011,6 +1016,7 @@ impl Preprocessor {
                     FeatureTransform::Text {
                         name,
                         max_tokens,
+                        head_tokens,
                         drop_missing,
                         ..
                     } => {
@@ -1026,14 +1032,17 @@ impl Preprocessor {
                             }
                         };
                         let tokenizer = tokenizer.as_ref().expect("built for text features");
-                        let (ids, truncated) =
-                            tokenizer.encode_head(&text, *max_tokens).map_err(|e| {
-                                DataError::BadValue {
-                                    path: table.origin.clone(),
-                                    line: table.lines[r],
-                                    column: name.clone(),
-                                    message: e.to_string(),
-                                }
+                        let (ids, truncated) = tokenizer
+                            .encode_head_tail(
+                                &text,
+                                *max_tokens,
+                                head_tokens.unwrap_or(*max_tokens),
+                            )
+                            .map_err(|e| DataError::BadValue {
+                                path: table.origin.clone(),
+                                line: table.lines[r],
+                                column: name.clone(),
+                                message: e.to_string(),
                             })?;
                         out.texts_truncated += usize::from(truncated);
                         row_tokens.extend(ids.iter().map(|&id| id + 1));

@@ -179,7 +179,7 @@ impl Network {
                 };
                 let mut img: Tensor<4> = x.reshape([batch, channels, height, width]);
                 for block in &self.convs {
-                    img = block.conv.forward(img);
+                    img = crate::ops::conv2d(&block.conv, img);
                     if let Some(norm) = &block.norm {
                         img = norm.forward(img);
                     }

@@ -14,12 +14,15 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{Flex, FlexTensor};
-use burn::backend::ops::ActivationOps;
+use burn::backend::ops::{ActivationOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
 use burn::prelude::{Tensor, TensorData};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
+
+mod conv;
 
 /// Elements per rayon task: large enough that scheduling is noise.
 const CHUNK: usize = 1 << 15;
@@ -50,6 +53,46 @@ pub trait KilnOps: Backend {
     /// The weight's gradient of [`KilnOps::kiln_linear`]: `xᵀ @ grad`, rows flattened.
     fn kiln_linear_grad_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         linear_grad_weight_reference::<Self>(x, grad)
+    }
+
+    /// 2-D convolution of `x` `[B, Cin, H, W]` with `w` `[Cout, Cin / groups, kh, kw]`, no
+    /// bias.
+    fn kiln_conv2d(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d(x, w, None, options)
+    }
+
+    /// The input's and the weight's gradients of [`KilnOps::kiln_conv2d`] given the output's
+    /// gradient `grad`.
+    fn kiln_conv2d_grads(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let dx = <Self as ModuleOps<Self>>::conv2d_x_backward(
+            x.clone(),
+            w.clone(),
+            grad.clone(),
+            options.clone(),
+        );
+        (
+            dx,
+            <Self as ModuleOps<Self>>::conv2d_weight_backward(x, w, grad, options),
+        )
+    }
+
+    /// The weight's gradient of [`KilnOps::kiln_conv2d`] alone (the input is a constant).
+    fn kiln_conv2d_grad_weight(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d_weight_backward(x, w, grad, options)
     }
 
     /// Causal multi-head self-attention over packed projections: `qkv` is `[B, T, 3C]`
@@ -144,6 +187,42 @@ fn f32_values(t: &FlexTensor) -> Option<FlexTensor> {
     (t.dtype() == DType::F32).then(|| t.to_contiguous())
 }
 
+/// [`KilnOps::kiln_conv2d_grads`] as Burn ops.
+fn conv2d_grads_reference<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    options: ConvOptions<2>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let dx = B::conv2d_x_backward(x.clone(), w.clone(), grad.clone(), options.clone());
+    (dx, B::conv2d_weight_backward(x, w, grad, options))
+}
+
+/// The sizes of a convolution kiln's kernels handle (one group), from the operands' shapes.
+fn conv_geometry(x: &Shape, w: &Shape, options: &ConvOptions<2>) -> Option<conv::Geometry> {
+    if options.groups != 1 || x.num_dims() != 4 || w.num_dims() != 4 || x[1] != w[1] {
+        return None;
+    }
+    let out = |i: usize| {
+        let (begin, end) = options.padding[i];
+        let span = options.dilation[i] * (w[2 + i] - 1) + 1;
+        let padded = x[2 + i] + begin + end;
+        (padded >= span).then(|| (padded - span) / options.stride[i] + 1)
+    };
+    Some(conv::Geometry {
+        batch: x[0],
+        channels_in: x[1],
+        height: x[2],
+        width: x[3],
+        channels_out: w[0],
+        kernel: [w[2], w[3]],
+        stride: options.stride,
+        padding: [options.padding[0].0, options.padding[1].0],
+        dilation: options.dilation,
+        out: [out(0)?, out(1)?],
+    })
+}
+
 impl KilnOps for Flex {
     fn kiln_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let Some(x) = f32_values(&x) else {
@@ -227,6 +306,76 @@ impl KilnOps for Flex {
             (out as isize, 1),
         );
         FlexTensor::from_data(TensorData::new(g, [input, out]))
+    }
+
+    fn kiln_conv2d(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let (Some(xc), Some(wc)) = (f32_values(&x), f32_values(&w)) else {
+            return <Flex as ModuleOps<Flex>>::conv2d(x, w, None, options);
+        };
+        let Some(g) = conv_geometry(xc.layout().shape(), wc.layout().shape(), &options) else {
+            return <Flex as ModuleOps<Flex>>::conv2d(x, w, None, options);
+        };
+        let y = conv::forward(&g, xc.storage::<f32>(), wc.storage::<f32>());
+        FlexTensor::from_data(TensorData::new(
+            y,
+            [g.batch, g.channels_out, g.out[0], g.out[1]],
+        ))
+    }
+
+    fn kiln_conv2d_grads(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (Some(xc), Some(wc), Some(gc)) = (f32_values(&x), f32_values(&w), f32_values(&grad))
+        else {
+            return conv2d_grads_reference::<Flex>(x, w, grad, options);
+        };
+        let Some(g) = conv_geometry(xc.layout().shape(), wc.layout().shape(), &options) else {
+            return conv2d_grads_reference::<Flex>(x, w, grad, options);
+        };
+        let (dx, dw) = conv::backward(
+            &g,
+            xc.storage::<f32>(),
+            wc.storage::<f32>(),
+            gc.storage::<f32>(),
+            true,
+        );
+        (
+            FlexTensor::from_data(TensorData::new(
+                dx.expect("asked for the input's gradient"),
+                xc.layout().shape().clone(),
+            )),
+            FlexTensor::from_data(TensorData::new(dw, wc.layout().shape().clone())),
+        )
+    }
+
+    fn kiln_conv2d_grad_weight(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let (Some(xc), Some(wc), Some(gc)) = (f32_values(&x), f32_values(&w), f32_values(&grad))
+        else {
+            return <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x, w, grad, options);
+        };
+        let Some(g) = conv_geometry(xc.layout().shape(), wc.layout().shape(), &options) else {
+            return <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x, w, grad, options);
+        };
+        let (_, dw) = conv::backward(
+            &g,
+            xc.storage::<f32>(),
+            wc.storage::<f32>(),
+            gc.storage::<f32>(),
+            false,
+        );
+        FlexTensor::from_data(TensorData::new(dw, wc.layout().shape().clone()))
     }
 
     fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
@@ -379,6 +528,69 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
         }
     }
 
+    fn kiln_conv2d(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Conv2dBackward {
+            options: ConvOptions<2>,
+        }
+
+        impl<B: Backend + KilnOps> Backward<B, 2> for Conv2dBackward {
+            /// The forward input and weight.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_w] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, w) = ops.state;
+                match (node_x, node_w) {
+                    (Some(nx), Some(nw)) => {
+                        let (dx, dw) = B::kiln_conv2d_grads(x, w, grad, self.options);
+                        grads.register::<B>(nx.id, dx);
+                        grads.register::<B>(nw.id, dw);
+                    }
+                    (None, Some(nw)) => {
+                        let dw = B::kiln_conv2d_grad_weight(x, w, grad, self.options);
+                        grads.register::<B>(nw.id, dw);
+                    }
+                    (Some(nx), None) => {
+                        let dx = B::conv2d_x_backward(x, w, grad, self.options);
+                        grads.register::<B>(nx.id, dx);
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+
+        let op = Conv2dBackward {
+            options: options.clone(),
+        };
+        match op
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, w) = (x.primitive().clone(), w.primitive().clone());
+                let y = B::kiln_conv2d(x.clone(), w.clone(), options);
+                prep.finish((x, w), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::kiln_conv2d(
+                x.into_primitive(),
+                w.into_primitive(),
+                options,
+            )),
+        }
+    }
+
     fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AttentionBackward {
@@ -428,6 +640,33 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
     ));
     match &layer.bias {
         Some(bias) => y + bias.val().unsqueeze(),
+        None => y,
+    }
+}
+
+/// A 2-D convolution layer through [`KilnOps`]: on Flex (f32, one group) an im2col matrix
+/// per sample in cache and one gemm call per sample, forward and backward (no im2col tensor
+/// for the batch, no transposed convolution for the input's gradient); Burn's conv
+/// elsewhere. The bias is added with Burn's broadcasting add.
+pub fn conv2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let padding = match &layer.padding {
+        burn::nn::PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        burn::nn::PaddingConfig2d::Explicit(top, left, bottom, right) => {
+            [(*top, *bottom), (*left, *right)]
+        }
+        _ => return layer.forward(x),
+    };
+    let options = ConvOptions::new_with_padding(layer.stride, padding, layer.dilation, layer.groups);
+    let y = Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_conv2d(
+        x.into_dispatch(),
+        layer.weight.val().into_dispatch(),
+        options,
+    ));
+    match &layer.bias {
+        Some(bias) => {
+            let [c] = bias.val().dims();
+            y + bias.val().reshape([1, c, 1, 1])
+        }
         None => y,
     }
 }

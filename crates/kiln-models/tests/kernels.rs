@@ -268,6 +268,104 @@ fn linear_op_matches_burn_linear_values_and_gradients() {
     }
 }
 
+/// kiln's convolution (`ops::conv2d`) gives Burn's `Conv2d` outputs and gradients (input,
+/// weight, bias) over strides, padding, dilation, 1×1 kernels, one sample and many, and with
+/// the input a constant (the first layer of a network).
+#[test]
+fn conv2d_op_matches_burn_conv_values_and_gradients() {
+    use burn::module::Module;
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let to_vec = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    // Tolerance relative to the largest value; the weight's gradient sums over every output
+    // position of the batch (36 864 products in the largest case), so it gets more.
+    let close_within = |tol: f32, what: &str, a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d <= tol * scale, "{what}: differs by {d} (scale {scale})");
+    };
+    let close = |what: &str, a: &[f32], b: &[f32]| close_within(2e-5, what, a, b);
+    // (batch, [cin, h, w], cout, kernel, stride, padding (top, left, bottom, right), dilation,
+    //  input tracked)
+    let cases = [
+        (5, [1, 28, 28], 8, [3, 3], [1, 1], (0, 0, 0, 0), [1, 1], false),
+        (4, [3, 12, 10], 6, [3, 3], [1, 1], (0, 0, 0, 0), [1, 1], true),
+        (3, [2, 9, 11], 4, [3, 2], [2, 3], (1, 2, 0, 1), [1, 1], true),
+        (1, [4, 10, 10], 5, [3, 3], [1, 1], (1, 1, 1, 1), [2, 2], true),
+        (6, [8, 5, 7], 3, [1, 1], [1, 1], (0, 0, 0, 0), [1, 1], true),
+        (2, [3, 8, 8], 4, [5, 5], [1, 2], (2, 2, 2, 2), [1, 1], true),
+        (64, [32, 26, 26], 64, [3, 3], [1, 1], (0, 0, 0, 0), [1, 1], true),
+    ];
+    for (b, [ci, h, w], co, kernel, stride, (top, left, bottom, right), dilation, tracked) in
+        cases
+    {
+        device.seed(11);
+        let layer = Conv2dConfig::new([ci, co], kernel)
+            .with_stride(stride)
+            .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
+            .with_dilation(dilation)
+            .init(&ad);
+        let values: Vec<f32> = (0..b * ci * h * w)
+            .map(|k| ((k * 37) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let x = Tensor::<4>::from_data(TensorData::new(values.clone(), [b, ci, h, w]), &ad);
+        let out_dims = layer.forward(x.clone()).dims();
+        let w_out: Vec<f32> = (0..out_dims.iter().product::<usize>())
+            .map(|k| (k % 7) as f32 - 3.0)
+            .collect();
+        let w_out = Tensor::<4>::from_data(TensorData::new(w_out, out_dims), &ad);
+        let run = |kiln: bool| {
+            let x = if tracked {
+                x.clone().require_grad()
+            } else {
+                x.clone()
+            };
+            let y = if kiln {
+                kiln_models::ops::conv2d(&layer, x.clone())
+            } else {
+                layer.forward(x.clone())
+            };
+            let grads = (y.clone() * w_out.clone()).sum().backward();
+            let gx = x.grad(&grads).map(to_vec);
+            let gw = to_vec(layer.weight.grad(&grads).unwrap());
+            let gb = layer
+                .bias
+                .as_ref()
+                .map(|p| p.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap());
+            (to_vec(y), gx, gw, gb)
+        };
+        let (ky, kx, kw, kb) = run(true);
+        let (by, bx, bw, bb) = run(false);
+        let what = format!(
+            "[{b},{ci},{h},{w}] -> {co}, kernel {kernel:?}, stride {stride:?}, \
+             padding {:?}, dilation {dilation:?}",
+            (top, left, bottom, right)
+        );
+        close(&format!("{what}: output"), &ky, &by);
+        assert_eq!(kx.is_some(), tracked, "{what}: input gradient present");
+        if let (Some(kx), Some(bx)) = (kx, bx) {
+            close(&format!("{what}: input gradient"), &kx, &bx);
+        }
+        close_within(1e-4, &format!("{what}: weight gradient"), &kw, &bw);
+        close_within(1e-4, &format!("{what}: bias gradient"), &kb.unwrap(), &bb.unwrap());
+        // Without autodiff too.
+        let plain = layer.valid();
+        let x = Tensor::<4>::from_data(TensorData::new(values, [b, ci, h, w]), &device);
+        close(
+            &format!("{what}: inference"),
+            &to_vec(kiln_models::ops::conv2d(&plain, x.clone())),
+            &to_vec(plain.forward(x)),
+        );
+    }
+}
+
 /// kiln's fused causal attention (`ops::causal_attention`) gives the op-by-op form's outputs
 /// and its gradient with respect to the packed projections.
 #[test]

@@ -159,6 +159,34 @@ fn encode_head_keeps_the_same_first_tokens_as_a_full_encode() {
 }
 
 #[test]
+fn encode_head_tail_keeps_both_ends_of_a_full_encode() {
+    let words = [
+        "spam", "offer", "free", "money", "meeting", "notes", "日本", "新年", "\n", "  ",
+    ];
+    let mut rng = SplitMix64::new(6);
+    let text: String = (0..3000)
+        .map(|_| format!("{} ", words[rng.below(words.len())]))
+        .collect();
+    for tk in [
+        TextTokenizer::train_bpe(&[&text], 300).unwrap(),
+        TextTokenizer::build(&kiln_text::TokenizerKind::Char, &[&text]).unwrap(),
+    ] {
+        let full = tk.encode(&text).unwrap();
+        for (max, head) in [(64, 16), (256, 64), (7, 0), (9, 9), (300, 299), (1, 0)] {
+            let (ids, truncated) = tk.encode_head_tail(&text, max, head).unwrap();
+            let mut want = full[..head].to_vec();
+            want.extend_from_slice(&full[full.len() - (max - head)..]);
+            assert_eq!(ids, want, "max {max} head {head}");
+            assert!(truncated);
+        }
+        // A short text is kept whole, whatever the split.
+        let (all, truncated) = tk.encode_head_tail("free money", 64, 16).unwrap();
+        assert_eq!(all, tk.encode("free money").unwrap());
+        assert!(!truncated);
+    }
+}
+
+#[test]
 fn lowercase_tokenizers_read_upper_and_lower_case_alike() {
     use kiln_text::TokenizerKind;
     let text = "Free MONEY now, free money later. Meeting Notes.";

@@ -74,7 +74,7 @@ pub struct DataSummary {
     pub missing_target_dropped: usize,
     /// Unknown categories met in validation/test, by column.
     pub unknown_categories: BTreeMap<String, usize>,
-    /// Texts longer than `model.context` tokens (cut to their start), over all splits.
+    /// Texts longer than `model.context` tokens (cut as `text.truncation` says), over all splits.
     pub texts_truncated: usize,
     /// Columns not used, with the reason.
     pub ignored_columns: Vec<(String, String)>,

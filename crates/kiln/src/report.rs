@@ -240,9 +240,20 @@ pub(crate) fn write_report(
     );
     if d.texts_truncated > 0 {
         let rows = d.train_rows + d.validation_rows + d.test_rows;
+        let kept = match config.text.truncation {
+            kiln_config::Truncation::Head => "their start kept".to_string(),
+            kiln_config::Truncation::Tail => "their end kept".to_string(),
+            kiln_config::Truncation::HeadTail => {
+                let head = config.text.truncation.head_tokens(config.model.context);
+                format!(
+                    "their first {head} and last {} tokens kept",
+                    config.model.context - head
+                )
+            }
+        };
         let _ = writeln!(
             text,
-            "text: {} of {} texts longer than model.context tokens, cut to their start",
+            "text: {} of {} texts longer than model.context tokens, {kept}",
             d.texts_truncated, rows
         );
     }

@@ -1,0 +1,344 @@
+//! Host kernels for 2-D convolution (f32, NCHW, one group) and its gradients.
+//!
+//! One sample at a time: its im2col matrix `[Cin·kh·kw, Hout·Wout]` is built in a per-thread
+//! scratch buffer small enough to stay in cache, then one gemm call does the sample's product;
+//! samples are spread over rayon's threads (gemm itself runs multi-threaded only when there
+//! are fewer samples than threads). The backward builds the same matrix once per sample for
+//! both products: the weight's gradient accumulates in a per-thread buffer (summed at the
+//! end), and the input's gradient is the im2col matrix's gradient scattered back (col2im) into
+//! the sample's own slice. A 1×1, stride-1, unpadded convolution reads the input directly.
+
+use rayon::prelude::*;
+
+/// The sizes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Geometry {
+    pub batch: usize,
+    pub channels_in: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels_out: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    /// Padding before the first row and column (the end padding only shapes the output).
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub out: [usize; 2],
+}
+
+impl Geometry {
+    /// Rows of the im2col matrix: `Cin·kh·kw`.
+    fn patch(&self) -> usize {
+        self.channels_in * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Output positions per channel.
+    fn positions(&self) -> usize {
+        self.out[0] * self.out[1]
+    }
+
+    fn input_len(&self) -> usize {
+        self.channels_in * self.height * self.width
+    }
+
+    fn output_len(&self) -> usize {
+        self.channels_out * self.positions()
+    }
+
+    /// Whether the im2col matrix is the input itself.
+    fn pointwise(&self) -> bool {
+        self.kernel == [1, 1]
+            && self.stride == [1, 1]
+            && self.padding == [0, 0]
+            && self.out == [self.height, self.width]
+    }
+
+    /// The output columns `ox` whose input column `ox·stride + offset` lies inside the row.
+    fn valid_columns(&self, offset: isize) -> std::ops::Range<usize> {
+        let (s, w) = (self.stride[1] as isize, self.width as isize);
+        let ow = self.out[1] as isize;
+        // ox·s + offset >= 0  <=>  ox >= ceil(-offset / s)
+        let lo = if offset >= 0 { 0 } else { (-offset + s - 1) / s };
+        // ox·s + offset <= w - 1  <=>  ox <= floor((w - 1 - offset) / s)
+        let hi = if w - 1 - offset < 0 {
+            0
+        } else {
+            (w - 1 - offset) / s + 1
+        };
+        let (lo, hi) = (lo.min(ow), hi.min(ow));
+        lo as usize..hi.max(lo) as usize
+    }
+
+    /// The input row read by output row `oy` at kernel row `ky`, if inside the image.
+    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        let iy = (oy * self.stride[0] + ky * self.dilation[0]) as isize - self.padding[0] as isize;
+        (0..self.height as isize).contains(&iy).then_some(iy as usize)
+    }
+
+    /// Input column offset of kernel column `kx`: input column = `ox·stride + offset`.
+    fn column_offset(&self, kx: usize) -> isize {
+        (kx * self.dilation[1]) as isize - self.padding[1] as isize
+    }
+}
+
+/// The im2col matrix of one sample `x` `[Cin, H, W]` into `col` `[Cin·kh·kw, Hout·Wout]`.
+fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
+    let [kh, kw] = g.kernel;
+    let [oh, ow] = g.out;
+    let n = g.positions();
+    let mut rows = col.chunks_exact_mut(n);
+    for ci in 0..g.channels_in {
+        let plane = &x[ci * g.height * g.width..][..g.height * g.width];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let dst = rows.next().expect("one row per (ci, ky, kx)");
+                let offset = g.column_offset(kx);
+                let valid = g.valid_columns(offset);
+                for oy in 0..oh {
+                    let out = &mut dst[oy * ow..][..ow];
+                    let Some(iy) = g.input_row(oy, ky) else {
+                        out.fill(0.0);
+                        continue;
+                    };
+                    let src = &plane[iy * g.width..][..g.width];
+                    out[..valid.start].fill(0.0);
+                    out[valid.end..].fill(0.0);
+                    if g.stride[1] == 1 {
+                        let from = (valid.start as isize + offset) as usize;
+                        out[valid.clone()].copy_from_slice(&src[from..from + valid.len()]);
+                    } else {
+                        for ox in valid.clone() {
+                            out[ox] = src[(ox as isize * g.stride[1] as isize + offset) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds `col`'s entries into the input positions they were read
+/// from (`dx` `[Cin, H, W]`, zeroed by the caller).
+fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
+    let [kh, kw] = g.kernel;
+    let [oh, ow] = g.out;
+    let n = g.positions();
+    let mut rows = col.chunks_exact(n);
+    for ci in 0..g.channels_in {
+        let plane = &mut dx[ci * g.height * g.width..][..g.height * g.width];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let src = rows.next().expect("one row per (ci, ky, kx)");
+                let offset = g.column_offset(kx);
+                let valid = g.valid_columns(offset);
+                for oy in 0..oh {
+                    let Some(iy) = g.input_row(oy, ky) else {
+                        continue;
+                    };
+                    let from = &src[oy * ow..][..ow];
+                    let dst = &mut plane[iy * g.width..][..g.width];
+                    if g.stride[1] == 1 {
+                        let start = (valid.start as isize + offset) as usize;
+                        for (d, s) in dst[start..start + valid.len()]
+                            .iter_mut()
+                            .zip(&from[valid.clone()])
+                        {
+                            *d += s;
+                        }
+                    } else {
+                        for ox in valid.clone() {
+                            dst[(ox as isize * g.stride[1] as isize + offset) as usize] += from[ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst [m, n] (= or +=) lhs [m, k] @ rhs [k, n]`, strides `(row, column)` in elements.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    [m, k, n]: [usize; 3],
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (isize, isize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (isize, isize),
+    parallel: bool,
+) {
+    debug_assert!(dst.len() >= m * n);
+    let parallelism = if parallel && m * n * k >= 128 * 128 * 128 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: callers pass operands holding every element their strides reach, and a
+    // row-major `dst` of at least `m * n` elements.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Samples per rayon task, and whether gemm should parallelise inside a task instead.
+fn split(batch: usize) -> (usize, bool) {
+    let threads = rayon::current_num_threads().max(1);
+    if batch < threads {
+        (batch.max(1), true)
+    } else {
+        (batch.div_ceil(threads), false)
+    }
+}
+
+/// The convolution of `x` `[B, Cin, H, W]` with `w` `[Cout, Cin, kh, kw]`, no bias:
+/// `[B, Cout, Hout, Wout]`.
+pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (k, n) = (g.patch(), g.positions());
+    let mut out = vec![0.0f32; g.batch * g.output_len()];
+    let (per, parallel) = split(g.batch);
+    out.par_chunks_mut(per * g.output_len())
+        .zip(x.par_chunks(per * g.input_len()))
+        .for_each(|(out, x)| {
+            let mut col = if g.pointwise() {
+                Vec::new()
+            } else {
+                vec![0.0f32; k * n]
+            };
+            for (out, x) in out
+                .chunks_exact_mut(g.output_len())
+                .zip(x.chunks_exact(g.input_len()))
+            {
+                let src: &[f32] = if g.pointwise() {
+                    x
+                } else {
+                    im2col(g, x, &mut col);
+                    &col
+                };
+                gemm(
+                    [g.channels_out, k, n],
+                    out,
+                    false,
+                    w,
+                    (k as isize, 1),
+                    src,
+                    (n as isize, 1),
+                    parallel,
+                );
+            }
+        });
+    out
+}
+
+/// The gradients of [`forward`] given the output's gradient `grad`: the input's (when
+/// `input_grad`) and the weight's `[Cout, Cin, kh, kw]`.
+pub(super) fn backward(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    grad: &[f32],
+    input_grad: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let (k, n) = (g.patch(), g.positions());
+    let (per, parallel) = split(g.batch);
+    let task = |first: usize, dx: Option<&mut [f32]>| -> Vec<f32> {
+        let samples = per.min(g.batch - first);
+        let mut dw = vec![0.0f32; g.channels_out * k];
+        let mut col = if g.pointwise() {
+            Vec::new()
+        } else {
+            vec![0.0f32; k * n]
+        };
+        let mut dcol = if input_grad && !g.pointwise() {
+            vec![0.0f32; k * n]
+        } else {
+            Vec::new()
+        };
+        let mut dx = dx.map(|d| d.chunks_exact_mut(g.input_len()));
+        for s in first..first + samples {
+            let xs = &x[s * g.input_len()..][..g.input_len()];
+            let gs = &grad[s * g.output_len()..][..g.output_len()];
+            let src: &[f32] = if g.pointwise() {
+                xs
+            } else {
+                im2col(g, xs, &mut col);
+                &col
+            };
+            // dW [Cout, k] += grad_s [Cout, n] @ colᵀ [n, k].
+            gemm(
+                [g.channels_out, n, k],
+                &mut dw,
+                true,
+                gs,
+                (n as isize, 1),
+                src,
+                (1, n as isize),
+                parallel,
+            );
+            if let Some(dx) = dx.as_mut().and_then(Iterator::next) {
+                // dcol [k, n] = wᵀ [k, Cout] @ grad_s [Cout, n], scattered back into dx.
+                let product = |target: &mut [f32]| {
+                    gemm(
+                        [k, g.channels_out, n],
+                        target,
+                        false,
+                        w,
+                        (1, k as isize),
+                        gs,
+                        (n as isize, 1),
+                        parallel,
+                    )
+                };
+                if g.pointwise() {
+                    product(dx);
+                } else {
+                    product(&mut dcol);
+                    col2im(g, &dcol, dx);
+                }
+            }
+        }
+        dw
+    };
+    let sum = |mut a: Vec<f32>, b: Vec<f32>| {
+        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+        a
+    };
+    let tasks = g.batch.div_ceil(per);
+    if input_grad {
+        let mut dx = vec![0.0f32; g.batch * g.input_len()];
+        let dw = dx
+            .par_chunks_mut(per * g.input_len())
+            .enumerate()
+            .map(|(t, d)| task(t * per, Some(d)))
+            .reduce_with(sum)
+            .unwrap_or_else(|| vec![0.0; g.channels_out * k]);
+        (Some(dx), dw)
+    } else {
+        let dw = (0..tasks)
+            .into_par_iter()
+            .map(|t| task(t * per, None))
+            .reduce_with(sum)
+            .unwrap_or_else(|| vec![0.0; g.channels_out * k]);
+        (None, dw)
+    }
+}
