@@ -184,6 +184,10 @@ impl Network {
                         img = norm.forward(img);
                     }
                     match &block.pool {
+                        // One pass each way (kiln's op; ReLU commutes with the max).
+                        Some(_) if self.activation == Activation::Relu => {
+                            img = crate::ops::relu_max_pool2d(img, block.pool_size);
+                        }
                         Some(pool) if img.is_autodiff() => {
                             img = pool.forward(act(self.activation, img));
                         }

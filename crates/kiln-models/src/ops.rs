@@ -23,6 +23,7 @@ use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
 
 mod conv;
+mod pool;
 
 /// Elements per rayon task: large enough that scheduling is noise.
 const CHUNK: usize = 1 << 15;
@@ -93,6 +94,23 @@ pub trait KilnOps: Backend {
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
         <Self as ModuleOps<Self>>::conv2d_weight_backward(x, w, grad, options)
+    }
+
+    /// `relu(max_pool2d(x))` with a `k`×`k` window and stride `k`, no padding (equal to
+    /// pooling after the ReLU).
+    fn kiln_relu_max_pool2d(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self> {
+        let pooled = <Self as ModuleOps<Self>>::max_pool2d(x, [k, k], [k, k], [0, 0], [1, 1], false);
+        <Self as ActivationOps<Self>>::relu(pooled)
+    }
+
+    /// The gradient of [`KilnOps::kiln_relu_max_pool2d`] with respect to `x`, given the
+    /// output's gradient `grad`.
+    fn kiln_relu_max_pool2d_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        k: usize,
+    ) -> FloatTensor<Self> {
+        relu_max_pool2d_backward_reference::<Self>(x, grad, k)
     }
 
     /// Causal multi-head self-attention over packed projections: `qkv` is `[B, T, 3C]`
@@ -196,6 +214,38 @@ fn conv2d_grads_reference<B: Backend>(
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let dx = B::conv2d_x_backward(x.clone(), w.clone(), grad.clone(), options.clone());
     (dx, B::conv2d_weight_backward(x, w, grad, options))
+}
+
+/// [`KilnOps::kiln_relu_max_pool2d_backward`] as Burn ops: the max-pool's backward (through
+/// its indices) after the ReLU's.
+fn relu_max_pool2d_backward_reference<B: Backend>(
+    x: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    k: usize,
+) -> FloatTensor<B> {
+    let relu = B::relu(x);
+    let pooled = B::max_pool2d_with_indices(
+        relu.clone(),
+        [k, k],
+        [k, k],
+        [0, 0],
+        [1, 1],
+        false,
+        burn::tensor::IntDType::I64,
+    );
+    let grad = B::relu_backward(pooled.output, grad);
+    B::max_pool2d_with_indices_backward(relu, [k, k], [k, k], [0, 0], [1, 1], false, grad, pooled.indices)
+        .x_grad
+}
+
+/// The sizes of a pooling over `[B, C, H, W]`.
+fn pool_geometry(x: &Shape, k: usize) -> pool::Geometry {
+    pool::Geometry {
+        planes: x[0] * x[1],
+        height: x[2],
+        width: x[3],
+        k,
+    }
 }
 
 /// The sizes of a convolution kiln's kernels handle (one group), from the operands' shapes.
@@ -376,6 +426,34 @@ impl KilnOps for Flex {
             false,
         );
         FlexTensor::from_data(TensorData::new(dw, wc.layout().shape().clone()))
+    }
+
+    fn kiln_relu_max_pool2d(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self> {
+        let Some(xc) = f32_values(&x).filter(|x| x.layout().shape().num_dims() == 4) else {
+            let pooled =
+                <Flex as ModuleOps<Flex>>::max_pool2d(x, [k, k], [k, k], [0, 0], [1, 1], false);
+            return <Flex as ActivationOps<Flex>>::relu(pooled);
+        };
+        let g = pool_geometry(xc.layout().shape(), k);
+        let y = pool::forward(&g, xc.storage::<f32>());
+        let s = xc.layout().shape();
+        FlexTensor::from_data(TensorData::new(y, [s[0], s[1], s[2] / k, s[3] / k]))
+    }
+
+    fn kiln_relu_max_pool2d_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        k: usize,
+    ) -> FloatTensor<Self> {
+        let (Some(xc), Some(gc)) = (
+            f32_values(&x).filter(|x| x.layout().shape().num_dims() == 4),
+            f32_values(&grad),
+        ) else {
+            return relu_max_pool2d_backward_reference::<Flex>(x, grad, k);
+        };
+        let g = pool_geometry(xc.layout().shape(), k);
+        let dx = pool::backward(&g, xc.storage::<f32>(), gc.storage::<f32>());
+        FlexTensor::from_data(TensorData::new(dx, xc.layout().shape().clone()))
     }
 
     fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
@@ -591,6 +669,41 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
         }
     }
 
+    fn kiln_relu_max_pool2d(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct ReluMaxPoolBackward {
+            k: usize,
+        }
+
+        impl<B: Backend + KilnOps> Backward<B, 1> for ReluMaxPoolBackward {
+            /// The input.
+            type State = FloatTensor<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [parent] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                if let Some(node) = parent {
+                    let g = B::kiln_relu_max_pool2d_backward(ops.state, grad, self.k);
+                    grads.register::<B>(node.id, g);
+                }
+            }
+        }
+
+        let op = ReluMaxPoolBackward { k };
+        match op.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let x = x.primitive().clone();
+                prep.finish(x.clone(), B::kiln_relu_max_pool2d(x, k))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::kiln_relu_max_pool2d(x.into_primitive(), k)),
+        }
+    }
+
     fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AttentionBackward {
@@ -669,6 +782,16 @@ pub fn conv2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
         }
         None => y,
     }
+}
+
+/// ReLU then a `k`×`k` max-pool with stride `k` (no padding), through [`KilnOps`]: one pass
+/// forward and one backward on Flex f32 tensors (the backward finds each window's maximum
+/// again instead of keeping an index tensor); Burn's ops elsewhere.
+pub fn relu_max_pool2d(x: Tensor<4>, k: usize) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_relu_max_pool2d(
+        x.into_dispatch(),
+        k,
+    ))
 }
 
 /// Exact GELU through [`KilnOps`]: kiln's vectorised kernels on Flex (forward and, under

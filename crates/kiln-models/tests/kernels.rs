@@ -366,6 +366,54 @@ fn conv2d_op_matches_burn_conv_values_and_gradients() {
     }
 }
 
+/// kiln's fused ReLU + max-pool (`ops::relu_max_pool2d`) gives Burn's ReLU then `MaxPool2d`
+/// values and input gradient, with odd sizes (trailing rows dropped), windows that are all
+/// negative, and many planes (the parallel path).
+#[test]
+fn relu_max_pool_matches_burn_values_and_gradients() {
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let to_vec = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    for (dims, k) in [
+        ([2, 3, 8, 8], 2),
+        ([3, 2, 7, 9], 2),
+        ([2, 2, 9, 10], 3),
+        ([64, 64, 24, 24], 2),
+        ([1, 1, 1, 3], 2),
+    ] {
+        let n: usize = dims.iter().product();
+        // Distinct values (no ties), about half negative.
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % n) as f32 / n as f32 - 0.5)
+            .collect();
+        let pool = MaxPool2dConfig::new([k, k]).with_strides([k, k]).init();
+        let run = |kiln: bool| {
+            let x = Tensor::<4>::from_data(TensorData::new(values.clone(), dims), &ad).require_grad();
+            let y = if kiln {
+                kiln_models::ops::relu_max_pool2d(x.clone(), k)
+            } else {
+                pool.forward(burn::tensor::activation::relu(x.clone()))
+            };
+            let w: Vec<f32> = (0..y.dims().iter().product::<usize>())
+                .map(|i| (i % 5) as f32 - 2.0)
+                .collect();
+            let w = Tensor::<4>::from_data(TensorData::new(w, y.dims()), &ad);
+            let grads = (y.clone() * w).sum().backward();
+            (to_vec(y), to_vec(x.grad(&grads).unwrap()))
+        };
+        let (ky, kx) = run(true);
+        let (by, bx) = run(false);
+        assert_eq!(ky, by, "{dims:?} k {k}: output");
+        assert_eq!(kx, bx, "{dims:?} k {k}: input gradient");
+        let x = Tensor::<4>::from_data(TensorData::new(values.clone(), dims), &device);
+        assert_eq!(
+            to_vec(kiln_models::ops::relu_max_pool2d(x.clone(), k)),
+            to_vec(pool.forward(burn::tensor::activation::relu(x))),
+            "{dims:?} k {k}: inference"
+        );
+    }
+}
+
 /// kiln's fused causal attention (`ops::causal_attention`) gives the op-by-op form's outputs
 /// and its gradient with respect to the packed projections.
 #[test]
