@@ -159,8 +159,41 @@ fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
 /// `dst [m, n] (= or +=) lhs [m, k] @ rhs [k, n]`, strides `(row, column)` in elements.
 #[allow(clippy::too_many_arguments)]
 fn gemm(
-    [m, k, n]: [usize; 3],
+    mnk: [usize; 3],
     dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (isize, isize),
+    rhs: &[f32],
+    rhs_strides: (isize, isize),
+    parallel: bool,
+) {
+    let [m, _, n] = mnk;
+    assert!(dst.len() >= m * n);
+    // SAFETY: `dst` holds `m * n` initialised elements.
+    unsafe {
+        gemm_raw(
+            mnk,
+            dst.as_mut_ptr(),
+            accumulate,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallel,
+        )
+    }
+}
+
+/// [`gemm`] into `m * n` possibly uninitialised elements at `dst` (written, never read,
+/// unless `accumulate`).
+///
+/// # Safety
+/// `dst` must be valid for `m * n` writes (and reads when `accumulate`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    [m, k, n]: [usize; 3],
+    dst: *mut f32,
     accumulate: bool,
     lhs: &[f32],
     (lhs_rs, lhs_cs): (isize, isize),
@@ -168,20 +201,20 @@ fn gemm(
     (rhs_rs, rhs_cs): (isize, isize),
     parallel: bool,
 ) {
-    debug_assert!(dst.len() >= m * n);
     let parallelism = if parallel && m * n * k >= 128 * 128 * 128 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: callers pass operands holding every element their strides reach, and a
-    // row-major `dst` of at least `m * n` elements.
+    // SAFETY: callers pass operands holding every element their strides reach, and `dst`
+    // valid for `m * n` row-major elements (gemm writes them without reading them unless
+    // `accumulate`: alpha 0 and read_dst false).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -215,9 +248,15 @@ fn split(batch: usize) -> (usize, bool) {
 /// `[B, Cout, Hout, Wout]`.
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, n) = (g.patch(), g.positions());
-    let mut out = vec![0.0f32; g.batch * g.output_len()];
+    let len = g.batch * g.output_len();
+    if len == 0 || g.input_len() == 0 {
+        return vec![0.0; len];
+    }
+    // Every output element is written by exactly one gemm call below: no zero-fill.
+    let mut out = Vec::<f32>::with_capacity(len);
     let (per, parallel) = split(g.batch);
-    out.par_chunks_mut(per * g.output_len())
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(per * g.output_len())
         .zip(x.par_chunks(per * g.input_len()))
         .for_each(|(out, x)| {
             let mut col = if g.pointwise() {
@@ -235,18 +274,23 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                     im2col(g, x, &mut col);
                     &col
                 };
-                gemm(
-                    [g.channels_out, k, n],
-                    out,
-                    false,
-                    w,
-                    (k as isize, 1),
-                    src,
-                    (n as isize, 1),
-                    parallel,
-                );
+                // SAFETY: `out` is this sample's `Cout * n` slots.
+                unsafe {
+                    gemm_raw(
+                        [g.channels_out, k, n],
+                        out.as_mut_ptr().cast::<f32>(),
+                        false,
+                        w,
+                        (k as isize, 1),
+                        src,
+                        (n as isize, 1),
+                        parallel,
+                    );
+                }
             }
         });
+    // SAFETY: the loop above wrote all `len` elements (one gemm per sample's output).
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -260,6 +304,10 @@ pub(super) fn backward(
     input_grad: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>) {
     let (k, n) = (g.patch(), g.positions());
+    if g.batch * g.output_len() == 0 || g.input_len() == 0 {
+        let dx = input_grad.then(|| vec![0.0; g.batch * g.input_len()]);
+        return (dx, vec![0.0; g.channels_out * k]);
+    }
     let (per, parallel) = split(g.batch);
     let task = |first: usize, dx: Option<&mut [f32]>| -> Vec<f32> {
         let samples = per.min(g.batch - first);

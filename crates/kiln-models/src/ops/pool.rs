@@ -4,6 +4,8 @@
 //! once and writes a quarter (k = 2) of it; the backward finds each window's first maximum
 //! again from the input (no index tensor kept) and writes every input position once.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Sizes of one pooling: `planes = batch · channels`.
@@ -26,9 +28,17 @@ fn planes_per_task(g: &Geometry) -> usize {
     (1 << 14) / (g.height * g.width).max(1) + 1
 }
 
-/// The first position (row-major within the window) of the window's maximum, and the maximum.
+/// The first position (row-major within the window) of the window's maximum, and the
+/// maximum. `K` is the window size when known at compile time (0: use `k`).
 #[inline(always)]
-fn window_max(plane: &[f32], width: usize, k: usize, oy: usize, ox: usize) -> (usize, f32) {
+fn window_max<const K: usize>(
+    plane: &[f32],
+    width: usize,
+    k: usize,
+    oy: usize,
+    ox: usize,
+) -> (usize, f32) {
+    let k = if K > 0 { K } else { k };
     let first = oy * k * width + ox * k;
     let (mut at, mut max) = (first, plane[first]);
     for dy in 0..k {
@@ -44,58 +54,87 @@ fn window_max(plane: &[f32], width: usize, k: usize, oy: usize, ox: usize) -> (u
 
 /// `relu(max_pool(x))`, `[planes, H / k, W / k]`.
 pub(super) fn forward(g: &Geometry, x: &[f32]) -> Vec<f32> {
+    match g.k {
+        2 => forward_k::<2>(g, x),
+        3 => forward_k::<3>(g, x),
+        _ => forward_k::<0>(g, x),
+    }
+}
+
+fn forward_k<const K: usize>(g: &Geometry, x: &[f32]) -> Vec<f32> {
     let [oh, ow] = g.out();
     let (plane_in, plane_out) = (g.height * g.width, oh * ow);
-    let mut out = vec![0.0f32; g.planes * plane_out];
+    let len = g.planes * plane_out;
+    if len == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::<f32>::with_capacity(len);
     let per = planes_per_task(g);
-    out.par_chunks_mut(per * plane_out.max(1))
-        .zip(x.par_chunks(per * plane_in.max(1)))
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(per * plane_out)
+        .zip(x.par_chunks(per * plane_in))
         .for_each(|(out, x)| {
-            for (o, p) in out
-                .chunks_exact_mut(plane_out.max(1))
-                .zip(x.chunks_exact(plane_in.max(1)))
-            {
-                if plane_out == 0 {
-                    continue;
-                }
+            for (o, p) in out.chunks_exact_mut(plane_out).zip(x.chunks_exact(plane_in)) {
                 for oy in 0..oh {
                     for ox in 0..ow {
-                        o[oy * ow + ox] = window_max(p, g.width, g.k, oy, ox).1.max(0.0);
+                        let max = window_max::<K>(p, g.width, g.k, oy, ox).1;
+                        o[oy * ow + ox] = MaybeUninit::new(max.max(0.0));
                     }
                 }
             }
         });
+    // SAFETY: every output element was written above (one per window of every plane).
+    unsafe { out.set_len(len) };
     out
 }
 
 /// The gradient of [`forward`] with respect to `x`, given the output's gradient `grad`: each
 /// window's gradient goes to its first maximum when that maximum is positive.
 pub(super) fn backward(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    match g.k {
+        2 => backward_k::<2>(g, x, grad),
+        3 => backward_k::<3>(g, x, grad),
+        _ => backward_k::<0>(g, x, grad),
+    }
+}
+
+fn backward_k<const K: usize>(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let [oh, ow] = g.out();
     let (plane_in, plane_out) = (g.height * g.width, oh * ow);
-    let mut dx = vec![0.0f32; g.planes * plane_in];
+    if plane_out == 0 {
+        return vec![0.0; g.planes * plane_in];
+    }
+    let k = g.k;
+    let len = g.planes * plane_in;
+    let mut dx = Vec::<f32>::with_capacity(len);
     let per = planes_per_task(g);
-    dx.par_chunks_mut(per * plane_in.max(1))
-        .zip(x.par_chunks(per * plane_in.max(1)))
-        .zip(grad.par_chunks(per * plane_out.max(1)))
+    dx.spare_capacity_mut()[..len]
+        .par_chunks_mut(per * plane_in)
+        .zip(x.par_chunks(per * plane_in))
+        .zip(grad.par_chunks(per * plane_out))
         .for_each(|((dx, x), grad)| {
             for ((d, p), gr) in dx
-                .chunks_exact_mut(plane_in.max(1))
-                .zip(x.chunks_exact(plane_in.max(1)))
-                .zip(grad.chunks_exact(plane_out.max(1)))
+                .chunks_exact_mut(plane_in)
+                .zip(x.chunks_exact(plane_in))
+                .zip(grad.chunks_exact(plane_out))
             {
-                if plane_out == 0 {
-                    continue;
+                // Rows and columns past the last full window get no gradient.
+                for row in d.chunks_exact_mut(g.width).skip(oh * k) {
+                    row.fill(MaybeUninit::new(0.0));
                 }
                 for oy in 0..oh {
+                    d[oy * k * g.width..(oy + 1) * k * g.width].fill(MaybeUninit::new(0.0));
                     for ox in 0..ow {
-                        let (at, max) = window_max(p, g.width, g.k, oy, ox);
+                        let (at, max) = window_max::<K>(p, g.width, k, oy, ox);
                         if max > 0.0 {
-                            d[at] = gr[oy * ow + ox];
+                            d[at] = MaybeUninit::new(gr[oy * ow + ox]);
                         }
                     }
                 }
             }
         });
+    // SAFETY: every element of every plane was written above: the rows of each band of
+    // windows, then the rows below the last band.
+    unsafe { dx.set_len(len) };
     dx
 }
