@@ -293,4 +293,31 @@ fn text_becomes_shifted_token_ids_padded_and_truncated() {
         back.transform(&t, &rows, true, true).unwrap().tokens,
         e.tokens
     );
+
+    // head_tail keeps the first 3 (a quarter of 12) and the last 9 characters; tail the last 12.
+    for (truncation, head) in [
+        (kiln_config::Truncation::HeadTail, 3),
+        (kiln_config::Truncation::Tail, 0),
+    ] {
+        c.text.truncation = truncation;
+        let schema = infer_schema(&t, &c).unwrap();
+        let p = Preprocessor::fit(&t, &schema, &rows, &rows).unwrap();
+        let e = p.transform(&t, &rows, true, true).unwrap();
+        assert_eq!(e.texts_truncated, 39);
+        let text = t.column("review", "feature").unwrap().text(0).unwrap();
+        let chars: Vec<char> = text.chars().collect();
+        assert!(chars.len() > 12, "{text}");
+        let mut kept: String = chars[..head].iter().collect();
+        kept.extend(&chars[chars.len() - (12 - head)..]);
+        let json = p.features.iter().find_map(|f| match f {
+            kiln_data::FeatureTransform::Text { tokenizer, .. } => Some(tokenizer),
+            _ => None,
+        });
+        let tk = kiln_text::TextTokenizer::from_json(json.unwrap()).unwrap();
+        let decoded: String = e.tokens[..12]
+            .iter()
+            .map(|&id| tk.decode(&[id - 1]).unwrap())
+            .collect();
+        assert_eq!(decoded, kept, "{truncation:?}");
+    }
 }
