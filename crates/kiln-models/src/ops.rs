@@ -99,7 +99,8 @@ pub trait KilnOps: Backend {
     /// `relu(max_pool2d(x))` with a `k`×`k` window and stride `k`, no padding (equal to
     /// pooling after the ReLU).
     fn kiln_relu_max_pool2d(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self> {
-        let pooled = <Self as ModuleOps<Self>>::max_pool2d(x, [k, k], [k, k], [0, 0], [1, 1], false);
+        let pooled =
+            <Self as ModuleOps<Self>>::max_pool2d(x, [k, k], [k, k], [0, 0], [1, 1], false);
         <Self as ActivationOps<Self>>::relu(pooled)
     }
 
@@ -234,8 +235,17 @@ fn relu_max_pool2d_backward_reference<B: Backend>(
         burn::tensor::IntDType::I64,
     );
     let grad = B::relu_backward(pooled.output, grad);
-    B::max_pool2d_with_indices_backward(relu, [k, k], [k, k], [0, 0], [1, 1], false, grad, pooled.indices)
-        .x_grad
+    B::max_pool2d_with_indices_backward(
+        relu,
+        [k, k],
+        [k, k],
+        [0, 0],
+        [1, 1],
+        false,
+        grad,
+        pooled.indices,
+    )
+    .x_grad
 }
 
 /// The sizes of a pooling over `[B, C, H, W]`.
@@ -769,7 +779,8 @@ pub fn conv2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
         }
         _ => return layer.forward(x),
     };
-    let options = ConvOptions::new_with_padding(layer.stride, padding, layer.dilation, layer.groups);
+    let options =
+        ConvOptions::new_with_padding(layer.stride, padding, layer.dilation, layer.groups);
     let y = Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_conv2d(
         x.into_dispatch(),
         layer.weight.val().into_dispatch(),

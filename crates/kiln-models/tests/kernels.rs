@@ -295,16 +295,51 @@ fn conv2d_op_matches_burn_conv_values_and_gradients() {
     // (batch, [cin, h, w], cout, kernel, stride, padding (top, left, bottom, right), dilation,
     //  input tracked)
     let cases = [
-        (5, [1, 28, 28], 8, [3, 3], [1, 1], (0, 0, 0, 0), [1, 1], false),
-        (4, [3, 12, 10], 6, [3, 3], [1, 1], (0, 0, 0, 0), [1, 1], true),
+        (
+            5,
+            [1, 28, 28],
+            8,
+            [3, 3],
+            [1, 1],
+            (0, 0, 0, 0),
+            [1, 1],
+            false,
+        ),
+        (
+            4,
+            [3, 12, 10],
+            6,
+            [3, 3],
+            [1, 1],
+            (0, 0, 0, 0),
+            [1, 1],
+            true,
+        ),
         (3, [2, 9, 11], 4, [3, 2], [2, 3], (1, 2, 0, 1), [1, 1], true),
-        (1, [4, 10, 10], 5, [3, 3], [1, 1], (1, 1, 1, 1), [2, 2], true),
+        (
+            1,
+            [4, 10, 10],
+            5,
+            [3, 3],
+            [1, 1],
+            (1, 1, 1, 1),
+            [2, 2],
+            true,
+        ),
         (6, [8, 5, 7], 3, [1, 1], [1, 1], (0, 0, 0, 0), [1, 1], true),
         (2, [3, 8, 8], 4, [5, 5], [1, 2], (2, 2, 2, 2), [1, 1], true),
-        (64, [32, 26, 26], 64, [3, 3], [1, 1], (0, 0, 0, 0), [1, 1], true),
+        (
+            64,
+            [32, 26, 26],
+            64,
+            [3, 3],
+            [1, 1],
+            (0, 0, 0, 0),
+            [1, 1],
+            true,
+        ),
     ];
-    for (b, [ci, h, w], co, kernel, stride, (top, left, bottom, right), dilation, tracked) in
-        cases
+    for (b, [ci, h, w], co, kernel, stride, (top, left, bottom, right), dilation, tracked) in cases
     {
         device.seed(11);
         let layer = Conv2dConfig::new([ci, co], kernel)
@@ -335,10 +370,13 @@ fn conv2d_op_matches_burn_conv_values_and_gradients() {
             let grads = (y.clone() * w_out.clone()).sum().backward();
             let gx = x.grad(&grads).map(to_vec);
             let gw = to_vec(layer.weight.grad(&grads).unwrap());
-            let gb = layer
-                .bias
-                .as_ref()
-                .map(|p| p.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap());
+            let gb = layer.bias.as_ref().map(|p| {
+                p.grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap()
+            });
             (to_vec(y), gx, gw, gb)
         };
         let (ky, kx, kw, kb) = run(true);
@@ -354,7 +392,12 @@ fn conv2d_op_matches_burn_conv_values_and_gradients() {
             close(&format!("{what}: input gradient"), &kx, &bx);
         }
         close_within(1e-4, &format!("{what}: weight gradient"), &kw, &bw);
-        close_within(1e-4, &format!("{what}: bias gradient"), &kb.unwrap(), &bb.unwrap());
+        close_within(
+            1e-4,
+            &format!("{what}: bias gradient"),
+            &kb.unwrap(),
+            &bb.unwrap(),
+        );
         // Without autodiff too.
         let plain = layer.valid();
         let x = Tensor::<4>::from_data(TensorData::new(values, [b, ci, h, w]), &device);
@@ -388,7 +431,8 @@ fn relu_max_pool_matches_burn_values_and_gradients() {
             .collect();
         let pool = MaxPool2dConfig::new([k, k]).with_strides([k, k]).init();
         let run = |kiln: bool| {
-            let x = Tensor::<4>::from_data(TensorData::new(values.clone(), dims), &ad).require_grad();
+            let x =
+                Tensor::<4>::from_data(TensorData::new(values.clone(), dims), &ad).require_grad();
             let y = if kiln {
                 kiln_models::ops::relu_max_pool2d(x.clone(), k)
             } else {

@@ -58,7 +58,11 @@ impl Geometry {
         let (s, w) = (self.stride[1] as isize, self.width as isize);
         let ow = self.out[1] as isize;
         // ox·s + offset >= 0  <=>  ox >= ceil(-offset / s)
-        let lo = if offset >= 0 { 0 } else { (-offset + s - 1) / s };
+        let lo = if offset >= 0 {
+            0
+        } else {
+            (-offset + s - 1) / s
+        };
         // ox·s + offset <= w - 1  <=>  ox <= floor((w - 1 - offset) / s)
         let hi = if w - 1 - offset < 0 {
             0
@@ -72,7 +76,9 @@ impl Geometry {
     /// The input row read by output row `oy` at kernel row `ky`, if inside the image.
     fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
         let iy = (oy * self.stride[0] + ky * self.dilation[0]) as isize - self.padding[0] as isize;
-        (0..self.height as isize).contains(&iy).then_some(iy as usize)
+        (0..self.height as isize)
+            .contains(&iy)
+            .then_some(iy as usize)
     }
 
     /// Input column offset of kernel column `kx`: input column = `ox·stride + offset`.

@@ -74,7 +74,10 @@ fn forward_k<const K: usize>(g: &Geometry, x: &[f32]) -> Vec<f32> {
         .par_chunks_mut(per * plane_out)
         .zip(x.par_chunks(per * plane_in))
         .for_each(|(out, x)| {
-            for (o, p) in out.chunks_exact_mut(plane_out).zip(x.chunks_exact(plane_in)) {
+            for (o, p) in out
+                .chunks_exact_mut(plane_out)
+                .zip(x.chunks_exact(plane_in))
+            {
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let max = window_max::<K>(p, g.width, g.k, oy, ox).1;
