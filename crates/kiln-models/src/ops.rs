@@ -66,6 +66,22 @@ pub trait KilnOps: Backend {
         <Self as ModuleOps<Self>>::conv2d(x, w, None, options)
     }
 
+    /// [`KilnOps::kiln_conv2d`] plus a bias `b` `[Cout]`, added as the output is written.
+    fn kiln_conv2d_bias(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d(x, w, Some(b), options)
+    }
+
+    /// A convolution bias's gradient: the output's gradient `grad` `[B, Cout, H, W]` summed
+    /// over everything but the channel, `[Cout]`.
+    fn kiln_conv2d_bias_grad(grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        conv2d_bias_grad_reference::<Self>(grad)
+    }
+
     /// The input's and the weight's gradients of [`KilnOps::kiln_conv2d`] given the output's
     /// gradient `grad`.
     fn kiln_conv2d_grads(
@@ -204,6 +220,13 @@ fn rows_of(shape: &Shape, last: usize) -> (usize, Shape) {
 /// The f32 values of a Flex tensor, contiguous (copied only if it is a strided view).
 fn f32_values(t: &FlexTensor) -> Option<FlexTensor> {
     (t.dtype() == DType::F32).then(|| t.to_contiguous())
+}
+
+/// [`KilnOps::kiln_conv2d_bias_grad`] as Burn ops.
+fn conv2d_bias_grad_reference<B: Backend>(grad: FloatTensor<B>) -> FloatTensor<B> {
+    let channels = grad.shape()[1];
+    let summed = B::float_sum_dims(grad, &[0, 2, 3]);
+    B::float_reshape(summed, Shape::new([channels]))
 }
 
 /// [`KilnOps::kiln_conv2d_grads`] as Burn ops.
@@ -379,11 +402,47 @@ impl KilnOps for Flex {
         let Some(g) = conv_geometry(xc.layout().shape(), wc.layout().shape(), &options) else {
             return <Flex as ModuleOps<Flex>>::conv2d(x, w, None, options);
         };
-        let y = conv::forward(&g, xc.storage::<f32>(), wc.storage::<f32>());
+        let y = conv::forward(&g, xc.storage::<f32>(), wc.storage::<f32>(), None);
         FlexTensor::from_data(TensorData::new(
             y,
             [g.batch, g.channels_out, g.out[0], g.out[1]],
         ))
+    }
+
+    fn kiln_conv2d_bias(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let (Some(xc), Some(wc), Some(bc)) = (f32_values(&x), f32_values(&w), f32_values(&b))
+        else {
+            return <Flex as ModuleOps<Flex>>::conv2d(x, w, Some(b), options);
+        };
+        let Some(g) = conv_geometry(xc.layout().shape(), wc.layout().shape(), &options)
+            .filter(|g| bc.layout().shape().num_elements() == g.channels_out)
+        else {
+            return <Flex as ModuleOps<Flex>>::conv2d(x, w, Some(b), options);
+        };
+        let y = conv::forward(
+            &g,
+            xc.storage::<f32>(),
+            wc.storage::<f32>(),
+            Some(bc.storage::<f32>()),
+        );
+        FlexTensor::from_data(TensorData::new(
+            y,
+            [g.batch, g.channels_out, g.out[0], g.out[1]],
+        ))
+    }
+
+    fn kiln_conv2d_bias_grad(grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let Some(gc) = f32_values(&grad).filter(|g| g.layout().shape().num_dims() == 4) else {
+            return conv2d_bias_grad_reference::<Flex>(grad);
+        };
+        let s = gc.layout().shape();
+        let db = conv::bias_grad(s[0], s[1], gc.storage::<f32>());
+        FlexTensor::from_data(TensorData::new(db, [s[1]]))
     }
 
     fn kiln_conv2d_grads(
@@ -679,6 +738,74 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
         }
     }
 
+    fn kiln_conv2d_bias(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Conv2dBiasBackward {
+            options: ConvOptions<2>,
+        }
+
+        impl<B: Backend + KilnOps> Backward<B, 3> for Conv2dBiasBackward {
+            /// The forward input and weight.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_w, node_b] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, w) = ops.state;
+                if let Some(nb) = node_b {
+                    grads.register::<B>(nb.id, B::kiln_conv2d_bias_grad(grad.clone()));
+                }
+                match (node_x, node_w) {
+                    (Some(nx), Some(nw)) => {
+                        let (dx, dw) = B::kiln_conv2d_grads(x, w, grad, self.options);
+                        grads.register::<B>(nx.id, dx);
+                        grads.register::<B>(nw.id, dw);
+                    }
+                    (None, Some(nw)) => {
+                        let dw = B::kiln_conv2d_grad_weight(x, w, grad, self.options);
+                        grads.register::<B>(nw.id, dw);
+                    }
+                    (Some(nx), None) => {
+                        let dx = B::conv2d_x_backward(x, w, grad, self.options);
+                        grads.register::<B>(nx.id, dx);
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+
+        let op = Conv2dBiasBackward {
+            options: options.clone(),
+        };
+        match op
+            .prepare::<C>([x.node(), w.node(), b.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, w) = (x.primitive().clone(), w.primitive().clone());
+                let y = B::kiln_conv2d_bias(x.clone(), w.clone(), b.primitive().clone(), options);
+                prep.finish((x, w), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::kiln_conv2d_bias(
+                x.into_primitive(),
+                w.into_primitive(),
+                b.into_primitive(),
+                options,
+            )),
+        }
+    }
+
     fn kiln_relu_max_pool2d(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct ReluMaxPoolBackward {
@@ -769,8 +896,8 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
 
 /// A 2-D convolution layer through [`KilnOps`]: on Flex (f32, one group) an im2col matrix
 /// per sample in cache and one gemm call per sample, forward and backward (no im2col tensor
-/// for the batch, no transposed convolution for the input's gradient); Burn's conv
-/// elsewhere. The bias is added with Burn's broadcasting add.
+/// for the batch, no transposed convolution for the input's gradient; the bias added as the
+/// output is written and its gradient summed in one pass); Burn's conv elsewhere.
 pub fn conv2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     let padding = match &layer.padding {
         burn::nn::PaddingConfig2d::Valid => [(0, 0), (0, 0)],
@@ -781,18 +908,19 @@ pub fn conv2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     };
     let options =
         ConvOptions::new_with_padding(layer.stride, padding, layer.dilation, layer.groups);
-    let y = Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_conv2d(
-        x.into_dispatch(),
-        layer.weight.val().into_dispatch(),
-        options,
-    ));
-    match &layer.bias {
-        Some(bias) => {
-            let [c] = bias.val().dims();
-            y + bias.val().reshape([1, c, 1, 1])
-        }
-        None => y,
-    }
+    Tensor::from_dispatch(match &layer.bias {
+        Some(bias) => <Dispatch as KilnOps>::kiln_conv2d_bias(
+            x.into_dispatch(),
+            layer.weight.val().into_dispatch(),
+            bias.val().into_dispatch(),
+            options,
+        ),
+        None => <Dispatch as KilnOps>::kiln_conv2d(
+            x.into_dispatch(),
+            layer.weight.val().into_dispatch(),
+            options,
+        ),
+    })
 }
 
 /// ReLU then a `k`×`k` max-pool with stride `k` (no padding), through [`KilnOps`]: one pass

@@ -250,9 +250,9 @@ fn split(batch: usize) -> (usize, bool) {
     }
 }
 
-/// The convolution of `x` `[B, Cin, H, W]` with `w` `[Cout, Cin, kh, kw]`, no bias:
-/// `[B, Cout, Hout, Wout]`.
-pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// The convolution of `x` `[B, Cin, H, W]` with `w` `[Cout, Cin, kh, kw]`, plus `bias`
+/// `[Cout]` when given: `[B, Cout, Hout, Wout]`.
+pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (k, n) = (g.patch(), g.positions());
     let len = g.batch * g.output_len();
     if len == 0 || g.input_len() == 0 {
@@ -280,12 +280,19 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                     im2col(g, x, &mut col);
                     &col
                 };
-                // SAFETY: `out` is this sample's `Cout * n` slots.
+                // The bias first, then the product added to it.
+                if let Some(bias) = bias {
+                    for (row, &b) in out.chunks_exact_mut(n).zip(bias) {
+                        row.fill(std::mem::MaybeUninit::new(b));
+                    }
+                }
+                // SAFETY: `out` is this sample's `Cout * n` slots, initialised when read
+                // (`accumulate` only after the bias was written).
                 unsafe {
                     gemm_raw(
                         [g.channels_out, k, n],
                         out.as_mut_ptr().cast::<f32>(),
-                        false,
+                        bias.is_some(),
                         w,
                         (k as isize, 1),
                         src,
@@ -395,4 +402,32 @@ pub(super) fn backward(
             .unwrap_or_else(|| vec![0.0; g.channels_out * k]);
         (None, dw)
     }
+}
+
+/// The bias's gradient of a convolution: `grad` `[B, Cout, Hout·Wout]` summed over samples
+/// and positions, `[Cout]` (f64 partial sums per row).
+pub(super) fn bias_grad(batch: usize, channels: usize, grad: &[f32]) -> Vec<f32> {
+    let n = grad.len() / (batch * channels).max(1);
+    if n == 0 {
+        return vec![0.0; channels];
+    }
+    let (per, _) = split(batch);
+    grad.par_chunks(per * channels * n)
+        .map(|samples| {
+            let mut sums = vec![0.0f64; channels];
+            for sample in samples.chunks_exact(channels * n) {
+                for (sum, row) in sums.iter_mut().zip(sample.chunks_exact(n)) {
+                    *sum += row.iter().sum::<f32>() as f64;
+                }
+            }
+            sums
+        })
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; channels])
+        .into_iter()
+        .map(|s| s as f32)
+        .collect()
 }
