@@ -417,7 +417,7 @@ pub(super) fn bias_grad(batch: usize, channels: usize, grad: &[f32]) -> Vec<f32>
             let mut sums = vec![0.0f64; channels];
             for sample in samples.chunks_exact(channels * n) {
                 for (sum, row) in sums.iter_mut().zip(sample.chunks_exact(n)) {
-                    *sum += row.iter().sum::<f32>() as f64;
+                    *sum += lane_sum(row) as f64;
                 }
             }
             sums
@@ -430,4 +430,17 @@ pub(super) fn bias_grad(batch: usize, channels: usize, grad: &[f32]) -> Vec<f32>
         .into_iter()
         .map(|s| s as f32)
         .collect()
+}
+
+/// The sum of `values` over 16 independent lanes (so the loop vectorises; a plain fold is
+/// one sequential chain of scalar adds).
+fn lane_sum(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }

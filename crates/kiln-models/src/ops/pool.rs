@@ -78,6 +78,20 @@ fn forward_k<const K: usize>(g: &Geometry, x: &[f32]) -> Vec<f32> {
                 .chunks_exact_mut(plane_out)
                 .zip(x.chunks_exact(plane_in))
             {
+                if K == 2 {
+                    // The common case, written so it vectorises (no argmax needed here).
+                    for (oy, o) in o.chunks_exact_mut(ow).enumerate() {
+                        let rows = &p[2 * oy * g.width..(2 * oy + 2) * g.width];
+                        let (r0, r1) = rows.split_at(g.width);
+                        for (ox, o) in o.iter_mut().enumerate() {
+                            let m = r0[2 * ox]
+                                .max(r0[2 * ox + 1])
+                                .max(r1[2 * ox].max(r1[2 * ox + 1]));
+                            *o = MaybeUninit::new(m.max(0.0));
+                        }
+                    }
+                    continue;
+                }
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let max = window_max::<K>(p, g.width, g.k, oy, ox).1;
