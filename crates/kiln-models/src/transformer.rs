@@ -124,13 +124,13 @@ impl SelfAttention {
         let qkv = crate::ops::linear(&self.qkv, x);
         if matches!(mask, AttentionMask::Causal)
             && cache.is_none()
-            && qkv.is_autodiff()
             && qkv.dtype() == burn::tensor::DType::F32
             && crate::ops::on_flex(&qkv.device())
-            && self.attn_drop.prob == 0.0
+            && (self.attn_drop.prob == 0.0 || !qkv.is_autodiff())
         {
-            // Training on the host: kiln's fused attention, forward and backward, straight
-            // from the packed projections (no head split, score or mask tensors).
+            // On the host without a KV cache (training, or inference over a whole window):
+            // kiln's fused attention, forward and backward, straight from the packed
+            // projections (no head split, score or mask tensors).
             let y = crate::ops::causal_attention(qkv, h);
             return self.resid_drop.forward(crate::ops::linear(&self.proj, y));
         }
