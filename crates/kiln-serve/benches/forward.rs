@@ -16,14 +16,16 @@ fn main() {
     let loaded =
         kiln::train::run::load(std::path::Path::new(&run), &device).expect("a run directory");
     let size = loaded.preprocessor.input_shape().size();
+    // As `kiln serve` runs it.
+    let model = loaded.model.folded_for_inference();
     for rows in [1usize, 2, 4, 8, 16, 32, 64, 128] {
         let mut data = kiln_serve_bench_rows(&loaded.preprocessor, rows, size);
         data.rows = rows;
         let reps = (256 / rows).max(4);
-        kiln::train::evaluate::raw_outputs(&loaded.model, &data, &device);
+        kiln::train::evaluate::raw_outputs(&model, &data, &device);
         let t = Instant::now();
         for _ in 0..reps {
-            kiln::train::evaluate::raw_outputs(&loaded.model, &data, &device);
+            kiln::train::evaluate::raw_outputs(&model, &data, &device);
         }
         let ms = t.elapsed().as_secs_f64() * 1000.0 / reps as f64;
         println!(

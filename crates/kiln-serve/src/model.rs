@@ -102,7 +102,14 @@ impl ServedModel {
             let run = kiln::train::run::load(dir, &device)?;
             let width = run.preprocessor.num_outputs();
             Body::Network {
-                batcher: Batcher::spawn(name, run.model, device, width, settings, metrics),
+                batcher: Batcher::spawn(
+                    name,
+                    run.model.folded_for_inference(),
+                    device,
+                    width,
+                    settings,
+                    metrics,
+                ),
                 preprocessor: run.preprocessor,
                 spec: run.spec,
             }
