@@ -597,40 +597,101 @@ fn gemm_into(
     dst
 }
 
+/// A differentiable one-input op of [`KilnOps`]: which one, with its settings.
+#[derive(Debug, Clone, Copy)]
+enum Unary {
+    Gelu,
+    ReluMaxPool2d { k: usize },
+    CausalAttention { heads: usize },
+}
+
+impl Unary {
+    fn forward<B: KilnOps>(self, x: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            Unary::Gelu => B::kiln_gelu(x),
+            Unary::ReluMaxPool2d { k } => B::kiln_relu_max_pool2d(x, k),
+            Unary::CausalAttention { heads } => B::kiln_causal_attention(x, heads),
+        }
+    }
+
+    /// The input's gradient given the forward input `x` and the output's gradient.
+    fn backward<B: KilnOps>(self, x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            Unary::Gelu => B::kiln_gelu_backward(x, grad),
+            Unary::ReluMaxPool2d { k } => B::kiln_relu_max_pool2d_backward(x, grad, k),
+            Unary::CausalAttention { heads } => B::kiln_causal_attention_backward(x, grad, heads),
+        }
+    }
+}
+
+/// The backward of a [`Unary`] op: its state is the forward input.
+#[derive(Debug)]
+struct UnaryBackward(Unary);
+
+impl<B: Backend + KilnOps> Backward<B, 1> for UnaryBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, self.0.backward::<B>(ops.state, grad));
+        }
+    }
+}
+
+/// Runs a [`Unary`] op under autodiff: the inner backend's forward, its backward registered
+/// when the input is tracked (keeping the input as the state).
+fn unary<B: Backend + KilnOps, C: CheckpointStrategy>(
+    op: Unary,
+    x: FloatTensor<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match UnaryBackward(op)
+        .prepare::<C>([x.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let input = x.primitive().clone();
+            prep.finish(input.clone(), op.forward::<B>(input))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(op.forward::<B>(x.into_primitive())),
+    }
+}
+
+/// Registers a convolution's input and weight gradients for whichever of the two are
+/// tracked (both from one pass over the im2col matrices where both are).
+fn register_conv2d_grads<B: Backend + KilnOps>(
+    grads: &mut Gradients,
+    [node_x, node_w]: [Option<burn::backend::autodiff::NodeId>; 2],
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    options: ConvOptions<2>,
+) {
+    match (node_x, node_w) {
+        (Some(nx), Some(nw)) => {
+            let (dx, dw) = B::kiln_conv2d_grads(x, w, grad, options);
+            grads.register::<B>(nx, dx);
+            grads.register::<B>(nw, dw);
+        }
+        (None, Some(nw)) => {
+            let dw = B::kiln_conv2d_grad_weight(x, w, grad, options);
+            grads.register::<B>(nw, dw);
+        }
+        (Some(nx), None) => grads.register::<B>(nx, B::conv2d_x_backward(x, w, grad, options)),
+        (None, None) => {}
+    }
+}
+
 impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
     fn kiln_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct GeluBackward;
-
-        impl<B: Backend + KilnOps> Backward<B, 1> for GeluBackward {
-            /// The forward input.
-            type State = FloatTensor<B>;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                if let Some(node) = parent {
-                    grads.register::<B>(node.id, B::kiln_gelu_backward(ops.state, grad));
-                }
-            }
-        }
-
-        match GeluBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let input = x.primitive().clone();
-                prep.finish(input.clone(), B::kiln_gelu(input))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::kiln_gelu(x.into_primitive())),
-        }
+        unary::<B, C>(Unary::Gelu, x)
     }
 
     fn kiln_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -698,22 +759,8 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
                 let [node_x, node_w] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
                 let (x, w) = ops.state;
-                match (node_x, node_w) {
-                    (Some(nx), Some(nw)) => {
-                        let (dx, dw) = B::kiln_conv2d_grads(x, w, grad, self.options);
-                        grads.register::<B>(nx.id, dx);
-                        grads.register::<B>(nw.id, dw);
-                    }
-                    (None, Some(nw)) => {
-                        let dw = B::kiln_conv2d_grad_weight(x, w, grad, self.options);
-                        grads.register::<B>(nw.id, dw);
-                    }
-                    (Some(nx), None) => {
-                        let dx = B::conv2d_x_backward(x, w, grad, self.options);
-                        grads.register::<B>(nx.id, dx);
-                    }
-                    (None, None) => {}
-                }
+                let nodes = [node_x.map(|n| n.id), node_w.map(|n| n.id)];
+                register_conv2d_grads::<B>(grads, nodes, x, w, grad, self.options);
             }
         }
 
@@ -765,22 +812,8 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
                 if let Some(nb) = node_b {
                     grads.register::<B>(nb.id, B::kiln_conv2d_bias_grad(grad.clone()));
                 }
-                match (node_x, node_w) {
-                    (Some(nx), Some(nw)) => {
-                        let (dx, dw) = B::kiln_conv2d_grads(x, w, grad, self.options);
-                        grads.register::<B>(nx.id, dx);
-                        grads.register::<B>(nw.id, dw);
-                    }
-                    (None, Some(nw)) => {
-                        let dw = B::kiln_conv2d_grad_weight(x, w, grad, self.options);
-                        grads.register::<B>(nw.id, dw);
-                    }
-                    (Some(nx), None) => {
-                        let dx = B::conv2d_x_backward(x, w, grad, self.options);
-                        grads.register::<B>(nx.id, dx);
-                    }
-                    (None, None) => {}
-                }
+                let nodes = [node_x.map(|n| n.id), node_w.map(|n| n.id)];
+                register_conv2d_grads::<B>(grads, nodes, x, w, grad, self.options);
             }
         }
 
@@ -807,76 +840,11 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
     }
 
     fn kiln_relu_max_pool2d(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct ReluMaxPoolBackward {
-            k: usize,
-        }
-
-        impl<B: Backend + KilnOps> Backward<B, 1> for ReluMaxPoolBackward {
-            /// The input.
-            type State = FloatTensor<B>;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                if let Some(node) = parent {
-                    let g = B::kiln_relu_max_pool2d_backward(ops.state, grad, self.k);
-                    grads.register::<B>(node.id, g);
-                }
-            }
-        }
-
-        let op = ReluMaxPoolBackward { k };
-        match op.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let x = x.primitive().clone();
-                prep.finish(x.clone(), B::kiln_relu_max_pool2d(x, k))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::kiln_relu_max_pool2d(x.into_primitive(), k)),
-        }
+        unary::<B, C>(Unary::ReluMaxPool2d { k }, x)
     }
 
     fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct AttentionBackward {
-            heads: usize,
-        }
-
-        impl<B: Backend + KilnOps> Backward<B, 1> for AttentionBackward {
-            /// The packed projections.
-            type State = FloatTensor<B>;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                if let Some(node) = parent {
-                    let g = B::kiln_causal_attention_backward(ops.state, grad, self.heads);
-                    grads.register::<B>(node.id, g);
-                }
-            }
-        }
-
-        let op = AttentionBackward { heads };
-        match op.prepare::<C>([qkv.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let qkv = qkv.primitive().clone();
-                let y = B::kiln_causal_attention(qkv.clone(), heads);
-                prep.finish(qkv, y)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::kiln_causal_attention(qkv.into_primitive(), heads))
-            }
-        }
+        unary::<B, C>(Unary::CausalAttention { heads }, qkv)
     }
 }
 
