@@ -306,6 +306,60 @@ fn conv_geometry(x: &Shape, w: &Shape, options: &ConvOptions<2>) -> Option<conv:
     })
 }
 
+/// kiln's convolution forward on Flex (f32, one group), Flex's own conv otherwise.
+fn conv2d_flex(
+    x: FlexTensor,
+    w: FlexTensor,
+    b: Option<FlexTensor>,
+    options: ConvOptions<2>,
+) -> FlexTensor {
+    let fallback = |x, w, b| <Flex as ModuleOps<Flex>>::conv2d(x, w, b, options.clone());
+    let (Some(xc), Some(wc)) = (f32_values(&x), f32_values(&w)) else {
+        return fallback(x, w, b);
+    };
+    let bc = b.as_ref().map(f32_values);
+    if matches!(bc, Some(None)) {
+        return fallback(x, w, b);
+    }
+    let bc = bc.flatten();
+    let geometry = conv_geometry(xc.layout().shape(), wc.layout().shape(), &options).filter(|g| {
+        bc.as_ref()
+            .is_none_or(|b| b.layout().shape().num_elements() == g.channels_out)
+    });
+    let Some(g) = geometry else {
+        return fallback(x, w, b);
+    };
+    let bias = bc.as_ref().map(|b| b.storage::<f32>());
+    let y = conv::forward(&g, xc.storage::<f32>(), wc.storage::<f32>(), bias);
+    FlexTensor::from_data(TensorData::new(
+        y,
+        [g.batch, g.channels_out, g.out[0], g.out[1]],
+    ))
+}
+
+/// kiln's convolution gradients on Flex: the input's (when `input_grad`) and the weight's;
+/// `None` where kiln's kernels do not apply (the caller falls back to Burn's).
+fn conv2d_grads_flex(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    grad: &FlexTensor,
+    options: &ConvOptions<2>,
+    input_grad: bool,
+) -> Option<(Option<FlexTensor>, FlexTensor)> {
+    let (xc, wc, gc) = (f32_values(x)?, f32_values(w)?, f32_values(grad)?);
+    let g = conv_geometry(xc.layout().shape(), wc.layout().shape(), options)?;
+    let (dx, dw) = conv::backward(
+        &g,
+        xc.storage::<f32>(),
+        wc.storage::<f32>(),
+        gc.storage::<f32>(),
+        input_grad,
+    );
+    let dx = dx.map(|dx| FlexTensor::from_data(TensorData::new(dx, xc.layout().shape().clone())));
+    let dw = FlexTensor::from_data(TensorData::new(dw, wc.layout().shape().clone()));
+    Some((dx, dw))
+}
+
 impl KilnOps for Flex {
     fn kiln_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let Some(x) = f32_values(&x) else {
@@ -396,17 +450,7 @@ impl KilnOps for Flex {
         w: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let (Some(xc), Some(wc)) = (f32_values(&x), f32_values(&w)) else {
-            return <Flex as ModuleOps<Flex>>::conv2d(x, w, None, options);
-        };
-        let Some(g) = conv_geometry(xc.layout().shape(), wc.layout().shape(), &options) else {
-            return <Flex as ModuleOps<Flex>>::conv2d(x, w, None, options);
-        };
-        let y = conv::forward(&g, xc.storage::<f32>(), wc.storage::<f32>(), None);
-        FlexTensor::from_data(TensorData::new(
-            y,
-            [g.batch, g.channels_out, g.out[0], g.out[1]],
-        ))
+        conv2d_flex(x, w, None, options)
     }
 
     fn kiln_conv2d_bias(
@@ -415,25 +459,7 @@ impl KilnOps for Flex {
         b: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let (Some(xc), Some(wc), Some(bc)) = (f32_values(&x), f32_values(&w), f32_values(&b))
-        else {
-            return <Flex as ModuleOps<Flex>>::conv2d(x, w, Some(b), options);
-        };
-        let Some(g) = conv_geometry(xc.layout().shape(), wc.layout().shape(), &options)
-            .filter(|g| bc.layout().shape().num_elements() == g.channels_out)
-        else {
-            return <Flex as ModuleOps<Flex>>::conv2d(x, w, Some(b), options);
-        };
-        let y = conv::forward(
-            &g,
-            xc.storage::<f32>(),
-            wc.storage::<f32>(),
-            Some(bc.storage::<f32>()),
-        );
-        FlexTensor::from_data(TensorData::new(
-            y,
-            [g.batch, g.channels_out, g.out[0], g.out[1]],
-        ))
+        conv2d_flex(x, w, Some(b), options)
     }
 
     fn kiln_conv2d_bias_grad(grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -451,27 +477,10 @@ impl KilnOps for Flex {
         grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (Some(xc), Some(wc), Some(gc)) = (f32_values(&x), f32_values(&w), f32_values(&grad))
-        else {
-            return conv2d_grads_reference::<Flex>(x, w, grad, options);
-        };
-        let Some(g) = conv_geometry(xc.layout().shape(), wc.layout().shape(), &options) else {
-            return conv2d_grads_reference::<Flex>(x, w, grad, options);
-        };
-        let (dx, dw) = conv::backward(
-            &g,
-            xc.storage::<f32>(),
-            wc.storage::<f32>(),
-            gc.storage::<f32>(),
-            true,
-        );
-        (
-            FlexTensor::from_data(TensorData::new(
-                dx.expect("asked for the input's gradient"),
-                xc.layout().shape().clone(),
-            )),
-            FlexTensor::from_data(TensorData::new(dw, wc.layout().shape().clone())),
-        )
+        match conv2d_grads_flex(&x, &w, &grad, &options, true) {
+            Some((dx, dw)) => (dx.expect("asked for the input's gradient"), dw),
+            None => conv2d_grads_reference::<Flex>(x, w, grad, options),
+        }
     }
 
     fn kiln_conv2d_grad_weight(
@@ -480,21 +489,10 @@ impl KilnOps for Flex {
         grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let (Some(xc), Some(wc), Some(gc)) = (f32_values(&x), f32_values(&w), f32_values(&grad))
-        else {
-            return <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x, w, grad, options);
-        };
-        let Some(g) = conv_geometry(xc.layout().shape(), wc.layout().shape(), &options) else {
-            return <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x, w, grad, options);
-        };
-        let (_, dw) = conv::backward(
-            &g,
-            xc.storage::<f32>(),
-            wc.storage::<f32>(),
-            gc.storage::<f32>(),
-            false,
-        );
-        FlexTensor::from_data(TensorData::new(dw, wc.layout().shape().clone()))
+        match conv2d_grads_flex(&x, &w, &grad, &options, false) {
+            Some((_, dw)) => dw,
+            None => <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x, w, grad, options),
+        }
     }
 
     fn kiln_relu_max_pool2d(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self> {

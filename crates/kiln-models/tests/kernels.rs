@@ -190,16 +190,7 @@ fn linear_op_matches_burn_linear_values_and_gradients() {
     let device = Device::flex();
     let ad = device.clone().autodiff();
     let to_vec = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-    let close = |what: &str, a: &[f32], b: &[f32]| {
-        assert_eq!(a.len(), b.len(), "{what}: length");
-        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        let d = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(d <= 1e-5 * scale, "{what}: differs by {d} (scale {scale})");
-    };
+    let close = |what: &str, a: &[f32], b: &[f32]| assert_close(1e-5, what, a, b);
     for (bias, strided, [b, t, i, o]) in [
         (true, false, [3, 5, 7, 4]),
         (false, false, [2, 64, 96, 200]),
@@ -279,19 +270,9 @@ fn conv2d_op_matches_burn_conv_values_and_gradients() {
     let device = Device::flex();
     let ad = device.clone().autodiff();
     let to_vec = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-    // Tolerance relative to the largest value; the weight's gradient sums over every output
-    // position of the batch (36 864 products in the largest case), so it gets more.
-    let close_within = |tol: f32, what: &str, a: &[f32], b: &[f32]| {
-        assert_eq!(a.len(), b.len(), "{what}: length");
-        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        let d = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(d <= tol * scale, "{what}: differs by {d} (scale {scale})");
-    };
-    let close = |what: &str, a: &[f32], b: &[f32]| close_within(2e-5, what, a, b);
+    // The weight's and bias's gradients sum over every output position of the batch (36 864
+    // products in the largest case), so they get a wider tolerance.
+    let close = |what: &str, a: &[f32], b: &[f32]| assert_close(2e-5, what, a, b);
     // (batch, [cin, h, w], cout, kernel, stride, padding (top, left, bottom, right), dilation,
     //  input tracked)
     let cases = [
@@ -397,10 +378,10 @@ fn conv2d_op_matches_burn_conv_values_and_gradients() {
         if let (Some(kx), Some(bx)) = (kx, bx) {
             close(&format!("{what}: input gradient"), &kx, &bx);
         }
-        close_within(1e-4, &format!("{what}: weight gradient"), &kw, &bw);
+        assert_close(1e-4, &format!("{what}: weight gradient"), &kw, &bw);
         assert_eq!(kb.is_some(), bias, "{what}: bias gradient present");
         if let (Some(kb), Some(bb)) = (kb, bb) {
-            close_within(1e-4, &format!("{what}: bias gradient"), &kb, &bb);
+            assert_close(1e-4, &format!("{what}: bias gradient"), &kb, &bb);
         }
         // Without autodiff too.
         let plain = layer.valid();
@@ -530,4 +511,16 @@ fn fused_causal_attention_matches_op_by_op_values_and_gradients() {
             diff(&fg, &rg)
         );
     }
+}
+
+/// `a` equals `b` within `tol` times the largest magnitude in `b`.
+fn assert_close(tol: f32, what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d <= tol * scale, "{what}: differs by {d} (scale {scale})");
 }
