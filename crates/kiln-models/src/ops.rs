@@ -557,9 +557,9 @@ fn gemm_into(
     k: usize,
     n: usize,
     lhs: &[f32],
-    (lhs_rs, lhs_cs): (isize, isize),
+    lhs_strides: (isize, isize),
     rhs: &[f32],
-    (rhs_rs, rhs_cs): (isize, isize),
+    rhs_strides: (isize, isize),
 ) -> Vec<f32> {
     let mut dst = vec![0.0f32; m * n];
     let parallelism = if m * n * k >= 192 * 192 * 192 {
@@ -567,24 +567,58 @@ fn gemm_into(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `lhs` and `rhs` hold every element the strides reach (callers pass contiguous
-    // row-major buffers of the stated shapes); `dst` is `m * n` row-major.
+    // SAFETY: `dst` holds `m * n` elements; callers pass contiguous row-major operands of the
+    // stated shapes.
+    unsafe {
+        gemm_raw(
+            [m, k, n],
+            dst.as_mut_ptr(),
+            false,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallelism,
+        );
+    }
+    dst
+}
+
+/// `dst [m, n] (= or, with `accumulate`, +=) lhs [m, k] @ rhs [k, n]`, `dst` row-major and
+/// the operands with element strides `(row, column)`, through the gemm crate.
+///
+/// # Safety
+/// `lhs` and `rhs` must hold every element their strides reach; `dst` must be valid for
+/// `m * n` writes, and initialised when `accumulate` (otherwise gemm never reads it: alpha 0,
+/// read_dst false).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    [m, k, n]: [usize; 3],
+    dst: *mut f32,
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (isize, isize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
-            false,
+            accumulate,
             lhs.as_ptr(),
             lhs_cs,
             lhs_rs,
             rhs.as_ptr(),
             rhs_cs,
             rhs_rs,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -592,7 +626,6 @@ fn gemm_into(
             parallelism,
         );
     }
-    dst
 }
 
 /// A differentiable one-input op of [`KilnOps`]: which one, with its settings.

@@ -191,22 +191,23 @@ fn gemm(
     }
 }
 
-/// [`gemm`] into `m * n` possibly uninitialised elements at `dst` (written, never read,
-/// unless `accumulate`).
+/// [`super::gemm_raw`] into `m * n` possibly uninitialised elements at `dst`, across threads
+/// only when `parallel` and the product is large.
 ///
 /// # Safety
 /// `dst` must be valid for `m * n` writes (and reads when `accumulate`).
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_raw(
-    [m, k, n]: [usize; 3],
+    mnk: [usize; 3],
     dst: *mut f32,
     accumulate: bool,
     lhs: &[f32],
-    (lhs_rs, lhs_cs): (isize, isize),
+    lhs_strides: (isize, isize),
     rhs: &[f32],
-    (rhs_rs, rhs_cs): (isize, isize),
+    rhs_strides: (isize, isize),
     parallel: bool,
 ) {
+    let [m, k, n] = mnk;
     // Splitting one sample's product across threads pays only for large ones (a one-row
     // Fashion-MNIST CNN forward, 64 x 196 x 288 in its second layer, ran slower split).
     let parallelism = if parallel && m * n * k >= 256 * 256 * 256 {
@@ -214,31 +215,18 @@ unsafe fn gemm_raw(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: callers pass operands holding every element their strides reach, and `dst`
-    // valid for `m * n` row-major elements (gemm writes them without reading them unless
-    // `accumulate`: alpha 0 and read_dst false).
+    // SAFETY: the caller's contract, passed on.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        super::gemm_raw(
+            mnk,
             dst,
-            1,
-            n as isize,
             accumulate,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
             parallelism,
-        );
+        )
     }
 }
 
