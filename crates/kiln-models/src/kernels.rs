@@ -77,6 +77,7 @@ macro_rules! simd_dispatch {
         $f($($arg),*)
     }};
 }
+pub(crate) use simd_dispatch;
 
 /// Exact (erf) GELU, `x * Φ(x)`, for inference: equal to Burn's `gelu` within 1e-6 (tested)
 /// and several times faster, because Flex evaluates libm's scalar `erff` per element while

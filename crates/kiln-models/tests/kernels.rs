@@ -259,6 +259,50 @@ fn linear_op_matches_burn_linear_values_and_gradients() {
     }
 }
 
+/// kiln's matmul (`ops::matmul`, the product behind its linear layers) gives Burn's values
+/// whether the product runs on one thread or is cut into row blocks (tall outputs) or column
+/// blocks (wide outputs) with a ragged last block, for plain and transposed operands.
+#[test]
+fn matmul_matches_burn_over_row_and_column_splits() {
+    let device = Device::flex();
+    let to_vec = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    for [m, k, n] in [
+        [1, 5, 3],
+        [300, 200, 130],
+        [40, 700, 900],
+        [2048, 256, 1024],
+        [257, 193, 255],
+    ] {
+        for transposed in [false, true] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 7) % 13) as f32 / 6.0 - 1.0)
+                .collect();
+            let (a, b) = if transposed {
+                (
+                    Tensor::<2>::from_data(TensorData::new(a, [k, m]), &device).transpose(),
+                    Tensor::<2>::from_data(TensorData::new(b, [n, k]), &device).transpose(),
+                )
+            } else {
+                (
+                    Tensor::<2>::from_data(TensorData::new(a, [m, k]), &device),
+                    Tensor::<2>::from_data(TensorData::new(b, [k, n]), &device),
+                )
+            };
+            let ours = kiln_models::ops::matmul(a.clone(), b.clone());
+            assert_eq!(ours.dims(), [m, n]);
+            assert_close(
+                1e-4,
+                &format!("[{m}, {k}] x [{k}, {n}], transposed {transposed}"),
+                &to_vec(ours),
+                &to_vec(a.matmul(b)),
+            );
+        }
+    }
+}
+
 /// kiln's convolution (`ops::conv2d`) gives Burn's `Conv2d` outputs and gradients (input,
 /// weight, bias) over strides, padding, dilation, 1×1 kernels, one sample and many, and with
 /// the input a constant (the first layer of a network).

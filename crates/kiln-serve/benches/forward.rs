@@ -18,10 +18,18 @@ fn main() {
     let size = loaded.preprocessor.input_shape().size();
     // As `kiln serve` runs it.
     let model = loaded.model.folded_for_inference();
-    for rows in [1usize, 2, 4, 8, 16, 32, 64, 128] {
+    // `FORWARD_ROWS=64 FORWARD_REPS=2000` measures one batch size for longer (for a profiler).
+    let only: Option<usize> = std::env::var("FORWARD_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let reps_env: Option<usize> = std::env::var("FORWARD_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let sizes = only.map_or(vec![1usize, 2, 4, 8, 16, 32, 64, 128], |rows| vec![rows]);
+    for rows in sizes {
         let mut data = kiln_serve_bench_rows(&loaded.preprocessor, rows, size);
         data.rows = rows;
-        let reps = (256 / rows).max(4);
+        let reps = reps_env.unwrap_or((256 / rows).max(4));
         kiln::train::evaluate::raw_outputs(&model, &data, &device);
         let t = Instant::now();
         for _ in 0..reps {

@@ -272,17 +272,18 @@ pub const MATMUL_SHAPES: [(usize, usize, usize); 5] = [
     (2048, 1024, 256),
 ];
 
-/// Best-of-`repeats` GFLOP/s of Burn's f32 matmul (Flex: the `gemm` crate) for an
-/// `m x k` by `k x n` product.
+/// Best-of-`repeats` GFLOP/s of kiln's f32 matmul (`kiln_models::ops::matmul`, the product
+/// behind its linear layers; on Flex the `gemm` crate's kernels) for an `m x k` by `k x n`
+/// product.
 pub fn matmul_gflops(m: usize, k: usize, n: usize, repeats: usize, device: &Device) -> f64 {
     let mut rng = SplitMix64::new(7);
     let a = Tensor::<2>::from_data(TensorData::new(uniform(&mut rng, m * k), [m, k]), device);
     let b = Tensor::<2>::from_data(TensorData::new(uniform(&mut rng, k * n), [k, n]), device);
-    let _ = a.clone().matmul(b.clone()).into_data();
+    let _ = kiln_models::ops::matmul(a.clone(), b.clone()).into_data();
     let mut best = f64::INFINITY;
     for _ in 0..repeats {
         let started = Instant::now();
-        let _ = a.clone().matmul(b.clone()).into_data();
+        let _ = kiln_models::ops::matmul(a.clone(), b.clone()).into_data();
         best = best.min(started.elapsed().as_secs_f64());
     }
     2.0 * (m * k * n) as f64 / best / 1e9

@@ -52,6 +52,12 @@ fn window_max<const K: usize>(
     (at, max)
 }
 
+/// The larger of `a` and `b` (`b` when they are equal or either is NaN).
+#[inline(always)]
+fn greater(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
 /// `relu(max_pool(x))`, `[planes, H / k, W / k]`.
 pub(super) fn forward(g: &Geometry, x: &[f32]) -> Vec<f32> {
     match g.k {
@@ -79,17 +85,7 @@ fn forward_k<const K: usize>(g: &Geometry, x: &[f32]) -> Vec<f32> {
                 .zip(x.chunks_exact(plane_in))
             {
                 if K == 2 {
-                    // The common case, written so it vectorises (no argmax needed here).
-                    for (oy, o) in o.chunks_exact_mut(ow).enumerate() {
-                        let rows = &p[2 * oy * g.width..(2 * oy + 2) * g.width];
-                        let (r0, r1) = rows.split_at(g.width);
-                        for (ox, o) in o.iter_mut().enumerate() {
-                            let m = r0[2 * ox]
-                                .max(r0[2 * ox + 1])
-                                .max(r1[2 * ox].max(r1[2 * ox + 1]));
-                            *o = MaybeUninit::new(m.max(0.0));
-                        }
-                    }
+                    forward_plane_2x2(p, o, g.width);
                     continue;
                 }
                 for oy in 0..oh {
@@ -135,6 +131,10 @@ fn backward_k<const K: usize>(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32>
                 .zip(x.chunks_exact(plane_in))
                 .zip(grad.chunks_exact(plane_out))
             {
+                if K == 2 {
+                    backward_plane_2x2(p, gr, d, g.width);
+                    continue;
+                }
                 // Rows and columns past the last full window get no gradient.
                 for row in d.chunks_exact_mut(g.width).skip(oh * k) {
                     row.fill(MaybeUninit::new(0.0));
@@ -154,4 +154,88 @@ fn backward_k<const K: usize>(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32>
     // windows, then the rows below the last band.
     unsafe { dx.set_len(len) };
     dx
+}
+
+/// [`forward`] of one plane `p` `[H, W]` into `o` `[H / 2, W / 2]` for 2×2 windows, with the
+/// widest SIMD the CPU offers.
+fn forward_plane_2x2(p: &[f32], o: &mut [MaybeUninit<f32>], width: usize) {
+    crate::kernels::simd_dispatch!(forward_plane_2x2_loop(
+        p: &[f32],
+        o: &mut [MaybeUninit<f32>],
+        width: usize
+    ));
+}
+
+#[inline(always)]
+fn forward_plane_2x2_loop(p: &[f32], o: &mut [MaybeUninit<f32>], width: usize) {
+    let ow = width / 2;
+    if ow == 0 {
+        return;
+    }
+    for (o, rows) in o.chunks_exact_mut(ow).zip(p.chunks_exact(2 * width)) {
+        let (r0, r1) = rows.split_at(width);
+        for ((o, a), b) in o.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+            let m = greater(greater(a[0], a[1]), greater(b[0], b[1]));
+            *o = MaybeUninit::new(greater(m, 0.0));
+        }
+    }
+}
+
+/// [`backward`] of one plane for 2×2 windows: `d` `[H, W]` from the input plane `p` and the
+/// output's gradient `grad` `[H / 2, W / 2]`, with the widest SIMD the CPU offers.
+fn backward_plane_2x2(p: &[f32], grad: &[f32], d: &mut [MaybeUninit<f32>], width: usize) {
+    crate::kernels::simd_dispatch!(backward_plane_2x2_loop(
+        p: &[f32],
+        grad: &[f32],
+        d: &mut [MaybeUninit<f32>],
+        width: usize
+    ));
+}
+
+#[inline(always)]
+fn backward_plane_2x2_loop(p: &[f32], grad: &[f32], d: &mut [MaybeUninit<f32>], width: usize) {
+    let ow = width / 2;
+    let bands = grad.len().checked_div(ow).unwrap_or(0);
+    let (windowed, rest) = d.split_at_mut(bands * 2 * width);
+    // Rows below the last full band of windows get no gradient.
+    rest.fill(MaybeUninit::new(0.0));
+    if ow == 0 {
+        return;
+    }
+    for ((d, rows), grad) in windowed
+        .chunks_exact_mut(2 * width)
+        .zip(p.chunks_exact(2 * width))
+        .zip(grad.chunks_exact(ow))
+    {
+        let (r0, r1) = rows.split_at(width);
+        let (d0, d1) = d.split_at_mut(width);
+        // A trailing odd column gets no gradient.
+        d0[2 * ow..].fill(MaybeUninit::new(0.0));
+        d1[2 * ow..].fill(MaybeUninit::new(0.0));
+        for ((((d0, d1), a), b), &g) in d0
+            .chunks_exact_mut(2)
+            .zip(d1.chunks_exact_mut(2))
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+            .zip(grad)
+        {
+            // The first maximum in row-major order, as `window_max` finds it.
+            let mut max = a[0];
+            let mut at = 0u8;
+            if a[1] > max {
+                (max, at) = (a[1], 1);
+            }
+            if b[0] > max {
+                (max, at) = (b[0], 2);
+            }
+            if b[1] > max {
+                (max, at) = (b[1], 3);
+            }
+            let g = if max > 0.0 { g } else { 0.0 };
+            d0[0] = MaybeUninit::new(if at == 0 { g } else { 0.0 });
+            d0[1] = MaybeUninit::new(if at == 1 { g } else { 0.0 });
+            d1[0] = MaybeUninit::new(if at == 2 { g } else { 0.0 });
+            d1[1] = MaybeUninit::new(if at == 3 { g } else { 0.0 });
+        }
+    }
 }
