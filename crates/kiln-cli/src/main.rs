@@ -656,10 +656,9 @@ fn describe(file: &str, target: Option<&str>, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    kiln_alloc::configure();
-    let cli = Cli::parse();
-    let result = match cli.command {
+/// Runs every command but `serve`.
+fn run_command(command: Command) -> Result<()> {
+    match command {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
         Command::Predict(a) => predict(a),
@@ -676,6 +675,17 @@ fn main() -> ExitCode {
             val_fraction,
             out,
         }) => prepare_text(&files, &tokenizer, vocab_size, val_fraction, &out),
+    }
+}
+
+fn main() -> ExitCode {
+    kiln_alloc::configure();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        // The server keeps its own threads and hands each forward pass to rayon's pool.
+        Command::Serve(a) => serve(a),
+        // Compute-bound commands run on one of rayon's workers (`in_thread_pool`).
+        command => kiln::models::ops::in_thread_pool(|| run_command(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -574,6 +574,7 @@ fn gemm_into(
         dst.resize(len, 0.0);
         return dst;
     }
+    let trace_t = std::time::Instant::now();
     let base = SharedDst(dst.as_mut_ptr());
     let (rows_split, parts) = if threads > 1 && m * n * k >= 192 * 192 * 192 {
         (m >= n, threads)
@@ -587,7 +588,9 @@ fn gemm_into(
         .next_multiple_of(16)
         .min(extent.max(1));
     let blocks = extent.div_ceil(per.max(1));
+    let spans = std::sync::Mutex::new(Vec::new());
     (0..blocks).into_par_iter().for_each(|i| {
+        let b0 = trace_t.elapsed().as_secs_f64() * 1e6;
         let start = i * per;
         let size = per.min(extent - start);
         let (mnk, dst_at, lhs_at, rhs_at) = if rows_split {
@@ -611,7 +614,11 @@ fn gemm_into(
                 gemm::Parallelism::None,
             );
         }
+        spans.lock().unwrap().push((rayon::current_thread_index(), b0 as u32, (trace_t.elapsed().as_secs_f64() * 1e6) as u32));
     });
+    if std::env::var_os("KILN_GEMM_TRACE").is_some() {
+        eprintln!("GEMM {m} {k} {n} {:?} {:?} {:?} {}", lhs_strides, rhs_strides, spans.lock().unwrap(), trace_t.elapsed().as_secs_f64() * 1e6);
+    }
     // SAFETY: the blocks above cover all `m * n` elements, each written by gemm (alpha 0).
     unsafe { dst.set_len(len) };
     dst
@@ -1039,6 +1046,18 @@ pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     ))
 }
 
+/// Runs `work` on one of rayon's worker threads and waits for it (sleeping). kiln's host
+/// kernels and Flex's ops called from there split their work with the pool's other threads
+/// instead of being handed to the pool by an extra thread: called from outside, the caller's
+/// serial work (autodiff bookkeeping, small ops) runs while the workers that just finished a
+/// parallel op still spin for more, three busy threads on two cores.
+pub fn in_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return work();
+    }
+    rayon::scope(|_| work())
+}
+
 /// Whether `device` is Flex's (with or without autodiff): where kiln's host kernels and
 /// fused backwards ([`causal_attention`], the fused Adam) exist. f32 tensors only — callers
 /// check the dtype.
@@ -1280,5 +1299,44 @@ mod attention {
             },
         );
         g
+    }
+}
+
+#[cfg(test)]
+mod tmp_gemm_shapes {
+    #[test]
+    #[ignore]
+    fn gemm_shapes_gflops() {
+        let time = |name: &str, m: usize, k: usize, n: usize, ls: (isize, isize), rs: (isize, isize)| {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut best = f64::INFINITY;
+            for _ in 0..20 {
+                let t = std::time::Instant::now();
+                let y = super::gemm_into(m, k, n, &a, ls, &b, rs);
+                std::hint::black_box(&y);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!("{name} {m}x{k}x{n}: {:.1} GFLOP/s", 2.0 * (m * k * n) as f64 / best / 1e9);
+        };
+        let (b, t, c, h) = (16usize, 128usize, 256usize, 4usize);
+        let qkv: Vec<f32> = (0..b * t * 3 * c).map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5).collect();
+        let dy = vec![0.01f32; b * t * c];
+        let (mut f, mut bw) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..20 {
+            let s = std::time::Instant::now();
+            std::hint::black_box(super::attention::forward(&qkv, b, t, c, h));
+            f = f.min(s.elapsed().as_secs_f64());
+            let s = std::time::Instant::now();
+            std::hint::black_box(super::attention::backward(&qkv, &dy, b, t, c, h));
+            bw = bw.min(s.elapsed().as_secs_f64());
+        }
+        println!("attention fwd {:.2} ms, bwd {:.2} ms per layer", f * 1e3, bw * 1e3);
+        for (i, o) in [(256usize, 1024usize), (1024, 256), (256, 768), (256, 256)] {
+            let r = 2048;
+            time("fwd x@w", r, i, o, (i as isize, 1), (o as isize, 1));
+            time("grad_in g@wT", r, o, i, (o as isize, 1), (1, o as isize));
+            time("grad_w xT@g", i, r, o, (1, i as isize), (o as isize, 1));
+        }
     }
 }

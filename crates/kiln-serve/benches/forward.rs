@@ -30,10 +30,22 @@ fn main() {
         let mut data = kiln_serve_bench_rows(&loaded.preprocessor, rows, size);
         data.rows = rows;
         let reps = reps_env.unwrap_or((256 / rows).max(4));
-        kiln::train::evaluate::raw_outputs(&model, &data, &device);
+        // Each pass handed to rayon's pool, as `kiln serve`'s batcher does (`FORWARD_POOL=0`:
+        // from this thread).
+        let pooled = std::env::var("FORWARD_POOL").map_or(true, |v| v != "0");
+        let pass = || {
+            if pooled {
+                kiln::models::ops::in_thread_pool(|| {
+                    kiln::train::evaluate::raw_outputs(&model, &data, &device)
+                })
+            } else {
+                kiln::train::evaluate::raw_outputs(&model, &data, &device)
+            }
+        };
+        pass();
         let t = Instant::now();
         for _ in 0..reps {
-            kiln::train::evaluate::raw_outputs(&model, &data, &device);
+            pass();
         }
         let ms = t.elapsed().as_secs_f64() * 1000.0 / reps as f64;
         println!(

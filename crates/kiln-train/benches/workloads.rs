@@ -22,6 +22,13 @@ static ALLOCATOR: kiln_alloc::Allocator = kiln_alloc::Allocator;
 
 fn main() {
     kiln_alloc::configure();
+    if std::env::var_os("KILN_NO_POOL").is_some() {
+        return run_workloads();
+    }
+    kiln_models::ops::in_thread_pool(run_workloads);
+}
+
+fn run_workloads() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
