@@ -90,7 +90,13 @@ pub fn gelu_inference<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
     // In place in the tensor's own buffer when nothing else holds it (no copy either way).
     let mut data = x.into_data().convert::<f32>();
-    gelu_in_place(data.as_mut_slice::<f32>().expect("f32 data"));
+    // Split across rayon's threads in blocks of 16K values (64 KiB): the polynomial costs
+    // about 1 ns per value on one core, 0.15 ms for one GPT layer's [128, 1024] activations.
+    use rayon::prelude::*;
+    data.as_mut_slice::<f32>()
+        .expect("f32 data")
+        .par_chunks_mut(1 << 14)
+        .for_each(gelu_in_place);
     Tensor::from_data(data, &device)
 }
 
@@ -165,7 +171,7 @@ fn gelu_scalar(x: f32) -> f32 {
 /// e^x for x <= 88 (0 below -87), to ~1 ulp:
 /// x = n ln2 + r with |r| <= ln2 / 2, e^r by Cephes' `expf` polynomial, 2^n by exponent bits.
 #[inline(always)]
-fn exp_approx(x: f32) -> f32 {
+pub(crate) fn exp_approx(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -186,4 +192,44 @@ fn exp_approx(x: f32) -> f32 {
     let y = er * f32::from_bits((bits as u32) << 23);
     // Below the smallest normal result, flush to 0 rather than return e^-87.
     if x <= -87.0 { 0.0 } else { y }
+}
+
+/// Softmax of `row` in place (`exp(v - max) / sum`), with the widest SIMD the CPU offers and
+/// [`exp_approx`] rather than libm's scalar `expf`.
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
+    simd_dispatch!(softmax_loop(row: &mut [f32]));
+}
+
+#[inline(always)]
+fn softmax_loop(row: &mut [f32]) {
+    // Reductions over 16 independent lanes, so they vectorise (a float fold with one
+    // accumulator has to run in order).
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for v in row.iter_mut() {
+        *v = exp_approx(*v - max);
+    }
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (s, &v) in lanes.iter_mut().zip(c) {
+            *s += v;
+        }
+    }
+    let sum: f32 = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
 }

@@ -574,7 +574,6 @@ fn gemm_into(
         dst.resize(len, 0.0);
         return dst;
     }
-    let trace_t = std::time::Instant::now();
     let base = SharedDst(dst.as_mut_ptr());
     let (rows_split, parts) = if threads > 1 && m * n * k >= 192 * 192 * 192 {
         (m >= n, threads)
@@ -588,9 +587,7 @@ fn gemm_into(
         .next_multiple_of(16)
         .min(extent.max(1));
     let blocks = extent.div_ceil(per.max(1));
-    let spans = std::sync::Mutex::new(Vec::new());
     (0..blocks).into_par_iter().for_each(|i| {
-        let b0 = trace_t.elapsed().as_secs_f64() * 1e6;
         let start = i * per;
         let size = per.min(extent - start);
         let (mnk, dst_at, lhs_at, rhs_at) = if rows_split {
@@ -614,11 +611,7 @@ fn gemm_into(
                 gemm::Parallelism::None,
             );
         }
-        spans.lock().unwrap().push((rayon::current_thread_index(), b0 as u32, (trace_t.elapsed().as_secs_f64() * 1e6) as u32));
     });
-    if std::env::var_os("KILN_GEMM_TRACE").is_some() {
-        eprintln!("GEMM {m} {k} {n} {:?} {:?} {:?} {}", lhs_strides, rhs_strides, spans.lock().unwrap(), trace_t.elapsed().as_secs_f64() * 1e6);
-    }
     // SAFETY: the blocks above cover all `m * n` elements, each written by gemm (alpha 0).
     unsafe { dst.set_len(len) };
     dst
@@ -1146,16 +1139,7 @@ mod attention {
         }
         for (i, r) in p.chunks_exact_mut(t).enumerate() {
             let (seen, future) = r.split_at_mut(i + 1);
-            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0.0;
-            for v in seen.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            for v in seen.iter_mut() {
-                *v *= inv;
-            }
+            crate::kernels::softmax_in_place(seen);
             future.fill(0.0);
         }
     }
@@ -1299,44 +1283,5 @@ mod attention {
             },
         );
         g
-    }
-}
-
-#[cfg(test)]
-mod tmp_gemm_shapes {
-    #[test]
-    #[ignore]
-    fn gemm_shapes_gflops() {
-        let time = |name: &str, m: usize, k: usize, n: usize, ls: (isize, isize), rs: (isize, isize)| {
-            let a = vec![0.5f32; m * k];
-            let b = vec![0.25f32; k * n];
-            let mut best = f64::INFINITY;
-            for _ in 0..20 {
-                let t = std::time::Instant::now();
-                let y = super::gemm_into(m, k, n, &a, ls, &b, rs);
-                std::hint::black_box(&y);
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            println!("{name} {m}x{k}x{n}: {:.1} GFLOP/s", 2.0 * (m * k * n) as f64 / best / 1e9);
-        };
-        let (b, t, c, h) = (16usize, 128usize, 256usize, 4usize);
-        let qkv: Vec<f32> = (0..b * t * 3 * c).map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5).collect();
-        let dy = vec![0.01f32; b * t * c];
-        let (mut f, mut bw) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..20 {
-            let s = std::time::Instant::now();
-            std::hint::black_box(super::attention::forward(&qkv, b, t, c, h));
-            f = f.min(s.elapsed().as_secs_f64());
-            let s = std::time::Instant::now();
-            std::hint::black_box(super::attention::backward(&qkv, &dy, b, t, c, h));
-            bw = bw.min(s.elapsed().as_secs_f64());
-        }
-        println!("attention fwd {:.2} ms, bwd {:.2} ms per layer", f * 1e3, bw * 1e3);
-        for (i, o) in [(256usize, 1024usize), (1024, 256), (256, 768), (256, 256)] {
-            let r = 2048;
-            time("fwd x@w", r, i, o, (i as isize, 1), (o as isize, 1));
-            time("grad_in g@wT", r, o, i, (o as isize, 1), (1, o as isize));
-            time("grad_w xT@g", i, r, o, (1, i as isize), (o as isize, 1));
-        }
     }
 }
