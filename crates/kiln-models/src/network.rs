@@ -212,6 +212,16 @@ impl Network {
                 };
                 let mut img: Tensor<4> = x.reshape([batch, channels, height, width]);
                 for block in &self.convs {
+                    // Inference with ReLU and a pool but no norm in between: one fused pass.
+                    if let Some(k) = block.pool.as_ref().map(|_| block.pool_size).filter(|_| {
+                        !img.is_autodiff()
+                            && block.norm.is_none()
+                            && self.activation == Activation::Relu
+                    }) {
+                        img = crate::ops::conv2d_relu_max_pool2d(&block.conv, img, k);
+                        img = block.dropout.forward(img);
+                        continue;
+                    }
                     img = crate::ops::conv2d(&block.conv, img);
                     if let Some(norm) = &block.norm {
                         img = norm.forward(img);

@@ -988,15 +988,9 @@ pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
 /// for the batch, no transposed convolution for the input's gradient; the bias added as the
 /// output is written and its gradient summed in one pass); Burn's conv elsewhere.
 pub fn conv2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let padding = match &layer.padding {
-        burn::nn::PaddingConfig2d::Valid => [(0, 0), (0, 0)],
-        burn::nn::PaddingConfig2d::Explicit(top, left, bottom, right) => {
-            [(*top, *bottom), (*left, *right)]
-        }
-        _ => return layer.forward(x),
+    let Some(options) = conv_options(layer) else {
+        return layer.forward(x);
     };
-    let options =
-        ConvOptions::new_with_padding(layer.stride, padding, layer.dilation, layer.groups);
     Tensor::from_dispatch(match &layer.bias {
         Some(bias) => <Dispatch as KilnOps>::kiln_conv2d_bias(
             x.into_dispatch(),
@@ -1010,6 +1004,56 @@ pub fn conv2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
             options,
         ),
     })
+}
+
+/// A convolution layer's options with its padding spelled out; `None` for `Same` padding
+/// (Burn's layer computes that itself).
+fn conv_options(layer: &burn::nn::conv::Conv2d) -> Option<ConvOptions<2>> {
+    let padding = match &layer.padding {
+        burn::nn::PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        burn::nn::PaddingConfig2d::Explicit(top, left, bottom, right) => {
+            [(*top, *bottom), (*left, *right)]
+        }
+        _ => return None,
+    };
+    Some(ConvOptions::new_with_padding(
+        layer.stride,
+        padding,
+        layer.dilation,
+        layer.groups,
+    ))
+}
+
+/// `relu_max_pool2d(conv2d(layer, x), k)` for inference: on Flex f32 tensors without
+/// autodiff, each sample's convolution output is pooled from a per-thread buffer in cache
+/// instead of being written out at full resolution and read back (the serving path of a
+/// CNN); the two ops otherwise.
+pub fn conv2d_relu_max_pool2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>, k: usize) -> Tensor<4> {
+    let composed = |x| relu_max_pool2d(conv2d(layer, x), k);
+    if k == 0 || x.is_autodiff() || !on_flex(&x.device()) || x.dtype() != DType::F32 {
+        return composed(x);
+    }
+    let geometry = conv_options(layer)
+        .and_then(|options| conv_geometry(&x.shape(), &layer.weight.shape(), &options));
+    let Some(g) = geometry else {
+        return composed(x);
+    };
+    let device = x.device();
+    let (x, w) = (x.into_data(), layer.weight.val().into_data());
+    let b = layer.bias.as_ref().map(|b| b.val().into_data());
+    let (Ok(xs), Ok(ws)) = (x.as_slice::<f32>(), w.as_slice::<f32>()) else {
+        return composed(Tensor::from_data(x, &device));
+    };
+    let bias = match &b {
+        Some(b) => match b.as_slice::<f32>() {
+            Ok(b) => Some(b),
+            Err(_) => return composed(Tensor::from_data(x, &device)),
+        },
+        None => None,
+    };
+    let y = conv::forward_relu_max_pool(&g, xs, ws, bias, k);
+    let shape = [g.batch, g.channels_out, g.out[0] / k, g.out[1] / k];
+    Tensor::from_data(TensorData::new(y, shape), &device)
 }
 
 /// ReLU then a `k`×`k` max-pool with stride `k` (no padding), through [`KilnOps`]: one pass

@@ -487,6 +487,41 @@ fn relu_max_pool_matches_burn_values_and_gradients() {
     }
 }
 
+/// The fused inference pass `ops::conv2d_relu_max_pool2d` equals the convolution followed by
+/// ReLU + max-pool, over biases, strides, padding, 1×1 kernels, odd sizes and both pool
+/// sizes, one sample and many.
+#[test]
+fn fused_conv_relu_pool_equals_the_two_ops() {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    let device = Device::flex();
+    let to_vec = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    for (bias, [b, cin, h, w], cout, kernel, stride, pad, k) in [
+        (true, [3, 1, 28, 28], 8, 3, 1, 1, 2),
+        (false, [2, 4, 13, 11], 5, 3, 1, 0, 2),
+        (true, [1, 3, 15, 17], 6, 5, 2, 2, 3),
+        (true, [4, 6, 9, 9], 7, 1, 1, 0, 2),
+        (true, [5, 32, 14, 14], 64, 3, 1, 1, 2),
+    ] {
+        device.seed(3);
+        let conv = Conv2dConfig::new([cin, cout], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_bias(bias)
+            .init(&device);
+        let x = Tensor::<4>::random([b, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let fused = kiln_models::ops::conv2d_relu_max_pool2d(&conv, x.clone(), k);
+        let apart = kiln_models::ops::relu_max_pool2d(kiln_models::ops::conv2d(&conv, x), k);
+        assert_eq!(fused.dims(), apart.dims());
+        assert_close(
+            1e-6,
+            &format!("[{b},{cin},{h},{w}] -> {cout}, kernel {kernel}, stride {stride}, k {k}"),
+            &to_vec(fused),
+            &to_vec(apart),
+        );
+    }
+}
+
 /// kiln's fused causal attention (`ops::causal_attention`) gives the op-by-op form's outputs
 /// and its gradient with respect to the packed projections.
 #[test]

@@ -297,6 +297,74 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) 
     out
 }
 
+/// `relu(max_pool(forward(x)))` for inference, with a `k`×`k` window and stride `k`: each
+/// sample's convolution output goes to a per-thread scratch buffer that stays in cache and is
+/// pooled from there, so the full-resolution output is never written to memory (four times
+/// the pooled size at `k` = 2). `[B, Cout, Hout / k, Wout / k]`.
+pub(super) fn forward_relu_max_pool(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    k: usize,
+) -> Vec<f32> {
+    let (patch, n) = (g.patch(), g.positions());
+    let pool = super::pool::Geometry {
+        planes: 1,
+        height: g.out[0],
+        width: g.out[1],
+        k,
+    };
+    let [ph, pw] = pool.out();
+    let pooled = g.channels_out * ph * pw;
+    let len = g.batch * pooled;
+    if len == 0 || g.input_len() == 0 {
+        return vec![0.0; len];
+    }
+    let mut out = Vec::<f32>::with_capacity(len);
+    let (per, parallel) = split(g.batch);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(per * pooled)
+        .zip(x.par_chunks(per * g.input_len()))
+        .for_each(|(out, x)| {
+            let mut col = if g.pointwise() {
+                Vec::new()
+            } else {
+                vec![0.0f32; patch * n]
+            };
+            let mut conv = vec![0.0f32; g.output_len()];
+            for (out, x) in out.chunks_exact_mut(pooled).zip(x.chunks_exact(g.input_len())) {
+                let src: &[f32] = if g.pointwise() {
+                    x
+                } else {
+                    im2col(g, x, &mut col);
+                    &col
+                };
+                if let Some(bias) = bias {
+                    for (row, &b) in conv.chunks_exact_mut(n).zip(bias) {
+                        row.fill(b);
+                    }
+                }
+                gemm(
+                    [g.channels_out, patch, n],
+                    &mut conv,
+                    bias.is_some(),
+                    w,
+                    (patch as isize, 1),
+                    src,
+                    (n as isize, 1),
+                    parallel,
+                );
+                for (o, plane) in out.chunks_exact_mut(ph * pw).zip(conv.chunks_exact(n)) {
+                    super::pool::forward_plane(plane, o, &pool);
+                }
+            }
+        });
+    // SAFETY: every pooled element was written above (one plane per output channel).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// The gradients of [`forward`] given the output's gradient `grad`: the input's (when
 /// `input_grad`) and the weight's `[Cout, Cin, kh, kw]`.
 pub(super) fn backward(

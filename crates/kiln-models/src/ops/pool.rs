@@ -18,7 +18,8 @@ pub(super) struct Geometry {
 }
 
 impl Geometry {
-    fn out(&self) -> [usize; 2] {
+    /// Output rows and columns per plane.
+    pub(super) fn out(&self) -> [usize; 2] {
         [self.height / self.k, self.width / self.k]
     }
 }
@@ -84,21 +85,36 @@ fn forward_k<const K: usize>(g: &Geometry, x: &[f32]) -> Vec<f32> {
                 .chunks_exact_mut(plane_out)
                 .zip(x.chunks_exact(plane_in))
             {
-                if K == 2 {
-                    forward_plane_2x2(p, o, g.width);
-                    continue;
-                }
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let max = window_max::<K>(p, g.width, g.k, oy, ox).1;
-                        o[oy * ow + ox] = MaybeUninit::new(max.max(0.0));
-                    }
-                }
+                forward_plane_k::<K>(p, o, g);
             }
         });
     // SAFETY: every output element was written above (one per window of every plane).
     unsafe { out.set_len(len) };
     out
+}
+
+/// [`forward`] of one plane `p` `[H, W]` into `o` `[H / k, W / k]` (`g.planes` unused).
+pub(super) fn forward_plane(p: &[f32], o: &mut [MaybeUninit<f32>], g: &Geometry) {
+    match g.k {
+        2 => forward_plane_k::<2>(p, o, g),
+        3 => forward_plane_k::<3>(p, o, g),
+        _ => forward_plane_k::<0>(p, o, g),
+    }
+}
+
+#[inline(always)]
+fn forward_plane_k<const K: usize>(p: &[f32], o: &mut [MaybeUninit<f32>], g: &Geometry) {
+    if K == 2 {
+        forward_plane_2x2(p, o, g.width);
+        return;
+    }
+    let [oh, ow] = g.out();
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let max = window_max::<K>(p, g.width, g.k, oy, ox).1;
+            o[oy * ow + ox] = MaybeUninit::new(max.max(0.0));
+        }
+    }
 }
 
 /// The gradient of [`forward`] with respect to `x`, given the output's gradient `grad`: each
