@@ -2,6 +2,8 @@
 //! forward pass. Each is used only on tensors without autodiff (training keeps Burn's op and
 //! its backward) and is tested bit-equal to the Burn op it replaces.
 
+use std::mem::MaybeUninit;
+
 use burn::prelude::{Tensor, TensorData};
 
 /// Max pooling with a `k`x`k` window and stride `k` (no padding; trailing rows/columns that do
@@ -106,15 +108,19 @@ pub fn gelu_in_place(values: &mut [f32]) {
 }
 
 /// GELU of `x` into `out`.
-pub fn gelu_into(x: &[f32], out: &mut [f32]) {
+pub fn gelu_into(x: &[f32], out: &mut [MaybeUninit<f32>]) {
     assert_eq!(x.len(), out.len());
-    simd_dispatch!(gelu_copy_loop(x: &[f32], out: &mut [f32]));
+    simd_dispatch!(gelu_copy_loop(x: &[f32], out: &mut [MaybeUninit<f32>]));
 }
 
 /// `grad * d gelu(x) / dx` (= `grad * (Φ(x) + x φ(x))`), elementwise into `out`.
-pub fn gelu_backward_into(x: &[f32], grad: &[f32], out: &mut [f32]) {
+pub fn gelu_backward_into(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) {
     assert!(x.len() == grad.len() && x.len() == out.len());
-    simd_dispatch!(gelu_backward_loop(x: &[f32], grad: &[f32], out: &mut [f32]));
+    simd_dispatch!(gelu_backward_loop(
+        x: &[f32],
+        grad: &[f32],
+        out: &mut [MaybeUninit<f32>]
+    ));
 }
 
 #[inline(always)]
@@ -125,16 +131,16 @@ fn gelu_loop(values: &mut [f32]) {
 }
 
 #[inline(always)]
-fn gelu_copy_loop(x: &[f32], out: &mut [f32]) {
+fn gelu_copy_loop(x: &[f32], out: &mut [MaybeUninit<f32>]) {
     for (o, &x) in out.iter_mut().zip(x) {
-        *o = gelu_scalar(x);
+        *o = MaybeUninit::new(gelu_scalar(x));
     }
 }
 
 #[inline(always)]
-fn gelu_backward_loop(x: &[f32], grad: &[f32], out: &mut [f32]) {
+fn gelu_backward_loop(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) {
     for ((o, &x), &g) in out.iter_mut().zip(x).zip(grad) {
-        *o = g * gelu_derivative(x);
+        *o = MaybeUninit::new(g * gelu_derivative(x));
     }
 }
 

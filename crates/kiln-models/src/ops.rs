@@ -366,10 +366,14 @@ impl KilnOps for Flex {
             return <Flex as ActivationOps<Flex>>::gelu(x);
         };
         let shape = x.layout().shape().clone();
-        let mut out = vec![0.0f32; shape.num_elements()];
-        out.par_chunks_mut(CHUNK)
+        let len = shape.num_elements();
+        let mut out = Vec::<f32>::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(CHUNK)
             .zip(x.storage::<f32>().par_chunks(CHUNK))
             .for_each(|(o, x)| crate::kernels::gelu_into(x, o));
+        // SAFETY: `gelu_into` wrote every element (the chunks cover `len`).
+        unsafe { out.set_len(len) };
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
@@ -378,11 +382,20 @@ impl KilnOps for Flex {
             return <Flex as ActivationOps<Flex>>::gelu_backward(x, grad);
         };
         let shape = x.layout().shape().clone();
-        let mut out = vec![0.0f32; shape.num_elements()];
-        out.par_chunks_mut(CHUNK)
+        let len = shape.num_elements();
+        assert_eq!(
+            grad.storage::<f32>().len(),
+            len,
+            "gelu backward: gradient shape"
+        );
+        let mut out = Vec::<f32>::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(CHUNK)
             .zip(x.storage::<f32>().par_chunks(CHUNK))
             .zip(grad.storage::<f32>().par_chunks(CHUNK))
             .for_each(|((o, x), g)| crate::kernels::gelu_backward_into(x, g, o));
+        // SAFETY: `gelu_backward_into` wrote every element (the chunks cover `len`).
+        unsafe { out.set_len(len) };
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 

@@ -333,7 +333,10 @@ pub(super) fn forward_relu_max_pool(
                 vec![0.0f32; patch * n]
             };
             let mut conv = vec![0.0f32; g.output_len()];
-            for (out, x) in out.chunks_exact_mut(pooled).zip(x.chunks_exact(g.input_len())) {
+            for (out, x) in out
+                .chunks_exact_mut(pooled)
+                .zip(x.chunks_exact(g.input_len()))
+            {
                 let src: &[f32] = if g.pointwise() {
                     x
                 } else {
