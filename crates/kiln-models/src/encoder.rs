@@ -94,7 +94,7 @@ impl TextEncoder {
         for block in &self.blocks {
             x = block.forward(x, &mask, None);
         }
-        let x = self.ln_f.forward(x);
+        let x = crate::ops::layer_norm(&self.ln_f, x);
         let keep: Tensor<3> = pad.clone().bool_not().float().reshape([b, t, 1]);
         let mean = || {
             let count = keep.clone().sum_dim(1).clamp_min(1.0); // [B, 1, 1]

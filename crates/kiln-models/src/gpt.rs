@@ -157,7 +157,7 @@ impl Gpt {
         if let Some(c) = cache {
             c.len += t;
         }
-        let x = self.ln_f.forward(x);
+        let x = crate::ops::layer_norm(&self.ln_f, x);
         match &self.head {
             Some(head) => crate::ops::linear(head, x),
             None => {

@@ -23,6 +23,7 @@ use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
 
 mod conv;
+mod norm;
 mod pool;
 
 /// Elements per rayon task: large enough that scheduling is noise.
@@ -137,6 +138,27 @@ pub trait KilnOps: Backend {
         causal_attention_reference::<Self>(qkv, heads)
     }
 
+    /// Layer normalisation over the last dimension without the bias:
+    /// `(x - mean) / sqrt(var + eps) * gamma`.
+    fn kiln_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::layer_norm(x, gamma, None, eps)
+    }
+
+    /// The gradients of [`KilnOps::kiln_layer_norm`] with respect to `x` and `gamma`, given
+    /// the output's gradient `grad`.
+    fn kiln_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        layer_norm_backward_reference::<Self>(x, gamma, grad, eps)
+    }
+
     /// The gradient of [`KilnOps::kiln_causal_attention`] with respect to `qkv`, given the
     /// output's gradient `grad` `[B, T, C]`.
     fn kiln_causal_attention_backward(
@@ -147,6 +169,38 @@ pub trait KilnOps: Backend {
         let _ = (qkv, grad, heads);
         unimplemented!("kiln's causal attention has a backward on Flex only")
     }
+}
+
+/// [`KilnOps::kiln_layer_norm_backward`] as Burn ops.
+fn layer_norm_backward_reference<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    eps: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let shape = x.shape();
+    let last = shape.num_dims() - 1;
+    let d = shape[last];
+    let rows = shape.num_elements() / d.max(1);
+    let mean = B::float_mean_dim(x.clone(), last);
+    let centered = B::float_sub(x, mean);
+    let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), last);
+    let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, eps.into())));
+    let xhat = B::float_mul(centered, rstd.clone());
+    let mut wide = vec![1; shape.num_dims()];
+    wide[last] = d;
+    let g = B::float_mul(grad.clone(), B::float_reshape(gamma, Shape::from(wide)));
+    let g_mean = B::float_mean_dim(g.clone(), last);
+    let gx_mean = B::float_mean_dim(B::float_mul(g.clone(), xhat.clone()), last);
+    let dx = B::float_mul(
+        rstd,
+        B::float_sub(B::float_sub(g, g_mean), B::float_mul(xhat.clone(), gx_mean)),
+    );
+    let dgamma = B::float_sum_dim(
+        B::float_reshape(B::float_mul(grad, xhat), Shape::from([rows, d])),
+        0,
+    );
+    (dx, B::float_reshape(dgamma, Shape::from([d])))
 }
 
 /// Causal attention as Burn ops (any backend's forward; the autodiff path differentiates
@@ -546,6 +600,44 @@ impl KilnOps for Flex {
         FlexTensor::from_data(TensorData::new(y, [b, t, c]))
     }
 
+    fn kiln_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let (Some(xc), Some(gc)) = (f32_values(&x), f32_values(&gamma)) else {
+            return <Flex as ModuleOps<Flex>>::layer_norm(x, gamma, None, eps);
+        };
+        let shape = xc.layout().shape().clone();
+        let y = norm::forward(xc.storage::<f32>(), gc.storage::<f32>(), eps as f32);
+        FlexTensor::from_data(TensorData::new(y, shape))
+    }
+
+    fn kiln_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (Some(xc), Some(wc), Some(gc)) =
+            (f32_values(&x), f32_values(&gamma), f32_values(&grad))
+        else {
+            return layer_norm_backward_reference::<Flex>(x, gamma, grad, eps);
+        };
+        let shape = xc.layout().shape().clone();
+        let d = wc.layout().shape().num_elements();
+        let (dx, dgamma) = norm::backward(
+            xc.storage::<f32>(),
+            wc.storage::<f32>(),
+            gc.storage::<f32>(),
+            eps as f32,
+        );
+        (
+            FlexTensor::from_data(TensorData::new(dx, shape)),
+            FlexTensor::from_data(TensorData::new(dgamma, [d])),
+        )
+    }
+
     fn kiln_causal_attention_backward(
         qkv: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -860,6 +952,57 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
         }
     }
 
+    fn kiln_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNormBackward {
+            eps: f64,
+        }
+
+        impl<B: Backend + KilnOps> Backward<B, 2> for LayerNormBackward {
+            /// The forward input and scale.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_gamma] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, gamma) = ops.state;
+                let (dx, dgamma) = B::kiln_layer_norm_backward(x, gamma, grad, self.eps);
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, dx);
+                }
+                if let Some(node) = node_gamma {
+                    grads.register::<B>(node.id, dgamma);
+                }
+            }
+        }
+
+        match (LayerNormBackward { eps })
+            .prepare::<C>([x.node(), gamma.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, gamma) = (x.primitive().clone(), gamma.primitive().clone());
+                let y = B::kiln_layer_norm(x.clone(), gamma.clone(), eps);
+                prep.finish((x, gamma), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::kiln_layer_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                eps,
+            )),
+        }
+    }
+
     fn kiln_conv2d(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -994,6 +1137,26 @@ pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
         a.into_dispatch(),
         b.into_dispatch(),
     ))
+}
+
+/// The epsilon of every LayerNorm kiln builds ([`layer_norm`] relies on it: Burn's
+/// `LayerNorm` keeps its own private).
+pub const LAYER_NORM_EPSILON: f64 = 1e-5;
+
+/// A LayerNorm built with [`LAYER_NORM_EPSILON`] through [`KilnOps`]: on Flex one pass per
+/// row forward and one backward (the row's moments recomputed, not stored) instead of
+/// Burn's nine-op decomposition and its autodiff graph; the bias, when present, is added
+/// with Burn's broadcasting add.
+pub fn layer_norm<const D: usize>(layer: &burn::nn::LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    let y = Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_layer_norm(
+        x.into_dispatch(),
+        layer.gamma.val().into_dispatch(),
+        LAYER_NORM_EPSILON,
+    ));
+    match &layer.beta {
+        Some(beta) => y + beta.val().unsqueeze(),
+        None => y,
+    }
 }
 
 /// A 2-D convolution layer through [`KilnOps`]: on Flex (f32, one group) an im2col matrix

@@ -73,6 +73,7 @@ impl BlockShape {
 
     pub(crate) fn layer_norm(&self, device: &Device) -> LayerNorm {
         LayerNormConfig::new(self.embd)
+            .with_epsilon(crate::ops::LAYER_NORM_EPSILON)
             .with_bias(self.bias)
             .init(device)
     }
@@ -198,8 +199,11 @@ impl Block {
         mask: &AttentionMask,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln1.forward(x), mask, cache);
-        let m = crate::ops::linear(&self.mlp.fc, self.ln2.forward(x.clone()));
+        let x = x.clone()
+            + self
+                .attn
+                .forward(crate::ops::layer_norm(&self.ln1, x), mask, cache);
+        let m = crate::ops::linear(&self.mlp.fc, crate::ops::layer_norm(&self.ln2, x.clone()));
         let m = if m.is_autodiff() {
             crate::ops::gelu(m)
         } else {

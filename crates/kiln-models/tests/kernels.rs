@@ -522,6 +522,82 @@ fn fused_conv_relu_pool_equals_the_two_ops() {
     }
 }
 
+/// kiln's LayerNorm (`ops::layer_norm`) gives Burn's `LayerNorm` outputs and gradients
+/// (input, scale, bias) with and without a bias, with and without autodiff.
+#[test]
+fn layer_norm_op_matches_burn_values_and_gradients() {
+    use burn::nn::LayerNormConfig;
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let to_vec = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let to_vec1 = |t: Tensor<1>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    for (bias, [b, t, d]) in [
+        (true, [3, 5, 7]),
+        (false, [2, 128, 256]),
+        (true, [1, 3, 33]),
+    ] {
+        device.seed(11);
+        let mut norm = LayerNormConfig::new(d)
+            .with_epsilon(kiln_models::ops::LAYER_NORM_EPSILON)
+            .with_bias(bias)
+            .init(&ad);
+        // A scale and bias away from their 1 and 0 starts, so their roles show.
+        norm.gamma = norm.gamma.map(|g| {
+            (g.clone() * 0.5 + g.random_like(Distribution::Uniform(0.0, 1.0)))
+                .detach()
+                .require_grad()
+        });
+        norm.beta = norm.beta.map(|p| {
+            p.map(|b| {
+                b.random_like(Distribution::Normal(0.0, 1.0))
+                    .detach()
+                    .require_grad()
+            })
+        });
+        let values: Vec<f32> = (0..b * t * d)
+            .map(|k| ((k * 37) % 23) as f32 / 5.0 - 2.0 + (k / d) as f32 * 0.25)
+            .collect();
+        let w_out: Vec<f32> = (0..b * t * d)
+            .map(|k| ((k * 7) % 11) as f32 - 5.0)
+            .collect();
+        let w_out = Tensor::<3>::from_data(TensorData::new(w_out, [b, t, d]), &ad);
+        let run = |kiln: bool| {
+            let x = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, d]), &ad)
+                .require_grad();
+            let y = if kiln {
+                kiln_models::ops::layer_norm(&norm, x.clone())
+            } else {
+                norm.forward(x.clone())
+            };
+            let grads = (y.clone() * w_out.clone()).sum().backward();
+            let gx = to_vec(x.grad(&grads).unwrap());
+            let gg = to_vec1(norm.gamma.grad(&grads).unwrap().into());
+            let gb = norm
+                .beta
+                .as_ref()
+                .map(|p| to_vec1(p.grad(&grads).unwrap().into()));
+            (to_vec(y), gx, gg, gb)
+        };
+        let (ky, kx, kg, kb) = run(true);
+        let (by, bx, bg, bb) = run(false);
+        let what = format!("bias {bias}, [{b},{t},{d}]");
+        assert_close(1e-5, &format!("{what}: output"), &ky, &by);
+        assert_close(1e-4, &format!("{what}: input gradient"), &kx, &bx);
+        assert_close(1e-4, &format!("{what}: scale gradient"), &kg, &bg);
+        if let (Some(kb), Some(bb)) = (kb, bb) {
+            assert_close(1e-5, &format!("{what}: bias gradient"), &kb, &bb);
+        }
+        let plain = burn::module::Module::valid(&norm);
+        let x = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, d]), &device);
+        assert_close(
+            1e-5,
+            &format!("{what}: inference"),
+            &to_vec(kiln_models::ops::layer_norm(&plain, x.clone())),
+            &to_vec(plain.forward(x)),
+        );
+    }
+}
+
 /// kiln's fused causal attention (`ops::causal_attention`) gives the op-by-op form's outputs
 /// and its gradient with respect to the packed projections.
 #[test]
