@@ -571,11 +571,8 @@ fn layer_norm_op_matches_burn_values_and_gradients() {
             };
             let grads = (y.clone() * w_out.clone()).sum().backward();
             let gx = to_vec(x.grad(&grads).unwrap());
-            let gg = to_vec1(norm.gamma.grad(&grads).unwrap().into());
-            let gb = norm
-                .beta
-                .as_ref()
-                .map(|p| to_vec1(p.grad(&grads).unwrap().into()));
+            let gg = to_vec1(norm.gamma.grad(&grads).unwrap());
+            let gb = norm.beta.as_ref().map(|p| to_vec1(p.grad(&grads).unwrap()));
             (to_vec(y), gx, gg, gb)
         };
         let (ky, kx, kg, kb) = run(true);
