@@ -813,6 +813,92 @@ unsafe fn gemm_strided(
     }
 }
 
+/// A differentiable op of [`KilnOps`] on an input and a parameter: which one, with its
+/// settings.
+#[derive(Debug, Clone, Copy)]
+enum Binary {
+    /// `x @ w`.
+    Linear,
+    /// LayerNorm of `x` scaled by `w` (gamma).
+    LayerNorm { eps: f64 },
+}
+
+impl Binary {
+    fn forward<B: KilnOps>(self, x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            Binary::Linear => B::kiln_linear(x, w),
+            Binary::LayerNorm { eps } => B::kiln_layer_norm(x, w, eps),
+        }
+    }
+
+    /// The gradients of `x` and `w` that are `wanted`, given the forward inputs and the
+    /// output's gradient.
+    fn backward<B: KilnOps>(
+        self,
+        (x, w): (FloatTensor<B>, FloatTensor<B>),
+        grad: FloatTensor<B>,
+        wanted: [bool; 2],
+    ) -> [Option<FloatTensor<B>>; 2] {
+        match self {
+            Binary::Linear => [
+                wanted[0].then(|| B::kiln_linear_grad_input(grad.clone(), w)),
+                wanted[1].then(|| B::kiln_linear_grad_weight(x, grad)),
+            ],
+            // One pass gives both.
+            Binary::LayerNorm { eps } => {
+                let (dx, dw) = B::kiln_layer_norm_backward(x, w, grad, eps);
+                [Some(dx), Some(dw)]
+            }
+        }
+    }
+}
+
+/// The backward of a [`Binary`] op: its state is the forward input and parameter.
+#[derive(Debug)]
+struct BinaryBackward(Binary);
+
+impl<B: Backend + KilnOps> Backward<B, 2> for BinaryBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let wanted = ops.parents.each_ref().map(Option::is_some);
+        let computed = self.0.backward::<B>(ops.state, grad, wanted);
+        for (node, g) in ops.parents.into_iter().zip(computed) {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+/// Records a [`Binary`] op on the autodiff graph (or just runs it when nothing is tracked).
+fn binary<B: Backend + KilnOps, C: CheckpointStrategy>(
+    op: Binary,
+    x: FloatTensor<Autodiff<B, C>>,
+    w: FloatTensor<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match BinaryBackward(op)
+        .prepare::<C>([x.node(), w.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (x, w) = (x.primitive().clone(), w.primitive().clone());
+            let y = op.forward::<B>(x.clone(), w.clone());
+            prep.finish((x, w), y)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(op.forward::<B>(x.into_primitive(), w.into_primitive()))
+        }
+    }
+}
+
 /// A differentiable one-input op of [`KilnOps`]: which one, with its settings.
 #[derive(Debug, Clone, Copy)]
 enum Unary {
@@ -911,45 +997,7 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
     }
 
     fn kiln_linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct LinearBackward;
-
-        impl<B: Backend + KilnOps> Backward<B, 2> for LinearBackward {
-            /// The forward input and weight.
-            type State = (FloatTensor<B>, FloatTensor<B>);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 2>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [node_x, node_w] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x, w) = ops.state;
-                if let Some(node) = node_x {
-                    grads.register::<B>(node.id, B::kiln_linear_grad_input(grad.clone(), w));
-                }
-                if let Some(node) = node_w {
-                    grads.register::<B>(node.id, B::kiln_linear_grad_weight(x, grad));
-                }
-            }
-        }
-
-        match LinearBackward
-            .prepare::<C>([x.node(), w.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, w) = (x.primitive().clone(), w.primitive().clone());
-                let y = B::kiln_linear(x.clone(), w.clone());
-                prep.finish((x, w), y)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::kiln_linear(x.into_primitive(), w.into_primitive()))
-            }
-        }
+        binary::<B, C>(Binary::Linear, x, w)
     }
 
     fn kiln_layer_norm(
@@ -957,50 +1005,7 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
         gamma: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct LayerNormBackward {
-            eps: f64,
-        }
-
-        impl<B: Backend + KilnOps> Backward<B, 2> for LayerNormBackward {
-            /// The forward input and scale.
-            type State = (FloatTensor<B>, FloatTensor<B>);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 2>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [node_x, node_gamma] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x, gamma) = ops.state;
-                let (dx, dgamma) = B::kiln_layer_norm_backward(x, gamma, grad, self.eps);
-                if let Some(node) = node_x {
-                    grads.register::<B>(node.id, dx);
-                }
-                if let Some(node) = node_gamma {
-                    grads.register::<B>(node.id, dgamma);
-                }
-            }
-        }
-
-        match (LayerNormBackward { eps })
-            .prepare::<C>([x.node(), gamma.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, gamma) = (x.primitive().clone(), gamma.primitive().clone());
-                let y = B::kiln_layer_norm(x.clone(), gamma.clone(), eps);
-                prep.finish((x, gamma), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::kiln_layer_norm(
-                x.into_primitive(),
-                gamma.into_primitive(),
-                eps,
-            )),
-        }
+        binary::<B, C>(Binary::LayerNorm { eps }, x, gamma)
     }
 
     fn kiln_conv2d(

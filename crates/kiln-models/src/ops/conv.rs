@@ -240,6 +240,47 @@ fn split(batch: usize) -> (usize, bool) {
     }
 }
 
+/// One sample's convolution `x` `[Cin, H, W]` into `out` (`Cout * n` slots, possibly
+/// uninitialised): its im2col matrix built in `col` (unless pointwise), the bias written
+/// first when given, then the product added to it. Every slot of `out` is written.
+fn sample_forward(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    col: &mut [f32],
+    out: &mut [std::mem::MaybeUninit<f32>],
+    parallel: bool,
+) {
+    let (k, n) = (g.patch(), g.positions());
+    assert_eq!(out.len(), g.output_len());
+    let src: &[f32] = if g.pointwise() {
+        x
+    } else {
+        im2col(g, x, col);
+        col
+    };
+    if let Some(bias) = bias {
+        for (row, &b) in out.chunks_exact_mut(n).zip(bias) {
+            row.fill(std::mem::MaybeUninit::new(b));
+        }
+    }
+    // SAFETY: `out` is this sample's `Cout * n` slots, initialised when read (`accumulate`
+    // only after the bias was written).
+    unsafe {
+        gemm_raw(
+            [g.channels_out, k, n],
+            out.as_mut_ptr().cast::<f32>(),
+            bias.is_some(),
+            w,
+            (k as isize, 1),
+            src,
+            (n as isize, 1),
+            parallel,
+        );
+    }
+}
+
 /// The convolution of `x` `[B, Cin, H, W]` with `w` `[Cout, Cin, kh, kw]`, plus `bias`
 /// `[Cout]` when given: `[B, Cout, Hout, Wout]`.
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
@@ -264,32 +305,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) 
                 .chunks_exact_mut(g.output_len())
                 .zip(x.chunks_exact(g.input_len()))
             {
-                let src: &[f32] = if g.pointwise() {
-                    x
-                } else {
-                    im2col(g, x, &mut col);
-                    &col
-                };
-                // The bias first, then the product added to it.
-                if let Some(bias) = bias {
-                    for (row, &b) in out.chunks_exact_mut(n).zip(bias) {
-                        row.fill(std::mem::MaybeUninit::new(b));
-                    }
-                }
-                // SAFETY: `out` is this sample's `Cout * n` slots, initialised when read
-                // (`accumulate` only after the bias was written).
-                unsafe {
-                    gemm_raw(
-                        [g.channels_out, k, n],
-                        out.as_mut_ptr().cast::<f32>(),
-                        bias.is_some(),
-                        w,
-                        (k as isize, 1),
-                        src,
-                        (n as isize, 1),
-                        parallel,
-                    );
-                }
+                sample_forward(g, x, w, bias, &mut col, out, parallel);
             }
         });
     // SAFETY: the loop above wrote all `len` elements (one gemm per sample's output).
@@ -332,33 +348,16 @@ pub(super) fn forward_relu_max_pool(
             } else {
                 vec![0.0f32; patch * n]
             };
-            let mut conv = vec![0.0f32; g.output_len()];
+            let mut conv = Vec::<f32>::with_capacity(g.output_len());
             for (out, x) in out
                 .chunks_exact_mut(pooled)
                 .zip(x.chunks_exact(g.input_len()))
             {
-                let src: &[f32] = if g.pointwise() {
-                    x
-                } else {
-                    im2col(g, x, &mut col);
-                    &col
-                };
-                if let Some(bias) = bias {
-                    for (row, &b) in conv.chunks_exact_mut(n).zip(bias) {
-                        row.fill(b);
-                    }
-                }
-                gemm(
-                    [g.channels_out, patch, n],
-                    &mut conv,
-                    bias.is_some(),
-                    w,
-                    (patch as isize, 1),
-                    src,
-                    (n as isize, 1),
-                    parallel,
-                );
-                for (o, plane) in out.chunks_exact_mut(ph * pw).zip(conv.chunks_exact(n)) {
+                let slots = &mut conv.spare_capacity_mut()[..g.output_len()];
+                sample_forward(g, x, w, bias, &mut col, slots, parallel);
+                // SAFETY: `sample_forward` wrote all `Cout * n` slots.
+                let planes = unsafe { std::slice::from_raw_parts(conv.as_ptr(), g.output_len()) };
+                for (o, plane) in out.chunks_exact_mut(ph * pw).zip(planes.chunks_exact(n)) {
                     super::pool::forward_plane(plane, o, &pool);
                 }
             }
