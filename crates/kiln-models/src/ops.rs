@@ -674,11 +674,11 @@ fn gemm_into(
 ) -> Vec<f32> {
     let len = m * n;
     let mut dst = Vec::<f32>::with_capacity(len);
-    let threads = rayon::current_num_threads().max(1);
-    if k == 0 {
+    if len == 0 || k == 0 {
         dst.resize(len, 0.0);
         return dst;
     }
+    let threads = rayon::current_num_threads().max(1);
     let base = SharedDst(dst.as_mut_ptr());
     let (rows_split, parts) = if threads > 1 && m * n * k >= 192 * 192 * 192 {
         (m >= n, threads)
@@ -687,11 +687,8 @@ fn gemm_into(
     };
     let extent = if rows_split { m } else { n };
     // Blocks of whole 16-element tiles where the extent allows it.
-    let per = extent
-        .div_ceil(parts)
-        .next_multiple_of(16)
-        .min(extent.max(1));
-    let blocks = extent.div_ceil(per.max(1));
+    let per = extent.div_ceil(parts).next_multiple_of(16).min(extent);
+    let blocks = extent.div_ceil(per);
     (0..blocks).into_par_iter().for_each(|i| {
         let start = i * per;
         let size = per.min(extent - start);

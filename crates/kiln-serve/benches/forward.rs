@@ -26,15 +26,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok());
     let sizes = only.map_or(vec![1usize, 2, 4, 8, 16, 32, 64, 128], |rows| vec![rows]);
+    // Batches handed to rayon's pool and single rows run here, as `kiln serve`'s batcher
+    // does (`FORWARD_POOL=0`: every pass from this thread).
+    let pool = std::env::var("FORWARD_POOL").map_or(true, |v| v != "0");
     for rows in sizes {
         let mut data = kiln_serve_bench_rows(&loaded.preprocessor, rows, size);
         data.rows = rows;
         let reps = reps_env.unwrap_or((256 / rows).max(4));
-        // Each pass handed to rayon's pool, as `kiln serve`'s batcher does (`FORWARD_POOL=0`:
-        // from this thread).
-        let pooled = std::env::var("FORWARD_POOL").map_or(true, |v| v != "0");
         let pass = || {
-            if pooled {
+            if pool && rows > 1 {
                 kiln::models::ops::in_thread_pool(|| {
                     kiln::train::evaluate::raw_outputs(&model, &data, &device)
                 })

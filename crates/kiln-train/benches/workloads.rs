@@ -6,7 +6,9 @@
 //!
 //! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W3 I1 MM W2-BF16]`: MM is the
 //! roofline's matmul microbench (best GFLOP/s per shape, `RESULT kiln MM<m>x<k>x<n> ...
-//! GFLOP/s`); W2-BF16 runs W2 in f32 and in bf16 from the same weights.
+//! GFLOP/s`); W2-BF16 runs W2 in f32 and in bf16 from the same weights. Everything runs on
+//! a rayon worker, as the `kiln` binary does (`KILN_NO_POOL=1`: from the main thread, for
+//! comparison).
 
 use burn::prelude::Device;
 use burn::tensor::FloatDType;
