@@ -57,7 +57,7 @@ macro_rules! simd_dispatch {
     ($f:ident($($arg:ident: $ty:ty),*)) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            #[target_feature(enable = "avx512f")]
+            #[target_feature(enable = "avx512f,fma")]
             unsafe fn avx512($($arg: $ty),*) {
                 $f($($arg),*)
             }
@@ -148,17 +148,34 @@ fn gelu_backward_loop(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) {
 #[inline(always)]
 fn normal_cdf(x: f32) -> f32 {
     let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -1.265_512_2
-        + t * (1.000_023_7
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_204
-                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let half = 0.5 * t * exp_approx(poly - z * z); // Φ(-|x|)
+    let t = 1.0 / 0.5f32.mul_add(z, 1.0);
+    let poly = horner(
+        t,
+        &[
+            0.170_872_77,
+            -0.822_152_23,
+            1.488_515_9,
+            -1.135_204,
+            0.278_868_07,
+            -0.186_288_06,
+            0.096_784_18,
+            0.374_091_96,
+            1.000_023_7,
+            -1.265_512_2,
+        ],
+    );
+    let half = 0.5 * t * exp_approx((-z).mul_add(z, poly)); // Φ(-|x|)
     if x >= 0.0 { 1.0 - half } else { half }
+}
+
+/// `c[0] x^(n-1) + ... + c[n-1]` by Horner's rule in fused multiply-adds.
+#[inline(always)]
+fn horner(x: f32, coefficients: &[f32]) -> f32 {
+    let mut p = coefficients[0];
+    for &c in &coefficients[1..] {
+        p = p.mul_add(x, c);
+    }
+    p
 }
 
 /// d gelu / dx = Φ(x) + x φ(x).
@@ -184,16 +201,21 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
     // Round to nearest by the 1.5 * 2^23 trick (vectorises without SSE4.1's roundps).
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2E + MAGIC;
+    let shifted = x.mul_add(LOG2E, MAGIC);
     let n = shifted - MAGIC;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let p = horner(
+        r,
+        &[
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ],
+    );
+    let er = (p * r).mul_add(r, r + 1.0);
     let bits = (shifted.to_bits() as i32).wrapping_sub(0x4B40_0000) + 127;
     let y = er * f32::from_bits((bits as u32) << 23);
     // Below the smallest normal result, flush to 0 rather than return e^-87.

@@ -8,7 +8,8 @@
 //! roofline's matmul microbench (best GFLOP/s per shape, `RESULT kiln MM<m>x<k>x<n> ...
 //! GFLOP/s`); W2-BF16 runs W2 in f32 and in bf16 from the same weights. Everything runs on
 //! a rayon worker, as the `kiln` binary does (`KILN_NO_POOL=1`: from the main thread, for
-//! comparison).
+//! comparison), with the other workers kept awake (`KILN_WAIT_POLICY=passive`: let them
+//! sleep). `I1_RUNS=N` times N forwards instead of 50, for profiling.
 
 use burn::prelude::Device;
 use burn::tensor::FloatDType;
@@ -90,7 +91,9 @@ fn run_workloads() {
         }
     }
     if run("I1") {
-        let (times, _) = gpt_forward_latency(&gpt_config(), 128, 5, 50, &device);
+        // I1_RUNS: more timed forwards than the workload's 50, for profiling.
+        let runs = std::env::var("I1_RUNS").ok().and_then(|v| v.parse().ok());
+        let (times, _) = gpt_forward_latency(&gpt_config(), 128, 5, runs.unwrap_or(50), &device);
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         println!("RESULT kiln I1 {:.3} ms", mean * 1e3);
     }
