@@ -1324,7 +1324,7 @@ fn keep_worker_ready(owner: Option<usize>, done: &AtomicBool) {
             continue;
         }
         idle = idle.wrapping_add(1);
-        if idle % 64 == 0 {
+        if idle.is_multiple_of(64) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
