@@ -15,20 +15,43 @@ fn rows_per_task(d: usize) -> usize {
 #[inline(always)]
 fn moments(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = lane_sum(row.iter().copied()) / n;
-    let var = lane_sum(row.iter().map(|&v| (v - mean) * (v - mean))) / n;
+    let mean = lane_sum(row, row, row, |v, _, _| v) / n;
+    let var = lane_sum(row, row, row, |v, _, _| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// A sum over 16 independent lanes, so the loop vectorises (a single float accumulator has
-/// to add in order).
+/// `sum_i term(a[i], b[i], c[i])` over 16 independent lanes of 16-value chunks, so the loop
+/// vectorises (a single float accumulator has to add in order, and a lane index computed
+/// per element, `i % 16`, kept the compiler from vectorising at all). Slices of equal length;
+/// pass one slice several times where the term needs fewer.
 #[inline(always)]
-fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    for (i, v) in values.enumerate() {
-        lanes[i % 16] += v;
+fn lane_sum(a: &[f32], b: &[f32], c: &[f32], term: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    const LANES: usize = 16;
+    debug_assert!(a.len() == b.len() && a.len() == c.len());
+    let mut lanes = [0.0f32; LANES];
+    let (a_chunks, b_chunks, c_chunks) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let tail = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .zip(c_chunks.remainder())
+        .map(|((&a, &b), &c)| term(a, b, c))
+        .sum::<f32>();
+    for ((a, b), c) in a_chunks.zip(b_chunks).zip(c_chunks) {
+        let (a, b, c): (&[f32; LANES], &[f32; LANES], &[f32; LANES]) = (
+            a.try_into().expect("chunk of LANES"),
+            b.try_into().expect("chunk of LANES"),
+            c.try_into().expect("chunk of LANES"),
+        );
+        for lane in 0..LANES {
+            lanes[lane] += term(a[lane], b[lane], c[lane]);
+        }
     }
-    lanes.iter().sum()
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `(x - mean) / sqrt(var + eps) * gamma` over rows of `gamma.len()` values.
@@ -136,13 +159,8 @@ fn backward_rows_loop(
         .zip(dx.chunks_exact_mut(d))
     {
         let (mean, rstd) = moments(x, eps);
-        let g_mean = lane_sum(grad.iter().zip(gamma).map(|(&dy, &w)| dy * w)) / n;
-        let gx_mean = lane_sum(
-            grad.iter()
-                .zip(gamma)
-                .zip(x)
-                .map(|((&dy, &w), &x)| dy * w * (x - mean) * rstd),
-        ) / n;
+        let g_mean = lane_sum(grad, gamma, grad, |dy, w, _| dy * w) / n;
+        let gx_mean = lane_sum(grad, gamma, x, |dy, w, x| dy * w * (x - mean) * rstd) / n;
         for ((((dx, &x), &dy), &w), dg) in dx
             .iter_mut()
             .zip(x)
