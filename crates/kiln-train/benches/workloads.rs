@@ -4,7 +4,7 @@
 //! Prints `RESULT kiln <workload> <value> <unit>` lines, as `torch_reference.py` does for
 //! PyTorch.
 //!
-//! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W3 I1 MM W2-BF16]`: MM is the
+//! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W3 I1 MM W2-BF16 LOADER]`: MM is the
 //! roofline's matmul microbench (best GFLOP/s per shape, `RESULT kiln MM<m>x<k>x<n> ...
 //! GFLOP/s`); W2-BF16 runs W2 in f32 and in bf16 from the same weights. Everything runs on
 //! a rayon worker, as the `kiln` binary does (`KILN_NO_POOL=1`: from the main thread, for
@@ -16,7 +16,8 @@ use burn::tensor::FloatDType;
 use kiln_train::grads::parameter_count;
 use kiln_train::workloads::{
     MATMUL_SHAPES, classifier_steps, cnn_spec, gpt_config, gpt_flops_per_token,
-    gpt_forward_latency, gpt_steps, gpt_steps_in, matmul_gflops, mlp_spec,
+    gpt_forward_latency, gpt_steps, gpt_steps_in, loader_samples_per_second, matmul_gflops,
+    mlp_spec,
 };
 
 /// mimalloc, keeping freed pages: the allocator the `kiln` binary uses.
@@ -96,6 +97,16 @@ fn run_workloads() {
         let (times, _) = gpt_forward_latency(&gpt_config(), 128, 5, runs.unwrap_or(50), &device);
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         println!("RESULT kiln I1 {:.3} ms", mean * 1e3);
+    }
+    if args.iter().any(|a| a == "LOADER") {
+        // Fashion-MNIST's 60 000 training images, W3's batch of 64.
+        let shape = kiln_data::InputShape::Image {
+            channels: 1,
+            height: 28,
+            width: 28,
+        };
+        let rate = loader_samples_per_second(60_000, shape, 64, 3, &device);
+        println!("RESULT kiln LOADER {rate:.1} samples/s");
     }
     if args.iter().any(|a| a == "W2-FLOPS") {
         let cfg = gpt_config();

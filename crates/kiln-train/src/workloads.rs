@@ -254,6 +254,52 @@ pub fn gpt_forward_latency(
     (times, logits)
 }
 
+/// The input pipeline alone: samples per second that the trainer's batch assembly
+/// (`evaluate::batch_inputs`: rows gathered in shuffled order into a tensor, as every
+/// training step does before its forward) delivers for `rows` encoded images of `shape`,
+/// batches of `batch`, over `epochs` passes. Compared with a workload's step rate, it says what
+/// share of a step waits on data.
+pub fn loader_samples_per_second(
+    rows: usize,
+    shape: InputShape,
+    batch: usize,
+    epochs: usize,
+    device: &Device,
+) -> f64 {
+    let mut rng = SplitMix64::new(7);
+    let data = kiln_data::Encoded {
+        x: uniform(&mut rng, rows * shape.size()),
+        rows,
+        shape,
+        categories: Vec::new(),
+        tokens: Vec::new(),
+        seq_len: 0,
+        texts_truncated: 0,
+        cardinalities: Vec::new(),
+        y: None,
+        ids: None,
+        source_rows: (0..rows).collect(),
+        unknown_categories: Default::default(),
+        missing_filled: 0,
+        missing_dropped: 0,
+        missing_target_dropped: 0,
+    };
+    let mut order: Vec<usize> = (0..rows).collect();
+    let started = Instant::now();
+    let mut checksum = 0.0f32;
+    for _ in 0..epochs {
+        rng.shuffle(&mut order);
+        for idx in order.chunks(batch) {
+            let inputs = crate::evaluate::batch_inputs(&data, idx, device);
+            // Read one value back so the batch is not optimised away.
+            let x = inputs.x.expect("dense inputs");
+            checksum += x.slice([0..1, 0..1]).into_scalar::<f32>();
+        }
+    }
+    std::hint::black_box(checksum);
+    (rows * epochs) as f64 / started.elapsed().as_secs_f64()
+}
+
 /// Model FLOPs per trained token of a GPT, as nanoGPT's `estimate_mfu` (PaLM appendix B)
 /// counts them: 6 per non-embedding parameter (forward 2, backward 4; the tied head's
 /// matmul is the token embedding's) plus attention's 12 x layers x width x context.
