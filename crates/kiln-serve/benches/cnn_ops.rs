@@ -64,4 +64,22 @@ fn main() {
     let f: Tensor<2> = b.flatten(1, 3);
     let h = time("linear 3136->128", reps, || fc.forward(f.clone()));
     let _ = h.into_data();
+    // kiln's inference path, as `kiln serve` runs a batch: on a rayon worker.
+    let ops = || {
+        use kiln::models::ops;
+        let a = time("kiln conv1+relu+pool", reps, || {
+            ops::conv2d_relu_max_pool2d(&c1, x.clone(), 2)
+        });
+        let b = time("kiln conv2+relu+pool", reps, || {
+            ops::conv2d_relu_max_pool2d(&c2, a.clone(), 2)
+        });
+        let f: Tensor<2> = b.flatten(1, 3);
+        let h = time("kiln linear 3136->128", reps, || ops::linear(&fc, f.clone()));
+        let _ = h.into_data();
+    };
+    if batch > 1 {
+        kiln::models::ops::in_thread_pool(ops);
+    } else {
+        ops();
+    }
 }
