@@ -74,7 +74,9 @@ fn main() {
             ops::conv2d_relu_max_pool2d(&c2, a.clone(), 2)
         });
         let f: Tensor<2> = b.flatten(1, 3);
-        let h = time("kiln linear 3136->128", reps, || ops::linear(&fc, f.clone()));
+        let h = time("kiln linear 3136->128", reps, || {
+            ops::linear(&fc, f.clone())
+        });
         let _ = h.into_data();
     };
     if batch > 1 {
