@@ -310,8 +310,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         use_cache: !args.no_cache,
     };
-    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1], got {}", args.top_p);
+    if let Err(e) = sampling.validate() {
+        bail!("--{}", e.replace("top_p", "top-p"));
     }
     if !args.json {
         print!("{}", args.prompt);

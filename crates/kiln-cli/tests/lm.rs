@@ -129,6 +129,23 @@ fn char_gpt_trains_and_generates_the_same_with_and_without_cache() {
     let s1 = kiln_json(dir.path(), &seeded);
     let s2 = kiln_json(dir.path(), &seeded);
     assert_eq!(s1["text"], s2["text"]);
+    // A temperature that is not a finite number >= 0 is refused, as the server does.
+    for bad in ["nan", "-0.5", "inf"] {
+        let err = kiln_err(
+            dir.path(),
+            &[
+                "generate",
+                "runs/lm",
+                "--prompt",
+                "the",
+                &format!("--temperature={bad}"),
+            ],
+        );
+        assert!(
+            err.contains("temperature must be a finite number >= 0"),
+            "{err}"
+        );
+    }
     // Generating past the context slides the window instead of failing.
     let long = kiln_json(
         dir.path(),

@@ -58,9 +58,24 @@ pub struct Schema {
     pub ignored: Vec<(String, String)>,
 }
 
-/// Whether a string is a finite number.
+/// The number a string holds, when it is finite as the 32-bit float the model computes in:
+/// `1e300` is a finite f64 but `inf` in f32, so it is not a number here.
 pub(crate) fn parse_number(s: &str) -> Option<f64> {
-    s.parse::<f64>().ok().filter(|v| v.is_finite())
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && (*v as f32).is_finite())
+}
+
+/// Why [`parse_number`] refused `s`.
+pub(crate) fn not_a_number(s: &str) -> String {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => format!(
+            "\"{s}\" is outside the range of 32-bit floats (magnitude at most {:e})",
+            f32::MAX
+        ),
+        Ok(_) => format!("\"{s}\" is not a finite number"),
+        Err(_) => format!("\"{s}\" is not a number"),
+    }
 }
 
 /// Infers the type of a column from its values (not the target).
@@ -350,11 +365,7 @@ pub fn drop_bad_values(table: &mut Table, schema: &Schema, bad_rows: BadRows) ->
             if parse_number(s).is_some() {
                 continue;
             }
-            let message = if s.parse::<f64>().is_ok() {
-                format!("\"{s}\" is not a finite number")
-            } else {
-                format!("\"{s}\" is not a number")
-            };
+            let message = not_a_number(s);
             match bad_rows {
                 BadRows::Error => {
                     return Err(DataError::BadValue {

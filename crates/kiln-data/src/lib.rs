@@ -94,6 +94,19 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
+    /// A value that parses but lands outside 32-bit floats once normalised with the
+    /// training statistics (a request or row far from anything seen in training).
+    #[error("row {row}: {feature} = {value} is too far from the training data: {detail}")]
+    OutOfRange {
+        /// 0-based row of the request or batch.
+        row: usize,
+        /// The input slot's feature (`name`, `name=category` or `name[pixel]`).
+        feature: String,
+        /// The raw value.
+        value: f64,
+        /// What overflowed.
+        detail: String,
+    },
     /// The data cannot be used as configured.
     #[error("{0}")]
     Invalid(String),

@@ -6,7 +6,7 @@ use kiln_config::{CategoricalEncoding, FeatureType, MissingStrategy, Normalizati
 use kiln_text::TextTokenizer;
 use serde::{Deserialize, Serialize};
 
-use crate::infer::{Schema, parse_number};
+use crate::infer::{Schema, not_a_number, parse_number};
 use crate::table::{Column, Table};
 use crate::{DataError, Result};
 
@@ -312,14 +312,33 @@ pub struct Preprocessor {
     pub task: Task,
 }
 
-/// A numeric value as the model sees it.
-fn scale_numeric(v: f64, shift: f64, scale: f64) -> f32 {
-    ((v - shift) / scale) as f32
+/// A numeric value as the model sees it, or `None` when that is not a finite f32.
+fn scale_numeric(v: f64, shift: f64, scale: f64) -> Option<f32> {
+    Some(((v - shift) / scale) as f32).filter(|x| x.is_finite())
+}
+
+/// What [`scale_numeric`] could not do, for error messages.
+fn overflow_detail(shift: f64, scale: f64) -> String {
+    format!(
+        "(value - {shift}) / {scale} is outside the range of 32-bit floats (magnitude at most {:e})",
+        f32::MAX
+    )
 }
 
 /// A pixel (0-255) as the model sees it.
 fn scale_pixel(p: f32, mean: f32, std: f32) -> f32 {
     (p / 255.0 - mean) / std
+}
+
+/// `Err(what)` unless `v` is finite as an f32 (and positive when `positive`).
+fn check_statistic(what: &str, v: f64, positive: bool) -> std::result::Result<(), String> {
+    if !v.is_finite() || !(v as f32).is_finite() {
+        Err(format!("{what} is {v}, expected a finite number"))
+    } else if positive && v <= 0.0 {
+        Err(format!("{what} is {v}, expected a positive number"))
+    } else {
+        Ok(())
+    }
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -364,7 +383,7 @@ fn numeric_values(
                         path: table.origin.clone(),
                         line: table.lines[r],
                         column: name.to_string(),
-                        message: format!("expected a finite number, got \"{s}\""),
+                        message: format!("expected a number: {}", not_a_number(s)),
                     }),
             },
             Column::Image { .. } => Err(DataError::Invalid(format!(
@@ -471,6 +490,30 @@ impl Preprocessor {
                             (quantile(&present, 0.5), if iqr > 0.0 { iqr } else { 1.0 })
                         }
                     };
+                    for (what, v, positive) in [
+                        ("fill", fill, false),
+                        ("shift", shift, false),
+                        ("scale", scale, true),
+                    ] {
+                        if let Err(message) = check_statistic(what, v, positive) {
+                            // Name the row that drove the statistic: the largest magnitude.
+                            let (at, extreme) = values
+                                .iter()
+                                .enumerate()
+                                .filter_map(|(i, v)| v.map(|v| (i, v)))
+                                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                                .unwrap_or((0, 0.0));
+                            return Err(DataError::BadValue {
+                                path: table.origin.clone(),
+                                line: table.lines[train[at]],
+                                column: plan.name.clone(),
+                                message: format!(
+                                    "fitting {:?} normalisation failed ({message}); the largest value, {extreme}, is here",
+                                    plan.normalization
+                                ),
+                            });
+                        }
+                    }
                     FeatureTransform::Numeric {
                         name: plan.name.clone(),
                         fill,
@@ -640,13 +683,20 @@ impl Preprocessor {
                 }
             }
         };
-        Ok(Self {
+        let fitted = Self {
             version: 1,
             features,
             target,
             id_column: schema.id_column.clone(),
             task: schema.task,
-        })
+        };
+        fitted.validate().map_err(|e| {
+            DataError::Invalid(format!(
+                "{}: fitted preprocessing is unusable: {e}",
+                table.origin
+            ))
+        })?;
+        Ok(fitted)
     }
 
     /// Shape of one encoded row.
@@ -714,19 +764,170 @@ impl Preprocessor {
     /// Turns raw dense values (rows of [`dense_slots`](Self::dense_slots) values: numbers as
     /// they are, 0/1 for one-hot and binary slots, pixels 0-255; NaN = missing) into the
     /// model's dense input, with the same arithmetic as [`transform`](Self::transform).
-    pub fn normalise_dense(&self, raw: &[f32]) -> Vec<f32> {
-        if let [FeatureTransform::Image { mean, std, .. }] = self.features.as_slice() {
-            return raw.iter().map(|&p| scale_pixel(p, *mean, *std)).collect();
-        }
+    ///
+    /// A value whose normalised form is not a finite f32 (infinite, or far outside the
+    /// training range) is an error naming its row and feature: the model never sees it.
+    pub fn normalise_dense(&self, raw: &[f32]) -> Result<Vec<f32>> {
         let slots = self.dense_slots();
-        raw.chunks(slots.len().max(1))
-            .flat_map(|row| {
-                row.iter().zip(&slots).map(|(&v, s)| {
-                    let v = if v.is_nan() { s.fill } else { f64::from(v) };
-                    scale_numeric(v, s.shift, s.scale)
+        let width = slots.len().max(1);
+        let out_of_range = |i: usize, v: f32, detail: String| {
+            let names = self.dense_slot_names();
+            DataError::OutOfRange {
+                row: i / width,
+                feature: names.get(i % width).cloned().unwrap_or_default(),
+                value: f64::from(v),
+                detail,
+            }
+        };
+        if let [FeatureTransform::Image { mean, std, .. }] = self.features.as_slice() {
+            return raw
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| {
+                    let x = scale_pixel(p, *mean, *std);
+                    if x.is_finite() {
+                        Ok(x)
+                    } else {
+                        Err(out_of_range(i, p, "pixels are 0-255".into()))
+                    }
                 })
+                .collect();
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let s = &slots[i % width];
+                let value = if v.is_nan() { s.fill } else { f64::from(v) };
+                scale_numeric(value, s.shift, s.scale)
+                    .ok_or_else(|| out_of_range(i, v, overflow_detail(s.shift, s.scale)))
             })
             .collect()
+    }
+
+    /// The feature of each dense input slot, in input order: `name` for a numeric or binary
+    /// column, `name=category` for a one-hot slot, `name[i]` for pixel `i`.
+    pub fn dense_slot_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for f in &self.features {
+            match f {
+                FeatureTransform::Numeric { name, .. } | FeatureTransform::Binary { name, .. } => {
+                    names.push(name.clone())
+                }
+                FeatureTransform::Categorical {
+                    name,
+                    categories,
+                    embedding_dim: None,
+                    ..
+                } => names.extend(categories.iter().map(|c| format!("{name}={c}"))),
+                FeatureTransform::Categorical { .. } | FeatureTransform::Text { .. } => {}
+                FeatureTransform::Image {
+                    name,
+                    height,
+                    width,
+                    ..
+                } => names.extend((0..height * width).map(|i| format!("{name}[{i}]"))),
+            }
+        }
+        names
+    }
+
+    /// Checks what a `preprocessor.json` read from disk says before any kernel uses it:
+    /// every statistic a finite f32 (scales and standard deviations positive), images and
+    /// texts with non-empty shapes, each tokenizer loadable with the vocabulary recorded
+    /// beside it, two distinct binary values, at least two classes. The error names the
+    /// feature (or target) and the value.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |name: &str, message: String| {
+            DataError::Invalid(format!("feature \"{name}\": {message}"))
+        };
+        for f in &self.features {
+            match f {
+                FeatureTransform::Numeric {
+                    name,
+                    fill,
+                    shift,
+                    scale,
+                    ..
+                } => {
+                    check_statistic("fill", *fill, false).map_err(|m| invalid(name, m))?;
+                    check_statistic("shift", *shift, false).map_err(|m| invalid(name, m))?;
+                    check_statistic("scale", *scale, true).map_err(|m| invalid(name, m))?;
+                }
+                FeatureTransform::Binary { name, values, .. } => {
+                    if values[0] == values[1] {
+                        return Err(invalid(name, format!("both values are \"{}\"", values[0])));
+                    }
+                }
+                FeatureTransform::Categorical {
+                    name,
+                    embedding_dim,
+                    ..
+                } => {
+                    if *embedding_dim == Some(0) {
+                        return Err(invalid(name, "embedding_dim is 0".into()));
+                    }
+                }
+                FeatureTransform::Image {
+                    name,
+                    height,
+                    width,
+                    mean,
+                    std,
+                } => {
+                    if height
+                        .checked_mul(*width)
+                        .is_none_or(|s| s == 0 || s > 1 << 24)
+                    {
+                        return Err(invalid(name, format!("image size {height}x{width}")));
+                    }
+                    check_statistic("mean", f64::from(*mean), false)
+                        .map_err(|m| invalid(name, m))?;
+                    check_statistic("std", f64::from(*std), true).map_err(|m| invalid(name, m))?;
+                }
+                FeatureTransform::Text {
+                    name,
+                    tokenizer,
+                    vocab_size,
+                    max_tokens,
+                    head_tokens,
+                    ..
+                } => {
+                    if *max_tokens == 0 || head_tokens.is_some_and(|h| h > *max_tokens) {
+                        return Err(invalid(
+                            name,
+                            format!("max_tokens {max_tokens}, head_tokens {head_tokens:?}"),
+                        ));
+                    }
+                    let t = TextTokenizer::from_json(tokenizer)
+                        .map_err(|e| invalid(name, format!("tokenizer: {e}")))?;
+                    if t.vocab_size() + 1 != *vocab_size {
+                        return Err(invalid(
+                            name,
+                            format!(
+                                "vocab_size is {vocab_size} but the tokenizer has {} tokens (+1 for padding)",
+                                t.vocab_size()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        match &self.target {
+            TargetTransform::Classes { name, classes } => {
+                if classes.len() < 2 {
+                    return Err(DataError::Invalid(format!(
+                        "target \"{name}\": {} class(es), expected at least 2",
+                        classes.len()
+                    )));
+                }
+            }
+            TargetTransform::Regression { name, mean, std } => {
+                let bad = |m| DataError::Invalid(format!("target \"{name}\": {m}"));
+                check_statistic("mean", *mean, false).map_err(bad)?;
+                check_statistic("std", *std, true).map_err(bad)?;
+            }
+        }
+        Ok(())
     }
 
     /// Table size of each embedded categorical feature (known categories + 1 for unknown).
@@ -900,7 +1101,19 @@ impl Preprocessor {
                                 continue 'rows;
                             }
                             None => {}
-                            Some(v) => value = Some(((v - mean) / std) as f32),
+                            Some(v) => {
+                                value = Some(scale_numeric(v, *mean, *std).ok_or_else(|| {
+                                    DataError::BadValue {
+                                        path: table.origin.clone(),
+                                        line: table.lines[r],
+                                        column: target_name.clone(),
+                                        message: format!(
+                                            "{v} is too far from the training targets: {}",
+                                            overflow_detail(*mean, *std)
+                                        ),
+                                    }
+                                })?)
+                            }
                         }
                     }
                 }
@@ -925,7 +1138,18 @@ impl Preprocessor {
                                 *fill
                             }
                         };
-                        row_x.push(scale_numeric(v, *shift, *scale));
+                        let x = scale_numeric(v, *shift, *scale).ok_or_else(|| {
+                            DataError::BadValue {
+                                path: table.origin.clone(),
+                                line: table.lines[r],
+                                column: name.clone(),
+                                message: format!(
+                                    "{v} is too far from the training data: {}",
+                                    overflow_detail(*shift, *scale)
+                                ),
+                            }
+                        })?;
+                        row_x.push(x);
                     }
                     FeatureTransform::Binary {
                         name: _,

@@ -321,3 +321,83 @@ fn text_becomes_shifted_token_ids_padded_and_truncated() {
         assert_eq!(decoded, kept, "{truncation:?}");
     }
 }
+
+/// Numbers that are finite in f64 but not in f32 are not numbers to kiln: they would reach
+/// the model as `inf`.
+#[test]
+fn values_beyond_f32_are_bad_values_naming_line_and_column() {
+    let mut csv = String::from("x,y\n");
+    for i in 0..20 {
+        csv.push_str(&format!("{i},{}\n", i % 2));
+    }
+    csv.push_str("1e300,1\n");
+    let mut t = csv_table(&csv);
+    let c = config("y");
+    let s = infer_schema(&t, &c).unwrap();
+    let err = kiln_data::drop_bad_values(&mut t, &s, BadRows::Error).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("line 22")
+            && message.contains("column \"x\"")
+            && message.contains("outside the range of 32-bit floats"),
+        "{message}"
+    );
+    kiln_data::drop_bad_values(&mut t, &s, BadRows::Skip).unwrap();
+    assert_eq!(t.num_rows(), 20);
+    assert_eq!(t.report.bad_rows_skipped, 1);
+}
+
+/// A value that is an f32 but overflows once normalised with the training statistics is an
+/// error naming line and column at transform time (predict, eval), never an `inf` input.
+#[test]
+fn transform_refuses_values_that_overflow_once_normalised() {
+    let t = csv_table("x,y\n0.001,a\n0.002,b\n0.003,a\n0.004,b\n3e38,a\n");
+    let mut c = config("y");
+    c.data.normalization = Normalization::Zscore;
+    let s = infer_schema(&t, &c).unwrap();
+    let pre = Preprocessor::fit(&t, &s, &[0, 1, 2, 3], &[0, 1, 2, 3, 4]).unwrap();
+    pre.validate().unwrap();
+    let err = pre
+        .transform(&t, &[0, 1, 2, 3, 4], false, false)
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("line 6")
+            && message.contains("column \"x\"")
+            && message.contains("too far"),
+        "{message}"
+    );
+    // The same value through the dense path the server uses names row and feature.
+    let err = pre.normalise_dense(&[0.002, 3e38]).unwrap_err().to_string();
+    assert!(err.contains("row 1") && err.contains("x = "), "{err}");
+    assert!(pre.normalise_dense(&[0.002, f32::NAN]).unwrap()[1].is_finite());
+}
+
+/// A preprocessor read from disk is checked before use: unusable statistics and tokenizer
+/// sizes are errors naming the feature.
+#[test]
+fn validate_names_the_feature_with_an_unusable_statistic() {
+    let t = csv_table("x,z,y\n1,5,a\n2,6,b\n3,7,a\n4,8,b\n");
+    let c = config("y");
+    let s = infer_schema(&t, &c).unwrap();
+    let pre = Preprocessor::fit(&t, &s, &[0, 1, 2, 3], &[0, 1, 2, 3]).unwrap();
+    let mut json: serde_json::Value = serde_json::to_value(&pre).unwrap();
+    for (key, value) in [
+        ("scale", serde_json::json!(0.0)),
+        ("scale", serde_json::json!(-2.0)),
+        ("shift", serde_json::json!(1e300)),
+        ("fill", serde_json::json!(-1e39)),
+    ] {
+        let mut broken = json.clone();
+        broken["features"][1][key] = value.clone();
+        let pre: Preprocessor = serde_json::from_value(broken).unwrap();
+        let err = pre.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("feature \"z\"") && err.contains(key),
+            "{key} = {value}: {err}"
+        );
+    }
+    json["target"]["classes"] = serde_json::json!(["a"]);
+    let pre: Preprocessor = serde_json::from_value(json).unwrap();
+    assert!(pre.validate().unwrap_err().to_string().contains("class"));
+}

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::MetricsError;
+use crate::{MetricsError, check_finite};
 
 /// Precision, recall, F1 and support of one class.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -71,6 +71,7 @@ fn check(y_true: &[usize], proba: &[f32], num_classes: usize) -> Result<usize, M
             num_classes,
         });
     }
+    check_finite("probabilities", proba, num_classes)?;
     Ok(y_true.len())
 }
 
@@ -183,7 +184,8 @@ pub struct RocCurve {
 }
 
 /// The ROC curve of scores against binary labels, one point per distinct score. `None` when
-/// the labels are all positive or all negative.
+/// the labels are all positive or all negative. Infinite scores rank as the largest or
+/// smallest; a NaN score is an error.
 pub fn roc_curve(positive: &[bool], scores: &[f32]) -> Result<Option<RocCurve>, MetricsError> {
     if positive.len() != scores.len() {
         return Err(MetricsError::LengthMismatch {
@@ -194,6 +196,13 @@ pub fn roc_curve(positive: &[bool], scores: &[f32]) -> Result<Option<RocCurve>, 
     }
     if positive.is_empty() {
         return Err(MetricsError::Empty);
+    }
+    if let Some(index) = scores.iter().position(|s| s.is_nan()) {
+        return Err(MetricsError::NonFinite {
+            what: "score",
+            index,
+            value: f32::NAN,
+        });
     }
     let total_pos = positive.iter().filter(|&&p| p).count() as f64;
     let total_neg = positive.len() as f64 - total_pos;
@@ -206,8 +215,10 @@ pub fn roc_curve(positive: &[bool], scores: &[f32]) -> Result<Option<RocCurve>, 
     let (mut tp, mut fp) = (0.0, 0.0);
     let mut i = 0;
     while i < order.len() {
-        let threshold = scores[order[i]];
-        while i < order.len() && scores[order[i]] == threshold {
+        // The group always takes `order[i]` itself, so every pass consumes at least one
+        // sample whatever the comparison says.
+        let (start, threshold) = (i, scores[order[i]]);
+        while i < order.len() && (i == start || scores[order[i]] == threshold) {
             if positive[order[i]] {
                 tp += 1.0
             } else {

@@ -5,6 +5,10 @@
 //! (zero division gives 0, ROC-AUC by the trapezoid rule with ties counted half, log loss on
 //! row-normalised, clipped probabilities); `tests/sklearn.rs` checks them against values
 //! computed by scikit-learn.
+//!
+//! Every metric terminates on any input: NaN or infinite scores, probabilities and targets
+//! are an error naming the sample ([`MetricsError::NonFinite`]); `tests/properties.rs` checks
+//! this over random inputs.
 #![warn(missing_docs)]
 
 mod classification;
@@ -42,4 +46,31 @@ pub enum MetricsError {
         /// The number of classes.
         num_classes: usize,
     },
+    /// A score, probability or target is NaN or infinite (the model's output for that sample
+    /// overflowed, or the input was not a number).
+    #[error("{what} of sample {index} is {value}, expected a finite number")]
+    NonFinite {
+        /// Which input holds it.
+        what: &'static str,
+        /// The sample's position.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+}
+
+/// The first sample whose values (`width` per sample) are not all finite.
+pub(crate) fn check_finite(
+    what: &'static str,
+    values: &[f32],
+    width: usize,
+) -> Result<(), MetricsError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(MetricsError::NonFinite {
+            what,
+            index: i / width.max(1),
+            value: values[i],
+        }),
+    }
 }

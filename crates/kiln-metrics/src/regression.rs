@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::MetricsError;
+use crate::{MetricsError, check_finite};
 
 /// Regression metrics, as scikit-learn's `mean_squared_error`, `mean_absolute_error` and
 /// `r2_score`.
@@ -30,6 +30,8 @@ impl RegressionMetrics {
                 expected: actual.len(),
             });
         }
+        check_finite("target", actual, 1)?;
+        check_finite("prediction", predicted, 1)?;
         let n = actual.len() as f64;
         let mean = actual.iter().map(|&v| v as f64).sum::<f64>() / n;
         let (mut ss_res, mut ss_tot, mut abs) = (0.0, 0.0, 0.0);

@@ -52,6 +52,19 @@ impl GptConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
+        let largest = [
+            self.vocab_size,
+            self.context,
+            self.layers,
+            self.heads,
+            self.embd,
+        ];
+        if let Some(v) = largest.iter().find(|&&v| v > crate::spec::MAX_DIMENSION) {
+            return Err(format!(
+                "{v} is larger than any dimension kiln builds ({})",
+                crate::spec::MAX_DIMENSION
+            ));
+        }
         Ok(())
     }
 }

@@ -459,7 +459,13 @@ impl KilnOps for Flex {
             return linear_reference::<Flex>(x, w);
         };
         let [input, out] = [wc.layout().shape()[0], wc.layout().shape()[1]];
-        let (rows, shape) = rows_of(xc.layout().shape(), out);
+        let xs = xc.layout().shape();
+        assert_eq!(
+            xs[xs.num_dims() - 1],
+            input,
+            "linear: the input's last dimension must equal the weight's input width"
+        );
+        let (rows, shape) = rows_of(xs, out);
         let y = gemm_into(
             rows,
             input,
@@ -477,7 +483,13 @@ impl KilnOps for Flex {
             return linear_grad_input_reference::<Flex>(grad, w);
         };
         let [input, out] = [wc.layout().shape()[0], wc.layout().shape()[1]];
-        let (rows, shape) = rows_of(gc.layout().shape(), input);
+        let gs = gc.layout().shape();
+        assert_eq!(
+            gs[gs.num_dims() - 1],
+            out,
+            "linear backward: the gradient's last dimension must equal the weight's output width"
+        );
+        let (rows, shape) = rows_of(gs, input);
         // wᵀ [out, in]: element (o, i) is w[i, o].
         let g = gemm_into(
             rows,
@@ -500,6 +512,11 @@ impl KilnOps for Flex {
         let rows = xs.num_elements() / input.max(1);
         let gs = gc.layout().shape();
         let out = gs[gs.num_dims() - 1];
+        assert_eq!(
+            gs.num_elements(),
+            rows * out,
+            "linear weight gradient: input and gradient rows differ"
+        );
         // xᵀ [in, rows]: element (i, r) is x[r, i].
         let g = gemm_into(
             input,
@@ -673,6 +690,8 @@ fn gemm_into(
     rhs: &[f32],
     rhs_strides: (isize, isize),
 ) -> Vec<f32> {
+    check_operand("lhs", lhs.len(), [m, k], lhs_strides);
+    check_operand("rhs", rhs.len(), [k, n], rhs_strides);
     let len = m * n;
     let mut dst = Vec::<f32>::with_capacity(len);
     if len == 0 || k == 0 {
@@ -720,6 +739,28 @@ fn gemm_into(
     dst
 }
 
+/// Panics unless a `[rows, cols]` operand with element strides `(row, column)` lies inside a
+/// slice of `len` values. A release-mode check: the gemm crate reads raw pointers, so a
+/// mismatched shape (say a weight wider than its input) would otherwise read past the end.
+fn check_operand(what: &str, len: usize, [rows, cols]: [usize; 2], (rs, cs): (isize, isize)) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        rs >= 0 && cs >= 0,
+        "gemm {what}: negative strides ({rs}, {cs})"
+    );
+    let last = (rows - 1).checked_mul(rs as usize).and_then(|r| {
+        (cols - 1)
+            .checked_mul(cs as usize)
+            .and_then(|c| r.checked_add(c))
+    });
+    assert!(
+        last.is_some_and(|last| last < len),
+        "gemm {what}: a [{rows}, {cols}] operand with strides ({rs}, {cs}) does not fit in {len} values"
+    );
+}
+
 /// A destination pointer shared by tasks that write disjoint blocks (of rows, columns or
 /// heads).
 #[derive(Clone, Copy)]
@@ -753,7 +794,10 @@ unsafe fn gemm_raw(
     rhs_strides: (isize, isize),
     parallelism: gemm::Parallelism,
 ) {
-    // SAFETY: the caller's contract.
+    let [m, k, n] = mnk;
+    check_operand("lhs", lhs.len(), [m, k], lhs_strides);
+    check_operand("rhs", rhs.len(), [k, n], rhs_strides);
+    // SAFETY: the caller's contract for `dst`; the operands were checked above.
     unsafe {
         gemm_strided(
             mnk,
@@ -1167,6 +1211,7 @@ pub fn layer_norm<const D: usize>(layer: &burn::nn::LayerNorm, x: Tensor<D>) -> 
 /// for the batch, no transposed convolution for the input's gradient; the bias added as the
 /// output is written and its gradient summed in one pass); Burn's conv elsewhere.
 pub fn conv2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
+    check_conv_input(layer, &x);
     let Some(options) = conv_options(layer) else {
         return layer.forward(x);
     };
@@ -1183,6 +1228,19 @@ pub fn conv2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
             options,
         ),
     })
+}
+
+/// Panics unless `x` has the channels `layer` convolves: Burn's own convolution does not
+/// check them, and would read a weight's channels that the input does not have.
+fn check_conv_input(layer: &burn::nn::conv::Conv2d, x: &Tensor<4>) {
+    let [_, channels, _, _] = x.dims();
+    let w = layer.weight.shape();
+    assert_eq!(
+        channels,
+        w[1] * layer.groups,
+        "conv2d: the input has {channels} channels, the layer convolves {}",
+        w[1] * layer.groups
+    );
 }
 
 /// A convolution layer's options with its padding spelled out; `None` for `Same` padding
@@ -1208,6 +1266,7 @@ fn conv_options(layer: &burn::nn::conv::Conv2d) -> Option<ConvOptions<2>> {
 /// instead of being written out at full resolution and read back (the serving path of a
 /// CNN); the two ops otherwise.
 pub fn conv2d_relu_max_pool2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>, k: usize) -> Tensor<4> {
+    check_conv_input(layer, &x);
     let composed = |x| relu_max_pool2d(conv2d(layer, x), k);
     if k == 0 || x.is_autodiff() || !on_flex(&x.device()) || x.dtype() != DType::F32 {
         return composed(x);

@@ -60,6 +60,47 @@ pub enum SpecError {
         /// Pool.
         pool: usize,
     },
+    /// A `model.json` value no network can be built from (zero or absurd sizes, heads that
+    /// do not divide the width, a dropout outside [0, 1)): what a damaged or hand-edited file
+    /// holds.
+    #[error("{field} is {value}: {expected}")]
+    Invalid {
+        /// The field, e.g. `hidden[1]` or `text.heads`.
+        field: String,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        expected: String,
+    },
+}
+
+/// Largest single dimension [`ModelSpec::validate`] accepts (16 M): far above any real
+/// layer, low enough that no dimension alone can exhaust memory before the parameter count
+/// is checked.
+pub const MAX_DIMENSION: usize = 1 << 24;
+
+fn check_size(field: impl Into<String>, value: usize, min: usize) -> Result<(), SpecError> {
+    if (min..=MAX_DIMENSION).contains(&value) {
+        Ok(())
+    } else {
+        Err(SpecError::Invalid {
+            field: field.into(),
+            value: value.to_string(),
+            expected: format!("expected {min} to {MAX_DIMENSION}"),
+        })
+    }
+}
+
+fn check_dropout(field: impl Into<String>, p: f64) -> Result<(), SpecError> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(SpecError::Invalid {
+            field: field.into(),
+            value: p.to_string(),
+            expected: "expected a probability in [0, 1)".into(),
+        })
+    }
 }
 
 impl ModelSpec {
@@ -115,6 +156,91 @@ impl ModelSpec {
             spec.conv_output()?;
         }
         Ok(spec)
+    }
+
+    /// Checks that a network can be built from this spec, as read from a `model.json`: every
+    /// size between 1 (0 where a part may be empty) and [`MAX_DIMENSION`], heads that divide
+    /// the text width, dropouts in [0, 1), a conv stack that fits its image and a head with
+    /// an input. Nothing is allocated.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match self.input {
+            InputShape::Flat { width } => check_size("input.width", width, 0)?,
+            InputShape::Image {
+                channels,
+                height,
+                width,
+            } => {
+                check_size("input.channels", channels, 1)?;
+                check_size("input.height", height, 1)?;
+                check_size("input.width", width, 1)?;
+                let size = channels
+                    .checked_mul(height)
+                    .and_then(|s| s.checked_mul(width))
+                    .unwrap_or(usize::MAX);
+                check_size("input.size", size, 1)?;
+            }
+        }
+        let kind_mismatch = |field: &str, expected: &str| SpecError::Invalid {
+            field: field.into(),
+            value: format!("{:?}", self.kind),
+            expected: expected.into(),
+        };
+        if (self.kind == ModelKind::Cnn) == self.conv.is_empty() {
+            return Err(kind_mismatch(
+                "kind",
+                "conv layers if and only if the kind is cnn",
+            ));
+        }
+        if (self.kind == ModelKind::Transformer) != self.text.is_some() {
+            return Err(kind_mismatch(
+                "kind",
+                "a text encoder if and only if the kind is transformer",
+            ));
+        }
+        if self.kind == ModelKind::Gpt {
+            return Err(kind_mismatch("kind", "a network, not a language model"));
+        }
+        check_size("outputs", self.outputs, 1)?;
+        for (i, &h) in self.hidden.iter().enumerate() {
+            check_size(format!("hidden[{i}]"), h, 1)?;
+        }
+        check_dropout("dropout", self.dropout)?;
+        for (i, &(n, d)) in self.embeddings.iter().enumerate() {
+            check_size(format!("embeddings[{i}] table size"), n, 1)?;
+            check_size(format!("embeddings[{i}] width"), d, 1)?;
+        }
+        for (i, c) in self.conv.iter().enumerate() {
+            check_size(format!("conv[{i}].filters"), c.filters, 1)?;
+            check_size(format!("conv[{i}].kernel"), c.kernel, 1)?;
+            check_size(format!("conv[{i}].stride"), c.stride, 1)?;
+            check_size(format!("conv[{i}].padding"), c.padding, 0)?;
+            check_size(format!("conv[{i}].pool"), c.pool, 0)?;
+            check_dropout(format!("conv[{i}].dropout"), c.dropout)?;
+        }
+        if !self.conv.is_empty() {
+            if !matches!(self.input, InputShape::Image { .. }) {
+                return Err(SpecError::CnnNeedsImages);
+            }
+            let (c, h, w) = self.conv_output()?;
+            check_size("conv output size", c * h * w, 1)?;
+        }
+        if let Some(t) = &self.text {
+            check_size("text.vocab_size", t.vocab_size, 1)?;
+            check_size("text.max_tokens", t.max_tokens, 1)?;
+            check_size("text.layers", t.layers, 0)?;
+            check_size("text.heads", t.heads, 1)?;
+            check_size("text.embd", t.embd, 1)?;
+            check_dropout("text.dropout", t.dropout)?;
+            if !t.embd.is_multiple_of(t.heads) {
+                return Err(SpecError::Invalid {
+                    field: "text.embd".into(),
+                    value: t.embd.to_string(),
+                    expected: format!("expected a multiple of text.heads ({})", t.heads),
+                });
+            }
+        }
+        check_size("head input width", self.head_input(), 1)?;
+        Ok(())
     }
 
     /// `(channels, height, width)` after the conv stack, or the input's for no convs.

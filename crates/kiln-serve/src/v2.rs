@@ -478,7 +478,9 @@ async fn run(
                                 i % width
                             )));
                         }
-                        encoded.x = preprocessor.normalise_dense(&v);
+                        encoded.x = preprocessor
+                            .normalise_dense(&v)
+                            .map_err(|e| ApiError::bad_request(format!("input \"{name}\": {e}")))?;
                     }
                     ("categories", Values::I64(v)) => {
                         let cards = preprocessor.cardinalities();

@@ -65,6 +65,57 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// The writer's process id in a temporary name [`write_atomic`] or [`write_checkpoint`]
+/// made (`.NAME.tmp-PID`), if `name` is one.
+fn temporary_owner(name: &str) -> Option<u32> {
+    let (stem, pid) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    (!stem.is_empty()).then_some(())?;
+    pid.parse().ok()
+}
+
+/// Whether process `pid` still runs (so its temporaries may still be written).
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        Path::new("/proc").join(pid.to_string()).exists()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // Without /proc, only our own are known to be live: keep the others.
+        true
+    }
+}
+
+/// Removes the temporary files and checkpoint directories that a killed writer (SIGKILL, a
+/// full disk) left in `dir`: `.NAME.tmp-PID` entries whose process is gone. Entries of a
+/// live process are kept, so a concurrent writer is never disturbed. Returns how many went.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temporary_owner) else {
+            continue;
+        };
+        if process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed += usize::from(gone.is_ok());
+    }
+    removed
+}
+
 /// Writes a checkpoint of `files` for optimizer step `step` under `checkpoints_dir`, points
 /// `latest` at it and prunes old ones. Returns its directory.
 pub fn write_checkpoint(
@@ -212,6 +263,8 @@ pub fn read_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, TrainError> {
 /// `checkpoints/latest` points at one. The error for a damaged checkpoint lists the others
 /// that are still usable.
 pub fn read_latest(run_or_checkpoint: &Path) -> Result<LoadedCheckpoint, TrainError> {
+    remove_stale_temporaries(run_or_checkpoint);
+    remove_stale_temporaries(&run_or_checkpoint.join("checkpoints"));
     if run_or_checkpoint.join(MANIFEST).exists() {
         return read_checkpoint(run_or_checkpoint);
     }

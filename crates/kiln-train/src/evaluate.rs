@@ -131,6 +131,64 @@ fn forward_rows(
     values
 }
 
+/// A row whose model output is NaN or infinite: its inputs were finite but far enough from
+/// the training data that the network overflowed. Callers refuse the row with this.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NonFiniteOutput {
+    /// Row of the encoded data (`Encoded::source_rows` maps it to the input).
+    pub row: usize,
+    /// The first non-finite output value of the row.
+    pub value: f32,
+    /// The row's dense input furthest from the training data: its feature and normalised
+    /// value (standard deviations from the training mean under z-score).
+    pub furthest_input: Option<(String, f32)>,
+}
+
+impl std::fmt::Display for NonFiniteOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the model's output is {}", self.value)?;
+        if let Some((feature, x)) = &self.furthest_input {
+            write!(
+                f,
+                "; the input furthest from the training data is \"{feature}\" at {x:e} in normalised units"
+            )?;
+        }
+        write!(
+            f,
+            " (inputs far outside the training range overflow the network)"
+        )
+    }
+}
+
+/// The first row of `values` (`width` outputs per row of `data`) that is not all finite.
+pub fn non_finite_output(
+    values: &[f32],
+    width: usize,
+    data: &Encoded,
+    preprocessor: &Preprocessor,
+) -> Option<NonFiniteOutput> {
+    let i = values.iter().position(|v| !v.is_finite())?;
+    let row = i / width.max(1);
+    let size = data.shape.size();
+    let furthest_input = data
+        .x
+        .get(row * size..(row + 1) * size)
+        .and_then(|x| {
+            x.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        })
+        .map(|(slot, &x)| {
+            let names = preprocessor.dense_slot_names();
+            (names.get(slot).cloned().unwrap_or_default(), x)
+        });
+    Some(NonFiniteOutput {
+        row,
+        value: values[i],
+        furthest_input,
+    })
+}
+
 /// Scores of a model on labelled rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "snake_case")]

@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::prelude::Device;
 use kiln_config::Config;
 use kiln_data::Preprocessor;
@@ -22,7 +23,7 @@ use kiln_models::{ModelSpec, Network};
 
 use crate::TrainError;
 use crate::checkpoint::write_atomic;
-use crate::weights::{model_from_bytes, model_to_bytes};
+use crate::weights::model_to_bytes;
 
 /// File names inside a run directory.
 pub mod files {
@@ -117,8 +118,10 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
             dir.display()
         )));
     }
+    crate::checkpoint::remove_stale_temporaries(dir);
     let preprocessor: Preprocessor = read_json(&dir.join(files::PREPROCESSOR))?;
     let spec: ModelSpec = read_json(&dir.join(files::MODEL_SPEC))?;
+    check_agreement(dir, &preprocessor, &spec)?;
     let weights_path = dir.join(files::WEIGHTS);
     let bytes = std::fs::read(&weights_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -133,7 +136,17 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
             }
         }
     })?;
-    let model = model_from_bytes(&spec, &bytes, device, &weights_path.display().to_string())?;
+    let model = Network::new(&spec, device);
+    let needed = model.num_params().saturating_mul(4);
+    if bytes.len() < needed {
+        return Err(TrainError::Run(format!(
+            "{}: model.json describes {} parameters ({needed} bytes of f32) but model.safetensors holds {} bytes",
+            dir.display(),
+            model.num_params(),
+            bytes.len()
+        )));
+    }
+    let model = crate::weights::load_into(model, &bytes, &weights_path.display().to_string())?;
     Ok(LoadedRun {
         dir: dir.to_path_buf(),
         config,
@@ -141,6 +154,60 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
         spec,
         model,
     })
+}
+
+/// Checks that `preprocessor.json` and `model.json` describe one model before any kernel
+/// sees them: each file valid on its own, and the preprocessing's output (dense width or
+/// image shape, embedding tables, token table and length, classes) what the network takes.
+/// A mismatch would feed the network rows of the wrong width.
+pub fn check_agreement(
+    dir: &Path,
+    preprocessor: &Preprocessor,
+    spec: &ModelSpec,
+) -> Result<(), TrainError> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    preprocessor
+        .validate()
+        .map_err(|e| TrainError::Run(format!("{}: {e}", file(files::PREPROCESSOR))))?;
+    spec.validate()
+        .map_err(|e| TrainError::Run(format!("{}: {e}", file(files::MODEL_SPEC))))?;
+    let disagree = |what: &str, pre: String, model: String| {
+        TrainError::Run(format!(
+            "{} and {} disagree on {what}: the preprocessing gives {pre}, the model expects {model}",
+            file(files::PREPROCESSOR),
+            file(files::MODEL_SPEC)
+        ))
+    };
+    if preprocessor.input_shape() != spec.input {
+        return Err(disagree(
+            "the input",
+            format!("{:?}", preprocessor.input_shape()),
+            format!("{:?}", spec.input),
+        ));
+    }
+    if preprocessor.embedding_dims() != spec.embeddings {
+        return Err(disagree(
+            "the categorical embeddings (table size, width)",
+            format!("{:?}", preprocessor.embedding_dims()),
+            format!("{:?}", spec.embeddings),
+        ));
+    }
+    let text = spec.text.as_ref().map(|t| (t.vocab_size, t.max_tokens));
+    if preprocessor.text_input() != text {
+        return Err(disagree(
+            "the text input (token table size, longest sequence)",
+            format!("{:?}", preprocessor.text_input()),
+            format!("{text:?}"),
+        ));
+    }
+    if preprocessor.num_outputs() != spec.outputs {
+        return Err(disagree(
+            "the outputs (classes, or 1 for regression)",
+            preprocessor.num_outputs().to_string(),
+            spec.outputs.to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// Saves the final weights atomically.

@@ -39,8 +39,9 @@ pub fn model_from_bytes(
 
 /// Loads safetensors `bytes` into `model`; every tensor must be present with the right shape.
 pub fn load_into<M: Module>(mut model: M, bytes: &[u8], origin: &str) -> Result<M, TrainError> {
-    SafeTensors::deserialize(bytes)
+    let tensors = SafeTensors::deserialize(bytes)
         .map_err(|e| TrainError::Weights(format!("{origin}: not a valid safetensors file: {e}")))?;
+    check_finite(&tensors, origin)?;
     let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
         .allow_partial(false)
         .validate(true);
@@ -59,6 +60,27 @@ pub fn load_into<M: Module>(mut model: M, bytes: &[u8], origin: &str) -> Result<
         )));
     }
     Ok(model)
+}
+
+/// Refuses weights holding NaN or an infinity: such a model answers NaN for every input.
+fn check_finite(tensors: &SafeTensors<'_>, origin: &str) -> Result<(), TrainError> {
+    for (name, view) in tensors.tensors() {
+        if view.dtype() != Dtype::F32 {
+            continue;
+        }
+        let bad = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .enumerate()
+            .find(|(_, v)| !v.is_finite());
+        if let Some((index, value)) = bad {
+            return Err(TrainError::Weights(format!(
+                "{origin}: tensor \"{name}\" holds {value} at index {index}; weights must be finite"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Serialises optimizer state as safetensors; the step count goes in the metadata.

@@ -94,6 +94,12 @@ pub fn export_run(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Ex
             files::CONFIG
         )));
     }
+    if out.join(files::CONFIG).exists() {
+        return Err(KilnError::Output {
+            path: out.display().to_string(),
+            message: "this folder holds a kiln run (config.toml): exporting there would replace its weights and preprocessing; choose another --out".into(),
+        });
+    }
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let weights = read_weights(run_dir)?;
     let mut written = Vec::new();
@@ -168,7 +174,7 @@ pub fn export_run(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Ex
                 let proto = onnx::network(&loaded.spec, pre, &weights).map_err(export_err)?;
                 nodes = Some(write_onnx(out, &proto, &mut written)?);
                 model_file = export_files::ONNX;
-                let (ins, model_inputs) = sample_inputs(&loaded.spec, pre, 6, &device);
+                let (ins, model_inputs) = sample_inputs(&loaded.spec, pre, 6, &device)?;
                 let outs = reference_outputs(&loaded.model, pre, model_inputs)?;
                 write_test_data(out, &ins, &outs, &mut written)?;
             }
@@ -255,7 +261,7 @@ fn sample_inputs(
     pre: &Preprocessor,
     rows: usize,
     device: &burn::prelude::Device,
-) -> (Vec<TestTensor>, Inputs) {
+) -> Result<(Vec<TestTensor>, Inputs)> {
     let mut rng = SplitMix64::new(11);
     let mut raw = Vec::new();
     let mut categories = Vec::new();
@@ -333,7 +339,7 @@ fn sample_inputs(
             shape,
             values: raw.clone(),
         });
-        let x = pre.normalise_dense(&raw);
+        let x = pre.normalise_dense(&raw)?;
         model.x = Some(Tensor::from_data(TensorData::new(x, [rows, width]), device));
     }
     if !spec.embeddings.is_empty() {
@@ -359,7 +365,7 @@ fn sample_inputs(
             values: tokens,
         });
     }
-    (onnx_inputs, model)
+    Ok((onnx_inputs, model))
 }
 
 /// kiln's outputs for `inputs`, named as the ONNX graph's outputs.

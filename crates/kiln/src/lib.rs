@@ -9,6 +9,7 @@
 
 mod export;
 mod lm;
+pub mod memory;
 mod pipeline;
 mod report;
 

@@ -188,6 +188,16 @@ pub fn train_lm_run(
     let prepare_seconds = prepare_started.elapsed().as_secs_f64();
     let gpt = gpt_config(&config, meta.vocab_size);
     gpt.validate().map_err(KilnError::Invalid)?;
+    let batch = match config.trainer.batch_size {
+        kiln_config::BatchSize::Full => 1,
+        kiln_config::BatchSize::Samples(n) => n,
+    };
+    // Parameters are initialised lazily: counting them allocates nothing.
+    let parameters = burn::module::Module::num_params(&Gpt::new(&gpt, &device));
+    crate::memory::check_fits(
+        &crate::memory::gpt_estimate(&config, &gpt, parameters as u64, batch as u64),
+        "model.embd, model.layers, model.context or trainer.batch_size",
+    )?;
     run::write_json(&run_dir.join(files::MODEL_SPEC), &gpt)?;
     let train = TokenFile::open(&data_dir.join("train.bin"), meta.dtype).map_err(text_err)?;
     let val = TokenFile::open(&data_dir.join("val.bin"), meta.dtype).map_err(text_err)?;
@@ -198,6 +208,7 @@ pub fn train_lm_run(
             gpt.context
         )));
     }
+    let resumed_at = checkpoint.as_ref().map(|c| c.step);
     let outcome = train_lm(
         &config,
         &gpt,
@@ -211,6 +222,24 @@ pub fn train_lm_run(
         &mut SingleProcess,
     )?;
     run::save_weights(&run_dir, &outcome.model)?;
+    // What was written must load: `generate`, `export` and `serve` start here.
+    load_lm(&run_dir).map_err(|e| {
+        KilnError::Invalid(format!(
+            "{}: the run just written does not load back ({e}); this is a bug in kiln",
+            run_dir.display()
+        ))
+    })?;
+    // Resuming a finished run trains nothing: keep its report and its training time.
+    let report_path = run_dir.join(files::REPORT_JSON);
+    let finished_before =
+        resumed_at.is_some_and(|step| step == outcome.steps) && report_path.exists();
+    let train_seconds = match finished_before {
+        true => run::read_json::<serde_json::Value>(&report_path)
+            .ok()
+            .and_then(|r| r["train_seconds"].as_f64())
+            .unwrap_or(outcome.seconds),
+        false => outcome.seconds,
+    };
     let last = outcome.evals.last();
     let summary = LmSummary {
         run_dir: run_dir.clone(),
@@ -220,12 +249,15 @@ pub fn train_lm_run(
         val_loss: last.map(|e| e.val_loss),
         bits_per_char: last.map(|e| e.bits_per_char),
         evals: outcome.evals,
-        train_seconds: outcome.seconds,
+        train_seconds,
         prepare_seconds,
         resumed_from: outcome.resumed_from,
         peak_rss_mib: peak_rss_mib(),
     };
-    run::write_json(&run_dir.join(files::REPORT_JSON), &summary)?;
+    if finished_before {
+        return Ok(summary);
+    }
+    run::write_json(&report_path, &summary)?;
     if config.output.plots && !summary.evals.is_empty() {
         let dir = run_dir.join("plots");
         std::fs::create_dir_all(&dir).map_err(|e| KilnError::Output {
@@ -282,7 +314,14 @@ pub struct Generation {
 pub fn load_lm(run_dir: &Path) -> Result<(Gpt, TextTokenizer, burn::prelude::Device)> {
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let device = device_for(&config)?;
+    kiln_train::checkpoint::remove_stale_temporaries(run_dir);
     let gpt: GptConfig = run::read_json(&run_dir.join(files::MODEL_SPEC))?;
+    gpt.validate().map_err(|e| {
+        KilnError::Invalid(format!(
+            "{}: {e}",
+            run_dir.join(files::MODEL_SPEC).display()
+        ))
+    })?;
     let tokenizer =
         TextTokenizer::from_file(&run_dir.join(lm_files::TOKENIZER)).map_err(text_err)?;
     if tokenizer.vocab_size() != gpt.vocab_size {
@@ -296,11 +335,18 @@ pub fn load_lm(run_dir: &Path) -> Result<(Gpt, TextTokenizer, burn::prelude::Dev
     let weights = run_dir.join(files::WEIGHTS);
     let bytes = std::fs::read(&weights)
         .map_err(|e| KilnError::Invalid(format!("{}: {e}", weights.display())))?;
-    let model = kiln_train::weights::load_into(
-        Gpt::new(&gpt, &device),
-        &bytes,
-        &weights.display().to_string(),
-    )?;
+    // Parameters are initialised lazily: a model.json far larger than its weights file is
+    // refused before anything is allocated.
+    let model = Gpt::new(&gpt, &device);
+    let parameters = burn::module::Module::num_params(&model);
+    if bytes.len() < parameters.saturating_mul(4) {
+        return Err(KilnError::Invalid(format!(
+            "{}: model.json describes {parameters} parameters but model.safetensors holds {} bytes",
+            run_dir.display(),
+            bytes.len()
+        )));
+    }
+    let model = kiln_train::weights::load_into(model, &bytes, &weights.display().to_string())?;
     Ok((model, tokenizer, device))
 }
 
@@ -313,6 +359,7 @@ pub fn generate_run(
     sampling: &SamplingConfig,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
+    sampling.validate().map_err(KilnError::Invalid)?;
     let (model, tokenizer, device) = load_lm(run_dir)?;
     generate_text(
         &model,
@@ -339,6 +386,7 @@ pub fn generate_text(
     sampling: &SamplingConfig,
     mut on_text: impl FnMut(&str) -> std::ops::ControlFlow<()>,
 ) -> Result<Generation> {
+    sampling.validate().map_err(KilnError::Invalid)?;
     let mut ids = tokenizer.encode(prompt).map_err(text_err)?;
     if ids.is_empty() {
         // An empty prompt starts from the first token of the vocabulary after <unk>.

@@ -8,7 +8,7 @@ use kiln_config::{Config, Task};
 use kiln_data::{Encoded, LoadReport, Preprocessor, Schema, Split, Table};
 use kiln_models::ModelSpec;
 use kiln_train::checkpoint::{LoadedCheckpoint, read_latest};
-use kiln_train::evaluate::{Evaluation, Predictions, predict, score};
+use kiln_train::evaluate::{Evaluation, Predictions, non_finite_output, predict, score};
 use kiln_train::run::{self, files};
 use kiln_train::{Observer, SingleProcess, TrainOutcome, TrainSetup};
 use serde::Serialize;
@@ -245,41 +245,57 @@ pub fn train_run(
     resume: Option<&Path>,
     observer: &mut dyn Observer,
 ) -> Result<RunSummary> {
-    let (config, run_dir, checkpoint): (Config, PathBuf, Option<LoadedCheckpoint>) = match resume {
-        Some(path) => {
-            let checkpoint = read_latest(path)?;
-            // A checkpoint lives in RUN/checkpoints/step-N.
-            let run_dir = if path.join(files::CONFIG).exists() {
-                path.to_path_buf()
-            } else {
-                checkpoint
-                    .dir
-                    .parent()
-                    .and_then(Path::parent)
-                    .map(Path::to_path_buf)
-                    .ok_or_else(|| {
-                        KilnError::Invalid(format!(
-                            "{}: cannot find its run directory",
-                            path.display()
-                        ))
-                    })?
-            };
-            let saved = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
-            (saved, run_dir, Some(checkpoint))
-        }
+    let (config, run_dir, checkpoint): (Config, Option<PathBuf>, Option<LoadedCheckpoint>) =
+        match resume {
+            Some(path) => {
+                let checkpoint = read_latest(path)?;
+                // A checkpoint lives in RUN/checkpoints/step-N.
+                let run_dir = if path.join(files::CONFIG).exists() {
+                    path.to_path_buf()
+                } else {
+                    checkpoint
+                        .dir
+                        .parent()
+                        .and_then(Path::parent)
+                        .map(Path::to_path_buf)
+                        .ok_or_else(|| {
+                            KilnError::Invalid(format!(
+                                "{}: cannot find its run directory",
+                                path.display()
+                            ))
+                        })?
+                };
+                let saved = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
+                (saved, Some(run_dir), Some(checkpoint))
+            }
+            None => (config.clone(), None, None),
+        };
+    let device = device_for(&config)?;
+    let data = prepare(&config)?;
+    let spec = model_spec(&config, &data.preprocessor)?;
+    spec.validate()?;
+    let batch = match config.trainer.batch_size {
+        kiln_config::BatchSize::Full => data.train.rows,
+        kiln_config::BatchSize::Samples(n) => n.min(data.train.rows),
+    };
+    // Parameters are initialised lazily: counting them allocates nothing.
+    let parameters = burn::module::Module::num_params(&kiln_models::Network::new(&spec, &device));
+    crate::memory::check_fits(
+        &crate::memory::network_estimate(&config, &spec, parameters as u64, batch as u64),
+        "model.hidden, model.conv, model.embd or trainer.batch_size",
+    )?;
+    // The run directory is made only once the data and the model are known to fit.
+    let run_dir = match run_dir {
+        Some(dir) => dir,
         None => {
             let name = config
                 .output
                 .name
                 .clone()
-                .unwrap_or_else(|| default_run_name(config));
-            let run_dir = run::create(Path::new(&config.output.dir), &name)?;
-            (config.clone(), run_dir, None)
+                .unwrap_or_else(|| default_run_name(&config));
+            run::create(Path::new(&config.output.dir), &name)?
         }
     };
-    let device = device_for(&config)?;
-    let data = prepare(&config)?;
-    let spec = model_spec(&config, &data.preprocessor)?;
     if checkpoint.is_some() {
         let saved: Preprocessor = run::read_json(&run_dir.join(files::PREPROCESSOR))?;
         if saved != data.preprocessor {
@@ -303,8 +319,16 @@ pub fn train_run(
         run_dir: &run_dir,
         device: device.clone(),
     };
+    let resumed_at = checkpoint.as_ref().map(|c| c.step);
     let outcome: TrainOutcome = kiln_train::train(setup, checkpoint, observer, &mut SingleProcess)?;
     run::save_weights(&run_dir, &outcome.model)?;
+    // What was written must load: every later command starts here.
+    run::load(&run_dir, &device).map_err(|e| {
+        KilnError::Invalid(format!(
+            "{}: the run just written does not load back ({e}); this is a bug in kiln",
+            run_dir.display()
+        ))
+    })?;
     let parameters = kiln_train::grads::parameter_count(&outcome.model);
     // Predict each split once; the test predictions also feed the report's ROC curve.
     let predict_split =
@@ -316,8 +340,41 @@ pub fn train_run(
         })
     };
     let test_predictions = predict_split(&data.test);
+    let validation_predictions = predict_split(&data.validation);
+    let test_source = config
+        .data
+        .test_source
+        .as_deref()
+        .unwrap_or(&config.data.source);
+    for (source, encoded, predictions) in [
+        (test_source, &data.test, &test_predictions),
+        (
+            config.data.source.as_str(),
+            &data.validation,
+            &validation_predictions,
+        ),
+    ] {
+        if let Some(p) = predictions
+            && let Some(bad) = non_finite_output(&p.values, p.width, encoded, &data.preprocessor)
+        {
+            return Err(KilnError::Invalid(format!(
+                "{source}: the trained model's prediction for a held-out row is not finite: {bad}"
+            )));
+        }
+    }
     let test = score_split(&data.test, &test_predictions)?;
-    let validation = score_split(&data.validation, &predict_split(&data.validation))?;
+    let validation = score_split(&data.validation, &validation_predictions)?;
+    let finished_before = resumed_at.is_some_and(|step| step == outcome.steps)
+        && run_dir.join(files::REPORT_JSON).exists();
+    let train_seconds = if finished_before {
+        // Resuming a finished run trains nothing: keep its report and its training time.
+        run::read_json::<serde_json::Value>(&run_dir.join(files::REPORT_JSON))
+            .ok()
+            .and_then(|r| r["train_seconds"].as_f64())
+            .unwrap_or(outcome.seconds)
+    } else {
+        outcome.seconds
+    };
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         data: data.summary.clone(),
@@ -328,19 +385,80 @@ pub fn train_run(
         best_epoch: outcome.best_epoch,
         stopped_early: outcome.stopped_early,
         final_train_loss: outcome.final_train_loss,
-        train_seconds: outcome.seconds,
+        train_seconds,
         resumed_from: outcome.resumed_from,
         parameters,
         classes: data.preprocessor.classes().map(<[String]>::to_vec),
     };
-    crate::report::write_report(
-        &run_dir,
-        &config,
-        &summary,
-        &data.test,
-        test_predictions.as_ref(),
-    )?;
+    if !finished_before {
+        crate::report::write_report(
+            &run_dir,
+            &config,
+            &summary,
+            &data.test,
+            test_predictions.as_ref(),
+        )?;
+    }
     Ok(summary)
+}
+
+/// Refuses a predictions file that would replace its own input or a file of the run.
+fn refuse_overwrite(out: &Path, run_dir: &Path, data_spec: &str) -> Result<()> {
+    let Ok(target) = out.canonicalize() else {
+        return Ok(()); // a new file replaces nothing
+    };
+    let run_files = [
+        files::CONFIG,
+        files::SCHEMA,
+        files::PREPROCESSOR,
+        files::MODEL_SPEC,
+        files::WEIGHTS,
+        files::METRICS,
+        files::REPORT_JSON,
+        files::REPORT_TXT,
+    ];
+    let protected = std::iter::once((Path::new(data_spec).to_path_buf(), "the input data")).chain(
+        run_files
+            .iter()
+            .map(|f| (run_dir.join(f), "a file of the run")),
+    );
+    for (path, what) in protected {
+        if path.canonicalize().is_ok_and(|p| p == target) {
+            return Err(KilnError::Output {
+                path: out.display().to_string(),
+                message: format!("this is {what}; write the predictions to another --out"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The error for the first row whose prediction is NaN or infinite, naming its line in
+/// `source`: such a row is refused, never written or scored as NaN.
+fn refuse_non_finite(
+    source: &str,
+    table: &Table,
+    encoded: &Encoded,
+    predictions: &Predictions,
+    preprocessor: &Preprocessor,
+) -> Result<()> {
+    match non_finite_output(
+        &predictions.values,
+        predictions.width,
+        encoded,
+        preprocessor,
+    ) {
+        None => Ok(()),
+        Some(bad) => {
+            let line = encoded
+                .source_rows
+                .get(bad.row)
+                .and_then(|&r| table.lines.get(r))
+                .map(|l| format!(", line {l}"))
+                .unwrap_or_default();
+            Err(KilnError::Invalid(format!("{source}{line}: {bad}")))
+        }
+    }
 }
 
 /// The result of `kiln eval`.
@@ -376,6 +494,7 @@ pub fn evaluate_run(run_dir: &Path, data_spec: &str) -> Result<EvalSummary> {
         )));
     }
     let p = predict(&loaded.model, &encoded, &loaded.preprocessor, &device);
+    refuse_non_finite(data_spec, &table, &encoded, &p, &loaded.preprocessor)?;
     let evaluation = score(&encoded, &p, &loaded.preprocessor)?;
     Ok(EvalSummary {
         run_dir: run_dir.to_path_buf(),
@@ -414,6 +533,7 @@ pub fn predict_run(
     out: &Path,
     proba: bool,
 ) -> Result<PredictSummary> {
+    refuse_overwrite(out, run_dir, data_spec)?;
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let device = device_for(&config)?;
     let loaded = run::load(run_dir, &device)?;
@@ -421,6 +541,7 @@ pub fn predict_run(
     let rows: Vec<usize> = (0..table.num_rows()).collect();
     let encoded = loaded.preprocessor.transform(&table, &rows, false, false)?;
     let p = predict(&loaded.model, &encoded, &loaded.preprocessor, &device);
+    refuse_non_finite(data_spec, &table, &encoded, &p, &loaded.preprocessor)?;
     let pre = &loaded.preprocessor;
     let target_name = match &pre.target {
         kiln_data::TargetTransform::Classes { name, .. }

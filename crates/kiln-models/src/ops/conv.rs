@@ -46,6 +46,25 @@ impl Geometry {
     }
 
     /// Whether the im2col matrix is the input itself.
+    /// Panics unless the operands hold exactly what the geometry describes: the kernels
+    /// below write every output slot once per input sample, so a short operand would leave
+    /// output uninitialised or read past its end.
+    fn check(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>) {
+        assert_eq!(
+            x.len(),
+            self.batch * self.input_len(),
+            "conv2d: input length"
+        );
+        assert_eq!(
+            w.len(),
+            self.channels_out * self.patch(),
+            "conv2d: weight length"
+        );
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.channels_out, "conv2d: bias length");
+        }
+    }
+
     fn pointwise(&self) -> bool {
         self.kernel == [1, 1]
             && self.stride == [1, 1]
@@ -284,6 +303,7 @@ fn sample_forward(
 /// The convolution of `x` `[B, Cin, H, W]` with `w` `[Cout, Cin, kh, kw]`, plus `bias`
 /// `[Cout]` when given: `[B, Cout, Hout, Wout]`.
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    g.check(x, w, bias);
     let (k, n) = (g.patch(), g.positions());
     let len = g.batch * g.output_len();
     if len == 0 || g.input_len() == 0 {
@@ -324,6 +344,7 @@ pub(super) fn forward_relu_max_pool(
     bias: Option<&[f32]>,
     k: usize,
 ) -> Vec<f32> {
+    g.check(x, w, bias);
     let (patch, n) = (g.patch(), g.positions());
     let pool = super::pool::Geometry {
         planes: 1,
@@ -376,6 +397,12 @@ pub(super) fn backward(
     grad: &[f32],
     input_grad: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>) {
+    g.check(x, w, None);
+    assert_eq!(
+        grad.len(),
+        g.batch * g.output_len(),
+        "conv2d backward: gradient length"
+    );
     let (k, n) = (g.patch(), g.positions());
     if g.batch * g.output_len() == 0 || g.input_len() == 0 {
         let dx = input_grad.then(|| vec![0.0; g.batch * g.input_len()]);

@@ -58,6 +58,10 @@ fn lane_sum(a: &[f32], b: &[f32], c: &[f32], term: impl Fn(f32, f32, f32) -> f32
 pub(super) fn forward(x: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
     let d = gamma.len();
     let len = x.len();
+    assert!(
+        d > 0 && len.is_multiple_of(d) || len == 0,
+        "layer norm: {len} values are not rows of {d}"
+    );
     let mut y = Vec::<f32>::with_capacity(len);
     if d == 0 {
         return y;
@@ -98,6 +102,10 @@ pub(super) fn backward(x: &[f32], gamma: &[f32], grad: &[f32], eps: f32) -> (Vec
     let d = gamma.len();
     let len = x.len();
     assert_eq!(grad.len(), len, "layer norm backward: gradient length");
+    assert!(
+        d > 0 && len.is_multiple_of(d) || len == 0,
+        "layer norm backward: {len} values are not rows of {d}"
+    );
     let mut dx = Vec::<f32>::with_capacity(len);
     if d == 0 {
         return (dx, Vec::new());

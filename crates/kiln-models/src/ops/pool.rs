@@ -61,6 +61,11 @@ fn greater(a: f32, b: f32) -> f32 {
 
 /// `relu(max_pool(x))`, `[planes, H / k, W / k]`.
 pub(super) fn forward(g: &Geometry, x: &[f32]) -> Vec<f32> {
+    assert_eq!(
+        x.len(),
+        g.planes * g.height * g.width,
+        "max pool: input length"
+    );
     match g.k {
         2 => forward_k::<2>(g, x),
         3 => forward_k::<3>(g, x),
@@ -95,6 +100,9 @@ fn forward_k<const K: usize>(g: &Geometry, x: &[f32]) -> Vec<f32> {
 
 /// [`forward`] of one plane `p` `[H, W]` into `o` `[H / k, W / k]` (`g.planes` unused).
 pub(super) fn forward_plane(p: &[f32], o: &mut [MaybeUninit<f32>], g: &Geometry) {
+    let [oh, ow] = g.out();
+    assert_eq!(p.len(), g.height * g.width, "max pool: plane length");
+    assert_eq!(o.len(), oh * ow, "max pool: output plane length");
     match g.k {
         2 => forward_plane_k::<2>(p, o, g),
         3 => forward_plane_k::<3>(p, o, g),
@@ -120,6 +128,17 @@ fn forward_plane_k<const K: usize>(p: &[f32], o: &mut [MaybeUninit<f32>], g: &Ge
 /// The gradient of [`forward`] with respect to `x`, given the output's gradient `grad`: each
 /// window's gradient goes to its first maximum when that maximum is positive.
 pub(super) fn backward(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    let [oh, ow] = g.out();
+    assert_eq!(
+        x.len(),
+        g.planes * g.height * g.width,
+        "max pool backward: input length"
+    );
+    assert_eq!(
+        grad.len(),
+        g.planes * oh * ow,
+        "max pool backward: gradient length"
+    );
     match g.k {
         2 => backward_k::<2>(g, x, grad),
         3 => backward_k::<3>(g, x, grad),
