@@ -482,7 +482,13 @@ fn serve(args: ServeArgs) -> Result<()> {
     let auth = config.token.is_some();
     let state = AppState::load(&sources, config)?;
     let models = state.models();
+    // Memory a burst of requests took goes back to the OS once they are done: freed pages are
+    // purged after 100 ms, the threads that ran the burst's generations exit after 1 s idle
+    // (their heaps with them), and the idle hook collects what is left (see
+    // scripts/burst-memory.sh for the measurements).
+    kiln_alloc::configure_for_serving(100);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .enable_all()
         .build()
         .context("starting the async runtime")?;
