@@ -42,10 +42,33 @@ pub fn configure() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// Tune the allocator for a long-running server that goes quiet between bursts: freed pages
+/// go back to the OS `delay_ms` after they are freed (mimalloc's purging, which
+/// [`configure`] turns off for training), so memory taken by a burst of requests comes back.
+/// Leaves a `MIMALLOC_PURGE_DELAY` or [`KEEP_DEFAULTS_ENV`] choice alone.
+pub fn configure_for_serving(delay_ms: i64) {
+    if std::env::var_os(KEEP_DEFAULTS_ENV).is_some()
+        || std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
+    {
+        return;
+    }
+    // SAFETY: sets a process-wide integer option; mimalloc reads it on later purges.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay_ms as std::ffi::c_long) };
+}
+
 /// The purge delay mimalloc now uses (ms; -1 = never).
 pub fn purge_delay() -> i64 {
     // SAFETY: reads a process-wide integer option.
     unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) as i64 }
+}
+
+/// Hands memory freed by now back to the OS: collects the calling thread's heap and purges
+/// every freed page mimalloc holds, whatever the purge delay. Costs page faults when the
+/// memory is needed again, so call it when the process goes quiet (the server does, after a
+/// burst of requests), not between steps.
+pub fn collect() {
+    // SAFETY: a plain call into mimalloc; `force = true` also frees abandoned pages.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 #[cfg(test)]

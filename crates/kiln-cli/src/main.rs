@@ -106,10 +106,26 @@ struct ServeArgs {
     #[arg(long, default_value_t = 256)]
     max_concurrent: usize,
     /// Require `Authorization: Bearer TOKEN` (health endpoints stay open). Also read from
-    /// KILN_SERVE_TOKEN.
-    #[arg(long, env = "KILN_SERVE_TOKEN", hide_env_values = true)]
+    /// KILN_SERVE_TOKEN. An empty token is an error.
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
     token: Option<String>,
+    /// Seconds a client has to send a complete request head (from connecting, or from the
+    /// first byte of a later request on a kept-alive connection); then it is disconnected.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout_s: f64,
+    /// Seconds a client has to send the whole request body after its head; then 408.
+    #[arg(long, default_value_t = 30.0)]
+    body_timeout_s: f64,
+    /// Seconds a kept-alive connection may wait for its next request; then it is closed.
+    #[arg(long, default_value_t = 60.0)]
+    idle_timeout_s: f64,
+    /// Open connections at most; more are answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
 }
+
+/// The environment variable `kiln serve --token` falls back to.
+const TOKEN_ENV: &str = "KILN_SERVE_TOKEN";
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ExportFormatArg {
@@ -409,8 +425,40 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !(args.max_queue_delay_ms >= 0.0 && args.max_queue_delay_ms.is_finite()) {
         bail!("--max-queue-delay-ms must be >= 0");
     }
-    if args.max_batch_size == 0 || args.max_rows == 0 || args.max_concurrent == 0 {
-        bail!("--max-batch-size, --max-rows and --max-concurrent must be at least 1");
+    if args.max_batch_size == 0
+        || args.max_rows == 0
+        || args.max_concurrent == 0
+        || args.max_connections == 0
+    {
+        bail!(
+            "--max-batch-size, --max-rows, --max-concurrent and --max-connections must be at least 1"
+        );
+    }
+    let seconds = |flag: &str, v: f64| -> Result<std::time::Duration> {
+        if !(v > 0.0 && v.is_finite() && v <= 1e9) {
+            bail!("{flag} must be a positive number of seconds, got {v}");
+        }
+        Ok(std::time::Duration::from_secs_f64(v))
+    };
+    let header_timeout = seconds("--header-timeout-s", args.header_timeout_s)?;
+    let body_timeout = seconds("--body-timeout-s", args.body_timeout_s)?;
+    let idle_timeout = seconds("--idle-timeout-s", args.idle_timeout_s)?;
+    // An empty token would mean "no auth" by accident (an unset variable in a script).
+    if args.token.as_deref() == Some("") {
+        if std::env::var_os(TOKEN_ENV).is_some_and(|v| v.is_empty()) {
+            bail!("{TOKEN_ENV} is set but empty: give a token, or unset it to serve without auth");
+        }
+        bail!("--token is empty: give a token, or leave --token out to serve without auth");
+    }
+    if std::env::var_os(TOKEN_ENV).is_some_and(|v| v.is_empty()) && args.token.is_none() {
+        bail!("{TOKEN_ENV} is set but empty: give a token, or unset it to serve without auth");
+    }
+    if !args.host.is_loopback() && args.token.is_none() {
+        eprintln!(
+            "warning: kiln serve listens on {} without a token: anyone who can reach it can use \
+             the models (pass --token or set {TOKEN_ENV})",
+            args.host
+        );
     }
     let config = ServeConfig {
         addr: std::net::SocketAddr::new(args.host, args.port),
@@ -423,39 +471,54 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_rows: args.max_rows,
         max_new_tokens: args.max_new_tokens,
         max_concurrent: args.max_concurrent,
-        token: args.token.filter(|t| !t.is_empty()),
+        token: args.token,
+        header_timeout,
+        body_timeout,
+        idle_timeout,
+        max_connections: args.max_connections,
+        ..ServeConfig::default()
     };
     let batching = config.batching;
     let auth = config.token.is_some();
     let state = AppState::load(&sources, config)?;
     let models = state.models();
+    // Memory a burst of requests took goes back to the OS once they are done: freed pages are
+    // purged after 100 ms, the threads that ran the burst's generations exit after 1 s idle
+    // (their heaps with them), and the idle hook collects what is left (see
+    // scripts/burst-memory.sh for the measurements).
+    kiln_alloc::configure_for_serving(100);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime
-        .block_on(kiln_serve::serve(state, |addr| {
-            eprintln!(
-                "kiln serve: listening on http://{addr} ({}; {})",
-                if batching.enabled {
-                    format!(
-                        "dynamic batching up to {} rows, {:.1} ms queue delay",
-                        batching.max_batch_size,
-                        batching.max_queue_delay.as_secs_f64() * 1000.0
-                    )
-                } else {
-                    "no batching".into()
-                },
-                if auth {
-                    "bearer token required"
-                } else {
-                    "no auth"
+        .block_on(kiln_serve::serve(
+            state,
+            |addr| {
+                eprintln!(
+                    "kiln serve: listening on http://{addr} ({}; {})",
+                    if batching.enabled {
+                        format!(
+                            "dynamic batching up to {} rows, {:.1} ms queue delay",
+                            batching.max_batch_size,
+                            batching.max_queue_delay.as_secs_f64() * 1000.0
+                        )
+                    } else {
+                        "no batching".into()
+                    },
+                    if auth {
+                        "bearer token required"
+                    } else {
+                        "no auth"
+                    }
+                );
+                for (name, kind) in &models {
+                    eprintln!("  {kind:<12} http://{addr}/v2/models/{name}");
                 }
-            );
-            for (name, kind) in &models {
-                eprintln!("  {kind:<12} http://{addr}/v2/models/{name}");
-            }
-        }))
+            },
+            kiln_alloc::collect,
+        ))
         .context("serving")?;
     eprintln!("kiln serve: stopped (in-flight requests finished)");
     Ok(())

@@ -196,7 +196,7 @@ batch_size = 32
 plots = false
 "#;
 
-const TEXT: &str = r#"
+pub const TEXT: &str = r#"
 seed = 4
 [data]
 source = "notes.csv"
@@ -224,7 +224,7 @@ batch_size = 32
 plots = false
 "#;
 
-const GPT: &str = r#"
+pub const GPT: &str = r#"
 seed = 5
 [data]
 source = "corpus.txt"

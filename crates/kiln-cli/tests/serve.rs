@@ -646,3 +646,262 @@ fn concurrency_limit_answers_429_and_sigterm_lets_in_flight_requests_finish() {
         "still listening after SIGTERM"
     );
 }
+
+/// Trains the small churn MLP; returns its run directory.
+fn train_mlp(d: &Path) -> String {
+    std::fs::write(d.join("churn.csv"), churn_csv(300, 1, true, None)).unwrap();
+    let run = kiln_json(
+        d,
+        &[
+            "train",
+            "--data",
+            "churn.csv",
+            "--target",
+            "churn",
+            "--json",
+            "--set",
+            "trainer.epochs=1",
+            "--set",
+            "output.plots=false",
+        ],
+    );
+    run["run_dir"].as_str().unwrap().to_string()
+}
+
+/// Reads until the peer closes (Ok(0) or a reset) or `limit` passes; returns what arrived and
+/// whether the peer closed.
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (got, true), // reset
+        }
+    }
+    (got, false)
+}
+
+/// The status of one POST, or None if the connection was refused or reset.
+fn try_status(port: u16, path: &str, body: &Value) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    String::from_utf8_lossy(&raw)
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn metric(port: u16, line_start: &str) -> f64 {
+    let (_, _, body) = http(port, "GET", "/metrics", &[], b"");
+    let text = String::from_utf8(body).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics:\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_every_rejection_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mlp = format!("mlp={}", train_mlp(d));
+    let server = start(
+        d,
+        &[
+            &mlp,
+            "--header-timeout-s",
+            "1",
+            "--body-timeout-s",
+            "1",
+            "--idle-timeout-s",
+            "1",
+            "--max-concurrent",
+            "1",
+            "--max-connections",
+            "4",
+        ],
+    );
+    let port = server.port;
+    let predict =
+        json!({"instances": [{"age": 30, "city": "Lyon", "plan": "basic", "monthly_spend": 50}]});
+
+    // Half a request head, then nothing: disconnected after the header timeout.
+    let started = Instant::now();
+    let mut half = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    half.write_all(b"POST /v1/models/mlp/predict HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let (_, closed) = read_until_closed(&mut half, Duration::from_secs(5));
+    let header_cut = started.elapsed();
+    assert!(closed, "a stalled request head was not cut off");
+    assert!(header_cut >= Duration::from_millis(900), "{header_cut:?}");
+    println!("half a header: disconnected after {header_cut:?}");
+
+    // A body trickled a byte every 200 ms: 408 after the body timeout. It holds no
+    // concurrency slot meanwhile: a complete request (the only slot) is served at once.
+    let trickler = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let started = Instant::now();
+        s.write_all(
+            b"POST /v1/models/mlp/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        for _ in 0..25 {
+            if s.write_all(b" ").is_err() {
+                break;
+            }
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => break,
+            }
+        }
+        let (rest, _) = read_until_closed(&mut s, Duration::from_secs(2));
+        got.extend(rest);
+        (
+            String::from_utf8_lossy(&got).into_owned(),
+            started.elapsed(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = post_json(port, "/v1/models/mlp/predict", &predict);
+    assert_eq!(
+        status, 200,
+        "a complete request while a body trickles: {body}"
+    );
+    let (response, body_cut) = trickler.join().unwrap();
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(
+        response.contains(r#"{"error":"the request body did not arrive within 1 s"}"#),
+        "{response}"
+    );
+    assert!(body_cut >= Duration::from_millis(900), "{body_cut:?}");
+    println!("trickled body: 408 after {body_cut:?}");
+
+    // A kept-alive connection with no request: closed after the idle timeout.
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut idle, Duration::from_secs(5));
+    let idle_cut = started.elapsed();
+    assert!(closed, "an idle keep-alive connection stayed open");
+    assert!(idle_cut >= Duration::from_millis(900), "{idle_cut:?}");
+    println!("idle keep-alive: closed after {idle_cut:?}");
+
+    // The connection cap: one kept-alive client and three silent ones fill it; a fifth
+    // connection gets 503, while the kept-alive client is still served.
+    let mut legit = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let silent: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut fifth = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (refused, closed) = read_until_closed(&mut fifth, Duration::from_secs(2));
+    let refused = String::from_utf8_lossy(&refused);
+    assert!(closed, "a connection past the cap was kept open");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    legit
+        .write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let n = legit.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // The silent ones are cut at the header timeout; then new connections are served again.
+    drop(silent);
+    drop(legit);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if try_status(port, "/v1/models/mlp/predict", &predict) == Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections not freed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    assert!(metric(port, r#"kiln_rejections_total{reason="header_timeout"}"#) >= 1.0);
+    assert_eq!(
+        metric(port, r#"kiln_rejections_total{reason="body_timeout"}"#),
+        1.0
+    );
+    assert!(metric(port, r#"kiln_rejections_total{reason="idle_timeout"}"#) >= 1.0);
+    assert!(metric(port, r#"kiln_rejections_total{reason="connection_limit"}"#) >= 1.0);
+    assert_eq!(
+        metric(port, r#"kiln_rejections_total{reason="concurrency_limit"}"#),
+        0.0
+    );
+}
+
+#[test]
+fn an_empty_token_is_an_error_and_an_open_address_without_one_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let err = kiln_err(d, &["serve", "m=no-such-run", "--token", ""]);
+    assert!(err.contains("--token is empty"), "{err}");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("serve")
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&[("KILN_SERVE_TOKEN", "")], &["m=no-such-run"]);
+    assert!(err.contains("KILN_SERVE_TOKEN is set but empty"), "{err}");
+    // Past the token checks, the missing run is the error; the warning comes first.
+    let err = run(&[], &["m=no-such-run", "--host", "0.0.0.0", "--port", "0"]);
+    assert!(
+        err.contains("warning: kiln serve listens on 0.0.0.0 without a token"),
+        "{err}"
+    );
+    assert!(err.contains("not a run directory"), "{err}");
+    let err = run(
+        &[("KILN_SERVE_TOKEN", "s3cret")],
+        &["m=no-such-run", "--host", "0.0.0.0", "--port", "0"],
+    );
+    assert!(!err.contains("warning"), "{err}");
+    let err = run(&[], &["m=no-such-run", "--port", "0"]);
+    assert!(!err.contains("warning"), "{err}");
+}

@@ -3,6 +3,7 @@
 //! as one forward pass, then hands each request its rows back.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,10 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<f32>, ApiError>>,
 }
 
+/// One forward pass over a merged batch: `rows * width` outputs. The model's worker thread
+/// owns it; tests substitute their own.
+pub type Forward = Box<dyn FnMut(&Encoded) -> Vec<f32> + Send>;
+
 /// The queue in front of one model's worker thread.
 #[derive(Debug)]
 pub struct Batcher {
@@ -46,11 +51,21 @@ pub struct Batcher {
     width: usize,
     model: String,
     metrics: Arc<Metrics>,
+    alive: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Job({} rows)", self.rows.rows)
+    }
+}
+
+/// Clears the worker's liveness flag when the worker thread ends, however it ends.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -64,21 +79,44 @@ impl Batcher {
         settings: BatchSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let forward: Forward = Box::new(move |merged: &Encoded| {
+            let pass = || kiln::train::evaluate::raw_outputs(&network, merged, &device);
+            // A batch runs on a rayon worker, so its parallel ops split with the other
+            // workers rather than this thread handing each one over (`in_thread_pool`). One
+            // row is too little to split: handing it over would only add a thread switch
+            // (1,981 against 2,740 requests/s unbatched under the load test).
+            if merged.rows > 1 {
+                kiln::models::ops::in_thread_pool(pass)
+            } else {
+                pass()
+            }
+        });
+        Self::spawn_with(name, forward, width, settings, metrics)
+    }
+
+    /// Starts a worker thread that runs each batch through `forward`.
+    pub fn spawn_with(
+        name: &str,
+        forward: Forward,
+        width: usize,
+        settings: BatchSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (tx, rx) = channel::<Job>();
         let worker_metrics = metrics.clone();
         let model = name.to_string();
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = Alive(alive.clone());
+        worker_metrics.model_ready.with_label_values(&[name]).set(1);
         std::thread::Builder::new()
             .name(format!("kiln-batch-{name}"))
             .spawn(move || {
-                worker(
-                    rx,
-                    network,
-                    device,
-                    width,
-                    settings,
-                    &model,
-                    &worker_metrics,
-                )
+                let _guard = guard;
+                worker(rx, forward, width, settings, &model, &worker_metrics);
+                worker_metrics
+                    .model_ready
+                    .with_label_values(&[&model])
+                    .set(0);
             })
             .expect("spawn the batch worker");
         Self {
@@ -86,6 +124,7 @@ impl Batcher {
             width,
             model: name.to_string(),
             metrics,
+            alive,
         }
     }
 
@@ -112,12 +151,23 @@ impl Batcher {
     pub fn width(&self) -> usize {
         self.width
     }
+
+    /// Drops the queue's sender so the worker ends as if the server shut down (tests of a
+    /// stopped worker).
+    #[cfg(test)]
+    pub(crate) fn disconnect(&mut self) {
+        self.tx = channel().0;
+    }
+
+    /// Whether the worker thread is still running (and so the model can answer).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
 }
 
 fn worker(
     rx: Receiver<Job>,
-    network: Network,
-    device: Device,
+    mut forward: Forward,
     width: usize,
     settings: BatchSettings,
     model: &str,
@@ -167,20 +217,29 @@ fn worker(
         let (parts, replies): (Vec<Encoded>, Vec<_>) =
             jobs.into_iter().map(|j| (j.rows, j.reply)).unzip();
         let counts: Vec<usize> = parts.iter().map(|p| p.rows).collect();
-        let merged = merge(parts);
+        // Unwind safety: the forward pass only reads the weights (inference mode, no
+        // optimiser state) and the merged batch, which is dropped afterwards; a panic leaves
+        // nothing half-updated for the next batch to see.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let pass = || kiln::train::evaluate::raw_outputs(&network, &merged, &device);
-            // A batch runs on a rayon worker, so its parallel ops split with the other
-            // workers rather than this thread handing each one over (`in_thread_pool`). One
-            // row is too little to split: handing it over would only add a thread switch
-            // (1,981 against 2,740 requests/s unbatched under the load test).
-            if merged.rows > 1 {
-                kiln::models::ops::in_thread_pool(pass)
-            } else {
-                pass()
-            }
+            let merged = merge(parts);
+            let values = forward(&merged);
+            (merged.rows, values)
         }));
-        match result {
+        let outcome = match result {
+            Ok((n, values)) if values.len() == n * width => Ok(values),
+            Ok((n, values)) => Err(format!(
+                "the forward pass returned {} values for {n} rows of {width}",
+                values.len()
+            )),
+            Err(payload) => {
+                metrics.batch_panics.with_label_values(&[model]).inc();
+                Err(format!(
+                    "the forward pass panicked: {}",
+                    panic_message(payload.as_ref())
+                ))
+            }
+        };
+        match outcome {
             Ok(values) => {
                 let mut offset = 0;
                 for (reply, n) in replies.into_iter().zip(counts) {
@@ -189,13 +248,22 @@ fn worker(
                     offset += n;
                 }
             }
-            Err(_) => {
+            Err(message) => {
                 for reply in replies {
-                    let _ = reply.send(Err(ApiError::internal("the forward pass failed")));
+                    let _ = reply.send(Err(ApiError::internal(message.clone())));
                 }
             }
         }
     }
+}
+
+/// The text of a panic payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// One `Encoded` holding the rows of all `parts` in order (all share the model's shapes);
@@ -210,4 +278,104 @@ fn merge(parts: Vec<Encoded>) -> Encoded {
         out.rows += r.rows;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln::data::InputShape;
+
+    /// `rows` one-feature rows holding `value`.
+    pub(crate) fn rows(rows: usize, value: f32) -> Encoded {
+        Encoded {
+            x: vec![value; rows],
+            rows,
+            shape: InputShape::Flat { width: 1 },
+            categories: Vec::new(),
+            tokens: Vec::new(),
+            seq_len: 0,
+            texts_truncated: 0,
+            cardinalities: Vec::new(),
+            y: None,
+            ids: None,
+            source_rows: Vec::new(),
+            unknown_categories: Default::default(),
+            missing_filled: 0,
+            missing_dropped: 0,
+            missing_target_dropped: 0,
+        }
+    }
+
+    /// Doubles each value; panics on a batch holding 13; returns one value short on 7.
+    fn forward() -> Forward {
+        Box::new(|batch: &Encoded| {
+            if batch.x.contains(&13.0) {
+                panic!("unlucky row");
+            }
+            let mut out: Vec<f32> = batch.x.iter().map(|v| 2.0 * v).collect();
+            if batch.x.contains(&7.0) {
+                out.pop();
+            }
+            out
+        })
+    }
+
+    fn unbatched() -> BatchSettings {
+        BatchSettings {
+            enabled: false,
+            ..BatchSettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_gets_500_and_the_worker_keeps_serving() {
+        let metrics = Arc::new(Metrics::new());
+        let b = Batcher::spawn_with("m", forward(), 1, unbatched(), metrics.clone());
+        assert_eq!(b.run(rows(2, 1.5)).await.unwrap(), vec![3.0, 3.0]);
+        let err = b.run(rows(1, 13.0)).await.unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(err.message.contains("unlucky row"), "{}", err.message);
+        let err = b.run(rows(2, 7.0)).await.unwrap_err();
+        assert!(
+            err.message.contains("returned 1 values for 2 rows"),
+            "{}",
+            err.message
+        );
+        assert_eq!(b.run(rows(1, 4.0)).await.unwrap(), vec![8.0]);
+        assert!(b.is_alive());
+        assert_eq!(metrics.batch_panics.with_label_values(&["m"]).get(), 1);
+        assert_eq!(metrics.model_ready.with_label_values(&["m"]).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_request_of_a_panicking_batch_gets_the_message() {
+        let metrics = Arc::new(Metrics::new());
+        let settings = BatchSettings {
+            max_batch_size: 8,
+            max_queue_delay: Duration::from_millis(200),
+            enabled: true,
+        };
+        let b = Batcher::spawn_with("m", forward(), 1, settings, metrics.clone());
+        let (x, y) = tokio::join!(b.run(rows(1, 1.0)), b.run(rows(1, 13.0)));
+        for r in [x, y] {
+            assert!(r.unwrap_err().message.contains("unlucky row"));
+        }
+        assert_eq!(b.run(rows(1, 1.0)).await.unwrap(), vec![2.0]);
+        assert!(b.is_alive());
+    }
+
+    #[tokio::test]
+    async fn a_stopped_worker_is_not_alive_and_answers_500() {
+        let metrics = Arc::new(Metrics::new());
+        let mut b = Batcher::spawn_with("m", forward(), 1, unbatched(), metrics.clone());
+        b.disconnect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.is_alive() {
+            assert!(Instant::now() < deadline, "the worker did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(metrics.model_ready.with_label_values(&["m"]).get(), 0);
+        let err = b.run(rows(1, 1.0)).await.unwrap_err();
+        assert!(err.message.contains("stopped"), "{}", err.message);
+    }
 }

@@ -11,12 +11,18 @@
 //! - Dynamic batching per model ([`BatchSettings`]), `GET /metrics` (Prometheus), limits on
 //!   body size, rows, generation length and concurrent requests (429 past it), optional
 //!   bearer token, graceful shutdown on Ctrl-C/SIGTERM that lets in-flight requests finish.
+//! - Slow and idle clients: a header-read, a body-read and a keep-alive idle timeout and a
+//!   cap on open connections ([`ServeConfig`]), each rejection counted in
+//!   `kiln_rejections_total{reason}`.
+//! - A panicking forward pass fails only its own batch (500); readiness reports a model
+//!   whose batch worker has stopped.
 #![warn(missing_docs)]
 
 mod batcher;
 mod error;
 mod metrics;
 mod model;
+mod server;
 mod v1;
 mod v2;
 
@@ -24,7 +30,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body as HttpBody, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -37,9 +44,9 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-pub use batcher::BatchSettings;
+pub use batcher::{BatchSettings, Forward};
 pub use error::ApiError;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, Rejection};
 pub use model::ServedModel;
 
 /// Server settings.
@@ -59,6 +66,18 @@ pub struct ServeConfig {
     pub max_concurrent: usize,
     /// Required `Authorization: Bearer` token (health endpoints stay open).
     pub token: Option<String>,
+    /// A new connection's first request head, or a request head once its first byte has
+    /// arrived, must be complete within this; else the connection is closed.
+    pub header_timeout: Duration,
+    /// A request body must arrive completely within this after its head; else 408.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Open connections at most; past it a new connection gets 503 and is closed.
+    pub max_connections: usize,
+    /// After this long with no request in flight the `on_idle` hook of [`serve`] runs once
+    /// (kiln's binary hands freed memory back to the OS there).
+    pub idle_after: Duration,
 }
 
 impl Default for ServeConfig {
@@ -71,6 +90,11 @@ impl Default for ServeConfig {
             max_new_tokens: 1024,
             max_concurrent: 256,
             token: None,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            idle_after: Duration::from_secs(1),
         }
     }
 }
@@ -91,6 +115,8 @@ pub struct AppState {
     config: ServeConfig,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
+    /// Requests answered so far (the idle hook runs once per quiet spell after activity).
+    answered: AtomicU64,
 }
 
 type Shared = Arc<AppState>;
@@ -115,7 +141,28 @@ impl AppState {
             permits: Arc::new(Semaphore::new(config.max_concurrent)),
             config,
             metrics,
+            answered: AtomicU64::new(0),
         })
+    }
+
+    /// Serves already-built models (each model's name is its key).
+    pub fn from_models(
+        models: Vec<ServedModel>,
+        config: ServeConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            models: models.into_iter().map(|m| (m.name.clone(), m)).collect(),
+            permits: Arc::new(Semaphore::new(config.max_concurrent)),
+            config,
+            metrics,
+            answered: AtomicU64::new(0),
+        }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Names and kinds of the loaded models.
@@ -178,15 +225,30 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Loads the models and serves until Ctrl-C or SIGTERM; in-flight requests finish first.
-pub async fn serve(state: AppState, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
+/// Serves `state` on its address until Ctrl-C or SIGTERM; in-flight requests finish first.
+/// `on_ready` gets the bound address; `on_idle` runs whenever the server has had no request
+/// in flight for [`ServeConfig::idle_after`] after answering some.
+pub async fn serve(
+    state: AppState,
+    on_ready: impl FnOnce(SocketAddr),
+    on_idle: impl FnMut() + Send + 'static,
+) -> std::io::Result<()> {
     let addr = state.config.addr;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     on_ready(local);
-    axum::serve(listener, router(Arc::new(state)))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    serve_on(listener, Arc::new(state), shutdown_signal(), on_idle).await
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then stops accepting, lets
+/// in-flight requests finish and returns.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_idle: impl FnMut() + Send + 'static,
+) -> std::io::Result<()> {
+    server::run(listener, state, shutdown, on_idle).await
 }
 
 async fn shutdown_signal() {
@@ -220,6 +282,7 @@ async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Res
         .unwrap_or_else(|| "unmatched".into());
     let response = admitted(&state, &route, request, next).await;
     record(&state, &route, &response, started);
+    state.answered.fetch_add(1, Ordering::Relaxed);
     response
 }
 
@@ -234,6 +297,7 @@ async fn admitted(state: &Shared, route: &str, request: Request, next: Next) -> 
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
         if !ok {
+            state.metrics.reject(Rejection::Unauthorized);
             return ApiError {
                 status: StatusCode::UNAUTHORIZED,
                 message: "missing or wrong bearer token (Authorization: Bearer ...)".into(),
@@ -241,10 +305,17 @@ async fn admitted(state: &Shared, route: &str, request: Request, next: Next) -> 
             .into_response();
         }
     }
+    // The body arrives before the request takes a concurrency slot, so a slow client holds
+    // no slot; it has `body_timeout` to send it all.
+    let request = match read_body(state, request).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
     let permit = if request.method() == axum::http::Method::POST {
         match state.permits.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
+                state.metrics.reject(Rejection::ConcurrencyLimit);
                 return ApiError {
                     status: StatusCode::TOO_MANY_REQUESTS,
                     message: format!(
@@ -281,6 +352,48 @@ async fn admitted(state: &Shared, route: &str, request: Request, next: Next) -> 
         },
     ));
     Response::from_parts(parts, body)
+}
+
+/// The request with its body read into memory, or the 408 (too slow), 413 (too large) or
+/// 400 (broken) response.
+async fn read_body(state: &AppState, request: Request) -> Result<Request, Response> {
+    use http_body_util::BodyExt;
+    let limit = state.config.max_body_bytes;
+    let (parts, body) = request.into_parts();
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(state.config.body_timeout, read).await {
+        Ok(Ok(collected)) => Ok(Request::from_parts(
+            parts,
+            HttpBody::from(collected.to_bytes()),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            state.metrics.reject(Rejection::BodyTooLarge);
+            Err(
+                ApiError::too_large(format!("request body larger than {limit} bytes"))
+                    .into_response(),
+            )
+        }
+        Ok(Err(e)) => {
+            Err(ApiError::bad_request(format!("unreadable request body: {e}")).into_response())
+        }
+        Err(_) => {
+            state.metrics.reject(Rejection::BodyTimeout);
+            let mut response = ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                message: format!(
+                    "the request body did not arrive within {} s",
+                    state.config.body_timeout.as_secs_f64()
+                ),
+            }
+            .into_response();
+            // The rest of the body is unread: the connection cannot carry another request.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            Err(response)
+        }
+    }
 }
 
 /// Holds a concurrency slot and counts in the in-flight gauge until dropped (after the
@@ -347,17 +460,41 @@ async fn live() -> StatusCode {
     StatusCode::OK
 }
 
-async fn ready() -> StatusCode {
-    // Models load before the listener opens, so a listening server is ready.
-    StatusCode::OK
+/// 200 while every model can answer (models load before the listener opens); 503 naming the
+/// models whose batch worker has stopped.
+async fn ready(State(state): State<Shared>) -> Response {
+    let down: Vec<&str> = state
+        .models
+        .values()
+        .filter(|m| !m.is_ready())
+        .map(|m| m.name.as_str())
+        .collect();
+    if down.is_empty() {
+        return StatusCode::OK.into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "ready": false,
+            "error": format!("models not ready (batch worker stopped): {}", down.join(", ")),
+        })),
+    )
+        .into_response()
 }
 
 async fn repository_index(State(state): State<Shared>) -> Json<serde_json::Value> {
     Json(json!(
         state
             .models
-            .keys()
-            .map(|n| json!({"name": n, "version": "1", "state": "READY"}))
+            .iter()
+            .map(|(n, m)| {
+                if m.is_ready() {
+                    json!({"name": n, "version": "1", "state": "READY"})
+                } else {
+                    json!({"name": n, "version": "1", "state": "UNAVAILABLE",
+                           "reason": "the batch worker has stopped"})
+                }
+            })
             .collect::<Vec<_>>()
     ))
 }
@@ -397,14 +534,26 @@ async fn model_metadata_versioned(
 async fn model_ready(
     State(state): State<Shared>,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    state.model(&name).map(|_| StatusCode::OK)
+) -> Result<Response, ApiError> {
+    let m = state.model(&name)?;
+    if m.is_ready() {
+        return Ok(StatusCode::OK.into_response());
+    }
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "name": m.name,
+            "ready": false,
+            "error": format!("model \"{}\" is not ready: its batch worker has stopped", m.name),
+        })),
+    )
+        .into_response())
 }
 
 async fn model_ready_versioned(
     state: State<Shared>,
     Path((name, version)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     check_version(&version)?;
     model_ready(state, Path(name)).await
 }
@@ -458,3 +607,6 @@ async fn metrics_text(State(state): State<Shared>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests;

@@ -21,6 +21,60 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Requests being served now.
     pub in_flight: IntGauge,
+    /// Batches whose forward pass panicked, by model (their requests got 500).
+    pub batch_panics: IntCounterVec,
+    /// 1 while a model's batch worker runs, 0 once it has stopped, by model.
+    pub model_ready: IntGaugeVec,
+    /// Requests and connections turned away, by reason (see [`Rejection`]).
+    pub rejections: IntCounterVec,
+    /// Open client connections.
+    pub connections: IntGauge,
+}
+
+/// Why a request or connection was turned away (the `reason` label of
+/// `kiln_rejections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The request head did not arrive within the header timeout: connection closed.
+    HeaderTimeout,
+    /// The body did not arrive within the body timeout: 408, connection closed.
+    BodyTimeout,
+    /// A keep-alive connection sat idle past the idle timeout: closed.
+    IdleTimeout,
+    /// A connection past the connection cap: 503, closed.
+    ConnectionLimit,
+    /// A request past the concurrency limit: 429.
+    ConcurrencyLimit,
+    /// A body larger than the body limit: 413.
+    BodyTooLarge,
+    /// A missing or wrong bearer token: 401.
+    Unauthorized,
+}
+
+impl Rejection {
+    /// Every reason, in label order.
+    pub const ALL: [Rejection; 7] = [
+        Rejection::HeaderTimeout,
+        Rejection::BodyTimeout,
+        Rejection::IdleTimeout,
+        Rejection::ConnectionLimit,
+        Rejection::ConcurrencyLimit,
+        Rejection::BodyTooLarge,
+        Rejection::Unauthorized,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::HeaderTimeout => "header_timeout",
+            Rejection::BodyTimeout => "body_timeout",
+            Rejection::IdleTimeout => "idle_timeout",
+            Rejection::ConnectionLimit => "connection_limit",
+            Rejection::ConcurrencyLimit => "concurrency_limit",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::Unauthorized => "unauthorized",
+        }
+    }
 }
 
 impl Metrics {
@@ -70,6 +124,36 @@ impl Metrics {
         .expect("valid metric");
         let in_flight = IntGauge::new("kiln_requests_in_flight", "Requests being served.")
             .expect("valid metric");
+        let batch_panics = IntCounterVec::new(
+            Opts::new(
+                "kiln_batch_panics_total",
+                "Forward passes that panicked (their requests got 500), by model.",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
+        let model_ready = IntGaugeVec::new(
+            Opts::new(
+                "kiln_model_ready",
+                "1 while the model's batch worker runs, 0 once it has stopped, by model.",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "kiln_rejections_total",
+                "Requests and connections turned away, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        // Every reason shows from the start, at 0.
+        for r in Rejection::ALL {
+            rejections.with_label_values(&[r.label()]);
+        }
+        let connections = IntGauge::new("kiln_connections_open", "Open client connections.")
+            .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -77,6 +161,10 @@ impl Metrics {
             Box::new(batch_size.clone()),
             Box::new(queue_depth.clone()),
             Box::new(in_flight.clone()),
+            Box::new(batch_panics.clone()),
+            Box::new(model_ready.clone()),
+            Box::new(rejections.clone()),
+            Box::new(connections.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -88,7 +176,16 @@ impl Metrics {
             batch_size,
             queue_depth,
             in_flight,
+            batch_panics,
+            model_ready,
+            rejections,
+            connections,
         }
+    }
+
+    /// Counts one rejection.
+    pub fn reject(&self, reason: Rejection) {
+        self.rejections.with_label_values(&[reason.label()]).inc();
     }
 
     /// The text exposition format.

@@ -121,6 +121,15 @@ impl ServedModel {
         })
     }
 
+    /// Whether the model can answer: a network's batch worker is still running (a GPT runs
+    /// each request on its own task, so it always can).
+    pub fn is_ready(&self) -> bool {
+        match &self.body {
+            Body::Network { batcher, .. } => batcher.is_alive(),
+            Body::Gpt { .. } => true,
+        }
+    }
+
     /// Model family, as in `config.toml`.
     pub fn kind(&self) -> String {
         match &self.body {
