@@ -122,6 +122,9 @@ struct ServeArgs {
     /// Open connections at most; more are answered 503 and closed.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// MiB of request bodies held in memory at once over all connections; past it 503.
+    #[arg(long, default_value_t = 256)]
+    max_body_memory_mib: usize,
 }
 
 /// The environment variable `kiln serve --token` falls back to.
@@ -429,9 +432,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         || args.max_rows == 0
         || args.max_concurrent == 0
         || args.max_connections == 0
+        || args.max_body_memory_mib == 0
     {
         bail!(
-            "--max-batch-size, --max-rows, --max-concurrent and --max-connections must be at least 1"
+            "--max-batch-size, --max-rows, --max-concurrent, --max-connections and --max-body-memory-mib must be at least 1"
         );
     }
     let seconds = |flag: &str, v: f64| -> Result<std::time::Duration> {
@@ -476,6 +480,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         body_timeout,
         idle_timeout,
         max_connections: args.max_connections,
+        max_body_memory: args.max_body_memory_mib.saturating_mul(1 << 20),
         ..ServeConfig::default()
     };
     let batching = config.batching;

@@ -381,3 +381,39 @@ fn a_model_larger_than_memory_is_refused_before_allocating() {
         "a refused run leaves no directory"
     );
 }
+
+#[test]
+fn an_output_that_overflows_is_refused_naming_the_line_and_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("age,spend,y\n");
+    for i in 0..300 {
+        let (age, spend) = (18.0 + (i * 37 % 60) as f64, 20.0 + (i * 13 % 80) as f64);
+        csv.push_str(&format!("{age},{spend},{:.2}\n", 2.0 * age + 0.5 * spend));
+    }
+    write(dir.path(), "train.csv", csv.as_bytes());
+    let out = kiln_json(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "train.csv",
+            "--target",
+            "y",
+            "--set",
+            "trainer.epochs=3",
+            "--json",
+        ],
+    );
+    let run = out["run_dir"].as_str().unwrap();
+    // Finite f32 inputs whose prediction overflows: refused, never written as inf.
+    write(dir.path(), "far.csv", b"age,spend\n30,50\n3.4e38,3.4e38\n");
+    let err = kiln_err(
+        dir.path(),
+        &["predict", run, "--data", "far.csv", "--out", "p.csv"],
+    );
+    expect(
+        &err,
+        &["far.csv, line 3", "the model's output is", "\"age\""],
+    );
+    assert!(!dir.path().join("p.csv").exists());
+}

@@ -442,6 +442,7 @@ fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
     for i in 0..width {
         inf_body.extend(if i == 1 { f32::INFINITY } else { 0.5 }.to_le_bytes());
     }
+    let far_out: Vec<f64> = [vec![0.5; width], vec![3e38; width]].concat();
     let cases: Vec<BadRequest> = vec![
         ("POST", "/v2/models/mlp/infer", vec![], features(1, width).to_string().into_bytes(), 401, "bearer token"),
         ("POST", "/v2/models/mlp/infer", vec![("authorization", "Bearer nope")], features(1, width).to_string().into_bytes(), 401, "bearer token"),
@@ -468,7 +469,9 @@ fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
         ("POST", "/v2/models/gpt/infer", vec![auth], json!({"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 2], "data": [1, 999999]}]}).to_string().into_bytes(), 400, "outside the vocabulary"),
         ("POST", "/v1/models/mlp/predict", vec![auth], json!({"rows": []}).to_string().into_bytes(), 400, "instances"),
         ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [42]}).to_string().into_bytes(), 400, "instances[0]"),
-        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": "old"}]}).to_string().into_bytes(), 400, "expected a finite number"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": "old"}]}).to_string().into_bytes(), 400, "is not a number"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": 30}, {"age": 1e300}]}).to_string().into_bytes(), 400, "outside the range of 32-bit floats"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, width], "data": far_out}]}).to_string().into_bytes(), 400, "row 1"),
         ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": [1, 2]}]}).to_string().into_bytes(), 400, "instances[0].age"),
         ("POST", "/v1/models/mlp/generate", vec![auth], json!({"prompt": "x"}).to_string().into_bytes(), 400, "not a language model"),
         ("POST", "/v1/models/gpt/generate", vec![auth], json!({"prompt": "the", "max_new_tokens": 17}).to_string().into_bytes(), 400, "max_new_tokens"),

@@ -24,7 +24,9 @@ fn finite(values: &[f32]) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+    ))]
 
     #[test]
     fn roc_curve_terminates(

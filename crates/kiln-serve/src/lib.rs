@@ -75,6 +75,9 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// Open connections at most; past it a new connection gets 503 and is closed.
     pub max_connections: usize,
+    /// Bytes of request bodies held in memory at once, over all connections (bodies are read
+    /// whole before a request takes a concurrency slot); past it 503.
+    pub max_body_memory: usize,
     /// After this long with no request in flight the `on_idle` hook of [`serve`] runs once
     /// (kiln's binary hands freed memory back to the OS there).
     pub idle_after: Duration,
@@ -94,6 +97,7 @@ impl Default for ServeConfig {
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            max_body_memory: 256 << 20,
             idle_after: Duration::from_secs(1),
         }
     }
@@ -115,6 +119,8 @@ pub struct AppState {
     config: ServeConfig,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
+    /// The body memory budget, one permit per KiB.
+    body_memory: Arc<Semaphore>,
     /// Requests answered so far (the idle hook runs once per quiet spell after activity).
     answered: AtomicU64,
 }
@@ -139,6 +145,7 @@ impl AppState {
         Ok(Self {
             models,
             permits: Arc::new(Semaphore::new(config.max_concurrent)),
+            body_memory: Arc::new(Semaphore::new(config.max_body_memory.div_ceil(1024))),
             config,
             metrics,
             answered: AtomicU64::new(0),
@@ -154,6 +161,7 @@ impl AppState {
         Self {
             models: models.into_iter().map(|m| (m.name.clone(), m)).collect(),
             permits: Arc::new(Semaphore::new(config.max_concurrent)),
+            body_memory: Arc::new(Semaphore::new(config.max_body_memory.div_ceil(1024))),
             config,
             metrics,
             answered: AtomicU64::new(0),
@@ -307,7 +315,7 @@ async fn admitted(state: &Shared, route: &str, request: Request, next: Next) -> 
     }
     // The body arrives before the request takes a concurrency slot, so a slow client holds
     // no slot; it has `body_timeout` to send it all.
-    let request = match read_body(state, request).await {
+    let (request, _body_memory) = match read_body(state, request).await {
         Ok(r) => r,
         Err(response) => return response,
     };
@@ -354,26 +362,89 @@ async fn admitted(state: &Shared, route: &str, request: Request, next: Next) -> 
     Response::from_parts(parts, body)
 }
 
-/// The request with its body read into memory, or the 408 (too slow), 413 (too large) or
-/// 400 (broken) response.
-async fn read_body(state: &AppState, request: Request) -> Result<Request, Response> {
+/// Why a body could not be read.
+enum BodyError {
+    /// Past `max_body_bytes`.
+    TooLarge,
+    /// The bodies being read hold the whole `max_body_memory` budget.
+    NoMemory,
+    /// The connection broke.
+    Broken(String),
+}
+
+/// Reads `body` whole, taking one permit of `budget` per KiB as its chunks arrive, so the
+/// bodies of all connections together never hold more than the budget.
+async fn collect_body(
+    body: HttpBody,
+    limit: usize,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), BodyError> {
     use http_body_util::BodyExt;
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut held_kib = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if bytes.len() + data.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        bytes.extend_from_slice(&data);
+        let need = bytes.len().div_ceil(1024).saturating_sub(held_kib);
+        if need > 0 {
+            let more = u32::try_from(need)
+                .ok()
+                .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
+                .ok_or(BodyError::NoMemory)?;
+            held_kib += need;
+            match held.as_mut() {
+                Some(p) => p.merge(more),
+                None => held = Some(more),
+            }
+        }
+    }
+    Ok((Bytes::from(bytes), held))
+}
+
+/// The request with its body read into memory (and the share of the body memory budget it
+/// holds until dropped), or the 408 (too slow), 413 (too large), 503 (body memory full) or
+/// 400 (broken) response.
+async fn read_body(
+    state: &AppState,
+    request: Request,
+) -> Result<(Request, Option<tokio::sync::OwnedSemaphorePermit>), Response> {
     let limit = state.config.max_body_bytes;
     let (parts, body) = request.into_parts();
-    let read = http_body_util::Limited::new(body, limit).collect();
+    let read = collect_body(body, limit, &state.body_memory);
     match tokio::time::timeout(state.config.body_timeout, read).await {
-        Ok(Ok(collected)) => Ok(Request::from_parts(
-            parts,
-            HttpBody::from(collected.to_bytes()),
-        )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+        Ok(Ok((bytes, held))) => Ok((Request::from_parts(parts, HttpBody::from(bytes)), held)),
+        Ok(Err(BodyError::NoMemory)) => {
+            state.metrics.reject(Rejection::BodyMemory);
+            let mut response = ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "the server is reading {} MiB of request bodies already; retry later",
+                    state.config.max_body_memory >> 20
+                ),
+            }
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            Err(response)
+        }
+        Ok(Err(BodyError::TooLarge)) => {
             state.metrics.reject(Rejection::BodyTooLarge);
             Err(
                 ApiError::too_large(format!("request body larger than {limit} bytes"))
                     .into_response(),
             )
         }
-        Ok(Err(e)) => {
+        Ok(Err(BodyError::Broken(e))) => {
             Err(ApiError::bad_request(format!("unreadable request body: {e}")).into_response())
         }
         Err(_) => {

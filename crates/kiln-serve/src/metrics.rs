@@ -47,19 +47,22 @@ pub enum Rejection {
     ConcurrencyLimit,
     /// A body larger than the body limit: 413.
     BodyTooLarge,
+    /// The bodies being read already hold the body memory budget: 503.
+    BodyMemory,
     /// A missing or wrong bearer token: 401.
     Unauthorized,
 }
 
 impl Rejection {
     /// Every reason, in label order.
-    pub const ALL: [Rejection; 7] = [
+    pub const ALL: [Rejection; 8] = [
         Rejection::HeaderTimeout,
         Rejection::BodyTimeout,
         Rejection::IdleTimeout,
         Rejection::ConnectionLimit,
         Rejection::ConcurrencyLimit,
         Rejection::BodyTooLarge,
+        Rejection::BodyMemory,
         Rejection::Unauthorized,
     ];
 
@@ -72,6 +75,7 @@ impl Rejection {
             Rejection::ConnectionLimit => "connection_limit",
             Rejection::ConcurrencyLimit => "concurrency_limit",
             Rejection::BodyTooLarge => "body_too_large",
+            Rejection::BodyMemory => "body_memory",
             Rejection::Unauthorized => "unauthorized",
         }
     }

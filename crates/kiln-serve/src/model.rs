@@ -309,6 +309,26 @@ pub fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// The 400 for a request row whose outputs (`width` per row) are NaN or infinite: its
+/// inputs were finite but so far outside the training range that the network overflowed.
+/// Such a row is refused, never answered with NaN or `null`. `row_word` is "row" (v2) or
+/// "instance" (v1).
+pub fn refuse_non_finite(
+    values: &[f32],
+    width: usize,
+    encoded: &Encoded,
+    preprocessor: &Preprocessor,
+    row_word: &str,
+) -> Result<(), ApiError> {
+    match kiln::train::evaluate::non_finite_output(values, width, encoded, preprocessor) {
+        None => Ok(()),
+        Some(bad) => Err(ApiError::bad_request(format!(
+            "{row_word} {}: {bad}",
+            bad.row
+        ))),
+    }
+}
+
 /// Row-wise softmax of `rows x width` logits.
 pub fn softmax_rows(logits: &[f32], width: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(logits.len());

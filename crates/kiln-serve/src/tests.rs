@@ -6,7 +6,8 @@ use crate::batcher::Batcher;
 use crate::model::Body;
 use tower::ServiceExt;
 
-/// A one-feature, two-class network whose forward pass panics on a row holding 13.
+/// A one-feature, two-class network whose forward pass panics on a row holding 13 and
+/// overflows (logits `inf`, `-inf`) on a row holding 7.
 fn model(metrics: Arc<Metrics>) -> ServedModel {
     let preprocessor = serde_json::from_value(json!({
         "version": 1,
@@ -26,7 +27,17 @@ fn model(metrics: Arc<Metrics>) -> ServedModel {
         if batch.x.contains(&13.0) {
             panic!("unlucky row");
         }
-        batch.x.iter().flat_map(|&v| [v, -v]).collect()
+        batch
+            .x
+            .iter()
+            .flat_map(|&v| {
+                if v == 7.0 {
+                    [f32::INFINITY, f32::NEG_INFINITY]
+                } else {
+                    [v, -v]
+                }
+            })
+            .collect()
     });
     let settings = BatchSettings {
         enabled: false,
@@ -131,4 +142,64 @@ async fn a_stopped_worker_makes_readiness_false() {
         metrics.contains("kiln_model_ready{model=\"m\"} 0"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn an_output_that_overflows_is_a_400_naming_the_row_never_a_nan() {
+    let app = router(Arc::new(state()));
+    let v1 = json!({"instances": [{"x": 1}, {"x": 7}]}).to_string();
+    let (status, body) = call(&app, "POST", "/v1/models/m/predict", &v1).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("instance 1: the model's output is inf") && body.contains("\\\"x\\\""),
+        "{body}"
+    );
+    let v2 = json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 1], "data": [7.0, 1.0]}]});
+    let (status, body) = call(&app, "POST", "/v2/models/m/infer", &v2.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("row 0: the model's output is inf"), "{body}");
+    // The other rows of the model still answer.
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/v1/models/m/predict",
+        r#"{"instances": [{"x": 1}]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn bodies_being_read_share_one_memory_budget() {
+    let budget = Arc::new(Semaphore::new(2)); // 2 KiB
+    let body = |n: usize| HttpBody::from(vec![b'x'; n]);
+    let (bytes, held) = collect_body(body(1500), 1 << 20, &budget)
+        .await
+        .ok()
+        .unwrap();
+    assert_eq!(bytes.len(), 1500);
+    assert_eq!(budget.available_permits(), 0, "1500 bytes hold 2 KiB");
+    assert!(matches!(
+        collect_body(body(10), 1 << 20, &budget).await,
+        Err(BodyError::NoMemory)
+    ));
+    drop(held);
+    assert_eq!(
+        budget.available_permits(),
+        2,
+        "a finished request gives its share back"
+    );
+    assert!(matches!(
+        collect_body(body(3000), 1 << 20, &budget).await,
+        Err(BodyError::NoMemory)
+    ));
+    assert_eq!(
+        budget.available_permits(),
+        2,
+        "a refused body gives back what it took"
+    );
+    assert!(matches!(
+        collect_body(body(3000), 2048, &budget).await,
+        Err(BodyError::TooLarge)
+    ));
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::error::ApiError;
-use crate::model::{Body, ServedModel, records_table, softmax_rows};
+use crate::model::{Body, ServedModel, records_table, refuse_non_finite, softmax_rows};
 use crate::v2::RequestLimits;
 
 #[derive(Debug, Deserialize)]
@@ -70,8 +70,13 @@ pub async fn predict(
     });
     let truncated = encoded.texts_truncated;
     let ids = encoded.ids.clone();
-    let raw = batcher.run(encoded).await?;
+    let raw = batcher.run(encoded.clone()).await?;
     let width = batcher.width();
+    refuse_non_finite(&raw, width, &encoded, preprocessor, "instance")?;
+    if let TargetTransform::Regression { .. } = &preprocessor.target {
+        let values: Vec<f32> = raw.iter().map(|&v| preprocessor.denormalize(v)).collect();
+        refuse_non_finite(&values, 1, &encoded, preprocessor, "instance")?;
+    }
     let mut predictions: Vec<Value> = match &preprocessor.target {
         TargetTransform::Classes { classes, .. } => softmax_rows(&raw, width)
             .chunks(width)

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::model::{Body, ServedModel, empty_rows, softmax_rows};
+use crate::model::{Body, ServedModel, empty_rows, refuse_non_finite, softmax_rows};
 
 /// Header carrying the JSON part's length in binary requests and responses.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -526,8 +526,13 @@ async fn run(
                     _ => unreachable!("datatypes checked against the model's inputs"),
                 }
             }
-            let raw = batcher.run(encoded).await?;
+            let raw = batcher.run(encoded.clone()).await?;
             let width = batcher.width();
+            refuse_non_finite(&raw, width, &encoded, preprocessor, "row")?;
+            if let kiln::data::TargetTransform::Regression { .. } = &preprocessor.target {
+                let values: Vec<f32> = raw.iter().map(|&v| preprocessor.denormalize(v)).collect();
+                refuse_non_finite(&values, 1, &encoded, preprocessor, "row")?;
+            }
             Ok(match &preprocessor.target {
                 kiln::data::TargetTransform::Classes { .. } => vec![
                     Output {
