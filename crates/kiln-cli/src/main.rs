@@ -119,6 +119,9 @@ struct ServeArgs {
     /// Seconds a kept-alive connection may wait for its next request; then it is closed.
     #[arg(long, default_value_t = 60.0)]
     idle_timeout_s: f64,
+    /// Seconds a client may leave its response unread (a blocked write); then it is closed.
+    #[arg(long, default_value_t = 30.0)]
+    write_timeout_s: f64,
     /// Open connections at most; more are answered 503 and closed.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
@@ -447,6 +450,15 @@ fn serve(args: ServeArgs) -> Result<()> {
     let header_timeout = seconds("--header-timeout-s", args.header_timeout_s)?;
     let body_timeout = seconds("--body-timeout-s", args.body_timeout_s)?;
     let idle_timeout = seconds("--idle-timeout-s", args.idle_timeout_s)?;
+    let write_timeout = seconds("--write-timeout-s", args.write_timeout_s)?;
+    let max_body_memory = args.max_body_memory_mib.saturating_mul(1 << 20);
+    if max_body_memory < args.max_body_bytes {
+        bail!(
+            "--max-body-memory-mib ({} MiB) must hold at least one body of --max-body-bytes ({} bytes)",
+            args.max_body_memory_mib,
+            args.max_body_bytes
+        );
+    }
     // An empty token would mean "no auth" by accident (an unset variable in a script).
     if args.token.as_deref() == Some("") {
         if std::env::var_os(TOKEN_ENV).is_some_and(|v| v.is_empty()) {
@@ -480,7 +492,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         body_timeout,
         idle_timeout,
         max_connections: args.max_connections,
-        max_body_memory: args.max_body_memory_mib.saturating_mul(1 << 20),
+        max_body_memory,
+        write_timeout,
         ..ServeConfig::default()
     };
     let batching = config.batching;

@@ -332,6 +332,17 @@ fn temporaries_of_a_killed_writer_are_removed_on_the_next_open() {
     std::fs::write(&stale_file, b"half written").unwrap();
     std::fs::create_dir_all(&stale_checkpoint).unwrap();
     std::fs::write(stale_checkpoint.join("model.safetensors"), b"half").unwrap();
+    // A dead writer's temporary that changed a moment ago may belong to another host sharing
+    // the folder: it stays until it has not changed for a minute.
+    let recent = run_dir.join(format!(".schema.json.tmp-{dead}"));
+    std::fs::write(&recent, b"just written").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    for path in [&stale_file, &stale_checkpoint] {
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
     // One of a live process (this test's) stays: it may still be written.
     let live = run_dir.join(format!(".report.json.tmp-{}", std::process::id()));
     std::fs::write(&live, b"being written").unwrap();
@@ -346,6 +357,7 @@ fn temporaries_of_a_killed_writer_are_removed_on_the_next_open() {
     );
     assert!(!stale_file.exists());
     assert!(live.exists());
+    assert!(recent.exists());
     kiln_json(dir.path(), &["train", "--resume", &run, "--json"]);
     assert!(!stale_checkpoint.exists());
 }

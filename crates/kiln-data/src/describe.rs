@@ -55,7 +55,7 @@ pub fn describe(table: &Table, target: Option<&str>) -> crate::Result<Descriptio
         let range = match (kind, column) {
             (FeatureType::Numeric | FeatureType::Binary, Column::Number(_) | Column::Text(_)) => {
                 let vals: Vec<f64> = (0..rows)
-                    .filter_map(|r| column.text(r).and_then(|s| crate::infer::parse_number(&s)))
+                    .filter_map(|r| column.text(r).and_then(|s| crate::infer::looks_numeric(&s)))
                     .collect();
                 (!vals.is_empty()).then(|| {
                     let min = vals.iter().copied().fold(f64::INFINITY, f64::min);

@@ -66,6 +66,13 @@ pub(crate) fn parse_number(s: &str) -> Option<f64> {
         .filter(|v| v.is_finite() && (*v as f32).is_finite())
 }
 
+/// Whether `s` reads as a finite number at all (f64), for inferring what a column is: a
+/// value beyond f32 still makes a column numeric, so that [`drop_bad_values`] names its line
+/// instead of the column silently turning categorical.
+pub(crate) fn looks_numeric(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
 /// Why [`parse_number`] refused `s`.
 pub(crate) fn not_a_number(s: &str) -> String {
     match s.parse::<f64>() {
@@ -95,13 +102,16 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
             if present.is_empty() {
                 return (FeatureType::Ignore, Some("every value is missing".into()));
             }
-            let numeric = present.iter().filter(|s| parse_number(s).is_some()).count();
+            let numeric = present
+                .iter()
+                .filter(|s| looks_numeric(s).is_some())
+                .count();
             let distinct: HashSet<&str> = present.iter().copied().collect();
             if numeric == present.len() {
                 if distinct.len() <= 2
                     && distinct
                         .iter()
-                        .all(|s| parse_number(s).is_some_and(|v| v == 0.0 || v == 1.0))
+                        .all(|s| looks_numeric(s).is_some_and(|v| v == 0.0 || v == 1.0))
                 {
                     return (FeatureType::Binary, None);
                 }
@@ -154,7 +164,7 @@ fn infer_task(column: &Column) -> Task {
         Column::Number(v) => v.iter().flatten().copied().collect(),
         Column::Text(v) => {
             let present: Vec<&String> = v.iter().flatten().collect();
-            let parsed: Vec<f64> = present.iter().filter_map(|s| parse_number(s)).collect();
+            let parsed: Vec<f64> = present.iter().filter_map(|s| looks_numeric(s)).collect();
             if parsed.len() != present.len() {
                 return Task::Classification;
             }
@@ -199,7 +209,7 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
         && let Column::Text(values) = target_column
         && let Some((row, bad)) = values.iter().enumerate().find_map(|(i, v)| {
             v.as_ref()
-                .filter(|s| parse_number(s).is_none())
+                .filter(|s| looks_numeric(s).is_none())
                 .map(|s| (i, s.clone()))
         })
     {

@@ -345,6 +345,23 @@ fn values_beyond_f32_are_bad_values_naming_line_and_column() {
     kiln_data::drop_bad_values(&mut t, &s, BadRows::Skip).unwrap();
     assert_eq!(t.num_rows(), 20);
     assert_eq!(t.report.bad_rows_skipped, 1);
+    // Such a value does not change what a column is inferred to be: a regression target
+    // with one 1e39 stays a regression target, and the value is the bad one.
+    let mut csv = String::from("x,y\n");
+    for i in 0..40 {
+        csv.push_str(&format!("{i},{}.25\n", i * 7));
+    }
+    csv.push_str("3,1e39\n");
+    let mut t = csv_table(&csv);
+    let s = infer_schema(&t, &config("y")).unwrap();
+    assert_eq!(s.task, Task::Regression);
+    let message = kiln_data::drop_bad_values(&mut t, &s, BadRows::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("line 42") && message.contains("column \"y\""),
+        "{message}"
+    );
 }
 
 /// A value that is an f32 but overflows once normalised with the training statistics is an

@@ -52,6 +52,13 @@ impl GptConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
+        if self.layers > crate::spec::MAX_LAYERS {
+            return Err(format!(
+                "layers is {}, at most {} are built",
+                self.layers,
+                crate::spec::MAX_LAYERS
+            ));
+        }
         let largest = [
             self.vocab_size,
             self.context,

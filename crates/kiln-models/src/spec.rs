@@ -79,6 +79,12 @@ pub enum SpecError {
 /// is checked.
 pub const MAX_DIMENSION: usize = 1 << 24;
 
+/// Most layers (hidden layers, conv blocks, transformer blocks) [`ModelSpec::validate`] and
+/// [`GptConfig::validate`](crate::GptConfig::validate) accept, so that building the
+/// (lazily initialised) network from a damaged file stays cheap and its parameter count
+/// cannot overflow.
+pub const MAX_LAYERS: usize = 1024;
+
 fn check_size(field: impl Into<String>, value: usize, min: usize) -> Result<(), SpecError> {
     if (min..=MAX_DIMENSION).contains(&value) {
         Ok(())
@@ -201,6 +207,20 @@ impl ModelSpec {
             return Err(kind_mismatch("kind", "a network, not a language model"));
         }
         check_size("outputs", self.outputs, 1)?;
+        let too_deep = |field: &str, n: usize| SpecError::Invalid {
+            field: field.into(),
+            value: n.to_string(),
+            expected: format!("expected at most {MAX_LAYERS} layers"),
+        };
+        if self.hidden.len() > MAX_LAYERS {
+            return Err(too_deep("hidden", self.hidden.len()));
+        }
+        if self.conv.len() > MAX_LAYERS {
+            return Err(too_deep("conv", self.conv.len()));
+        }
+        if let Some(t) = self.text.as_ref().filter(|t| t.layers > MAX_LAYERS) {
+            return Err(too_deep("text.layers", t.layers));
+        }
         for (i, &h) in self.hidden.iter().enumerate() {
             check_size(format!("hidden[{i}]"), h, 1)?;
         }

@@ -61,11 +61,21 @@ impl std::fmt::Debug for Job {
 }
 
 /// Clears the worker's liveness flag when the worker thread ends, however it ends.
-struct Alive(Arc<AtomicBool>);
+/// Cleared, with the model's readiness gauge, when the worker thread ends for any reason
+/// (a normal return or a panic outside a batch).
+struct Alive {
+    flag: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    model: String,
+}
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        self.flag.store(false, Ordering::SeqCst);
+        self.metrics
+            .model_ready
+            .with_label_values(&[&self.model])
+            .set(0);
     }
 }
 
@@ -106,17 +116,17 @@ impl Batcher {
         let worker_metrics = metrics.clone();
         let model = name.to_string();
         let alive = Arc::new(AtomicBool::new(true));
-        let guard = Alive(alive.clone());
+        let guard = Alive {
+            flag: alive.clone(),
+            metrics: metrics.clone(),
+            model: model.clone(),
+        };
         worker_metrics.model_ready.with_label_values(&[name]).set(1);
         std::thread::Builder::new()
             .name(format!("kiln-batch-{name}"))
             .spawn(move || {
                 let _guard = guard;
                 worker(rx, forward, width, settings, &model, &worker_metrics);
-                worker_metrics
-                    .model_ready
-                    .with_label_values(&[&model])
-                    .set(0);
             })
             .expect("spawn the batch worker");
         Self {

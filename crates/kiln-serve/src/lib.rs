@@ -73,6 +73,11 @@ pub struct ServeConfig {
     pub body_timeout: Duration,
     /// A keep-alive connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
+    /// A connection whose client has not read any of its response for this long (a write
+    /// blocked on a full receive window) is closed, streamed responses included.
+    pub write_timeout: Duration,
+    /// On Ctrl-C/SIGTERM, in-flight requests get this long to finish; then they are cut.
+    pub shutdown_grace: Duration,
     /// Open connections at most; past it a new connection gets 503 and is closed.
     pub max_connections: usize,
     /// Bytes of request bodies held in memory at once, over all connections (bodies are read
@@ -96,6 +101,8 @@ impl Default for ServeConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(60),
             max_connections: 1024,
             max_body_memory: 256 << 20,
             idle_after: Duration::from_secs(1),
@@ -379,21 +386,13 @@ async fn collect_body(
     limit: usize,
     budget: &Arc<Semaphore>,
 ) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), BodyError> {
+    use axum::body::HttpBody as _;
     use http_body_util::BodyExt;
-    let mut body = body;
-    let mut bytes = Vec::new();
     let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut held_kib = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
-        };
-        if bytes.len() + data.len() > limit {
-            return Err(BodyError::TooLarge);
-        }
-        bytes.extend_from_slice(&data);
-        let need = bytes.len().div_ceil(1024).saturating_sub(held_kib);
+    // Takes budget for `bytes` of buffer before they are allocated.
+    let mut reserve = |bytes: usize| -> Result<(), BodyError> {
+        let need = bytes.div_ceil(1024).saturating_sub(held_kib);
         if need > 0 {
             let more = u32::try_from(need)
                 .ok()
@@ -405,6 +404,32 @@ async fn collect_body(
                 None => held = Some(more),
             }
         }
+        Ok(())
+    };
+    let mut body = body;
+    // A declared length sizes the buffer once (and a too-large one is refused unread).
+    let declared = body.size_hint().exact().unwrap_or(0);
+    if declared > limit as u64 {
+        return Err(BodyError::TooLarge);
+    }
+    reserve(declared as usize)?;
+    let mut bytes = Vec::with_capacity(declared as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let len = bytes.len() + data.len();
+        if len > limit {
+            return Err(BodyError::TooLarge);
+        }
+        if len > bytes.capacity() {
+            // Grow as `Vec` would (doubling), budgeted before the allocation.
+            let capacity = len.max(2 * bytes.capacity()).min(limit);
+            reserve(capacity)?;
+            bytes.reserve_exact(capacity - bytes.len());
+        }
+        bytes.extend_from_slice(&data);
     }
     Ok((Bytes::from(bytes), held))
 }

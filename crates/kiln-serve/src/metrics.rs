@@ -41,6 +41,8 @@ pub enum Rejection {
     BodyTimeout,
     /// A keep-alive connection sat idle past the idle timeout: closed.
     IdleTimeout,
+    /// The client stopped reading its response for the write timeout: closed.
+    WriteTimeout,
     /// A connection past the connection cap: 503, closed.
     ConnectionLimit,
     /// A request past the concurrency limit: 429.
@@ -55,10 +57,11 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, in label order.
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::HeaderTimeout,
         Rejection::BodyTimeout,
         Rejection::IdleTimeout,
+        Rejection::WriteTimeout,
         Rejection::ConnectionLimit,
         Rejection::ConcurrencyLimit,
         Rejection::BodyTooLarge,
@@ -72,6 +75,7 @@ impl Rejection {
             Rejection::HeaderTimeout => "header_timeout",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::IdleTimeout => "idle_timeout",
+            Rejection::WriteTimeout => "write_timeout",
             Rejection::ConnectionLimit => "connection_limit",
             Rejection::ConcurrencyLimit => "concurrency_limit",
             Rejection::BodyTooLarge => "body_too_large",

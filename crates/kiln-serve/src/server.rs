@@ -6,7 +6,9 @@
 //! deliver a complete request head within `header_timeout` of opening (first request) or of
 //! the first byte of a later request, and may otherwise sit idle for `idle_timeout` between
 //! requests; past either it is closed. A request in flight (from its head until the last
-//! byte of its response, streamed or not) is never cut by these timers.
+//! byte of its response, streamed or not) is cut only when the client stops reading: a write
+//! that stays blocked for `write_timeout` closes the connection. Shutdown waits for in-flight
+//! requests at most `shutdown_grace`.
 
 use std::future::Future;
 use std::io;
@@ -69,7 +71,13 @@ pub(crate) async fn run(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    while connections.join_next().await.is_some() {}
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(state.config.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+    }
     idle.abort();
     Ok(())
 }
@@ -106,6 +114,8 @@ struct Activity {
     free_since: Instant,
     /// The first byte read since then, if any.
     first_byte: Option<Instant>,
+    /// Since when a write to the client has been blocked (its receive window full), if it is.
+    write_blocked: Option<Instant>,
 }
 
 type Shared = Arc<Mutex<Activity>>;
@@ -153,6 +163,7 @@ async fn connection(
         started: 0,
         free_since: Instant::now(),
         first_byte: None,
+        write_blocked: None,
     }));
     let io = TokioIo::new(Watched {
         inner: stream,
@@ -179,7 +190,12 @@ async fn connection(
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let config = &state.config;
-    let timeout = expiry(&activity, config.header_timeout, config.idle_timeout);
+    let timeout = expiry(
+        &activity,
+        config.header_timeout,
+        config.idle_timeout,
+        config.write_timeout,
+    );
     tokio::pin!(timeout);
     let mut stopping = false;
     loop {
@@ -200,13 +216,18 @@ async fn connection(
     metrics.connections.dec();
 }
 
-/// Completes when the connection has waited too long for a request: with the reason.
-async fn expiry(activity: &Shared, header: Duration, idle: Duration) -> Rejection {
-    let tick = (header.min(idle) / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+/// Completes when the connection has waited too long for a request, or with a request in
+/// flight, for the client to read its response: with the reason.
+async fn expiry(activity: &Shared, header: Duration, idle: Duration, write: Duration) -> Rejection {
+    let shortest = header.min(idle).min(write);
+    let tick = (shortest / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         tokio::time::sleep(tick).await;
         let a = lock(activity);
         if a.active > 0 {
+            if a.write_blocked.is_some_and(|t| t.elapsed() >= write) {
+                return Rejection::WriteTimeout;
+            }
             continue;
         }
         let (since, limit, reason) = match a.first_byte {
@@ -220,10 +241,22 @@ async fn expiry(activity: &Shared, header: Duration, idle: Duration) -> Rejectio
     }
 }
 
-/// The client's stream, noting when the first byte of a request arrives.
+/// The client's stream, noting when the first byte of a request arrives and since when a
+/// write has been blocked.
 struct Watched {
     inner: TcpStream,
     activity: Shared,
+}
+
+impl Watched {
+    fn note_write(&self, blocked: bool) {
+        let mut a = lock(&self.activity);
+        match (blocked, a.write_blocked) {
+            (true, None) => a.write_blocked = Some(Instant::now()),
+            (false, Some(_)) => a.write_blocked = None,
+            _ => {}
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -250,7 +283,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(poll.is_pending());
+        poll
     }
 
     fn poll_write_vectored(
@@ -258,7 +293,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(poll.is_pending());
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -271,5 +308,41 @@ impl AsyncWrite for Watched {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(active: usize, write_blocked: Option<Duration>) -> Shared {
+        Arc::new(Mutex::new(Activity {
+            active,
+            started: 1,
+            free_since: Instant::now(),
+            first_byte: None,
+            write_blocked: write_blocked.map(|d| Instant::now() - d),
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_after_the_write_timeout() {
+        let long = Duration::from_secs(3600);
+        let blocked = activity(1, Some(Duration::from_secs(2)));
+        let reason = tokio::time::timeout(
+            Duration::from_secs(5),
+            expiry(&blocked, long, long, Duration::from_secs(1)),
+        )
+        .await
+        .expect("a blocked write expires");
+        assert_eq!(reason.label(), "write_timeout");
+        // A request in flight whose writes go through is never cut.
+        let flowing = activity(1, None);
+        let waited = tokio::time::timeout(
+            Duration::from_millis(300),
+            expiry(&flowing, long, long, Duration::from_millis(50)),
+        )
+        .await;
+        assert!(waited.is_err(), "a request whose client reads stays");
     }
 }

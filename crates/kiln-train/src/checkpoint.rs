@@ -89,9 +89,15 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// How long a temporary must have gone unmodified before it is taken for abandoned: a
+/// writer on another host (a shared folder) has a PID this host cannot see, but keeps its
+/// file fresh while it writes.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Removes the temporary files and checkpoint directories that a killed writer (SIGKILL, a
-/// full disk) left in `dir`: `.NAME.tmp-PID` entries whose process is gone. Entries of a
-/// live process are kept, so a concurrent writer is never disturbed. Returns how many went.
+/// full disk) left in `dir`: `.NAME.tmp-PID` entries whose process is gone and that have not
+/// changed for a minute. Entries of a live process, or still changing, are kept, so a
+/// concurrent writer is never disturbed. Returns how many went.
 pub fn remove_stale_temporaries(dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
@@ -102,7 +108,13 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
         let Some(pid) = name.to_str().and_then(temporary_owner) else {
             continue;
         };
-        if process_alive(pid) {
+        let fresh = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < ABANDONED_AFTER);
+        if fresh || process_alive(pid) {
             continue;
         }
         let path = entry.path();

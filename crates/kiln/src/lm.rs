@@ -194,10 +194,17 @@ pub fn train_lm_run(
     };
     // Parameters are initialised lazily: counting them allocates nothing.
     let parameters = burn::module::Module::num_params(&Gpt::new(&gpt, &device));
-    crate::memory::check_fits(
+    if let Err(e) = crate::memory::check_fits(
         &crate::memory::gpt_estimate(&config, &gpt, parameters as u64, batch as u64),
         "model.embd, model.layers, model.context or trainer.batch_size",
-    )?;
+    ) {
+        // The vocabulary is known only now, after tokenizing: a new run refused here leaves
+        // no folder behind.
+        if checkpoint.is_none() {
+            let _ = std::fs::remove_dir_all(&run_dir);
+        }
+        return Err(e);
+    }
     run::write_json(&run_dir.join(files::MODEL_SPEC), &gpt)?;
     let train = TokenFile::open(&data_dir.join("train.bin"), meta.dtype).map_err(text_err)?;
     let val = TokenFile::open(&data_dir.join("val.bin"), meta.dtype).map_err(text_err)?;

@@ -274,8 +274,12 @@ pub fn train_run(
     let data = prepare(&config)?;
     let spec = model_spec(&config, &data.preprocessor)?;
     spec.validate()?;
+    // The micro-batch a step's forward and backward hold at once, as the trainer cuts it.
     let batch = match config.trainer.batch_size {
-        kiln_config::BatchSize::Full => data.train.rows,
+        kiln_config::BatchSize::Full => data
+            .train
+            .rows
+            .div_ceil(config.trainer.grad_accum_steps.max(1)),
         kiln_config::BatchSize::Samples(n) => n.min(data.train.rows),
     };
     // Parameters are initialised lazily: counting them allocates nothing.
@@ -346,19 +350,32 @@ pub fn train_run(
         .test_source
         .as_deref()
         .unwrap_or(&config.data.source);
-    for (source, encoded, predictions) in [
-        (test_source, &data.test, &test_predictions),
+    // Which table each held-out split's rows index: a separate test file has its own lines.
+    let separate_test = config.data.test_source.is_some();
+    for (source, encoded, predictions, lines) in [
+        (
+            test_source,
+            &data.test,
+            &test_predictions,
+            (!separate_test).then_some(&data.table.lines),
+        ),
         (
             config.data.source.as_str(),
             &data.validation,
             &validation_predictions,
+            Some(&data.table.lines),
         ),
     ] {
         if let Some(p) = predictions
             && let Some(bad) = non_finite_output(&p.values, p.width, encoded, &data.preprocessor)
         {
+            let line = lines
+                .zip(encoded.source_rows.get(bad.row))
+                .and_then(|(lines, &r)| lines.get(r))
+                .map(|l| format!(", line {l}"))
+                .unwrap_or_default();
             return Err(KilnError::Invalid(format!(
-                "{source}: the trained model's prediction for a held-out row is not finite: {bad}"
+                "{source}{line}: the trained model's prediction for this held-out row is not finite: {bad}"
             )));
         }
     }

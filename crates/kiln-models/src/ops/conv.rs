@@ -45,7 +45,6 @@ impl Geometry {
         self.channels_out * self.positions()
     }
 
-    /// Whether the im2col matrix is the input itself.
     /// Panics unless the operands hold exactly what the geometry describes: the kernels
     /// below write every output slot once per input sample, so a short operand would leave
     /// output uninitialised or read past its end.
@@ -65,6 +64,7 @@ impl Geometry {
         }
     }
 
+    /// Whether the im2col matrix is the input itself.
     fn pointwise(&self) -> bool {
         self.kernel == [1, 1]
             && self.stride == [1, 1]
