@@ -270,31 +270,10 @@ fn truncated_idx_file() {
     );
 }
 
-/// Trains a small churn model in `dir` and returns its run directory.
-fn churn_run(dir: &Path) -> String {
-    write(dir, "train.csv", churn_csv(400, 3, true, None).as_bytes());
-    let out = kiln_json(
-        dir,
-        &[
-            "train",
-            "--data",
-            "train.csv",
-            "--target",
-            "churn",
-            "--set",
-            "data.id_column=customer_id",
-            "--set",
-            "trainer.epochs=2",
-            "--json",
-        ],
-    );
-    out["run_dir"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn predict_and_eval_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let run = churn_run(dir.path());
+    let run = churn_run(dir.path(), "churn");
     // A feature column is missing at predict time.
     write(
         dir.path(),

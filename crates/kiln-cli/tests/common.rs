@@ -124,6 +124,31 @@ pub fn churn_csv(rows: usize, seed: u64, with_target: bool, extra_city: Option<&
     out
 }
 
+/// Trains a small churn model (`churn_csv` rows, an id column, 2 epochs) from
+/// `dir/train.csv` into `runs/NAME` and returns its run directory.
+pub fn churn_run(dir: &Path, name: &str) -> String {
+    std::fs::write(dir.join("train.csv"), churn_csv(400, 3, true, None)).unwrap();
+    let name = format!("output.name={name}");
+    let out = kiln_json(
+        dir,
+        &[
+            "train",
+            "--data",
+            "train.csv",
+            "--target",
+            "churn",
+            "--set",
+            "data.id_column=customer_id",
+            "--set",
+            "trainer.epochs=2",
+            "--set",
+            &name,
+            "--json",
+        ],
+    );
+    out["run_dir"].as_str().unwrap().to_string()
+}
+
 /// Writes an IDX image/label pair of `n` random `size`x`size` images: the label is which half
 /// of the image is brighter.
 pub fn write_idx(dir: &Path, prefix: &str, n: usize, size: usize) {

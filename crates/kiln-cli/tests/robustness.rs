@@ -21,29 +21,6 @@ fn expect(err: &str, needles: &[&str]) {
     }
 }
 
-/// Trains a small churn model in `dir` and returns its run directory.
-fn churn_run(dir: &Path, name: &str) -> String {
-    write(dir, "train.csv", churn_csv(400, 3, true, None).as_bytes());
-    let out = kiln_json(
-        dir,
-        &[
-            "train",
-            "--data",
-            "train.csv",
-            "--target",
-            "churn",
-            "--set",
-            "data.id_column=customer_id",
-            "--set",
-            "trainer.epochs=2",
-            "--set",
-            &format!("output.name={name}"),
-            "--json",
-        ],
-    );
-    out["run_dir"].as_str().unwrap().to_string()
-}
-
 /// `churn_csv` with the `age` of data row `row` (0-based) replaced by `value`.
 fn with_age(rows: usize, row: usize, value: &str, target: bool) -> String {
     let csv = churn_csv(rows, 17, target, None);
