@@ -22,9 +22,8 @@ pub use csv_source::read_csv;
 pub use describe::{ColumnSummary, Description, describe};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
 pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
-pub use preprocess::{
-    DenseSlot, Encoded, FeatureTransform, InputShape, Preprocessor, Target, TargetTransform,
-};
+pub use kiln_spec::InputShape;
+pub use preprocess::{DenseSlot, Encoded, FeatureTransform, Preprocessor, Target, TargetTransform};
 pub use split::{Split, split_rows};
 pub use table::{Column, LoadReport, Table};
 

@@ -6,6 +6,8 @@ use kiln_config::{CategoricalEncoding, FeatureType, MissingStrategy, Normalizati
 use kiln_text::TextTokenizer;
 use serde::{Deserialize, Serialize};
 
+use kiln_spec::InputShape;
+
 use crate::infer::{Schema, not_a_number, parse_number};
 use crate::table::{Column, Table};
 use crate::{DataError, Result};
@@ -151,40 +153,6 @@ pub enum TargetTransform {
         /// Training std.
         std: f64,
     },
-}
-
-/// Shape of one model input row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum InputShape {
-    /// A flat vector.
-    Flat {
-        /// Its length.
-        width: usize,
-    },
-    /// A `channels x height x width` image.
-    Image {
-        /// Channels.
-        channels: usize,
-        /// Height.
-        height: usize,
-        /// Width.
-        width: usize,
-    },
-}
-
-impl InputShape {
-    /// Number of `f32` values per row.
-    pub fn size(&self) -> usize {
-        match *self {
-            InputShape::Flat { width } => width,
-            InputShape::Image {
-                channels,
-                height,
-                width,
-            } => channels * height * width,
-        }
-    }
 }
 
 /// Encoded targets.

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use kiln_data::Preprocessor;
-use kiln_models::{GptConfig, ModelSpec};
+use kiln_spec::{GptConfig, ModelSpec};
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
 

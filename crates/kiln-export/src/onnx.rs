@@ -14,7 +14,7 @@
 //! (regression), `logits` `[batch, sequence, vocab]` (GPT).
 
 use kiln_data::{InputShape, Preprocessor, TargetTransform};
-use kiln_models::{GptConfig, ModelSpec};
+use kiln_spec::{GptConfig, ModelSpec};
 use prost::Message;
 
 use crate::ExportError;
@@ -257,7 +257,7 @@ pub fn network(
 fn text_encoder(
     g: &mut GraphBuilder,
     w: &Weights,
-    spec: &kiln_models::TextEncoderSpec,
+    spec: &kiln_spec::TextEncoderSpec,
     tokens: &str,
 ) -> Result<String, ExportError> {
     let zero = g.const_i64("pad_id", &[], &[0]);

@@ -6,41 +6,10 @@ use burn::module::Module;
 use burn::nn::{Dropout, Embedding, EmbeddingConfig, LayerNorm};
 use burn::prelude::{Device, Int, Tensor};
 use kiln_config::Pooling;
-use serde::{Deserialize, Serialize};
+
+use kiln_spec::TextEncoderSpec;
 
 use crate::transformer::{AttentionMask, Block, BlockShape, gpt2_init};
-
-/// Shape of a text encoder (part of [`ModelSpec`](crate::ModelSpec)).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TextEncoderSpec {
-    /// Token table size, including id 0 for padding.
-    pub vocab_size: usize,
-    /// Longest sequence.
-    pub max_tokens: usize,
-    /// Encoder blocks.
-    pub layers: usize,
-    /// Attention heads.
-    pub heads: usize,
-    /// Embedding width (the pooled output's width).
-    pub embd: usize,
-    /// Dropout on embeddings, attention and residual branches.
-    pub dropout: f64,
-    /// Biases in Linear and LayerNorm layers.
-    pub bias: bool,
-    /// How token states become one vector.
-    #[serde(default)]
-    pub pooling: Pooling,
-}
-
-impl TextEncoderSpec {
-    /// Width of the pooled output.
-    pub fn output_width(&self) -> usize {
-        match self.pooling {
-            Pooling::Mean | Pooling::Max => self.embd,
-            Pooling::MeanMax => 2 * self.embd,
-        }
-    }
-}
 
 /// A transformer encoder that turns `[B, T]` token ids (0 = padding) into `[B, embd]`.
 #[derive(Module, Debug)]

@@ -15,14 +15,12 @@ mod gpt;
 pub mod kernels;
 mod network;
 pub mod ops;
-mod spec;
 mod transformer;
 
-pub use encoder::{TextEncoder, TextEncoderSpec};
+pub use encoder::TextEncoder;
 pub use generate::{SamplingConfig, generate, sample};
-pub use gpt::{Gpt, GptConfig, KvCache};
-pub use kiln_data::InputShape;
+pub use gpt::{Gpt, KvCache};
+pub use kiln_spec::{GptConfig, InputShape, ModelSpec, SpecError, TextEncoderSpec};
 pub use network::{Inputs, Network, Outputs};
-pub use spec::{ModelSpec, SpecError};
 
 pub use burn::prelude::{Device, Int, Tensor, TensorData};

@@ -10,8 +10,7 @@ use burn::tensor::activation;
 use kiln_config::{Activation, ModelKind};
 
 use crate::encoder::TextEncoder;
-use crate::spec::ModelSpec;
-use kiln_data::InputShape;
+use kiln_spec::{InputShape, ModelSpec};
 
 /// Conv, optional batch norm, activation, optional max-pool, dropout.
 #[derive(Module, Debug)]

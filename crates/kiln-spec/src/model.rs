@@ -1,8 +1,7 @@
 use kiln_config::{Activation, ConvLayer, ModelConfig, ModelKind};
-use kiln_data::InputShape;
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::TextEncoderSpec;
+use crate::{InputShape, TextEncoderSpec};
 
 /// Everything needed to rebuild a network: the model config plus what the data decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

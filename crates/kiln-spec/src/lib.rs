@@ -1,0 +1,15 @@
+//! What a kiln model is, as plain data: the shapes saved in a run's `model.json` and the
+//! input shape the preprocessing produces. No tensor library: the exporter, the server's
+//! request checks and a dashboard read these without compiling Burn; `kiln-models` builds
+//! networks from them.
+#![warn(missing_docs)]
+
+mod gpt;
+mod input;
+mod model;
+mod text;
+
+pub use gpt::GptConfig;
+pub use input::InputShape;
+pub use model::{MAX_DIMENSION, MAX_LAYERS, ModelSpec, SpecError};
+pub use text::TextEncoderSpec;
