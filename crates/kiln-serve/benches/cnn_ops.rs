@@ -52,13 +52,13 @@ fn main() {
     // Copying a tensor out: the floor under any pass over it on this machine.
     time("into_data [B,32,28,28]", reps, || a.clone().into_data());
     time("kiln pool [B,32,28,28]", reps, || {
-        kiln::models::kernels::max_pool2d_inference(a.clone(), 2)
+        kiln_models::kernels::max_pool2d_inference(a.clone(), 2)
     });
     let a = time("Flex pool [B,32,28,28]", reps, || pool.forward(a.clone()));
     let b = time("conv2 32->64 14x14", reps, || c2.forward(a.clone()));
     let b = time("relu [B,64,14,14]", reps, || relu(b.clone()));
     time("kiln pool [B,64,14,14]", reps, || {
-        kiln::models::kernels::max_pool2d_inference(b.clone(), 2)
+        kiln_models::kernels::max_pool2d_inference(b.clone(), 2)
     });
     let b = time("Flex pool [B,64,14,14]", reps, || pool.forward(b.clone()));
     let f: Tensor<2> = b.flatten(1, 3);
@@ -66,7 +66,7 @@ fn main() {
     let _ = h.into_data();
     // kiln's inference path, as `kiln serve` runs a batch: on a rayon worker.
     let ops = || {
-        use kiln::models::ops;
+        use kiln_models::ops;
         let a = time("kiln conv1+relu+pool", reps, || {
             ops::conv2d_relu_max_pool2d(&c1, x.clone(), 2)
         });
@@ -80,7 +80,7 @@ fn main() {
         let _ = h.into_data();
     };
     if batch > 1 {
-        kiln::models::ops::in_thread_pool(ops);
+        kiln_models::ops::in_thread_pool(ops);
     } else {
         ops();
     }

@@ -12,9 +12,9 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "runs/fashion-cnn".into());
-    let device = kiln::models::Device::default();
+    let device = kiln_models::Device::default();
     let loaded =
-        kiln::train::run::load(std::path::Path::new(&run), &device).expect("a run directory");
+        kiln_runtime::run::load(std::path::Path::new(&run), &device).expect("a run directory");
     let size = loaded.preprocessor.input_shape().size();
     // As `kiln serve` runs it.
     let model = loaded.model.folded_for_inference();
@@ -35,11 +35,11 @@ fn main() {
         let reps = reps_env.unwrap_or((256 / rows).max(4));
         let pass = || {
             if pool && rows > 1 {
-                kiln::models::ops::in_thread_pool(|| {
-                    kiln::train::evaluate::raw_outputs(&model, &data, &device)
+                kiln_models::ops::in_thread_pool(|| {
+                    kiln_runtime::inference::raw_outputs(&model, &data, &device)
                 })
             } else {
-                kiln::train::evaluate::raw_outputs(&model, &data, &device)
+                kiln_runtime::inference::raw_outputs(&model, &data, &device)
             }
         };
         pass();
@@ -56,11 +56,11 @@ fn main() {
 }
 
 fn kiln_serve_bench_rows(
-    pre: &kiln::data::Preprocessor,
+    pre: &kiln_data::Preprocessor,
     rows: usize,
     size: usize,
-) -> kiln::data::Encoded {
-    kiln::data::Encoded {
+) -> kiln_data::Encoded {
+    kiln_data::Encoded {
         x: (0..rows * size)
             .map(|i| ((i * 7919) % 255) as f32 / 255.0)
             .collect(),

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
-use kiln::data::Encoded;
-use kiln::models::{Device, Network};
+use kiln_data::Encoded;
+use kiln_models::{Device, Network};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
@@ -90,13 +90,13 @@ impl Batcher {
         metrics: Arc<Metrics>,
     ) -> Self {
         let forward: Forward = Box::new(move |merged: &Encoded| {
-            let pass = || kiln::train::evaluate::raw_outputs(&network, merged, &device);
+            let pass = || kiln_runtime::inference::raw_outputs(&network, merged, &device);
             // A batch runs on a rayon worker, so its parallel ops split with the other
             // workers rather than this thread handing each one over (`in_thread_pool`). One
             // row is too little to split: handing it over would only add a thread switch
             // (1,981 against 2,740 requests/s unbatched under the load test).
             if merged.rows > 1 {
-                kiln::models::ops::in_thread_pool(pass)
+                kiln_models::ops::in_thread_pool(pass)
             } else {
                 pass()
             }
@@ -293,7 +293,7 @@ fn merge(parts: Vec<Encoded>) -> Encoded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln::data::InputShape;
+    use kiln_data::InputShape;
 
     /// `rows` one-feature rows holding `value`.
     pub(crate) fn rows(rows: usize, value: f32) -> Encoded {

@@ -136,12 +136,15 @@ type Shared = Arc<AppState>;
 
 impl AppState {
     /// Loads every model; names must be unique.
-    pub fn load(sources: &[ModelSource], config: ServeConfig) -> Result<Self, kiln::KilnError> {
+    pub fn load(
+        sources: &[ModelSource],
+        config: ServeConfig,
+    ) -> Result<Self, kiln_runtime::RuntimeError> {
         let metrics = Arc::new(Metrics::new());
         let mut models = BTreeMap::new();
         for s in sources {
             if models.contains_key(&s.name) {
-                return Err(kiln::KilnError::Invalid(format!(
+                return Err(kiln_runtime::RuntimeError::Invalid(format!(
                     "two models are named \"{}\": name them with NAME=RUN_DIR",
                     s.name
                 )));

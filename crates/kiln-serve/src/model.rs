@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln::config::ModelKind;
-use kiln::data::{
+use kiln_config::ModelKind;
+use kiln_data::{
     Column, Encoded, FeatureTransform, InputShape, Preprocessor, Table, TargetTransform,
 };
-use kiln::models::{Device, Gpt, GptConfig, ModelSpec};
-use kiln::text::TextTokenizer;
+use kiln_models::{Device, Gpt, GptConfig, ModelSpec};
+use kiln_text::TextTokenizer;
 use serde::Serialize;
 
 use crate::batcher::{BatchSettings, Batcher};
@@ -80,17 +80,17 @@ impl ServedModel {
         dir: &Path,
         settings: BatchSettings,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, kiln::KilnError> {
+    ) -> Result<Self, kiln_runtime::RuntimeError> {
         if !dir.join("config.toml").is_file() {
-            return Err(kiln::KilnError::Invalid(format!(
+            return Err(kiln_runtime::RuntimeError::Invalid(format!(
                 "{}: not a run directory (no config.toml); pass the directory `kiln train` printed",
                 dir.display()
             )));
         }
-        let config = kiln::config::load(&dir.join("config.toml"), &[])?;
+        let config = kiln_config::load(&dir.join("config.toml"), &[])?;
         let body = if config.model.kind == ModelKind::Gpt {
-            let (model, tokenizer, device) = kiln::load_lm(dir)?;
-            let config: GptConfig = kiln::train::run::read_json(&dir.join("model.json"))?;
+            let (model, tokenizer, device) = kiln_runtime::lm::load_lm(dir)?;
+            let config: GptConfig = kiln_runtime::run::read_json(&dir.join("model.json"))?;
             Body::Gpt {
                 model: Arc::new(model),
                 tokenizer: Arc::new(tokenizer),
@@ -98,8 +98,8 @@ impl ServedModel {
                 device,
             }
         } else {
-            let device = kiln::device_for(&config)?;
-            let run = kiln::train::run::load(dir, &device)?;
+            let device = kiln_runtime::device_for(&config)?;
+            let run = kiln_runtime::run::load(dir, &device)?;
             let width = run.preprocessor.num_outputs();
             Body::Network {
                 batcher: Batcher::spawn(
@@ -320,7 +320,7 @@ pub fn refuse_non_finite(
     preprocessor: &Preprocessor,
     row_word: &str,
 ) -> Result<(), ApiError> {
-    match kiln::train::evaluate::non_finite_output(values, width, encoded, preprocessor) {
+    match kiln_runtime::inference::non_finite_output(values, width, encoded, preprocessor) {
         None => Ok(()),
         Some(bad) => Err(ApiError::bad_request(format!(
             "{row_word} {}: {bad}",

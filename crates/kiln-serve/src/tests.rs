@@ -23,7 +23,7 @@ fn model(metrics: Arc<Metrics>) -> ServedModel {
         "hidden": [], "activation": "relu", "dropout": 0.0, "batch_norm": false, "conv": [],
     }))
     .unwrap();
-    let forward: Forward = Box::new(|batch: &kiln::data::Encoded| {
+    let forward: Forward = Box::new(|batch: &kiln_data::Encoded| {
         if batch.x.contains(&13.0) {
             panic!("unlucky row");
         }

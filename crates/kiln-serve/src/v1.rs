@@ -7,8 +7,8 @@ use std::convert::Infallible;
 use axum::Json;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use kiln::data::TargetTransform;
-use kiln::models::SamplingConfig;
+use kiln_data::TargetTransform;
+use kiln_models::SamplingConfig;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -205,7 +205,7 @@ pub async fn generate(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Event, Infallible>>();
     let stream = request.stream;
     let task = tokio::task::spawn_blocking(move || {
-        kiln::generate_text(
+        kiln_runtime::lm::generate_text(
             &gpt,
             &tokenizer,
             &device,

@@ -529,12 +529,12 @@ async fn run(
             let raw = batcher.run(encoded.clone()).await?;
             let width = batcher.width();
             refuse_non_finite(&raw, width, &encoded, preprocessor, "row")?;
-            if let kiln::data::TargetTransform::Regression { .. } = &preprocessor.target {
+            if let kiln_data::TargetTransform::Regression { .. } = &preprocessor.target {
                 let values: Vec<f32> = raw.iter().map(|&v| preprocessor.denormalize(v)).collect();
                 refuse_non_finite(&values, 1, &encoded, preprocessor, "row")?;
             }
             Ok(match &preprocessor.target {
-                kiln::data::TargetTransform::Classes { .. } => vec![
+                kiln_data::TargetTransform::Classes { .. } => vec![
                     Output {
                         name: "logits".into(),
                         shape: vec![rows, width],
@@ -546,7 +546,7 @@ async fn run(
                         values: softmax_rows(&raw, width),
                     },
                 ],
-                kiln::data::TargetTransform::Regression { .. } => vec![Output {
+                kiln_data::TargetTransform::Regression { .. } => vec![Output {
                     name: "prediction".into(),
                     shape: vec![rows, 1],
                     values: raw
@@ -593,9 +593,9 @@ async fn run(
             }
             let (gpt, device) = (gpt.clone(), device.clone());
             let values = tokio::task::spawn_blocking(move || {
-                use kiln::models::{Int, Tensor};
+                use kiln_models::{Int, Tensor};
                 let x = Tensor::<2, Int>::from_data(
-                    kiln::models::TensorData::new(ids, [rows, len]),
+                    kiln_models::TensorData::new(ids, [rows, len]),
                     &device,
                 );
                 gpt.forward(x)

@@ -3,9 +3,8 @@
 //! [`train`] runs the optimisation loop over encoded data with kiln's own
 //! [`Optimizer`](optim::Optimizer)s and [`LrSchedule`](schedule::LrSchedule), writes
 //! `metrics.jsonl` and atomic [checkpoints](checkpoint), and resumes bit-identically.
-//! [`evaluate`](evaluate::evaluate) and [`predict`](evaluate::predict) score and apply a
-//! model; [`run`] knows the run-directory layout that `eval`, `predict`, a server and a
-//! dashboard read.
+//! [`evaluate`](evaluate::evaluate) scores a model. What training shares with serving and
+//! export (the run-directory layout, weights, inference) is `kiln-runtime`.
 #![warn(missing_docs)]
 
 pub mod checkpoint;
@@ -13,7 +12,6 @@ pub mod evaluate;
 pub mod grads;
 pub mod lm;
 pub mod optim;
-pub mod run;
 pub mod schedule;
 mod trainer;
 pub mod weights;
@@ -63,4 +61,7 @@ pub enum TrainError {
     /// Run directory problem.
     #[error("{0}")]
     Run(String),
+    /// Reading or writing a run's files, weights, inference.
+    #[error(transparent)]
+    Runtime(#[from] kiln_runtime::RuntimeError),
 }

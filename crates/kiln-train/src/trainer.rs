@@ -253,7 +253,7 @@ pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError>
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    write_atomic(path, kept.as_bytes())
+    Ok(write_atomic(path, kept.as_bytes())?)
 }
 
 /// Batches of similar text length, as HF's `LengthGroupedSampler`: the shuffled `order` is

@@ -2,86 +2,12 @@
 
 use std::collections::HashMap;
 
-use burn::module::Module;
 use burn::prelude::Device;
-use burn::store::{ModuleSnapshot, SafetensorsStore};
-use kiln_models::{ModelSpec, Network};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::TrainError;
 use crate::optim::{Optimizer, OptimizerSettings};
-
-/// Serialises a module's weights (including batch-norm running statistics) as safetensors.
-pub fn model_to_bytes<M: Module>(model: &M) -> Result<Vec<u8>, TrainError> {
-    // One metadata key only: a HashMap of several would serialise in a random order, and the
-    // same weights must always give the same bytes.
-    let mut store = SafetensorsStore::from_bytes(None)
-        .clear_metadata()
-        .metadata("format", "kiln");
-    model
-        .save_into(&mut store)
-        .map_err(|e| TrainError::Weights(e.to_string()))?;
-    store
-        .get_bytes()
-        .map_err(|e| TrainError::Weights(e.to_string()))
-}
-
-/// Builds the network of `spec` on `device` and loads `bytes` into it. Every tensor must be
-/// present with the right shape.
-pub fn model_from_bytes(
-    spec: &ModelSpec,
-    bytes: &[u8],
-    device: &Device,
-    origin: &str,
-) -> Result<Network, TrainError> {
-    load_into(Network::new(spec, device), bytes, origin)
-}
-
-/// Loads safetensors `bytes` into `model`; every tensor must be present with the right shape.
-pub fn load_into<M: Module>(mut model: M, bytes: &[u8], origin: &str) -> Result<M, TrainError> {
-    let tensors = SafeTensors::deserialize(bytes)
-        .map_err(|e| TrainError::Weights(format!("{origin}: not a valid safetensors file: {e}")))?;
-    check_finite(&tensors, origin)?;
-    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
-        .allow_partial(false)
-        .validate(true);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| TrainError::Weights(format!("{origin}: {e}")))?;
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
-        return Err(TrainError::Weights(format!(
-            "{origin}: weights do not match model.json (missing: {missing:?}; errors: {:?})",
-            result
-                .errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-        )));
-    }
-    Ok(model)
-}
-
-/// Refuses weights holding NaN or an infinity: such a model answers NaN for every input.
-fn check_finite(tensors: &SafeTensors<'_>, origin: &str) -> Result<(), TrainError> {
-    for (name, view) in tensors.tensors() {
-        if view.dtype() != Dtype::F32 {
-            continue;
-        }
-        let bad = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .enumerate()
-            .find(|(_, v)| !v.is_finite());
-        if let Some((index, value)) = bad {
-            return Err(TrainError::Weights(format!(
-                "{origin}: tensor \"{name}\" holds {value} at index {index}; weights must be finite"
-            )));
-        }
-    }
-    Ok(())
-}
+pub use kiln_runtime::weights::{load_into, model_from_bytes, model_to_bytes};
 
 /// Serialises optimizer state as safetensors; the step count goes in the metadata.
 pub fn optimizer_to_bytes(optimizer: &Optimizer) -> Result<Vec<u8>, TrainError> {

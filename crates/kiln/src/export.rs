@@ -12,8 +12,8 @@ use kiln_export::test_data::TestTensor;
 use kiln_export::{Weights, hf, onnx};
 use kiln_models::{Inputs, Network};
 use kiln_rng::SplitMix64;
+use kiln_runtime::run::{self, files};
 use kiln_train::checkpoint::write_atomic;
-use kiln_train::run::{self, files};
 use serde::Serialize;
 
 use crate::lm::{lm_files, load_lm};

@@ -28,6 +28,7 @@ pub use kiln_data as data;
 pub use kiln_export as export_formats;
 pub use kiln_metrics as metrics;
 pub use kiln_models as models;
+pub use kiln_runtime as runtime;
 pub use kiln_text as text;
 pub use kiln_train as train;
 
@@ -40,9 +41,12 @@ pub enum KilnError {
     /// Data.
     #[error(transparent)]
     Data(#[from] kiln_data::DataError),
-    /// Training, checkpoints, run directories.
+    /// Training and checkpoints.
     #[error(transparent)]
     Train(#[from] kiln_train::TrainError),
+    /// Run directories, weights, inference.
+    #[error(transparent)]
+    Runtime(#[from] kiln_runtime::RuntimeError),
     /// The model config does not fit the data.
     #[error(transparent)]
     Spec(#[from] kiln_models::SpecError),

@@ -7,9 +7,10 @@ use burn::prelude::Device;
 use kiln_config::{Config, Task};
 use kiln_data::{Encoded, LoadReport, Preprocessor, Schema, Split, Table};
 use kiln_models::ModelSpec;
+use kiln_runtime::inference::{Predictions, non_finite_output, predict};
+use kiln_runtime::run::{self, files};
 use kiln_train::checkpoint::{LoadedCheckpoint, read_latest};
-use kiln_train::evaluate::{Evaluation, Predictions, non_finite_output, predict, score};
-use kiln_train::run::{self, files};
+use kiln_train::evaluate::{Evaluation, score};
 use kiln_train::{Observer, SingleProcess, TrainOutcome, TrainSetup};
 use serde::Serialize;
 
@@ -17,12 +18,7 @@ use crate::{KilnError, Result};
 
 /// The compute device a config asks for.
 pub fn device_for(config: &Config) -> Result<Device> {
-    match config.device.as_str() {
-        "cpu" => Ok(Device::flex()),
-        other => Err(KilnError::Invalid(format!(
-            "unknown device \"{other}\"; this build has: cpu"
-        ))),
-    }
+    Ok(kiln_runtime::device_for(config)?)
 }
 
 /// Loads any data source kiln reads (CSV, IDX prefix, `builtin:NAME`), honouring the

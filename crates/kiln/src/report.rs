@@ -6,8 +6,8 @@ use std::path::Path;
 use kiln_config::Config;
 use kiln_data::{Encoded, Target};
 use kiln_report::{Series, confusion_matrix, line_chart, roc_curve};
+use kiln_runtime::run::files;
 use kiln_train::evaluate::{Evaluation, Predictions};
-use kiln_train::run::files;
 
 use crate::pipeline::RunSummary;
 use crate::{KilnError, Result};
@@ -223,7 +223,7 @@ pub(crate) fn write_report(
     test: &Encoded,
     preds: Option<&Predictions>,
 ) -> Result<()> {
-    kiln_train::run::write_json(&run_dir.join(files::REPORT_JSON), summary)?;
+    kiln_runtime::run::write_json(&run_dir.join(files::REPORT_JSON), summary)?;
     let mut text = String::new();
     let _ = writeln!(text, "kiln run {}", run_dir.display());
     let d = &summary.data;

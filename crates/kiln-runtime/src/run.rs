@@ -21,8 +21,9 @@ use kiln_config::Config;
 use kiln_data::Preprocessor;
 use kiln_models::{ModelSpec, Network};
 
-use crate::TrainError;
-use crate::checkpoint::write_atomic;
+use crate::RuntimeError;
+use crate::fs::write_atomic;
+pub use crate::fs::{read_json, write_json};
 use crate::weights::model_to_bytes;
 
 /// File names inside a run directory.
@@ -45,31 +46,25 @@ pub mod files {
     pub const REPORT_TXT: &str = "report.txt";
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io {
+/// Files of a language-model run besides the common ones.
+pub mod lm_files {
+    /// Tokenizer.
+    pub const TOKENIZER: &str = "tokenizer.json";
+    /// Token files and their meta.json.
+    pub const DATA_DIR: &str = "data";
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |e| RuntimeError::Io {
         path: path.display().to_string(),
         source: e,
     }
 }
 
-/// Writes a JSON file atomically.
-pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), TrainError> {
-    write_atomic(
-        path,
-        &serde_json::to_vec_pretty(value).expect("serializable"),
-    )
-}
-
-/// Reads a JSON file, naming it in errors.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    serde_json::from_slice(&bytes).map_err(|e| TrainError::Run(format!("{}: {e}", path.display())))
-}
-
 /// Creates a fresh run directory `parent/name`; when that already holds a run, the first
 /// free `name-2`, `name-3`, ... (as Ludwig numbers its runs), so re-running a config never
 /// overwrites an earlier run.
-pub fn create(parent: &Path, name: &str) -> Result<PathBuf, TrainError> {
+pub fn create(parent: &Path, name: &str) -> Result<PathBuf, RuntimeError> {
     let mut dir = parent.join(name);
     let mut n = 2;
     while dir.join(files::CONFIG).exists() {
@@ -81,8 +76,8 @@ pub fn create(parent: &Path, name: &str) -> Result<PathBuf, TrainError> {
 }
 
 /// Saves the resolved config.
-pub fn save_config(dir: &Path, config: &Config) -> Result<(), TrainError> {
-    let text = toml::to_string_pretty(config).map_err(|e| TrainError::Run(e.to_string()))?;
+pub fn save_config(dir: &Path, config: &Config) -> Result<(), RuntimeError> {
+    let text = toml::to_string_pretty(config).map_err(|e| RuntimeError::Run(e.to_string()))?;
     write_atomic(&dir.join(files::CONFIG), text.as_bytes())
 }
 
@@ -102,35 +97,35 @@ pub struct LoadedRun {
 }
 
 /// Loads config, preprocessing, architecture and final weights of a run.
-pub fn load(dir: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
+pub fn load(dir: &Path, device: &Device) -> Result<LoadedRun, RuntimeError> {
     if !dir.is_dir() {
-        return Err(TrainError::Run(format!(
+        return Err(RuntimeError::Run(format!(
             "{}: no such run directory",
             dir.display()
         )));
     }
     let config_path = dir.join(files::CONFIG);
     let config =
-        kiln_config::load(&config_path, &[]).map_err(|e| TrainError::Run(e.to_string()))?;
+        kiln_config::load(&config_path, &[]).map_err(|e| RuntimeError::Run(e.to_string()))?;
     if config.model.kind == kiln_config::ModelKind::Gpt {
-        return Err(TrainError::Run(format!(
+        return Err(RuntimeError::Run(format!(
             "{} is a language-model run: sample from it with `kiln generate`",
             dir.display()
         )));
     }
-    crate::checkpoint::remove_stale_temporaries(dir);
+    crate::fs::remove_stale_temporaries(dir);
     let preprocessor: Preprocessor = read_json(&dir.join(files::PREPROCESSOR))?;
     let spec: ModelSpec = read_json(&dir.join(files::MODEL_SPEC))?;
     check_agreement(dir, &preprocessor, &spec)?;
     let weights_path = dir.join(files::WEIGHTS);
     let bytes = std::fs::read(&weights_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            TrainError::Run(format!(
+            RuntimeError::Run(format!(
                 "{}: no model.safetensors (did training finish?)",
                 dir.display()
             ))
         } else {
-            TrainError::Io {
+            RuntimeError::Io {
                 path: weights_path.display().to_string(),
                 source: e,
             }
@@ -139,7 +134,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
     let model = Network::new(&spec, device);
     let needed = model.num_params().saturating_mul(4);
     if bytes.len() < needed {
-        return Err(TrainError::Run(format!(
+        return Err(RuntimeError::Run(format!(
             "{}: model.json describes {} parameters ({needed} bytes of f32) but model.safetensors holds {} bytes",
             dir.display(),
             model.num_params(),
@@ -164,15 +159,15 @@ pub fn check_agreement(
     dir: &Path,
     preprocessor: &Preprocessor,
     spec: &ModelSpec,
-) -> Result<(), TrainError> {
+) -> Result<(), RuntimeError> {
     let file = |name: &str| dir.join(name).display().to_string();
     preprocessor
         .validate()
-        .map_err(|e| TrainError::Run(format!("{}: {e}", file(files::PREPROCESSOR))))?;
+        .map_err(|e| RuntimeError::Run(format!("{}: {e}", file(files::PREPROCESSOR))))?;
     spec.validate()
-        .map_err(|e| TrainError::Run(format!("{}: {e}", file(files::MODEL_SPEC))))?;
+        .map_err(|e| RuntimeError::Run(format!("{}: {e}", file(files::MODEL_SPEC))))?;
     let disagree = |what: &str, pre: String, model: String| {
-        TrainError::Run(format!(
+        RuntimeError::Run(format!(
             "{} and {} disagree on {what}: the preprocessing gives {pre}, the model expects {model}",
             file(files::PREPROCESSOR),
             file(files::MODEL_SPEC)
@@ -211,6 +206,6 @@ pub fn check_agreement(
 }
 
 /// Saves the final weights atomically.
-pub fn save_weights<M: burn::module::Module>(dir: &Path, model: &M) -> Result<(), TrainError> {
+pub fn save_weights<M: burn::module::Module>(dir: &Path, model: &M) -> Result<(), RuntimeError> {
     write_atomic(&dir.join(files::WEIGHTS), &model_to_bytes(model)?)
 }

@@ -1,0 +1,187 @@
+//! Inference over encoded rows: batches of model inputs, predictions, raw outputs, and the
+//! check that refuses non-finite ones.
+
+use burn::module::Module;
+use burn::prelude::{Device, Int, Tensor, TensorData};
+use burn::tensor::activation::softmax;
+use kiln_config::Task;
+use kiln_data::{Encoded, Preprocessor};
+use kiln_models::{Inputs, Network};
+
+/// Rows per forward pass at inference.
+const EVAL_BATCH: usize = 1024;
+/// Tokens per forward pass at inference over text: bounds the `[rows, heads, T, T]`
+/// attention scores (1 024 rows of 256 tokens would need 1 GiB per block).
+const EVAL_TOKENS: usize = 32_768;
+
+/// Model outputs for a set of rows.
+#[derive(Debug, Clone)]
+pub struct Predictions {
+    /// Rows.
+    pub rows: usize,
+    /// Values per row: class probabilities, or one regression value in target units.
+    pub width: usize,
+    /// `rows * width` values.
+    pub values: Vec<f32>,
+}
+
+/// Tensors for rows `idx` of `data` on `device`. Token rows are cut to the longest text of
+/// the batch, so short texts do not pay for the padding of the longest possible one.
+pub fn batch_inputs(data: &Encoded, idx: &[usize], device: &Device) -> Inputs {
+    let size = data.shape.size();
+    let ncat = data.cardinalities.len();
+    let t = data.seq_len;
+    let x = (size > 0).then(|| {
+        let mut x = Vec::with_capacity(idx.len() * size);
+        for &i in idx {
+            x.extend_from_slice(&data.x[i * size..(i + 1) * size]);
+        }
+        Tensor::<2>::from_data(TensorData::new(x, [idx.len(), size]), device)
+    });
+    let categories = (ncat > 0).then(|| {
+        let mut c = Vec::with_capacity(idx.len() * ncat);
+        for &i in idx {
+            c.extend(
+                data.categories[i * ncat..(i + 1) * ncat]
+                    .iter()
+                    .map(|&v| v as i64),
+            );
+        }
+        Tensor::<2, Int>::from_data(TensorData::new(c, [idx.len(), ncat]), device)
+    });
+    let tokens = (t > 0).then(|| {
+        // At least one column, so an all-empty batch still has a shape.
+        let len = idx
+            .iter()
+            .map(|&i| data.text_len(i))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut ids = Vec::with_capacity(idx.len() * len);
+        for &i in idx {
+            ids.extend(data.tokens[i * t..i * t + len].iter().map(|&v| v as i64));
+        }
+        Tensor::<2, Int>::from_data(TensorData::new(ids, [idx.len(), len]), device)
+    });
+    Inputs {
+        x,
+        categories,
+        tokens,
+    }
+}
+
+/// Runs `model` (in inference mode) over all rows of `data`.
+pub fn predict(
+    model: &Network,
+    data: &Encoded,
+    preprocessor: &Preprocessor,
+    device: &Device,
+) -> Predictions {
+    let width = preprocessor.num_outputs();
+    let values = forward_rows(model, data, device, |out| match preprocessor.task {
+        Task::Classification => softmax(out, 1),
+        Task::Regression => out,
+    });
+    let values = match preprocessor.task {
+        Task::Classification => values,
+        Task::Regression => values
+            .into_iter()
+            .map(|y| preprocessor.denormalize(y))
+            .collect(),
+    };
+    Predictions {
+        rows: data.rows,
+        width,
+        values,
+    }
+}
+
+/// The network's raw outputs (logits, or standardised regression values) for all rows of
+/// `data`, row-major, in inference mode.
+pub fn raw_outputs(model: &Network, data: &Encoded, device: &Device) -> Vec<f32> {
+    forward_rows(model, data, device, |out| out)
+}
+
+fn forward_rows(
+    model: &Network,
+    data: &Encoded,
+    device: &Device,
+    finish: impl Fn(Tensor<2>) -> Tensor<2>,
+) -> Vec<f32> {
+    let model = model.valid();
+    let device = device.clone().without_autodiff();
+    let mut values = Vec::new();
+    let all: Vec<usize> = (0..data.rows).collect();
+    let rows_per_pass = match data.seq_len {
+        0 => EVAL_BATCH,
+        t => (EVAL_TOKENS / t).clamp(1, EVAL_BATCH),
+    };
+    for chunk in all.chunks(rows_per_pass) {
+        let out = finish(model.forward(batch_inputs(data, chunk, &device)));
+        values.extend(
+            out.into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32 output"),
+        );
+    }
+    values
+}
+
+/// A row whose model output is NaN or infinite: its inputs were finite but far enough from
+/// the training data that the network overflowed. Callers refuse the row with this.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NonFiniteOutput {
+    /// Row of the encoded data (`Encoded::source_rows` maps it to the input).
+    pub row: usize,
+    /// The first non-finite output value of the row.
+    pub value: f32,
+    /// The row's dense input furthest from the training data: its feature and normalised
+    /// value (standard deviations from the training mean under z-score).
+    pub furthest_input: Option<(String, f32)>,
+}
+
+impl std::fmt::Display for NonFiniteOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the model's output is {}", self.value)?;
+        if let Some((feature, x)) = &self.furthest_input {
+            write!(
+                f,
+                "; the input furthest from the training data is \"{feature}\" at {x:e} in normalised units"
+            )?;
+        }
+        write!(
+            f,
+            " (inputs far outside the training range overflow the network)"
+        )
+    }
+}
+
+/// The first row of `values` (`width` outputs per row of `data`) that is not all finite.
+pub fn non_finite_output(
+    values: &[f32],
+    width: usize,
+    data: &Encoded,
+    preprocessor: &Preprocessor,
+) -> Option<NonFiniteOutput> {
+    let i = values.iter().position(|v| !v.is_finite())?;
+    let row = i / width.max(1);
+    let size = data.shape.size();
+    let furthest_input = data
+        .x
+        .get(row * size..(row + 1) * size)
+        .and_then(|x| {
+            x.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        })
+        .map(|(slot, &x)| {
+            let names = preprocessor.dense_slot_names();
+            (names.get(slot).cloned().unwrap_or_default(), x)
+        });
+    Some(NonFiniteOutput {
+        row,
+        value: values[i],
+        furthest_input,
+    })
+}
