@@ -14,7 +14,10 @@ use kiln_models::{Gpt, GptConfig};
 use kiln_rng::SplitMix64;
 use kiln_train::grads::ParamGrads;
 use kiln_train::lm::lm_loss;
-use kiln_train::workloads::CastParams;
+#[path = "common/workloads.rs"]
+mod workloads;
+
+use workloads::CastParams;
 
 /// Loss and flattened f32 gradients (in parameter-path order) of one step.
 fn step(model: &Gpt, x: &[i64], y: &[i64], b: usize, t: usize, device: &Device) -> (f64, Vec<f32>) {

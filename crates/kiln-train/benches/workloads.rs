@@ -1,5 +1,5 @@
 //! The shared CPU workloads of `../shared/bench/WORKLOADS.md` (W1 MLP, W2 GPT, W3 CNN training
-//! steps; I1 GPT forward latency) run through kiln's own code (`kiln_train::workloads`:
+//! steps; I1 GPT forward latency) run through kiln's own code (`common/workloads.rs`:
 //! `Network`/`Gpt`, the trainer's loss, `ParamGrads`, `apply_update`, kiln's Adam/AdamW).
 //! Prints `RESULT kiln <workload> <value> <unit>` lines, as `torch_reference.py` does for
 //! PyTorch.
@@ -14,7 +14,10 @@
 use burn::prelude::Device;
 use burn::tensor::FloatDType;
 use kiln_train::grads::parameter_count;
-use kiln_train::workloads::{
+#[path = "common/workloads.rs"]
+mod workloads;
+
+use workloads::{
     MATMUL_SHAPES, classifier_steps, cnn_spec, gpt_config, gpt_flops_per_token,
     gpt_forward_latency, gpt_steps, gpt_steps_in, loader_samples_per_second, matmul_gflops,
     mlp_spec,

@@ -15,7 +15,6 @@ pub mod optim;
 pub mod schedule;
 mod trainer;
 pub mod weights;
-pub mod workloads;
 
 pub use grads::{GradientSync, ParamGrads, SingleProcess};
 pub use trainer::{

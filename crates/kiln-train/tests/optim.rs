@@ -1,5 +1,8 @@
 //! Optimizer updates against their closed forms, global-norm clipping, schedules.
 
+#[path = "../benches/common/workloads.rs"]
+mod workloads;
+
 use burn::module::Module;
 use burn::prelude::{Device, Tensor, TensorData};
 use kiln_config::{Activation, ModelKind, OptimizerKind, ScheduleKind, TrainerConfig};
@@ -271,7 +274,7 @@ fn schedules() {
 fn fused_host_adam_equals_the_tensor_op_path() {
     let device = Device::flex();
     let ad = device.clone().autodiff();
-    let spec = kiln_train::workloads::mlp_spec();
+    let spec = workloads::mlp_spec();
     // One initial model for both paths (Burn's seeded RNG is process-wide: other tests may
     // draw from it in between, so the two runs must not re-initialise).
     let initial = Network::new(&spec, &ad);

@@ -8,9 +8,10 @@
 use std::sync::{Mutex, MutexGuard};
 
 use burn::prelude::Device;
-use kiln_train::workloads::{
-    classifier_steps, cnn_spec, gpt_config, gpt_forward_latency, gpt_steps, mlp_spec,
-};
+#[path = "../benches/common/workloads.rs"]
+mod workloads;
+
+use workloads::{classifier_steps, cnn_spec, gpt_config, gpt_forward_latency, gpt_steps, mlp_spec};
 
 /// Model initialisation draws from Burn's process-wide seeded RNG: tests that seed it must not
 /// interleave.

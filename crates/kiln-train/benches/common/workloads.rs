@@ -10,7 +10,9 @@
 //!
 //! The workload bench (`cargo bench -p kiln-train --bench workloads`) times these; the test
 //! `tests/workloads.rs` pins the loss after a few steps, so an optimisation that changes what a
-//! step computes is caught.
+//! step computes is caught. Not part of the trainer's API: the benches and tests include this
+//! file (`#[path]`), each using what it needs.
+#![allow(dead_code)]
 
 use std::time::Instant;
 
@@ -22,10 +24,10 @@ use kiln_data::{InputShape, Target};
 use kiln_models::{Gpt, GptConfig, Inputs, ModelSpec, Network};
 use kiln_rng::SplitMix64;
 
-use crate::grads::{ParamGrads, apply_update};
-use crate::lm::lm_loss;
-use crate::optim::{Optimizer, OptimizerSettings};
-use crate::{SingleProcess, loss_of};
+use kiln_train::grads::{ParamGrads, apply_update};
+use kiln_train::lm::lm_loss;
+use kiln_train::optim::{Optimizer, OptimizerSettings};
+use kiln_train::{SingleProcess, loss_of};
 
 /// Timed training steps: seconds for the timed steps and the loss of every step (warm-up
 /// included), in order.
@@ -289,7 +291,7 @@ pub fn loader_samples_per_second(
     for _ in 0..epochs {
         rng.shuffle(&mut order);
         for idx in order.chunks(batch) {
-            std::hint::black_box(crate::evaluate::batch_inputs(&data, idx, device));
+            std::hint::black_box(kiln_train::evaluate::batch_inputs(&data, idx, device));
         }
     }
     (rows * epochs) as f64 / started.elapsed().as_secs_f64()
