@@ -759,9 +759,24 @@ fn run_command(command: Command) -> Result<()> {
     }
 }
 
+/// Lets a closed stdout end the process quietly, as it does `head`'s other writers:
+/// `kiln generate ... | head` must not panic on the broken pipe. Rust ignores SIGPIPE so that
+/// writes fail instead; the server keeps that (a client that hangs up is an error it
+/// handles, not a reason to exit), every other command takes the default.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resets one signal's disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     kiln_alloc::configure();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        default_sigpipe();
+    }
     let result = match cli.command {
         // The server keeps its own threads and hands each forward pass to rayon's pool.
         Command::Serve(a) => serve(a),

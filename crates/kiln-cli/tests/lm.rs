@@ -129,6 +129,32 @@ fn char_gpt_trains_and_generates_the_same_with_and_without_cache() {
     let s1 = kiln_json(dir.path(), &seeded);
     let s2 = kiln_json(dir.path(), &seeded);
     assert_eq!(s1["text"], s2["text"]);
+    // A reader that stops early (`kiln generate ... | head`) ends kiln quietly: no panic
+    // about the broken pipe.
+    {
+        use std::io::Read;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "generate",
+                "runs/lm",
+                "--prompt",
+                "the",
+                "--max-new-tokens",
+                "20000",
+            ])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 4];
+        child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        // The pipe's read end is closed here (dropped with the `take`n handle).
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    }
     // A temperature that is not a finite number >= 0 is refused, as the server does.
     for bad in ["nan", "-0.5", "inf"] {
         let err = kiln_err(
