@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kiln against PyTorch on the shared CPU workloads (../shared/bench/WORKLOADS.md: W1 MLP, W2 GPT,
-# W3 CNN training steps, I1 GPT forward latency), side by side on this machine.
+# W2D GPT with dropout, W3 CNN, W4 padded text classifier training steps, I1 GPT forward
+# latency), side by side on this machine.
 #
 # Sets up the PyTorch reference venv if missing (torch, numpy, onnx, onnxruntime; ~3 GB), then
 # runs kiln's workload bench and torch_reference.py back to back, alternating, ROUNDS times
@@ -8,12 +9,13 @@
 # medians, the kiln/PyTorch ratios, the date, CPU model, threads and load average into
 # BENCHMARKS.md (between the bench-vs-torch markers) and prints the table.
 #
-# Usage: scripts/bench-vs-torch.sh          (ROUNDS=5 TORCHREF_VENV=path to override)
+# Usage: scripts/bench-vs-torch.sh          (ROUNDS=5 TORCHREF_VENV=path WORKLOADS="W2D W4" to override)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reference=${TORCH_REFERENCE:-../shared/bench/torch_reference.py}
 venv=${TORCHREF_VENV:-.venv-torchref}
 rounds=${ROUNDS:-3}
+workloads=${WORKLOADS:-W1 W2 W2D W3 W4 I1}
 [ -f "$reference" ] || { echo "no $reference (the shared PyTorch reference)" >&2; exit 1; }
 if [ ! -x "$venv/bin/python" ]; then
   echo "== setting up the PyTorch reference venv in $venv" >&2
@@ -31,7 +33,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq "$rounds"); do
-  for w in W1 W2 W3 I1; do
+  for w in $workloads; do
     echo "== round $round/$rounds: $w" >&2
     /usr/bin/time -f "%M" -o "$work/rss" "$bench" "$w" > "$work/out" 2>"$work/err" \
       || { cat "$work/err" >&2; echo "kiln's $w bench failed" >&2; exit 1; }
@@ -78,14 +80,14 @@ engines = ["kiln", "torch-eager", "torch-compile", "onnxruntime"]
 lines = [
     f"Measured {datetime.date.today()} by `scripts/bench-vs-torch.sh` ({rounds} alternating rounds, medians): "
     f"{cpu}, {os.cpu_count()} threads, load average {load_before} before, {load_after} after. "
-    "Ratios: kiln's throughput over the engine's (W1-W3), the engine's latency over kiln's (I1); "
+    "Ratios: kiln's throughput over the engine's (W1-W4), the engine's latency over kiln's (I1); "
     "above 1 means kiln is faster. Peak RSS of the whole process per workload.",
     "",
     "| workload | unit | " + " | ".join(engines) + " | kiln / eager | kiln / compile | kiln / onnxruntime | peak RSS kiln / eager (MiB) |",
     "|---" * (len(engines) + 6) + "|",
 ]
 mm = sorted({w for (_, w) in values if w.startswith("MM")})
-for w in ["W1", "W2", "W3", "I1"] + mm:
+for w in ["W1", "W2", "W2D", "W3", "W4", "I1"] + mm:
     med = {e: statistics.median(values[(e, w)]) for e in engines if (e, w) in values}
     if "kiln" not in med:
         continue

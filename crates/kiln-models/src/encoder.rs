@@ -2,6 +2,8 @@
 //! pre-LayerNorm blocks of bidirectional self-attention that ignore padding, a final
 //! LayerNorm and mean pooling over the real tokens.
 
+use std::sync::Arc;
+
 use burn::module::Module;
 use burn::nn::{Dropout, Embedding, EmbeddingConfig, LayerNorm};
 use burn::prelude::{Device, Int, Tensor};
@@ -58,8 +60,19 @@ impl TextEncoder {
         let pos = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]);
         let embd = self.wpe.weight.dims()[1];
         let x = self.wte.forward(tokens) + self.wpe.forward(pos).expand([b, t, embd]);
-        let mut x = self.drop.forward(x);
-        let mask = AttentionMask::Padding(pad.clone());
+        let mut x = crate::ops::dropout(&self.drop, x);
+        // The padding on the host, once per forward: the attention kernels read it per row.
+        let padding: Arc<[bool]> = pad
+            .clone()
+            .int()
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("integer padding mask")
+            .into_iter()
+            .map(|p| p != 0)
+            .collect();
+        let mask = AttentionMask::Padding(padding);
         for block in &self.blocks {
             x = block.forward(x, &mask, None);
         }

@@ -158,6 +158,7 @@ pub fn generate(
     // restarts from the last half context of tokens, so cached and uncached decoding agree.
     let mut start = 0;
     for _ in 0..max_new {
+        crate::ops::keep_workers_ready();
         let next = sample(&logits, cfg, &mut rng);
         tokens.push(next);
         if on_token(next).is_break() {

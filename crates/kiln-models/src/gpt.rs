@@ -97,7 +97,7 @@ impl Gpt {
                 .wpe
                 .forward(pos)
                 .expand([b, t, self.wpe.weight.dims()[1]]);
-        let mut x = self.drop.forward(x);
+        let mut x = crate::ops::dropout(&self.drop, x);
         if let Some(c) = cache.as_deref_mut()
             && c.layers.len() != self.blocks.len()
         {

@@ -95,7 +95,6 @@ fn fold_batch_norm(conv: &Conv2d, norm: &BatchNorm) -> Conv2d {
 fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
     match a {
         Activation::Relu => activation::relu(x),
-        Activation::Gelu if !x.is_autodiff() => crate::kernels::gelu_inference(x),
         Activation::Gelu => crate::ops::gelu(x),
         Activation::Tanh => activation::tanh(x),
         Activation::Sigmoid => activation::sigmoid(x),
@@ -211,13 +210,13 @@ impl Network {
                 };
                 let mut img: Tensor<4> = x.reshape([batch, channels, height, width]);
                 for block in &self.convs {
-                    // Inference with ReLU and a pool but no norm in between: one fused pass.
-                    if let Some(k) = block.pool.as_ref().map(|_| block.pool_size).filter(|_| {
-                        !img.is_autodiff()
-                            && block.norm.is_none()
-                            && self.activation == Activation::Relu
-                    }) {
-                        img = crate::ops::conv2d_relu_max_pool2d(&block.conv, img, k);
+                    // ReLU and a pool with no norm in between: conv, ReLU and pool in one
+                    // pass where kiln has it (inference on the host), the two ops otherwise.
+                    if block.pool.is_some()
+                        && block.norm.is_none()
+                        && self.activation == Activation::Relu
+                    {
+                        img = crate::ops::conv2d_relu_max_pool2d(&block.conv, img, block.pool_size);
                         img = block.dropout.forward(img);
                         continue;
                     }
@@ -225,32 +224,21 @@ impl Network {
                     if let Some(norm) = &block.norm {
                         img = norm.forward(img);
                     }
-                    match &block.pool {
+                    let k = block.pool_size;
+                    img = match &block.pool {
                         // One pass each way (kiln's op; ReLU commutes with the max).
                         Some(_) if self.activation == Activation::Relu => {
-                            img = crate::ops::relu_max_pool2d(img, block.pool_size);
+                            crate::ops::relu_max_pool2d(img, k)
                         }
-                        Some(pool) if img.is_autodiff() => {
-                            img = pool.forward(act(self.activation, img));
+                        // Max-pool commutes with a strictly increasing activation (max of f
+                        // = f of max, the same element chosen), so pool first and activate
+                        // a quarter of the values.
+                        Some(pool) if self.activation == Activation::LeakyRelu => {
+                            act(self.activation, crate::ops::max_pool2d(pool, k, img))
                         }
-                        // Inference: max-pool commutes with a piecewise-linear monotone
-                        // activation (max of f = f of max, exactly), so pool first and
-                        // activate a quarter of the values.
-                        Some(_)
-                            if matches!(
-                                self.activation,
-                                Activation::Relu | Activation::LeakyRelu
-                            ) =>
-                        {
-                            img = crate::kernels::max_pool2d_inference(img, block.pool_size);
-                            img = act(self.activation, img);
-                        }
-                        Some(_) => {
-                            img = act(self.activation, img);
-                            img = crate::kernels::max_pool2d_inference(img, block.pool_size);
-                        }
-                        None => img = act(self.activation, img),
-                    }
+                        Some(pool) => crate::ops::max_pool2d(pool, k, act(self.activation, img)),
+                        None => act(self.activation, img),
+                    };
                     img = block.dropout.forward(img);
                 }
                 img.flatten(1, 3)

@@ -21,11 +21,16 @@ use burn::prelude::{Tensor, TensorData};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+mod attention;
 mod conv;
+mod dropout;
 mod norm;
 mod pool;
+
+pub use attention::{AttentionSpec, MASKED_SCORE};
+pub use dropout::{DropoutMask, dropout_scales};
 
 /// Elements per rayon task: large enough that scheduling is noise.
 const CHUNK: usize = 1 << 15;
@@ -132,11 +137,18 @@ pub trait KilnOps: Backend {
         relu_max_pool2d_backward_reference::<Self>(x, grad, k)
     }
 
-    /// Causal multi-head self-attention over packed projections: `qkv` is `[B, T, 3C]`
-    /// (queries, keys, values side by side, `heads` heads of `C / heads` each); returns the
-    /// heads' outputs merged back to `[B, T, C]`, ready for the output projection.
-    fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        causal_attention_reference::<Self>(qkv, heads)
+    /// `x ∘ mask`: dropout with `mask`'s probability and seed, the same mask for the same
+    /// shape and seed on every backend (rows of 16 384 elements of [`dropout_scales`]).
+    fn kiln_dropout(x: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
+        dropout::apply_reference::<Self>(x, mask)
+    }
+
+    /// Multi-head self-attention over packed projections: `qkv` is `[B, T, 3C]` (queries,
+    /// keys, values side by side, `spec.heads` heads of `C / heads` each), causal or not,
+    /// with `spec`'s padding mask and dropout; returns the heads' outputs merged back to
+    /// `[B, T, C]`, ready for the output projection.
+    fn kiln_attention(qkv: FloatTensor<Self>, spec: AttentionSpec) -> FloatTensor<Self> {
+        attention::forward_reference::<Self>(qkv, &spec)
     }
 
     /// Layer normalisation over the last dimension without the bias:
@@ -160,15 +172,14 @@ pub trait KilnOps: Backend {
         layer_norm_backward_reference::<Self>(x, gamma, grad, eps)
     }
 
-    /// The gradient of [`KilnOps::kiln_causal_attention`] with respect to `qkv`, given the
-    /// output's gradient `grad` `[B, T, C]`.
-    fn kiln_causal_attention_backward(
+    /// The gradient of [`KilnOps::kiln_attention`] with respect to `qkv`, given the output's
+    /// gradient `grad` `[B, T, C]` (the same dropout mask, drawn again from its seed).
+    fn kiln_attention_backward(
         qkv: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        heads: usize,
+        spec: AttentionSpec,
     ) -> FloatTensor<Self> {
-        let _ = (qkv, grad, heads);
-        unimplemented!("kiln's causal attention has a backward on Flex only")
+        attention::backward_reference::<Self>(qkv, grad, &spec)
     }
 }
 
@@ -202,34 +213,6 @@ fn layer_norm_backward_reference<B: Backend>(
         0,
     );
     (dx, B::float_reshape(dgamma, Shape::from([d])))
-}
-
-/// Causal attention as Burn ops (any backend's forward; the autodiff path differentiates
-/// the fused op only where the inner backend has the fused backward).
-fn causal_attention_reference<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
-    let dims = qkv.shape();
-    let [b, t, c3] = [dims[0], dims[1], dims[2]];
-    let (c, d) = (c3 / 3, c3 / 3 / heads);
-    let part = |i: usize| {
-        let x = B::float_slice(
-            qkv.clone(),
-            &[
-                burn::tensor::Slice::from(0..b),
-                burn::tensor::Slice::from(0..t),
-                burn::tensor::Slice::from(i * c..(i + 1) * c),
-            ],
-        );
-        let x = B::float_reshape(x, Shape::new([b, t, heads, d]));
-        B::float_swap_dims(x, 1, 2)
-    };
-    let (q, k, v) = (part(0), part(1), part(2));
-    let options = burn::tensor::ops::AttentionModuleOptions {
-        scale: None,
-        softcap: None,
-        is_causal: true,
-    };
-    let y = burn::backend::ops::attention::attention_fallback::<B>(q, k, v, None, None, options);
-    B::float_reshape(B::float_swap_dims(y, 1, 2), Shape::new([b, t, c]))
 }
 
 /// [`KilnOps::kiln_linear`] as Burn ops.
@@ -272,9 +255,11 @@ fn rows_of(shape: &Shape, last: usize) -> (usize, Shape) {
     (rows, Shape::from(dims))
 }
 
-/// The f32 values of a Flex tensor, contiguous (copied only if it is a strided view).
+/// The f32 values of a Flex tensor, contiguous (copied only if it is a strided view), where
+/// kiln's kernels take it: the one gate of every fused kernel on Flex. `None` (the op falls
+/// back to Burn's) for other dtypes and while [`fused_kernels`] is off.
 fn f32_values(t: &FlexTensor) -> Option<FlexTensor> {
-    (t.dtype() == DType::F32).then(|| t.to_contiguous())
+    (t.dtype() == DType::F32 && fused_kernels()).then(|| t.to_contiguous())
 }
 
 /// [`KilnOps::kiln_conv2d_bias_grad`] as Burn ops.
@@ -608,14 +593,22 @@ impl KilnOps for Flex {
         FlexTensor::from_data(TensorData::new(dx, xc.layout().shape().clone()))
     }
 
-    fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+    fn kiln_dropout(x: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
+        let Some(xc) = f32_values(&x) else {
+            return dropout::apply_reference::<Flex>(x, mask);
+        };
+        let y = dropout::apply(xc.storage::<f32>(), mask);
+        FlexTensor::from_data(TensorData::new(y, xc.layout().shape().clone()))
+    }
+
+    fn kiln_attention(qkv: FloatTensor<Self>, spec: AttentionSpec) -> FloatTensor<Self> {
         let Some(qkv) = f32_values(&qkv) else {
-            return causal_attention_reference::<Flex>(qkv, heads);
+            return attention::forward_reference::<Flex>(qkv, &spec);
         };
         let s = qkv.layout().shape();
-        let [b, t, c] = [s[0], s[1], s[2] / 3];
-        let y = attention::forward(qkv.storage::<f32>(), b, t, c, heads);
-        FlexTensor::from_data(TensorData::new(y, [b, t, c]))
+        let [b, t, c3] = [s[0], s[1], s[2]];
+        let y = attention::forward(qkv.storage::<f32>(), [b, t, c3], &spec);
+        FlexTensor::from_data(TensorData::new(y, [b, t, c3 / 3]))
     }
 
     fn kiln_layer_norm(
@@ -656,19 +649,18 @@ impl KilnOps for Flex {
         )
     }
 
-    fn kiln_causal_attention_backward(
+    fn kiln_attention_backward(
         qkv: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        heads: usize,
+        spec: AttentionSpec,
     ) -> FloatTensor<Self> {
-        let (qkv, grad) = (
-            f32_values(&qkv).expect("f32 attention input"),
-            f32_values(&grad).expect("f32 attention gradient"),
-        );
-        let s = qkv.layout().shape();
-        let [b, t, c] = [s[0], s[1], s[2] / 3];
-        let g = attention::backward(qkv.storage::<f32>(), grad.storage::<f32>(), b, t, c, heads);
-        FlexTensor::from_data(TensorData::new(g, [b, t, 3 * c]))
+        let (Some(qc), Some(gc)) = (f32_values(&qkv), f32_values(&grad)) else {
+            return attention::backward_reference::<Flex>(qkv, grad, &spec);
+        };
+        let s = qc.layout().shape();
+        let [b, t, c3] = [s[0], s[1], s[2]];
+        let g = attention::backward(qc.storage::<f32>(), gc.storage::<f32>(), [b, t, c3], &spec);
+        FlexTensor::from_data(TensorData::new(g, [b, t, c3]))
     }
 }
 
@@ -942,11 +934,11 @@ fn binary<B: Backend + KilnOps, C: CheckpointStrategy>(
 }
 
 /// A differentiable one-input op of [`KilnOps`]: which one, with its settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Unary {
     Gelu,
     ReluMaxPool2d { k: usize },
-    CausalAttention { heads: usize },
+    Attention(AttentionSpec),
 }
 
 impl Unary {
@@ -954,7 +946,7 @@ impl Unary {
         match self {
             Unary::Gelu => B::kiln_gelu(x),
             Unary::ReluMaxPool2d { k } => B::kiln_relu_max_pool2d(x, k),
-            Unary::CausalAttention { heads } => B::kiln_causal_attention(x, heads),
+            Unary::Attention(spec) => B::kiln_attention(x, spec),
         }
     }
 
@@ -963,7 +955,7 @@ impl Unary {
         match self {
             Unary::Gelu => B::kiln_gelu_backward(x, grad),
             Unary::ReluMaxPool2d { k } => B::kiln_relu_max_pool2d_backward(x, grad, k),
-            Unary::CausalAttention { heads } => B::kiln_causal_attention_backward(x, grad, heads),
+            Unary::Attention(spec) => B::kiln_attention_backward(x, grad, spec),
         }
     }
 }
@@ -995,7 +987,7 @@ fn unary<B: Backend + KilnOps, C: CheckpointStrategy>(
     op: Unary,
     x: FloatTensor<Autodiff<B, C>>,
 ) -> FloatTensor<Autodiff<B, C>> {
-    match UnaryBackward(op)
+    match UnaryBackward(op.clone())
         .prepare::<C>([x.node()])
         .compute_bound()
         .stateful()
@@ -1005,6 +997,28 @@ fn unary<B: Backend + KilnOps, C: CheckpointStrategy>(
             prep.finish(input.clone(), op.forward::<B>(input))
         }
         OpsKind::UnTracked(prep) => prep.finish(op.forward::<B>(x.into_primitive())),
+    }
+}
+
+/// The backward of dropout: the output's gradient times the same mask, drawn again from its
+/// seed (nothing kept from the forward).
+#[derive(Debug)]
+struct DropoutBackward(DropoutMask);
+
+impl<B: Backend + KilnOps> Backward<B, 1> for DropoutBackward {
+    type State = ();
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::kiln_dropout(grad, self.0));
+        }
     }
 }
 
@@ -1157,8 +1171,16 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
         unary::<B, C>(Unary::ReluMaxPool2d { k }, x)
     }
 
-    fn kiln_causal_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        unary::<B, C>(Unary::CausalAttention { heads }, qkv)
+    fn kiln_attention(qkv: FloatTensor<Self>, spec: AttentionSpec) -> FloatTensor<Self> {
+        unary::<B, C>(Unary::Attention(spec), qkv)
+    }
+
+    fn kiln_dropout(x: FloatTensor<Self>, mask: DropoutMask) -> FloatTensor<Self> {
+        let y = B::kiln_dropout(x.primitive().clone(), mask);
+        DropoutBackward(mask)
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateless(y)
     }
 }
 
@@ -1268,7 +1290,12 @@ fn conv_options(layer: &burn::nn::conv::Conv2d) -> Option<ConvOptions<2>> {
 pub fn conv2d_relu_max_pool2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>, k: usize) -> Tensor<4> {
     check_conv_input(layer, &x);
     let composed = |x| relu_max_pool2d(conv2d(layer, x), k);
-    if k == 0 || x.is_autodiff() || !on_flex(&x.device()) || x.dtype() != DType::F32 {
+    if k == 0
+        || x.is_autodiff()
+        || !on_flex(&x.device())
+        || x.dtype() != DType::F32
+        || !fused_kernels()
+    {
         return composed(x);
     }
     let geometry = conv_options(layer)
@@ -1304,37 +1331,125 @@ pub fn relu_max_pool2d(x: Tensor<4>, k: usize) -> Tensor<4> {
     ))
 }
 
+/// `pool`, a `k`×`k` max-pool with stride `k` and no padding: kiln's pass over contiguous
+/// rows for inference on host f32 tensors ([`crate::kernels::max_pool2d_inference`]), the
+/// module's Burn op otherwise.
+pub fn max_pool2d(pool: &burn::nn::pool::MaxPool2d, k: usize, x: Tensor<4>) -> Tensor<4> {
+    if !x.is_autodiff() && x.dtype() == DType::F32 && on_flex(&x.device()) && fused_kernels() {
+        return crate::kernels::max_pool2d_inference(x, k);
+    }
+    pool.forward(x)
+}
+
 /// Exact GELU through [`KilnOps`]: kiln's vectorised kernels on Flex (forward and, under
 /// autodiff, backward), Burn's op elsewhere.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !x.is_autodiff() && x.dtype() == DType::F32 && on_flex(&x.device()) && fused_kernels() {
+        // Inference on the host: in place in the tensor's own buffer.
+        return crate::kernels::gelu_inference(x);
+    }
     Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_gelu(x.into_dispatch()))
 }
 
-/// Causal self-attention over packed `[B, T, 3C]` projections, `heads` heads, through
-/// [`KilnOps`]: on Flex one fused pass per head forward and backward (scores and
-/// probabilities live in a per-head scratch buffer, recomputed in the backward rather than
-/// stored); call it only where [`on_flex`] holds.
-pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
-    Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_causal_attention(
+/// Self-attention over packed `[B, T, 3C]` projections through [`KilnOps`] (causal or
+/// bidirectional, with `spec`'s padding mask and dropout): on Flex f32 tensors one fused pass
+/// per batch row and head, forward and backward (scores and probabilities live in per-head
+/// scratch buffers and are recomputed in the backward rather than stored; keys past a row's
+/// last real token are not computed); Burn ops on any other device, with the same values.
+pub fn attention(qkv: Tensor<3>, spec: AttentionSpec) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_attention(
         qkv.into_dispatch(),
-        heads,
+        spec,
     ))
 }
 
-/// Runs `work` on one of rayon's worker threads and waits for it (sleeping). kiln's host
-/// kernels and Flex's ops called from there split their work with the pool's other threads
-/// instead of being handed to the pool by an extra thread: called from outside, the caller's
-/// serial work (autodiff bookkeeping, small ops) runs while the workers that just finished a
-/// parallel op still spin for more, three busy threads on two cores.
+/// The mask `drop` asks for in one call on `device`: none outside training (as Burn's
+/// `Dropout`: no autodiff, a frozen layer, or probability 0), else a fresh seed drawn from the
+/// device's random stream, which the trainer seeds per step, so a resumed run draws the same
+/// masks.
+pub fn dropout_mask(
+    drop: &burn::nn::Dropout,
+    device: &burn::prelude::Device,
+) -> Option<DropoutMask> {
+    if drop.prob == 0.0 || !drop.training.is_enabled() || !device.is_autodiff() {
+        return None;
+    }
+    let bits = Tensor::<1>::random([2], burn::tensor::Distribution::Default, device)
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32 random values");
+    Some(DropoutMask {
+        prob: drop.prob as f32,
+        seed: (u64::from(bits[0].to_bits()) << 32) | u64::from(bits[1].to_bits()),
+    })
+}
+
+/// `drop` applied to `x` through [`KilnOps`]: while training, `x` times a mask regenerated in
+/// the backward from its seed (one pass each way, nothing stored; on Flex rows of the mask in
+/// parallel); `x` itself otherwise.
+pub fn dropout<const D: usize>(drop: &burn::nn::Dropout, x: Tensor<D>) -> Tensor<D> {
+    match dropout_mask(drop, &x.device()) {
+        Some(mask) => {
+            Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_dropout(x.into_dispatch(), mask))
+        }
+        None => x,
+    }
+}
+
+/// [`attention`] with a causal mask, no padding and no dropout.
+pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    attention(
+        qkv,
+        AttentionSpec {
+            heads,
+            causal: true,
+            key_padding: None,
+            dropout: None,
+        },
+    )
+}
+
+/// Whether the ops of this module run kiln's fused kernels where they have one (the default),
+/// or Burn's generic ops everywhere (`KILN_KERNELS=generic` at start, or
+/// [`set_fused_kernels`]). The generic form is what every non-host device runs; tests run a
+/// model through both and compare values and gradients.
+pub fn fused_kernels() -> bool {
+    fused_switch().load(Ordering::Relaxed)
+}
+
+/// Turns kiln's fused kernels on or off for the whole process (see [`fused_kernels`]).
+pub fn set_fused_kernels(enabled: bool) {
+    fused_switch().store(enabled, Ordering::Relaxed);
+}
+
+fn fused_switch() -> &'static AtomicBool {
+    static FUSED: std::sync::OnceLock<AtomicBool> = std::sync::OnceLock::new();
+    FUSED.get_or_init(|| {
+        let generic =
+            std::env::var("KILN_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("generic"));
+        AtomicBool::new(!generic)
+    })
+}
+
+/// Runs `work` on one of rayon's worker threads and waits for it (sleeping), with the pool's
+/// other workers kept ready: a compute section. kiln's host kernels and Flex's ops called from
+/// there split their work with the pool's other threads instead of being handed to the pool by
+/// an extra thread: called from outside, the caller's serial work (autodiff bookkeeping, small
+/// ops) runs while the workers that just finished a parallel op still spin for more, three busy
+/// threads on two cores.
 ///
-/// While `work` runs, the pool's other workers stay awake and take each parallel op's share
-/// as soon as it is pushed, as OpenMP's active wait policy does for PyTorch and ONNX Runtime.
-/// Otherwise a worker that found nothing to do between two ops falls asleep, and waking it
-/// costs a futex call and a context switch per op: about 1 ms of a 5.7 ms GPT forward.
-/// `KILN_WAIT_POLICY=passive` lets idle workers sleep instead (for a machine shared with
-/// other work).
+/// While `work` runs, the pool's other workers spin and take each parallel op's share as soon
+/// as it is pushed, as OpenMP's active wait policy does for PyTorch and ONNX Runtime; a worker
+/// that found nothing to do between two ops would otherwise fall asleep, and waking it costs a
+/// futex call and a context switch per op. The wait is bounded, like OpenMP's blocktime: a
+/// worker idle for [`blocktime`] (200 µs unless `KILN_BLOCKTIME_US` says otherwise) parks in
+/// rayon's sleep, so a long serial stretch (loading a CSV, training a tokenizer) or an idle
+/// server burns no CPU. A nested call (one step of a training loop inside a command that is
+/// already a section) costs one atomic load when the workers are spinning and wakes the parked
+/// ones otherwise. `KILN_WAIT_POLICY=passive` lets idle workers sleep at once.
 pub fn in_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
+        keep_workers_ready();
         return work();
     }
     if passive_wait() {
@@ -1343,15 +1458,52 @@ pub fn in_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     let done = AtomicBool::new(false);
     rayon::scope(|scope| {
         let owner = rayon::current_thread_index();
-        for _ in 1..rayon::current_num_threads() {
+        for _ in 0..rayon::current_num_threads().saturating_sub(1) {
             let done = &done;
-            scope.spawn(move |_| keep_worker_ready(owner, done));
+            let spinning = Spinning::reserve();
+            scope.spawn(move |_| keep_worker_ready(spinning, owner, done));
         }
         // Set on unwinding too, or the scope would wait for the spinners forever.
         let _done = SetOnDrop(&done);
         work()
     })
 }
+
+/// Wakes the pool's parked workers, if any, to spin for the parallel ops that follow (until
+/// they find nothing for [`blocktime`]): the top of each iteration of a compute loop (a
+/// training step, a batch) inside a command that runs [`in_thread_pool`], after a serial
+/// stretch may have parked them. One atomic load when every worker is spinning already; does
+/// nothing off the pool's threads.
+pub fn keep_workers_ready() {
+    let Some(owner) = rayon::current_thread_index() else {
+        return;
+    };
+    if passive_wait() {
+        return;
+    }
+    static NEVER: AtomicBool = AtomicBool::new(false);
+    let others = rayon::current_num_threads().saturating_sub(1);
+    while SPINNING.load(Ordering::Relaxed) < others {
+        let spinning = Spinning::reserve();
+        rayon::spawn(move || keep_worker_ready(spinning, Some(owner), &NEVER));
+    }
+}
+
+/// How long a worker kept ready by [`in_thread_pool`] spins without work before it parks:
+/// `KILN_BLOCKTIME_US` microseconds, 200 by default.
+pub fn blocktime() -> std::time::Duration {
+    static BLOCKTIME: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *BLOCKTIME.get_or_init(|| {
+        let micros = std::env::var("KILN_BLOCKTIME_US")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(200);
+        std::time::Duration::from_micros(micros)
+    })
+}
+
+/// Spinners spawned by [`in_thread_pool`] or [`keep_workers_ready`] that have not returned.
+static SPINNING: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether `KILN_WAIT_POLICY` asks idle workers to sleep (`passive`; the default is `active`).
 fn passive_wait() -> bool {
@@ -1369,21 +1521,44 @@ impl Drop for SetOnDrop<'_> {
     }
 }
 
+/// One spinner counted in [`SPINNING`] from its spawn to its return.
+struct Spinning;
+
+impl Spinning {
+    fn reserve() -> Self {
+        SPINNING.fetch_add(1, Ordering::Relaxed);
+        Spinning
+    }
+}
+
+impl Drop for Spinning {
+    fn drop(&mut self) {
+        SPINNING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Runs the pool's pending jobs as they come until `done`, spinning (and yielding the core
-/// to other threads now and then) in between. Returns at once on the thread that runs the
-/// work itself (`owner`), which would otherwise wait on itself.
-fn keep_worker_ready(owner: Option<usize>, done: &AtomicBool) {
-    if rayon::current_thread_index() == owner {
+/// to other threads now and then) in between, and returns to rayon (which parks the worker)
+/// once nothing came for [`blocktime`]. Returns at once on the thread that runs the work
+/// itself (`owner`), which would otherwise wait on itself.
+fn keep_worker_ready(_spinning: Spinning, owner: Option<usize>, done: &AtomicBool) {
+    if rayon::current_thread_index() == owner || done.load(Ordering::Acquire) {
         return;
     }
+    let blocktime = blocktime();
+    let mut idle_since = std::time::Instant::now();
     let mut idle = 0u32;
     while !done.load(Ordering::Acquire) {
         if let Some(rayon::Yield::Executed) = rayon::yield_now() {
             idle = 0;
+            idle_since = std::time::Instant::now();
             continue;
         }
         idle = idle.wrapping_add(1);
         if idle.is_multiple_of(64) {
+            if idle_since.elapsed() >= blocktime {
+                return;
+            }
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
@@ -1401,227 +1576,5 @@ pub fn on_flex(device: &burn::prelude::Device) -> bool {
         DispatchDevice::Flex(_) => true,
         DispatchDevice::Autodiff(inner) => matches!(**inner, DispatchDevice::Flex(_)),
         _ => false,
-    }
-}
-
-/// The fused causal attention kernels on host memory.
-mod attention {
-    use rayon::prelude::*;
-
-    // Every task writes its own head's columns only.
-    use super::SharedDst as Shared;
-
-    /// `dst (rows, cols strides) = scale * lhs [m, k] @ rhs [k, n]`, single-threaded (the
-    /// caller parallelises over heads).
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        dst: *mut f32,
-        (dst_rs, dst_cs): (isize, isize),
-        lhs: *const f32,
-        (lhs_rs, lhs_cs): (isize, isize),
-        rhs: *const f32,
-        (rhs_rs, rhs_cs): (isize, isize),
-        scale: f32,
-    ) {
-        // SAFETY: the caller guarantees the strided regions are in bounds.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst,
-                dst_cs,
-                dst_rs,
-                false,
-                lhs,
-                lhs_cs,
-                lhs_rs,
-                rhs,
-                rhs_cs,
-                rhs_rs,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        }
-    }
-
-    /// Causal softmax probabilities of one head into `p` `[t, t]` (zeros above the diagonal).
-    unsafe fn probabilities(
-        q: *const f32,
-        k: *const f32,
-        t: usize,
-        d: usize,
-        row: isize,
-        p: &mut [f32],
-    ) {
-        let scale = 1.0 / (d as f32).sqrt();
-        // SAFETY: q and k address t rows of d values, `row` apart.
-        unsafe {
-            gemm(
-                t,
-                d,
-                t,
-                p.as_mut_ptr(),
-                (t as isize, 1),
-                q,
-                (row, 1),
-                k,
-                (1, row),
-                scale,
-            );
-        }
-        for (i, r) in p.chunks_exact_mut(t).enumerate() {
-            let (seen, future) = r.split_at_mut(i + 1);
-            crate::kernels::softmax_in_place(seen);
-            future.fill(0.0);
-        }
-    }
-
-    /// `y [b, t, c]` from `qkv [b, t, 3c]`.
-    pub(super) fn forward(qkv: &[f32], b: usize, t: usize, c: usize, heads: usize) -> Vec<f32> {
-        assert_eq!(qkv.len(), b * t * 3 * c);
-        let d = c / heads;
-        let mut y = vec![0.0f32; b * t * c];
-        let out = Shared(y.as_mut_ptr());
-        (0..b * heads).into_par_iter().for_each_init(
-            || vec![0.0f32; t * t],
-            |p, bh| {
-                let (bi, h) = (bh / heads, bh % heads);
-                let base = qkv[bi * t * 3 * c..].as_ptr();
-                // SAFETY: offsets stay inside this batch row's [t, 3c] block and this head's
-                // d columns of y's [t, c] block.
-                unsafe {
-                    let (q, k, v) = (
-                        base.add(h * d),
-                        base.add(c + h * d),
-                        base.add(2 * c + h * d),
-                    );
-                    let row = (3 * c) as isize;
-                    probabilities(q, k, t, d, row, p);
-                    let dst = out.ptr().add(bi * t * c + h * d);
-                    gemm(
-                        t,
-                        t,
-                        d,
-                        dst,
-                        (c as isize, 1),
-                        p.as_ptr(),
-                        (t as isize, 1),
-                        v,
-                        (row, 1),
-                        1.0,
-                    );
-                }
-            },
-        );
-        y
-    }
-
-    /// `dqkv [b, t, 3c]` from `qkv` and the output gradient `dy [b, t, c]`.
-    pub(super) fn backward(
-        qkv: &[f32],
-        dy: &[f32],
-        b: usize,
-        t: usize,
-        c: usize,
-        heads: usize,
-    ) -> Vec<f32> {
-        assert_eq!(qkv.len(), b * t * 3 * c);
-        assert_eq!(dy.len(), b * t * c);
-        let d = c / heads;
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut g = vec![0.0f32; b * t * 3 * c];
-        let out = Shared(g.as_mut_ptr());
-        (0..b * heads).into_par_iter().for_each_init(
-            || (vec![0.0f32; t * t], vec![0.0f32; t * t]),
-            |(p, dp), bh| {
-                let (bi, h) = (bh / heads, bh % heads);
-                let base = qkv[bi * t * 3 * c..].as_ptr();
-                let dyb = dy[bi * t * c + h * d..].as_ptr();
-                let (row, yrow, tt) = ((3 * c) as isize, c as isize, t as isize);
-                // SAFETY: as in `forward`; each head writes its own d columns of the q, k and
-                // v blocks of this batch row of g.
-                unsafe {
-                    let (q, k, v) = (
-                        base.add(h * d),
-                        base.add(c + h * d),
-                        base.add(2 * c + h * d),
-                    );
-                    let gbase = out.ptr().add(bi * t * 3 * c);
-                    let (dq, dk, dv) = (
-                        gbase.add(h * d),
-                        gbase.add(c + h * d),
-                        gbase.add(2 * c + h * d),
-                    );
-                    probabilities(q, k, t, d, row, p);
-                    // dV = Pᵀ dY
-                    gemm(
-                        t,
-                        t,
-                        d,
-                        dv,
-                        (row, 1),
-                        p.as_ptr(),
-                        (1, tt),
-                        dyb,
-                        (yrow, 1),
-                        1.0,
-                    );
-                    // dP = dY Vᵀ
-                    gemm(
-                        t,
-                        d,
-                        t,
-                        dp.as_mut_ptr(),
-                        (tt, 1),
-                        dyb,
-                        (yrow, 1),
-                        v,
-                        (1, row),
-                        1.0,
-                    );
-                    // dS = P ∘ (dP − rowsum(dP ∘ P)), times the score scale.
-                    for (pr, dr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
-                        let s: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                        for (x, &pv) in dr.iter_mut().zip(pr) {
-                            *x = pv * (*x - s) * scale;
-                        }
-                    }
-                    // dQ = dS K, dK = dSᵀ Q
-                    gemm(
-                        t,
-                        t,
-                        d,
-                        dq,
-                        (row, 1),
-                        dp.as_ptr(),
-                        (tt, 1),
-                        k,
-                        (row, 1),
-                        1.0,
-                    );
-                    gemm(
-                        t,
-                        t,
-                        d,
-                        dk,
-                        (row, 1),
-                        dp.as_ptr(),
-                        (1, tt),
-                        q,
-                        (row, 1),
-                        1.0,
-                    );
-                }
-            },
-        );
-        g
     }
 }

@@ -3,19 +3,22 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::prelude::{Bool, Device, Tensor};
-use burn::tensor::activation::softmax;
+use std::sync::Arc;
+
+use burn::prelude::{Device, Tensor};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
+use crate::ops::AttentionSpec;
+
 /// Which keys a query may attend to.
 #[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // built once per forward pass
 pub(crate) enum AttentionMask {
     /// Each position sees itself and earlier positions (decoder).
     Causal,
-    /// Every position sees every key except padding; `[B, T]`, true at padding (encoder).
-    Padding(Tensor<2, Bool>),
+    /// Every position sees every key except padding; `[B * T]` row-major, true at padding
+    /// (encoder).
+    Padding(Arc<[bool]>),
 }
 
 /// Multi-head self-attention.
@@ -106,10 +109,6 @@ impl BlockShape {
     }
 }
 
-/// Score given to masked keys: finite, so a row whose keys are all padding (an empty text)
-/// attends uniformly instead of producing NaN.
-const MASKED: f32 = -1e9;
-
 impl SelfAttention {
     /// `x` is `[B, T, C]`. With a cache (causal only), `x` holds only the new positions,
     /// which attend to the cached ones and causally among themselves.
@@ -119,75 +118,52 @@ impl SelfAttention {
         mask: &AttentionMask,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
-        let [b, t, c] = x.dims();
-        let h = self.heads;
-        let d = c / h;
         let qkv = crate::ops::linear(&self.qkv, x);
-        if matches!(mask, AttentionMask::Causal)
-            && cache.is_none()
-            && qkv.dtype() == burn::tensor::DType::F32
-            && crate::ops::on_flex(&qkv.device())
-            && (self.attn_drop.prob == 0.0 || !qkv.is_autodiff())
-        {
-            // On the host without a KV cache (training, or inference over a whole window):
-            // kiln's fused attention, forward and backward, straight from the packed
-            // projections (no head split, score or mask tensors).
-            let y = crate::ops::causal_attention(qkv, h);
-            return self.resid_drop.forward(crate::ops::linear(&self.proj, y));
-        }
+        let y = match cache {
+            Some(slot) => self.cached(qkv, slot),
+            None => {
+                let spec = AttentionSpec {
+                    heads: self.heads,
+                    causal: matches!(mask, AttentionMask::Causal),
+                    key_padding: match mask {
+                        AttentionMask::Causal => None,
+                        AttentionMask::Padding(pad) => Some(pad.clone()),
+                    },
+                    dropout: crate::ops::dropout_mask(&self.attn_drop, &qkv.device()),
+                };
+                crate::ops::attention(qkv, spec)
+            }
+        };
+        crate::ops::dropout(&self.resid_drop, crate::ops::linear(&self.proj, y))
+    }
+
+    /// Causal attention of new positions `qkv` `[B, t, 3C]` over the cached keys and values
+    /// plus their own (decoding), through the backend's attention op. New position `i`
+    /// (absolute `past + i`) sees keys `0..=past + i`: the op's causal mask is aligned
+    /// bottom-right.
+    fn cached(&self, qkv: Tensor<3>, slot: &mut Option<(Tensor<4>, Tensor<4>)>) -> Tensor<3> {
+        let [b, t, c3] = qkv.dims();
+        let (c, h) = (c3 / 3, self.heads);
         let split = |i: usize| {
             qkv.clone()
                 .narrow(2, i * c, c)
-                .reshape([b, t, h, d])
+                .reshape([b, t, h, c / h])
                 .swap_dims(1, 2)
         };
         let (q, mut k, mut v) = (split(0), split(1), split(2));
-        let mut past = 0;
-        if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.take() {
-                past = pk.dims()[2];
-                k = Tensor::cat(vec![pk, k], 2);
-                v = Tensor::cat(vec![pv, v], 2);
-            }
-            *slot = Some((k.clone(), v.clone()));
+        if let Some((pk, pv)) = slot.take() {
+            k = Tensor::cat(vec![pk, k], 2);
+            v = Tensor::cat(vec![pv, v], 2);
         }
-        let total = past + t;
-        if matches!(mask, AttentionMask::Causal) && !q.is_autodiff() {
-            // Inference: the backend's fused attention (Flex: one pass per head, no score
-            // tensors, no mask tensor). Its causal mask is aligned bottom-right, i.e. new
-            // position i sees keys 0..=past + i, as below. Training keeps the op-by-op form,
-            // whose backward Burn derives.
-            let options = AttentionModuleOptions {
-                scale: None,
-                softcap: None,
-                is_causal: t > 1,
-            };
-            let y = attention(q, k, v, None, None, options)
-                .swap_dims(1, 2)
-                .reshape([b, t, c]);
-            return self.resid_drop.forward(crate::ops::linear(&self.proj, y));
-        }
-        let att = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()); // [B, H, T, total]
-        let att = match mask {
-            AttentionMask::Causal if t > 1 => {
-                // New position i (absolute past + i) may see keys 0..=past + i.
-                let mask = Tensor::<2, Bool>::triu_mask([t, total], past as i64 + 1, &att.device())
-                    .bool_not();
-                let mask: Tensor<4, Bool> = mask.unsqueeze::<4>().expand([b, h, t, total]);
-                att.mask_fill(mask, f32::NEG_INFINITY)
-            }
-            AttentionMask::Causal => att,
-            AttentionMask::Padding(pad) => {
-                let mask: Tensor<4, Bool> = pad
-                    .clone()
-                    .reshape([b, 1, 1, total])
-                    .expand([b, h, t, total]);
-                att.mask_fill(mask, MASKED)
-            }
+        *slot = Some((k.clone(), v.clone()));
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: t > 1,
         };
-        let att = self.attn_drop.forward(softmax(att, 3));
-        let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
-        self.resid_drop.forward(crate::ops::linear(&self.proj, y))
+        attention(q, k, v, None, None, options)
+            .swap_dims(1, 2)
+            .reshape([b, t, c])
     }
 }
 
@@ -204,11 +180,7 @@ impl Block {
                 .attn
                 .forward(crate::ops::layer_norm(&self.ln1, x), mask, cache);
         let m = crate::ops::linear(&self.mlp.fc, crate::ops::layer_norm(&self.ln2, x.clone()));
-        let m = if m.is_autodiff() {
-            crate::ops::gelu(m)
-        } else {
-            crate::kernels::gelu_inference(m)
-        };
-        x + self.mlp.drop.forward(crate::ops::linear(&self.mlp.proj, m))
+        let m = crate::ops::gelu(m);
+        x + crate::ops::dropout(&self.mlp.drop, crate::ops::linear(&self.mlp.proj, m))
     }
 }

@@ -61,3 +61,37 @@ fn concurrent_callers_all_finish() {
         assert_eq!(sum, 50 * 49_995_000 * k as u64);
     }
 }
+
+/// The process's CPU time so far (user + system), from `/proc/self/stat`, in clock ticks.
+#[cfg(target_os = "linux")]
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn workers_park_during_a_serial_stretch_and_wake_for_the_next_loop() {
+    let spent = in_thread_pool(|| {
+        let _: u64 = (0..1_000_000u64).into_par_iter().sum();
+        // A serial stretch (loading data, training a tokenizer) inside the section: the
+        // other workers must park after their blocktime, not spin through it.
+        let before = cpu_ticks();
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let spent = cpu_ticks() - before;
+        // The next loop iteration wakes them, and the work still gets done.
+        kiln_models::ops::keep_workers_ready();
+        let sum: u64 = (0..1_000_000u64).into_par_iter().sum();
+        assert_eq!(sum, 499_999_500_000);
+        spent
+    });
+    // Spinning through the sleep would cost about 60 ticks (100 per second) per other worker.
+    assert!(
+        spent <= 10,
+        "{spent} clock ticks of CPU during a 600 ms serial stretch"
+    );
+}

@@ -117,6 +117,7 @@ fn forward_rows(
         t => (EVAL_TOKENS / t).clamp(1, EVAL_BATCH),
     };
     for chunk in all.chunks(rows_per_pass) {
+        kiln_models::ops::keep_workers_ready();
         let out = finish(model.forward(batch_inputs(data, chunk, &device)));
         values.extend(
             out.into_data()

@@ -1,10 +1,10 @@
-//! The shared CPU workloads of `../shared/bench/WORKLOADS.md` (W1 MLP, W2 GPT, W3 CNN training
-//! steps; I1 GPT forward latency) run through kiln's own code (`common/workloads.rs`:
+//! The shared CPU workloads of `../shared/bench/WORKLOADS.md` (W1 MLP, W2 GPT, W2D GPT with
+//! dropout, W3 CNN, W4 padded text classifier training steps; I1 GPT forward latency) run through kiln's own code (`common/workloads.rs`:
 //! `Network`/`Gpt`, the trainer's loss, `ParamGrads`, `apply_update`, kiln's Adam/AdamW).
 //! Prints `RESULT kiln <workload> <value> <unit>` lines, as `torch_reference.py` does for
 //! PyTorch.
 //!
-//! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W3 I1 MM W2-BF16 LOADER]`: MM is the
+//! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W2D W3 W4 I1 MM W2-BF16 LOADER]`: MM is the
 //! roofline's matmul microbench (best GFLOP/s per shape, `RESULT kiln MM<m>x<k>x<n> ...
 //! GFLOP/s`); W2-BF16 runs W2 in f32 and in bf16 from the same weights. Everything runs on
 //! a rayon worker, as the `kiln` binary does (`KILN_NO_POOL=1`: from the main thread, for
@@ -20,7 +20,7 @@ mod workloads;
 use workloads::{
     MATMUL_SHAPES, classifier_steps, cnn_spec, gpt_config, gpt_flops_per_token,
     gpt_forward_latency, gpt_steps, gpt_steps_in, loader_samples_per_second, matmul_gflops,
-    mlp_spec,
+    mlp_spec, text_classifier_steps, text_lengths,
 };
 
 /// mimalloc, keeping freed pages: the allocator the `kiln` binary uses.
@@ -77,6 +77,35 @@ fn run_workloads() {
             "W2: {:.1} model GFLOP/s ({:.2} MFLOP per token)",
             tokens_per_s * gpt_flops_per_token(&cfg, params) / 1e9,
             gpt_flops_per_token(&cfg, params) / 1e6
+        );
+    }
+    if run("W2D") {
+        let cfg = kiln_models::GptConfig {
+            dropout: 0.1,
+            ..gpt_config()
+        };
+        let (batch, timed) = (16, 20);
+        let r = gpt_steps(&cfg, batch, 3, timed, &device);
+        eprintln!(
+            "W2D: {timed} steps in {:.2} s, last loss {:.4}",
+            r.seconds,
+            r.losses.last().unwrap()
+        );
+        let tokens_per_s = (batch * cfg.context * timed) as f64 / r.seconds;
+        println!("RESULT kiln W2D {tokens_per_s:.1} tokens/s");
+    }
+    if run("W4") {
+        let lengths = text_lengths();
+        let r = text_classifier_steps(3, 20, &device);
+        eprintln!(
+            "W4: 20 steps in {:.2} s, last loss {:.4}, lengths mean {:.1}",
+            r.seconds,
+            r.losses.last().unwrap(),
+            lengths.iter().sum::<usize>() as f64 / lengths.len() as f64
+        );
+        println!(
+            "RESULT kiln W4 {:.1} samples/s",
+            lengths.len() as f64 * 20.0 / r.seconds
         );
     }
     if args.iter().any(|a| a == "W2-BF16") {

@@ -102,6 +102,7 @@ pub fn evaluate_lm(
     let mut rng = SplitMix64::derive(cfg.seed ^ EVAL_STREAM, 0);
     let mut total = 0.0;
     for _ in 0..t.eval_batches {
+        kiln_models::ops::keep_workers_ready();
         let (x, y) = val
             .random_batch(&mut rng, b, context, vocab)
             .map_err(|e| TrainError::Invalid(e.to_string()))?;
@@ -196,6 +197,7 @@ pub fn train_lm(
     while state.step < t.max_steps as u64 {
         let mut seeder = SplitMix64::derive(config.seed ^ BATCH_STREAM, state.step);
         device.seed(seeder.next_u64());
+        kiln_models::ops::keep_workers_ready();
         let mut grads = ParamGrads::default();
         let mut step_loss = 0.0;
         for _ in 0..t.grad_accum_steps {

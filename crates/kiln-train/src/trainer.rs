@@ -398,6 +398,7 @@ pub fn train(
         for (gi, rows) in groups.iter().enumerate().skip(state.group_in_epoch) {
             let mut seeder = SplitMix64::derive(cfg.seed ^ STEP_STREAM, state.global_step);
             device.seed(seeder.next_u64());
+            kiln_models::ops::keep_workers_ready();
             let mut grads = ParamGrads::default();
             let mut step_loss = 0.0;
             for micro_rows in rows.chunks(micro) {

@@ -6,6 +6,11 @@
 //! - W2: char GPT (vocab 65, context 128, 4 layers, 4 heads, 256 wide, no bias, tied head),
 //!   AdamW 3e-4 with weight decay 0.1, batch 16.
 //! - W3: PyTorch's MNIST CNN (conv 32, conv 64, max-pool 2, dense 128), Adam 1e-3, batch 64.
+//! - W2D: W2 with dropout 0.1 after the embeddings, on the attention probabilities and on each
+//!   residual branch (what a default config trains).
+//! - W4: text classifier (vocab 8000, 2 encoder blocks, 4 heads, 256 wide, dropout 0.1, mean
+//!   pooling, Linear(256, 2)), AdamW 1e-4 with weight decay 0.01, batch 32 of lengths
+//!   `32 + (i * 97) % 225` padded to 242.
 //! - I1: W2's model, one forward pass over a 128-token prompt, batch 1, no KV cache.
 //!
 //! The workload bench (`cargo bench -p kiln-train --bench workloads`) times these; the test
@@ -19,9 +24,9 @@ use std::time::Instant;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::{Device, Int, Tensor, TensorData};
 use burn::tensor::FloatDType;
-use kiln_config::{Activation, ConvLayer, ModelKind, OptimizerKind, TrainerConfig};
+use kiln_config::{Activation, ConvLayer, ModelKind, OptimizerKind, Pooling, TrainerConfig};
 use kiln_data::{InputShape, Target};
-use kiln_models::{Gpt, GptConfig, Inputs, ModelSpec, Network};
+use kiln_models::{Gpt, GptConfig, Inputs, ModelSpec, Network, TextEncoderSpec};
 use kiln_rng::SplitMix64;
 
 use kiln_train::grads::{ParamGrads, apply_update};
@@ -90,6 +95,83 @@ pub fn cnn_spec() -> ModelSpec {
         batch_norm: false,
         conv: vec![conv(32, 1), conv(64, 2)],
         text: None,
+    }
+}
+
+/// W4's model: a text classifier with two encoder blocks, mean pooling and a linear head.
+pub fn text_spec() -> ModelSpec {
+    ModelSpec {
+        kind: ModelKind::Transformer,
+        input: InputShape::Flat { width: 0 },
+        embeddings: Vec::new(),
+        outputs: 2,
+        hidden: Vec::new(),
+        activation: Activation::Gelu,
+        dropout: 0.0,
+        batch_norm: false,
+        conv: Vec::new(),
+        text: Some(TextEncoderSpec {
+            vocab_size: 8000,
+            max_tokens: 256,
+            layers: 2,
+            heads: 4,
+            embd: 256,
+            dropout: 0.1,
+            bias: true,
+            pooling: Pooling::Mean,
+        }),
+    }
+}
+
+/// W4's text lengths: 32..242, mean 136.3.
+pub fn text_lengths() -> Vec<usize> {
+    (0..32).map(|i| 32 + (i * 97) % 225).collect()
+}
+
+/// W4: `warmup` then `timed` AdamW steps of the text classifier on one fixed batch of random
+/// token ids (1..vocab) padded with 0 to the longest row.
+pub fn text_classifier_steps(warmup: usize, timed: usize, device: &Device) -> StepRun {
+    let spec = text_spec();
+    let vocab = spec.text.as_ref().expect("text spec").vocab_size;
+    let ad = device.clone().autodiff();
+    device.seed(5);
+    let mut model = Network::new(&spec, &ad);
+    let mut optimizer = adam(OptimizerKind::Adamw, 0.01);
+    let mut rng = SplitMix64::new(6);
+    let lengths = text_lengths();
+    let (b, t) = (lengths.len(), *lengths.iter().max().expect("rows"));
+    let mut ids = vec![0i64; b * t];
+    for (row, &len) in ids.chunks_mut(t).zip(&lengths) {
+        for id in &mut row[..len] {
+            *id = 1 + rng.below(vocab - 1) as i64;
+        }
+    }
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &ad);
+    let labels: Vec<u32> = (0..b).map(|_| rng.below(2) as u32).collect();
+    let target = Target::Classes(labels);
+    let idx: Vec<usize> = (0..b).collect();
+    let mut started = Instant::now();
+    let mut losses = Vec::with_capacity(warmup + timed);
+    for step in 0..warmup + timed {
+        if step == warmup {
+            started = Instant::now();
+        }
+        device.seed(100 + step as u64);
+        let out = model.forward(Inputs {
+            x: None,
+            categories: None,
+            tokens: Some(tokens.clone()),
+        });
+        let loss = loss_of(out, &target, &idx, None, &ad);
+        let grads = ParamGrads::collect(&model, loss.backward());
+        losses.push(loss.into_scalar::<f64>());
+        model = apply_update(model, grads, &mut SingleProcess, 0.0, &mut optimizer, 1e-4)
+            .expect("single process")
+            .0;
+    }
+    StepRun {
+        seconds: started.elapsed().as_secs_f64(),
+        losses,
     }
 }
 

@@ -1,0 +1,569 @@
+//! Multi-head self-attention over packed `[B, T, 3C]` projections: causal (decoder) or
+//! bidirectional (encoder), with an optional key padding mask and attention dropout.
+//!
+//! Two implementations of one definition: fused host kernels (one pass per batch row and
+//! head, forward and backward, the probabilities recomputed in the backward instead of
+//! stored) and Burn ops for any other device. Both draw the dropout mask from the same
+//! counter-based stream ([`dropout_scales`], row `(b * heads + h) * T + i` per query), so they
+//! agree element for element and a step replays bit-identically from its seed.
+
+use std::sync::Arc;
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, TensorMetadata};
+use burn::prelude::TensorData;
+use burn::tensor::{Shape, Slice};
+use rayon::prelude::*;
+
+use super::SharedDst as Shared;
+use super::dropout::{DropoutMask, dropout_scales};
+
+/// Score of a padding key in the Burn-ops form: finite, so a row whose keys are all padding
+/// attends uniformly over its allowed keys instead of producing NaN. The fused kernels give
+/// the same uniform row.
+pub const MASKED_SCORE: f32 = -1e9;
+
+/// What one attention call computes besides the projections.
+#[derive(Debug, Clone)]
+pub struct AttentionSpec {
+    /// Heads; the width `C` divides by it.
+    pub heads: usize,
+    /// Whether query `i` sees keys `0..=i` only (a decoder) rather than every key.
+    pub causal: bool,
+    /// Keys to ignore: `[B * T]` row-major, true at padding.
+    pub key_padding: Option<Arc<[bool]>>,
+    /// Dropout on the attention probabilities, if any; row `(b * heads + h) * T + i` of the
+    /// mask ([`dropout_scales`]) is query `i`'s.
+    pub dropout: Option<DropoutMask>,
+}
+
+impl AttentionSpec {
+    /// Panics unless `qkv`'s `[B, T, 3C]` fits the heads and the padding mask.
+    fn check(&self, b: usize, t: usize, c3: usize) -> (usize, usize) {
+        assert!(
+            self.heads > 0 && c3.is_multiple_of(3 * self.heads),
+            "attention: the packed width {c3} is not 3 x heads ({}) x head width",
+            self.heads
+        );
+        if let Some(pad) = &self.key_padding {
+            assert_eq!(
+                pad.len(),
+                b * t,
+                "attention: the padding mask has {} entries for {b} rows of {t} tokens",
+                pad.len()
+            );
+        }
+        if let Some(dropout) = self.dropout {
+            assert!(
+                (0.0..1.0).contains(&dropout.prob),
+                "attention dropout must be in [0, 1), got {}",
+                dropout.prob
+            );
+        }
+        (c3 / 3, c3 / 3 / self.heads)
+    }
+
+    /// The padding of batch row `bi`, `[T]`, if any.
+    fn padding(&self, bi: usize, t: usize) -> Option<&[bool]> {
+        self.key_padding
+            .as_deref()
+            .map(|p| &p[bi * t..(bi + 1) * t])
+    }
+}
+
+/// How the rows of one batch row's attention look: the key columns computed and, per query,
+/// the keys it may see.
+struct RowPlan<'a> {
+    t: usize,
+    /// Key columns computed: all `T`, or up to the last real key when padding ends the row
+    /// (keys past it only ever get zero probability).
+    keys: usize,
+    causal: bool,
+    padding: Option<&'a [bool]>,
+}
+
+impl<'a> RowPlan<'a> {
+    fn new(spec: &'a AttentionSpec, bi: usize, t: usize) -> Self {
+        let padding = spec.padding(bi, t);
+        let keys = match padding {
+            Some(pad) if !spec.causal => match pad.iter().rposition(|&p| !p) {
+                Some(last) => last + 1,
+                // Every key is padding: each row attends uniformly over all of them.
+                None => t,
+            },
+            _ => t,
+        };
+        Self {
+            t,
+            keys,
+            causal: spec.causal,
+            padding,
+        }
+    }
+
+    /// Keys query `i` may see (before padding): `0..allowed`.
+    fn allowed(&self, i: usize) -> usize {
+        if self.causal { i + 1 } else { self.t }
+    }
+
+    /// Whether query `i`'s allowed keys are all padding (it then attends uniformly, and its
+    /// scores get no gradient, as with a masked fill).
+    fn uniform(&self, i: usize) -> bool {
+        let allowed = self.allowed(i);
+        self.padding
+            .is_some_and(|pad| pad[..allowed].iter().all(|&p| p))
+    }
+
+    /// Turns row `i` of scaled scores (`keys` wide) into probabilities in place.
+    fn softmax_row(&self, i: usize, row: &mut [f32]) {
+        let allowed = self.allowed(i);
+        if self.uniform(i) {
+            let u = 1.0 / allowed as f32;
+            row[..allowed].fill(u);
+            row[allowed..].fill(0.0);
+            return;
+        }
+        let seen = allowed.min(self.keys);
+        let (row, unseen) = row.split_at_mut(seen);
+        unseen.fill(0.0);
+        if let Some(pad) = self.padding {
+            for (s, &p) in row.iter_mut().zip(pad) {
+                if p {
+                    *s = f32::NEG_INFINITY;
+                }
+            }
+        }
+        crate::kernels::softmax_in_place(row);
+    }
+}
+
+/// `dst (rows, cols strides) = scale * lhs [m, k] @ rhs [k, n]`, single-threaded (the caller
+/// parallelises over heads).
+///
+/// # Safety
+/// Every strided region must lie inside its allocation.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: *mut f32,
+    (dst_rs, dst_cs): (isize, isize),
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (isize, isize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (isize, isize),
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the caller guarantees the strided regions are in bounds.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            false,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Pointers to one head's queries, keys and values in a batch row of packed projections.
+struct Head {
+    q: *const f32,
+    k: *const f32,
+    v: *const f32,
+    /// Distance between two positions' projections (`3C`).
+    row: isize,
+}
+
+/// The probabilities of one head into `p` `[T, keys]` (row stride `keys`).
+///
+/// # Safety
+/// `head` addresses `T` rows of `d` values for each of q, k and v.
+unsafe fn probabilities(plan: &RowPlan, head: &Head, d: usize, p: &mut [f32]) {
+    let (t, n) = (plan.t, plan.keys);
+    let scale = 1.0 / (d as f32).sqrt();
+    // SAFETY: q and k address t rows of d values, `row` apart; p holds t * n values.
+    unsafe {
+        gemm(
+            t,
+            d,
+            n,
+            p.as_mut_ptr(),
+            (n as isize, 1),
+            head.q,
+            (head.row, 1),
+            head.k,
+            (1, head.row),
+            scale,
+        );
+    }
+    for (i, r) in p[..t * n].chunks_exact_mut(n).enumerate() {
+        plan.softmax_row(i, r);
+    }
+}
+
+/// Fills `m` `[T, keys]` with the dropout factors of batch row `bi`, head `h`.
+fn dropout_mask(
+    dropout: DropoutMask,
+    (bi, h, heads): (usize, usize, usize),
+    plan: &RowPlan,
+    m: &mut [f32],
+) {
+    let (t, n) = (plan.t, plan.keys);
+    for (i, r) in m[..t * n].chunks_exact_mut(n).enumerate() {
+        dropout_scales(dropout, ((bi * heads + h) * t + i) as u64, r);
+    }
+}
+
+/// `y [b, t, c]` from `qkv [b, t, 3c]`.
+pub(super) fn forward(qkv: &[f32], [b, t, c3]: [usize; 3], spec: &AttentionSpec) -> Vec<f32> {
+    assert_eq!(qkv.len(), b * t * c3, "attention: qkv length");
+    let (c, d) = spec.check(b, t, c3);
+    let heads = spec.heads;
+    let mut y = vec![0.0f32; b * t * c];
+    let out = Shared(y.as_mut_ptr());
+    (0..b * heads).into_par_iter().for_each_init(
+        || (vec![0.0f32; t * t], Vec::new()),
+        |(p, m), bh| {
+            let (bi, h) = (bh / heads, bh % heads);
+            let plan = RowPlan::new(spec, bi, t);
+            let base = qkv[bi * t * 3 * c..].as_ptr();
+            // SAFETY: offsets stay inside this batch row's [t, 3c] block and this head's d
+            // columns of y's [t, c] block.
+            unsafe {
+                let head = Head {
+                    q: base.add(h * d),
+                    k: base.add(c + h * d),
+                    v: base.add(2 * c + h * d),
+                    row: (3 * c) as isize,
+                };
+                probabilities(&plan, &head, d, p);
+                let n = plan.keys;
+                if let Some(dropout) = spec.dropout {
+                    m.resize(t * n, 0.0);
+                    dropout_mask(dropout, (bi, h, heads), &plan, m);
+                    for (pv, mv) in p[..t * n].iter_mut().zip(m.iter()) {
+                        *pv *= mv;
+                    }
+                }
+                let dst = out.ptr().add(bi * t * c + h * d);
+                gemm(
+                    t,
+                    n,
+                    d,
+                    dst,
+                    (c as isize, 1),
+                    p.as_ptr(),
+                    (n as isize, 1),
+                    head.v,
+                    (head.row, 1),
+                    1.0,
+                );
+            }
+        },
+    );
+    y
+}
+
+/// `dqkv [b, t, 3c]` from `qkv` and the output gradient `dy [b, t, c]`.
+pub(super) fn backward(
+    qkv: &[f32],
+    dy: &[f32],
+    [b, t, c3]: [usize; 3],
+    spec: &AttentionSpec,
+) -> Vec<f32> {
+    assert_eq!(qkv.len(), b * t * c3, "attention backward: qkv length");
+    let (c, d) = spec.check(b, t, c3);
+    assert_eq!(dy.len(), b * t * c, "attention backward: gradient length");
+    let heads = spec.heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut g = vec![0.0f32; b * t * 3 * c];
+    let out = Shared(g.as_mut_ptr());
+    (0..b * heads).into_par_iter().for_each_init(
+        || (vec![0.0f32; t * t], vec![0.0f32; t * t], Vec::new()),
+        |(p, dp, m), bh| {
+            let (bi, h) = (bh / heads, bh % heads);
+            let plan = RowPlan::new(spec, bi, t);
+            let n = plan.keys;
+            let base = qkv[bi * t * 3 * c..].as_ptr();
+            let dyb = dy[bi * t * c + h * d..].as_ptr();
+            let (yrow, nn) = (c as isize, n as isize);
+            // SAFETY: as in `forward`; each head writes its own d columns of the q, k and v
+            // blocks of this batch row of g (keys past `n` keep their zero gradient).
+            unsafe {
+                let head = Head {
+                    q: base.add(h * d),
+                    k: base.add(c + h * d),
+                    v: base.add(2 * c + h * d),
+                    row: (3 * c) as isize,
+                };
+                let gbase = out.ptr().add(bi * t * 3 * c);
+                let (dq, dk, dv) = (
+                    gbase.add(h * d),
+                    gbase.add(c + h * d),
+                    gbase.add(2 * c + h * d),
+                );
+                probabilities(&plan, &head, d, p);
+                let (p, dp) = (&mut p[..t * n], &mut dp[..t * n]);
+                // dV = (P ∘ M)ᵀ dY, with the dropped probabilities staged in dp.
+                let dropped = match spec.dropout {
+                    Some(dropout) => {
+                        m.resize(t * n, 0.0);
+                        dropout_mask(dropout, (bi, h, heads), &plan, m);
+                        for ((x, &pv), &mv) in dp.iter_mut().zip(p.iter()).zip(m.iter()) {
+                            *x = pv * mv;
+                        }
+                        &*dp
+                    }
+                    None => &*p,
+                };
+                gemm(
+                    n,
+                    t,
+                    d,
+                    dv,
+                    (head.row, 1),
+                    dropped.as_ptr(),
+                    (1, nn),
+                    dyb,
+                    (yrow, 1),
+                    1.0,
+                );
+                // dP = (dY Vᵀ) ∘ M
+                gemm(
+                    t,
+                    d,
+                    n,
+                    dp.as_mut_ptr(),
+                    (nn, 1),
+                    dyb,
+                    (yrow, 1),
+                    head.v,
+                    (1, head.row),
+                    1.0,
+                );
+                if spec.dropout.is_some() {
+                    for (x, &mv) in dp.iter_mut().zip(m.iter()) {
+                        *x *= mv;
+                    }
+                }
+                // dS = P ∘ (dP − rowsum(dP ∘ P)), times the score scale; none for a row of
+                // padding only.
+                for (i, (pr, dr)) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)).enumerate() {
+                    if plan.uniform(i) {
+                        dr.fill(0.0);
+                        continue;
+                    }
+                    let s: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                    for (x, &pv) in dr.iter_mut().zip(pr) {
+                        *x = pv * (*x - s) * scale;
+                    }
+                }
+                // dQ = dS K, dK = dSᵀ Q
+                gemm(
+                    t,
+                    n,
+                    d,
+                    dq,
+                    (head.row, 1),
+                    dp.as_ptr(),
+                    (nn, 1),
+                    head.k,
+                    (head.row, 1),
+                    1.0,
+                );
+                gemm(
+                    n,
+                    t,
+                    d,
+                    dk,
+                    (head.row, 1),
+                    dp.as_ptr(),
+                    (1, nn),
+                    head.q,
+                    (head.row, 1),
+                    1.0,
+                );
+            }
+        },
+    );
+    g
+}
+
+/// Host tensors that spell out `spec` for the Burn-ops form, `[B, 1, T, T]` each (the same for
+/// every head): an additive score bias (0, `-inf` past the causal diagonal, [`MASKED_SCORE`] at
+/// padding) and where scores receive gradient (1) or not (0).
+fn mask_tensors(spec: &AttentionSpec, b: usize, t: usize) -> (TensorData, TensorData) {
+    let mut bias = vec![0.0f32; b * t * t];
+    let mut pass = vec![1.0f32; b * t * t];
+    for bi in 0..b {
+        let plan = RowPlan::new(spec, bi, t);
+        let padding = spec.padding(bi, t);
+        for i in 0..t {
+            let allowed = plan.allowed(i);
+            let uniform = plan.uniform(i);
+            let row = (bi * t + i) * t;
+            for j in 0..t {
+                let padded = padding.is_some_and(|p| p[j]);
+                if j >= allowed {
+                    bias[row + j] = f32::NEG_INFINITY;
+                } else if padded {
+                    bias[row + j] = MASKED_SCORE;
+                }
+                if j >= allowed || padded || uniform {
+                    pass[row + j] = 0.0;
+                }
+            }
+        }
+    }
+    let shape = [b, 1, t, t];
+    (TensorData::new(bias, shape), TensorData::new(pass, shape))
+}
+
+/// The dropout factors of every row, `[B, H, T, T]`.
+fn dropout_tensor(dropout: DropoutMask, b: usize, heads: usize, t: usize) -> TensorData {
+    let mut m = vec![0.0f32; b * heads * t * t];
+    for (row, r) in m.chunks_exact_mut(t.max(1)).enumerate() {
+        dropout_scales(dropout, row as u64, r);
+    }
+    TensorData::new(m, [b, heads, t, t])
+}
+
+/// One of q, k, v of `qkv` `[B, T, 3C]` as `[B, H, T, D]`.
+fn split_heads<B: Backend>(qkv: &FloatTensor<B>, i: usize, heads: usize) -> FloatTensor<B> {
+    let s = qkv.shape();
+    let [b, t, c] = [s[0], s[1], s[2] / 3];
+    let x = B::float_slice(
+        qkv.clone(),
+        &[
+            Slice::from(0..b),
+            Slice::from(0..t),
+            Slice::from(i * c..(i + 1) * c),
+        ],
+    );
+    let x = B::float_reshape(x, Shape::new([b, t, heads, c / heads]));
+    B::float_swap_dims(x, 1, 2)
+}
+
+/// `[B, H, T, D]` back to `[B, T, H * D]`.
+fn merge_heads<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let s = x.shape();
+    let [b, h, t, d] = [s[0], s[1], s[2], s[3]];
+    B::float_reshape(B::float_swap_dims(x, 1, 2), Shape::new([b, t, h * d]))
+}
+
+/// What both Burn-ops forms need: q, k, v, the probabilities (before dropout) and the
+/// mask tensors.
+struct Unfused<B: Backend> {
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    p: FloatTensor<B>,
+    pass: FloatTensor<B>,
+    drop: Option<FloatTensor<B>>,
+    scale: f32,
+}
+
+fn unfused<B: Backend>(qkv: FloatTensor<B>, spec: &AttentionSpec) -> Unfused<B> {
+    let s = qkv.shape();
+    let [b, t] = [s[0], s[1]];
+    let (_, d) = spec.check(b, t, s[2]);
+    let device = qkv.device();
+    let (q, k, v) = (
+        split_heads::<B>(&qkv, 0, spec.heads),
+        split_heads::<B>(&qkv, 1, spec.heads),
+        split_heads::<B>(&qkv, 2, spec.heads),
+    );
+    let scale = 1.0 / (d as f32).sqrt();
+    let (bias, pass) = mask_tensors(spec, b, t);
+    let scores = B::float_mul_scalar(
+        B::float_matmul(q.clone(), B::float_swap_dims(k.clone(), 2, 3)),
+        scale.into(),
+    );
+    let scores = B::float_add(scores, B::float_from_data(bias, &device));
+    let max = B::float_max_dim(scores.clone(), 3);
+    let e = B::float_exp(B::float_sub(scores, max));
+    let p = B::float_div(e.clone(), B::float_sum_dim(e, 3));
+    let drop = spec
+        .dropout
+        .map(|dropout| B::float_from_data(dropout_tensor(dropout, b, spec.heads, t), &device));
+    Unfused {
+        q,
+        k,
+        v,
+        p,
+        pass: B::float_from_data(pass, &device),
+        drop,
+        scale,
+    }
+}
+
+/// The attention forward as Burn ops, for any backend: `[B, T, C]`.
+pub(super) fn forward_reference<B: Backend>(
+    qkv: FloatTensor<B>,
+    spec: &AttentionSpec,
+) -> FloatTensor<B> {
+    let u = unfused::<B>(qkv, spec);
+    let p = match u.drop {
+        Some(m) => B::float_mul(u.p, m),
+        None => u.p,
+    };
+    merge_heads::<B>(B::float_matmul(p, u.v))
+}
+
+/// The attention backward as Burn ops, for any backend: `dqkv [B, T, 3C]` from the output's
+/// gradient `grad` `[B, T, C]`.
+pub(super) fn backward_reference<B: Backend>(
+    qkv: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    spec: &AttentionSpec,
+) -> FloatTensor<B> {
+    let s = qkv.shape();
+    let [b, t] = [s[0], s[1]];
+    let u = unfused::<B>(qkv, spec);
+    let dy = B::float_swap_dims(
+        B::float_reshape(grad, Shape::new([b, t, spec.heads, s[2] / 3 / spec.heads])),
+        1,
+        2,
+    );
+    let dropped = match &u.drop {
+        Some(m) => B::float_mul(u.p.clone(), m.clone()),
+        None => u.p.clone(),
+    };
+    let dv = B::float_matmul(B::float_swap_dims(dropped, 2, 3), dy.clone());
+    let mut dp = B::float_matmul(dy, B::float_swap_dims(u.v, 2, 3));
+    if let Some(m) = u.drop {
+        dp = B::float_mul(dp, m);
+    }
+    let rows = B::float_sum_dim(B::float_mul(dp.clone(), u.p.clone()), 3);
+    let ds = B::float_mul(u.p, B::float_sub(dp, rows));
+    let ds = B::float_mul(B::float_mul_scalar(ds, u.scale.into()), u.pass);
+    let dq = B::float_matmul(ds.clone(), u.k);
+    let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), u.q);
+    B::float_cat(
+        vec![
+            merge_heads::<B>(dq),
+            merge_heads::<B>(dk),
+            merge_heads::<B>(dv),
+        ],
+        2,
+    )
+}

@@ -1,0 +1,356 @@
+//! Every fused kernel has a generic form (Burn's ops, what any other device runs) that gives
+//! the same values and gradients: whole models run through both, and the attention op with
+//! padding and dropout against an op-by-op form differentiated by Burn's autodiff.
+//!
+//! One test function: the fused/generic switch is process-wide.
+
+mod common;
+
+use std::sync::Arc;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::Gradients;
+use burn::tensor::activation::softmax;
+use kiln_config::{Activation, ConvLayer, ModelKind, Pooling};
+use kiln_models::ops::{self, AttentionSpec, DropoutMask};
+use kiln_models::{Gpt, GptConfig, InputShape, Inputs, ModelSpec, Network, TextEncoderSpec};
+
+/// Every parameter's gradient, in visiting order.
+struct Collect<'a> {
+    grads: &'a Gradients,
+    out: Vec<Vec<f32>>,
+}
+
+impl ModuleVisitor for Collect<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let g = param
+            .val()
+            .grad(self.grads)
+            .map(|g| g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap())
+            .unwrap_or_default();
+        self.out.push(g);
+    }
+}
+
+fn values(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// The loss and every parameter's gradient of `run` with fused kernels on or off.
+fn loss_and_grads<M: Module>(
+    fused: bool,
+    device: &Device,
+    build: impl Fn(&Device) -> M,
+    loss: impl Fn(&M) -> Tensor<1>,
+) -> (f32, Vec<Vec<f32>>) {
+    ops::set_fused_kernels(fused);
+    device.seed(11);
+    let model = build(device);
+    // The same dropout masks on both paths: the residual dropouts draw from the device's
+    // stream, the attention dropout from a seed drawn from it.
+    device.seed(12);
+    let l = loss(&model);
+    let grads = l.clone().backward();
+    let mut c = Collect {
+        grads: &grads,
+        out: vec![],
+    };
+    model.visit(&mut c);
+    ops::set_fused_kernels(true);
+    (l.into_scalar::<f32>(), c.out)
+}
+
+fn assert_same(what: &str, fused: (f32, Vec<Vec<f32>>), generic: (f32, Vec<Vec<f32>>)) {
+    let (lf, gf) = fused;
+    let (lg, gg) = generic;
+    assert!(
+        (lf - lg).abs() <= 1e-5 * lg.abs().max(1.0),
+        "{what}: loss {lf} fused, {lg} generic"
+    );
+    assert_eq!(gf.len(), gg.len(), "{what}: parameter count");
+    let mut compared = 0;
+    for (i, (a, b)) in gf.iter().zip(&gg).enumerate() {
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "{what}: parameter {i} has no gradient on one path"
+        );
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let d = common::max_diff(a, b);
+        assert!(
+            d <= 2e-4 * scale,
+            "{what}: parameter {i}'s gradient differs by {d} (scale {scale})"
+        );
+        compared += usize::from(!a.is_empty());
+    }
+    assert!(compared > 0, "{what}: no gradients compared");
+}
+
+fn mean_cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    let device = logits.device();
+    let t = Tensor::<1, Int>::from_data(TensorData::new(targets.to_vec(), [b]), &device);
+    burn::nn::loss::CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits, t)
+}
+
+#[test]
+fn fused_and_generic_paths_agree_on_values_and_gradients() {
+    let ad = Device::flex().autodiff();
+    attention_op_matches_an_op_by_op_form(&ad);
+
+    // GPT with dropout everywhere nanoGPT puts it (what a default config trains).
+    let gpt = GptConfig {
+        vocab_size: 29,
+        context: 24,
+        layers: 2,
+        heads: 4,
+        embd: 32,
+        dropout: 0.1,
+        bias: true,
+        tied_head: false,
+    };
+    let tokens: Vec<i64> = (0..3 * 24).map(|i| (i * 7 + 3) % 29).collect();
+    let gpt_loss = |m: &Gpt| {
+        let x = Tensor::<2, Int>::from_data(TensorData::new(tokens.clone(), [3, 24]), &ad);
+        let logits = m.forward(x);
+        let targets: Vec<i64> = tokens.iter().map(|t| (t + 1) % 29).collect();
+        mean_cross_entropy(logits.reshape([3 * 24, 29]), &targets)
+    };
+    let build = |d: &Device| Gpt::new(&gpt, d);
+    assert_same(
+        "GPT, dropout 0.1",
+        loss_and_grads(true, &ad, build, gpt_loss),
+        loss_and_grads(false, &ad, build, gpt_loss),
+    );
+
+    // A text classifier on padded rows (one of them empty), with dropout.
+    let text = ModelSpec {
+        kind: ModelKind::Transformer,
+        input: InputShape::Flat { width: 0 },
+        embeddings: vec![],
+        outputs: 3,
+        hidden: vec![16],
+        activation: Activation::Gelu,
+        dropout: 0.1,
+        batch_norm: false,
+        conv: vec![],
+        text: Some(TextEncoderSpec {
+            vocab_size: 40,
+            max_tokens: 12,
+            layers: 2,
+            heads: 4,
+            embd: 32,
+            dropout: 0.1,
+            bias: true,
+            pooling: Pooling::MeanMax,
+        }),
+    };
+    let rows: [&[i64]; 4] = [
+        &[5, 9, 3],
+        &[7, 7, 2, 11, 4, 8, 1, 30, 22, 9, 5, 6],
+        &[],
+        &[0, 4, 9, 0, 12],
+    ];
+    let mut ids = vec![0i64; 4 * 12];
+    for (r, row) in rows.iter().enumerate() {
+        ids[r * 12..r * 12 + row.len()].copy_from_slice(row);
+    }
+    let text_loss = |m: &Network| {
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [4, 12]), &ad);
+        let out = m.forward(Inputs {
+            x: None,
+            categories: None,
+            tokens: Some(tokens),
+        });
+        mean_cross_entropy(out, &[0, 1, 2, 1])
+    };
+    let build = |d: &Device| Network::new(&text, d);
+    assert_same(
+        "text classifier, padding and dropout",
+        loss_and_grads(true, &ad, build, text_loss),
+        loss_and_grads(false, &ad, build, text_loss),
+    );
+
+    // A CNN (convolution, ReLU + max-pool, linear layers) and a GELU MLP.
+    let conv = |filters| ConvLayer {
+        filters,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        pool: 2,
+        batch_norm: false,
+        dropout: 0.0,
+    };
+    let cnn = ModelSpec {
+        kind: ModelKind::Cnn,
+        input: InputShape::Image {
+            channels: 2,
+            height: 8,
+            width: 6,
+        },
+        embeddings: vec![],
+        outputs: 3,
+        hidden: vec![12],
+        activation: Activation::Relu,
+        dropout: 0.0,
+        batch_norm: false,
+        conv: vec![conv(4), conv(5)],
+        text: None,
+    };
+    let pixels: Vec<f32> = (0..5 * 96)
+        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    let dense_loss = |width: usize| {
+        let pixels = pixels.clone();
+        let ad = ad.clone();
+        move |m: &Network| {
+            let x = Tensor::<2>::from_data(
+                TensorData::new(pixels[..5 * width].to_vec(), [5, width]),
+                &ad,
+            );
+            mean_cross_entropy(m.forward(Inputs::dense(x)), &[0, 1, 2, 0, 1])
+        }
+    };
+    let build = |d: &Device| Network::new(&cnn, d);
+    assert_same(
+        "CNN",
+        loss_and_grads(true, &ad, build, dense_loss(96)),
+        loss_and_grads(false, &ad, build, dense_loss(96)),
+    );
+    let mlp = ModelSpec {
+        kind: ModelKind::Mlp,
+        input: InputShape::Flat { width: 20 },
+        conv: vec![],
+        hidden: vec![16, 8],
+        activation: Activation::Gelu,
+        ..cnn.clone()
+    };
+    let build = |d: &Device| Network::new(&mlp, d);
+    assert_same(
+        "GELU MLP",
+        loss_and_grads(true, &ad, build, dense_loss(20)),
+        loss_and_grads(false, &ad, build, dense_loss(20)),
+    );
+
+    // Inference (no autodiff) agrees too.
+    let device = Device::flex();
+    let infer = |fused: bool| {
+        ops::set_fused_kernels(fused);
+        device.seed(11);
+        let m = Network::new(&text, &device);
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [4, 12]), &device);
+        let out = m.forward(Inputs {
+            x: None,
+            categories: None,
+            tokens: Some(tokens),
+        });
+        ops::set_fused_kernels(true);
+        values(out)
+    };
+    let d = common::max_diff(&infer(true), &infer(false));
+    assert!(d < 1e-5, "text classifier inference differs by {d}");
+}
+
+/// The attention op, fused and generic, against softmax + masked fill + a dropout mask written
+/// with Burn's tensor API and differentiated by Burn's autodiff: causal and bidirectional,
+/// with padding (a row of padding only among them) and dropout.
+fn attention_op_matches_an_op_by_op_form(ad: &Device) {
+    let (b, t, c, heads) = (3, 9, 24, 3);
+    let d = c / heads;
+    let values: Vec<f32> = (0..b * t * 3 * c)
+        .map(|k| ((k * 7919) % 1009) as f32 / 300.0 - 1.6)
+        .collect();
+    let weights: Vec<f32> = (0..b * t * c)
+        .map(|k| ((k * 13) % 11) as f32 - 5.0)
+        .collect();
+    let lengths = [9, 4, 0];
+    let padding: Arc<[bool]> = (0..b * t).map(|i| i % t >= lengths[i / t]).collect();
+    for causal in [false, true] {
+        for dropout in [None, Some(0.25f32)] {
+            let spec = AttentionSpec {
+                heads,
+                causal,
+                key_padding: Some(padding.clone()),
+                dropout: dropout.map(|prob| DropoutMask { prob, seed: 77 }),
+            };
+            let run = |form: &str| {
+                let qkv =
+                    Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, 3 * c]), ad)
+                        .require_grad();
+                let y = match form {
+                    "fused" | "generic" => {
+                        ops::set_fused_kernels(form == "fused");
+                        let y = ops::attention(qkv.clone(), spec.clone());
+                        ops::set_fused_kernels(true);
+                        y
+                    }
+                    _ => op_by_op(qkv.clone(), &spec, &padding, (b, t, c, d)),
+                };
+                let w = Tensor::<3>::from_data(TensorData::new(weights.clone(), [b, t, c]), ad);
+                let grads = (y.clone() * w).sum().backward();
+                let g = qkv
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap();
+                (y.into_data().try_to_vec::<f32>().unwrap(), g)
+            };
+            let reference = run("op-by-op");
+            for form in ["fused", "generic"] {
+                let (y, g) = run(form);
+                let what = format!("{form}, causal {causal}, dropout {dropout:?}");
+                let dy = common::max_diff(&y, &reference.0);
+                assert!(dy < 1e-5, "{what}: outputs differ by {dy}");
+                let scale = reference.1.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                let dg = common::max_diff(&g, &reference.1);
+                assert!(
+                    dg < 1e-5 * scale,
+                    "{what}: gradients differ by {dg} (scale {scale})"
+                );
+            }
+        }
+    }
+}
+
+fn op_by_op(
+    qkv: Tensor<3>,
+    spec: &AttentionSpec,
+    padding: &[bool],
+    (b, t, c, d): (usize, usize, usize, usize),
+) -> Tensor<3> {
+    let device = qkv.device();
+    let heads = spec.heads;
+    let part = |i: usize| {
+        qkv.clone()
+            .narrow(2, i * c, c)
+            .reshape([b, t, heads, d])
+            .swap_dims(1, 2)
+    };
+    let (q, k, v) = (part(0), part(1), part(2));
+    let mut att = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
+    let pad = Tensor::<2, Bool>::from_data(TensorData::new(padding.to_vec(), [b, t]), &device);
+    att = att.mask_fill(
+        pad.reshape([b, 1, 1, t]).expand([b, heads, t, t]),
+        ops::MASKED_SCORE,
+    );
+    if spec.causal {
+        let future = Tensor::<2, Bool>::triu_mask([t, t], 1, &device)
+            .bool_not()
+            .unsqueeze::<4>()
+            .expand([b, heads, t, t]);
+        att = att.mask_fill(future, f32::NEG_INFINITY);
+    }
+    let mut p = softmax(att, 3);
+    if let Some(dropout) = spec.dropout {
+        let mut m = vec![0.0f32; b * heads * t * t];
+        for (row, r) in m.chunks_exact_mut(t).enumerate() {
+            ops::dropout_scales(dropout, row as u64, r);
+        }
+        p = p * Tensor::<4>::from_data(TensorData::new(m, [b, heads, t, t]), &device);
+    }
+    p.matmul(v).swap_dims(1, 2).reshape([b, t, c])
+}
