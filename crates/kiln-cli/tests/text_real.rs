@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 
-fn train_example(example: &str, data: &str) -> serde_json::Value {
+fn train_example(example: &str, data: &str, extra: &[&str]) -> serde_json::Value {
     let data = root().join(data);
     assert!(
         data.exists(),
@@ -16,45 +16,53 @@ fn train_example(example: &str, data: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let config = root().join("examples").join(example);
     let source = format!("data.source={}", data.display());
-    kiln_json(
-        dir.path(),
-        &[
-            "train",
-            config.to_str().unwrap(),
-            "--set",
-            &source,
-            "--set",
-            "output.dir=runs",
-            "--json",
-        ],
-    )
+    let mut args = vec![
+        "train",
+        config.to_str().unwrap(),
+        "--set",
+        &source,
+        "--set",
+        "output.dir=runs",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    kiln_json(dir.path(), &args)
 }
 
-/// Issue 3's target: F1(spam) >= 0.97 on the held-out mails (0.9723 with head + tail
-/// truncation and dropout 0.2; at dropout 0.1, 0.9722-0.9725 until session 7's exact-GELU
-/// and LayerNorm rounding changes, then 0.9674; the head alone gave 0.9695).
+/// Issue 3's target: F1(spam) >= 0.97 on the held-out mails, as the mean over three seeds
+/// (each its own split, initialisation and dropout masks), so that no single lucky seed meets
+/// it. The config's settings were chosen on the validation split.
 #[test]
 #[ignore = "long; needs data/spam.csv (scripts/setup-text-data.sh)"]
-fn spam_f1_reaches_0_97_on_held_out_mails() {
-    let out = train_example("spam.toml", "data/spam.csv");
-    let test = &out["test"];
-    let f1 = test["f1"].as_f64().unwrap();
-    println!(
-        "spam: test F1(spam) {f1:.4}, precision {:.4}, recall {:.4}, accuracy {:.4}, {} mails, {:.0} s",
-        test["precision"].as_f64().unwrap(),
-        test["recall"].as_f64().unwrap(),
-        test["accuracy"].as_f64().unwrap(),
-        test["samples"],
-        out["train_seconds"].as_f64().unwrap()
-    );
-    assert!(test["samples"].as_u64().unwrap() >= 1200);
-    assert!(f1 >= 0.97, "spam F1 {f1}");
+fn spam_mean_f1_over_three_seeds_reaches_0_97_on_held_out_mails() {
+    let mut scores = Vec::new();
+    for seed in ["42", "1", "2"] {
+        let seed_setting = format!("seed={seed}");
+        let out = train_example("spam.toml", "data/spam.csv", &["--set", &seed_setting]);
+        let test = &out["test"];
+        let f1 = test["f1"].as_f64().unwrap();
+        println!(
+            "spam seed {seed}: test F1(spam) {f1:.4}, precision {:.4}, recall {:.4}, accuracy {:.4}, validation F1 {:.4}, {} mails, {:.0} s",
+            test["precision"].as_f64().unwrap(),
+            test["recall"].as_f64().unwrap(),
+            test["accuracy"].as_f64().unwrap(),
+            out["validation"]["f1"].as_f64().unwrap_or(f64::NAN),
+            test["samples"],
+            out["train_seconds"].as_f64().unwrap()
+        );
+        assert!(test["samples"].as_u64().unwrap() >= 1200);
+        scores.push(f1);
+    }
+    let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+    let spread = scores.iter().fold(0.0f64, |m, &f| m.max((f - mean).abs()));
+    println!("spam: mean test F1(spam) {mean:.4} ± {spread:.4} over seeds 42, 1, 2");
+    assert!(mean >= 0.97, "spam mean F1 {mean} ({scores:?})");
 }
 
 #[test]
 #[ignore = "long; needs data/sentiment.csv (scripts/setup-text-data.sh)"]
 fn chinese_sentiment_reaches_88_percent_on_held_out_reviews() {
-    let out = train_example("sentiment_zh.toml", "data/sentiment.csv");
+    let out = train_example("sentiment_zh.toml", "data/sentiment.csv", &[]);
     let test = &out["test"];
     let acc = test["accuracy"].as_f64().unwrap();
     println!(

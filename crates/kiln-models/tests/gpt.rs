@@ -84,7 +84,7 @@ fn cached_decoding_matches_uncached_logits() {
 fn config_validation() {
     let mut c = config(false);
     c.heads = 5;
-    assert!(c.validate().unwrap_err().contains("divisible"));
+    assert!(c.validate().unwrap_err().to_string().contains("divisible"));
 }
 
 #[test]

@@ -1,3 +1,4 @@
+use crate::SpecError;
 use serde::{Deserialize, Serialize};
 
 /// GPT shape (saved in `model.json`).
@@ -22,45 +23,47 @@ pub struct GptConfig {
 }
 
 impl GptConfig {
-    /// Checks the shape is buildable.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.vocab_size == 0
-            || self.context == 0
-            || self.layers == 0
-            || self.heads == 0
-            || self.embd == 0
-        {
-            return Err(
-                "vocab_size, context, layers, heads and embd must all be at least 1".into(),
-            );
+    /// Checks the shape is buildable; the error names the field (`model.heads`, ...), its
+    /// value and what it must be.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |field: &str, value: String, expected: String| SpecError::Invalid {
+            field: format!("model.{field}"),
+            value,
+            expected,
+        };
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("context", self.context),
+            ("layers", self.layers),
+            ("heads", self.heads),
+            ("embd", self.embd),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "0".into(), "at least 1".into()));
+            }
+            if v > crate::MAX_DIMENSION {
+                return Err(invalid(
+                    field,
+                    v.to_string(),
+                    format!("at most {} (larger than any dimension kiln builds)", crate::MAX_DIMENSION),
+                ));
+            }
         }
         if !self.embd.is_multiple_of(self.heads) {
-            return Err(format!(
-                "embd ({}) must be divisible by heads ({})",
-                self.embd, self.heads
+            return Err(invalid(
+                "embd",
+                self.embd.to_string(),
+                format!("divisible by heads ({})", self.heads),
             ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
+            return Err(invalid("dropout", self.dropout.to_string(), "in [0, 1)".into()));
         }
         if self.layers > crate::MAX_LAYERS {
-            return Err(format!(
-                "layers is {}, at most {} are built",
-                self.layers,
-                crate::MAX_LAYERS
-            ));
-        }
-        let largest = [
-            self.vocab_size,
-            self.context,
-            self.layers,
-            self.heads,
-            self.embd,
-        ];
-        if let Some(v) = largest.iter().find(|&&v| v > crate::MAX_DIMENSION) {
-            return Err(format!(
-                "{v} is larger than any dimension kiln builds ({})",
-                crate::MAX_DIMENSION
+            return Err(invalid(
+                "layers",
+                self.layers.to_string(),
+                format!("at most {} layers are built", crate::MAX_LAYERS),
             ));
         }
         Ok(())

@@ -64,12 +64,12 @@ fn gpt_shapes_are_checked() {
         bias: true,
         tied_head: true,
     };
-    assert!(gpt.validate().unwrap_err().contains("divisible"));
+    assert!(gpt.validate().unwrap_err().to_string().contains("divisible"));
     let deep = GptConfig {
         heads: 4,
         layers: 5000,
         ..gpt.clone()
     };
-    assert!(deep.validate().unwrap_err().contains("layers"));
+    assert!(deep.validate().unwrap_err().to_string().contains("layers"));
     GptConfig { heads: 4, ..gpt }.validate().unwrap();
 }

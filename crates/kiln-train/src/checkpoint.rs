@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
+use crate::{CheckpointError, TrainError};
 pub use kiln_runtime::fs::{remove_stale_temporaries, write_atomic};
 
 const FORMAT: &str = "kiln-checkpoint";
@@ -133,50 +133,60 @@ impl LoadedCheckpoint {
         self.files
             .get(name)
             .map(Vec::as_slice)
-            .ok_or_else(|| TrainError::Checkpoint(format!("{}: has no {name}", self.dir.display())))
+            .ok_or_else(|| {
+                TrainError::checkpoint(
+                    &self.dir,
+                    CheckpointError::Missing {
+                        file: name.to_string(),
+                    },
+                )
+            })
     }
 }
 
 /// Reads and verifies one checkpoint directory.
 pub fn read_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, TrainError> {
-    let bad = |msg: String| TrainError::Checkpoint(format!("{}: {msg}", dir.display()));
+    let bad = |problem: CheckpointError| TrainError::checkpoint(dir, problem);
     let manifest_path = dir.join(MANIFEST);
     let manifest_bytes = fs::read(&manifest_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            bad("no manifest.json: not a kiln checkpoint, or an incomplete one".into())
+            bad(CheckpointError::NoManifest)
         } else {
             io_err(&manifest_path, e)
         }
     })?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| bad(format!("manifest.json is not valid: {e}")))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| bad(CheckpointError::Manifest(e)))?;
     if manifest.format != FORMAT {
-        return Err(bad(format!(
-            "format \"{}\", expected \"{FORMAT}\"",
-            manifest.format
-        )));
+        return Err(bad(CheckpointError::Format {
+            found: manifest.format,
+            expected: FORMAT,
+        }));
     }
     if manifest.version != VERSION {
-        return Err(bad(format!(
-            "checkpoint version {}, this kiln reads version {VERSION}",
-            manifest.version
-        )));
+        return Err(bad(CheckpointError::Version {
+            found: manifest.version,
+            expected: VERSION,
+        }));
     }
     let mut files = BTreeMap::new();
     for (name, entry) in &manifest.files {
         let path = dir.join(name);
-        let bytes = fs::read(&path).map_err(|e| bad(format!("{name}: {e}")))?;
+        let bytes = fs::read(&path).map_err(|source| {
+            bad(CheckpointError::Unreadable {
+                file: name.clone(),
+                source,
+            })
+        })?;
         if bytes.len() as u64 != entry.bytes {
-            return Err(bad(format!(
-                "{name} is {} bytes, the manifest says {}: the file is truncated or was modified",
-                bytes.len(),
-                entry.bytes
-            )));
+            return Err(bad(CheckpointError::Truncated {
+                file: name.clone(),
+                actual: bytes.len() as u64,
+                expected: entry.bytes,
+            }));
         }
         if crc32fast::hash(&bytes) != entry.crc32 {
-            return Err(bad(format!(
-                "{name} fails its checksum: the file is corrupt"
-            )));
+            return Err(bad(CheckpointError::Checksum { file: name.clone() }));
         }
         files.insert(name.clone(), bytes);
     }
@@ -198,28 +208,19 @@ pub fn read_latest(run_or_checkpoint: &Path) -> Result<LoadedCheckpoint, TrainEr
     }
     let checkpoints = run_or_checkpoint.join("checkpoints");
     let latest_path = checkpoints.join("latest");
-    let latest = fs::read_to_string(&latest_path).map_err(|_| {
-        TrainError::Checkpoint(format!(
-            "{}: no checkpoint to resume from (no checkpoints/latest)",
-            run_or_checkpoint.display()
-        ))
-    })?;
+    let latest = fs::read_to_string(&latest_path)
+        .map_err(|_| TrainError::checkpoint(run_or_checkpoint, CheckpointError::NoLatest))?;
     let dir = checkpoints.join(latest.trim());
-    read_checkpoint(&dir).map_err(|e| {
-        let others: Vec<String> = list_checkpoints(&checkpoints)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n != latest.trim())
-            .filter(|n| read_checkpoint(&checkpoints.join(n)).is_ok())
-            .map(|n| checkpoints.join(n).display().to_string())
-            .collect();
-        if others.is_empty() {
-            e
-        } else {
-            TrainError::Checkpoint(format!(
-                "{e}; usable earlier checkpoints: {} (pass one to --resume)",
-                others.join(", ")
-            ))
+    read_checkpoint(&dir).map_err(|mut e| {
+        if let TrainError::Checkpoint { usable, .. } = &mut e {
+            *usable = list_checkpoints(&checkpoints)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n != latest.trim())
+                .map(|n| checkpoints.join(n))
+                .filter(|p| read_checkpoint(p).is_ok())
+                .collect();
         }
+        e
     })
 }

@@ -125,9 +125,9 @@ pub fn score(
                 metrics,
             })
         }
-        _ => Err(TrainError::Invalid(
-            "the data has no target column to score against".into(),
-        )),
+        _ => Err(TrainError::NoTarget {
+            purpose: "score against",
+        }),
     }
 }
 

@@ -12,13 +12,15 @@ use kiln_rng::SplitMix64;
 use kiln_text::{TokenFile, TokenFileMeta};
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
+use crate::{CheckpointError, TrainError};
 use crate::checkpoint::{LoadedCheckpoint, write_checkpoint};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
 use crate::optim::{Optimizer, OptimizerSettings};
 use crate::schedule::LrSchedule;
 use crate::trainer::{Observer, StartInfo, StepRecord, append_jsonl, truncate_metrics};
-use crate::weights::{load_into, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes};
+use crate::weights::{
+    OPTIMIZER_FILE, load_into, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
+};
 
 const BATCH_STREAM: u64 = 0xBA7C;
 const EVAL_STREAM: u64 = 0xE7A1;
@@ -104,8 +106,7 @@ pub fn evaluate_lm(
     for _ in 0..t.eval_batches {
         kiln_models::ops::keep_workers_ready();
         let (x, y) = val
-            .random_batch(&mut rng, b, context, vocab)
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            .random_batch(&mut rng, b, context, vocab)?;
         total += lm_loss(&model, x, y, b, context, &device).into_scalar::<f64>();
     }
     Ok(total / t.eval_batches as f64)
@@ -133,10 +134,10 @@ pub fn train_lm(
     let micro = match t.batch_size {
         kiln_config::BatchSize::Samples(n) => n,
         kiln_config::BatchSize::Full => {
-            return Err(TrainError::Invalid(
-                "trainer.batch_size = \"full\" has no meaning for a language model; give a number"
-                    .into(),
-            ));
+            return Err(TrainError::Setting {
+                key: "trainer.batch_size",
+                reason: "\"full\" has no meaning for a language model; give a number".into(),
+            });
         }
     };
     let context = gpt.context;
@@ -158,11 +159,17 @@ pub fn train_lm(
         Some(ck) => {
             let origin = ck.dir.display().to_string();
             let model = load_into(Gpt::new(gpt, &ad), ck.file("model.safetensors")?, &origin)?;
-            let optimizer =
-                optimizer_from_bytes(settings, ck.file("optimizer.safetensors")?, &device)?;
+            let optimizer = optimizer_from_bytes(settings, ck.file(OPTIMIZER_FILE)?, &device)
+                .map_err(|p| TrainError::checkpoint(&ck.dir, p))?;
             let state: LmState =
                 serde_json::from_slice(ck.file("trainer_state.json")?).map_err(|e| {
-                    TrainError::Checkpoint(format!("{origin}: trainer_state.json: {e}"))
+                    TrainError::checkpoint(
+                        &ck.dir,
+                        CheckpointError::Contents {
+                            file: "trainer_state.json".into(),
+                            detail: e.to_string(),
+                        },
+                    )
                 })?;
             truncate_metrics(&metrics_path, state.step)?;
             (model, optimizer, state, Some(ck.step))
@@ -185,7 +192,7 @@ pub fn train_lm(
             state.step,
             &[
                 ("model.safetensors", model_to_bytes(model)?),
-                ("optimizer.safetensors", optimizer_to_bytes(optimizer)?),
+                (OPTIMIZER_FILE, optimizer_to_bytes(optimizer)?),
                 (
                     "trainer_state.json",
                     serde_json::to_vec_pretty(state).expect("state"),
@@ -202,8 +209,7 @@ pub fn train_lm(
         let mut step_loss = 0.0;
         for _ in 0..t.grad_accum_steps {
             let (x, y) = train
-                .random_batch(&mut seeder, micro, context, gpt.vocab_size)
-                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+                .random_batch(&mut seeder, micro, context, gpt.vocab_size)?;
             let loss =
                 lm_loss(&model, x, y, micro, context, &ad).div_scalar(t.grad_accum_steps as f64);
             let g = loss.backward();

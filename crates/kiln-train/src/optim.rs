@@ -11,7 +11,6 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::{Device, Tensor, TensorData};
 use kiln_config::{OptimizerKind, TrainerConfig};
 
-use crate::TrainError;
 use crate::grads::{ParamGrads, PathStack};
 
 /// Hyper-parameters of the optimizer (the learning rate comes from the schedule each step).
@@ -297,19 +296,18 @@ impl Optimizer {
         steps: u64,
         tensors: Vec<(String, Vec<f32>)>,
         device: &Device,
-    ) -> Result<(), TrainError> {
+    ) -> Result<(), String> {
         const SLOTS: [&str; 5] = ["momentum", "exp_avg", "exp_avg_sq", "square_avg", "sum"];
         self.steps = steps;
         self.state.clear();
         for (key, values) in tensors {
-            let (path, slot) = key.rsplit_once('/').ok_or_else(|| {
-                TrainError::Checkpoint(format!("optimizer tensor \"{key}\" has no slot name"))
-            })?;
-            let slot = SLOTS.iter().find(|s| **s == slot).ok_or_else(|| {
-                TrainError::Checkpoint(format!(
-                    "optimizer tensor \"{key}\": unknown slot \"{slot}\""
-                ))
-            })?;
+            let (path, slot) = key
+                .rsplit_once('/')
+                .ok_or_else(|| format!("optimizer tensor \"{key}\" has no slot name"))?;
+            let slot = SLOTS
+                .iter()
+                .find(|s| **s == slot)
+                .ok_or_else(|| format!("optimizer tensor \"{key}\": unknown slot \"{slot}\""))?;
             let n = values.len();
             let t = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
             self.state

@@ -20,13 +20,15 @@ use kiln_models::{ModelSpec, Network};
 use kiln_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
+use crate::{CheckpointError, TrainError};
 use crate::checkpoint::{LoadedCheckpoint, write_atomic, write_checkpoint};
 use crate::evaluate::{Evaluation, batch_inputs, evaluate};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
 use crate::optim::{Optimizer, OptimizerSettings};
 use crate::schedule::LrSchedule;
-use crate::weights::{model_from_bytes, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes};
+use crate::weights::{
+    OPTIMIZER_FILE, model_from_bytes, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
+};
 
 /// One line of `metrics.jsonl` for an optimizer step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -290,12 +292,12 @@ pub fn train(
     let ad = device.clone().autodiff();
     let train = setup.train;
     let Some(target) = train.y.as_ref() else {
-        return Err(TrainError::Invalid("training rows have no target".into()));
+        return Err(TrainError::NoTarget {
+            purpose: "train on",
+        });
     };
     if train.rows == 0 {
-        return Err(TrainError::Invalid(
-            "no training rows left after cleaning".into(),
-        ));
+        return Err(TrainError::NoTrainingRows);
     }
     let micro = match t.batch_size {
         BatchSize::Full => train.rows.div_ceil(t.grad_accum_steps),
@@ -332,10 +334,17 @@ pub fn train(
             let model =
                 model_from_bytes(setup.spec, ckpt.file("model.safetensors")?, &ad, &origin)?;
             let optimizer =
-                optimizer_from_bytes(settings, ckpt.file("optimizer.safetensors")?, &device)?;
+                optimizer_from_bytes(settings, ckpt.file(OPTIMIZER_FILE)?, &device)
+                    .map_err(|p| TrainError::checkpoint(&ckpt.dir, p))?;
             let state: TrainerState = serde_json::from_slice(ckpt.file("trainer_state.json")?)
                 .map_err(|e| {
-                    TrainError::Checkpoint(format!("{origin}: trainer_state.json: {e}"))
+                    TrainError::checkpoint(
+                        &ckpt.dir,
+                        CheckpointError::Contents {
+                            file: "trainer_state.json".into(),
+                            detail: e.to_string(),
+                        },
+                    )
                 })?;
             let best = match ckpt.files.get("best_model.safetensors") {
                 Some(bytes) => Some(model_from_bytes(setup.spec, bytes, &device, &origin)?),
@@ -362,7 +371,7 @@ pub fn train(
      -> Result<PathBuf, TrainError> {
         let mut files = vec![
             ("model.safetensors", model_to_bytes(model)?),
-            ("optimizer.safetensors", optimizer_to_bytes(optimizer)?),
+            (OPTIMIZER_FILE, optimizer_to_bytes(optimizer)?),
             (
                 "trainer_state.json",
                 serde_json::to_vec_pretty(state).expect("state serializes"),
@@ -453,12 +462,11 @@ pub fn train(
         let validation = match setup.validation {
             Some(v) if v.rows > 0 => {
                 let eval = evaluate(&model, v, setup.preprocessor, &device)?;
-                let value = eval.metric(&t.monitor).ok_or_else(|| {
-                    TrainError::Invalid(format!(
-                        "trainer.monitor = \"{}\" is not defined for this task",
-                        t.monitor
-                    ))
-                })?;
+                let value =
+                    eval.metric(&t.monitor)
+                        .ok_or_else(|| TrainError::UnknownMonitor {
+                            monitor: t.monitor.clone(),
+                        })?;
                 if state.schedule.observe(value) {
                     observer.on_event(&format!(
                         "epoch {}: {} plateaued, learning rate reduced",

@@ -5,9 +5,12 @@ use std::collections::HashMap;
 use burn::prelude::Device;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::TrainError;
+use crate::{CheckpointError, TrainError};
 use crate::optim::{Optimizer, OptimizerSettings};
 pub use kiln_runtime::weights::{load_into, model_from_bytes, model_to_bytes};
+
+/// The optimizer state's file in a checkpoint.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// Serialises optimizer state as safetensors; the step count goes in the metadata.
 pub fn optimizer_to_bytes(optimizer: &Optimizer) -> Result<Vec<u8>, TrainError> {
@@ -32,7 +35,7 @@ pub fn optimizer_to_bytes(optimizer: &Optimizer) -> Result<Vec<u8>, TrainError> 
         ("steps".to_string(), steps.to_string()),
         ("format".to_string(), "kiln-optimizer".to_string()),
     ]);
-    safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::Weights(e.to_string()))
+    Ok(safetensors::serialize(views, Some(meta))?)
 }
 
 /// Restores optimizer state written by [`optimizer_to_bytes`].
@@ -40,8 +43,11 @@ pub fn optimizer_from_bytes(
     settings: OptimizerSettings,
     bytes: &[u8],
     device: &Device,
-) -> Result<Optimizer, TrainError> {
-    let bad = |m: String| TrainError::Checkpoint(format!("optimizer state: {m}"));
+) -> Result<Optimizer, CheckpointError> {
+    let bad = |detail: String| CheckpointError::Contents {
+        file: OPTIMIZER_FILE.to_string(),
+        detail,
+    };
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
     let meta = metadata.metadata().clone().unwrap_or_default();
@@ -65,6 +71,6 @@ pub fn optimizer_from_bytes(
         tensors.push((name, values));
     }
     let mut optimizer = Optimizer::new(settings);
-    optimizer.import(steps, tensors, device)?;
+    optimizer.import(steps, tensors, device).map_err(bad)?;
     Ok(optimizer)
 }

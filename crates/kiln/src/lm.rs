@@ -182,7 +182,7 @@ pub fn train_lm_run(
     };
     let prepare_seconds = prepare_started.elapsed().as_secs_f64();
     let gpt = gpt_config(&config, meta.vocab_size);
-    gpt.validate().map_err(KilnError::Invalid)?;
+    gpt.validate()?;
     let batch = match config.trainer.batch_size {
         kiln_config::BatchSize::Full => 1,
         kiln_config::BatchSize::Samples(n) => n,
