@@ -45,7 +45,10 @@ impl GptConfig {
                 return Err(invalid(
                     field,
                     v.to_string(),
-                    format!("at most {} (larger than any dimension kiln builds)", crate::MAX_DIMENSION),
+                    format!(
+                        "at most {} (larger than any dimension kiln builds)",
+                        crate::MAX_DIMENSION
+                    ),
                 ));
             }
         }
@@ -57,7 +60,11 @@ impl GptConfig {
             ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(invalid("dropout", self.dropout.to_string(), "in [0, 1)".into()));
+            return Err(invalid(
+                "dropout",
+                self.dropout.to_string(),
+                "in [0, 1)".into(),
+            ));
         }
         if self.layers > crate::MAX_LAYERS {
             return Err(invalid(

@@ -64,7 +64,12 @@ fn gpt_shapes_are_checked() {
         bias: true,
         tied_head: true,
     };
-    assert!(gpt.validate().unwrap_err().to_string().contains("divisible"));
+    assert!(
+        gpt.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("divisible")
+    );
     let deep = GptConfig {
         heads: 4,
         layers: 5000,

@@ -130,17 +130,14 @@ pub struct LoadedCheckpoint {
 impl LoadedCheckpoint {
     /// The contents of `name`, or an error naming the checkpoint.
     pub fn file(&self, name: &str) -> Result<&[u8], TrainError> {
-        self.files
-            .get(name)
-            .map(Vec::as_slice)
-            .ok_or_else(|| {
-                TrainError::checkpoint(
-                    &self.dir,
-                    CheckpointError::Missing {
-                        file: name.to_string(),
-                    },
-                )
-            })
+        self.files.get(name).map(Vec::as_slice).ok_or_else(|| {
+            TrainError::checkpoint(
+                &self.dir,
+                CheckpointError::Missing {
+                    file: name.to_string(),
+                },
+            )
+        })
     }
 }
 

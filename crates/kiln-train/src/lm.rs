@@ -12,7 +12,6 @@ use kiln_rng::SplitMix64;
 use kiln_text::{TokenFile, TokenFileMeta};
 use serde::{Deserialize, Serialize};
 
-use crate::{CheckpointError, TrainError};
 use crate::checkpoint::{LoadedCheckpoint, write_checkpoint};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
 use crate::optim::{Optimizer, OptimizerSettings};
@@ -21,6 +20,7 @@ use crate::trainer::{Observer, StartInfo, StepRecord, append_jsonl, truncate_met
 use crate::weights::{
     OPTIMIZER_FILE, load_into, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
 };
+use crate::{CheckpointError, TrainError};
 
 const BATCH_STREAM: u64 = 0xBA7C;
 const EVAL_STREAM: u64 = 0xE7A1;
@@ -105,8 +105,7 @@ pub fn evaluate_lm(
     let mut total = 0.0;
     for _ in 0..t.eval_batches {
         kiln_models::ops::keep_workers_ready();
-        let (x, y) = val
-            .random_batch(&mut rng, b, context, vocab)?;
+        let (x, y) = val.random_batch(&mut rng, b, context, vocab)?;
         total += lm_loss(&model, x, y, b, context, &device).into_scalar::<f64>();
     }
     Ok(total / t.eval_batches as f64)
@@ -208,8 +207,7 @@ pub fn train_lm(
         let mut grads = ParamGrads::default();
         let mut step_loss = 0.0;
         for _ in 0..t.grad_accum_steps {
-            let (x, y) = train
-                .random_batch(&mut seeder, micro, context, gpt.vocab_size)?;
+            let (x, y) = train.random_batch(&mut seeder, micro, context, gpt.vocab_size)?;
             let loss =
                 lm_loss(&model, x, y, micro, context, &ad).div_scalar(t.grad_accum_steps as f64);
             let g = loss.backward();

@@ -94,12 +94,6 @@ impl ModuleMapper for Update<'_> {
     }
 }
 
-/// Whether `t` is an f32 tensor in host memory (Burn's Flex CPU backend), where kiln's fused
-/// host kernels apply.
-fn on_host(t: &Tensor<1>) -> bool {
-    t.dtype() == burn::tensor::DType::F32 && kiln_models::ops::on_flex(&t.device())
-}
-
 impl Optimizer {
     /// A fresh optimizer.
     pub fn new(settings: OptimizerSettings) -> Self {
@@ -137,6 +131,15 @@ impl Optimizer {
             .unwrap_or_else(|| like.zeros_like())
     }
 
+    /// A slot's state, taken out of the optimizer (zeros before the first step), so that a
+    /// fused update can reuse its buffer.
+    fn take(&mut self, path: &str, name: &'static str, like: &Tensor<1>) -> Tensor<1> {
+        self.state
+            .get_mut(path)
+            .and_then(|s| s.remove(name))
+            .unwrap_or_else(|| like.zeros_like())
+    }
+
     fn store(&mut self, path: &str, name: &'static str, value: Tensor<1>) {
         self.state
             .entry(path.to_string())
@@ -149,10 +152,7 @@ impl Optimizer {
         let t = self.steps as i32;
         let decoupled = s.kind == OptimizerKind::Adamw;
         let adam = matches!(s.kind, OptimizerKind::Adam | OptimizerKind::Adamw);
-        if adam && self.host_kernels && on_host(&p) {
-            return self.adam_on_host(path, p, g, lr);
-        }
-        if s.weight_decay > 0.0 && !decoupled {
+        if s.weight_decay > 0.0 && !decoupled && !adam {
             g = g + p.clone().mul_scalar(s.weight_decay);
         }
         match s.kind {
@@ -177,21 +177,21 @@ impl Optimizer {
                 p - g.mul_scalar(lr)
             }
             OptimizerKind::Adam | OptimizerKind::Adamw => {
-                let p = if decoupled && s.weight_decay > 0.0 {
-                    p.mul_scalar(1.0 - lr * s.weight_decay)
-                } else {
-                    p
+                let m = self.take(path, "exp_avg", &g);
+                let v = self.take(path, "exp_avg_sq", &g);
+                let step = kiln_models::ops::AdamStep {
+                    lr,
+                    beta1: s.beta1,
+                    beta2: s.beta2,
+                    eps: s.eps,
+                    weight_decay: s.weight_decay,
+                    decoupled,
+                    step: t,
                 };
-                let m = self.slot(path, "exp_avg", &g).mul_scalar(s.beta1)
-                    + g.clone().mul_scalar(1.0 - s.beta1);
-                let v = self.slot(path, "exp_avg_sq", &g).mul_scalar(s.beta2)
-                    + g.clone().powi_scalar(2).mul_scalar(1.0 - s.beta2);
-                self.store(path, "exp_avg", m.clone());
-                self.store(path, "exp_avg_sq", v.clone());
-                let bc1 = 1.0 - s.beta1.powi(t);
-                let bc2 = 1.0 - s.beta2.powi(t);
-                let denom = v.div_scalar(bc2).sqrt().add_scalar(s.eps);
-                p - m.div(denom).mul_scalar(lr / bc1)
+                let (p, m, v) = kiln_models::ops::adam_update(p, g, m, v, &step, self.host_kernels);
+                self.store(path, "exp_avg", m);
+                self.store(path, "exp_avg_sq", v);
+                p
             }
             OptimizerKind::Rmsprop => {
                 let v = self.slot(path, "square_avg", &g).mul_scalar(s.alpha)
@@ -218,55 +218,6 @@ impl Optimizer {
     /// (same f32 operations in the same order, so the same bits), without its dozen
     /// intermediate tensors per parameter. Parameters, gradients and moments are taken out of
     /// their tensors without a copy when nothing else holds them.
-    fn adam_on_host(&mut self, path: &str, p: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
-        let s = self.settings;
-        let t = self.steps as i32;
-        let device = p.device();
-        let n = p.dims()[0];
-        let mut p = p.into_data();
-        let g = g.into_data();
-        let mut slot = |name: &'static str| {
-            self.state
-                .get_mut(path)
-                .and_then(|slots| slots.remove(name))
-                .map(|t| t.into_data())
-                .unwrap_or_else(|| TensorData::new(vec![0.0f32; n], [n]))
-        };
-        let (mut m, mut v) = (slot("exp_avg"), slot("exp_avg_sq"));
-        {
-            let (pv, gv) = (
-                p.as_mut_slice::<f32>().expect("f32 parameter"),
-                g.as_slice::<f32>().expect("f32 gradient"),
-            );
-            let (mv, vv) = (
-                m.as_mut_slice::<f32>().expect("f32 state"),
-                v.as_mut_slice::<f32>().expect("f32 state"),
-            );
-            // Scalars as the tensor path's `*_scalar` ops see them (f64 -> f32).
-            let decoupled = s.kind == OptimizerKind::Adamw && s.weight_decay > 0.0;
-            let coupled = s.kind == OptimizerKind::Adam && s.weight_decay > 0.0;
-            let wd = s.weight_decay as f32;
-            let shrink = (1.0 - lr * s.weight_decay) as f32;
-            let (b1, one_b1) = (s.beta1 as f32, (1.0 - s.beta1) as f32);
-            let (b2, one_b2) = (s.beta2 as f32, (1.0 - s.beta2) as f32);
-            let bc2 = (1.0 - s.beta2.powi(t)) as f32;
-            let step = (lr / (1.0 - s.beta1.powi(t))) as f32;
-            let eps = s.eps as f32;
-            for (((p, &g), m), v) in pv.iter_mut().zip(gv).zip(mv.iter_mut()).zip(vv.iter_mut()) {
-                let g = if coupled { g + *p * wd } else { g };
-                if decoupled {
-                    *p *= shrink;
-                }
-                *m = *m * b1 + g * one_b1;
-                *v = *v * b2 + (g * g) * one_b2;
-                *p -= *m / ((*v / bc2).sqrt() + eps) * step;
-            }
-        }
-        self.store(path, "exp_avg", Tensor::from_data(m, &device));
-        self.store(path, "exp_avg_sq", Tensor::from_data(v, &device));
-        Tensor::from_data(p, &device)
-    }
-
     /// Use fused host-memory updates where the tensors live in host memory (on by default);
     /// off, every optimizer runs as Burn tensor ops, as it would on an accelerator.
     pub fn set_host_kernels(&mut self, on: bool) {

@@ -20,7 +20,6 @@ use kiln_models::{ModelSpec, Network};
 use kiln_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
-use crate::{CheckpointError, TrainError};
 use crate::checkpoint::{LoadedCheckpoint, write_atomic, write_checkpoint};
 use crate::evaluate::{Evaluation, batch_inputs, evaluate};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
@@ -29,6 +28,7 @@ use crate::schedule::LrSchedule;
 use crate::weights::{
     OPTIMIZER_FILE, model_from_bytes, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
 };
+use crate::{CheckpointError, TrainError};
 
 /// One line of `metrics.jsonl` for an optimizer step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,9 +333,8 @@ pub fn train(
             let origin = ckpt.dir.display().to_string();
             let model =
                 model_from_bytes(setup.spec, ckpt.file("model.safetensors")?, &ad, &origin)?;
-            let optimizer =
-                optimizer_from_bytes(settings, ckpt.file(OPTIMIZER_FILE)?, &device)
-                    .map_err(|p| TrainError::checkpoint(&ckpt.dir, p))?;
+            let optimizer = optimizer_from_bytes(settings, ckpt.file(OPTIMIZER_FILE)?, &device)
+                .map_err(|p| TrainError::checkpoint(&ckpt.dir, p))?;
             let state: TrainerState = serde_json::from_slice(ckpt.file("trainer_state.json")?)
                 .map_err(|e| {
                     TrainError::checkpoint(
@@ -462,11 +461,11 @@ pub fn train(
         let validation = match setup.validation {
             Some(v) if v.rows > 0 => {
                 let eval = evaluate(&model, v, setup.preprocessor, &device)?;
-                let value =
-                    eval.metric(&t.monitor)
-                        .ok_or_else(|| TrainError::UnknownMonitor {
-                            monitor: t.monitor.clone(),
-                        })?;
+                let value = eval
+                    .metric(&t.monitor)
+                    .ok_or_else(|| TrainError::UnknownMonitor {
+                        monitor: t.monitor.clone(),
+                    })?;
                 if state.schedule.observe(value) {
                     observer.on_event(&format!(
                         "epoch {}: {} plateaued, learning rate reduced",

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use burn::prelude::Device;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::{CheckpointError, TrainError};
 use crate::optim::{Optimizer, OptimizerSettings};
+use crate::{CheckpointError, TrainError};
 pub use kiln_runtime::weights::{load_into, model_from_bytes, model_to_bytes};
 
 /// The optimizer state's file in a checkpoint.

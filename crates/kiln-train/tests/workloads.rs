@@ -119,3 +119,33 @@ fn gpt_forward_gives_the_recorded_logits() {
         );
     }
 }
+
+/// Recorded when kiln's fused dropout and padded attention landed (session 9), equal on the
+/// fused and the generic path (`kiln-models/tests/fused_vs_generic.rs`): W2 with dropout 0.1.
+const W2D_LOSSES: [f64; 4] = [
+    4.228144645690918,
+    4.240384101867676,
+    4.205509185791016,
+    4.219700336456299,
+];
+
+/// Recorded as [`W2D_LOSSES`]: W4, the padded text classifier with dropout 0.1.
+const W4_LOSSES: [f64; 3] = [0.6609154939651489, 0.801120400428772, 0.7553094029426575];
+
+#[test]
+fn gpt_with_dropout_steps_give_the_recorded_losses() {
+    let _serial = serial();
+    let cfg = kiln_models::GptConfig {
+        dropout: 0.1,
+        ..gpt_config()
+    };
+    let run = gpt_steps(&cfg, 4, 0, 4, &Device::default());
+    assert_close("W2D (batch 4)", &run.losses, &W2D_LOSSES, 1e-4);
+}
+
+#[test]
+fn padded_text_classifier_steps_give_the_recorded_losses() {
+    let _serial = serial();
+    let run = workloads::text_classifier_steps(0, 3, &Device::default());
+    assert_close("W4", &run.losses, &W4_LOSSES, 1e-4);
+}
