@@ -21,18 +21,23 @@ use burn::prelude::{Tensor, TensorData};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 mod adam;
 mod attention;
 mod conv;
 mod dropout;
+mod gemm;
 mod norm;
 mod pool;
+mod threads;
 
 pub use adam::AdamStep;
 pub use attention::{AttentionSpec, MASKED_SCORE};
 pub use dropout::{DropoutMask, dropout_scales};
+pub use threads::{blocktime, in_thread_pool, keep_workers_ready};
+
+use gemm::gemm_into;
 
 /// Elements per rayon task: large enough that scheduling is noise.
 const CHUNK: usize = 1 << 15;
@@ -666,189 +671,6 @@ impl KilnOps for Flex {
     }
 }
 
-/// `dst [m, n] = lhs [m, k] @ rhs [k, n]` with element strides `(row, column)` for each
-/// operand, through the gemm crate (what Flex's matmul uses), into a fresh buffer that is
-/// never zero-filled (gemm writes every element).
-///
-/// A large product is cut into one block of rows (or of columns, when the output is wider
-/// than tall) per rayon thread, each a single-threaded gemm call: on the W2 shapes
-/// (`k` = 256) that ran 10-20% faster than gemm's own rayon split, which synchronises its
-/// threads per cache block.
-#[allow(clippy::too_many_arguments)]
-fn gemm_into(
-    m: usize,
-    k: usize,
-    n: usize,
-    lhs: &[f32],
-    lhs_strides: (isize, isize),
-    rhs: &[f32],
-    rhs_strides: (isize, isize),
-) -> Vec<f32> {
-    check_operand("lhs", lhs.len(), [m, k], lhs_strides);
-    check_operand("rhs", rhs.len(), [k, n], rhs_strides);
-    let len = m * n;
-    let mut dst = Vec::<f32>::with_capacity(len);
-    if len == 0 || k == 0 {
-        dst.resize(len, 0.0);
-        return dst;
-    }
-    let threads = rayon::current_num_threads().max(1);
-    let base = SharedDst(dst.as_mut_ptr());
-    let (rows_split, parts) = if threads > 1 && m * n * k >= 192 * 192 * 192 {
-        (m >= n, threads)
-    } else {
-        (true, 1)
-    };
-    let extent = if rows_split { m } else { n };
-    // Blocks of whole 16-element tiles where the extent allows it.
-    let per = extent.div_ceil(parts).next_multiple_of(16).min(extent);
-    let blocks = extent.div_ceil(per);
-    (0..blocks).into_par_iter().for_each(|i| {
-        let start = i * per;
-        let size = per.min(extent - start);
-        let (mnk, dst_at, lhs_at, rhs_at) = if rows_split {
-            ([size, k, n], start * n, start as isize * lhs_strides.0, 0)
-        } else {
-            ([m, k, size], start, 0, start as isize * rhs_strides.1)
-        };
-        // SAFETY: each block writes its own rows (or columns) of `dst`, which has room for
-        // `m * n` elements; the operand offsets address the block's first row of `lhs` (or
-        // column of `rhs`), inside the operands the caller passed.
-        unsafe {
-            gemm_strided(
-                mnk,
-                base.ptr().add(dst_at),
-                n as isize,
-                false,
-                lhs.as_ptr().offset(lhs_at),
-                lhs_strides,
-                rhs.as_ptr().offset(rhs_at),
-                rhs_strides,
-                gemm::Parallelism::None,
-            );
-        }
-    });
-    // SAFETY: the blocks above cover all `m * n` elements, each written by gemm (alpha 0).
-    unsafe { dst.set_len(len) };
-    dst
-}
-
-/// Panics unless a `[rows, cols]` operand with element strides `(row, column)` lies inside a
-/// slice of `len` values. A release-mode check: the gemm crate reads raw pointers, so a
-/// mismatched shape (say a weight wider than its input) would otherwise read past the end.
-fn check_operand(what: &str, len: usize, [rows, cols]: [usize; 2], (rs, cs): (isize, isize)) {
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    assert!(
-        rs >= 0 && cs >= 0,
-        "gemm {what}: negative strides ({rs}, {cs})"
-    );
-    let last = (rows - 1).checked_mul(rs as usize).and_then(|r| {
-        (cols - 1)
-            .checked_mul(cs as usize)
-            .and_then(|c| r.checked_add(c))
-    });
-    assert!(
-        last.is_some_and(|last| last < len),
-        "gemm {what}: a [{rows}, {cols}] operand with strides ({rs}, {cs}) does not fit in {len} values"
-    );
-}
-
-/// A destination pointer shared by tasks that write disjoint blocks (of rows, columns or
-/// heads).
-#[derive(Clone, Copy)]
-struct SharedDst(*mut f32);
-// SAFETY: every task writes its own block only.
-unsafe impl Send for SharedDst {}
-unsafe impl Sync for SharedDst {}
-
-impl SharedDst {
-    /// The pointer (a method, so closures capture the `Sync` wrapper, not the field).
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// `dst [m, n] (= or, with `accumulate`, +=) lhs [m, k] @ rhs [k, n]`, `dst` row-major and
-/// the operands with element strides `(row, column)`, through the gemm crate.
-///
-/// # Safety
-/// `lhs` and `rhs` must hold every element their strides reach; `dst` must be valid for
-/// `m * n` writes, and initialised when `accumulate` (otherwise gemm never reads it: alpha 0,
-/// read_dst false).
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(
-    mnk: [usize; 3],
-    dst: *mut f32,
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_strides: (isize, isize),
-    rhs: &[f32],
-    rhs_strides: (isize, isize),
-    parallelism: gemm::Parallelism,
-) {
-    let [m, k, n] = mnk;
-    check_operand("lhs", lhs.len(), [m, k], lhs_strides);
-    check_operand("rhs", rhs.len(), [k, n], rhs_strides);
-    // SAFETY: the caller's contract for `dst`; the operands were checked above.
-    unsafe {
-        gemm_strided(
-            mnk,
-            dst,
-            mnk[2] as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_strides,
-            rhs.as_ptr(),
-            rhs_strides,
-            parallelism,
-        )
-    }
-}
-
-/// [`gemm_raw`] with `dst`'s row stride given (its column stride is 1) and raw operands.
-///
-/// # Safety
-/// As [`gemm_raw`], with `dst` rows `dst_rs` elements apart.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_strided(
-    [m, k, n]: [usize; 3],
-    dst: *mut f32,
-    dst_rs: isize,
-    accumulate: bool,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (isize, isize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (isize, isize),
-    parallelism: gemm::Parallelism,
-) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs,
-            accumulate,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
 /// A differentiable op of [`KilnOps`] on an input and a parameter: which one, with its
 /// settings.
 #[derive(Debug, Clone, Copy)]
@@ -1462,141 +1284,6 @@ fn fused_switch() -> &'static AtomicBool {
             std::env::var("KILN_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("generic"));
         AtomicBool::new(!generic)
     })
-}
-
-/// Runs `work` on one of rayon's worker threads and waits for it (sleeping), with the pool's
-/// other workers kept ready: a compute section. kiln's host kernels and Flex's ops called from
-/// there split their work with the pool's other threads instead of being handed to the pool by
-/// an extra thread: called from outside, the caller's serial work (autodiff bookkeeping, small
-/// ops) runs while the workers that just finished a parallel op still spin for more, three busy
-/// threads on two cores.
-///
-/// While `work` runs, the pool's other workers spin and take each parallel op's share as soon
-/// as it is pushed, as OpenMP's active wait policy does for PyTorch and ONNX Runtime; a worker
-/// that found nothing to do between two ops would otherwise fall asleep, and waking it costs a
-/// futex call and a context switch per op. The wait is bounded, like OpenMP's blocktime: a
-/// worker idle for [`blocktime`] (200 µs unless `KILN_BLOCKTIME_US` says otherwise) parks in
-/// rayon's sleep, so a long serial stretch (loading a CSV, training a tokenizer) or an idle
-/// server burns no CPU. A nested call (one step of a training loop inside a command that is
-/// already a section) costs one atomic load when the workers are spinning and wakes the parked
-/// ones otherwise. `KILN_WAIT_POLICY=passive` lets idle workers sleep at once.
-pub fn in_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        keep_workers_ready();
-        return work();
-    }
-    if passive_wait() {
-        return rayon::scope(|_| work());
-    }
-    let done = AtomicBool::new(false);
-    rayon::scope(|scope| {
-        let owner = rayon::current_thread_index();
-        for _ in 0..rayon::current_num_threads().saturating_sub(1) {
-            let done = &done;
-            let spinning = Spinning::reserve();
-            scope.spawn(move |_| keep_worker_ready(spinning, owner, done));
-        }
-        // Set on unwinding too, or the scope would wait for the spinners forever.
-        let _done = SetOnDrop(&done);
-        work()
-    })
-}
-
-/// Wakes the pool's parked workers, if any, to spin for the parallel ops that follow (until
-/// they find nothing for [`blocktime`]): the top of each iteration of a compute loop (a
-/// training step, a batch) inside a command that runs [`in_thread_pool`], after a serial
-/// stretch may have parked them. One atomic load when every worker is spinning already; does
-/// nothing off the pool's threads.
-pub fn keep_workers_ready() {
-    let Some(owner) = rayon::current_thread_index() else {
-        return;
-    };
-    if passive_wait() {
-        return;
-    }
-    static NEVER: AtomicBool = AtomicBool::new(false);
-    let others = rayon::current_num_threads().saturating_sub(1);
-    while SPINNING.load(Ordering::Relaxed) < others {
-        let spinning = Spinning::reserve();
-        rayon::spawn(move || keep_worker_ready(spinning, Some(owner), &NEVER));
-    }
-}
-
-/// How long a worker kept ready by [`in_thread_pool`] spins without work before it parks:
-/// `KILN_BLOCKTIME_US` microseconds, 200 by default.
-pub fn blocktime() -> std::time::Duration {
-    static BLOCKTIME: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *BLOCKTIME.get_or_init(|| {
-        let micros = std::env::var("KILN_BLOCKTIME_US")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(200);
-        std::time::Duration::from_micros(micros)
-    })
-}
-
-/// Spinners spawned by [`in_thread_pool`] or [`keep_workers_ready`] that have not returned.
-static SPINNING: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether `KILN_WAIT_POLICY` asks idle workers to sleep (`passive`; the default is `active`).
-fn passive_wait() -> bool {
-    static PASSIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PASSIVE.get_or_init(|| {
-        std::env::var("KILN_WAIT_POLICY").is_ok_and(|v| v.eq_ignore_ascii_case("passive"))
-    })
-}
-
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
-}
-
-/// One spinner counted in [`SPINNING`] from its spawn to its return.
-struct Spinning;
-
-impl Spinning {
-    fn reserve() -> Self {
-        SPINNING.fetch_add(1, Ordering::Relaxed);
-        Spinning
-    }
-}
-
-impl Drop for Spinning {
-    fn drop(&mut self) {
-        SPINNING.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Runs the pool's pending jobs as they come until `done`, spinning (and yielding the core
-/// to other threads now and then) in between, and returns to rayon (which parks the worker)
-/// once nothing came for [`blocktime`]. Returns at once on the thread that runs the work
-/// itself (`owner`), which would otherwise wait on itself.
-fn keep_worker_ready(_spinning: Spinning, owner: Option<usize>, done: &AtomicBool) {
-    if rayon::current_thread_index() == owner || done.load(Ordering::Acquire) {
-        return;
-    }
-    let blocktime = blocktime();
-    let mut idle_since = std::time::Instant::now();
-    let mut idle = 0u32;
-    while !done.load(Ordering::Acquire) {
-        if let Some(rayon::Yield::Executed) = rayon::yield_now() {
-            idle = 0;
-            idle_since = std::time::Instant::now();
-            continue;
-        }
-        idle = idle.wrapping_add(1);
-        if idle.is_multiple_of(64) {
-            if idle_since.elapsed() >= blocktime {
-                return;
-            }
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
 }
 
 /// Whether `device` is Flex's (with or without autodiff): where kiln's host kernels and

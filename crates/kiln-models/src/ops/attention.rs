@@ -15,8 +15,8 @@ use burn::prelude::TensorData;
 use burn::tensor::{Shape, Slice};
 use rayon::prelude::*;
 
-use super::SharedDst as Shared;
 use super::dropout::{DropoutMask, dropout_scales};
+use super::gemm::SharedDst as Shared;
 
 /// Score of a padding key in the Burn-ops form: finite, so a row whose keys are all padding
 /// attends uniformly over its allowed keys instead of producing NaN. The fused kernels give

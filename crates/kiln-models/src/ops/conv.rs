@@ -210,7 +210,7 @@ fn gemm(
     }
 }
 
-/// [`super::gemm_raw`] into `m * n` possibly uninitialised elements at `dst`, across threads
+/// [`super::gemm::gemm_raw`] into `m * n` possibly uninitialised elements at `dst`, across threads
 /// only when `parallel` and the product is large.
 ///
 /// # Safety
@@ -236,7 +236,7 @@ unsafe fn gemm_raw(
     };
     // SAFETY: the caller's contract, passed on.
     unsafe {
-        super::gemm_raw(
+        super::gemm::gemm_raw(
             mnk,
             dst,
             accumulate,

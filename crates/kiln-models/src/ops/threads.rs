@@ -1,0 +1,139 @@
+//! Where kiln's compute runs: on rayon's workers, kept spinning between parallel ops inside a
+//! compute section for a bounded time (OpenMP's blocktime), then parked.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Runs `work` on one of rayon's worker threads and waits for it (sleeping), with the pool's
+/// other workers kept ready: a compute section. kiln's host kernels and Flex's ops called from
+/// there split their work with the pool's other threads instead of being handed to the pool by
+/// an extra thread: called from outside, the caller's serial work (autodiff bookkeeping, small
+/// ops) runs while the workers that just finished a parallel op still spin for more, three busy
+/// threads on two cores.
+///
+/// While `work` runs, the pool's other workers spin and take each parallel op's share as soon
+/// as it is pushed, as OpenMP's active wait policy does for PyTorch and ONNX Runtime; a worker
+/// that found nothing to do between two ops would otherwise fall asleep, and waking it costs a
+/// futex call and a context switch per op. The wait is bounded, like OpenMP's blocktime: a
+/// worker idle for [`blocktime`] (200 µs unless `KILN_BLOCKTIME_US` says otherwise) parks in
+/// rayon's sleep, so a long serial stretch (loading a CSV, training a tokenizer) or an idle
+/// server burns no CPU. A nested call (one step of a training loop inside a command that is
+/// already a section) costs one atomic load when the workers are spinning and wakes the parked
+/// ones otherwise. `KILN_WAIT_POLICY=passive` lets idle workers sleep at once.
+pub fn in_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        keep_workers_ready();
+        return work();
+    }
+    if passive_wait() {
+        return rayon::scope(|_| work());
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|scope| {
+        let owner = rayon::current_thread_index();
+        for _ in 0..rayon::current_num_threads().saturating_sub(1) {
+            let done = &done;
+            let spinning = Spinning::reserve();
+            scope.spawn(move |_| keep_worker_ready(spinning, owner, done));
+        }
+        // Set on unwinding too, or the scope would wait for the spinners forever.
+        let _done = SetOnDrop(&done);
+        work()
+    })
+}
+
+/// Wakes the pool's parked workers, if any, to spin for the parallel ops that follow (until
+/// they find nothing for [`blocktime`]): the top of each iteration of a compute loop (a
+/// training step, a batch) inside a command that runs [`in_thread_pool`], after a serial
+/// stretch may have parked them. One atomic load when every worker is spinning already; does
+/// nothing off the pool's threads.
+pub fn keep_workers_ready() {
+    let Some(owner) = rayon::current_thread_index() else {
+        return;
+    };
+    if passive_wait() {
+        return;
+    }
+    static NEVER: AtomicBool = AtomicBool::new(false);
+    let others = rayon::current_num_threads().saturating_sub(1);
+    while SPINNING.load(Ordering::Relaxed) < others {
+        let spinning = Spinning::reserve();
+        rayon::spawn(move || keep_worker_ready(spinning, Some(owner), &NEVER));
+    }
+}
+
+/// How long a worker kept ready by [`in_thread_pool`] spins without work before it parks:
+/// `KILN_BLOCKTIME_US` microseconds, 200 by default.
+pub fn blocktime() -> std::time::Duration {
+    static BLOCKTIME: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *BLOCKTIME.get_or_init(|| {
+        let micros = std::env::var("KILN_BLOCKTIME_US")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(200);
+        std::time::Duration::from_micros(micros)
+    })
+}
+
+/// Spinners spawned by [`in_thread_pool`] or [`keep_workers_ready`] that have not returned.
+static SPINNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether `KILN_WAIT_POLICY` asks idle workers to sleep (`passive`; the default is `active`).
+fn passive_wait() -> bool {
+    static PASSIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PASSIVE.get_or_init(|| {
+        std::env::var("KILN_WAIT_POLICY").is_ok_and(|v| v.eq_ignore_ascii_case("passive"))
+    })
+}
+
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// One spinner counted in [`SPINNING`] from its spawn to its return.
+struct Spinning;
+
+impl Spinning {
+    fn reserve() -> Self {
+        SPINNING.fetch_add(1, Ordering::Relaxed);
+        Spinning
+    }
+}
+
+impl Drop for Spinning {
+    fn drop(&mut self) {
+        SPINNING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the pool's pending jobs as they come until `done`, spinning (and yielding the core
+/// to other threads now and then) in between, and returns to rayon (which parks the worker)
+/// once nothing came for [`blocktime`]. Returns at once on the thread that runs the work
+/// itself (`owner`), which would otherwise wait on itself.
+fn keep_worker_ready(_spinning: Spinning, owner: Option<usize>, done: &AtomicBool) {
+    if rayon::current_thread_index() == owner || done.load(Ordering::Acquire) {
+        return;
+    }
+    let blocktime = blocktime();
+    let mut idle_since = std::time::Instant::now();
+    let mut idle = 0u32;
+    while !done.load(Ordering::Acquire) {
+        if let Some(rayon::Yield::Executed) = rayon::yield_now() {
+            idle = 0;
+            idle_since = std::time::Instant::now();
+            continue;
+        }
+        idle = idle.wrapping_add(1);
+        if idle.is_multiple_of(64) {
+            if idle_since.elapsed() >= blocktime {
+                return;
+            }
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
