@@ -54,3 +54,17 @@ fn kiln_serve_does_not_link_the_trainer() {
         &["kiln-train", "kiln-metrics", "kiln-report"],
     );
 }
+
+#[test]
+fn model_code_compiles_neither_data_loading_nor_tokenizers() {
+    assert_free_of(
+        "kiln-models",
+        "kiln-spec",
+        &["kiln-data", "kiln-text", "csv", "tokenizers", "flate2"],
+    );
+}
+
+#[test]
+fn specs_are_plain_data() {
+    assert_free_of("kiln-spec", "kiln-config", &["burn", "kiln-models"]);
+}
