@@ -76,33 +76,50 @@ fn breast_cancer_binary_classification_reports_f1_and_auc() {
     assert!(run.join("plots/roc_curve.svg").exists());
 }
 
+/// The MLP of `examples/diabetes.toml` against the linear model on the same splits: the mean
+/// held-out R² over three seeds (each its own split and initialisation) must match or beat
+/// the linear model's. Diabetes is close to linear (R² 0.47-0.49 either way in session 9:
+/// MLP 0.558 / 0.431 / 0.473, linear 0.518 / 0.381 / 0.504), so "match" allows 0.02.
 #[test]
-fn diabetes_regression_beats_or_matches_a_linear_baseline() {
+fn diabetes_mlp_matches_or_beats_the_linear_model_over_three_seeds() {
     let dir = tempfile::tempdir().unwrap();
     let config = root().join("examples/diabetes.toml");
-    let mlp = kiln_json(dir.path(), &["train", config.to_str().unwrap(), "--json"]);
-    let linear = kiln_json(
-        dir.path(),
-        &[
-            "train",
-            config.to_str().unwrap(),
-            "--json",
-            "--set",
-            "model.type=linear",
-            "--set",
-            "output.name=diabetes-linear",
-        ],
-    );
-    let (r2_mlp, r2_lin) = (
-        mlp["test"]["r2"].as_f64().unwrap(),
-        linear["test"]["r2"].as_f64().unwrap(),
-    );
-    // Diabetes is close to linear: a linear model gets R2 near 0.45 on held-out rows.
-    assert!(r2_lin > 0.3, "linear baseline R2 {r2_lin}");
-    assert!(r2_mlp > 0.3, "MLP R2 {r2_mlp}");
-    for k in ["rmse", "mae", "r2"] {
-        assert!(mlp["test"][k].is_number(), "regression JSON lacks {k}");
+    let mut mean = [0.0f64; 2];
+    for seed in ["42", "1", "2"] {
+        for (i, model) in ["mlp", "linear"].into_iter().enumerate() {
+            let (seed_setting, type_setting, name_setting) = (
+                format!("seed={seed}"),
+                format!("model.type={model}"),
+                format!("output.name=diabetes-{model}-{seed}"),
+            );
+            let out = kiln_json(
+                dir.path(),
+                &[
+                    "train",
+                    config.to_str().unwrap(),
+                    "--json",
+                    "--set",
+                    &seed_setting,
+                    "--set",
+                    &type_setting,
+                    "--set",
+                    &name_setting,
+                ],
+            );
+            for k in ["rmse", "mae", "r2"] {
+                assert!(out["test"][k].is_number(), "regression JSON lacks {k}");
+            }
+            let r2 = out["test"]["r2"].as_f64().unwrap();
+            println!("diabetes seed {seed} {model}: test R2 {r2:.4}");
+            mean[i] += r2 / 3.0;
+        }
     }
+    let [mlp, linear] = mean;
+    assert!(linear > 0.3, "linear mean R2 {linear}");
+    assert!(
+        mlp >= linear - 0.02,
+        "MLP mean R2 {mlp} falls behind the linear model's {linear}"
+    );
 }
 
 #[test]

@@ -155,30 +155,15 @@ unsafe fn gemm(
     (rhs_rs, rhs_cs): (isize, isize),
     scale: f32,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
     // SAFETY: the caller guarantees the strided regions are in bounds.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs,
-            dst_rs,
+        super::gemm::gemm_call(
+            [m, k, n],
+            (dst, (dst_rs, dst_cs)),
             false,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            0.0,
+            (lhs, (lhs_rs, lhs_cs)),
+            (rhs, (rhs_rs, rhs_cs)),
             scale,
-            false,
-            false,
-            false,
             gemm::Parallelism::None,
         )
     }

@@ -162,12 +162,45 @@ pub(super) unsafe fn gemm_strided(
 ) {
     // SAFETY: the caller's contract.
     unsafe {
+        gemm_call(
+            [m, k, n],
+            (dst, (dst_rs, 1)),
+            accumulate,
+            (lhs, (lhs_rs, lhs_cs)),
+            (rhs, (rhs_rs, rhs_cs)),
+            1.0,
+            parallelism,
+        )
+    }
+}
+
+/// The one call into the gemm crate: `dst = [dst +] scale * lhs [m, k] @ rhs [k, n]`, every
+/// operand with element strides `(row, column)`. Nothing is read or written when the product
+/// is empty.
+///
+/// # Safety
+/// Every element the strides reach must lie inside its allocation; `dst` must be valid for
+/// those writes, and initialised when `accumulate`.
+pub(super) unsafe fn gemm_call(
+    [m, k, n]: [usize; 3],
+    (dst, (dst_rs, dst_cs)): (*mut f32, (isize, isize)),
+    accumulate: bool,
+    (lhs, (lhs_rs, lhs_cs)): (*const f32, (isize, isize)),
+    (rhs, (rhs_rs, rhs_cs)): (*const f32, (isize, isize)),
+    scale: f32,
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
         gemm::gemm(
             m,
             n,
             k,
             dst,
-            1,
+            dst_cs,
             dst_rs,
             accumulate,
             lhs,
@@ -177,7 +210,7 @@ pub(super) unsafe fn gemm_strided(
             rhs_cs,
             rhs_rs,
             if accumulate { 1.0 } else { 0.0 },
-            1.0,
+            scale,
             false,
             false,
             false,
