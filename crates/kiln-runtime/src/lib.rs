@@ -25,9 +25,23 @@ pub enum RuntimeError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Weights do not load.
-    #[error("weights: {0}")]
-    Weights(String),
+    /// Weights do not load (or save).
+    #[error("{origin}: {problem}")]
+    Weights {
+        /// Where the weights came from (a file or checkpoint).
+        origin: String,
+        /// What is wrong with them.
+        #[source]
+        problem: weights::WeightsError,
+    },
+    /// A `model.json` that no network can be built from.
+    #[error("{}: {source}", file.display())]
+    Spec {
+        /// The file.
+        file: std::path::PathBuf,
+        /// The field at fault.
+        source: kiln_models::SpecError,
+    },
     /// A run directory is missing, incomplete or inconsistent.
     #[error("{0}")]
     Run(String),

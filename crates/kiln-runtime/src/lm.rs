@@ -42,11 +42,9 @@ pub fn load_lm(run_dir: &Path) -> Result<(Gpt, TextTokenizer, burn::prelude::Dev
     let device = device_for(&config)?;
     crate::fs::remove_stale_temporaries(run_dir);
     let gpt: GptConfig = run::read_json(&run_dir.join(files::MODEL_SPEC))?;
-    gpt.validate().map_err(|e| {
-        RuntimeError::Invalid(format!(
-            "{}: {e}",
-            run_dir.join(files::MODEL_SPEC).display()
-        ))
+    gpt.validate().map_err(|source| RuntimeError::Spec {
+        file: run_dir.join(files::MODEL_SPEC),
+        source,
     })?;
     let tokenizer =
         TextTokenizer::from_file(&run_dir.join(lm_files::TOKENIZER)).map_err(text_err)?;

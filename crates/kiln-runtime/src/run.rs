@@ -164,8 +164,10 @@ pub fn check_agreement(
     preprocessor
         .validate()
         .map_err(|e| RuntimeError::Run(format!("{}: {e}", file(files::PREPROCESSOR))))?;
-    spec.validate()
-        .map_err(|e| RuntimeError::Run(format!("{}: {e}", file(files::MODEL_SPEC))))?;
+    spec.validate().map_err(|source| RuntimeError::Spec {
+        file: dir.join(files::MODEL_SPEC),
+        source,
+    })?;
     let disagree = |what: &str, pre: String, model: String| {
         RuntimeError::Run(format!(
             "{} and {} disagree on {what}: the preprocessing gives {pre}, the model expects {model}",

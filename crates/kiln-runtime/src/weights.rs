@@ -8,6 +8,42 @@ use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::RuntimeError;
 
+/// Why weights do not load (or save).
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// The bytes are not a safetensors file.
+    #[error("not a valid safetensors file: {0}")]
+    NotSafetensors(#[source] safetensors::SafeTensorError),
+    /// Burn's store could not read or write the module.
+    #[error("{0}")]
+    Store(String),
+    /// Tensors the model has are missing from the file, or have other shapes.
+    #[error("weights do not match model.json (missing: {missing:?}; errors: {errors:?})")]
+    Mismatch {
+        /// Parameter paths the file lacks.
+        missing: Vec<String>,
+        /// Shape or dtype mismatches, one message each.
+        errors: Vec<String>,
+    },
+    /// A tensor holds NaN or an infinity.
+    #[error("tensor \"{tensor}\" holds {value} at index {index}; weights must be finite")]
+    NonFinite {
+        /// The tensor's name.
+        tensor: String,
+        /// The first bad element.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
+}
+
+fn weights_error(origin: &str, problem: WeightsError) -> RuntimeError {
+    RuntimeError::Weights {
+        origin: origin.to_string(),
+        problem,
+    }
+}
+
 /// Serialises a module's weights (including batch-norm running statistics) as safetensors.
 pub fn model_to_bytes<M: Module>(model: &M) -> Result<Vec<u8>, RuntimeError> {
     // One metadata key only: a HashMap of several would serialise in a random order, and the
@@ -15,12 +51,11 @@ pub fn model_to_bytes<M: Module>(model: &M) -> Result<Vec<u8>, RuntimeError> {
     let mut store = SafetensorsStore::from_bytes(None)
         .clear_metadata()
         .metadata("format", "kiln");
+    let failed = |e: String| weights_error("model", WeightsError::Store(e));
     model
         .save_into(&mut store)
-        .map_err(|e| RuntimeError::Weights(e.to_string()))?;
-    store
-        .get_bytes()
-        .map_err(|e| RuntimeError::Weights(e.to_string()))
+        .map_err(|e| failed(e.to_string()))?;
+    store.get_bytes().map_err(|e| failed(e.to_string()))
 }
 
 /// Builds the network of `spec` on `device` and loads `bytes` into it. Every tensor must be
@@ -36,26 +71,23 @@ pub fn model_from_bytes(
 
 /// Loads safetensors `bytes` into `model`; every tensor must be present with the right shape.
 pub fn load_into<M: Module>(mut model: M, bytes: &[u8], origin: &str) -> Result<M, RuntimeError> {
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
-        RuntimeError::Weights(format!("{origin}: not a valid safetensors file: {e}"))
-    })?;
+    let tensors = SafeTensors::deserialize(bytes)
+        .map_err(|e| weights_error(origin, WeightsError::NotSafetensors(e)))?;
     check_finite(&tensors, origin)?;
     let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
         .allow_partial(false)
         .validate(true);
     let result = model
         .load_from(&mut store)
-        .map_err(|e| RuntimeError::Weights(format!("{origin}: {e}")))?;
+        .map_err(|e| weights_error(origin, WeightsError::Store(e.to_string())))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
-        let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
-        return Err(RuntimeError::Weights(format!(
-            "{origin}: weights do not match model.json (missing: {missing:?}; errors: {:?})",
-            result
-                .errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-        )));
+        return Err(weights_error(
+            origin,
+            WeightsError::Mismatch {
+                missing: result.missing.iter().map(|(p, _)| p.clone()).collect(),
+                errors: result.errors.iter().map(|e| e.to_string()).collect(),
+            },
+        ));
     }
     Ok(model)
 }
@@ -73,9 +105,14 @@ fn check_finite(tensors: &SafeTensors<'_>, origin: &str) -> Result<(), RuntimeEr
             .enumerate()
             .find(|(_, v)| !v.is_finite());
         if let Some((index, value)) = bad {
-            return Err(RuntimeError::Weights(format!(
-                "{origin}: tensor \"{name}\" holds {value} at index {index}; weights must be finite"
-            )));
+            return Err(weights_error(
+                origin,
+                WeightsError::NonFinite {
+                    tensor: name.to_string(),
+                    index,
+                    value,
+                },
+            ));
         }
     }
     Ok(())
