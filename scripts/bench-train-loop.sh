@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-find ~/.cargo/registry/src -maxdepth 2 -name 'LICENSE*' -type f -print0 | sort -z \
+find ~/.cargo/registry/src -maxdepth 3 -name 'LICENSE*' -type f -print0 | sort -z \
   | xargs -0 cat | LC_ALL=C tr -cd '\11\12\15\40-\176' > "$work/corpus.txt"
 echo "corpus: $(wc -c < "$work/corpus.txt") bytes" >&2
 cargo build --release -p kiln-cli >&2

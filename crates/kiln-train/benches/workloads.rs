@@ -35,6 +35,21 @@ fn main() {
     kiln_models::ops::in_thread_pool(run_workloads);
 }
 
+/// W2's training loop (batch 16, 3 warm-up and 20 timed steps) for `cfg`: prints the RESULT
+/// line under `name` and returns tokens/s.
+fn gpt_tokens_per_second(name: &str, cfg: &kiln_models::GptConfig, device: &Device) -> f64 {
+    let (batch, timed) = (16, 20);
+    let r = gpt_steps(cfg, batch, 3, timed, device);
+    eprintln!(
+        "{name}: {timed} steps in {:.2} s, last loss {:.4}",
+        r.seconds,
+        r.losses.last().unwrap()
+    );
+    let tokens_per_s = (batch * cfg.context * timed) as f64 / r.seconds;
+    println!("RESULT kiln {name} {tokens_per_s:.1} tokens/s");
+    tokens_per_s
+}
+
 fn run_workloads() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -64,15 +79,7 @@ fn run_workloads() {
         let cfg = gpt_config();
         let params = parameter_count(&kiln_models::Gpt::new(&cfg, &device));
         eprintln!("W2: {params} parameters, tied head");
-        let (batch, timed) = (16, 20);
-        let r = gpt_steps(&cfg, batch, 3, timed, &device);
-        eprintln!(
-            "W2: {timed} steps in {:.2} s, last loss {:.4}",
-            r.seconds,
-            r.losses.last().unwrap()
-        );
-        let tokens_per_s = (batch * cfg.context * timed) as f64 / r.seconds;
-        println!("RESULT kiln W2 {tokens_per_s:.1} tokens/s");
+        let tokens_per_s = gpt_tokens_per_second("W2", &cfg, &device);
         eprintln!(
             "W2: {:.1} model GFLOP/s ({:.2} MFLOP per token)",
             tokens_per_s * gpt_flops_per_token(&cfg, params) / 1e9,
@@ -84,15 +91,7 @@ fn run_workloads() {
             dropout: 0.1,
             ..gpt_config()
         };
-        let (batch, timed) = (16, 20);
-        let r = gpt_steps(&cfg, batch, 3, timed, &device);
-        eprintln!(
-            "W2D: {timed} steps in {:.2} s, last loss {:.4}",
-            r.seconds,
-            r.losses.last().unwrap()
-        );
-        let tokens_per_s = (batch * cfg.context * timed) as f64 / r.seconds;
-        println!("RESULT kiln W2D {tokens_per_s:.1} tokens/s");
+        gpt_tokens_per_second("W2D", &cfg, &device);
     }
     if run("W4") {
         let lengths = text_lengths();

@@ -178,6 +178,19 @@ struct Head {
     row: isize,
 }
 
+impl Head {
+    /// Head `h` of batch row `bi` in `qkv` `[b, t, 3c]` (`d` values per head).
+    fn new(qkv: &[f32], bi: usize, h: usize, (t, c, d): (usize, usize, usize)) -> Self {
+        let base = bi * t * 3 * c + h * d;
+        Head {
+            q: qkv[base..].as_ptr(),
+            k: qkv[base + c..].as_ptr(),
+            v: qkv[base + 2 * c..].as_ptr(),
+            row: (3 * c) as isize,
+        }
+    }
+}
+
 /// The probabilities of one head into `p` `[T, keys]` (row stride `keys`).
 ///
 /// # Safety
@@ -222,6 +235,9 @@ fn dropout_mask(
 pub(super) fn forward(qkv: &[f32], [b, t, c3]: [usize; 3], spec: &AttentionSpec) -> Vec<f32> {
     assert_eq!(qkv.len(), b * t * c3, "attention: qkv length");
     let (c, d) = spec.check(b, t, c3);
+    if b * t == 0 {
+        return Vec::new();
+    }
     let heads = spec.heads;
     let mut y = vec![0.0f32; b * t * c];
     let out = Shared(y.as_mut_ptr());
@@ -230,16 +246,10 @@ pub(super) fn forward(qkv: &[f32], [b, t, c3]: [usize; 3], spec: &AttentionSpec)
         |(p, m), bh| {
             let (bi, h) = (bh / heads, bh % heads);
             let plan = RowPlan::new(spec, bi, t);
-            let base = qkv[bi * t * 3 * c..].as_ptr();
-            // SAFETY: offsets stay inside this batch row's [t, 3c] block and this head's d
-            // columns of y's [t, c] block.
+            let head = Head::new(qkv, bi, h, (t, c, d));
+            // SAFETY: the head's products stay inside this batch row's [t, 3c] block of qkv and
+            // write this head's d columns of y's [t, c] block.
             unsafe {
-                let head = Head {
-                    q: base.add(h * d),
-                    k: base.add(c + h * d),
-                    v: base.add(2 * c + h * d),
-                    row: (3 * c) as isize,
-                };
                 probabilities(&plan, &head, d, p);
                 let n = plan.keys;
                 if let Some(dropout) = spec.dropout {
@@ -278,6 +288,9 @@ pub(super) fn backward(
     assert_eq!(qkv.len(), b * t * c3, "attention backward: qkv length");
     let (c, d) = spec.check(b, t, c3);
     assert_eq!(dy.len(), b * t * c, "attention backward: gradient length");
+    if b * t == 0 {
+        return Vec::new();
+    }
     let heads = spec.heads;
     let scale = 1.0 / (d as f32).sqrt();
     let mut g = vec![0.0f32; b * t * 3 * c];
@@ -288,18 +301,12 @@ pub(super) fn backward(
             let (bi, h) = (bh / heads, bh % heads);
             let plan = RowPlan::new(spec, bi, t);
             let n = plan.keys;
-            let base = qkv[bi * t * 3 * c..].as_ptr();
+            let head = Head::new(qkv, bi, h, (t, c, d));
             let dyb = dy[bi * t * c + h * d..].as_ptr();
             let (yrow, nn) = (c as isize, n as isize);
             // SAFETY: as in `forward`; each head writes its own d columns of the q, k and v
             // blocks of this batch row of g (keys past `n` keep their zero gradient).
             unsafe {
-                let head = Head {
-                    q: base.add(h * d),
-                    k: base.add(c + h * d),
-                    v: base.add(2 * c + h * d),
-                    row: (3 * c) as isize,
-                };
                 let gbase = out.ptr().add(bi * t * 3 * c);
                 let (dq, dk, dv) = (
                     gbase.add(h * d),

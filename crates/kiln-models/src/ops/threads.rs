@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// as it is pushed, as OpenMP's active wait policy does for PyTorch and ONNX Runtime; a worker
 /// that found nothing to do between two ops would otherwise fall asleep, and waking it costs a
 /// futex call and a context switch per op. The wait is bounded, like OpenMP's blocktime: a
-/// worker idle for [`blocktime`] (200 µs unless `KILN_BLOCKTIME_US` says otherwise) parks in
+/// worker idle for [`blocktime`] (1 ms unless `KILN_BLOCKTIME_US` says otherwise) parks in
 /// rayon's sleep, so a long serial stretch (loading a CSV, training a tokenizer) or an idle
 /// server burns no CPU. A nested call (one step of a training loop inside a command that is
 /// already a section) costs one atomic load when the workers are spinning and wakes the parked
@@ -62,14 +62,15 @@ pub fn keep_workers_ready() {
 }
 
 /// How long a worker kept ready by [`in_thread_pool`] spins without work before it parks:
-/// `KILN_BLOCKTIME_US` microseconds, 200 by default.
+/// `KILN_BLOCKTIME_US` microseconds, 1 000 by default: long enough to span a serial optimizer step
+/// between two parallel ops (BENCHMARKS.md, session 9).
 pub fn blocktime() -> std::time::Duration {
     static BLOCKTIME: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
     *BLOCKTIME.get_or_init(|| {
         let micros = std::env::var("KILN_BLOCKTIME_US")
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(200);
+            .unwrap_or(1000);
         std::time::Duration::from_micros(micros)
     })
 }

@@ -156,6 +156,8 @@ pub fn text_classifier_steps(warmup: usize, timed: usize, device: &Device) -> St
         if step == warmup {
             started = Instant::now();
         }
+        // As the trainer does at every step: wake workers a serial stretch parked.
+        kiln_models::ops::keep_workers_ready();
         device.seed(100 + step as u64);
         let out = model.forward(Inputs {
             x: None,
@@ -225,6 +227,8 @@ pub fn classifier_steps(
         if step == warmup {
             started = Instant::now();
         }
+        // As the trainer does at every step: wake workers a serial stretch parked.
+        kiln_models::ops::keep_workers_ready();
         let out = model.forward(Inputs::dense(x.clone()));
         let loss = loss_of(out, &target, &idx, None, &ad);
         let grads = ParamGrads::collect(&model, loss.backward());
@@ -286,6 +290,8 @@ pub fn gpt_steps_in(
         if step == warmup {
             started = Instant::now();
         }
+        // As the trainer does at every step: wake workers a serial stretch parked.
+        kiln_models::ops::keep_workers_ready();
         let tokens: Vec<i64> = (0..b * (t + 1))
             .map(|_| rng.below(cfg.vocab_size) as i64)
             .collect();
@@ -326,6 +332,7 @@ pub fn gpt_forward_latency(
     let mut times = Vec::with_capacity(runs);
     let mut logits = Vec::new();
     for i in 0..warmup + runs {
+        kiln_models::ops::keep_workers_ready();
         let started = Instant::now();
         let out = model.forward(x.clone()).into_data();
         if i >= warmup {
