@@ -100,6 +100,7 @@ fn mean_cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Tensor<1> {
 fn fused_and_generic_paths_agree_on_values_and_gradients() {
     let ad = Device::flex().autodiff();
     attention_op_matches_an_op_by_op_form(&ad);
+    a_row_of_padding_only_attends_uniformly_whatever_its_scores(&ad);
 
     // GPT with dropout everywhere nanoGPT puts it (what a default config trains).
     let gpt = GptConfig {
@@ -312,6 +313,36 @@ fn attention_op_matches_an_op_by_op_form(ad: &Device) {
                     "{what}: gradients differ by {dg} (scale {scale})"
                 );
             }
+        }
+    }
+}
+
+/// Scores far apart (64 and 0 here) in a row whose keys are all padding: every form attends
+/// uniformly, as a masked fill does (adding the mask score instead would keep them apart).
+fn a_row_of_padding_only_attends_uniformly_whatever_its_scores(ad: &Device) {
+    // B = 1, T = 2, one head of width 1 (scale 1): q = k = 8 at position 0, 0 at position 1.
+    let values = vec![8.0f32, 8.0, 3.0, 0.0, 0.0, 5.0];
+    for causal in [false, true] {
+        let spec = AttentionSpec {
+            heads: 1,
+            causal,
+            key_padding: Some(Arc::from(vec![true, true])),
+            dropout: None,
+        };
+        for fused in [true, false] {
+            ops::set_fused_kernels(fused);
+            let qkv = Tensor::<3>::from_data(TensorData::new(values.clone(), [1, 2, 3]), ad);
+            let y = ops::attention(qkv, spec.clone())
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            ops::set_fused_kernels(true);
+            // Query 1 sees keys 0 and 1 either way; query 0 sees only key 0 when causal.
+            let want = [if causal { 3.0 } else { 4.0 }, 4.0];
+            assert!(
+                common::max_diff(&y, &want) < 1e-5,
+                "fused {fused}, causal {causal}: {y:?}, want {want:?}"
+            );
         }
     }
 }

@@ -401,9 +401,11 @@ pub(super) fn backward(
 }
 
 /// Host tensors that spell out `spec` for the Burn-ops form, `[B, 1, T, T]` each (the same for
-/// every head): an additive score bias (0, `-inf` past the causal diagonal, [`MASKED_SCORE`] at
-/// padding) and where scores receive gradient (1) or not (0).
-fn mask_tensors(spec: &AttentionSpec, b: usize, t: usize) -> (TensorData, TensorData) {
+/// every head): which scores are kept (1) or replaced (0), what replaces them (`-inf` past the
+/// causal diagonal, [`MASKED_SCORE`] at padding: a replacement, not an addition, so a row of
+/// padding only is exactly uniform whatever its scores), and where scores receive gradient.
+fn mask_tensors(spec: &AttentionSpec, b: usize, t: usize) -> [TensorData; 3] {
+    let mut keep = vec![1.0f32; b * t * t];
     let mut bias = vec![0.0f32; b * t * t];
     let mut pass = vec![1.0f32; b * t * t];
     for bi in 0..b {
@@ -420,6 +422,9 @@ fn mask_tensors(spec: &AttentionSpec, b: usize, t: usize) -> (TensorData, Tensor
                 } else if padded {
                     bias[row + j] = MASKED_SCORE;
                 }
+                if j >= allowed || padded {
+                    keep[row + j] = 0.0;
+                }
                 if j >= allowed || padded || uniform {
                     pass[row + j] = 0.0;
                 }
@@ -427,7 +432,7 @@ fn mask_tensors(spec: &AttentionSpec, b: usize, t: usize) -> (TensorData, Tensor
         }
     }
     let shape = [b, 1, t, t];
-    (TensorData::new(bias, shape), TensorData::new(pass, shape))
+    [keep, bias, pass].map(|m| TensorData::new(m, shape))
 }
 
 /// The dropout factors of every row, `[B, H, T, T]`.
@@ -485,12 +490,15 @@ fn unfused<B: Backend>(qkv: FloatTensor<B>, spec: &AttentionSpec) -> Unfused<B> 
         split_heads::<B>(&qkv, 2, spec.heads),
     );
     let scale = 1.0 / (d as f32).sqrt();
-    let (bias, pass) = mask_tensors(spec, b, t);
+    let [keep, bias, pass] = mask_tensors(spec, b, t);
     let scores = B::float_mul_scalar(
         B::float_matmul(q.clone(), B::float_swap_dims(k.clone(), 2, 3)),
         scale.into(),
     );
-    let scores = B::float_add(scores, B::float_from_data(bias, &device));
+    let scores = B::float_add(
+        B::float_mul(scores, B::float_from_data(keep, &device)),
+        B::float_from_data(bias, &device),
+    );
     let max = B::float_max_dim(scores.clone(), 3);
     let e = B::float_exp(B::float_sub(scores, max));
     let p = B::float_div(e.clone(), B::float_sum_dim(e, 3));

@@ -478,14 +478,19 @@ pub(super) fn backward(
             .par_chunks_mut(per * g.input_len())
             .enumerate()
             .map(|(t, d)| task(t * per, Some(d)))
-            .reduce_with(sum)
+            // In task order (rayon's reduction would group by how work was stolen).
+            .collect::<Vec<_>>()
+            .into_iter()
+            .reduce(sum)
             .unwrap_or_else(|| vec![0.0; g.channels_out * k]);
         (Some(dx), dw)
     } else {
         let dw = (0..tasks)
             .into_par_iter()
             .map(|t| task(t * per, None))
-            .reduce_with(sum)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .reduce(sum)
             .unwrap_or_else(|| vec![0.0; g.channels_out * k]);
         (None, dw)
     }
@@ -509,7 +514,9 @@ pub(super) fn bias_grad(batch: usize, channels: usize, grad: &[f32]) -> Vec<f32>
             }
             sums
         })
-        .reduce_with(|mut a, b| {
+        .collect::<Vec<_>>()
+        .into_iter()
+        .reduce(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
             a
         })

@@ -120,7 +120,11 @@ pub(super) fn backward(x: &[f32], gamma: &[f32], grad: &[f32], eps: f32) -> (Vec
             backward_rows(x, gamma, grad, eps, dx, &mut dgamma);
             dgamma
         })
-        .reduce_with(|mut a, b| {
+        // Summed in chunk order: rayon's own reduction groups the partial sums by how work
+        // was stolen, so the same input could round differently from run to run.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .reduce(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
             a
         })

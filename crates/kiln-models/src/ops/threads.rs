@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 pub fn in_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         keep_workers_ready();
+        let _owner = SectionOwner::enter();
         return work();
     }
     if passive_wait() {
@@ -37,6 +38,7 @@ pub fn in_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
         }
         // Set on unwinding too, or the scope would wait for the spinners forever.
         let _done = SetOnDrop(&done);
+        let _owner = SectionOwner::enter();
         work()
     })
 }
@@ -55,7 +57,7 @@ pub fn keep_workers_ready() {
     }
     static NEVER: AtomicBool = AtomicBool::new(false);
     let others = rayon::current_num_threads().saturating_sub(1);
-    while SPINNING.load(Ordering::Relaxed) < others {
+    for _ in SPINNING.load(Ordering::Relaxed)..others {
         let spinning = Spinning::reserve();
         rayon::spawn(move || keep_worker_ready(spinning, Some(owner), &NEVER));
     }
@@ -94,6 +96,38 @@ impl Drop for SetOnDrop<'_> {
     }
 }
 
+thread_local! {
+    /// Sections whose work this thread is running (nested calls count too).
+    static SECTION_OWNER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Whether a spinner runs on this thread.
+    static SPINNING_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as running a section's work while it lives.
+struct SectionOwner;
+
+impl SectionOwner {
+    fn enter() -> Self {
+        SECTION_OWNER.with(|depth| depth.set(depth.get() + 1));
+        SectionOwner
+    }
+}
+
+impl Drop for SectionOwner {
+    fn drop(&mut self) {
+        SECTION_OWNER.with(|depth| depth.set(depth.get() - 1));
+    }
+}
+
+/// Clears [`SPINNING_HERE`] when a spinner returns (or unwinds).
+struct SpinningHere;
+
+impl Drop for SpinningHere {
+    fn drop(&mut self) {
+        SPINNING_HERE.with(|here| here.set(false));
+    }
+}
+
 /// One spinner counted in [`SPINNING`] from its spawn to its return.
 struct Spinning;
 
@@ -115,9 +149,17 @@ impl Drop for Spinning {
 /// once nothing came for [`blocktime`]. Returns at once on the thread that runs the work
 /// itself (`owner`), which would otherwise wait on itself.
 fn keep_worker_ready(_spinning: Spinning, owner: Option<usize>, done: &AtomicBool) {
-    if rayon::current_thread_index() == owner || done.load(Ordering::Acquire) {
+    // Not on a thread that runs a section's work (its own or another's: it may be waiting in a
+    // join and picked this job up), and not inside another spinner: either would hold that
+    // thread's work until the spin ends.
+    if rayon::current_thread_index() == owner
+        || done.load(Ordering::Acquire)
+        || SECTION_OWNER.with(|depth| depth.get() > 0)
+        || SPINNING_HERE.with(|here| here.replace(true))
+    {
         return;
     }
+    let _here = SpinningHere;
     let blocktime = blocktime();
     let mut idle_since = std::time::Instant::now();
     let mut idle = 0u32;
