@@ -135,8 +135,8 @@ pub fn text_classifier_steps(warmup: usize, timed: usize, device: &Device) -> St
     let vocab = spec.text.as_ref().expect("text spec").vocab_size;
     let ad = device.clone().autodiff();
     device.seed(5);
-    let mut model = Network::new(&spec, &ad);
-    let mut optimizer = adam(OptimizerKind::Adamw, 0.01);
+    let model = Network::new(&spec, &ad);
+    let optimizer = adam(OptimizerKind::Adamw, 0.01);
     let mut rng = SplitMix64::new(6);
     let lengths = text_lengths();
     let (b, t) = (lengths.len(), *lengths.iter().max().expect("rows"));
@@ -148,8 +148,38 @@ pub fn text_classifier_steps(warmup: usize, timed: usize, device: &Device) -> St
     }
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &ad);
     let labels: Vec<u32> = (0..b).map(|_| rng.below(2) as u32).collect();
+    let inputs = Inputs {
+        x: None,
+        categories: None,
+        tokens: Some(tokens),
+    };
     let target = Target::Classes(labels);
-    let idx: Vec<usize> = (0..b).collect();
+    fixed_batch_steps(
+        (model, optimizer, 1e-4),
+        inputs,
+        &target,
+        (warmup, timed, true),
+        device,
+    )
+}
+
+/// `warmup` then `timed` steps of forward, cross-entropy, backward and an optimizer step with
+/// learning rate `lr` on one fixed batch, the workers woken before each step and, with
+/// `reseed`, the device reseeded (as the trainer does, so dropout draws the same masks in every
+/// run; W1/W3 keep their recorded initialisation, which Burn draws lazily at the first forward).
+fn fixed_batch_steps(
+    (mut model, mut optimizer, lr): (Network, Optimizer, f64),
+    inputs: Inputs,
+    target: &Target,
+    (warmup, timed, reseed): (usize, usize, bool),
+    device: &Device,
+) -> StepRun {
+    let ad = device.clone().autodiff();
+    let batch = match target {
+        Target::Classes(v) => v.len(),
+        Target::Values(v) => v.len(),
+    };
+    let rows: Vec<usize> = (0..batch).collect();
     let mut started = Instant::now();
     let mut losses = Vec::with_capacity(warmup + timed);
     for step in 0..warmup + timed {
@@ -158,16 +188,14 @@ pub fn text_classifier_steps(warmup: usize, timed: usize, device: &Device) -> St
         }
         // As the trainer does at every step: wake workers a serial stretch parked.
         kiln_models::ops::keep_workers_ready();
-        device.seed(100 + step as u64);
-        let out = model.forward(Inputs {
-            x: None,
-            categories: None,
-            tokens: Some(tokens.clone()),
-        });
-        let loss = loss_of(out, &target, &idx, None, &ad);
+        if reseed {
+            device.seed(100 + step as u64);
+        }
+        let out = model.forward(inputs.clone());
+        let loss = loss_of(out, target, &rows, None, &ad);
         let grads = ParamGrads::collect(&model, loss.backward());
         losses.push(loss.into_scalar::<f64>());
-        model = apply_update(model, grads, &mut SingleProcess, 0.0, &mut optimizer, 1e-4)
+        model = apply_update(model, grads, &mut SingleProcess, 0.0, &mut optimizer, lr)
             .expect("single process")
             .0;
     }
@@ -208,8 +236,8 @@ pub fn classifier_steps(
 ) -> StepRun {
     let ad = device.clone().autodiff();
     device.seed(1);
-    let mut model = Network::new(spec, &ad);
-    let mut optimizer = adam(OptimizerKind::Adam, 0.0);
+    let model = Network::new(spec, &ad);
+    let optimizer = adam(OptimizerKind::Adam, 0.0);
     let mut rng = SplitMix64::new(2);
     let x = Tensor::<2>::from_data(
         TensorData::new(
@@ -219,28 +247,13 @@ pub fn classifier_steps(
         &ad,
     );
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(spec.outputs) as u32).collect();
-    let target = Target::Classes(labels);
-    let idx: Vec<usize> = (0..batch).collect();
-    let mut started = Instant::now();
-    let mut losses = Vec::with_capacity(warmup + timed);
-    for step in 0..warmup + timed {
-        if step == warmup {
-            started = Instant::now();
-        }
-        // As the trainer does at every step: wake workers a serial stretch parked.
-        kiln_models::ops::keep_workers_ready();
-        let out = model.forward(Inputs::dense(x.clone()));
-        let loss = loss_of(out, &target, &idx, None, &ad);
-        let grads = ParamGrads::collect(&model, loss.backward());
-        losses.push(loss.into_scalar::<f64>());
-        model = apply_update(model, grads, &mut SingleProcess, 0.0, &mut optimizer, 1e-3)
-            .expect("single process")
-            .0;
-    }
-    StepRun {
-        seconds: started.elapsed().as_secs_f64(),
-        losses,
-    }
+    fixed_batch_steps(
+        (model, optimizer, 1e-3),
+        Inputs::dense(x),
+        &Target::Classes(labels),
+        (warmup, timed, false),
+        device,
+    )
 }
 
 /// Casts every float parameter to a dtype, as a fresh trainable leaf (mixed-precision runs).
