@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # kiln against PyTorch on the shared CPU workloads (../shared/bench/WORKLOADS.md: W1 MLP, W2 GPT,
 # W2D GPT with dropout, W3 CNN, W4 padded text classifier training steps, I1 GPT forward
-# latency), side by side on this machine.
+# latency) and kiln's LV (W2's step over a 4 616-symbol vocabulary: scripts/torch-large-vocab.py
+# runs PyTorch's side), side by side on this machine.
 #
 # Sets up the PyTorch reference venv if missing (torch, numpy, onnx, onnxruntime; ~3 GB), then
 # runs kiln's workload bench and torch_reference.py back to back, alternating, ROUNDS times
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 reference=${TORCH_REFERENCE:-../shared/bench/torch_reference.py}
 venv=${TORCHREF_VENV:-.venv-torchref}
 rounds=${ROUNDS:-3}
-workloads=${WORKLOADS:-W1 W2 W2D W3 W4 I1}
+workloads=${WORKLOADS:-W1 W2 W2D W3 W4 I1 LV}
 [ -f "$reference" ] || { echo "no $reference (the shared PyTorch reference)" >&2; exit 1; }
 if [ ! -x "$venv/bin/python" ]; then
   echo "== setting up the PyTorch reference venv in $venv" >&2
@@ -38,8 +39,12 @@ for round in $(seq "$rounds"); do
     /usr/bin/time -f "%M" -o "$work/rss" "$bench" "$w" > "$work/out" 2>"$work/err" \
       || { cat "$work/err" >&2; echo "kiln's $w bench failed" >&2; exit 1; }
     sed "s/\$/ rss_kib=$(tail -1 "$work/rss")/" "$work/out" >> "$work/results"
-    (cd "$work" && /usr/bin/time -f "%M" -o "$work/rss" "$python" "$reference" \
-        --engines eager,compile,onnx --workloads "$w" > "$work/out" 2>"$work/err") \
+    if [ "$w" = LV ]; then
+      torch_run=("$python" "$(realpath scripts/torch-large-vocab.py)" "$reference" --engines eager,compile)
+    else
+      torch_run=("$python" "$reference" --engines eager,compile,onnx --workloads "$w")
+    fi
+    (cd "$work" && /usr/bin/time -f "%M" -o "$work/rss" "${torch_run[@]}" > "$work/out" 2>"$work/err") \
       || { cat "$work/err" >&2; echo "the PyTorch reference failed on $w" >&2; exit 1; }
     sed "s/\$/ rss_kib=$(tail -1 "$work/rss")/" "$work/out" >> "$work/results"
   done
@@ -80,14 +85,14 @@ engines = ["kiln", "torch-eager", "torch-compile", "onnxruntime"]
 lines = [
     f"Measured {datetime.date.today()} by `scripts/bench-vs-torch.sh` ({rounds} alternating rounds, medians): "
     f"{cpu}, {os.cpu_count()} threads, load average {load_before} before, {load_after} after. "
-    "Ratios: kiln's throughput over the engine's (W1-W4), the engine's latency over kiln's (I1); "
+    "Ratios: kiln's throughput over the engine's (W1-W4, LV), the engine's latency over kiln's (I1); "
     "above 1 means kiln is faster. Peak RSS of the whole process per workload.",
     "",
     "| workload | unit | " + " | ".join(engines) + " | kiln / eager | kiln / compile | kiln / onnxruntime | peak RSS kiln / eager (MiB) |",
     "|---" * (len(engines) + 6) + "|",
 ]
 mm = sorted({w for (_, w) in values if w.startswith("MM")})
-for w in ["W1", "W2", "W2D", "W3", "W4", "I1"] + mm:
+for w in ["W1", "W2", "W2D", "W3", "W4", "I1", "LV"] + mm:
     med = {e: statistics.median(values[(e, w)]) for e in engines if (e, w) in values}
     if "kiln" not in med:
         continue

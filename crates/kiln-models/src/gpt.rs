@@ -6,6 +6,9 @@ use burn::module::Module;
 use burn::nn::{Dropout, Embedding, EmbeddingConfig, LayerNorm, Linear, LinearConfig};
 use burn::prelude::{Device, Int, Tensor};
 
+use std::sync::Arc;
+
+use crate::ops::{HeadLayout, cross_entropy_head};
 use crate::transformer::{AttentionMask, Block, BlockShape, gpt2_init};
 use kiln_spec::GptConfig;
 
@@ -80,7 +83,8 @@ impl Gpt {
         self.context
     }
 
-    fn run(&self, idx: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    /// The final hidden states `[B, T, C]` (after the last LayerNorm) for token ids `[B, T]`.
+    fn hidden(&self, idx: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
         let [b, t] = idx.dims();
         let start = cache.as_ref().map(|c| c.len).unwrap_or(0);
         assert!(
@@ -110,7 +114,12 @@ impl Gpt {
         if let Some(c) = cache {
             c.len += t;
         }
-        let x = crate::ops::layer_norm(&self.ln_f, x);
+        crate::ops::layer_norm(&self.ln_f, x)
+    }
+
+    /// Logits `[B, T, vocab]` of the final hidden states `x` `[B, T, C]`.
+    fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, _, _] = x.dims();
         match &self.head {
             Some(head) => crate::ops::linear(head, x),
             None => {
@@ -127,11 +136,25 @@ impl Gpt {
 
     /// Logits `[B, T, vocab]` for token ids `[B, T]` (T ≤ context).
     pub fn forward(&self, idx: Tensor<2, Int>) -> Tensor<3> {
-        self.run(idx, None)
+        self.logits(self.hidden(idx, None))
     }
 
     /// Logits for the new tokens `[B, T_new]`, using and extending `cache`.
     pub fn forward_cached(&self, idx: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
-        self.run(idx, Some(cache))
+        self.logits(self.hidden(idx, Some(cache)))
+    }
+
+    /// Mean next-token cross-entropy `[1]` of token ids `[B, T]` against `targets` (`B * T`
+    /// token ids, row-major, each below the vocabulary), through the fused head +
+    /// cross-entropy ([`crate::ops::cross_entropy_head`]): the logits are never materialised
+    /// as a tensor.
+    pub fn loss(&self, idx: Tensor<2, Int>, targets: Arc<[u32]>) -> Tensor<1> {
+        let x = self.hidden(idx, None);
+        let [b, t, c] = x.dims();
+        let x = x.reshape([b * t, c]);
+        match &self.head {
+            Some(head) => cross_entropy_head(x, head.weight.val(), HeadLayout::InOut, targets),
+            None => cross_entropy_head(x, self.wte.weight.val(), HeadLayout::OutIn, targets),
+        }
     }
 }

@@ -261,3 +261,60 @@ fn softmax_loop(row: &mut [f32]) {
         *v *= inv;
     }
 }
+
+/// The cross-entropy of `row`'s logits against class `target`, `log Σ exp(v) - v[target]`,
+/// with the widest SIMD the CPU offers; with `keep_grad` the row becomes its gradient,
+/// `softmax(row) - onehot(target)`, otherwise it is left as scratch (unnormalised exponentials).
+pub(crate) fn softmax_cross_entropy(row: &mut [f32], target: usize, keep_grad: bool) -> f32 {
+    let mut loss = 0.0;
+    softmax_cross_entropy_dispatch(row, target, keep_grad, &mut loss);
+    loss
+}
+
+fn softmax_cross_entropy_dispatch(row: &mut [f32], target: usize, keep_grad: bool, loss: &mut f32) {
+    simd_dispatch!(softmax_cross_entropy_loop(
+        row: &mut [f32],
+        target: usize,
+        keep_grad: bool,
+        loss: &mut f32
+    ));
+}
+
+#[inline(always)]
+fn softmax_cross_entropy_loop(row: &mut [f32], target: usize, keep_grad: bool, loss: &mut f32) {
+    const LANES: usize = 16;
+    let picked = row[target];
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (s, v) in lanes.iter_mut().zip(c) {
+            *v = exp_approx(*v - max);
+            *s += *v;
+        }
+    }
+    let mut sum: f32 = lanes.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp_approx(*v - max);
+        sum += *v;
+    }
+    *loss = sum.ln() - (picked - max);
+    if keep_grad {
+        let inv = 1.0 / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+        row[target] -= 1.0;
+    }
+}

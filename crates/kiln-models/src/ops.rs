@@ -21,11 +21,13 @@ use burn::prelude::{Tensor, TensorData};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod adam;
 mod attention;
 mod conv;
+mod cross_entropy;
 mod dropout;
 mod gemm;
 mod norm;
@@ -34,6 +36,7 @@ mod threads;
 
 pub use adam::AdamStep;
 pub use attention::{AttentionSpec, MASKED_SCORE};
+pub use cross_entropy::{CrossEntropySpec, HeadLayout};
 pub use dropout::{DropoutMask, dropout_scales};
 pub use threads::{blocktime, in_thread_pool, keep_workers_ready};
 
@@ -187,6 +190,27 @@ pub trait KilnOps: Backend {
         spec: AttentionSpec,
     ) -> FloatTensor<Self> {
         attention::backward_reference::<Self>(qkv, grad, &spec)
+    }
+
+    /// The mean cross-entropy `[1]` of the logits `x [N, C] @ W` (`W` laid out as
+    /// `spec.layout` says) against `spec.targets`.
+    fn kiln_cross_entropy_head(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        spec: CrossEntropySpec,
+    ) -> FloatTensor<Self> {
+        cross_entropy::forward_reference::<Self>(x, w, &spec, false).0
+    }
+
+    /// [`KilnOps::kiln_cross_entropy_head`] and the logits' gradient of the summed loss,
+    /// `softmax - onehot` `[N, V]`.
+    fn kiln_cross_entropy_head_with_grad(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        spec: CrossEntropySpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (loss, grad) = cross_entropy::forward_reference::<Self>(x, w, &spec, true);
+        (loss, grad.expect("asked for the gradient"))
     }
 }
 
@@ -669,6 +693,55 @@ impl KilnOps for Flex {
         let g = attention::backward(qc.storage::<f32>(), gc.storage::<f32>(), [b, t, c3], &spec);
         FlexTensor::from_data(TensorData::new(g, [b, t, c3]))
     }
+    fn kiln_cross_entropy_head(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        spec: CrossEntropySpec,
+    ) -> FloatTensor<Self> {
+        match cross_entropy_head_flex(&x, &w, &spec, false) {
+            Some((loss, _)) => loss,
+            None => cross_entropy::forward_reference::<Flex>(x, w, &spec, false).0,
+        }
+    }
+
+    fn kiln_cross_entropy_head_with_grad(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        spec: CrossEntropySpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        match cross_entropy_head_flex(&x, &w, &spec, true) {
+            Some((loss, grad)) => (loss, grad.expect("asked for the gradient")),
+            None => {
+                let (loss, grad) = cross_entropy::forward_reference::<Flex>(x, w, &spec, true);
+                (loss, grad.expect("asked for the gradient"))
+            }
+        }
+    }
+}
+
+/// kiln's fused head + cross-entropy on Flex f32 tensors: the mean loss `[1]` and, with
+/// `keep_grad`, the logits' gradient; `None` where the fused kernel does not apply.
+fn cross_entropy_head_flex(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    spec: &CrossEntropySpec,
+    keep_grad: bool,
+) -> Option<(FlexTensor, Option<FlexTensor>)> {
+    let (xc, wc) = (f32_values(x)?, f32_values(w)?);
+    let dims = spec.check(xc.layout().shape(), wc.layout().shape());
+    let [rows, _, vocab] = dims;
+    let (sum, grad) = cross_entropy::forward(
+        xc.storage::<f32>(),
+        wc.storage::<f32>(),
+        dims,
+        spec,
+        keep_grad,
+    );
+    let loss = (sum / rows.max(1) as f64) as f32;
+    Some((
+        FlexTensor::from_data(TensorData::new(vec![loss], [1])),
+        grad.map(|g| FlexTensor::from_data(TensorData::new(g, [rows, vocab]))),
+    ))
 }
 
 /// A differentiable op of [`KilnOps`] on an input and a parameter: which one, with its
@@ -1006,6 +1079,78 @@ impl<B: Backend + KilnOps, C: CheckpointStrategy> KilnOps for Autodiff<B, C> {
             .compute_bound()
             .stateless(y)
     }
+    fn kiln_cross_entropy_head(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        spec: CrossEntropySpec,
+    ) -> FloatTensor<Self> {
+        let op = CrossEntropyBackward {
+            layout: spec.layout,
+            rows: spec.targets.len(),
+        };
+        match op
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, w) = (x.primitive().clone(), w.primitive().clone());
+                let (loss, grad) = B::kiln_cross_entropy_head_with_grad(x.clone(), w.clone(), spec);
+                prep.finish((x, w, grad), loss)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::kiln_cross_entropy_head(
+                x.into_primitive(),
+                w.into_primitive(),
+                spec,
+            )),
+        }
+    }
+}
+
+/// The backward of the head + cross-entropy: the logits' gradient kept from the forward
+/// (`softmax - onehot`), scaled by the loss's gradient over the rows, times the weight for the
+/// input's gradient and times the input for the weight's: two products, through the linear
+/// layer's ops.
+#[derive(Debug)]
+struct CrossEntropyBackward {
+    layout: HeadLayout,
+    rows: usize,
+}
+
+impl<B: Backend + KilnOps> Backward<B, 2> for CrossEntropyBackward {
+    /// The input, the weight and the logits' gradient.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, w, logits_grad) = ops.state;
+        // d mean / d row = grad / rows, broadcast over the smaller operand of each product.
+        let scale = B::float_reshape(
+            B::float_div_scalar(grad, (self.rows.max(1) as f32).into()),
+            Shape::new([1, 1]),
+        );
+        if let Some(node) = node_x {
+            let dx = match self.layout {
+                HeadLayout::InOut => B::kiln_linear_grad_input(logits_grad.clone(), w),
+                HeadLayout::OutIn => B::kiln_linear(logits_grad.clone(), w),
+            };
+            grads.register::<B>(node.id, B::float_mul(dx, scale.clone()));
+        }
+        if let Some(node) = node_w {
+            let x = B::float_mul(x, scale);
+            let dw = match self.layout {
+                HeadLayout::InOut => B::kiln_linear_grad_weight(x, logits_grad),
+                HeadLayout::OutIn => B::kiln_linear_grad_weight(logits_grad, x),
+            };
+            grads.register::<B>(node.id, dw);
+        }
+    }
 }
 
 /// A linear layer `x W + b` through [`KilnOps`]: kiln's gemm calls on Flex (one output
@@ -1231,6 +1376,26 @@ pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
             dropout: None,
         },
     )
+}
+
+/// The mean cross-entropy of an output head's logits `x [N, C] @ W` against `targets` (one per
+/// row, each below the vocabulary), `W` laid out as `layout` says (a `Linear`'s `[C, V]` or a
+/// tied embedding's `[V, C]`), through [`KilnOps`]. On Flex f32 tensors the logits are
+/// computed a cache-sized block of rows at a time and each row turned into its loss and, under
+/// autodiff, its gradient in one pass; the backward is two products. Burn's ops elsewhere.
+pub fn cross_entropy_head(
+    x: Tensor<2>,
+    w: Tensor<2>,
+    layout: HeadLayout,
+    targets: Arc<[u32]>,
+) -> Tensor<1> {
+    let spec = CrossEntropySpec { layout, targets };
+    spec.check(&x.shape(), &w.shape());
+    Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_cross_entropy_head(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        spec,
+    ))
 }
 
 /// One Adam/AdamW step of a flat parameter `p` with gradient `g` and moments `m`, `v`

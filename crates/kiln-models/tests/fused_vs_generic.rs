@@ -126,6 +126,32 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
         loss_and_grads(true, &ad, build, gpt_loss),
         loss_and_grads(false, &ad, build, gpt_loss),
     );
+    // The training loss through the fused head + cross-entropy, untied and tied heads: the
+    // same values and gradients on both paths and as the logits' cross-entropy above.
+    let targets: Arc<[u32]> = tokens.iter().map(|&t| ((t + 1) % 29) as u32).collect();
+    let head_loss = |m: &Gpt| {
+        let x = Tensor::<2, Int>::from_data(TensorData::new(tokens.clone(), [3, 24]), &ad);
+        m.loss(x, targets.clone())
+    };
+    for tied_head in [false, true] {
+        let cfg = GptConfig {
+            tied_head,
+            ..gpt.clone()
+        };
+        let build = |d: &Device| Gpt::new(&cfg, d);
+        let fused = loss_and_grads(true, &ad, build, head_loss);
+        assert_same(
+            &format!("GPT loss, fused head (tied: {tied_head})"),
+            fused.clone(),
+            loss_and_grads(false, &ad, build, head_loss),
+        );
+        assert_same(
+            &format!("GPT loss, fused head against the logits (tied: {tied_head})"),
+            fused,
+            loss_and_grads(false, &ad, build, gpt_loss),
+        );
+    }
+    cross_entropy_head_matches_burns_loss(&ad);
 
     // A text classifier on padded rows (one of them empty), with dropout.
     let text = ModelSpec {
@@ -253,6 +279,89 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
     };
     let d = common::max_diff(&infer(true), &infer(false));
     assert!(d < 1e-5, "text classifier inference differs by {d}");
+}
+
+/// The fused head + cross-entropy against Burn's `CrossEntropyLoss` of `x @ W`, differentiated
+/// by Burn's autodiff: both weight layouts, a vocabulary wide enough for several row blocks
+/// and a partial last block, the loss scaled (so the backward's gradient is not 1), and the
+/// value without autodiff.
+fn cross_entropy_head_matches_burns_loss(ad: &Device) {
+    use kiln_models::ops::HeadLayout;
+    let (rows, width, vocab) = (150, 24, 5000);
+    let xs: Vec<f32> = (0..rows * width)
+        .map(|i| ((i * 31) % 97) as f32 / 24.0 - 2.0)
+        .collect();
+    let ws: Vec<f32> = (0..width * vocab)
+        .map(|i| ((i * 17) % 89) as f32 / 44.0 - 1.0)
+        .collect();
+    let targets: Vec<i64> = (0..rows as i64)
+        .map(|r| (r * 611 + 7) % vocab as i64)
+        .collect();
+    let shared: Arc<[u32]> = targets.iter().map(|&t| t as u32).collect();
+    for layout in [HeadLayout::InOut, HeadLayout::OutIn] {
+        let w_shape = match layout {
+            HeadLayout::InOut => [width, vocab],
+            HeadLayout::OutIn => [vocab, width],
+        };
+        let run = |device: &Device, fused_op: bool| {
+            let leaf = |t: Tensor<2>| {
+                if device.is_autodiff() {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            };
+            let x = leaf(Tensor::from_data(
+                TensorData::new(xs.clone(), [rows, width]),
+                device,
+            ));
+            let w = leaf(Tensor::from_data(
+                TensorData::new(ws.clone(), w_shape),
+                device,
+            ));
+            let loss = if fused_op {
+                ops::cross_entropy_head(x.clone(), w.clone(), layout, shared.clone())
+            } else {
+                let wt = match layout {
+                    HeadLayout::InOut => w.clone(),
+                    HeadLayout::OutIn => w.clone().transpose(),
+                };
+                mean_cross_entropy(x.clone().matmul(wt), &targets)
+            };
+            let value = loss.clone().into_scalar::<f32>();
+            if !device.is_autodiff() {
+                return (value, vec![], vec![]);
+            }
+            let grads = loss.mul_scalar(3.0).backward();
+            (
+                value,
+                values(x.grad(&grads).unwrap()),
+                values(w.grad(&grads).unwrap()),
+            )
+        };
+        let (reference, dx_ref, dw_ref) = run(ad, false);
+        for fused in [true, false] {
+            ops::set_fused_kernels(fused);
+            let (loss, dx, dw) = run(ad, true);
+            let (eval, _, _) = run(&Device::flex(), true);
+            ops::set_fused_kernels(true);
+            let what = format!("{layout:?} head, fused kernels {fused}");
+            for (name, v) in [("loss", loss), ("loss without autodiff", eval)] {
+                assert!(
+                    (v - reference).abs() <= 1e-5 * reference.abs(),
+                    "{what}: {name} {v}, Burn's {reference}"
+                );
+            }
+            for (name, a, b) in [("x", &dx, &dx_ref), ("weight", &dw, &dw_ref)] {
+                let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let d = common::max_diff(a, b);
+                assert!(
+                    d <= 1e-4 * scale,
+                    "{what}: {name} gradient differs by {d} (scale {scale})"
+                );
+            }
+        }
+    }
 }
 
 /// The attention op, fused and generic, against softmax + masked fill + a dropout mask written

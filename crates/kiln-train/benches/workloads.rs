@@ -4,7 +4,8 @@
 //! Prints `RESULT kiln <workload> <value> <unit>` lines, as `torch_reference.py` does for
 //! PyTorch.
 //!
-//! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W2D W3 W4 I1 MM W2-BF16 LOADER]`: MM is the
+//! `cargo bench -p kiln-train --bench workloads [-- W1 W2 W2D W3 W4 I1 LV MM W2-BF16 LOADER]`: LV is
+//! a large-vocabulary GPT step (below); MM is the
 //! roofline's matmul microbench (best GFLOP/s per shape, `RESULT kiln MM<m>x<k>x<n> ...
 //! GFLOP/s`); W2-BF16 runs W2 in f32 and in bf16 from the same weights. Everything runs on
 //! a rayon worker, as the `kiln` binary does (`KILN_NO_POOL=1`: from the main thread, for
@@ -19,8 +20,8 @@ mod workloads;
 
 use workloads::{
     MATMUL_SHAPES, classifier_steps, cnn_spec, gpt_config, gpt_flops_per_token,
-    gpt_forward_latency, gpt_steps, gpt_steps_in, loader_samples_per_second, matmul_gflops,
-    mlp_spec, text_classifier_steps, text_lengths,
+    gpt_forward_latency, gpt_steps, gpt_steps_in, large_vocabulary_config,
+    loader_samples_per_second, matmul_gflops, mlp_spec, text_classifier_steps, text_lengths,
 };
 
 /// mimalloc, keeping freed pages: the allocator the `kiln` binary uses.
@@ -37,8 +38,13 @@ fn main() {
 
 /// W2's training loop (batch 16, 3 warm-up and 20 timed steps) for `cfg`: prints the RESULT
 /// line under `name` and returns tokens/s.
-fn gpt_tokens_per_second(name: &str, cfg: &kiln_models::GptConfig, device: &Device) -> f64 {
-    let (batch, timed) = (16, 20);
+fn gpt_tokens_per_second(
+    name: &str,
+    cfg: &kiln_models::GptConfig,
+    batch: usize,
+    device: &Device,
+) -> f64 {
+    let timed = 20;
     let r = gpt_steps(cfg, batch, 3, timed, device);
     eprintln!(
         "{name}: {timed} steps in {:.2} s, last loss {:.4}",
@@ -79,7 +85,7 @@ fn run_workloads() {
         let cfg = gpt_config();
         let params = parameter_count(&kiln_models::Gpt::new(&cfg, &device));
         eprintln!("W2: {params} parameters, tied head");
-        let tokens_per_s = gpt_tokens_per_second("W2", &cfg, &device);
+        let tokens_per_s = gpt_tokens_per_second("W2", &cfg, 16, &device);
         eprintln!(
             "W2: {:.1} model GFLOP/s ({:.2} MFLOP per token)",
             tokens_per_s * gpt_flops_per_token(&cfg, params) / 1e9,
@@ -91,7 +97,11 @@ fn run_workloads() {
             dropout: 0.1,
             ..gpt_config()
         };
-        gpt_tokens_per_second("W2D", &cfg, &device);
+        gpt_tokens_per_second("W2D", &cfg, 16, &device);
+    }
+    if run("LV") {
+        // nanoGPT's CPU "baby" shape over the People's Daily character vocabulary.
+        gpt_tokens_per_second("LV", &large_vocabulary_config(), 12, &device);
     }
     if run("W4") {
         let lengths = text_lengths();

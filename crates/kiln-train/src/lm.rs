@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::prelude::{Device, Int, Tensor, TensorData};
-use burn::tensor::activation::log_softmax;
 use kiln_config::Config;
 use kiln_models::{Gpt, GptConfig};
 use kiln_rng::SplitMix64;
@@ -75,13 +74,11 @@ pub fn lm_loss(
     device: &Device,
 ) -> Tensor<1> {
     let x = Tensor::<2, Int>::from_data(TensorData::new(x, [b, t]), device);
-    let y = Tensor::<2, Int>::from_data(TensorData::new(y, [b * t, 1]), device);
-    let logits = model.forward(x);
-    let v = logits.dims()[2];
-    log_softmax(logits.reshape([b * t, v]), 1)
-        .gather(1, y)
-        .mean()
-        .neg()
+    let targets: std::sync::Arc<[u32]> = y
+        .iter()
+        .map(|&id| u32::try_from(id).expect("token ids are non-negative and below 2^32"))
+        .collect();
+    model.loss(x, targets)
 }
 
 /// Validation loss over `batches` fixed (seeded) windows.

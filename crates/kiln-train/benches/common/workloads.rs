@@ -12,6 +12,10 @@
 //!   pooling, Linear(256, 2)), AdamW 1e-4 with weight decay 0.01, batch 32 of lengths
 //!   `32 + (i * 97) % 225` padded to 242.
 //! - I1: W2's model, one forward pass over a 128-token prompt, batch 1, no KV cache.
+//! - LV (kiln's, not in WORKLOADS.md): W2's step in nanoGPT's CPU "baby" shape (4 layers,
+//!   4 heads, 128 wide, context 64, batch 12, tied head) over a 4 616-symbol vocabulary (the
+//!   People's Daily characters), where the output head and cross-entropy dominate;
+//!   `scripts/torch-large-vocab.py` runs it in PyTorch.
 //!
 //! The workload bench (`cargo bench -p kiln-train --bench workloads`) times these; the test
 //! `tests/workloads.rs` pins the loss after a few steps, so an optimisation that changes what a
@@ -213,6 +217,20 @@ pub fn gpt_config() -> GptConfig {
         layers: 4,
         heads: 4,
         embd: 256,
+        dropout: 0.0,
+        bias: false,
+        tied_head: true,
+    }
+}
+
+/// LV's model: nanoGPT's CPU "baby" shape with the People's Daily character vocabulary.
+pub fn large_vocabulary_config() -> GptConfig {
+    GptConfig {
+        vocab_size: 4616,
+        context: 64,
+        layers: 4,
+        heads: 4,
+        embd: 128,
         dropout: 0.0,
         bias: false,
         tied_head: true,
