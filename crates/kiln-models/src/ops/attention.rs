@@ -16,7 +16,7 @@ use burn::tensor::{Shape, Slice};
 use rayon::prelude::*;
 
 use super::dropout::{DropoutMask, dropout_scales};
-use super::gemm::SharedDst as Shared;
+use super::gemm::{DstRegion, SharedDst};
 
 /// Score of a padding key in the Burn-ops form: finite, so a row whose keys are all padding
 /// attends uniformly over its allowed keys instead of producing NaN. The fused kernels give
@@ -137,82 +137,69 @@ impl<'a> RowPlan<'a> {
     }
 }
 
-/// `dst (rows, cols strides) = scale * lhs [m, k] @ rhs [k, n]`, single-threaded (the caller
-/// parallelises over heads).
+/// `dst = scale * lhs [m, k] @ rhs [k, n]`, single-threaded (the caller parallelises over
+/// heads), every operand strided `(row, column)` and checked against its buffer.
 ///
 /// # Safety
-/// Every strided region must lie inside its allocation.
-#[allow(clippy::too_many_arguments)]
+/// No other task touches `dst`'s region during the call.
 unsafe fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    dst: *mut f32,
-    (dst_rs, dst_cs): (isize, isize),
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (isize, isize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (isize, isize),
+    [m, k, n]: [usize; 3],
+    dst: DstRegion,
+    lhs: (&[f32], (isize, isize)),
+    rhs: (&[f32], (isize, isize)),
     scale: f32,
 ) {
-    // SAFETY: the caller guarantees the strided regions are in bounds.
+    // SAFETY: the caller's contract for `dst`; gemm_checked checks every extent.
     unsafe {
-        super::gemm::gemm_call(
+        super::gemm::gemm_checked(
             [m, k, n],
-            (dst, (dst_rs, dst_cs)),
+            dst,
             false,
-            (lhs, (lhs_rs, lhs_cs)),
-            (rhs, (rhs_rs, rhs_cs)),
+            lhs,
+            rhs,
             scale,
             gemm::Parallelism::None,
         )
     }
 }
 
-/// Pointers to one head's queries, keys and values in a batch row of packed projections.
-struct Head {
-    q: *const f32,
-    k: *const f32,
-    v: *const f32,
+/// One head's queries, keys and values in a batch row of packed projections: each slice starts
+/// at the head's first value and runs to the end of `qkv`.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
     /// Distance between two positions' projections (`3C`).
     row: isize,
 }
 
-impl Head {
+impl<'a> Head<'a> {
     /// Head `h` of batch row `bi` in `qkv` `[b, t, 3c]` (`d` values per head).
-    fn new(qkv: &[f32], bi: usize, h: usize, (t, c, d): (usize, usize, usize)) -> Self {
+    fn new(qkv: &'a [f32], bi: usize, h: usize, (t, c, d): (usize, usize, usize)) -> Self {
         let base = bi * t * 3 * c + h * d;
         Head {
-            q: qkv[base..].as_ptr(),
-            k: qkv[base + c..].as_ptr(),
-            v: qkv[base + 2 * c..].as_ptr(),
+            q: &qkv[base..],
+            k: &qkv[base + c..],
+            v: &qkv[base + 2 * c..],
             row: (3 * c) as isize,
         }
     }
 }
 
 /// The probabilities of one head into `p` `[T, keys]` (row stride `keys`).
-///
-/// # Safety
-/// `head` addresses `T` rows of `d` values for each of q, k and v.
-unsafe fn probabilities(plan: &RowPlan, head: &Head, d: usize, p: &mut [f32]) {
+fn probabilities(plan: &RowPlan, head: &Head, d: usize, p: &mut [f32]) {
     let (t, n) = (plan.t, plan.keys);
     let scale = 1.0 / (d as f32).sqrt();
-    // SAFETY: q and k address t rows of d values, `row` apart; p holds t * n values.
-    unsafe {
-        gemm(
-            t,
-            d,
-            n,
-            p.as_mut_ptr(),
-            (n as isize, 1),
-            head.q,
-            (head.row, 1),
-            head.k,
-            (1, head.row),
-            scale,
-        );
-    }
+    super::gemm::gemm_slice(
+        [t, d, n],
+        p,
+        (n as isize, 1),
+        false,
+        (head.q, (head.row, 1)),
+        (head.k, (1, head.row)),
+        scale,
+        gemm::Parallelism::None,
+    );
     for (i, r) in p[..t * n].chunks_exact_mut(n).enumerate() {
         plan.softmax_row(i, r);
     }
@@ -240,36 +227,30 @@ pub(super) fn forward(qkv: &[f32], [b, t, c3]: [usize; 3], spec: &AttentionSpec)
     }
     let heads = spec.heads;
     let mut y = vec![0.0f32; b * t * c];
-    let out = Shared(y.as_mut_ptr());
+    let out = SharedDst::new(&mut y);
     (0..b * heads).into_par_iter().for_each_init(
         || (vec![0.0f32; t * t], Vec::new()),
         |(p, m), bh| {
             let (bi, h) = (bh / heads, bh % heads);
             let plan = RowPlan::new(spec, bi, t);
             let head = Head::new(qkv, bi, h, (t, c, d));
-            // SAFETY: the head's products stay inside this batch row's [t, 3c] block of qkv and
-            // write this head's d columns of y's [t, c] block.
-            unsafe {
-                probabilities(&plan, &head, d, p);
-                let n = plan.keys;
-                if let Some(dropout) = spec.dropout {
-                    m.resize(t * n, 0.0);
-                    dropout_mask(dropout, (bi, h, heads), &plan, m);
-                    for (pv, mv) in p[..t * n].iter_mut().zip(m.iter()) {
-                        *pv *= mv;
-                    }
+            probabilities(&plan, &head, d, p);
+            let n = plan.keys;
+            if let Some(dropout) = spec.dropout {
+                m.resize(t * n, 0.0);
+                dropout_mask(dropout, (bi, h, heads), &plan, m);
+                for (pv, mv) in p[..t * n].iter_mut().zip(m.iter()) {
+                    *pv *= mv;
                 }
-                let dst = out.ptr().add(bi * t * c + h * d);
+            }
+            // SAFETY: each task writes its own head's d columns of its batch row's [t, c]
+            // block of y.
+            unsafe {
                 gemm(
-                    t,
-                    n,
-                    d,
-                    dst,
-                    (c as isize, 1),
-                    p.as_ptr(),
-                    (n as isize, 1),
-                    head.v,
-                    (head.row, 1),
+                    [t, n, d],
+                    out.region(bi * t * c + h * d, (c as isize, 1)),
+                    (p, (n as isize, 1)),
+                    (head.v, (head.row, 1)),
                     1.0,
                 );
             }
@@ -294,7 +275,7 @@ pub(super) fn backward(
     let heads = spec.heads;
     let scale = 1.0 / (d as f32).sqrt();
     let mut g = vec![0.0f32; b * t * 3 * c];
-    let out = Shared(g.as_mut_ptr());
+    let out = SharedDst::new(&mut g);
     (0..b * heads).into_par_iter().for_each_init(
         || (vec![0.0f32; t * t], vec![0.0f32; t * t], Vec::new()),
         |(p, dp, m), bh| {
@@ -302,98 +283,65 @@ pub(super) fn backward(
             let plan = RowPlan::new(spec, bi, t);
             let n = plan.keys;
             let head = Head::new(qkv, bi, h, (t, c, d));
-            let dyb = dy[bi * t * c + h * d..].as_ptr();
+            let dyb = &dy[bi * t * c + h * d..];
             let (yrow, nn) = (c as isize, n as isize);
-            // SAFETY: as in `forward`; each head writes its own d columns of the q, k and v
-            // blocks of this batch row of g (keys past `n` keep their zero gradient).
+            // This head's d columns of the q, k and v blocks of this batch row of g (keys past
+            // `n` keep their zero gradient): no other task writes them.
+            let gbase = bi * t * 3 * c;
+            let (dq, dk, dv) = (
+                out.region(gbase + h * d, (head.row, 1)),
+                out.region(gbase + c + h * d, (head.row, 1)),
+                out.region(gbase + 2 * c + h * d, (head.row, 1)),
+            );
+            probabilities(&plan, &head, d, p);
+            let (p, dp) = (&mut p[..t * n], &mut dp[..t * n]);
+            // dV = (P ∘ M)ᵀ dY, with the dropped probabilities staged in dp.
+            let dropped = match spec.dropout {
+                Some(dropout) => {
+                    m.resize(t * n, 0.0);
+                    dropout_mask(dropout, (bi, h, heads), &plan, m);
+                    for ((x, &pv), &mv) in dp.iter_mut().zip(p.iter()).zip(m.iter()) {
+                        *x = pv * mv;
+                    }
+                    &*dp
+                }
+                None => &*p,
+            };
+            // SAFETY: dv is this task's own region of g.
+            unsafe { gemm([n, t, d], dv, (dropped, (1, nn)), (dyb, (yrow, 1)), 1.0) };
+            // dP = (dY Vᵀ) ∘ M
+            super::gemm::gemm_slice(
+                [t, d, n],
+                dp,
+                (nn, 1),
+                false,
+                (dyb, (yrow, 1)),
+                (head.v, (1, head.row)),
+                1.0,
+                gemm::Parallelism::None,
+            );
+            if spec.dropout.is_some() {
+                for (x, &mv) in dp.iter_mut().zip(m.iter()) {
+                    *x *= mv;
+                }
+            }
+            // dS = P ∘ (dP − rowsum(dP ∘ P)), times the score scale; none for a row of
+            // padding only.
+            for (i, (pr, dr)) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)).enumerate() {
+                if plan.uniform(i) {
+                    dr.fill(0.0);
+                    continue;
+                }
+                let s: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                for (x, &pv) in dr.iter_mut().zip(pr) {
+                    *x = pv * (*x - s) * scale;
+                }
+            }
+            // dQ = dS K, dK = dSᵀ Q
+            // SAFETY: dq and dk are this task's own regions of g.
             unsafe {
-                let gbase = out.ptr().add(bi * t * 3 * c);
-                let (dq, dk, dv) = (
-                    gbase.add(h * d),
-                    gbase.add(c + h * d),
-                    gbase.add(2 * c + h * d),
-                );
-                probabilities(&plan, &head, d, p);
-                let (p, dp) = (&mut p[..t * n], &mut dp[..t * n]);
-                // dV = (P ∘ M)ᵀ dY, with the dropped probabilities staged in dp.
-                let dropped = match spec.dropout {
-                    Some(dropout) => {
-                        m.resize(t * n, 0.0);
-                        dropout_mask(dropout, (bi, h, heads), &plan, m);
-                        for ((x, &pv), &mv) in dp.iter_mut().zip(p.iter()).zip(m.iter()) {
-                            *x = pv * mv;
-                        }
-                        &*dp
-                    }
-                    None => &*p,
-                };
-                gemm(
-                    n,
-                    t,
-                    d,
-                    dv,
-                    (head.row, 1),
-                    dropped.as_ptr(),
-                    (1, nn),
-                    dyb,
-                    (yrow, 1),
-                    1.0,
-                );
-                // dP = (dY Vᵀ) ∘ M
-                gemm(
-                    t,
-                    d,
-                    n,
-                    dp.as_mut_ptr(),
-                    (nn, 1),
-                    dyb,
-                    (yrow, 1),
-                    head.v,
-                    (1, head.row),
-                    1.0,
-                );
-                if spec.dropout.is_some() {
-                    for (x, &mv) in dp.iter_mut().zip(m.iter()) {
-                        *x *= mv;
-                    }
-                }
-                // dS = P ∘ (dP − rowsum(dP ∘ P)), times the score scale; none for a row of
-                // padding only.
-                for (i, (pr, dr)) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)).enumerate() {
-                    if plan.uniform(i) {
-                        dr.fill(0.0);
-                        continue;
-                    }
-                    let s: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                    for (x, &pv) in dr.iter_mut().zip(pr) {
-                        *x = pv * (*x - s) * scale;
-                    }
-                }
-                // dQ = dS K, dK = dSᵀ Q
-                gemm(
-                    t,
-                    n,
-                    d,
-                    dq,
-                    (head.row, 1),
-                    dp.as_ptr(),
-                    (nn, 1),
-                    head.k,
-                    (head.row, 1),
-                    1.0,
-                );
-                gemm(
-                    n,
-                    t,
-                    d,
-                    dk,
-                    (head.row, 1),
-                    dp.as_ptr(),
-                    (1, nn),
-                    head.q,
-                    (head.row, 1),
-                    1.0,
-                );
+                gemm([t, n, d], dq, (dp, (nn, 1)), (head.k, (head.row, 1)), 1.0);
+                gemm([n, t, d], dk, (dp, (1, nn)), (head.q, (head.row, 1)), 1.0);
             }
         },
     );

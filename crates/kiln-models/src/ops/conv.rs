@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use super::gemm::SharedDst;
+
 /// The sizes of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Geometry {
@@ -193,59 +195,26 @@ fn gemm(
     rhs_strides: (isize, isize),
     parallel: bool,
 ) {
-    let [m, _, n] = mnk;
-    assert!(dst.len() >= m * n);
-    // SAFETY: `dst` holds `m * n` initialised elements.
-    unsafe {
-        gemm_raw(
-            mnk,
-            dst.as_mut_ptr(),
-            accumulate,
-            lhs,
-            lhs_strides,
-            rhs,
-            rhs_strides,
-            parallel,
-        )
-    }
+    let [_, _, n] = mnk;
+    super::gemm::gemm_slice(
+        mnk,
+        dst,
+        (n as isize, 1),
+        accumulate,
+        (lhs, lhs_strides),
+        (rhs, rhs_strides),
+        1.0,
+        parallelism(mnk, parallel),
+    );
 }
 
-/// [`super::gemm::gemm_raw`] into `m * n` possibly uninitialised elements at `dst`, across threads
-/// only when `parallel` and the product is large.
-///
-/// # Safety
-/// `dst` must be valid for `m * n` writes (and reads when `accumulate`).
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(
-    mnk: [usize; 3],
-    dst: *mut f32,
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_strides: (isize, isize),
-    rhs: &[f32],
-    rhs_strides: (isize, isize),
-    parallel: bool,
-) {
-    let [m, k, n] = mnk;
-    // Splitting one sample's product across threads pays only for large ones (a one-row
-    // Fashion-MNIST CNN forward, 64 x 196 x 288 in its second layer, ran slower split).
-    let parallelism = if parallel && m * n * k >= 256 * 256 * 256 {
+/// Splitting one sample's product across threads pays only for large ones (a one-row
+/// Fashion-MNIST CNN forward, 64 x 196 x 288 in its second layer, ran slower split).
+fn parallelism([m, k, n]: [usize; 3], parallel: bool) -> gemm::Parallelism {
+    if parallel && m * n * k >= 256 * 256 * 256 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
-    };
-    // SAFETY: the caller's contract, passed on.
-    unsafe {
-        super::gemm::gemm_raw(
-            mnk,
-            dst,
-            accumulate,
-            lhs,
-            lhs_strides,
-            rhs,
-            rhs_strides,
-            parallelism,
-        )
     }
 }
 
@@ -286,16 +255,16 @@ fn sample_forward(
     }
     // SAFETY: `out` is this sample's `Cout * n` slots, initialised when read (`accumulate`
     // only after the bias was written).
+    let mnk = [g.channels_out, k, n];
     unsafe {
-        gemm_raw(
-            [g.channels_out, k, n],
-            out.as_mut_ptr().cast::<f32>(),
+        super::gemm::gemm_checked(
+            mnk,
+            SharedDst::uninit(out).region(0, (n as isize, 1)),
             bias.is_some(),
-            w,
-            (k as isize, 1),
-            src,
-            (n as isize, 1),
-            parallel,
+            (w, (k as isize, 1)),
+            (src, (n as isize, 1)),
+            1.0,
+            parallelism(mnk, parallel),
         );
     }
 }

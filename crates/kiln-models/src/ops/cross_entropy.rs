@@ -17,7 +17,7 @@ use burn::prelude::TensorData;
 use burn::tensor::{IndexingUpdateOp, Shape};
 use rayon::prelude::*;
 
-use super::gemm::gemm_raw;
+use super::gemm::{SharedDst, gemm_checked};
 
 /// How a head's weight is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,17 +102,15 @@ pub(super) fn forward(
     let block_rows = |r0: usize, dst: &mut [std::mem::MaybeUninit<f32>], losses: &mut [f32]| {
         let n = losses.len();
         assert!(dst.len() >= n * vocab, "cross-entropy head: block buffer");
-        // SAFETY: `dst` has room for the block's `n * vocab` logits, which gemm writes (no
-        // accumulation, so it never reads them); the operands were checked by `gemm_raw`.
+        // SAFETY: `dst` is this block's own buffer; gemm only writes it (no accumulation).
         unsafe {
-            gemm_raw(
+            gemm_checked(
                 [n, width, vocab],
-                dst.as_mut_ptr().cast::<f32>(),
+                SharedDst::uninit(dst).region(0, (vocab as isize, 1)),
                 false,
-                &x[r0 * width..(r0 + n) * width],
-                (width as isize, 1),
-                w,
-                w_strides,
+                (&x[r0 * width..(r0 + n) * width], (width as isize, 1)),
+                (w, w_strides),
+                1.0,
                 gemm::Parallelism::None,
             );
         }
