@@ -38,9 +38,33 @@ enum Command {
     Export(ExportArgs),
     /// Serve trained runs over HTTP (Open Inference Protocol, raw-record predict, generation).
     Serve(ServeArgs),
+    /// Sentence embeddings of a text column with a pretrained encoder folder (.npy or .csv).
+    Embed(EmbedArgs),
     /// Inspect and prepare data files.
     #[command(subcommand)]
     Data(DataCommand),
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// A pretrained Hugging Face folder (config.json, model.safetensors, tokenizer.json), e.g.
+    /// data/pretrained/all-MiniLM-L6-v2 from scripts/setup-pretrained.sh.
+    model: PathBuf,
+    /// CSV file with the texts.
+    #[arg(long)]
+    data: PathBuf,
+    /// The column holding the texts.
+    #[arg(long)]
+    column: String,
+    /// Output file: .npy (float32, [rows, dimension]) or .csv.
+    #[arg(long)]
+    out: PathBuf,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -372,6 +396,59 @@ fn generate(args: GenerateArgs) -> Result<()> {
             "KV cache"
         }
     );
+    Ok(())
+}
+
+fn embed(args: EmbedArgs) -> Result<()> {
+    let bar = (!args.json).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts  {per_sec}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let s = kiln::embed_file(
+        &args.model,
+        &args.data,
+        &args.column,
+        &args.out,
+        args.batch_size,
+        &mut |done, total| {
+            if let Some(bar) = &bar {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+        },
+    )?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    println!(
+        "embedded {} texts into {} dimensions{} in {:.1} s ({:.1} texts/s, batches of {})",
+        s.rows,
+        s.dimension,
+        if s.normalized { " (unit length)" } else { "" },
+        s.seconds,
+        s.sentences_per_second,
+        args.batch_size
+    );
+    if s.truncated > 0 {
+        println!(
+            "  {} texts were longer than {} tokens and were cut to them",
+            s.truncated, s.max_tokens
+        );
+    }
+    if s.missing > 0 {
+        println!("  {} missing cells were embedded as empty texts", s.missing);
+    }
+    println!("wrote {}", s.out.display());
     Ok(())
 }
 
@@ -746,6 +823,7 @@ fn run_command(command: Command) -> Result<()> {
         Command::Generate(a) => generate(a),
         Command::Export(a) => export(a),
         Command::Serve(a) => serve(a),
+        Command::Embed(a) => embed(a),
         Command::Data(DataCommand::Describe { file, target, json }) => {
             describe(&file, target.as_deref(), json)
         }

@@ -9,6 +9,7 @@
 //! language model; both transformers share their blocks.
 #![warn(missing_docs)]
 
+pub mod bert;
 mod encoder;
 mod generate;
 mod gpt;
@@ -17,10 +18,14 @@ mod network;
 pub mod ops;
 mod transformer;
 
+pub use bert::Bert;
 pub use encoder::TextEncoder;
 pub use generate::{SamplingConfig, generate, sample};
 pub use gpt::{Gpt, KvCache};
-pub use kiln_spec::{GptConfig, InputShape, ModelSpec, SpecError, TextEncoderSpec};
+pub use kiln_spec::{
+    BertConfig, GptConfig, InputShape, ModelSpec, PRETRAINED_MODEL_TYPES, SpecError,
+    TextEncoderSpec,
+};
 pub use network::{Inputs, Network, Outputs};
 
 pub use burn::prelude::{Device, Int, Tensor, TensorData};

@@ -1186,10 +1186,20 @@ pub const LAYER_NORM_EPSILON: f64 = 1e-5;
 /// Burn's nine-op decomposition and its autodiff graph; the bias, when present, is added
 /// with Burn's broadcasting add.
 pub fn layer_norm<const D: usize>(layer: &burn::nn::LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    layer_norm_with_epsilon(layer, x, LAYER_NORM_EPSILON)
+}
+
+/// [`layer_norm`] for a LayerNorm built with epsilon `epsilon` (a pretrained checkpoint's,
+/// e.g. BERT's 1e-12): Burn's `LayerNorm` keeps its own private.
+pub fn layer_norm_with_epsilon<const D: usize>(
+    layer: &burn::nn::LayerNorm,
+    x: Tensor<D>,
+    epsilon: f64,
+) -> Tensor<D> {
     let y = Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_layer_norm(
         x.into_dispatch(),
         layer.gamma.val().into_dispatch(),
-        LAYER_NORM_EPSILON,
+        epsilon,
     ));
     match &layer.beta {
         Some(beta) => y + beta.val().unsqueeze(),

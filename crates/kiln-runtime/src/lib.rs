@@ -1,13 +1,15 @@
 //! What training, evaluation, serving and export share, and nothing of training itself:
 //! the run-directory layout and its checked loader ([`run`]), atomic writes ([`fs`]), model
 //! weights ([`weights`]), inference over encoded rows ([`inference`]), the compute device
-//! ([`device_for`]) and language-model loading and sampling ([`lm`]). A server links this,
+//! ([`device_for`]), language-model loading and sampling ([`lm`]) and pretrained Hugging Face
+//! encoders ([`pretrained`]). A server links this,
 //! not the trainer.
 #![warn(missing_docs)]
 
 pub mod fs;
 pub mod inference;
 pub mod lm;
+pub mod pretrained;
 pub mod run;
 pub mod weights;
 

@@ -4,11 +4,13 @@
 //! networks from them.
 #![warn(missing_docs)]
 
+mod bert;
 mod gpt;
 mod input;
 mod model;
 mod text;
 
+pub use bert::{BERT_ACTIVATIONS, BertConfig, PRETRAINED_MODEL_TYPES};
 pub use gpt::GptConfig;
 pub use input::InputShape;
 pub use model::{MAX_DIMENSION, MAX_LAYERS, ModelSpec, SpecError};

@@ -174,6 +174,46 @@ impl TextTokenizer {
         Ok(Self { inner })
     }
 
+    /// A pretrained model's `tokenizer.json` set up as the model's own code calls it: special
+    /// tokens added by the tokenizer's post-processor (`[CLS] … [SEP]` for BERT), the text cut
+    /// so that at most `max_tokens` ids come out (Hugging Face's longest-first truncation), no
+    /// padding (batches are padded to their longest row by the caller, with [`Self::pad_id`]).
+    pub fn from_pretrained_file(path: &Path, max_tokens: usize) -> Result<Self> {
+        let mut tokenizer = Self::from_file(path)?;
+        // Keep the padding settings (they name the pad token) but never pad a single text.
+        if let Some(padding) = tokenizer.inner.get_padding_mut() {
+            padding.strategy = tokenizers::PaddingStrategy::BatchLongest;
+        }
+        tokenizer
+            .inner
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| TextError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Ok(tokenizer)
+    }
+
+    /// Token ids of `text` as the model saw them in training, with the special tokens and the
+    /// truncation of [`Self::from_pretrained_file`], and whether the text was cut.
+    pub fn encode_for_model(&self, text: &str) -> Result<(Vec<u32>, bool)> {
+        let encoding = self.inner.encode_fast(text, true).map_err(tk_err)?;
+        Ok((
+            encoding.get_ids().to_vec(),
+            !encoding.get_overflowing().is_empty(),
+        ))
+    }
+
+    /// The id of the padding token: the one `tokenizer.json`'s padding names, else `[PAD]`,
+    /// else `<pad>`.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.inner
+            .get_padding()
+            .map(|p| p.pad_id)
+            .or_else(|| self.inner.token_to_id("[PAD]"))
+            .or_else(|| self.inner.token_to_id("<pad>"))
+    }
+
     /// Parses `tokenizer.json` text (as [`TextTokenizer::to_json`] writes it).
     pub fn from_json(json: &str) -> Result<Self> {
         let inner = Tokenizer::from_bytes(json.as_bytes())

@@ -7,12 +7,14 @@
 //! data with exactly the saved preprocessing. The `kiln` binary is a thin layer over these.
 #![warn(missing_docs)]
 
+mod embed;
 mod export;
 mod lm;
 pub mod memory;
 mod pipeline;
 mod report;
 
+pub use embed::{EmbedSummary, embed_file};
 pub use export::{ExportFormat, ExportSummary, export_files, export_run};
 pub use lm::{
     Generation, LmSummary, corpus_files, generate_run, generate_text, load_lm, train_lm_run,

@@ -1,0 +1,517 @@
+//! Pretrained encoders in the Hugging Face folder layout: `config.json` (the architecture),
+//! `model.safetensors` (the weights, by their original names), `tokenizer.json`, and where
+//! present sentence-transformers' files (`sentence_bert_config.json` for the sequence length,
+//! `1_Pooling/config.json` and `modules.json` for how sentence embeddings are pooled and
+//! normalised). Everything is checked before a tensor is built: the architecture, every
+//! tensor's presence, dtype, shape and finiteness, and the tokenizer's vocabulary against the
+//! embedding.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::prelude::{Device, Int, Tensor, TensorData};
+use kiln_models::bert::{self, Bert};
+use kiln_models::{BertConfig, SpecError};
+use kiln_text::{TextError, TextTokenizer};
+use safetensors::tensor::{Dtype, SafeTensors};
+
+/// The architecture file of a Hugging Face folder.
+pub const CONFIG_FILE: &str = "config.json";
+/// The weights file of a Hugging Face folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The tokenizer file of a Hugging Face folder.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Why a pretrained folder does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum PretrainedError {
+    /// A required file is missing.
+    #[error(
+        "{}: not a Hugging Face model folder: {file} is missing (kiln reads {CONFIG_FILE}, {WEIGHTS_FILE} and {TOKENIZER_FILE})",
+        dir.display()
+    )]
+    MissingFile {
+        /// The folder.
+        dir: PathBuf,
+        /// The missing file.
+        file: &'static str,
+    },
+    /// A file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A JSON file is malformed or lacks a field.
+    #[error("{}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parse error (line and column included).
+        source: serde_json::Error,
+    },
+    /// `config.json` describes a model kiln does not build.
+    #[error("{}: {source}", path.display())]
+    Architecture {
+        /// `config.json`.
+        path: PathBuf,
+        /// The field at fault.
+        source: SpecError,
+    },
+    /// The weights file is not safetensors.
+    #[error("{}: not a valid safetensors file: {source}", path.display())]
+    NotSafetensors {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: safetensors::SafeTensorError,
+    },
+    /// A tensor the architecture needs is missing or unusable.
+    #[error("{}: tensor \"{name}\" {problem}", path.display())]
+    Tensor {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// What is wrong with it.
+        problem: TensorProblem,
+    },
+    /// The tokenizer does not load.
+    #[error("{}: {source}", path.display())]
+    Tokenizer {
+        /// `tokenizer.json`.
+        path: PathBuf,
+        /// Why.
+        source: TextError,
+    },
+    /// The tokenizer produces ids the embedding has no rows for.
+    #[error(
+        "{}: the tokenizer has {tokenizer} tokens but {CONFIG_FILE}'s word embedding has {embedding} rows",
+        dir.display()
+    )]
+    VocabularyMismatch {
+        /// The folder.
+        dir: PathBuf,
+        /// Tokens of the tokenizer.
+        tokenizer: usize,
+        /// Rows of the word embedding.
+        embedding: usize,
+    },
+    /// A sentence-transformers setting kiln does not implement.
+    #[error("{}: {message}", path.display())]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What and what is supported.
+        message: String,
+    },
+}
+
+/// What is wrong with one checkpoint tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum TensorProblem {
+    /// The file does not have it.
+    #[error("is missing")]
+    Missing,
+    /// It has another shape.
+    #[error("has shape {found:?}, expected {expected:?}")]
+    Shape {
+        /// The shape the architecture needs.
+        expected: Vec<usize>,
+        /// The file's.
+        found: Vec<usize>,
+    },
+    /// Its values are not floats kiln reads.
+    #[error("has dtype {found}; kiln reads F32, F16 and BF16 weights")]
+    Dtype {
+        /// The file's dtype.
+        found: String,
+    },
+    /// It holds NaN or an infinity.
+    #[error("holds {value} at index {index}; weights must be finite")]
+    NonFinite {
+        /// The first bad element.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
+}
+
+/// How token states become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentencePooling {
+    /// The mean over real tokens (sentence-transformers' default).
+    Mean,
+    /// The first token's (`[CLS]`) state.
+    Cls,
+}
+
+/// A pretrained BERT encoder with its tokenizer and sentence-embedding settings.
+#[derive(Debug)]
+pub struct PretrainedEncoder {
+    /// The encoder.
+    pub model: Bert,
+    /// `tokenizer.json`, with the model's special tokens and truncation.
+    pub tokenizer: TextTokenizer,
+    /// `config.json`.
+    pub config: BertConfig,
+    /// Tokens per text at most, special tokens included.
+    pub max_tokens: usize,
+    /// The padding token.
+    pub pad_id: u32,
+    /// Sentence pooling.
+    pub pooling: SentencePooling,
+    /// Whether sentence vectors are scaled to unit length.
+    pub normalize: bool,
+    /// The folder it came from.
+    pub dir: PathBuf,
+}
+
+/// Sentence embeddings of a list of texts.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    /// One vector per text, in the texts' order.
+    pub rows: Vec<Vec<f32>>,
+    /// Texts cut to the model's `max_tokens`.
+    pub truncated: usize,
+}
+
+/// A batch of tokenised texts, padded to its longest row.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// `[rows * len]` token ids, row-major.
+    pub ids: Vec<i64>,
+    /// `[rows * len]`, true at padding.
+    pub padding: Arc<[bool]>,
+    /// Rows.
+    pub rows: usize,
+    /// Tokens per row.
+    pub len: usize,
+    /// Rows whose text was cut to the model's `max_tokens`.
+    pub truncated: usize,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PretrainedError> {
+    std::fs::read(path).map_err(|source| PretrainedError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, PretrainedError> {
+    serde_json::from_slice(&read(path)?).map_err(|source| PretrainedError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads `config.json` of `dir` and checks the architecture is one kiln builds.
+pub fn read_config(dir: &Path) -> Result<BertConfig, PretrainedError> {
+    let path = require(dir, CONFIG_FILE)?;
+    // The architecture first, so a GPT-2 or T5 folder is named as such rather than reported
+    // as a BERT config missing fields.
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        model_type: Option<String>,
+    }
+    let kind: Kind = read_json(&path)?;
+    let model_type = kind.model_type.unwrap_or_default();
+    if !kiln_models::PRETRAINED_MODEL_TYPES.contains(&model_type.as_str()) {
+        return Err(PretrainedError::Architecture {
+            path,
+            source: SpecError::Invalid {
+                field: "model_type".into(),
+                value: format!("\"{model_type}\""),
+                expected: format!(
+                    "one of the architectures kiln loads: {:?}",
+                    kiln_models::PRETRAINED_MODEL_TYPES
+                ),
+            },
+        });
+    }
+    let config: BertConfig = read_json(&path)?;
+    config
+        .validate()
+        .map_err(|source| PretrainedError::Architecture {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(config)
+}
+
+fn require(dir: &Path, file: &'static str) -> Result<PathBuf, PretrainedError> {
+    let path = dir.join(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(PretrainedError::MissingFile {
+            dir: dir.to_path_buf(),
+            file,
+        })
+    }
+}
+
+/// The values of tensor `name` of `tensors` as f32, checked to have `shape` and be finite.
+fn tensor_values(
+    tensors: &SafeTensors<'_>,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, PretrainedError> {
+    let fail = |problem| PretrainedError::Tensor {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        problem,
+    };
+    let view = tensors
+        .tensor(name)
+        .map_err(|_| fail(TensorProblem::Missing))?;
+    if view.shape() != shape {
+        return Err(fail(TensorProblem::Shape {
+            expected: shape.to_vec(),
+            found: view.shape().to_vec(),
+        }));
+    }
+    let bytes = view.data();
+    let values: Vec<f32> = match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(fail(TensorProblem::Dtype {
+                found: format!("{other:?}"),
+            }));
+        }
+    };
+    if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(fail(TensorProblem::NonFinite { index, value }));
+    }
+    Ok(values)
+}
+
+/// sentence-transformers' sequence length and pooling, where the folder has its files.
+fn sentence_settings(
+    dir: &Path,
+    config: &BertConfig,
+) -> Result<(usize, SentencePooling, bool), PretrainedError> {
+    #[derive(serde::Deserialize)]
+    struct SentenceConfig {
+        max_seq_length: Option<usize>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct PoolingConfig {
+        pooling_mode_cls_token: bool,
+        pooling_mode_mean_tokens: bool,
+        pooling_mode_max_tokens: bool,
+        pooling_mode_mean_sqrt_len_tokens: bool,
+    }
+    #[derive(serde::Deserialize)]
+    struct Module {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    let sentence = dir.join("sentence_bert_config.json");
+    let max_tokens = if sentence.is_file() {
+        read_json::<SentenceConfig>(&sentence)?.max_seq_length
+    } else {
+        None
+    }
+    .unwrap_or(config.max_position_embeddings)
+    .min(config.max_position_embeddings);
+    let pooling_file = dir.join("1_Pooling").join("config.json");
+    let pooling = if pooling_file.is_file() {
+        let p: PoolingConfig = read_json(&pooling_file)?;
+        match (
+            p.pooling_mode_mean_tokens,
+            p.pooling_mode_cls_token,
+            p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens,
+        ) {
+            (true, false, false) => SentencePooling::Mean,
+            (false, true, false) => SentencePooling::Cls,
+            _ => {
+                return Err(PretrainedError::Unsupported {
+                    path: pooling_file,
+                    message: "kiln pools sentence embeddings by the mean or the [CLS] token only"
+                        .into(),
+                });
+            }
+        }
+    } else {
+        SentencePooling::Mean
+    };
+    let modules = dir.join("modules.json");
+    let normalize = modules.is_file()
+        && read_json::<Vec<Module>>(&modules)?
+            .iter()
+            .any(|m| m.kind.ends_with(".Normalize"));
+    Ok((max_tokens, pooling, normalize))
+}
+
+impl PretrainedEncoder {
+    /// Loads the Hugging Face folder `dir` onto `device`, checking every file first.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, PretrainedError> {
+        let config = read_config(dir)?;
+        let weights_path = require(dir, WEIGHTS_FILE)?;
+        let tokenizer_path = require(dir, TOKENIZER_FILE)?;
+        let (max_tokens, pooling, normalize) = sentence_settings(dir, &config)?;
+        let tokenizer =
+            TextTokenizer::from_pretrained_file(&tokenizer_path, max_tokens).map_err(|source| {
+                PretrainedError::Tokenizer {
+                    path: tokenizer_path.clone(),
+                    source,
+                }
+            })?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(PretrainedError::VocabularyMismatch {
+                dir: dir.to_path_buf(),
+                tokenizer: tokenizer.vocab_size(),
+                embedding: config.vocab_size,
+            });
+        }
+        let pad_id = tokenizer.pad_id().unwrap_or(config.pad_token_id as u32);
+        let bytes = read(&weights_path)?;
+        let tensors =
+            SafeTensors::deserialize(&bytes).map_err(|source| PretrainedError::NotSafetensors {
+                path: weights_path.clone(),
+                source,
+            })?;
+        let model = Bert::from_tensors(&config, device, |name, shape| {
+            tensor_values(&tensors, &weights_path, name, shape)
+        })?;
+        Ok(Self {
+            model,
+            tokenizer,
+            config,
+            max_tokens,
+            pad_id,
+            pooling,
+            normalize,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Token ids of `text` (special tokens, truncation) and whether it was cut.
+    pub fn encode(&self, text: &str) -> Result<(Vec<u32>, bool), TextError> {
+        self.tokenizer.encode_for_model(text)
+    }
+
+    /// Token id rows padded to the longest of them; `truncated` counts the rows flagged cut.
+    pub fn pad(&self, rows: &[&(Vec<u32>, bool)]) -> TokenBatch {
+        let len = rows
+            .iter()
+            .map(|(ids, _)| ids.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut ids = vec![i64::from(self.pad_id); rows.len() * len];
+        let mut padding = vec![true; rows.len() * len];
+        for (r, (row, _)) in rows.iter().enumerate() {
+            for (j, &id) in row.iter().enumerate() {
+                ids[r * len + j] = i64::from(id);
+                padding[r * len + j] = false;
+            }
+        }
+        TokenBatch {
+            ids,
+            padding: padding.into(),
+            rows: rows.len(),
+            len,
+            truncated: rows.iter().filter(|(_, cut)| *cut).count(),
+        }
+    }
+
+    /// Tokenises `texts` (special tokens, truncation) and pads them to the longest.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<TokenBatch, TextError> {
+        let encoded = texts
+            .iter()
+            .map(|t| self.encode(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.pad(&encoded.iter().collect::<Vec<_>>()))
+    }
+
+    /// Sentence embeddings `[rows, C]` of a tokenised batch: pooled as the folder says, unit
+    /// length when it normalises.
+    pub fn embed_batch(&self, batch: &TokenBatch, device: &Device) -> Tensor<2> {
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(batch.ids.clone(), [batch.rows, batch.len]),
+            device,
+        );
+        let hidden = self.model.forward(ids, batch.padding.clone());
+        let pooled = match self.pooling {
+            SentencePooling::Mean => bert::mean_pool(hidden, &batch.padding),
+            SentencePooling::Cls => {
+                let c = self.model.width();
+                hidden.narrow(1, 0, 1).reshape([batch.rows, c])
+            }
+        };
+        if self.normalize {
+            bert::l2_normalize(pooled)
+        } else {
+            pooled
+        }
+    }
+
+    /// Sentence embeddings of `texts`, one `Vec` per text in their order, computed in batches
+    /// of `batch` texts of similar token counts (longest first, as sentence-transformers
+    /// does: little padding), with `progress(done, total)` after each batch.
+    pub fn embed_with_progress(
+        &self,
+        texts: &[&str],
+        batch: usize,
+        device: &Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Embeddings, TextError> {
+        let encoded = texts
+            .iter()
+            .map(|t| self.encode(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].0.len()));
+        let width = self.model.width();
+        let mut out = vec![Vec::new(); texts.len()];
+        let mut done = 0;
+        for chunk in order.chunks(batch.max(1)) {
+            kiln_models::ops::keep_workers_ready();
+            let rows: Vec<&(Vec<u32>, bool)> = chunk.iter().map(|&i| &encoded[i]).collect();
+            let values = self
+                .embed_batch(&self.pad(&rows), device)
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 embeddings");
+            for (&i, v) in chunk.iter().zip(values.chunks_exact(width)) {
+                out[i] = v.to_vec();
+            }
+            done += chunk.len();
+            progress(done, texts.len());
+        }
+        Ok(Embeddings {
+            rows: out,
+            truncated: encoded.iter().filter(|(_, cut)| *cut).count(),
+        })
+    }
+
+    /// [`Self::embed_with_progress`] without progress.
+    pub fn embed(
+        &self,
+        texts: &[&str],
+        batch: usize,
+        device: &Device,
+    ) -> Result<Vec<Vec<f32>>, TextError> {
+        Ok(self
+            .embed_with_progress(texts, batch, device, &mut |_, _| {})?
+            .rows)
+    }
+}

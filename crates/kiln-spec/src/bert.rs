@@ -1,0 +1,166 @@
+use crate::SpecError;
+use serde::{Deserialize, Serialize};
+
+/// The activations a BERT feed-forward layer may use (`hidden_act` in `config.json`).
+pub const BERT_ACTIVATIONS: [&str; 4] = ["gelu", "gelu_new", "gelu_pytorch_tanh", "relu"];
+
+/// The architectures kiln loads from a Hugging Face folder (`model_type` in `config.json`).
+pub const PRETRAINED_MODEL_TYPES: [&str; 1] = ["bert"];
+
+/// A BERT-family encoder's shape, as a Hugging Face `config.json` states it (the same field
+/// names, so the file deserialises into it directly).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    /// `"bert"` (the only model type kiln builds from a pretrained folder today).
+    pub model_type: String,
+    /// Token vocabulary (rows of the word embedding).
+    pub vocab_size: usize,
+    /// Width of every hidden state.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward layer.
+    pub intermediate_size: usize,
+    /// Positions the model has embeddings for.
+    pub max_position_embeddings: usize,
+    /// Segment (token type) embeddings.
+    #[serde(default = "two")]
+    pub type_vocab_size: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "bert_eps")]
+    pub layer_norm_eps: f64,
+    /// Feed-forward activation, one of [`BERT_ACTIVATIONS`].
+    #[serde(default = "gelu")]
+    pub hidden_act: String,
+    /// Dropout on embeddings and residual branches while fine-tuning.
+    #[serde(default = "bert_dropout")]
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities while fine-tuning.
+    #[serde(default = "bert_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    /// Only `"absolute"` (learned positions) is supported.
+    #[serde(default = "absolute")]
+    pub position_embedding_type: String,
+    /// The padding token's id.
+    #[serde(default)]
+    pub pad_token_id: usize,
+}
+
+fn two() -> usize {
+    2
+}
+fn bert_eps() -> f64 {
+    1e-12
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+fn bert_dropout() -> f64 {
+    0.1
+}
+fn absolute() -> String {
+    "absolute".into()
+}
+
+impl BertConfig {
+    /// Width of one attention head.
+    pub fn head_size(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Checks the shape is one kiln builds; the error names the `config.json` field, its
+    /// value and what it must be (for an unknown architecture, the ones kiln supports).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |field: &str, value: String, expected: String| SpecError::Invalid {
+            field: field.to_string(),
+            value,
+            expected,
+        };
+        if !PRETRAINED_MODEL_TYPES.contains(&self.model_type.as_str()) {
+            return Err(invalid(
+                "model_type",
+                format!("\"{}\"", self.model_type),
+                format!("one of the supported architectures: {PRETRAINED_MODEL_TYPES:?}"),
+            ));
+        }
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "0".into(), "at least 1".into()));
+            }
+            if v > crate::MAX_DIMENSION {
+                return Err(invalid(
+                    field,
+                    v.to_string(),
+                    format!("at most {}", crate::MAX_DIMENSION),
+                ));
+            }
+        }
+        if self.num_hidden_layers > crate::MAX_LAYERS {
+            return Err(invalid(
+                "num_hidden_layers",
+                self.num_hidden_layers.to_string(),
+                format!("at most {}", crate::MAX_LAYERS),
+            ));
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(invalid(
+                "hidden_size",
+                self.hidden_size.to_string(),
+                format!(
+                    "divisible by num_attention_heads ({})",
+                    self.num_attention_heads
+                ),
+            ));
+        }
+        if !BERT_ACTIVATIONS.contains(&self.hidden_act.as_str()) {
+            return Err(invalid(
+                "hidden_act",
+                format!("\"{}\"", self.hidden_act),
+                format!("one of {BERT_ACTIVATIONS:?}"),
+            ));
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(invalid(
+                "position_embedding_type",
+                format!("\"{}\"", self.position_embedding_type),
+                "\"absolute\"".into(),
+            ));
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps < 1.0) {
+            return Err(invalid(
+                "layer_norm_eps",
+                self.layer_norm_eps.to_string(),
+                "in (0, 1)".into(),
+            ));
+        }
+        for (field, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(invalid(field, p.to_string(), "in [0, 1)".into()));
+            }
+        }
+        if self.pad_token_id >= self.vocab_size {
+            return Err(invalid(
+                "pad_token_id",
+                self.pad_token_id.to_string(),
+                format!("below vocab_size ({})", self.vocab_size),
+            ));
+        }
+        Ok(())
+    }
+}
