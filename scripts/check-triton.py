@@ -7,9 +7,12 @@
    and with JSON tensors; outputs must equal kiln's reference outputs within --tol.
 3. With --idx IMAGES --predict P.csv --model M: the first rows of an IDX image file sent as
    `pixels` give the same probabilities as `kiln predict --proba` wrote for those rows.
+4. With --embedder NAME --texts T.csv --embeddings E.npy: the texts of T.csv's `text` column
+   sent as a BYTES tensor (binary and JSON) give the embeddings `kiln embed` wrote to E.npy.
 
 Needs: pip install "tritonclient[http]" onnx numpy
 Usage: scripts/check-triton.py --url 127.0.0.1:8000 NAME=EXPORT_DIR... [--idx F --predict P --model M]
+       [--embedder NAME --texts T.csv --embeddings E.npy]
 """
 import argparse
 import csv
@@ -65,12 +68,15 @@ def main():
     p.add_argument("--idx")
     p.add_argument("--predict")
     p.add_argument("--model")
+    p.add_argument("--embedder")
+    p.add_argument("--texts")
+    p.add_argument("--embeddings")
     a = p.parse_args()
     client = httpclient.InferenceServerClient(url=a.url)
     assert client.is_server_live() and client.is_server_ready(), "server not live/ready"
     server = client.get_server_metadata()
     listed = sorted(m["name"] for m in client.get_model_repository_index())
-    names = sorted(m.split("=", 1)[0] for m in a.models)
+    names = sorted([m.split("=", 1)[0] for m in a.models] + ([a.embedder] if a.embedder else []))
     assert listed == names, f"repository index {listed}, expected {names}"
     print(f"ok  server {server['name']} {server['version']}: lists {listed}")
     for spec in a.models:
@@ -102,6 +108,24 @@ def main():
         assert diff <= 1e-5, f"tritonclient vs kiln predict: {diff}"
         print(f"ok  {a.model}: {len(rows)} IDX rows through tritonclient equal `kiln predict --proba` (max diff {diff:.2e}, "
               f"predict rounds to 6 decimals)")
+    if a.embedder:
+        with open(a.texts, encoding="utf-8") as f:
+            texts = [r["text"] for r in csv.DictReader(f)]
+        want = np.load(a.embeddings)
+        meta = client.get_model_metadata(a.embedder)
+        assert meta["inputs"][0]["datatype"] == "BYTES", meta
+        worst = 0.0
+        for binary in (True, False):
+            i = httpclient.InferInput("text", [len(texts)], "BYTES")
+            i.set_data_from_numpy(np.array([t.encode("utf-8") for t in texts], dtype=np.object_),
+                                  binary_data=binary)
+            out = [httpclient.InferRequestedOutput("embedding", binary_data=binary)]
+            got = client.infer(a.embedder, [i], outputs=out).as_numpy("embedding")
+            assert got.shape == want.shape, f"embedding shape {got.shape} vs {want.shape}"
+            worst = max(worst, float(np.max(np.abs(got - want))))
+        assert worst <= 1e-6, f"embeddings through tritonclient differ from kiln embed by {worst}"
+        print(f"ok  {a.embedder} ({meta['platform']}): {len(texts)} texts as BYTES, binary and JSON, "
+              f"equal `kiln embed` within {worst:.2e}")
     print("tritonclient: all checks passed")
 
 

@@ -548,6 +548,36 @@ fn tritonclient_lists_checks_and_infers_like_kiln_predict() {
     let predicted = std::fs::read_to_string(d.join("cnn.csv")).unwrap();
     let head: Vec<&str> = predicted.lines().take(41).collect();
     std::fs::write(d.join("cnn40.csv"), head.join("\n") + "\n").unwrap();
+    // The pretrained sentence encoder too, when installed: texts as BYTES against `kiln embed`.
+    let minilm = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/pretrained/all-MiniLM-L6-v2")
+        .canonicalize()
+        .ok()
+        .filter(|p| p.join("model.safetensors").is_file());
+    if let Some(minilm) = &minilm {
+        std::fs::write(
+            d.join("texts.csv"),
+            "text\nThe cat sat on the mat.\n今天天气很好。\n\"\"\nI love pizza 🍕\n",
+        )
+        .unwrap();
+        let model = minilm.display().to_string();
+        kiln_ok(
+            d,
+            &[
+                "embed",
+                &model,
+                "--data",
+                "texts.csv",
+                "--column",
+                "text",
+                "--out",
+                "emb.npy",
+            ],
+        );
+        serve_args.push(format!("minilm={model}"));
+    } else {
+        eprintln!("SKIPPED the embedding check: scripts/setup-pretrained.sh installs the model");
+    }
     let refs: Vec<&str> = serve_args.iter().map(String::as_str).collect();
     let server = start(d, &refs);
     let mut args: Vec<std::ffi::OsString> =
@@ -557,6 +587,12 @@ fn tritonclient_lists_checks_and_infers_like_kiln_predict() {
     args.push(d.join("img/train-images-idx3-ubyte").into_os_string());
     args.push("--predict".into());
     args.push(d.join("cnn40.csv").into_os_string());
+    if minilm.is_some() {
+        args.extend(["--embedder".into(), "minilm".into(), "--texts".into()]);
+        args.push(d.join("texts.csv").into_os_string());
+        args.push("--embeddings".into());
+        args.push(d.join("emb.npy").into_os_string());
+    }
     python_check("check-triton.py", &args);
 }
 
@@ -907,4 +943,162 @@ fn an_empty_token_is_an_error_and_an_open_address_without_one_warns() {
     assert!(!err.contains("warning"), "{err}");
     let err = run(&[], &["m=no-such-run", "--port", "0"]);
     assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
+fn a_pretrained_folder_serves_sentence_embeddings_equal_to_kiln_embed() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/pretrained/all-MiniLM-L6-v2");
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!(
+            "SKIPPED: {} not found (scripts/setup-pretrained.sh installs it)",
+            dir.display()
+        );
+        return;
+    }
+    let texts = [
+        "The cat sat on the mat.",
+        "今天天气很好。",
+        "",
+        "I love pizza 🍕",
+    ];
+    let device = kiln::models::Device::flex();
+    let encoder = kiln::runtime::pretrained::PretrainedEncoder::load(&dir, &device).unwrap();
+    let want: Vec<f32> = encoder.embed(&texts, 64, &device).unwrap().concat();
+    let close = |got: &[f64]| {
+        assert_eq!(got.len(), want.len());
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f32 - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d < 1e-6, "served embeddings differ from kiln's by {d}");
+    };
+    let work = tempfile::tempdir().unwrap();
+    let server = start(
+        work.path(),
+        &[&format!("minilm={}", dir.canonicalize().unwrap().display())],
+    );
+    let port = server.port;
+
+    // Metadata: a BYTES text input, an FP32 embedding output.
+    let (status, _, body) = http(port, "GET", "/v2/models/minilm", &[], b"");
+    assert_eq!(status, 200);
+    let meta: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(meta["inputs"][0]["name"], "text");
+    assert_eq!(meta["inputs"][0]["datatype"], "BYTES");
+    assert_eq!(meta["outputs"][0]["name"], "embedding");
+    assert_eq!(meta["outputs"][0]["shape"], json!([-1, 384]));
+
+    // v2 JSON.
+    let request =
+        json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [4], "data": texts}]});
+    let (status, out) = post_json(port, "/v2/models/minilm/infer", &request);
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["outputs"][0]["shape"], json!([4, 384]));
+    let got: Vec<f64> = serde_json::from_value(out["outputs"][0]["data"].clone()).unwrap();
+    close(&got);
+
+    // v2 binary: length-prefixed BYTES in, raw FP32 out.
+    let mut blob = Vec::new();
+    for t in texts {
+        blob.extend((t.len() as u32).to_le_bytes());
+        blob.extend(t.as_bytes());
+    }
+    let header = json!({
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [4],
+                    "parameters": {"binary_data_size": blob.len()}}],
+        "parameters": {"binary_data_output": true}
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(&blob);
+    let len = header.len().to_string();
+    let (status, headers, body) = http(
+        port,
+        "POST",
+        "/v2/models/minilm/infer",
+        &[("inference-header-content-length", &len)],
+        &body,
+    );
+    assert_eq!(status, 200);
+    let json_len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "inference-header-content-length")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let got: Vec<f64> = body[json_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+        .collect();
+    close(&got);
+
+    // v1: texts as instances, embeddings as predictions.
+    let (status, out) = post_json(
+        port,
+        "/v1/models/minilm/predict",
+        &json!({"instances": texts}),
+    );
+    assert_eq!(status, 200, "{out}");
+    let got: Vec<f64> = out["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect();
+    close(&got);
+
+    // Bad inputs: a number where text is expected, broken binary lengths, invalid UTF-8.
+    let (status, out) = post_json(
+        port,
+        "/v2/models/minilm/infer",
+        &json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [5]}]}),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        out["error"].as_str().unwrap().contains("not a string"),
+        "{out}"
+    );
+    let (status, out) = post_json(
+        port,
+        "/v2/models/minilm/infer",
+        &json!({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [5.0]}]}),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        out["error"].as_str().unwrap().contains("expected BYTES"),
+        "{out}"
+    );
+    for (blob, expected) in [
+        (vec![9u8, 0, 0, 0, b'a'], "claims 9 bytes"),
+        (vec![2u8, 0, 0, 0, 0xff, 0xfe], "not UTF-8"),
+    ] {
+        let header = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                        "parameters": {"binary_data_size": blob.len()}}]})
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend(&blob);
+        let len = header.len().to_string();
+        let (status, _, body) = http(
+            port,
+            "POST",
+            "/v2/models/minilm/infer",
+            &[("inference-header-content-length", &len)],
+            &body,
+        );
+        assert_eq!(status, 400);
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains(expected), "{text}");
+    }
+    let (status, out) = post_json(
+        port,
+        "/v1/models/minilm/predict",
+        &json!({"instances": [{"a": 1}]}),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        out["error"].as_str().unwrap().contains("expected a string"),
+        "{out}"
+    );
 }

@@ -123,8 +123,10 @@ pub fn parse_csv(
             break;
         }
         let line = record.position().map(|p| p.line()).unwrap_or(0);
-        if record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
-            continue; // blank line
+        // A whitespace-only line (the csv crate skips empty ones itself); in a one-column file
+        // the same record is an empty value (`""`, a missing text), and is kept.
+        if width > 1 && record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
+            continue;
         }
         report.rows_read += 1;
         let problem = if record.len() != width {

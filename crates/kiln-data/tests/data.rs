@@ -44,6 +44,23 @@ fn csv_quotes_semicolons_missing_tokens_and_bom() {
 }
 
 #[test]
+fn blank_lines_are_skipped_but_an_empty_value_of_a_one_column_file_is_a_row() {
+    // One column: `""` and a whitespace-only line are empty texts (rows), an empty line is not.
+    let t = csv_table("text\nfoo\n\n\"\"\n   \nbar\n");
+    assert_eq!(
+        t.columns[0],
+        Column::Text(vec![Some("foo".into()), None, None, Some("bar".into())])
+    );
+    assert_eq!(t.lines.len(), 4);
+    // Two columns: a whitespace-only line is a blank line, skipped.
+    let t = csv_table("a,b\n1,2\n   \n3,4\n");
+    assert_eq!(
+        t.columns[0],
+        Column::Text(vec![Some("1".into()), Some("3".into())])
+    );
+}
+
+#[test]
 fn inference_of_types_and_task() {
     let mut text = String::from("id,age,city,member,score,label\n");
     for i in 0..60 {

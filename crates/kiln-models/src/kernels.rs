@@ -228,10 +228,10 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) {
     simd_dispatch!(softmax_loop(row: &mut [f32]));
 }
 
+/// The largest value of `row` (`-inf` when empty; NaN is skipped), over 16 independent lanes
+/// so the loop vectorises (a float fold with one accumulator has to run in order).
 #[inline(always)]
-fn softmax_loop(row: &mut [f32]) {
-    // Reductions over 16 independent lanes, so they vectorise (a float fold with one
-    // accumulator has to run in order).
+fn row_max(row: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
@@ -240,11 +240,19 @@ fn softmax_loop(row: &mut [f32]) {
             *m = if v > *m { v } else { *m };
         }
     }
-    let max = chunks
+    chunks
         .remainder()
         .iter()
         .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+#[inline(always)]
+fn softmax_loop(row: &mut [f32]) {
+    // Reductions over 16 independent lanes, so they vectorise (a float fold with one
+    // accumulator has to run in order).
+    const LANES: usize = 16;
+    let max = row_max(row);
     for v in row.iter_mut() {
         *v = exp_approx(*v - max);
     }
@@ -284,18 +292,7 @@ fn softmax_cross_entropy_dispatch(row: &mut [f32], target: usize, keep_grad: boo
 fn softmax_cross_entropy_loop(row: &mut [f32], target: usize, keep_grad: bool, loss: &mut f32) {
     const LANES: usize = 16;
     let picked = row[target];
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = if v > *m { v } else { *m };
-        }
-    }
-    let max = chunks
-        .remainder()
-        .iter()
-        .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let max = row_max(row);
     let mut lanes = [0.0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for c in &mut chunks {

@@ -41,6 +41,13 @@ pub enum Body {
         /// Queue to the worker thread that owns the weights.
         batcher: Batcher,
     },
+    /// A pretrained sentence encoder (a Hugging Face folder): texts in, embeddings out.
+    Embedder {
+        /// The encoder with its tokenizer and pooling (read-only, shared by requests).
+        encoder: Arc<kiln_runtime::pretrained::PretrainedEncoder>,
+        /// Device.
+        device: Device,
+    },
     /// A language model.
     Gpt {
         /// Weights (read-only, shared by generation tasks).
@@ -82,8 +89,23 @@ impl ServedModel {
         metrics: Arc<Metrics>,
     ) -> Result<Self, kiln_runtime::RuntimeError> {
         if !dir.join("config.toml").is_file() {
+            if dir.join(kiln_runtime::pretrained::CONFIG_FILE).is_file() {
+                // A Hugging Face folder: served as a sentence encoder.
+                let device = Device::flex();
+                let encoder = kiln_runtime::pretrained::PretrainedEncoder::load(dir, &device)
+                    .map_err(|e| kiln_runtime::RuntimeError::Invalid(e.to_string()))?;
+                return Ok(Self {
+                    name: name.to_string(),
+                    run_dir: dir.to_path_buf(),
+                    body: Body::Embedder {
+                        encoder: Arc::new(encoder),
+                        device,
+                    },
+                });
+            }
             return Err(kiln_runtime::RuntimeError::Invalid(format!(
-                "{}: not a run directory (no config.toml); pass the directory `kiln train` printed",
+                "{}: not a run directory (no config.toml) nor a pretrained Hugging Face folder \
+                 (no config.json); pass the directory `kiln train` printed",
                 dir.display()
             )));
         }
@@ -126,7 +148,7 @@ impl ServedModel {
     pub fn is_ready(&self) -> bool {
         match &self.body {
             Body::Network { batcher, .. } => batcher.is_alive(),
-            Body::Gpt { .. } => true,
+            Body::Gpt { .. } | Body::Embedder { .. } => true,
         }
     }
 
@@ -135,6 +157,7 @@ impl ServedModel {
         match &self.body {
             Body::Network { spec, .. } => format!("{:?}", spec.kind).to_lowercase(),
             Body::Gpt { .. } => "gpt".into(),
+            Body::Embedder { encoder, .. } => encoder.config.model_type.clone(),
         }
     }
 
@@ -171,6 +194,7 @@ impl ServedModel {
                 v
             }
             Body::Gpt { .. } => vec![spec("tokens", "INT64", vec![-1, -1])],
+            Body::Embedder { .. } => vec![spec("text", "BYTES", vec![-1])],
         }
     }
 
@@ -194,8 +218,36 @@ impl ServedModel {
                     vec![-1, -1, config.vocab_size as i64],
                 )]
             }
+            Body::Embedder { encoder, .. } => vec![spec(
+                "embedding",
+                "FP32",
+                vec![-1, encoder.model.width() as i64],
+            )],
         }
     }
+}
+
+/// Sentence embeddings of `texts` with `encoder`, off the async runtime: `rows x width`
+/// values, or a 400 naming the text whose embedding is not finite.
+pub async fn embed_texts(
+    encoder: &Arc<kiln_runtime::pretrained::PretrainedEncoder>,
+    device: &Device,
+    texts: Vec<String>,
+) -> Result<Vec<f32>, ApiError> {
+    let (encoder, device) = (encoder.clone(), device.clone());
+    let rows = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        kiln_models::ops::in_thread_pool(|| encoder.embed(&refs, 64, &device))
+    })
+    .await
+    .map_err(|_| ApiError::internal("the forward pass failed"))?
+    .map_err(|e| ApiError::bad_request(format!("tokenizing: {e}")))?;
+    if let Some(bad) = rows.iter().position(|r| r.iter().any(|v| !v.is_finite())) {
+        return Err(ApiError::bad_request(format!(
+            "text {bad}: its embedding is not finite"
+        )));
+    }
+    Ok(rows.concat())
 }
 
 /// An empty [`Encoded`] with the model's shapes.

@@ -30,17 +30,6 @@ pub async fn predict(
     body: &[u8],
     limits: RequestLimits,
 ) -> Result<Response, ApiError> {
-    let Body::Network {
-        preprocessor,
-        batcher,
-        ..
-    } = &model.body
-    else {
-        return Err(ApiError::bad_request(format!(
-            "model \"{}\" is a language model: use /v1/models/{}/generate",
-            model.name, model.name
-        )));
-    };
     let request: PredictRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid predict request: {e} (expected {{\"instances\": [{{\"column\": value, ...}}]}})"
@@ -56,6 +45,38 @@ pub async fn predict(
             limits.max_rows
         )));
     }
+    let (preprocessor, batcher) = match &model.body {
+        Body::Network {
+            preprocessor,
+            batcher,
+            ..
+        } => (preprocessor, batcher),
+        Body::Embedder { encoder, device } => {
+            // A sentence encoder: instances are texts, predictions their embeddings.
+            let texts = request
+                .instances
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(ApiError::bad_request(format!(
+                        "instances[{i}]: expected a string (a text to embed), got {}",
+                        crate::model::json_kind(other)
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let width = encoder.model.width();
+            let values = crate::model::embed_texts(encoder, device, texts).await?;
+            let predictions: Vec<&[f32]> = values.chunks_exact(width).collect();
+            return Ok(Json(json!({ "predictions": predictions })).into_response());
+        }
+        Body::Gpt { .. } => {
+            return Err(ApiError::bad_request(format!(
+                "model \"{}\" is a language model: use /v1/models/{}/generate",
+                model.name, model.name
+            )));
+        }
+    };
     let table = records_table(preprocessor, &request.instances)?;
     let rows: Vec<usize> = (0..n).collect();
     let encoded = preprocessor

@@ -50,6 +50,8 @@ struct Tensor {
 enum Values {
     F32(Vec<f32>),
     I64(Vec<i64>),
+    /// BYTES elements, each valid UTF-8.
+    Text(Vec<String>),
 }
 
 fn flatten(name: &str, v: &Value, out: &mut Vec<Value>) -> Result<(), ApiError> {
@@ -60,19 +62,54 @@ fn flatten(name: &str, v: &Value, out: &mut Vec<Value>) -> Result<(), ApiError> 
             }
             Ok(())
         }
-        Value::Number(_) | Value::Null | Value::Bool(_) => {
+        Value::Number(_) | Value::Null | Value::Bool(_) | Value::String(_) => {
             out.push(v.clone());
             Ok(())
         }
         other => Err(ApiError::bad_request(format!(
-            "input \"{name}\": data must be numbers, got {}",
+            "input \"{name}\": data must be numbers or strings, got {}",
             crate::model::json_kind(other)
         ))),
     }
 }
 
-/// Decodes `t` (JSON `data` or its slice of the binary part) as the datatype the model wants.
-fn decode(t: &InputTensor, binary: Option<&[u8]>, want_int: bool) -> Result<Tensor, ApiError> {
+/// The elements of a BYTES tensor's binary data: each a 4-byte little-endian length and that
+/// many bytes, here required to be UTF-8 text.
+fn bytes_elements(name: &str, mut bytes: &[u8], count: usize) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::with_capacity(count.min(bytes.len() / 4));
+    for i in 0..count {
+        let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+            return Err(ApiError::bad_request(format!(
+                "input \"{name}\": BYTES element {i} has no 4-byte length"
+            )));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err(ApiError::bad_request(format!(
+                "input \"{name}\": BYTES element {i} claims {len} bytes, {} are left",
+                rest.len()
+            )));
+        }
+        let (text, rest) = rest.split_at(len);
+        out.push(String::from_utf8(text.to_vec()).map_err(|e| {
+            ApiError::bad_request(format!(
+                "input \"{name}\": BYTES element {i} is not UTF-8 text ({e})"
+            ))
+        })?);
+        bytes = rest;
+    }
+    if !bytes.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "input \"{name}\": {} bytes left after {count} BYTES elements",
+            bytes.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Decodes `t` (JSON `data` or its slice of the binary part) as `want`, the datatype the model
+/// takes ("FP32", "INT64" or "BYTES"; FP64 and INT32 are accepted for the first two).
+fn decode(t: &InputTensor, binary: Option<&[u8]>, want: &str) -> Result<Tensor, ApiError> {
     let name = &t.name;
     if t.shape.iter().any(|&d| d < 0) {
         return Err(ApiError::bad_request(format!(
@@ -93,6 +130,7 @@ fn decode(t: &InputTensor, binary: Option<&[u8]>, want_int: bool) -> Result<Tens
         })?;
     let dtype = t.datatype.as_str();
     let values = match binary {
+        Some(bytes) if dtype == "BYTES" => Values::Text(bytes_elements(name, bytes, count)?),
         Some(bytes) => {
             let size = match dtype {
                 "FP32" | "INT32" => 4,
@@ -180,22 +218,39 @@ fn decode(t: &InputTensor, binary: Option<&[u8]>, want_int: bool) -> Result<Tens
                         })
                         .collect::<Result<_, _>>()?,
                 ),
+                "BYTES" => Values::Text(
+                    flat.iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            v.as_str().map(str::to_string).ok_or_else(|| {
+                                ApiError::bad_request(format!(
+                                    "input \"{name}\": value {i} is not a string"
+                                ))
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
                 other => {
                     return Err(ApiError::bad_request(format!(
-                        "input \"{name}\": datatype {other} is not supported (FP32, FP64, INT32, INT64)"
+                        "input \"{name}\": datatype {other} is not supported (FP32, FP64, INT32, INT64, BYTES)"
                     )));
                 }
             }
         }
     };
-    match (&values, want_int) {
-        (Values::F32(_), true) => Err(ApiError::bad_request(format!(
+    match (&values, want) {
+        (Values::F32(_), "FP32") | (Values::I64(_), "INT64") | (Values::Text(_), "BYTES") => {
+            Ok(Tensor { shape, values })
+        }
+        (_, "INT64") => Err(ApiError::bad_request(format!(
             "input \"{name}\": datatype {dtype}, expected INT64 (or INT32)"
         ))),
-        (Values::I64(_), false) => Err(ApiError::bad_request(format!(
+        (_, "BYTES") => Err(ApiError::bad_request(format!(
+            "input \"{name}\": datatype {dtype}, expected BYTES"
+        ))),
+        _ => Err(ApiError::bad_request(format!(
             "input \"{name}\": datatype {dtype}, expected FP32 (or FP64)"
         ))),
-        _ => Ok(Tensor { shape, values }),
     }
 }
 
@@ -329,7 +384,7 @@ pub async fn infer(
                 Some(head)
             }
         };
-        let t = decode(input, bytes, spec.datatype == "INT64")?;
+        let t = decode(input, bytes, spec.datatype)?;
         if t.shape.len() != spec.shape.len()
             || t.shape
                 .iter()
@@ -555,6 +610,19 @@ async fn run(
                         .collect(),
                 }],
             })
+        }
+        Body::Embedder { encoder, device } => {
+            let (_, t) = tensors.into_iter().next().expect("one input");
+            let Values::Text(texts) = t.values else {
+                unreachable!("checked BYTES")
+            };
+            let width = encoder.model.width();
+            let values = crate::model::embed_texts(encoder, device, texts).await?;
+            Ok(vec![Output {
+                name: "embedding".into(),
+                shape: vec![rows, width],
+                values,
+            }])
         }
         Body::Gpt {
             model: gpt,

@@ -1,4 +1,5 @@
 use crate::SpecError;
+use crate::model::{check_dropout, check_size};
 use serde::{Deserialize, Serialize};
 
 /// The activations a BERT feed-forward layer may use (`hidden_act` in `config.json`).
@@ -94,16 +95,7 @@ impl BertConfig {
             ("max_position_embeddings", self.max_position_embeddings),
             ("type_vocab_size", self.type_vocab_size),
         ] {
-            if v == 0 {
-                return Err(invalid(field, "0".into(), "at least 1".into()));
-            }
-            if v > crate::MAX_DIMENSION {
-                return Err(invalid(
-                    field,
-                    v.to_string(),
-                    format!("at most {}", crate::MAX_DIMENSION),
-                ));
-            }
+            check_size(field, v, 1)?;
         }
         if self.num_hidden_layers > crate::MAX_LAYERS {
             return Err(invalid(
@@ -143,17 +135,11 @@ impl BertConfig {
                 "in (0, 1)".into(),
             ));
         }
-        for (field, p) in [
-            ("hidden_dropout_prob", self.hidden_dropout_prob),
-            (
-                "attention_probs_dropout_prob",
-                self.attention_probs_dropout_prob,
-            ),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(invalid(field, p.to_string(), "in [0, 1)".into()));
-            }
-        }
+        check_dropout("hidden_dropout_prob", self.hidden_dropout_prob)?;
+        check_dropout(
+            "attention_probs_dropout_prob",
+            self.attention_probs_dropout_prob,
+        )?;
         if self.pad_token_id >= self.vocab_size {
             return Err(invalid(
                 "pad_token_id",

@@ -84,7 +84,11 @@ pub const MAX_DIMENSION: usize = 1 << 24;
 /// cannot overflow.
 pub const MAX_LAYERS: usize = 1024;
 
-fn check_size(field: impl Into<String>, value: usize, min: usize) -> Result<(), SpecError> {
+pub(crate) fn check_size(
+    field: impl Into<String>,
+    value: usize,
+    min: usize,
+) -> Result<(), SpecError> {
     if (min..=MAX_DIMENSION).contains(&value) {
         Ok(())
     } else {
@@ -96,7 +100,7 @@ fn check_size(field: impl Into<String>, value: usize, min: usize) -> Result<(), 
     }
 }
 
-fn check_dropout(field: impl Into<String>, p: f64) -> Result<(), SpecError> {
+pub(crate) fn check_dropout(field: impl Into<String>, p: f64) -> Result<(), SpecError> {
     if (0.0..1.0).contains(&p) {
         Ok(())
     } else {

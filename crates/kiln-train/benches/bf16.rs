@@ -10,14 +10,14 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::prelude::Device;
 use burn::tensor::FloatDType;
-use kiln_models::{Gpt, GptConfig};
+use kiln_models::Gpt;
 use kiln_rng::SplitMix64;
 use kiln_train::grads::ParamGrads;
 use kiln_train::lm::lm_loss;
 #[path = "common/workloads.rs"]
 mod workloads;
 
-use workloads::CastParams;
+use workloads::{CastParams, large_vocabulary_config};
 
 /// Loss and flattened f32 gradients (in parameter-path order) of one step.
 fn step(model: &Gpt, x: &[i64], y: &[i64], b: usize, t: usize, device: &Device) -> (f64, Vec<f32>) {
@@ -49,16 +49,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(10);
-    let cfg = GptConfig {
-        vocab_size: 4616,
-        context: 64,
-        layers: 4,
-        heads: 4,
-        embd: 128,
-        dropout: 0.0,
-        bias: false,
-        tied_head: true,
-    };
+    let cfg = large_vocabulary_config();
     let (b, t) = (12, 64);
     let device = Device::flex();
     let ad = device.clone().autodiff();
