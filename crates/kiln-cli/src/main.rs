@@ -36,7 +36,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Export a trained run: ONNX (with reference test data) or HuggingFace-style safetensors.
     Export(ExportArgs),
-    /// Serve trained runs over HTTP (Open Inference Protocol, raw-record predict, generation).
+    /// Serve trained runs (and pretrained sentence encoders) over HTTP: Open Inference
+    /// Protocol, raw-record predict, generation, embeddings.
     Serve(ServeArgs),
     /// Sentence embeddings of a text column with a pretrained encoder folder (.npy or .csv).
     Embed(EmbedArgs),
@@ -99,7 +100,8 @@ struct GenerateArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Run directories to serve, as RUN_DIR (named after the directory) or NAME=RUN_DIR.
+    /// Run directories to serve, as RUN_DIR (named after the directory) or NAME=RUN_DIR; a
+    /// pretrained Hugging Face folder is served as a sentence encoder (texts in, embeddings out).
     #[arg(required = true)]
     models: Vec<String>,
     /// Address to listen on (loopback by default; 0.0.0.0 opens it to the network).

@@ -453,7 +453,7 @@ fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
         ("POST", "/v2/models/mlp/infer", vec![auth], features(1, width + 1).to_string().into_bytes(), 400, "shape"),
         ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, width], "data": [1.0]}]}).to_string().into_bytes(), 400, "values for shape"),
         ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "INT64", "shape": [1, width], "data": vec![1; width]}]}).to_string().into_bytes(), 400, "expected FP32"),
-        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "BYTES", "shape": [1, width], "data": vec!["a"; width]}]}).to_string().into_bytes(), 400, "data must be numbers"),
+        ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "BYTES", "shape": [1, width], "data": vec!["a"; width]}]}).to_string().into_bytes(), 400, "datatype BYTES, expected FP32"),
         ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}).to_string().into_bytes(), 400, "unknown input \"pixels\""),
         ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": []}).to_string().into_bytes(), 400, "missing input \"features\""),
         ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, width]}]}).to_string().into_bytes(), 400, "no \"data\""),
