@@ -945,6 +945,27 @@ fn an_empty_token_is_an_error_and_an_open_address_without_one_warns() {
     assert!(!err.contains("warning"), "{err}");
 }
 
+/// A binary v2 request to the `minilm` model: `rows` BYTES elements in `blob` (each a 4-byte
+/// length and its text), binary output asked for.
+fn post_bytes(port: u16, rows: usize, blob: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let header = json!({
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [rows],
+                    "parameters": {"binary_data_size": blob.len()}}],
+        "parameters": {"binary_data_output": true}
+    })
+    .to_string();
+    let len = header.len().to_string();
+    let mut body = header.into_bytes();
+    body.extend(blob);
+    http(
+        port,
+        "POST",
+        "/v2/models/minilm/infer",
+        &[("inference-header-content-length", &len)],
+        &body,
+    )
+}
+
 #[test]
 fn a_pretrained_folder_serves_sentence_embeddings_equal_to_kiln_embed() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/pretrained/all-MiniLM-L6-v2");
@@ -1004,22 +1025,7 @@ fn a_pretrained_folder_serves_sentence_embeddings_equal_to_kiln_embed() {
         blob.extend((t.len() as u32).to_le_bytes());
         blob.extend(t.as_bytes());
     }
-    let header = json!({
-        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [4],
-                    "parameters": {"binary_data_size": blob.len()}}],
-        "parameters": {"binary_data_output": true}
-    })
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend(&blob);
-    let len = header.len().to_string();
-    let (status, headers, body) = http(
-        port,
-        "POST",
-        "/v2/models/minilm/infer",
-        &[("inference-header-content-length", &len)],
-        &body,
-    );
+    let (status, headers, body) = post_bytes(port, texts.len(), &blob);
     assert_eq!(status, 200);
     let json_len: usize = headers
         .iter()
@@ -1074,19 +1080,7 @@ fn a_pretrained_folder_serves_sentence_embeddings_equal_to_kiln_embed() {
         (vec![9u8, 0, 0, 0, b'a'], "claims 9 bytes"),
         (vec![2u8, 0, 0, 0, 0xff, 0xfe], "not UTF-8"),
     ] {
-        let header = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
-                                        "parameters": {"binary_data_size": blob.len()}}]})
-        .to_string();
-        let mut body = header.clone().into_bytes();
-        body.extend(&blob);
-        let len = header.len().to_string();
-        let (status, _, body) = http(
-            port,
-            "POST",
-            "/v2/models/minilm/infer",
-            &[("inference-header-content-length", &len)],
-            &body,
-        );
+        let (status, _, body) = post_bytes(port, 1, &blob);
         assert_eq!(status, 400);
         let text = String::from_utf8_lossy(&body);
         assert!(text.contains(expected), "{text}");
