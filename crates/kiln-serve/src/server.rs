@@ -87,11 +87,15 @@ pub(crate) async fn run(
 async fn idle_watch(state: Arc<AppState>, mut on_idle: impl FnMut()) {
     let after = state.config.idle_after;
     let tick = (after / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    // With every answer handled, nothing is due until a request comes: look once per `after`
+    // (at most a second): an idle server wakes once a second, not four times.
+    let resting = after.clamp(tick, Duration::from_secs(1));
     let mut seen = state.answered.load(Ordering::Relaxed);
     let mut handled = seen;
     let mut quiet_since = Instant::now();
     loop {
-        tokio::time::sleep(tick).await;
+        let pending = seen != handled || state.metrics.in_flight.get() > 0;
+        tokio::time::sleep(if pending { tick } else { resting }).await;
         let answered = state.answered.load(Ordering::Relaxed);
         if answered != seen || state.metrics.in_flight.get() > 0 {
             seen = answered;
