@@ -984,7 +984,7 @@ fn a_pretrained_folder_serves_sentence_embeddings_equal_to_kiln_embed() {
     ];
     let device = kiln::models::Device::flex();
     let encoder = kiln::runtime::pretrained::PretrainedEncoder::load(&dir, &device).unwrap();
-    let want: Vec<f32> = encoder.embed(&texts, 64, &device).unwrap().concat();
+    let want: Vec<f32> = encoder.embed(&texts, 64, &device).unwrap().values;
     let close = |got: &[f64]| {
         assert_eq!(got.len(), want.len());
         let d = got

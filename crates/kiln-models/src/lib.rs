@@ -24,7 +24,7 @@ pub use generate::{SamplingConfig, generate, sample};
 pub use gpt::{Gpt, KvCache};
 pub use kiln_spec::{
     BertConfig, GptConfig, InputShape, ModelSpec, PRETRAINED_MODEL_TYPES, SpecError,
-    TextEncoderSpec,
+    TextEncoderSpec, check_model_type,
 };
 pub use network::{Inputs, Network, Outputs};
 

@@ -172,10 +172,26 @@ pub struct PretrainedEncoder {
 /// Sentence embeddings of a list of texts.
 #[derive(Debug, Clone)]
 pub struct Embeddings {
-    /// One vector per text, in the texts' order.
-    pub rows: Vec<Vec<f32>>,
+    /// `[texts, width]` row-major, in the texts' order.
+    pub values: Vec<f32>,
+    /// Values per embedding.
+    pub width: usize,
     /// Texts cut to the model's `max_tokens`.
     pub truncated: usize,
+}
+
+/// Why texts could not be embedded.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// Tokenizing failed.
+    #[error(transparent)]
+    Text(#[from] TextError),
+    /// A text's embedding holds NaN or an infinity (never returned as a value).
+    #[error("text {index}: its embedding is not finite")]
+    NonFinite {
+        /// The text's position in the input.
+        index: usize,
+    },
 }
 
 /// A batch of tokenised texts, padded to its longest row.
@@ -189,8 +205,6 @@ pub struct TokenBatch {
     pub rows: usize,
     /// Tokens per row.
     pub len: usize,
-    /// Rows whose text was cut to the model's `max_tokens`.
-    pub truncated: usize,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, PretrainedError> {
@@ -201,7 +215,14 @@ fn read(path: &Path) -> Result<Vec<u8>, PretrainedError> {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, PretrainedError> {
-    serde_json::from_slice(&read(path)?).map_err(|source| PretrainedError::Json {
+    parse_json(path, &read(path)?)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<T, PretrainedError> {
+    serde_json::from_slice(bytes).map_err(|source| PretrainedError::Json {
         path: path.to_path_buf(),
         source,
     })
@@ -210,34 +231,21 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Pretraine
 /// Reads `config.json` of `dir` and checks the architecture is one kiln builds.
 pub fn read_config(dir: &Path) -> Result<BertConfig, PretrainedError> {
     let path = require(dir, CONFIG_FILE)?;
+    let bytes = read(&path)?;
+    let architecture = |source| PretrainedError::Architecture {
+        path: path.clone(),
+        source,
+    };
     // The architecture first, so a GPT-2 or T5 folder is named as such rather than reported
     // as a BERT config missing fields.
     #[derive(serde::Deserialize)]
     struct Kind {
         model_type: Option<String>,
     }
-    let kind: Kind = read_json(&path)?;
-    let model_type = kind.model_type.unwrap_or_default();
-    if !kiln_models::PRETRAINED_MODEL_TYPES.contains(&model_type.as_str()) {
-        return Err(PretrainedError::Architecture {
-            path,
-            source: SpecError::Invalid {
-                field: "model_type".into(),
-                value: format!("\"{model_type}\""),
-                expected: format!(
-                    "one of the architectures kiln loads: {:?}",
-                    kiln_models::PRETRAINED_MODEL_TYPES
-                ),
-            },
-        });
-    }
-    let config: BertConfig = read_json(&path)?;
-    config
-        .validate()
-        .map_err(|source| PretrainedError::Architecture {
-            path: path.clone(),
-            source,
-        })?;
+    let kind: Kind = parse_json(&path, &bytes)?;
+    kiln_models::check_model_type(&kind.model_type.unwrap_or_default()).map_err(architecture)?;
+    let config: BertConfig = parse_json(&path, &bytes)?;
+    config.validate().map_err(architecture)?;
     Ok(config)
 }
 
@@ -407,7 +415,7 @@ impl PretrainedEncoder {
         self.tokenizer.encode_for_model(text)
     }
 
-    /// Token id rows padded to the longest of them; `truncated` counts the rows flagged cut.
+    /// Token id rows (as [`Self::encode`] gives them) padded to the longest of them.
     pub fn pad(&self, rows: &[&(Vec<u32>, bool)]) -> TokenBatch {
         let len = rows
             .iter()
@@ -428,7 +436,6 @@ impl PretrainedEncoder {
             padding: padding.into(),
             rows: rows.len(),
             len,
-            truncated: rows.iter().filter(|(_, cut)| *cut).count(),
         }
     }
 
@@ -463,16 +470,17 @@ impl PretrainedEncoder {
         }
     }
 
-    /// Sentence embeddings of `texts`, one `Vec` per text in their order, computed in batches
-    /// of `batch` texts of similar token counts (longest first, as sentence-transformers
-    /// does: little padding), with `progress(done, total)` after each batch.
+    /// Sentence embeddings of `texts` in their order, computed in batches of `batch` texts
+    /// of similar token counts (longest first, as sentence-transformers does: little padding),
+    /// with `progress(done, total)` after each batch. A non-finite embedding is an error
+    /// naming its text.
     pub fn embed_with_progress(
         &self,
         texts: &[&str],
         batch: usize,
         device: &Device,
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Embeddings, TextError> {
+    ) -> Result<Embeddings, EmbedError> {
         let encoded = texts
             .iter()
             .map(|t| self.encode(t))
@@ -480,25 +488,29 @@ impl PretrainedEncoder {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].0.len()));
         let width = self.model.width();
-        let mut out = vec![Vec::new(); texts.len()];
+        let mut values = vec![0.0f32; texts.len() * width];
         let mut done = 0;
         for chunk in order.chunks(batch.max(1)) {
             kiln_models::ops::keep_workers_ready();
             let rows: Vec<&(Vec<u32>, bool)> = chunk.iter().map(|&i| &encoded[i]).collect();
-            let values = self
+            let batch_values = self
                 .embed_batch(&self.pad(&rows), device)
                 .into_data()
                 .convert::<f32>()
                 .try_into_vec::<f32>()
                 .expect("f32 embeddings");
-            for (&i, v) in chunk.iter().zip(values.chunks_exact(width)) {
-                out[i] = v.to_vec();
+            for (&i, v) in chunk.iter().zip(batch_values.chunks_exact(width)) {
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(EmbedError::NonFinite { index: i });
+                }
+                values[i * width..(i + 1) * width].copy_from_slice(v);
             }
             done += chunk.len();
             progress(done, texts.len());
         }
         Ok(Embeddings {
-            rows: out,
+            values,
+            width,
             truncated: encoded.iter().filter(|(_, cut)| *cut).count(),
         })
     }
@@ -509,9 +521,7 @@ impl PretrainedEncoder {
         texts: &[&str],
         batch: usize,
         device: &Device,
-    ) -> Result<Vec<Vec<f32>>, TextError> {
-        Ok(self
-            .embed_with_progress(texts, batch, device, &mut |_, _| {})?
-            .rows)
+    ) -> Result<Embeddings, EmbedError> {
+        self.embed_with_progress(texts, batch, device, &mut |_, _| {})
     }
 }

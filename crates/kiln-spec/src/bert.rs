@@ -8,6 +8,18 @@ pub const BERT_ACTIVATIONS: [&str; 4] = ["gelu", "gelu_new", "gelu_pytorch_tanh"
 /// The architectures kiln loads from a Hugging Face folder (`model_type` in `config.json`).
 pub const PRETRAINED_MODEL_TYPES: [&str; 1] = ["bert"];
 
+/// Checks a `config.json` `model_type` is one kiln builds; the error lists those it does.
+pub fn check_model_type(model_type: &str) -> Result<(), SpecError> {
+    if PRETRAINED_MODEL_TYPES.contains(&model_type) {
+        return Ok(());
+    }
+    Err(SpecError::Invalid {
+        field: "model_type".into(),
+        value: format!("\"{model_type}\""),
+        expected: format!("one of the architectures kiln loads: {PRETRAINED_MODEL_TYPES:?}"),
+    })
+}
+
 /// A BERT-family encoder's shape, as a Hugging Face `config.json` states it (the same field
 /// names, so the file deserialises into it directly).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,13 +91,7 @@ impl BertConfig {
             value,
             expected,
         };
-        if !PRETRAINED_MODEL_TYPES.contains(&self.model_type.as_str()) {
-            return Err(invalid(
-                "model_type",
-                format!("\"{}\"", self.model_type),
-                format!("one of the supported architectures: {PRETRAINED_MODEL_TYPES:?}"),
-            ));
-        }
+        check_model_type(&self.model_type)?;
         for (field, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),

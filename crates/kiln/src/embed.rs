@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::prelude::Device;
-use kiln_runtime::pretrained::PretrainedEncoder;
+use kiln_runtime::pretrained::{EmbedError, PretrainedEncoder};
 use serde::Serialize;
 
 use crate::{KilnError, Result};
@@ -71,9 +71,6 @@ pub fn embed_file(
             model.display()
         )));
     }
-    let device = Device::flex();
-    let encoder =
-        PretrainedEncoder::load(model, &device).map_err(|e| KilnError::Invalid(e.to_string()))?;
     let table = kiln_data::read_csv(data, None, kiln_config::BadRows::Error)?;
     let Some(index) = table.names.iter().position(|n| n == column) else {
         return Err(KilnError::Invalid(format!(
@@ -87,32 +84,34 @@ pub fn embed_file(
         .map(|i| cells.text(i).unwrap_or_default())
         .collect();
     let missing = (0..cells.len()).filter(|&i| cells.is_missing(i)).count();
+    // The data is checked before the model (tens of MB) is read.
+    let device = Device::flex();
+    let encoder =
+        PretrainedEncoder::load(model, &device).map_err(|e| KilnError::Invalid(e.to_string()))?;
     let started = Instant::now();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let embedded = encoder
         .embed_with_progress(&refs, batch, &device, progress)
-        .map_err(|e| KilnError::Invalid(format!("{}: {e}", data.display())))?;
-    let (rows, truncated) = (embedded.rows, embedded.truncated);
-    let dimension = encoder.model.width();
-    if let Some(row) = rows.iter().position(|r| r.iter().any(|v| !v.is_finite())) {
-        return Err(KilnError::Invalid(format!(
-            "{}: the embedding of line {} is not finite",
-            data.display(),
-            table.lines.get(row).copied().unwrap_or(row as u64 + 2)
-        )));
-    }
-    let values: Vec<f32> = rows.concat();
+        .map_err(|e| match e {
+            EmbedError::NonFinite { index } => KilnError::Invalid(format!(
+                "{}: the embedding of line {} is not finite",
+                data.display(),
+                table.lines.get(index).copied().unwrap_or(index as u64 + 2)
+            )),
+            EmbedError::Text(e) => KilnError::Invalid(format!("{}: {e}", data.display())),
+        })?;
+    let dimension = embedded.width;
     let seconds = started.elapsed().as_secs_f64();
     let bytes = match format {
-        Format::Npy => npy_f32(&values, [texts.len(), dimension]),
-        Format::Csv => csv_rows(&values, dimension),
+        Format::Npy => npy_f32(&embedded.values, [texts.len(), dimension]),
+        Format::Csv => csv_rows(&embedded.values, dimension),
     };
     kiln_runtime::fs::write_atomic(out, &bytes)?;
     Ok(EmbedSummary {
         model: model.to_path_buf(),
         rows: texts.len(),
         dimension,
-        truncated,
+        truncated: embedded.truncated,
         missing,
         max_tokens: encoder.max_tokens,
         normalized: encoder.normalize,
