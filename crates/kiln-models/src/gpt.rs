@@ -146,8 +146,8 @@ impl Gpt {
 
     /// Mean next-token cross-entropy `[1]` of token ids `[B, T]` against `targets` (`B * T`
     /// token ids, row-major, each below the vocabulary), through the fused head +
-    /// cross-entropy ([`crate::ops::cross_entropy_head`]): the logits are never materialised
-    /// as a tensor.
+    /// cross-entropy ([`crate::ops::cross_entropy_head`]): no logits tensor; under autodiff
+    /// only their gradient is kept for the backward.
     pub fn loss(&self, idx: Tensor<2, Int>, targets: Arc<[u32]>) -> Tensor<1> {
         let x = self.hidden(idx, None);
         let [b, t, c] = x.dims();
