@@ -193,11 +193,15 @@ struct TrainArgs {
     /// Compute device (sets `device`): cpu.
     #[arg(long)]
     device: Option<String>,
+    /// Fine-tune this pretrained Hugging Face folder (sets model.pretrained and
+    /// model.type = "transformer").
+    #[arg(long, value_name = "DIR")]
+    pretrained: Option<String>,
     /// Override any config key, e.g. --set trainer.lr=0.01 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
     /// Continue the run in this directory (or from this checkpoint) with its saved config.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "target", "overrides", "device"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "target", "overrides", "device", "pretrained"])]
     resume: Option<PathBuf>,
     /// Print one JSON object at the end instead of the text summary.
     #[arg(long)]
@@ -280,6 +284,10 @@ fn load_config(args: &TrainArgs) -> Result<Config> {
     }
     if let Some(d) = &args.device {
         overrides.push(format!("device={}", toml_string(d)));
+    }
+    if let Some(dir) = &args.pretrained {
+        overrides.push(format!("model.pretrained={}", toml_string(dir)));
+        overrides.push("model.type=\"transformer\"".into());
     }
     overrides.extend(args.overrides.iter().cloned());
     match &args.config {
@@ -679,6 +687,7 @@ fn train(args: TrainArgs) -> Result<()> {
             "train_seconds": summary.train_seconds,
             "resumed_from": summary.resumed_from,
             "parameters": summary.parameters,
+            "trainable_parameters": summary.trainable_parameters,
             "rows": {"train": summary.data.train_rows, "validation": summary.data.validation_rows, "test": summary.data.test_rows},
         });
         println!("{out}");

@@ -336,3 +336,194 @@ pub fn train_small_models(dir: &Path) -> Vec<(&'static str, serde_json::Value)> 
     ];
     runs.into_iter().collect()
 }
+
+/// Reviews of random filler words with one opinion word placed anywhere; the label is the
+/// opinion's polarity, with 3% of labels flipped. Only a model that reads the words (not
+/// the length, not a fixed position) can learn it.
+pub fn reviews_csv(rows: usize, seed: u64) -> String {
+    let mut state = seed;
+    let mut next = move |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % n
+    };
+    let filler = [
+        "the", "film", "was", "a", "plot", "with", "actors", "and", "music", "scenes", "it",
+        "story", "ending", "quite", "some", "director", "camera", "very", "of", "this",
+    ];
+    let good = ["great", "wonderful", "superb", "moving", "brilliant"];
+    let bad = ["awful", "boring", "dreadful", "clumsy", "tedious"];
+    let mut out = String::from("id,review,sentiment\n");
+    for i in 0..rows {
+        let positive = next(2) == 0;
+        let len = 6 + next(14);
+        let at = next(len);
+        let words: Vec<&str> = (0..len)
+            .map(|w| {
+                if w == at {
+                    if positive {
+                        good[next(5)]
+                    } else {
+                        bad[next(5)]
+                    }
+                } else {
+                    filler[next(filler.len())]
+                }
+            })
+            .collect();
+        let flipped = next(100) < 3;
+        let label = if positive != flipped { "pos" } else { "neg" };
+        out.push_str(&format!("r{i},\"{}\",{label}\n", words.join(" ")));
+    }
+    out
+}
+
+/// The words of [`reviews_csv`].
+pub const REVIEW_WORDS: [&str; 30] = [
+    "the",
+    "film",
+    "was",
+    "a",
+    "plot",
+    "with",
+    "actors",
+    "and",
+    "music",
+    "scenes",
+    "it",
+    "story",
+    "ending",
+    "quite",
+    "some",
+    "director",
+    "camera",
+    "very",
+    "of",
+    "this",
+    "great",
+    "wonderful",
+    "superb",
+    "moving",
+    "brilliant",
+    "awful",
+    "boring",
+    "dreadful",
+    "clumsy",
+    "tedious",
+];
+
+/// Writes a tiny BERT folder in the Hugging Face layout (`config.json`, `model.safetensors`
+/// with the original tensor names and PyTorch's `[out, in]` linear weights, a WordPiece
+/// `tokenizer.json` of `[PAD] [UNK] [CLS] [SEP]` and `words`): 2 layers, width 16, 2 heads,
+/// seeded random weights. Returns the tensors by name.
+pub fn write_tiny_bert(dir: &Path, words: &[&str]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    use safetensors::tensor::{Dtype, TensorView};
+    std::fs::create_dir_all(dir).unwrap();
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"];
+    let vocab: Vec<&str> = specials.iter().chain(words).copied().collect();
+    let (c, ff, layers, positions) = (16usize, 32usize, 2usize, 32usize);
+    let config = serde_json::json!({
+        "model_type": "bert", "vocab_size": vocab.len(), "hidden_size": c,
+        "num_hidden_layers": layers, "num_attention_heads": 2, "intermediate_size": ff,
+        "max_position_embeddings": positions, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut tensors = Vec::new();
+    let mut seed = 7u32;
+    let mut add = |name: String, shape: Vec<usize>, base: f32| {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                base + ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.4
+            })
+            .collect();
+        tensors.push((name, shape, values));
+    };
+    add(
+        "embeddings.word_embeddings.weight".into(),
+        vec![vocab.len(), c],
+        0.0,
+    );
+    add(
+        "embeddings.position_embeddings.weight".into(),
+        vec![positions, c],
+        0.0,
+    );
+    add(
+        "embeddings.token_type_embeddings.weight".into(),
+        vec![2, c],
+        0.0,
+    );
+    add("embeddings.LayerNorm.weight".into(), vec![c], 1.0);
+    add("embeddings.LayerNorm.bias".into(), vec![c], 0.0);
+    for i in 0..layers {
+        let l = |s: &str| format!("encoder.layer.{i}.{s}");
+        for (p, out, inp) in [
+            ("attention.self.query", c, c),
+            ("attention.self.key", c, c),
+            ("attention.self.value", c, c),
+            ("attention.output.dense", c, c),
+            ("intermediate.dense", ff, c),
+            ("output.dense", c, ff),
+        ] {
+            add(l(&format!("{p}.weight")), vec![out, inp], 0.0);
+            add(l(&format!("{p}.bias")), vec![out], 0.0);
+        }
+        for p in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            add(l(&format!("{p}.weight")), vec![c], 1.0);
+            add(l(&format!("{p}.bias")), vec![c], 0.0);
+        }
+    }
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            (
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let ids: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i.into()))
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": {"max_length": 8, "strategy": "LongestFirst", "stride": 0},
+        "padding": {"strategy": {"Fixed": 8}, "direction": "Right", "pad_to_multiple_of": null,
+                    "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"},
+        "added_tokens": [],
+        "normalizer": {"type": "BertNormalizer", "clean_text": true,
+                       "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}
+            }
+        },
+        "decoder": null,
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": ids}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    tensors
+}

@@ -5,48 +5,6 @@ mod common;
 
 use common::*;
 
-/// Reviews of random filler words with one opinion word placed anywhere; the label is the
-/// opinion's polarity, with 3% of labels flipped. Only a model that reads the words (not
-/// the length, not a fixed position) can learn it.
-fn reviews_csv(rows: usize, seed: u64) -> String {
-    let mut state = seed;
-    let mut next = move |n: usize| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) as usize) % n
-    };
-    let filler = [
-        "the", "film", "was", "a", "plot", "with", "actors", "and", "music", "scenes", "it",
-        "story", "ending", "quite", "some", "director", "camera", "very", "of", "this",
-    ];
-    let good = ["great", "wonderful", "superb", "moving", "brilliant"];
-    let bad = ["awful", "boring", "dreadful", "clumsy", "tedious"];
-    let mut out = String::from("id,review,sentiment\n");
-    for i in 0..rows {
-        let positive = next(2) == 0;
-        let len = 6 + next(14);
-        let at = next(len);
-        let words: Vec<&str> = (0..len)
-            .map(|w| {
-                if w == at {
-                    if positive {
-                        good[next(5)]
-                    } else {
-                        bad[next(5)]
-                    }
-                } else {
-                    filler[next(filler.len())]
-                }
-            })
-            .collect();
-        let flipped = next(100) < 3;
-        let label = if positive != flipped { "pos" } else { "neg" };
-        out.push_str(&format!("r{i},\"{}\",{label}\n", words.join(" ")));
-    }
-    out
-}
-
 const CONFIG: &str = r#"
 seed = 7
 [data]

@@ -78,14 +78,14 @@ pub fn from_str(text: &str, origin: &str, overrides: &[String]) -> Result<Config
         }
     };
     let config: Config = toml::from_str(text).map_err(|e| parse_error(e, origin, text))?;
-    let config = if overrides.is_empty() {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_error(e, origin, text))?;
+    for assignment in overrides {
+        apply_override(&mut table, assignment)?;
+    }
+    let defaulted = fine_tuning_defaults(&mut table);
+    let config = if overrides.is_empty() && !defaulted {
         config
     } else {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| parse_error(e, origin, text))?;
-        for assignment in overrides {
-            apply_override(&mut table, assignment)?;
-        }
         let merged = toml::to_string(&table).expect("a TOML table serializes");
         toml::from_str(&merged).map_err(|e| {
             let key = overrides.join(", ");
@@ -112,6 +112,41 @@ pub fn from_str(text: &str, origin: &str, overrides: &[String]) -> Result<Config
         }
     })?;
     Ok(config)
+}
+
+/// The defaults of fine-tuning a pretrained encoder (Hugging Face Trainer's, with a batch
+/// of 32 and no hidden head layer), for the keys a config with `model.pretrained` leaves
+/// unset; a from-scratch network's defaults would wreck pretrained weights in a few steps.
+pub const FINE_TUNING_DEFAULTS: [(&str, &str); 9] = [
+    ("model.hidden", "[]"),
+    ("model.context", "128"),
+    ("trainer.epochs", "3"),
+    ("trainer.batch_size", "32"),
+    ("trainer.optimizer", "\"adamw\""),
+    ("trainer.lr", "5e-5"),
+    ("trainer.weight_decay", "0.01"),
+    ("trainer.schedule", "\"linear\""),
+    ("trainer.grad_clip_norm", "1.0"),
+];
+
+/// Fills [`FINE_TUNING_DEFAULTS`] into `table` where it has `model.pretrained` and lacks the
+/// key; whether it had `model.pretrained`.
+fn fine_tuning_defaults(table: &mut toml::Table) -> bool {
+    let pretrained = table
+        .get("model")
+        .and_then(|m| m.get("pretrained"))
+        .is_some();
+    if !pretrained {
+        return false;
+    }
+    for (key, value) in FINE_TUNING_DEFAULTS {
+        let (section, name) = key.split_once('.').expect("section.key");
+        let present = table.get(section).and_then(|s| s.get(name)).is_some();
+        if !present {
+            apply_override(table, &format!("{key}={value}")).expect("a valid default");
+        }
+    }
+    true
 }
 
 /// Builds a config from overrides alone (the zero-config path), then validates it.
@@ -335,6 +370,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             ));
         }
     }
+    validate_pretrained(c)?;
     let t = &c.trainer;
     if t.epochs == 0 {
         return Err(bad("trainer.epochs", "expected at least 1"));
@@ -424,6 +460,112 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     }
     if c.output.dir.trim().is_empty() {
         return Err(bad("output.dir", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// The keys of pretrained fine-tuning, LoRA and distillation.
+fn validate_pretrained(c: &Config) -> Result<(), Invalid> {
+    let m = &c.model;
+    if m.pretrained.is_some() && m.kind != ModelKind::Transformer {
+        return Err(bad(
+            "model.pretrained",
+            format!(
+                "a pretrained encoder needs model.type = \"transformer\", not \"{}\"",
+                format!("{:?}", m.kind).to_lowercase()
+            ),
+        ));
+    }
+    if m.pretrained.is_none() {
+        if m.freeze != Freeze::None {
+            return Err(bad("model.freeze", "needs model.pretrained"));
+        }
+        if c.lora.rank > 0 {
+            return Err(bad("lora.rank", "LoRA needs model.pretrained"));
+        }
+        if c.trainer.layer_lr_decay != 1.0 || c.trainer.head_lr.is_some() {
+            return Err(bad(
+                "trainer.layer_lr_decay",
+                "layer_lr_decay and head_lr need model.pretrained",
+            ));
+        }
+    }
+    let t = &c.trainer;
+    if !(t.layer_lr_decay > 0.0 && t.layer_lr_decay <= 1.0) {
+        return Err(bad(
+            "trainer.layer_lr_decay",
+            format!("expected a factor in (0, 1], got {}", t.layer_lr_decay),
+        ));
+    }
+    if let Some(lr) = t.head_lr
+        && !(lr > 0.0 && lr.is_finite())
+    {
+        return Err(bad(
+            "trainer.head_lr",
+            format!("expected a positive number, got {lr}"),
+        ));
+    }
+    let l = &c.lora;
+    if l.rank > 0 {
+        if m.freeze != Freeze::None {
+            return Err(bad(
+                "model.freeze",
+                "LoRA freezes the encoder already; leave model.freeze unset",
+            ));
+        }
+        if !(l.alpha > 0.0 && l.alpha.is_finite()) {
+            return Err(bad(
+                "lora.alpha",
+                format!("expected a positive number, got {}", l.alpha),
+            ));
+        }
+        if !(0.0..1.0).contains(&l.dropout) {
+            return Err(bad(
+                "lora.dropout",
+                format!("expected a probability in [0, 1), got {}", l.dropout),
+            ));
+        }
+        if l.targets.is_empty() {
+            return Err(bad(
+                "lora.targets",
+                format!("expected some of {LORA_TARGETS:?}"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for target in &l.targets {
+            if !LORA_TARGETS.contains(&target.as_str()) {
+                return Err(bad(
+                    "lora.targets",
+                    format!(
+                        "no module \"{target}\" in a BERT layer; expected some of {LORA_TARGETS:?}"
+                    ),
+                ));
+            }
+            if !seen.insert(target) {
+                return Err(bad("lora.targets", format!("\"{target}\" is listed twice")));
+            }
+        }
+    }
+    let d = &c.distill;
+    if d.teacher.is_some() {
+        if m.kind == ModelKind::Gpt {
+            return Err(bad(
+                "distill.teacher",
+                "distillation trains classifiers, not GPTs",
+            ));
+        }
+        if !(d.temperature > 0.0 && d.temperature.is_finite()) {
+            return Err(bad(
+                "distill.temperature",
+                format!("expected a positive number, got {}", d.temperature),
+            ));
+        }
+        if !(0.0..=1.0).contains(&d.alpha) {
+            return Err(bad(
+                "distill.alpha",
+                format!("expected a weight in [0, 1], got {}", d.alpha),
+            ));
+        }
     }
     Ok(())
 }

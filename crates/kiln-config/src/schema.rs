@@ -21,6 +21,10 @@ pub struct Config {
     pub trainer: TrainerConfig,
     /// Tokenizer and corpus settings (language models and text features).
     pub text: TextConfig,
+    /// Low-rank adapters on a pretrained encoder (`rank = 0`: none).
+    pub lora: LoraConfig,
+    /// Knowledge distillation from a trained teacher run.
+    pub distill: DistillConfig,
     /// Where the run directory goes.
     pub output: OutputConfig,
 }
@@ -35,6 +39,8 @@ impl Default for Config {
             model: ModelConfig::default(),
             trainer: TrainerConfig::default(),
             text: TextConfig::default(),
+            lora: LoraConfig::default(),
+            distill: DistillConfig::default(),
             output: OutputConfig::default(),
         }
     }
@@ -342,6 +348,121 @@ pub struct ModelConfig {
     pub tied_head: bool,
     /// How the text encoder turns token states into one vector (transformer).
     pub pooling: Pooling,
+    /// A pretrained Hugging Face encoder folder (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`) to fine-tune (`type = "transformer"`): its tokenizer reads the text
+    /// feature and the head sits on its pooled output. `layers`, `heads`, `embd` and `bias`
+    /// come from its `config.json`; `context` is the longest text in tokens, special tokens
+    /// included.
+    pub pretrained: Option<String>,
+    /// Which part of a pretrained encoder is not trained: `"none"` (full fine-tuning),
+    /// `"encoder"` (features only: the head alone learns), or a number K: the embeddings and
+    /// the first K layers.
+    pub freeze: Freeze,
+}
+
+/// The frozen part of a pretrained encoder (`model.freeze`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Freeze {
+    /// Every weight trains.
+    #[default]
+    None,
+    /// The whole encoder is frozen; only the head trains.
+    Encoder,
+    /// The embeddings and the first this many layers are frozen.
+    Layers(usize),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum FreezeSetting {
+    Layers(usize),
+    Name(String),
+}
+
+impl Serialize for Freeze {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Freeze::None => FreezeSetting::Name("none".into()),
+            Freeze::Encoder => FreezeSetting::Name("encoder".into()),
+            Freeze::Layers(k) => FreezeSetting::Layers(k),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Freeze {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match FreezeSetting::deserialize(d)? {
+            FreezeSetting::Layers(0) => Ok(Freeze::None),
+            FreezeSetting::Layers(k) => Ok(Freeze::Layers(k)),
+            FreezeSetting::Name(n) if n == "none" => Ok(Freeze::None),
+            FreezeSetting::Name(n) if n == "encoder" => Ok(Freeze::Encoder),
+            FreezeSetting::Name(n) => Err(serde::de::Error::custom(format!(
+                "unknown freeze \"{n}\", expected \"none\", \"encoder\" or a number of layers"
+            ))),
+        }
+    }
+}
+
+/// The projections of a BERT layer that LoRA can adapt, by their Hugging Face names.
+pub const LORA_TARGETS: [&str; 6] = [
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+/// Low-rank adapters (Hu et al. 2021, as PEFT's `LoraConfig`): each targeted projection
+/// `W` of the pretrained encoder becomes `W + (alpha / rank) · A·B` with `A` `[in, rank]`,
+/// `B` `[rank, out]` (zero at the start); the encoder's own weights are frozen, the adapters
+/// and the head train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank of each adapter (0 = no LoRA).
+    pub rank: usize,
+    /// Scale numerator: the update is scaled by `alpha / rank`.
+    pub alpha: f64,
+    /// Dropout on an adapter's input.
+    pub dropout: f64,
+    /// Projections adapted in every layer ([`LORA_TARGETS`]).
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            rank: 0,
+            alpha: 16.0,
+            dropout: 0.1,
+            targets: vec!["query".into(), "value".into()],
+        }
+    }
+}
+
+/// Knowledge distillation (Hinton et al. 2015): the loss is
+/// `alpha · T² · KL(softmax(teacher / T) ‖ softmax(student / T)) + (1 − alpha) · CE(labels)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Run directory of the trained teacher (classification, same classes).
+    pub teacher: Option<String>,
+    /// Softmax temperature `T` of both teacher and student in the soft term.
+    pub temperature: f64,
+    /// Weight of the soft-target term; `1 − alpha` weighs the hard labels.
+    pub alpha: f64,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        Self {
+            teacher: None,
+            temperature: 2.0,
+            alpha: 0.5,
+        }
+    }
 }
 
 /// Per-class loss weights.
@@ -366,6 +487,8 @@ pub enum Pooling {
     Max,
     /// Mean and maximum side by side (ULMFiT's concat pooling), twice the width.
     MeanMax,
+    /// The first token's state (BERT's `[CLS]`).
+    Cls,
 }
 
 impl Default for ModelConfig {
@@ -384,6 +507,8 @@ impl Default for ModelConfig {
             bias: false,
             tied_head: true,
             pooling: Pooling::Mean,
+            pretrained: None,
+            freeze: Freeze::None,
         }
     }
 }
@@ -472,6 +597,8 @@ pub enum ScheduleKind {
     Exponential,
     /// Cosine decay to `min_lr` over the run.
     Cosine,
+    /// Linear decay to `min_lr` over the run (Hugging Face's default).
+    Linear,
     /// Multiply by `plateau_factor` when the monitored validation metric stops improving for
     /// `plateau_patience` epochs.
     Plateau,
@@ -519,6 +646,13 @@ pub struct TrainerConfig {
     pub plateau_patience: usize,
     /// Clip gradients so their global L2 norm is at most this (0 = off).
     pub grad_clip_norm: f64,
+    /// Pretrained encoders: layer-wise learning-rate decay. The top layer trains at `lr`,
+    /// each layer below at `layer_lr_decay` times the one above, the embeddings below the
+    /// first layer (1 = one rate for all).
+    pub layer_lr_decay: f64,
+    /// Learning rate of the head on a pretrained encoder, when it differs from `lr` (it
+    /// follows the same schedule).
+    pub head_lr: Option<f64>,
     /// Micro-batches whose gradients are summed into one optimizer step.
     pub grad_accum_steps: usize,
     /// Validation metric that early stopping, plateau and best-model selection watch:
@@ -572,6 +706,8 @@ impl Default for TrainerConfig {
             plateau_factor: 0.5,
             plateau_patience: 3,
             grad_clip_norm: 0.0,
+            layer_lr_decay: 1.0,
+            head_lr: None,
             grad_accum_steps: 1,
             monitor: "loss".into(),
             early_stopping_patience: 0,

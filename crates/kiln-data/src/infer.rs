@@ -41,6 +41,10 @@ pub struct ColumnPlan {
     /// Which tokens of a long text are kept.
     #[serde(default)]
     pub truncation: Truncation,
+    /// Put the tokenizer's special tokens around each text (`[CLS] … [SEP]`), as the
+    /// pretrained model it belongs to saw them.
+    #[serde(default)]
+    pub special_tokens: bool,
 }
 
 /// The resolved roles of all columns.
@@ -304,16 +308,25 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
                 .unwrap_or(data.normalization),
             encoding: over.and_then(|f| f.encoding).unwrap_or(data.encoding),
             embedding_dim: over.and_then(|f| f.embedding_dim).unwrap_or(0),
-            tokenizer: (kind == FeatureType::Text).then(|| {
-                TokenizerKind::from_setting(&config.text.tokenizer, config.text.vocab_size)
+            tokenizer: (kind == FeatureType::Text).then(|| match &config.model.pretrained {
+                Some(dir) => TokenizerKind::File {
+                    path: std::path::Path::new(dir)
+                        .join("tokenizer.json")
+                        .display()
+                        .to_string(),
+                },
+                None => TokenizerKind::from_setting(&config.text.tokenizer, config.text.vocab_size),
             }),
             max_tokens: if kind == FeatureType::Text {
                 config.model.context
             } else {
                 0
             },
-            lowercase: kind == FeatureType::Text && config.text.lowercase,
+            lowercase: kind == FeatureType::Text
+                && config.text.lowercase
+                && config.model.pretrained.is_none(),
             truncation: config.text.truncation,
+            special_tokens: kind == FeatureType::Text && config.model.pretrained.is_some(),
         });
     }
     if features.is_empty() {

@@ -23,7 +23,9 @@ pub use describe::{ColumnSummary, Description, describe};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
 pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
 pub use kiln_spec::InputShape;
-pub use preprocess::{DenseSlot, Encoded, FeatureTransform, Preprocessor, Target, TargetTransform};
+pub use preprocess::{
+    DenseSlot, Encoded, FeatureTransform, Preprocessor, SpecialTokens, Target, TargetTransform,
+};
 pub use split::{Split, split_rows};
 pub use table::{Column, LoadReport, Table};
 

@@ -82,7 +82,20 @@ pub enum FeatureTransform {
         head_tokens: Option<usize>,
         /// Drop rows with missing text (training only); otherwise missing text is empty.
         drop_missing: bool,
+        /// Special token ids around every text (a pretrained model's `[CLS]` and `[SEP]`),
+        /// counted in `max_tokens`.
+        #[serde(default)]
+        special_tokens: Option<SpecialTokens>,
     },
+}
+
+/// The token ids a pretrained model's tokenizer puts before and after each text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpecialTokens {
+    /// Before the text (`[CLS]`).
+    pub before: Vec<u32>,
+    /// After the text (`[SEP]`).
+    pub after: Vec<u32>,
 }
 
 impl FeatureTransform {
@@ -595,6 +608,22 @@ impl Preprocessor {
                     let json = tokenizer.to_json().map_err(|e| {
                         DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
                     })?;
+                    let special_tokens = if plan.special_tokens {
+                        let (before, after) = tokenizer.special_tokens_around().map_err(|e| {
+                            DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
+                        })?;
+                        if before.len() + after.len() >= plan.max_tokens {
+                            return Err(DataError::Invalid(format!(
+                                "text feature \"{}\": model.context = {} leaves no room for text between {} special tokens",
+                                plan.name,
+                                plan.max_tokens,
+                                before.len() + after.len()
+                            )));
+                        }
+                        Some(SpecialTokens { before, after })
+                    } else {
+                        None
+                    };
                     FeatureTransform::Text {
                         name: plan.name.clone(),
                         tokenizer: json,
@@ -602,6 +631,7 @@ impl Preprocessor {
                         max_tokens: plan.max_tokens.max(1),
                         head_tokens: Some(plan.truncation.head_tokens(plan.max_tokens.max(1))),
                         drop_missing,
+                        special_tokens,
                     }
                 }
                 FeatureType::Id | FeatureType::Ignore => continue,
@@ -1210,6 +1240,7 @@ impl Preprocessor {
                         max_tokens,
                         head_tokens,
                         drop_missing,
+                        special_tokens,
                         ..
                     } => {
                         let text = match column.text(r) {
@@ -1224,11 +1255,16 @@ impl Preprocessor {
                             }
                         };
                         let tokenizer = tokenizer.as_ref().expect("built for text features");
+                        let (before, after) = special_tokens
+                            .as_ref()
+                            .map(|s| (s.before.as_slice(), s.after.as_slice()))
+                            .unwrap_or_default();
+                        let room = max_tokens.saturating_sub(before.len() + after.len());
                         let (ids, truncated) = tokenizer
                             .encode_head_tail(
                                 &text,
-                                *max_tokens,
-                                head_tokens.unwrap_or(*max_tokens),
+                                room,
+                                head_tokens.unwrap_or(*max_tokens).min(room),
                             )
                             .map_err(|e| DataError::BadValue {
                                 path: table.origin.clone(),
@@ -1237,7 +1273,8 @@ impl Preprocessor {
                                 message: e.to_string(),
                             })?;
                         out.texts_truncated += usize::from(truncated);
-                        row_tokens.extend(ids.iter().map(|&id| id + 1));
+                        let ids = before.iter().chain(&ids).chain(after);
+                        row_tokens.extend(ids.map(|&id| id + 1));
                         row_tokens.resize(*max_tokens, 0);
                     }
                 }

@@ -61,46 +61,65 @@ impl TextEncoder {
         let embd = self.wpe.weight.dims()[1];
         let x = self.wte.forward(tokens) + self.wpe.forward(pos).expand([b, t, embd]);
         let mut x = crate::ops::dropout(&self.drop, x);
-        // The padding on the host, once per forward: the attention kernels read it per row.
-        let padding: Arc<[bool]> = pad
-            .clone()
-            .int()
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .expect("integer padding mask")
-            .into_iter()
-            .map(|p| p != 0)
-            .collect();
-        let mask = AttentionMask::Padding(padding);
+        let mask = AttentionMask::Padding(padding_on_host(&pad));
         for block in &self.blocks {
             x = block.forward(x, &mask, None);
         }
         let x = crate::ops::layer_norm(&self.ln_f, x);
-        let keep: Tensor<3> = pad.clone().bool_not().float().reshape([b, t, 1]);
-        let mean = || {
-            let count = keep.clone().sum_dim(1).clamp_min(1.0); // [B, 1, 1]
-            (x.clone() * keep.clone())
-                .sum_dim(1)
-                .div(count)
-                .reshape([b, embd])
-        };
-        let max = || {
-            let pad: Tensor<3, burn::prelude::Bool> =
-                pad.clone().reshape([b, t, 1]).expand([b, t, embd]);
-            let m = x
-                .clone()
-                .mask_fill(pad, PAD_FOR_MAX)
-                .max_dim(1)
-                .reshape([b, embd]);
-            // An all-padding row would pool to the fill value: zero it like the mean.
-            let any: Tensor<2> = keep.clone().max_dim(1).reshape([b, 1]);
-            m * any
-        };
-        match self.pooling {
-            Pooling::Mean => mean(),
-            Pooling::Max => max(),
-            Pooling::MeanMax => Tensor::cat(vec![mean(), max()], 1),
+        pool(x, pad, self.pooling)
+    }
+}
+
+/// A padding mask `[B, T]` on the host, row-major, read once per forward: the attention
+/// kernels read it per row.
+pub(crate) fn padding_on_host(pad: &Tensor<2, burn::prelude::Bool>) -> Arc<[bool]> {
+    pad.clone()
+        .int()
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .expect("integer padding mask")
+        .into_iter()
+        .map(|p| p != 0)
+        .collect()
+}
+
+/// Token states `x` `[B, T, C]` pooled over the positions where `pad` `[B, T]` is false (mean,
+/// max, both side by side, or the first token's), `[B, width]`. A row of padding only pools to
+/// zeros.
+pub(crate) fn pool(
+    x: Tensor<3>,
+    pad: Tensor<2, burn::prelude::Bool>,
+    pooling: Pooling,
+) -> Tensor<2> {
+    let [b, t, embd] = x.dims();
+    let keep: Tensor<3> = pad.clone().bool_not().float().reshape([b, t, 1]);
+    let mean = || {
+        let count = keep.clone().sum_dim(1).clamp_min(1.0); // [B, 1, 1]
+        (x.clone() * keep.clone())
+            .sum_dim(1)
+            .div(count)
+            .reshape([b, embd])
+    };
+    let max = || {
+        let pad: Tensor<3, burn::prelude::Bool> =
+            pad.clone().reshape([b, t, 1]).expand([b, t, embd]);
+        let m = x
+            .clone()
+            .mask_fill(pad, PAD_FOR_MAX)
+            .max_dim(1)
+            .reshape([b, embd]);
+        // An all-padding row would pool to the fill value: zero it like the mean.
+        let any: Tensor<2> = keep.clone().max_dim(1).reshape([b, 1]);
+        m * any
+    };
+    match pooling {
+        Pooling::Mean => mean(),
+        Pooling::Max => max(),
+        Pooling::MeanMax => Tensor::cat(vec![mean(), max()], 1),
+        Pooling::Cls => {
+            let first: Tensor<2> = keep.clone().narrow(1, 0, 1).reshape([b, 1]);
+            x.clone().narrow(1, 0, 1).reshape([b, embd]) * first
         }
     }
 }

@@ -7,10 +7,11 @@ use burn::nn::{
 };
 use burn::prelude::{Device, Int, Tensor};
 use burn::tensor::activation;
-use kiln_config::{Activation, ModelKind};
+use kiln_config::{Activation, ModelKind, Pooling};
 
-use crate::encoder::TextEncoder;
-use kiln_spec::{InputShape, ModelSpec};
+use crate::bert::Bert;
+use crate::encoder::{TextEncoder, padding_on_host, pool};
+use kiln_spec::{InputShape, ModelSpec, PretrainedEncoderSpec};
 
 /// Conv, optional batch norm, activation, optional max-pool, dropout.
 #[derive(Module, Debug)]
@@ -37,8 +38,11 @@ pub struct Network {
     convs: Vec<ConvBlock>,
     embeddings: Vec<Embedding>,
     text: Option<TextEncoder>,
+    bert: Option<Bert>,
     hidden: Vec<DenseBlock>,
     output: Linear,
+    #[module(skip)]
+    pooling: Pooling,
     #[module(skip)]
     activation: Activation,
     #[module(skip)]
@@ -147,6 +151,10 @@ impl Network {
             .map(|&(n, d)| EmbeddingConfig::new(n, d).init(device))
             .collect();
         let text = spec.text.as_ref().map(|t| TextEncoder::new(t, device));
+        let bert = spec
+            .pretrained
+            .as_ref()
+            .map(|p| prepare_pretrained(Bert::new(&p.bert, device), p, device));
         let mut width = spec.head_input();
         let hidden = spec
             .hidden
@@ -169,11 +177,46 @@ impl Network {
             convs,
             embeddings,
             text,
+            bert,
             hidden,
             output,
+            pooling: spec
+                .pretrained
+                .as_ref()
+                .map(|p| p.pooling)
+                .unwrap_or_default(),
             activation: spec.activation,
             input: spec.input,
         }
+    }
+
+    /// This network with `bert` (a checkpoint's weights, of `spec.pretrained`'s shape) as its
+    /// pretrained encoder, adapters added and parts frozen as the spec says: where
+    /// fine-tuning starts. A network without a pretrained encoder is returned as it is.
+    pub fn with_pretrained_encoder(
+        mut self,
+        bert: Bert,
+        spec: &ModelSpec,
+        device: &Device,
+    ) -> Self {
+        if let Some(p) = &spec.pretrained {
+            self.bert = Some(prepare_pretrained(bert, p, device));
+        }
+        self
+    }
+
+    /// This network with the parts `spec` freezes frozen again (after loading weights, which
+    /// may mark every parameter trainable).
+    pub fn frozen_as(mut self, spec: &ModelSpec) -> Self {
+        if let (Some(p), Some(bert)) = (&spec.pretrained, self.bert.take()) {
+            self.bert = Some(bert.frozen(p.freeze, p.lora.is_some()));
+        }
+        self
+    }
+
+    /// The pretrained encoder, if the network has one.
+    pub fn pretrained_encoder(&self) -> Option<&Bert> {
+        self.bert.as_ref()
     }
 
     /// The network for inference only (serving): each convolution's batch norm folded into
@@ -186,6 +229,7 @@ impl Network {
                 block.conv = fold_batch_norm(&block.conv, &norm);
             }
         }
+        self.bert = self.bert.take().map(Bert::merge_lora);
         self
     }
 
@@ -257,6 +301,13 @@ impl Network {
         if let Some(encoder) = &self.text {
             let tokens = inputs.tokens.expect("the model reads text: pass token ids");
             parts.push(encoder.forward(tokens));
+        } else if let Some(bert) = &self.bert {
+            // Token ids are the tokenizer's + 1, 0 pads.
+            let tokens = inputs.tokens.expect("the model reads text: pass token ids");
+            let pad = tokens.clone().equal_elem(0);
+            let padding = padding_on_host(&pad);
+            let states = bert.forward((tokens - 1).clamp_min(0), padding);
+            parts.push(pool(states, pad, self.pooling));
         }
         let mut h = if parts.len() == 1 {
             parts.pop().expect("one part")
@@ -273,6 +324,15 @@ impl Network {
         }
         crate::ops::linear(&self.output, h)
     }
+}
+
+/// A pretrained encoder with the spec's adapters and frozen parts.
+fn prepare_pretrained(bert: Bert, spec: &PretrainedEncoderSpec, device: &Device) -> Bert {
+    let bert = match &spec.lora {
+        Some(lora) => bert.with_lora(lora, device),
+        None => bert,
+    };
+    bert.frozen(spec.freeze, spec.lora.is_some())
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub mod files {
     pub const MODEL_SPEC: &str = "model.json";
     /// Final weights.
     pub const WEIGHTS: &str = "model.safetensors";
+    /// LoRA fine-tuning: the adapters and the head alone.
+    pub const ADAPTERS: &str = "adapters.safetensors";
     /// Metrics log.
     pub const METRICS: &str = "metrics.jsonl";
     /// Final report.
@@ -189,8 +191,26 @@ pub fn check_agreement(
             format!("{:?}", spec.embeddings),
         ));
     }
-    let text = spec.text.as_ref().map(|t| (t.vocab_size, t.max_tokens));
-    if preprocessor.text_input() != text {
+    if let Some(p) = &spec.pretrained {
+        // Token ids are the tokenizer's + 1 (0 pads): the table is the embedding's rows + 1,
+        // and the texts fit the position embeddings.
+        let fits = preprocessor.text_input().is_some_and(|(table, tokens)| {
+            table <= p.bert.vocab_size + 1 && tokens <= p.bert.max_position_embeddings
+        });
+        if !fits {
+            return Err(disagree(
+                "the text input (token table size, longest sequence)",
+                format!("{:?}", preprocessor.text_input()),
+                format!(
+                    "at most ({}, {}) for the pretrained encoder",
+                    p.bert.vocab_size + 1,
+                    p.bert.max_position_embeddings
+                ),
+            ));
+        }
+    } else if preprocessor.text_input() != spec.text.as_ref().map(|t| (t.vocab_size, t.max_tokens))
+    {
+        let text = spec.text.as_ref().map(|t| (t.vocab_size, t.max_tokens));
         return Err(disagree(
             "the text input (token table size, longest sequence)",
             format!("{:?}", preprocessor.text_input()),
@@ -205,6 +225,25 @@ pub fn check_agreement(
         ));
     }
     Ok(())
+}
+
+/// Saves what LoRA fine-tuning trained, on its own: every adapter and the head (the
+/// tensors outside the pretrained encoder), as `adapters.safetensors`.
+pub fn save_adapters<M: burn::module::Module>(dir: &Path, model: &M) -> Result<(), RuntimeError> {
+    let bytes = model_to_bytes(model)?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| RuntimeError::Run(format!("{}: {e}", dir.join(files::ADAPTERS).display())))?;
+    let mut kept: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name.contains(".lora.") || !name.starts_with("bert."))
+        .collect();
+    kept.sort_by(|a, b| a.0.cmp(&b.0));
+    let metadata =
+        std::collections::HashMap::from([("format".to_string(), "kiln-adapters".to_string())]);
+    let out = safetensors::serialize(kept, Some(metadata))
+        .map_err(|e| RuntimeError::Run(format!("{}: {e}", dir.join(files::ADAPTERS).display())))?;
+    write_atomic(&dir.join(files::ADAPTERS), &out)
 }
 
 /// Saves the final weights atomically.

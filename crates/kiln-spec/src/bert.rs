@@ -1,5 +1,6 @@
 use crate::SpecError;
 use crate::model::{check_dropout, check_size};
+use kiln_config::{Freeze, LORA_TARGETS, LoraConfig, Pooling};
 use serde::{Deserialize, Serialize};
 
 /// The activations a BERT feed-forward layer may use (`hidden_act` in `config.json`).
@@ -152,6 +153,71 @@ impl BertConfig {
                 self.pad_token_id.to_string(),
                 format!("below vocab_size ({})", self.vocab_size),
             ));
+        }
+        Ok(())
+    }
+}
+
+/// A pretrained encoder inside a network (part of [`ModelSpec`](crate::ModelSpec)): its
+/// shape, how its states are pooled, what of it trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainedEncoderSpec {
+    /// The checkpoint's `config.json`.
+    pub bert: BertConfig,
+    /// The folder it was loaded from (for reports; a run never reads it again).
+    pub source: String,
+    /// How token states become one vector.
+    pub pooling: Pooling,
+    /// What is frozen.
+    pub freeze: Freeze,
+    /// Low-rank adapters, when the encoder trains through them.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+}
+
+impl PretrainedEncoderSpec {
+    /// Width of the pooled output.
+    pub fn output_width(&self) -> usize {
+        match self.pooling {
+            Pooling::MeanMax => 2 * self.bert.hidden_size,
+            _ => self.bert.hidden_size,
+        }
+    }
+
+    /// Checks the encoder's shape, the frozen layers and the adapters.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        self.bert.validate()?;
+        if let Freeze::Layers(k) = self.freeze
+            && k > self.bert.num_hidden_layers
+        {
+            return Err(SpecError::Invalid {
+                field: "model.freeze".into(),
+                value: k.to_string(),
+                expected: format!(
+                    "at most the encoder's {} layers (\"encoder\" freezes all of it)",
+                    self.bert.num_hidden_layers
+                ),
+            });
+        }
+        if let Some(lora) = &self.lora {
+            check_size("lora.rank", lora.rank, 1)?;
+            if lora.rank > self.bert.hidden_size {
+                return Err(SpecError::Invalid {
+                    field: "lora.rank".into(),
+                    value: lora.rank.to_string(),
+                    expected: format!("at most the hidden size ({})", self.bert.hidden_size),
+                });
+            }
+            check_dropout("lora.dropout", lora.dropout)?;
+            for target in &lora.targets {
+                if !LORA_TARGETS.contains(&target.as_str()) {
+                    return Err(SpecError::Invalid {
+                        field: "lora.targets".into(),
+                        value: format!("\"{target}\""),
+                        expected: format!("a module of a BERT layer, one of {LORA_TARGETS:?}"),
+                    });
+                }
+            }
         }
         Ok(())
     }

@@ -10,7 +10,9 @@ mod input;
 mod model;
 mod text;
 
-pub use bert::{BERT_ACTIVATIONS, BertConfig, PRETRAINED_MODEL_TYPES, check_model_type};
+pub use bert::{
+    BERT_ACTIVATIONS, BertConfig, PRETRAINED_MODEL_TYPES, PretrainedEncoderSpec, check_model_type,
+};
 pub use gpt::GptConfig;
 pub use input::InputShape;
 pub use model::{MAX_DIMENSION, MAX_LAYERS, ModelSpec, SpecError};

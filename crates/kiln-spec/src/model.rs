@@ -1,7 +1,7 @@
 use kiln_config::{Activation, ConvLayer, ModelConfig, ModelKind};
 use serde::{Deserialize, Serialize};
 
-use crate::{InputShape, TextEncoderSpec};
+use crate::{InputShape, PretrainedEncoderSpec, TextEncoderSpec};
 
 /// Everything needed to rebuild a network: the model config plus what the data decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +27,10 @@ pub struct ModelSpec {
     /// Text encoder (transformer), whose pooled output joins the head's input.
     #[serde(default)]
     pub text: Option<TextEncoderSpec>,
+    /// A pretrained text encoder (in place of `text`), whose pooled output joins the head's
+    /// input.
+    #[serde(default)]
+    pub pretrained: Option<PretrainedEncoderSpec>,
 }
 
 /// A model config that does not fit the data.
@@ -157,6 +161,7 @@ impl ModelSpec {
                 bias: config.bias,
                 pooling: config.pooling,
             }),
+            pretrained: None,
         };
         if spec.kind == ModelKind::Cnn {
             if !matches!(input, InputShape::Image { .. }) {
@@ -200,11 +205,17 @@ impl ModelSpec {
                 "conv layers if and only if the kind is cnn",
             ));
         }
-        if (self.kind == ModelKind::Transformer) != self.text.is_some() {
+        if (self.kind == ModelKind::Transformer)
+            != (self.text.is_some() || self.pretrained.is_some())
+            || (self.text.is_some() && self.pretrained.is_some())
+        {
             return Err(kind_mismatch(
                 "kind",
-                "a text encoder if and only if the kind is transformer",
+                "one text encoder (trained from scratch or pretrained) if and only if the kind is transformer",
             ));
+        }
+        if let Some(p) = &self.pretrained {
+            p.validate()?;
         }
         if self.kind == ModelKind::Gpt {
             return Err(kind_mismatch("kind", "a network, not a language model"));
@@ -317,5 +328,17 @@ impl ModelSpec {
                 .as_ref()
                 .map(TextEncoderSpec::output_width)
                 .unwrap_or(0)
+            + self
+                .pretrained
+                .as_ref()
+                .map(PretrainedEncoderSpec::output_width)
+                .unwrap_or(0)
+    }
+
+    /// This spec with `encoder` in place of the from-scratch text encoder.
+    pub fn with_pretrained(mut self, encoder: PretrainedEncoderSpec) -> Self {
+        self.text = None;
+        self.pretrained = Some(encoder);
+        self
     }
 }

@@ -27,7 +27,7 @@ impl TextEncoderSpec {
     /// Width of the pooled output.
     pub fn output_width(&self) -> usize {
         match self.pooling {
-            Pooling::Mean | Pooling::Max => self.embd,
+            Pooling::Mean | Pooling::Max | Pooling::Cls => self.embd,
             Pooling::MeanMax => 2 * self.embd,
         }
     }

@@ -159,8 +159,22 @@ impl TextTokenizer {
         Ok(Self { inner })
     }
 
-    /// Loads a HuggingFace `tokenizer.json` (BPE, WordPiece, Unigram, WordLevel ...).
+    /// Loads a HuggingFace `tokenizer.json` (BPE, WordPiece, Unigram, WordLevel ...), without
+    /// the file's truncation and padding settings.
     pub fn from_file(path: &Path) -> Result<Self> {
+        let mut tokenizer = Self::read_file(path)?;
+        // kiln cuts and pads texts itself; a file's own settings (a pretrained tokenizer's
+        // fixed padding to 128, say) would silently change every text.
+        tokenizer.inner.with_padding(None);
+        tokenizer
+            .inner
+            .with_truncation(None)
+            .map_err(|e| TextError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Ok(tokenizer)
+    }
+
+    /// `tokenizer.json` as the file has it, truncation and padding included.
+    fn read_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| TextError::Io {
             path: path.display().to_string(),
             source: e,
@@ -179,7 +193,7 @@ impl TextTokenizer {
     /// so that at most `max_tokens` ids come out (Hugging Face's longest-first truncation), no
     /// padding (batches are padded to their longest row by the caller, with [`Self::pad_id`]).
     pub fn from_pretrained_file(path: &Path, max_tokens: usize) -> Result<Self> {
-        let mut tokenizer = Self::from_file(path)?;
+        let mut tokenizer = Self::read_file(path)?;
         // Keep the padding settings (they name the pad token) but never pad a single text.
         if let Some(padding) = tokenizer.inner.get_padding_mut() {
             padding.strategy = tokenizers::PaddingStrategy::BatchLongest;
@@ -202,6 +216,22 @@ impl TextTokenizer {
             encoding.get_ids().to_vec(),
             !encoding.get_overflowing().is_empty(),
         ))
+    }
+
+    /// The special token ids the tokenizer's post-processor puts before and after one text
+    /// (`[CLS]` and `[SEP]` for BERT; none for a tokenizer without one).
+    pub fn special_tokens_around(&self) -> Result<(Vec<u32>, Vec<u32>)> {
+        let encoding = self.inner.encode_fast("a", true).map_err(tk_err)?;
+        let sequence = encoding.get_sequence_ids();
+        let first = sequence.iter().position(Option::is_some);
+        let last = sequence.iter().rposition(Option::is_some);
+        let (Some(first), Some(last)) = (first, last) else {
+            return Err(TextError::Tokenizer(
+                "the post-processor leaves no room for the text".into(),
+            ));
+        };
+        let ids = encoding.get_ids();
+        Ok((ids[..first].to_vec(), ids[last + 1..].to_vec()))
     }
 
     /// The id of the padding token: the one `tokenizer.json`'s padding names, else `[PAD]`,

@@ -18,7 +18,8 @@ pub mod weights;
 
 pub use grads::{GradientSync, ParamGrads, SingleProcess};
 pub use trainer::{
-    EpochRecord, Observer, Silent, StartInfo, StepRecord, TrainOutcome, TrainSetup, loss_of, train,
+    EpochRecord, Observer, Silent, StartInfo, StepRecord, TeacherLogits, TrainOutcome, TrainSetup,
+    loss_of, train,
 };
 
 /// Training errors.

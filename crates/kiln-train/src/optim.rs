@@ -59,6 +59,38 @@ pub struct Optimizer {
     state: BTreeMap<String, BTreeMap<&'static str, Tensor<1>>>,
     /// Fused host-memory kernels where tensors live on the host ([`Self::set_host_kernels`]).
     host_kernels: bool,
+    /// Per-parameter learning-rate factors of a network with a pretrained encoder.
+    layerwise: Option<LayerwiseLr>,
+}
+
+/// Learning-rate factors by depth in a network with a pretrained encoder (its parameters
+/// under `bert.`): the top encoder layer trains at the schedule's rate, each layer below at
+/// `decay` times the one above, the embeddings at `decay` times the first layer; the head
+/// (every other parameter) at `head` times the rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerwiseLr {
+    /// Encoder layers.
+    pub layers: usize,
+    /// Factor per layer going down.
+    pub decay: f64,
+    /// Factor of the head.
+    pub head: f64,
+}
+
+impl LayerwiseLr {
+    /// The factor of the parameter at `path`.
+    pub fn factor(&self, path: &str) -> f64 {
+        let Some(rest) = path.strip_prefix("bert.") else {
+            return self.head;
+        };
+        let below_top = rest
+            .strip_prefix("layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .map(|i| self.layers.saturating_sub(1 + i))
+            .unwrap_or(self.layers);
+        self.decay.powi(below_top as i32)
+    }
 }
 
 struct Update<'a> {
@@ -85,7 +117,11 @@ impl ModuleMapper for Update<'_> {
         let dims = tensor.dims();
         let n = tensor.shape().num_elements();
         let flat: Tensor<1> = tensor.inner().reshape([n]);
-        let updated = self.optimizer.update(&path, flat, grad, self.lr);
+        let lr = match &self.optimizer.layerwise {
+            Some(l) => self.lr * l.factor(&path),
+            None => self.lr,
+        };
+        let updated = self.optimizer.update(&path, flat, grad, lr);
         let mut t: Tensor<D> = Tensor::from_inner(updated.reshape(dims));
         if require_grad {
             t = t.require_grad();
@@ -102,7 +138,14 @@ impl Optimizer {
             steps: 0,
             state: BTreeMap::new(),
             host_kernels: true,
+            layerwise: None,
         }
+    }
+
+    /// Scales each parameter's learning rate by depth ([`LayerwiseLr`]).
+    pub fn with_layerwise_lr(mut self, layerwise: LayerwiseLr) -> Self {
+        self.layerwise = Some(layerwise);
+        self
     }
 
     /// Optimizer steps taken so far.

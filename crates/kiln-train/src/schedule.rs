@@ -69,6 +69,11 @@ impl LrSchedule {
                         * 0.5
                         * (1.0 + (std::f64::consts::PI * progress).cos())
             }
+            ScheduleKind::Linear => {
+                let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+                let progress = (step.saturating_sub(self.warmup_steps) as f64 / span).min(1.0);
+                self.min_lr + (self.base_lr - self.min_lr) * (1.0 - progress)
+            }
             ScheduleKind::Plateau => self.plateau.lr,
         };
         if step < self.warmup_steps {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{LoadedCheckpoint, write_atomic, write_checkpoint};
 use crate::evaluate::{Evaluation, batch_inputs, evaluate};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
-use crate::optim::{Optimizer, OptimizerSettings};
+use crate::optim::{LayerwiseLr, Optimizer, OptimizerSettings};
 use crate::schedule::LrSchedule;
 use crate::weights::{
     OPTIMIZER_FILE, model_from_bytes, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
@@ -113,6 +113,50 @@ pub struct TrainSetup<'a> {
     pub run_dir: &'a Path,
     /// Compute device (without autodiff; the trainer adds it).
     pub device: Device,
+    /// Where training starts instead of fresh weights (a network holding a pretrained
+    /// encoder, on `device.autodiff()`); a resumed run starts from its checkpoint instead.
+    pub initial_model: Option<Network>,
+    /// Distillation: the teacher's outputs for every training row.
+    pub teacher: Option<TeacherLogits<'a>>,
+}
+
+/// A teacher's logits for the training rows, and how the student learns from them.
+#[derive(Debug, Clone, Copy)]
+pub struct TeacherLogits<'a> {
+    /// `[train rows, classes]`, row-major, in the training rows' order.
+    pub logits: &'a [f32],
+    /// Classes (the student's outputs).
+    pub classes: usize,
+    /// Softmax temperature of the soft term.
+    pub temperature: f64,
+    /// Weight of the soft term (`1 - alpha` weighs the labels).
+    pub alpha: f64,
+}
+
+/// The distillation loss of a batch: `alpha · T² · KL(p_teacher ‖ p_student)` at temperature
+/// `T`, averaged over rows (PyTorch's `kl_div(reduction = "batchmean")`), plus `1 − alpha`
+/// times `hard`, the labels' loss.
+fn distillation_loss(
+    outputs: Tensor<2>,
+    hard: Tensor<1>,
+    teacher: &TeacherLogits<'_>,
+    idx: &[usize],
+    device: &Device,
+) -> Tensor<1> {
+    let k = teacher.classes;
+    let t = teacher.temperature;
+    let rows: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| teacher.logits[i * k..(i + 1) * k].iter().copied())
+        .collect();
+    let teacher_logits = Tensor::<2>::from_data(TensorData::new(rows, [idx.len(), k]), device);
+    let log_p_teacher = log_softmax(teacher_logits.div_scalar(t), 1);
+    let p_teacher = log_p_teacher.clone().exp();
+    let log_p_student = log_softmax(outputs.div_scalar(t), 1);
+    let kl = (p_teacher * (log_p_teacher - log_p_student))
+        .sum_dim(1)
+        .mean();
+    kl.mul_scalar(teacher.alpha * t * t) + hard.mul_scalar(1.0 - teacher.alpha)
 }
 
 /// What a finished run produced.
@@ -136,6 +180,8 @@ pub struct TrainOutcome {
     pub seconds: f64,
     /// The checkpoint step this run resumed from.
     pub resumed_from: Option<u64>,
+    /// Parameters the optimizer updated (all of them but a frozen or LoRA-adapted encoder's).
+    pub trainable_parameters: usize,
 }
 
 /// Resumable trainer state (`trainer_state.json` in a checkpoint).
@@ -315,7 +361,10 @@ pub fn train(
     let (mut model, mut optimizer, mut state, mut best_model, resumed_from) = match &resume {
         None => {
             let _ = std::fs::remove_file(&metrics_path);
-            let model = Network::new(setup.spec, &ad);
+            let model = match setup.initial_model {
+                Some(model) => model,
+                None => Network::new(setup.spec, &ad),
+            };
             let state = TrainerState {
                 epoch: 0,
                 group_in_epoch: 0,
@@ -332,7 +381,8 @@ pub fn train(
         Some(ckpt) => {
             let origin = ckpt.dir.display().to_string();
             let model =
-                model_from_bytes(setup.spec, ckpt.file("model.safetensors")?, &ad, &origin)?;
+                model_from_bytes(setup.spec, ckpt.file("model.safetensors")?, &ad, &origin)?
+                    .frozen_as(setup.spec);
             let optimizer = optimizer_from_bytes(settings, ckpt.file(OPTIMIZER_FILE)?, &device)
                 .map_err(|p| TrainError::checkpoint(&ckpt.dir, p))?;
             let state: TrainerState = serde_json::from_slice(ckpt.file("trainer_state.json")?)
@@ -354,7 +404,18 @@ pub fn train(
         }
     };
 
+    if let Some(p) = &setup.spec.pretrained {
+        optimizer = optimizer.with_layerwise_lr(LayerwiseLr {
+            layers: p.bert.num_hidden_layers,
+            decay: t.layer_lr_decay,
+            head: t.head_lr.map(|h| h / t.lr).unwrap_or(1.0),
+        });
+    }
     let parameters = crate::grads::parameter_count(&model);
+    let trainable_parameters = crate::grads::trainable_parameters(&model)
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>())
+        .sum();
     observer.on_start(&StartInfo {
         total_steps,
         steps_done: state.global_step,
@@ -411,7 +472,14 @@ pub fn train(
             let mut step_loss = 0.0;
             for micro_rows in rows.chunks(micro) {
                 let out = model.forward(batch_inputs(train, micro_rows, &ad));
-                let loss = loss_of(out, target, micro_rows, weights.as_deref(), &ad);
+                let loss = match &setup.teacher {
+                    Some(teacher) => {
+                        let hard =
+                            loss_of(out.clone(), target, micro_rows, weights.as_deref(), &ad);
+                        distillation_loss(out, hard, teacher, micro_rows, &ad)
+                    }
+                    None => loss_of(out, target, micro_rows, weights.as_deref(), &ad),
+                };
                 let weight = micro_rows.len() as f64 / rows.len() as f64;
                 let loss = loss.mul_scalar(weight);
                 let g = loss.backward();
@@ -547,5 +615,6 @@ pub fn train(
         last_validation,
         seconds: started.elapsed().as_secs_f64(),
         resumed_from,
+        trainable_parameters,
     })
 }

@@ -52,6 +52,9 @@ pub enum KilnError {
     /// The model config does not fit the data.
     #[error(transparent)]
     Spec(#[from] kiln_models::SpecError),
+    /// A pretrained model folder.
+    #[error(transparent)]
+    Pretrained(#[from] kiln_runtime::pretrained::PretrainedError),
     /// Charts.
     #[error(transparent)]
     Plot(#[from] kiln_report::PlotError),

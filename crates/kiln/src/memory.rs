@@ -86,6 +86,19 @@ pub fn network_estimate(
             .saturating_add(tokens.saturating_mul(tokens).saturating_mul(heads));
         per_row = per_row.saturating_add((t.layers as u64).saturating_mul(block));
     }
+    if let Some(p) = &spec.pretrained {
+        let b = &p.bert;
+        let tokens = config.model.context.min(b.max_position_embeddings) as u64;
+        let (embd, heads, ff) = (
+            b.hidden_size as u64,
+            b.num_attention_heads as u64,
+            b.intermediate_size as u64,
+        );
+        let block = tokens
+            .saturating_mul(embd.saturating_mul(8).saturating_add(ff.saturating_mul(2)))
+            .saturating_add(tokens.saturating_mul(tokens).saturating_mul(heads));
+        per_row = per_row.saturating_add((b.num_hidden_layers as u64).saturating_mul(block));
+    }
     Estimate {
         parameters,
         parameter_bytes: parameters.saturating_mul(F32 * parameter_copies(config)),

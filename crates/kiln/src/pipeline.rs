@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use burn::prelude::Device;
 use kiln_config::{Config, Task};
 use kiln_data::{Encoded, LoadReport, Preprocessor, Schema, Split, Table};
-use kiln_models::ModelSpec;
+use kiln_models::{ModelSpec, PretrainedEncoderSpec};
 use kiln_runtime::inference::{Predictions, non_finite_output, predict};
+use kiln_runtime::pretrained::PretrainedEncoder;
 use kiln_runtime::run::{self, files};
 use kiln_train::checkpoint::{LoadedCheckpoint, read_latest};
 use kiln_train::evaluate::{Evaluation, score};
@@ -146,6 +147,21 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
     })
 }
 
+/// The pretrained encoder of `model.pretrained`, on the training device, checked against
+/// the config.
+fn load_pretrained(config: &Config, dir: &Path, device: &Device) -> Result<PretrainedEncoder> {
+    let encoder = PretrainedEncoder::load(dir, &device.clone().autodiff())?;
+    let positions = encoder.config.max_position_embeddings;
+    if config.model.context > positions {
+        return Err(KilnError::Invalid(format!(
+            "model.context = {} exceeds the {positions} positions of {}",
+            config.model.context,
+            dir.display()
+        )));
+    }
+    Ok(encoder)
+}
+
 /// Architecture for `config` on `preprocessor`'s inputs.
 fn model_spec(config: &Config, preprocessor: &Preprocessor) -> Result<ModelSpec> {
     let input = preprocessor.input_shape();
@@ -183,8 +199,10 @@ pub struct RunSummary {
     pub train_seconds: f64,
     /// Checkpoint step resumed from.
     pub resumed_from: Option<u64>,
-    /// Trainable parameters.
+    /// Parameters of the model.
     pub parameters: usize,
+    /// Parameters training updated (fewer than `parameters` with a frozen encoder or LoRA).
+    pub trainable_parameters: usize,
     /// Class names (classification).
     pub classes: Option<Vec<String>>,
 }
@@ -267,8 +285,30 @@ pub fn train_run(
             None => (config.clone(), None, None),
         };
     let device = device_for(&config)?;
+    // A pretrained folder is checked (and its weights read) before the data: its tokenizer
+    // reads the text.
+    let pretrained = match (&config.model.pretrained, &checkpoint) {
+        (Some(dir), None) => Some(load_pretrained(&config, Path::new(dir), &device)?),
+        _ => None,
+    };
     let data = prepare(&config)?;
-    let spec = model_spec(&config, &data.preprocessor)?;
+    let spec = match (&checkpoint, &run_dir) {
+        // A resumed run continues the network its checkpoints hold.
+        (Some(_), Some(dir)) => run::read_json(&dir.join(files::MODEL_SPEC))?,
+        _ => {
+            let spec = model_spec(&config, &data.preprocessor)?;
+            match &pretrained {
+                Some(encoder) => spec.with_pretrained(PretrainedEncoderSpec {
+                    bert: encoder.config.clone(),
+                    source: encoder.dir.display().to_string(),
+                    pooling: config.model.pooling,
+                    freeze: config.model.freeze,
+                    lora: (config.lora.rank > 0).then(|| config.lora.clone()),
+                }),
+                None => spec,
+            }
+        }
+    };
     spec.validate()?;
     // The micro-batch a step's forward and backward hold at once, as the trainer cuts it.
     let batch = match config.trainer.batch_size {
@@ -310,6 +350,10 @@ pub fn train_run(
         run::write_json(&run_dir.join(files::PREPROCESSOR), &data.preprocessor)?;
         run::write_json(&run_dir.join(files::MODEL_SPEC), &spec)?;
     }
+    let initial_model = pretrained.map(|encoder| {
+        let ad = device.clone().autodiff();
+        kiln_models::Network::new(&spec, &ad).with_pretrained_encoder(encoder.model, &spec, &ad)
+    });
     let setup = TrainSetup {
         config: &config,
         spec: &spec,
@@ -318,10 +362,15 @@ pub fn train_run(
         validation: Some(&data.validation),
         run_dir: &run_dir,
         device: device.clone(),
+        initial_model,
+        teacher: None,
     };
     let resumed_at = checkpoint.as_ref().map(|c| c.step);
     let outcome: TrainOutcome = kiln_train::train(setup, checkpoint, observer, &mut SingleProcess)?;
     run::save_weights(&run_dir, &outcome.model)?;
+    if spec.pretrained.as_ref().is_some_and(|p| p.lora.is_some()) {
+        run::save_adapters(&run_dir, &outcome.model)?;
+    }
     // What was written must load: every later command starts here.
     run::load(&run_dir, &device).map_err(|e| {
         KilnError::Invalid(format!(
@@ -401,6 +450,7 @@ pub fn train_run(
         train_seconds,
         resumed_from: outcome.resumed_from,
         parameters,
+        trainable_parameters: outcome.trainable_parameters,
         classes: data.preprocessor.classes().map(<[String]>::to_vec),
     };
     if !finished_before {

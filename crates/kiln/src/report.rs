@@ -259,11 +259,16 @@ pub(crate) fn write_report(
     }
     let _ = writeln!(
         text,
-        "training: {} epochs, {} steps, {:.1} s, {} parameters{}",
+        "training: {} epochs, {} steps, {:.1} s, {} parameters{}{}",
         summary.epochs_run,
         summary.steps,
         summary.train_seconds,
         summary.parameters,
+        if summary.trainable_parameters != summary.parameters {
+            format!(" ({} trainable)", summary.trainable_parameters)
+        } else {
+            String::new()
+        },
         if summary.stopped_early {
             ", stopped early"
         } else {

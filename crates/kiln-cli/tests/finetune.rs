@@ -1,0 +1,307 @@
+//! Fine-tuning a pretrained Hugging Face encoder end to end (a tiny BERT folder written by the
+//! test): full, frozen, first layers frozen and LoRA; the weights that must not move do not,
+//! the ones that must do; predictions, resume and bad configurations.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use safetensors::SafeTensors;
+
+const CONFIG: &str = r#"
+seed = 5
+[data]
+source = "reviews.csv"
+target = "sentiment"
+id_column = "id"
+[data.split]
+method = "stratified"
+validation = 0.1
+test = 0.2
+[[features]]
+name = "review"
+type = "text"
+[model]
+type = "transformer"
+pretrained = "tiny-bert"
+context = 24
+[trainer]
+epochs = 12
+lr = 0.003
+monitor = "f1"
+keep_best = true
+[output]
+dir = "runs"
+"#;
+
+/// A directory with the reviews, the tiny BERT folder and the config; returns the folder's
+/// tensors.
+fn setup(dir: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    std::fs::write(dir.join("reviews.csv"), reviews_csv(1200, 21)).unwrap();
+    std::fs::write(dir.join("run.toml"), CONFIG).unwrap();
+    write_tiny_bert(&dir.join("tiny-bert"), &REVIEW_WORDS)
+}
+
+/// The f32 tensor `name` of a safetensors file.
+fn tensor(file: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(file).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let view = tensors
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("{} has no tensor {name}", file.display()));
+    view.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn names(file: &Path) -> Vec<String> {
+    let bytes = std::fs::read(file).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = tensors.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+/// The folder's `[out, in]` weight of `name`, transposed to kiln's `[in, out]`.
+fn transposed(folder: &[(String, Vec<usize>, Vec<f32>)], name: &str) -> Vec<f32> {
+    let (_, shape, values) = folder.iter().find(|(n, _, _)| n == name).unwrap();
+    let (out, inp) = (shape[0], shape[1]);
+    (0..inp)
+        .flat_map(|i| (0..out).map(move |o| values[o * inp + i]))
+        .collect()
+}
+
+fn train(dir: &Path, name: &str, extra: &[&str]) -> (serde_json::Value, std::path::PathBuf) {
+    let mut args = vec![
+        "train".to_string(),
+        "run.toml".into(),
+        "--json".into(),
+        "--quiet".into(),
+        "--set".into(),
+        format!("output.name=\"{name}\""),
+    ];
+    for e in extra {
+        args.push("--set".into());
+        args.push(e.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (kiln_json(dir, &args), dir.join("runs").join(name))
+}
+
+#[test]
+fn full_fine_tuning_learns_held_out_reviews_and_predicts_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = setup(dir.path());
+    let (out, run) = train(dir.path(), "full", &[]);
+    let accuracy = out["test"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.85, "test accuracy {accuracy}");
+    assert_eq!(out["parameters"], out["trainable_parameters"]);
+    // Every part of the encoder moved.
+    let weights = run.join("model.safetensors");
+    assert_ne!(
+        tensor(&weights, "bert.word.weight"),
+        folder[0].2,
+        "word embeddings"
+    );
+    // The run stands alone: it predicts with the folder gone.
+    std::fs::remove_dir_all(dir.path().join("tiny-bert")).unwrap();
+    std::fs::write(dir.path().join("new.csv"), reviews_csv(50, 77)).unwrap();
+    kiln_ok(
+        dir.path(),
+        &[
+            "predict",
+            run.to_str().unwrap(),
+            "--data",
+            "new.csv",
+            "--out",
+            "pred.csv",
+        ],
+    );
+    let pred = std::fs::read_to_string(dir.path().join("pred.csv")).unwrap();
+    assert_eq!(pred.lines().count(), 51);
+    let eval = kiln_json(
+        dir.path(),
+        &["eval", run.to_str().unwrap(), "--data", "new.csv", "--json"],
+    );
+    assert!(eval["test"]["accuracy"].as_f64().unwrap() >= 0.8, "{eval}");
+}
+
+#[test]
+fn frozen_parts_keep_their_pretrained_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = setup(dir.path());
+    let word = &folder[0].2;
+    let query0 = transposed(&folder, "encoder.layer.0.attention.self.query.weight");
+    let up1 = transposed(&folder, "encoder.layer.1.intermediate.dense.weight");
+    let c = 16;
+
+    // Features only: no encoder weight moves, the head learns.
+    let (out, run) = train(
+        dir.path(),
+        "frozen",
+        &["model.freeze=\"encoder\"", "trainer.epochs=3"],
+    );
+    let weights = run.join("model.safetensors");
+    assert_eq!(&tensor(&weights, "bert.word.weight"), word);
+    let qkv0 = tensor(&weights, "bert.layers.0.qkv.weight");
+    let q0: Vec<f32> = qkv0
+        .chunks_exact(3 * c)
+        .flat_map(|row| row[..c].to_vec())
+        .collect();
+    assert_eq!(q0, query0, "layer 0's query weight moved");
+    assert_eq!(tensor(&weights, "bert.layers.1.up.weight"), up1);
+    let head = out["trainable_parameters"].as_u64().unwrap();
+    assert_eq!(head, 16 * 2 + 2, "only the linear head trains: {out}");
+
+    // The embeddings and the first layer frozen, the second trains.
+    let (_, run) = train(dir.path(), "first", &["model.freeze=1", "trainer.epochs=2"]);
+    let weights = run.join("model.safetensors");
+    assert_eq!(&tensor(&weights, "bert.word.weight"), word);
+    assert_eq!(
+        tensor(&weights, "bert.layers.0.up.weight"),
+        transposed(&folder, "encoder.layer.0.intermediate.dense.weight")
+    );
+    assert_ne!(tensor(&weights, "bert.layers.1.up.weight"), up1);
+}
+
+#[test]
+fn lora_trains_adapters_and_head_only_and_saves_them_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = setup(dir.path());
+    let (out, run) = train(
+        dir.path(),
+        "lora",
+        &[
+            "lora.rank=4",
+            "lora.alpha=8",
+            "lora.dropout=0.0",
+            "lora.targets=[\"query\", \"value\", \"output.dense\"]",
+            "trainer.lr=0.01",
+        ],
+    );
+    let weights = run.join("model.safetensors");
+    // The encoder's own weights are untouched.
+    assert_eq!(&tensor(&weights, "bert.word.weight"), &folder[0].2);
+    assert_eq!(
+        tensor(&weights, "bert.layers.1.down.weight"),
+        transposed(&folder, "encoder.layer.1.output.dense.weight")
+    );
+    // Trainable: per layer, query and value adapters (16·4 + 4·16 each) and the output.dense
+    // one (32·4 + 4·16), plus the head.
+    let per_layer = 2 * (16 * 4 + 4 * 16) + (32 * 4 + 4 * 16);
+    let trainable = out["trainable_parameters"].as_u64().unwrap() as usize;
+    assert_eq!(trainable, 2 * per_layer + 16 * 2 + 2, "{out}");
+    // The adapters learned something: B started at zero.
+    let b = tensor(&weights, "bert.layers.0.lora.value.b.weight");
+    assert!(
+        b.iter().any(|&v| v != 0.0),
+        "the value adapter never trained"
+    );
+    // adapters.safetensors holds exactly the trained tensors.
+    let adapters = names(&run.join("adapters.safetensors"));
+    assert!(
+        adapters
+            .iter()
+            .all(|n| n.contains(".lora.") || n.starts_with("output."))
+    );
+    assert_eq!(adapters.len(), 2 * 3 * 2 + 2, "{adapters:?}");
+    // The tiny encoder's weights are random, so adapters of rank 4 on them learn less than
+    // full fine-tuning does; still far above chance (0.5).
+    let accuracy = out["test"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.65, "LoRA test accuracy {accuracy}");
+}
+
+#[test]
+fn an_interrupted_fine_tuning_resumes_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let (_, full) = train(dir.path(), "full", &["trainer.epochs=2", "lora.rank=2"]);
+    // The run as it stood after epoch 1: its first checkpoint, no final files.
+    let copy = dir.path().join("runs/copy");
+    std::fs::create_dir_all(copy.join("checkpoints")).unwrap();
+    for f in [
+        "config.toml",
+        "schema.json",
+        "preprocessor.json",
+        "model.json",
+        "metrics.jsonl",
+    ] {
+        std::fs::copy(full.join(f), copy.join(f)).unwrap();
+    }
+    let mut steps: Vec<String> = std::fs::read_dir(full.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    steps.sort();
+    let first = &steps[0];
+    let target = copy.join("checkpoints").join(first);
+    std::fs::create_dir_all(&target).unwrap();
+    for e in std::fs::read_dir(full.join("checkpoints").join(first)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), target.join(e.file_name())).unwrap();
+    }
+    std::fs::write(copy.join("checkpoints/latest"), first).unwrap();
+    kiln_ok(
+        dir.path(),
+        &["train", "--resume", copy.to_str().unwrap(), "--quiet"],
+    );
+    assert!(
+        std::fs::read(copy.join("model.safetensors")).unwrap()
+            == std::fs::read(full.join("model.safetensors")).unwrap(),
+        "the resumed run's weights differ"
+    );
+}
+
+#[test]
+fn pretrained_configuration_mistakes_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let d = dir.path();
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["model.type=\"mlp\""],
+            &["model.pretrained", "transformer"],
+        ),
+        (
+            &["lora.rank=4", "lora.targets=[\"qery\"]"],
+            &["lora.targets", "qery", "query"],
+        ),
+        (&["model.freeze=5"], &["model.freeze", "5", "2 layers"]),
+        (&["model.context=64"], &["model.context", "32 positions"]),
+        (
+            &["model.pretrained=\"missing\""],
+            &["missing", "config.json"],
+        ),
+        (
+            &["model.freeze=\"some\""],
+            &["freeze", "\"none\", \"encoder\" or a number"],
+        ),
+    ];
+    for (sets, expected) in cases {
+        let mut args = vec!["train", "run.toml"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let err = kiln_err(d, &args);
+        for e in expected {
+            assert!(err.contains(e), "{sets:?}: {err:?} lacks {e:?}");
+        }
+    }
+    // A tokenizer with more tokens than the embedding has rows.
+    let folder = d.join("tiny-bert");
+    let config = std::fs::read_to_string(folder.join("config.json")).unwrap();
+    std::fs::write(
+        folder.join("config.json"),
+        config.replace("\"vocab_size\":34", "\"vocab_size\":20"),
+    )
+    .unwrap();
+    let err = kiln_err(d, &["train", "run.toml"]);
+    assert!(err.contains("tokenizer") && err.contains("20"), "{err}");
+    // No tokenizer at all.
+    std::fs::remove_file(folder.join("tokenizer.json")).unwrap();
+    let err = kiln_err(d, &["train", "run.toml"]);
+    assert!(err.contains("tokenizer.json"), "{err}");
+}
