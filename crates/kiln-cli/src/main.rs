@@ -688,6 +688,7 @@ fn train(args: TrainArgs) -> Result<()> {
             "resumed_from": summary.resumed_from,
             "parameters": summary.parameters,
             "trainable_parameters": summary.trainable_parameters,
+            "distillation": summary.distillation,
             "rows": {"train": summary.data.train_rows, "validation": summary.data.validation_rows, "test": summary.data.test_rows},
         });
         println!("{out}");

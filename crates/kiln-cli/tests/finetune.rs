@@ -305,3 +305,91 @@ fn pretrained_configuration_mistakes_are_clear_errors() {
     let err = kiln_err(d, &["train", "run.toml"]);
     assert!(err.contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn a_student_learns_from_a_fine_tuned_teacher_and_bad_teachers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let d = dir.path();
+    let (teacher_out, teacher) = train(d, "teacher", &[]);
+    let teacher = teacher.to_str().unwrap().to_string();
+    // The student: a small from-scratch transformer taught by the teacher's soft targets
+    // alone (alpha = 1): misaligned teacher rows would leave it at chance.
+    let student = [
+        "model.layers=1",
+        "model.heads=2",
+        "model.embd=16",
+        "model.hidden=[]",
+        "text.tokenizer=\"bpe\"",
+        "text.vocab_size=300",
+        "trainer.epochs=8",
+        "trainer.batch_size=32",
+        "distill.alpha=1.0",
+        "distill.temperature=2.0",
+    ];
+    let mut sets: Vec<String> = student.iter().map(|s| s.to_string()).collect();
+    sets.push(format!("distill.teacher=\"{teacher}\""));
+    std::fs::write(
+        d.join("student.toml"),
+        CONFIG.replace("pretrained = \"tiny-bert\"\n", ""),
+    )
+    .unwrap();
+    let mut args = vec!["train", "student.toml", "--json", "--quiet"];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let out = kiln_json(d, &args);
+    let accuracy = out["test"]["accuracy"].as_f64().unwrap();
+    assert!(
+        accuracy >= 0.8,
+        "distilled student accuracy {accuracy}: {out}"
+    );
+    let distill = &out["distillation"];
+    assert_eq!(
+        distill["teacher_parameters"].as_u64(),
+        teacher_out["parameters"].as_u64()
+    );
+    assert!(distill["teacher_latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        distill["teacher_test"]["accuracy"].as_f64().unwrap() > 0.8,
+        "{distill}"
+    );
+    let report =
+        std::fs::read_to_string(d.join(out["run_dir"].as_str().unwrap()).join("report.txt"))
+            .unwrap();
+    assert!(
+        report.contains("distillation (teacher") && report.contains("ms per row"),
+        "{report}"
+    );
+
+    // A teacher of other classes.
+    let relabelled = reviews_csv(1200, 21).replace(",pos\n", ",good\n");
+    std::fs::write(d.join("relabelled.csv"), relabelled).unwrap();
+    let err = kiln_err(
+        d,
+        &[
+            "train",
+            "student.toml",
+            "--set",
+            "data.source=\"relabelled.csv\"",
+            "--set",
+            &format!("distill.teacher=\"{teacher}\""),
+        ],
+    );
+    assert!(err.contains("classes") && err.contains("good"), "{err}");
+    // An incomplete teacher run.
+    std::fs::remove_file(Path::new(&teacher).join("model.safetensors")).unwrap();
+    let err = kiln_err(
+        d,
+        &[
+            "train",
+            "student.toml",
+            "--set",
+            &format!("distill.teacher=\"{teacher}\""),
+        ],
+    );
+    assert!(
+        err.contains("distill.teacher") && err.contains("model.safetensors"),
+        "{err}"
+    );
+}

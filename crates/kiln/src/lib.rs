@@ -7,6 +7,7 @@
 //! data with exactly the saved preprocessing. The `kiln` binary is a thin layer over these.
 #![warn(missing_docs)]
 
+mod distill;
 mod embed;
 mod export;
 mod lm;
@@ -14,6 +15,7 @@ pub mod memory;
 mod pipeline;
 mod report;
 
+pub use distill::DistillSummary;
 pub use embed::{EmbedSummary, embed_file};
 pub use export::{ExportFormat, ExportSummary, export_files, export_run};
 pub use lm::{

@@ -205,6 +205,8 @@ pub struct RunSummary {
     pub trainable_parameters: usize,
     /// Class names (classification).
     pub classes: Option<Vec<String>>,
+    /// The teacher next to this student, for a distilled run.
+    pub distillation: Option<crate::DistillSummary>,
 }
 
 fn default_run_name(config: &Config) -> String {
@@ -350,6 +352,14 @@ pub fn train_run(
         run::write_json(&run_dir.join(files::PREPROCESSOR), &data.preprocessor)?;
         run::write_json(&run_dir.join(files::MODEL_SPEC), &spec)?;
     }
+    let teacher = match &config.distill.teacher {
+        Some(dir) => Some(crate::distill::load_teacher(
+            Path::new(dir),
+            &data,
+            &device,
+        )?),
+        None => None,
+    };
     let initial_model = pretrained.map(|encoder| {
         let ad = device.clone().autodiff();
         kiln_models::Network::new(&spec, &ad).with_pretrained_encoder(encoder.model, &spec, &ad)
@@ -363,7 +373,12 @@ pub fn train_run(
         run_dir: &run_dir,
         device: device.clone(),
         initial_model,
-        teacher: None,
+        teacher: teacher.as_ref().map(|t| kiln_train::TeacherLogits {
+            logits: &t.logits,
+            classes: t.classes,
+            temperature: config.distill.temperature,
+            alpha: config.distill.alpha,
+        }),
     };
     let resumed_at = checkpoint.as_ref().map(|c| c.step);
     let outcome: TrainOutcome = kiln_train::train(setup, checkpoint, observer, &mut SingleProcess)?;
@@ -437,7 +452,17 @@ pub fn train_run(
     } else {
         outcome.seconds
     };
+    let distillation = match &teacher {
+        Some(t) => Some(crate::distill::summarize(
+            t,
+            &outcome.model,
+            &data,
+            &device,
+        )?),
+        None => None,
+    };
     let summary = RunSummary {
+        distillation,
         run_dir: run_dir.clone(),
         data: data.summary.clone(),
         test,

@@ -215,6 +215,47 @@ fn plots(
     Ok(())
 }
 
+/// The teacher and the student side by side: test scores, parameters, latency.
+fn format_distillation(d: &crate::DistillSummary, summary: &RunSummary) -> String {
+    let metric = |e: Option<&Evaluation>, name: &str| {
+        e.and_then(|e| e.metric(name))
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let (teacher, student) = (d.teacher_test.as_ref(), summary.test.as_ref());
+    let mut text = format!(
+        "distillation (teacher {})
+",
+        d.teacher
+    );
+    text.push_str(
+        "                 teacher     student
+",
+    );
+    for name in ["accuracy", "f1_macro"] {
+        text.push_str(&format!(
+            "  {name:<12} {:>9}   {:>9}
+",
+            metric(teacher, name),
+            metric(student, name)
+        ));
+    }
+    text.push_str(&format!(
+        "  {:<12} {:>9}   {:>9}
+",
+        "parameters", d.teacher_parameters, summary.parameters
+    ));
+    text.push_str(&format!(
+        "  {:<12} {:>9.3}   {:>9.3}   ({:.1}x faster)
+",
+        "ms per row",
+        d.teacher_latency_ms,
+        d.student_latency_ms,
+        d.teacher_latency_ms / d.student_latency_ms
+    ));
+    text
+}
+
 /// Writes `report.json`, `report.txt` and (unless `output.plots = false`) the charts.
 pub(crate) fn write_report(
     run_dir: &Path,
@@ -284,6 +325,9 @@ pub(crate) fn write_report(
     }
     if let Some(t) = &summary.test {
         text.push_str(&format_evaluation("test", t, summary.classes.as_deref()));
+    }
+    if let Some(d) = &summary.distillation {
+        text.push_str(&format_distillation(d, summary));
     }
     kiln_train::checkpoint::write_atomic(&run_dir.join(files::REPORT_TXT), text.as_bytes())?;
     if config.output.plots {

@@ -1,0 +1,154 @@
+//! Knowledge distillation: a trained teacher run's logits for the student's training rows,
+//! computed once before training, and the teacher-versus-student comparison of the report.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::prelude::Device;
+use kiln_config::Task;
+use kiln_data::Encoded;
+use kiln_models::Network;
+use kiln_runtime::inference::{predict, raw_outputs};
+use kiln_runtime::run::{self, LoadedRun};
+use kiln_train::evaluate::{Evaluation, score};
+use serde::Serialize;
+
+use crate::pipeline::PreparedData;
+use crate::{KilnError, Result};
+
+/// A loaded teacher and its logits for the student's training rows.
+pub struct Teacher {
+    /// The teacher run.
+    pub run: LoadedRun,
+    /// `[training rows, classes]`, in the order of the student's encoded training rows.
+    pub logits: Vec<f32>,
+    /// Classes.
+    pub classes: usize,
+}
+
+/// The teacher next to the student, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DistillSummary {
+    /// Teacher run directory.
+    pub teacher: String,
+    /// Teacher parameters.
+    pub teacher_parameters: usize,
+    /// The teacher's scores on the student's test rows (serialised as the student's are).
+    #[serde(serialize_with = "evaluation_summary")]
+    pub teacher_test: Option<Evaluation>,
+    /// Median milliseconds of the teacher's forward over one row.
+    pub teacher_latency_ms: f64,
+    /// Median milliseconds of the student's forward over one row.
+    pub student_latency_ms: f64,
+}
+
+fn evaluation_summary<S: serde::Serializer>(
+    e: &Option<Evaluation>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    e.as_ref().map(Evaluation::summary).serialize(s)
+}
+
+fn teacher_error(dir: &Path, message: impl std::fmt::Display) -> KilnError {
+    KilnError::Invalid(format!("distill.teacher = {}: {message}", dir.display()))
+}
+
+/// Loads the teacher run at `dir` and computes its logits for `data`'s training rows (read
+/// from the same table through the teacher's own preprocessing). The teacher must be a
+/// classifier of exactly the student's classes, in the same order.
+pub fn load_teacher(dir: &Path, data: &PreparedData, device: &Device) -> Result<Teacher> {
+    let run = run::load(dir, device).map_err(|e| teacher_error(dir, e))?;
+    let student_classes = data.preprocessor.classes();
+    if run.preprocessor.task != Task::Classification || student_classes.is_none() {
+        return Err(teacher_error(
+            dir,
+            format!(
+                "distillation needs a classifier teacher and student; the teacher's task is {:?}, the student's {:?}",
+                run.preprocessor.task, data.preprocessor.task
+            ),
+        ));
+    }
+    if run.preprocessor.classes() != student_classes {
+        return Err(teacher_error(
+            dir,
+            format!(
+                "the teacher's classes {:?} differ from the student's {:?}",
+                run.preprocessor.classes().unwrap_or_default(),
+                student_classes.unwrap_or_default()
+            ),
+        ));
+    }
+    let classes = data.preprocessor.num_outputs();
+    let encoded = run
+        .preprocessor
+        .transform(&data.table, &data.train.source_rows, false, false)
+        .map_err(|e| teacher_error(dir, format!("its preprocessing cannot read the data: {e}")))?;
+    let logits = raw_outputs(&run.model, &encoded, device);
+    if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+        return Err(teacher_error(
+            dir,
+            format!(
+                "its output for training row {} is not finite",
+                i / classes.max(1)
+            ),
+        ));
+    }
+    Ok(Teacher {
+        run,
+        logits,
+        classes,
+    })
+}
+
+/// The teacher's test scores and both models' latencies.
+pub fn summarize(
+    teacher: &Teacher,
+    student: &Network,
+    data: &PreparedData,
+    device: &Device,
+) -> Result<DistillSummary> {
+    let t = &teacher.run;
+    let test_rows = &data.test.source_rows;
+    // Rows of a separate test file index a table this summary no longer holds.
+    let teacher_test = if data.summary.test_source.is_some() || test_rows.is_empty() {
+        None
+    } else {
+        let encoded = t
+            .preprocessor
+            .transform(&data.table, test_rows, false, true)?;
+        let predictions = predict(&t.model, &encoded, &t.preprocessor, device);
+        Some(score(&encoded, &predictions, &t.preprocessor)?)
+    };
+    let teacher_rows =
+        t.preprocessor
+            .transform(&data.table, &data.train.source_rows, false, false)?;
+    Ok(DistillSummary {
+        teacher: t.dir.display().to_string(),
+        teacher_parameters: burn::module::Module::num_params(&t.model),
+        teacher_test,
+        teacher_latency_ms: latency_ms(&t.model, &teacher_rows, device),
+        student_latency_ms: latency_ms(student, &data.train, device),
+    })
+}
+
+/// Median milliseconds of a forward over one row, over the first 32 rows (after two
+/// warm-up rows).
+pub fn latency_ms(model: &Network, rows: &Encoded, device: &Device) -> f64 {
+    let n = rows.rows.min(32);
+    if n == 0 {
+        return f64::NAN;
+    }
+    for i in 0..n.min(2) {
+        raw_outputs(model, &rows.select(&[i]), device);
+    }
+    let mut times: Vec<f64> = (0..n)
+        .map(|i| {
+            let one = rows.select(&[i]);
+            let started = Instant::now();
+            raw_outputs(model, &one, device);
+            started.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[n / 2]
+}
