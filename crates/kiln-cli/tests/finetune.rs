@@ -393,3 +393,53 @@ fn a_student_learns_from_a_fine_tuned_teacher_and_bad_teachers_are_refused() {
         "{err}"
     );
 }
+
+/// Needs python3 with onnx and onnxruntime (`.ci/run` installs them).
+#[test]
+#[ignore]
+fn fine_tuned_and_lora_onnx_exports_match_kiln_in_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let d = dir.path();
+    let mut exports = Vec::new();
+    for (name, sets) in [
+        ("full", vec!["trainer.epochs=2", "model.pooling=\"cls\""]),
+        (
+            "lora",
+            vec![
+                "trainer.epochs=2",
+                "lora.rank=4",
+                "lora.targets=[\"query\", \"key\", \"value\", \"attention.output.dense\", \"intermediate.dense\", \"output.dense\"]",
+                "trainer.lr=0.01",
+                "model.pooling=\"mean_max\"",
+                "model.hidden=[8]",
+                "model.activation=\"tanh\"",
+            ],
+        ),
+    ] {
+        let (_, run) = train(d, name, &sets);
+        let out = d.join(format!("{name}-onnx"));
+        kiln_ok(
+            d,
+            &[
+                "export",
+                run.to_str().unwrap(),
+                "--format",
+                "onnx",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        exports.push(out.into_os_string());
+    }
+    python_check("check-onnx.py", &exports);
+    // The adapters moved, so the merge had something to merge.
+    let b = tensor(
+        &d.join("runs/lora/model.safetensors"),
+        "bert.layers.1.lora.key.b.weight",
+    );
+    assert!(
+        b.iter().any(|&v| v.abs() > 1e-3),
+        "the key adapter never trained"
+    );
+}

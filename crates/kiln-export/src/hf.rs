@@ -119,6 +119,7 @@ pub fn network(
     pre: &Preprocessor,
     w: &Weights,
 ) -> Result<(Tensors, serde_json::Value), ExportError> {
+    let w = &w.with_lora_merged(spec)?;
     let mut out = Tensors::new();
     for (name, t) in w.iter() {
         let (stem, leaf) = name.rsplit_once('.').unwrap_or(("", name));

@@ -39,12 +39,23 @@ pub fn linear(
     })
 }
 
-/// LayerNorm over the last axis (gamma, optional beta).
+/// LayerNorm over the last axis (gamma, optional beta) with Burn's default epsilon.
 pub fn layer_norm(
     g: &mut GraphBuilder,
     w: &Weights,
     prefix: &str,
     x: &str,
+) -> Result<String, ExportError> {
+    layer_norm_with_epsilon(g, w, prefix, x, NORM_EPSILON)
+}
+
+/// LayerNorm over the last axis (gamma, optional beta) with `epsilon`.
+pub fn layer_norm_with_epsilon(
+    g: &mut GraphBuilder,
+    w: &Weights,
+    prefix: &str,
+    x: &str,
+    epsilon: f32,
 ) -> Result<String, ExportError> {
     let gamma = weight(g, w, &format!("{prefix}.gamma"))?;
     let beta = match w.find(&format!("{prefix}.beta")) {
@@ -59,10 +70,7 @@ pub fn layer_norm(
     Ok(g.op(
         "LayerNormalization",
         &inputs,
-        &[
-            ("axis", Attr::Int(-1)),
-            ("epsilon", Attr::Float(NORM_EPSILON)),
-        ],
+        &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(epsilon))],
     ))
 }
 
@@ -92,6 +100,23 @@ pub fn gelu(g: &mut GraphBuilder, x: &str) -> String {
     let scaled = g.op("Div", &[x, &sqrt2], &[]);
     let erf = g.op("Erf", &[&scaled], &[]);
     let plus = g.op("Add", &[&erf, &one], &[]);
+    let prod = g.op("Mul", &[x, &plus], &[]);
+    g.op("Mul", &[&prod, &half], &[])
+}
+
+/// GELU's tanh approximation: `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))`.
+pub fn gelu_tanh(g: &mut GraphBuilder, x: &str) -> String {
+    let c = g.const_f32("gelu_c", &[], &[0.044_715]);
+    let k = g.const_f32("gelu_k", &[], &[(2.0 / std::f64::consts::PI).sqrt() as f32]);
+    let one = g.const_f32("one", &[], &[1.0]);
+    let half = g.const_f32("half", &[], &[0.5]);
+    let x2 = g.op("Mul", &[x, x], &[]);
+    let x3 = g.op("Mul", &[&x2, x], &[]);
+    let cx3 = g.op("Mul", &[&x3, &c], &[]);
+    let inner = g.op("Add", &[x, &cx3], &[]);
+    let inner = g.op("Mul", &[&inner, &k], &[]);
+    let t = g.op("Tanh", &[&inner], &[]);
+    let plus = g.op("Add", &[&t, &one], &[]);
     let prod = g.op("Mul", &[x, &plus], &[]);
     g.op("Mul", &[&prod, &half], &[])
 }
@@ -163,18 +188,21 @@ pub fn token_and_position(
     Ok(g.op("Add", &[&tok, &pos], &[]))
 }
 
-/// Multi-head self-attention over `x` `[N, T, C]`, as kiln-models' `SelfAttention`.
-fn attention(
+/// Multi-head self-attention over `x` `[N, T, C]` from the packed query/key/value linear
+/// layer `qkv_prefix` and the output projection `proj_prefix`, as kiln-models' attention.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
     g: &mut GraphBuilder,
     w: &Weights,
-    prefix: &str,
+    qkv_prefix: &str,
+    proj_prefix: &str,
     x: &str,
     embd: usize,
     heads: usize,
     mask: &Mask<'_>,
 ) -> Result<String, ExportError> {
     let d = embd / heads;
-    let qkv = linear(g, w, &format!("{prefix}.qkv"), x)?;
+    let qkv = linear(g, w, qkv_prefix, x)?;
     let split = g.const_i64("split", &[3], &[embd as i64; 3]);
     let parts = g.op_n("Split", &[&qkv, &split], 3, &[("axis", Attr::Int(2))]);
     let heads_shape = g.const_i64("heads_shape", &[4], &[0, 0, heads as i64, d as i64]);
@@ -201,7 +229,7 @@ fn attention(
     );
     let merged = g.const_i64("merged_shape", &[3], &[0, 0, embd as i64]);
     let y = g.op("Reshape", &[&y, &merged], &[]);
-    linear(g, w, &format!("{prefix}.proj"), &y)
+    linear(g, w, proj_prefix, &y)
 }
 
 /// One pre-LayerNorm transformer block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
@@ -215,7 +243,16 @@ pub fn block(
     mask: &Mask<'_>,
 ) -> Result<String, ExportError> {
     let h = layer_norm(g, w, &format!("{prefix}.ln1"), x)?;
-    let a = attention(g, w, &format!("{prefix}.attn"), &h, embd, heads, mask)?;
+    let a = attention(
+        g,
+        w,
+        &format!("{prefix}.attn.qkv"),
+        &format!("{prefix}.attn.proj"),
+        &h,
+        embd,
+        heads,
+        mask,
+    )?;
     let x = g.op("Add", &[x, &a], &[]);
     let h = layer_norm(g, w, &format!("{prefix}.ln2"), &x)?;
     let h = linear(g, w, &format!("{prefix}.mlp.fc"), &h)?;

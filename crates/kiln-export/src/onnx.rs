@@ -13,8 +13,9 @@
 //! Outputs: `logits` and `probabilities` (classification), `prediction` in target units
 //! (regression), `logits` `[batch, sequence, vocab]` (GPT).
 
+use kiln_config::Pooling;
 use kiln_data::{InputShape, Preprocessor, TargetTransform};
-use kiln_spec::{GptConfig, ModelSpec};
+use kiln_spec::{GptConfig, ModelSpec, PretrainedEncoderSpec};
 use prost::Message;
 
 use crate::ExportError;
@@ -188,6 +189,21 @@ pub fn network(
             text.max_tokens
         ));
     }
+    if let Some(pretrained) = &spec.pretrained {
+        let tokens = g.input(
+            inputs::TOKENS,
+            data_type::INT64,
+            &[batch.clone(), Dim::Named("sequence")],
+            "token ids + 1 (0 = padding), [CLS] and [SEP] included",
+        );
+        let merged = w.with_lora_merged(spec)?;
+        parts.push(bert_encoder(&mut g, &merged, pretrained, &tokens)?);
+        docs.push(format!(
+            "{}: i64 [batch, sequence <= {}], pretrained tokenizer id + 1 with its special tokens, 0 = padding",
+            inputs::TOKENS,
+            pretrained.bert.max_position_embeddings
+        ));
+    }
     let mut h = match parts.len() {
         0 => return Err(ExportError::Unsupported("a model without inputs".into())),
         1 => parts.pop().expect("one part"),
@@ -277,13 +293,80 @@ fn text_encoder(
         )?;
     }
     let x = layers::layer_norm(g, w, "text.ln_f", &x)?;
-    let real = g.op("Not", &[&pad], &[]);
+    Ok(pool(g, &x, &pad, spec.pooling))
+}
+
+/// The pretrained BERT encoder of a fine-tuned network (adapters merged into `w` already):
+/// embeddings of `tokens - 1` (0 pads) plus positions and segment 0, post-LayerNorm layers
+/// with a padding mask, pooling over real tokens. Returns `[batch, width]`.
+fn bert_encoder(
+    g: &mut GraphBuilder,
+    w: &Weights,
+    spec: &PretrainedEncoderSpec,
+    tokens: &str,
+) -> Result<String, ExportError> {
+    let b = &spec.bert;
+    let epsilon = b.layer_norm_eps as f32;
+    let zero = g.const_i64("pad_id", &[], &[0]);
+    let pad = g.op("Equal", &[tokens, &zero], &[]); // [N, T]
+    let axes12 = g.const_i64("axes12", &[2], &[1, 2]);
+    let key_mask = g.op("Unsqueeze", &[&pad, &axes12], &[]); // [N, 1, 1, T]
+    let one = g.const_i64("one_id", &[], &[1]);
+    let ids = g.op("Sub", &[tokens, &one], &[]);
+    let ids = g.op("Max", &[&ids, &zero], &[]);
+    let word = layers::weight(g, w, "bert.word.weight")?;
+    let x = g.op("Gather", &[&word, &ids], &[("axis", Attr::Int(0))]);
+    let t = layers::sequence_length(g, tokens);
+    let step = g.const_i64("step", &[], &[1]);
+    let positions = g.op("Range", &[&zero, &t, &step], &[]);
+    let position = layers::weight(g, w, "bert.position.weight")?;
+    let pos = g.op(
+        "Gather",
+        &[&position, &positions],
+        &[("axis", Attr::Int(0))],
+    );
+    let segment = layers::weight(g, w, "bert.segment.weight")?;
+    let seg = g.op("Gather", &[&segment, &zero], &[("axis", Attr::Int(0))]); // [C]
+    let x = g.op("Add", &[&x, &pos], &[]);
+    let x = g.op("Add", &[&x, &seg], &[]);
+    let mut x = layers::layer_norm_with_epsilon(g, w, "bert.embed_norm", &x, epsilon)?;
+    for i in 0..b.num_hidden_layers {
+        let p = format!("bert.layers.{i}");
+        let a = layers::attention(
+            g,
+            w,
+            &format!("{p}.qkv"),
+            &format!("{p}.attn_out"),
+            &x,
+            b.hidden_size,
+            b.num_attention_heads,
+            &Mask::Padding(&key_mask),
+        )?;
+        let sum = g.op("Add", &[&x, &a], &[]);
+        x = layers::layer_norm_with_epsilon(g, w, &format!("{p}.attn_norm"), &sum, epsilon)?;
+        let h = layers::linear(g, w, &format!("{p}.up"), &x)?;
+        let h = match b.hidden_act.as_str() {
+            "relu" => g.op("Relu", &[&h], &[]),
+            "gelu_new" | "gelu_pytorch_tanh" => layers::gelu_tanh(g, &h),
+            _ => layers::gelu(g, &h),
+        };
+        let h = layers::linear(g, w, &format!("{p}.down"), &h)?;
+        let sum = g.op("Add", &[&x, &h], &[]);
+        x = layers::layer_norm_with_epsilon(g, w, &format!("{p}.out_norm"), &sum, epsilon)?;
+    }
+    Ok(pool(g, &x, &pad, spec.pooling))
+}
+
+/// Token states `x` `[N, T, C]` pooled over the positions where `pad` `[N, T]` is false, as
+/// kiln-models' pooling: `[N, width]`.
+fn pool(g: &mut GraphBuilder, x: &str, pad: &str, pooling: Pooling) -> String {
+    let real = g.op("Not", &[pad], &[]);
     let keep = layers::to_float(g, &real); // [N, T]
     let axes2 = g.const_i64("axes2", &[1], &[2]);
     let keep3 = g.op("Unsqueeze", &[&keep, &axes2], &[]); // [N, T, 1]
     let axis1 = g.const_i64("axis1", &[1], &[1]);
-    let mut mean = || {
-        let masked = g.op("Mul", &[&x, &keep3], &[]);
+    let mean = |g: &mut GraphBuilder| {
+        let masked = g.op("Mul", &[x, &keep3], &[]);
         let sum = g.op(
             "ReduceSum",
             &[&masked, &axis1],
@@ -294,19 +377,10 @@ fn text_encoder(
         let count = g.op("Max", &[&count, &one], &[]);
         g.op("Div", &[&sum, &count], &[])
     };
-    let mean_value = matches!(
-        spec.pooling,
-        kiln_config::Pooling::Mean | kiln_config::Pooling::MeanMax
-    )
-    .then(&mut mean);
-    let max_value = matches!(
-        spec.pooling,
-        kiln_config::Pooling::Max | kiln_config::Pooling::MeanMax
-    )
-    .then(|| {
-        let pad3 = g.op("Unsqueeze", &[&pad, &axes2], &[]);
+    let max = |g: &mut GraphBuilder| {
+        let pad3 = g.op("Unsqueeze", &[pad, &axes2], &[]);
         let fill = g.const_f32("pad_fill", &[], &[PAD_FOR_MAX]);
-        let filled = g.op("Where", &[&pad3, &fill, &x], &[]);
+        let filled = g.op("Where", &[&pad3, &fill, x], &[]);
         let m = g.op(
             "ReduceMax",
             &[&filled],
@@ -318,12 +392,23 @@ fn text_encoder(
             &[("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(1))],
         );
         g.op("Mul", &[&m, &any], &[])
-    });
-    Ok(match (mean_value, max_value) {
-        (Some(a), Some(b)) => g.op("Concat", &[&a, &b], &[("axis", Attr::Int(1))]),
-        (Some(a), None) | (None, Some(a)) => a,
-        (None, None) => unreachable!("every pooling has a mean or a max"),
-    })
+    };
+    match pooling {
+        Pooling::Mean => mean(g),
+        Pooling::Max => max(g),
+        Pooling::MeanMax => {
+            let (a, b) = (mean(g), max(g));
+            g.op("Concat", &[&a, &b], &[("axis", Attr::Int(1))])
+        }
+        Pooling::Cls => {
+            let first = g.const_i64("first", &[], &[0]);
+            let state = g.op("Gather", &[x, &first], &[("axis", Attr::Int(1))]); // [N, C]
+            let real = g.op("Gather", &[&keep, &first], &[("axis", Attr::Int(1))]); // [N]
+            let axes1 = g.const_i64("axes1", &[1], &[1]);
+            let real = g.op("Unsqueeze", &[&real, &axes1], &[]);
+            g.op("Mul", &[&state, &real], &[])
+        }
+    }
 }
 
 /// The ONNX graph of a GPT: `tokens` `[batch, sequence]` to `logits` `[batch, sequence, vocab]`.

@@ -266,7 +266,9 @@ fn sample_inputs(
     let mut raw = Vec::new();
     let mut categories = Vec::new();
     let mut tokens = Vec::new();
-    let seq = spec.text.as_ref().map(|t| t.max_tokens).unwrap_or(0);
+    let seq = pre.text_input().map(|(_, t)| t).unwrap_or(0);
+    // A pretrained model's texts always hold its special tokens: never an empty row.
+    let shortest = if spec.pretrained.is_some() { 2 } else { 0 };
     for r in 0..rows {
         let mut missing_done = false;
         for f in &pre.features {
@@ -297,8 +299,8 @@ fn sample_inputs(
                 FeatureTransform::Text { vocab_size, .. } => {
                     let len = match r {
                         0 => seq,
-                        1 => 0,
-                        _ => rng.below(seq + 1),
+                        1 => shortest,
+                        _ => rng.below(seq + 1).max(shortest),
                     };
                     for i in 0..seq {
                         tokens.push(if i < len {
