@@ -154,6 +154,40 @@ fn frozen_parts_keep_their_pretrained_weights() {
     assert_eq!(tensor(&weights, "bert.layers.1.up.weight"), up1);
     let head = out["trainable_parameters"].as_u64().unwrap();
     assert_eq!(head, 16 * 2 + 2, "only the linear head trains: {out}");
+    // kiln embed of the run equals kiln embed of the folder: same tokens, same encoder.
+    let embed = |model: &str, out: &str| {
+        kiln_ok(
+            dir.path(),
+            &[
+                "embed",
+                model,
+                "--data",
+                "reviews.csv",
+                "--column",
+                "review",
+                "--out",
+                out,
+            ],
+        );
+        let text = std::fs::read_to_string(dir.path().join(out)).unwrap();
+        text.lines()
+            .skip(1)
+            .flat_map(|l| {
+                l.split(',')
+                    .map(|v| v.parse::<f32>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<f32>>()
+    };
+    let from_run = embed(run.to_str().unwrap(), "run.csv");
+    let from_folder = embed("tiny-bert", "folder.csv");
+    assert_eq!(from_run.len(), 1200 * 16);
+    let diff = from_run
+        .iter()
+        .zip(&from_folder)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "run and folder embeddings differ by {diff}");
 
     // The embeddings and the first layer frozen, the second trains.
     let (_, run) = train(dir.path(), "first", &["model.freeze=1", "trainer.epochs=2"]);

@@ -410,6 +410,59 @@ impl PretrainedEncoder {
         })
     }
 
+    /// The fine-tuned encoder of a run (adapters merged) with the tokenizer its training
+    /// used; embeddings are pooled as the run pools them for its head, not normalised.
+    pub fn from_run(run: &crate::run::LoadedRun) -> Result<Self, PretrainedError> {
+        let unsupported = |message: String| PretrainedError::Unsupported {
+            path: run.dir.join(crate::run::files::MODEL_SPEC),
+            message,
+        };
+        let (Some(spec), Some(bert)) =
+            (run.spec.pretrained.as_ref(), run.model.pretrained_encoder())
+        else {
+            return Err(unsupported(
+                "a run without a pretrained encoder: kiln embed reads a pretrained folder or a run fine-tuned from one".into(),
+            ));
+        };
+        let pooling = match spec.pooling {
+            kiln_config::Pooling::Mean => SentencePooling::Mean,
+            kiln_config::Pooling::Cls => SentencePooling::Cls,
+            other => {
+                return Err(unsupported(format!(
+                    "the run pools by {other:?}; kiln embed pools by the mean or the [CLS] token"
+                )));
+            }
+        };
+        let tokenizer_error = |source| PretrainedError::Tokenizer {
+            path: run.dir.join(crate::run::files::PREPROCESSOR),
+            source,
+        };
+        let Some((json, max_tokens)) = run.preprocessor.features.iter().find_map(|f| match f {
+            kiln_data::FeatureTransform::Text {
+                tokenizer,
+                max_tokens,
+                ..
+            } => Some((tokenizer, *max_tokens)),
+            _ => None,
+        }) else {
+            return Err(unsupported("the run has no text feature".into()));
+        };
+        let tokenizer = TextTokenizer::from_json(json)
+            .and_then(|t| t.for_model(max_tokens))
+            .map_err(tokenizer_error)?;
+        let pad_id = tokenizer.pad_id().unwrap_or(spec.bert.pad_token_id as u32);
+        Ok(Self {
+            model: bert.clone().merge_lora(),
+            tokenizer,
+            config: spec.bert.clone(),
+            max_tokens,
+            pad_id,
+            pooling,
+            normalize: false,
+            dir: run.dir.clone(),
+        })
+    }
+
     /// Token ids of `text` (special tokens, truncation) and whether it was cut.
     pub fn encode(&self, text: &str) -> Result<(Vec<u32>, bool), TextError> {
         self.tokenizer.encode_for_model(text)

@@ -193,7 +193,12 @@ impl TextTokenizer {
     /// so that at most `max_tokens` ids come out (Hugging Face's longest-first truncation), no
     /// padding (batches are padded to their longest row by the caller, with [`Self::pad_id`]).
     pub fn from_pretrained_file(path: &Path, max_tokens: usize) -> Result<Self> {
-        let mut tokenizer = Self::read_file(path)?;
+        Self::read_file(path)?.for_model(max_tokens)
+    }
+
+    /// This tokenizer set up as [`Self::from_pretrained_file`] sets up a file's.
+    pub fn for_model(self, max_tokens: usize) -> Result<Self> {
+        let mut tokenizer = self;
         // Keep the padding settings (they name the pad token) but never pad a single text.
         if let Some(padding) = tokenizer.inner.get_padding_mut() {
             padding.strategy = tokenizers::PaddingStrategy::BatchLongest;
@@ -204,7 +209,7 @@ impl TextTokenizer {
                 max_length: max_tokens,
                 ..Default::default()
             }))
-            .map_err(|e| TextError::Tokenizer(format!("{}: {e}", path.display())))?;
+            .map_err(tk_err)?;
         Ok(tokenizer)
     }
 

@@ -1,5 +1,5 @@
-//! `kiln embed`: sentence embeddings of a text column with a pretrained encoder folder,
-//! written as `.npy` (float32, `[rows, dimension]`) or `.csv` (one row per text).
+//! `kiln embed`: sentence embeddings of a text column with a pretrained encoder folder or a
+//! run fine-tuned from one, written as `.npy` (float32, `[rows, dimension]`) or `.csv` (one row per text).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,7 +13,7 @@ use crate::{KilnError, Result};
 /// What `kiln embed` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct EmbedSummary {
-    /// The pretrained folder.
+    /// The pretrained folder or fine-tuned run.
     pub model: PathBuf,
     /// Texts embedded.
     pub rows: usize,
@@ -41,7 +41,8 @@ enum Format {
     Csv,
 }
 
-/// Embeds column `column` of the CSV `data` with the pretrained folder `model` in batches of
+/// Embeds column `column` of the CSV `data` with the pretrained folder or fine-tuned run
+/// `model` in batches of
 /// `batch`, writing `out` (atomically); `progress(done, total)` after each batch.
 pub fn embed_file(
     model: &Path,
@@ -64,13 +65,6 @@ pub fn embed_file(
     if batch == 0 {
         return Err(KilnError::Invalid("--batch-size must be at least 1".into()));
     }
-    if model.join(kiln_runtime::run::files::MODEL_SPEC).is_file() {
-        return Err(KilnError::Invalid(format!(
-            "{}: a kiln run directory; kiln embed reads a pretrained Hugging Face folder \
-             (config.json, model.safetensors, tokenizer.json)",
-            model.display()
-        )));
-    }
     let table = kiln_data::read_csv(data, None, kiln_config::BadRows::Error)?;
     let Some(index) = table.names.iter().position(|n| n == column) else {
         return Err(KilnError::Invalid(format!(
@@ -86,8 +80,12 @@ pub fn embed_file(
     let missing = (0..cells.len()).filter(|&i| cells.is_missing(i)).count();
     // The data is checked before the model (tens of MB) is read.
     let device = Device::flex();
-    let encoder =
-        PretrainedEncoder::load(model, &device).map_err(|e| KilnError::Invalid(e.to_string()))?;
+    let encoder = if model.join(kiln_runtime::run::files::MODEL_SPEC).is_file() {
+        let run = kiln_runtime::run::load(model, &device)?;
+        PretrainedEncoder::from_run(&run)?
+    } else {
+        PretrainedEncoder::load(model, &device)?
+    };
     let started = Instant::now();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let embedded = encoder
