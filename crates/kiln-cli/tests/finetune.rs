@@ -431,12 +431,21 @@ fn a_student_learns_from_a_fine_tuned_teacher_and_bad_teachers_are_refused() {
 /// Needs python3 with onnx and onnxruntime (`.ci/run` installs them).
 #[test]
 #[ignore]
-fn fine_tuned_and_lora_onnx_exports_match_kiln_in_onnxruntime() {
+fn fine_tuned_lora_and_gpt_onnx_exports_match_kiln_in_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
     let d = dir.path();
+    pretrain_gpt(d);
     let mut exports = Vec::new();
     for (name, sets) in [
+        (
+            "gpt-tuned",
+            vec![
+                "model.pretrained=\"gpt-hf\"",
+                "model.context=32",
+                "trainer.epochs=1",
+            ],
+        ),
         ("full", vec!["trainer.epochs=2", "model.pooling=\"cls\""]),
         (
             "lora",
@@ -476,4 +485,138 @@ fn fine_tuned_and_lora_onnx_exports_match_kiln_in_onnxruntime() {
         b.iter().any(|&v| v.abs() > 1e-3),
         "the key adapter never trained"
     );
+}
+
+const GPT: &str = r#"
+seed = 3
+[data]
+source = "corpus.txt"
+[text]
+tokenizer = "bpe"
+vocab_size = 300
+val_fraction = 0.1
+[model]
+type = "gpt"
+layers = 2
+heads = 2
+embd = 32
+context = 64
+bias = true
+[trainer]
+max_steps = 150
+batch_size = 16
+optimizer = "adamw"
+lr = 0.003
+eval_every_steps = 50
+eval_batches = 2
+[output]
+dir = "runs"
+name = "gpt"
+plots = false
+"#;
+
+/// Pretrains a GPT (byte-level BPE) on the review texts alone and exports it in the GPT-2
+/// layout to `gpt-hf`.
+fn pretrain_gpt(d: &Path) {
+    let csv = reviews_csv(1200, 21);
+    let corpus: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    std::fs::write(d.join("corpus.txt"), corpus.join("\n")).unwrap();
+    std::fs::write(d.join("gpt.toml"), GPT).unwrap();
+    kiln_ok(d, &["train", "gpt.toml", "--quiet"]);
+    kiln_ok(
+        d,
+        &[
+            "export",
+            "runs/gpt",
+            "--format",
+            "safetensors",
+            "--out",
+            "gpt-hf",
+        ],
+    );
+}
+
+#[test]
+fn a_gpt_kiln_pretrained_and_exported_fine_tunes_as_a_causal_text_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    pretrain_gpt(d);
+    let hf = d.join("gpt-hf/model.safetensors");
+
+    // A step too small to move anything: the encoder holds the GPT's weights.
+    let (_, run) = train(
+        d,
+        "loaded",
+        &[
+            "model.pretrained=\"gpt-hf\"",
+            "trainer.epochs=1",
+            "trainer.lr=1e-12",
+        ],
+    );
+    let weights = run.join("model.safetensors");
+    for (kiln, gpt) in [
+        (
+            "text.blocks.1.attn.qkv.weight",
+            "transformer.h.1.attn.c_attn.weight",
+        ),
+        (
+            "text.blocks.0.mlp.proj.bias",
+            "transformer.h.0.mlp.c_proj.bias",
+        ),
+        ("text.ln_f.gamma", "transformer.ln_f.weight"),
+    ] {
+        let (a, b) = (tensor(&weights, kiln), tensor(&hf, gpt));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            a.len() == b.len() && diff < 1e-6,
+            "{kiln} differs from {gpt} by {diff}"
+        );
+    }
+    let wte = tensor(&weights, "text.wte.weight");
+    let gpt_wte = tensor(&hf, "transformer.wte.weight");
+    assert!(wte[..32].iter().all(|&v| v == 0.0), "row 0 pads");
+    assert_eq!(
+        &wte[32..],
+        &gpt_wte[..wte.len() - 32],
+        "token t is the GPT's row t - 1"
+    );
+
+    // Fine-tuned, it classifies held-out reviews; the export to ONNX keeps it causal.
+    let (out, run) = train(
+        d,
+        "tuned",
+        &[
+            "model.pretrained=\"gpt-hf\"",
+            "model.context=32",
+            "trainer.epochs=6",
+            "trainer.lr=0.002",
+        ],
+    );
+    let accuracy = out["test"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.85, "fine-tuned GPT test accuracy {accuracy}");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(spec["text"]["causal"], true);
+    // LoRA and freezing are BERT's only.
+    let err = kiln_err(
+        d,
+        &[
+            "train",
+            "run.toml",
+            "--set",
+            "model.pretrained=\"gpt-hf\"",
+            "--set",
+            "lora.rank=2",
+        ],
+    );
+    assert!(err.contains("BERT") && err.contains("GPT"), "{err}");
 }

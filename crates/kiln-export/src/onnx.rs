@@ -280,6 +280,11 @@ fn text_encoder(
     let pad = g.op("Equal", &[tokens, &zero], &[]); // [N, T]
     let axes12 = g.const_i64("axes12", &[2], &[1, 2]);
     let key_mask = g.op("Unsqueeze", &[&pad, &axes12], &[]); // [N, 1, 1, T]
+    let causal = spec.causal.then(|| layers::causal_mask(g, tokens));
+    let mask = match &causal {
+        Some(m) => Mask::Causal(m),
+        None => Mask::Padding(&key_mask),
+    };
     let mut x = layers::token_and_position(g, w, "text.", tokens)?;
     for i in 0..spec.layers {
         x = layers::block(
@@ -289,7 +294,7 @@ fn text_encoder(
             &x,
             spec.embd,
             spec.heads,
-            &Mask::Padding(&key_mask),
+            &mask,
         )?;
     }
     let x = layers::layer_norm(g, w, "text.ln_f", &x)?;

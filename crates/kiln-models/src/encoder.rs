@@ -23,6 +23,8 @@ pub struct TextEncoder {
     ln_f: LayerNorm,
     #[module(skip)]
     pooling: Pooling,
+    #[module(skip)]
+    causal: bool,
 }
 
 /// Fill for padding before the max-pool: below any real activation after LayerNorm.
@@ -48,6 +50,7 @@ impl TextEncoder {
             blocks: shape.blocks(spec.layers, device),
             ln_f: shape.layer_norm(device),
             pooling: spec.pooling,
+            causal: spec.causal,
         }
     }
 
@@ -61,7 +64,12 @@ impl TextEncoder {
         let embd = self.wpe.weight.dims()[1];
         let x = self.wte.forward(tokens) + self.wpe.forward(pos).expand([b, t, embd]);
         let mut x = crate::ops::dropout(&self.drop, x);
-        let mask = AttentionMask::Padding(padding_on_host(&pad));
+        let mask = if self.causal {
+            // Padding comes last: causal attention never lets a real position see it.
+            AttentionMask::Causal
+        } else {
+            AttentionMask::Padding(padding_on_host(&pad))
+        };
         for block in &self.blocks {
             x = block.forward(x, &mask, None);
         }

@@ -23,8 +23,8 @@ pub use encoder::TextEncoder;
 pub use generate::{SamplingConfig, generate, sample};
 pub use gpt::{Gpt, KvCache};
 pub use kiln_spec::{
-    BertConfig, GptConfig, InputShape, ModelSpec, PRETRAINED_MODEL_TYPES, PretrainedEncoderSpec,
-    SpecError, TextEncoderSpec, check_model_type,
+    BertConfig, Gpt2Config, GptConfig, InputShape, ModelSpec, PRETRAINED_MODEL_TYPES,
+    PretrainedEncoderSpec, SpecError, TextEncoderSpec, check_model_type,
 };
 pub use network::{Inputs, Network, Outputs};
 

@@ -23,6 +23,7 @@ fn encoder_with(pooling: Pooling, device: &Device) -> TextEncoder {
             dropout: 0.0,
             bias: true,
             pooling,
+            causal: false,
         },
         device,
     )

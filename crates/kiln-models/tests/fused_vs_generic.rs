@@ -173,7 +173,9 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
             dropout: 0.1,
             bias: true,
             pooling: Pooling::MeanMax,
+            causal: false,
         }),
+        pretrained: None,
     };
     let rows: [&[i64]; 4] = [
         &[5, 9, 3],
@@ -226,6 +228,7 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
         batch_norm: false,
         conv: vec![conv(4), conv(5)],
         text: None,
+        pretrained: None,
     };
     let pixels: Vec<f32> = (0..5 * 96)
         .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)

@@ -64,6 +64,7 @@ fn cnn_inference_forward_equals_the_training_form() {
             batch_norm: false,
             conv: vec![conv(4), conv(6)],
             text: None,
+            pretrained: None,
         };
         device.seed(4);
         let model = Network::new(&spec, &ad);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use burn::prelude::{Device, Int, Tensor, TensorData};
 use kiln_models::bert::{self, Bert};
-use kiln_models::{BertConfig, SpecError};
+use kiln_models::{BertConfig, Gpt2Config, SpecError};
 use kiln_text::{TextError, TextTokenizer};
 use safetensors::tensor::{Dtype, SafeTensors};
 
@@ -228,25 +228,137 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Reads `config.json` of `dir` and checks the architecture is one kiln builds.
-pub fn read_config(dir: &Path) -> Result<BertConfig, PretrainedError> {
+/// The `model_type` of `dir`'s `config.json`, checked to be one kiln loads
+/// ([`kiln_models::PRETRAINED_MODEL_TYPES`]).
+pub fn model_type(dir: &Path) -> Result<String, PretrainedError> {
     let path = require(dir, CONFIG_FILE)?;
-    let bytes = read(&path)?;
-    let architecture = |source| PretrainedError::Architecture {
-        path: path.clone(),
-        source,
-    };
-    // The architecture first, so a GPT-2 or T5 folder is named as such rather than reported
-    // as a BERT config missing fields.
+    // The architecture first, so a T5 folder is named as such rather than reported as a
+    // config missing fields.
     #[derive(serde::Deserialize)]
     struct Kind {
         model_type: Option<String>,
     }
-    let kind: Kind = parse_json(&path, &bytes)?;
-    kiln_models::check_model_type(&kind.model_type.unwrap_or_default()).map_err(architecture)?;
-    let config: BertConfig = parse_json(&path, &bytes)?;
-    config.validate().map_err(architecture)?;
+    let kind: Kind = parse_json(&path, &read(&path)?)?;
+    let model_type = kind.model_type.unwrap_or_default();
+    kiln_models::check_model_type(&model_type)
+        .map_err(|source| PretrainedError::Architecture { path, source })?;
+    Ok(model_type)
+}
+
+/// Reads `config.json` of `dir` and checks the architecture is one kiln builds.
+pub fn read_config(dir: &Path) -> Result<BertConfig, PretrainedError> {
+    model_type(dir)?;
+    let path = require(dir, CONFIG_FILE)?;
+    let config: BertConfig = parse_json(&path, &read(&path)?)?;
+    config
+        .validate()
+        .map_err(|source| PretrainedError::Architecture { path, source })?;
     Ok(config)
+}
+
+/// Reads the GPT-2 `config.json` of `dir` (a kiln GPT exported with `--format
+/// safetensors`) and checks kiln's text encoder reproduces it; its weights and tokenizer
+/// files must exist.
+pub fn read_gpt2_config(dir: &Path) -> Result<Gpt2Config, PretrainedError> {
+    let path = require(dir, CONFIG_FILE)?;
+    let config: Gpt2Config = parse_json(&path, &read(&path)?)?;
+    config
+        .validate()
+        .map_err(|source| PretrainedError::Architecture { path, source })?;
+    require(dir, WEIGHTS_FILE)?;
+    require(dir, TOKENIZER_FILE)?;
+    Ok(config)
+}
+
+/// The GPT-2 weights of `dir` under the names of a network's text encoder of shape `spec`
+/// (`text.wte.weight`, `text.blocks.{i}.attn.qkv.weight`, ...), as safetensors bytes to load
+/// into the network: token row 0 is padding (zeros), token `t` is the GPT's row `t - 1`;
+/// the first `spec.max_tokens` positions are kept. Every tensor is checked for shape and
+/// finiteness.
+pub fn gpt2_encoder_weights(
+    dir: &Path,
+    cfg: &Gpt2Config,
+    spec: &kiln_models::TextEncoderSpec,
+) -> Result<Vec<u8>, PretrainedError> {
+    let path = require(dir, WEIGHTS_FILE)?;
+    let bytes = read(&path)?;
+    let tensors =
+        SafeTensors::deserialize(&bytes).map_err(|source| PretrainedError::NotSafetensors {
+            path: path.clone(),
+            source,
+        })?;
+    let e = cfg.n_embd;
+    let get = |name: &str, shape: &[usize]| tensor_values(&tensors, &path, name, shape);
+    let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let tokens = spec.vocab_size - 1;
+    if tokens > cfg.vocab_size {
+        return Err(PretrainedError::VocabularyMismatch {
+            dir: dir.to_path_buf(),
+            tokenizer: tokens,
+            embedding: cfg.vocab_size,
+        });
+    }
+    let wte = get("transformer.wte.weight", &[cfg.vocab_size, e])?;
+    let mut table = vec![0.0f32; e];
+    table.extend_from_slice(&wte[..tokens * e]);
+    out.push(("text.wte.weight".into(), vec![tokens + 1, e], table));
+    let wpe = get("transformer.wpe.weight", &[cfg.n_positions, e])?;
+    out.push((
+        "text.wpe.weight".into(),
+        vec![spec.max_tokens, e],
+        wpe[..spec.max_tokens * e].to_vec(),
+    ));
+    let norm = |out: &mut Vec<_>, from: &str, to: &str| -> Result<(), PretrainedError> {
+        out.push((
+            format!("{to}.gamma"),
+            vec![e],
+            get(&format!("{from}.weight"), &[e])?,
+        ));
+        out.push((
+            format!("{to}.beta"),
+            vec![e],
+            get(&format!("{from}.bias"), &[e])?,
+        ));
+        Ok(())
+    };
+    for i in 0..cfg.n_layer {
+        let (h, k) = (format!("transformer.h.{i}"), format!("text.blocks.{i}"));
+        norm(&mut out, &format!("{h}.ln_1"), &format!("{k}.ln1"))?;
+        norm(&mut out, &format!("{h}.ln_2"), &format!("{k}.ln2"))?;
+        for (from, to, input, output) in [
+            ("attn.c_attn", "attn.qkv", e, 3 * e),
+            ("attn.c_proj", "attn.proj", e, e),
+            ("mlp.c_fc", "mlp.fc", e, 4 * e),
+            ("mlp.c_proj", "mlp.proj", 4 * e, e),
+        ] {
+            // GPT-2's Conv1D weights are [in, out], as Burn's Linear.
+            out.push((
+                format!("{k}.{to}.weight"),
+                vec![input, output],
+                get(&format!("{h}.{from}.weight"), &[input, output])?,
+            ));
+            out.push((
+                format!("{k}.{to}.bias"),
+                vec![output],
+                get(&format!("{h}.{from}.bias"), &[output])?,
+            ));
+        }
+    }
+    norm(&mut out, "transformer.ln_f", "text.ln_f")?;
+    let raw: Vec<Vec<u8>> = out
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = out
+        .iter()
+        .zip(&raw)
+        .map(|((name, shape, _), b)| {
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)
+                .expect("sizes match their shapes");
+            (name.clone(), view)
+        })
+        .collect();
+    Ok(safetensors::serialize(views, None).expect("f32 tensors serialise"))
 }
 
 fn require(dir: &Path, file: &'static str) -> Result<PathBuf, PretrainedError> {

@@ -92,6 +92,32 @@ pub fn load_into<M: Module>(mut model: M, bytes: &[u8], origin: &str) -> Result<
     Ok(model)
 }
 
+/// Loads safetensors `bytes` into part of `model` (a pretrained encoder's tensors into a
+/// fresh network): every tensor of `bytes` must exist in the model with its shape; the
+/// model's other tensors keep their values.
+pub fn load_part_into<M: Module>(
+    mut model: M,
+    bytes: &[u8],
+    origin: &str,
+) -> Result<M, RuntimeError> {
+    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
+        .allow_partial(true)
+        .validate(true);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| weights_error(origin, WeightsError::Store(e.to_string())))?;
+    if !result.errors.is_empty() || !result.unused.is_empty() {
+        return Err(weights_error(
+            origin,
+            WeightsError::Mismatch {
+                missing: result.unused.clone(),
+                errors: result.errors.iter().map(|e| e.to_string()).collect(),
+            },
+        ));
+    }
+    Ok(model)
+}
+
 /// Refuses weights holding NaN or an infinity: such a model answers NaN for every input.
 fn check_finite(tensors: &SafeTensors<'_>, origin: &str) -> Result<(), RuntimeError> {
     for (name, view) in tensors.tensors() {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub const BERT_ACTIVATIONS: [&str; 4] = ["gelu", "gelu_new", "gelu_pytorch_tanh", "relu"];
 
 /// The architectures kiln loads from a Hugging Face folder (`model_type` in `config.json`).
-pub const PRETRAINED_MODEL_TYPES: [&str; 1] = ["bert"];
+pub const PRETRAINED_MODEL_TYPES: [&str; 2] = ["bert", "gpt2"];
 
 /// Checks a `config.json` `model_type` is one kiln builds; the error lists those it does.
 pub fn check_model_type(model_type: &str) -> Result<(), SpecError> {
@@ -93,6 +93,13 @@ impl BertConfig {
             expected,
         };
         check_model_type(&self.model_type)?;
+        if self.model_type != "bert" {
+            return Err(invalid(
+                "model_type",
+                format!("\"{}\"", self.model_type),
+                "\"bert\" for a BERT config".into(),
+            ));
+        }
         for (field, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -218,6 +225,96 @@ impl PretrainedEncoderSpec {
                     });
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// A GPT-2 `config.json` (what `kiln export --format safetensors` writes for a kiln GPT):
+/// the fields kiln reads to use the model as a text encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gpt2Config {
+    /// `"gpt2"`.
+    pub model_type: String,
+    /// Token vocabulary (rows of `transformer.wte`).
+    pub vocab_size: usize,
+    /// Positions (rows of `transformer.wpe`).
+    pub n_positions: usize,
+    /// Width.
+    pub n_embd: usize,
+    /// Blocks.
+    pub n_layer: usize,
+    /// Attention heads.
+    pub n_head: usize,
+    /// Width of the MLP (4 × `n_embd` when absent).
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    /// MLP activation.
+    #[serde(default = "gelu")]
+    pub activation_function: String,
+    /// LayerNorm epsilon.
+    #[serde(default = "gpt2_eps")]
+    pub layer_norm_epsilon: f64,
+}
+
+fn gpt2_eps() -> f64 {
+    1e-5
+}
+
+impl Gpt2Config {
+    /// Checks the shape is one kiln's text encoder reproduces: exact GELU, a 4× MLP and
+    /// LayerNorm epsilon 1e-5 (the GPTs kiln trains and exports).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |field: &str, value: String, expected: &str| SpecError::Invalid {
+            field: field.to_string(),
+            value,
+            expected: expected.to_string(),
+        };
+        if self.model_type != "gpt2" {
+            return Err(invalid(
+                "model_type",
+                format!("\"{}\"", self.model_type),
+                "\"gpt2\"",
+            ));
+        }
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("n_positions", self.n_positions),
+            ("n_embd", self.n_embd),
+            ("n_head", self.n_head),
+        ] {
+            check_size(field, v, 1)?;
+        }
+        if self.n_layer > crate::MAX_LAYERS {
+            return Err(invalid("n_layer", self.n_layer.to_string(), "at most 1024"));
+        }
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            return Err(invalid(
+                "n_embd",
+                self.n_embd.to_string(),
+                "divisible by n_head",
+            ));
+        }
+        if self.n_inner.is_some_and(|n| n != 4 * self.n_embd) {
+            return Err(invalid(
+                "n_inner",
+                format!("{:?}", self.n_inner),
+                "4 × n_embd (kiln's GPT blocks)",
+            ));
+        }
+        if self.activation_function != "gelu" {
+            return Err(invalid(
+                "activation_function",
+                format!("\"{}\"", self.activation_function),
+                "\"gelu\" (exact GELU, as kiln's GPTs use)",
+            ));
+        }
+        if (self.layer_norm_epsilon - 1e-5).abs() > 1e-12 {
+            return Err(invalid(
+                "layer_norm_epsilon",
+                self.layer_norm_epsilon.to_string(),
+                "1e-5 (kiln's LayerNorm)",
+            ));
         }
         Ok(())
     }

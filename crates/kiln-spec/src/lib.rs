@@ -11,7 +11,8 @@ mod model;
 mod text;
 
 pub use bert::{
-    BERT_ACTIVATIONS, BertConfig, PRETRAINED_MODEL_TYPES, PretrainedEncoderSpec, check_model_type,
+    BERT_ACTIVATIONS, BertConfig, Gpt2Config, PRETRAINED_MODEL_TYPES, PretrainedEncoderSpec,
+    check_model_type,
 };
 pub use gpt::GptConfig;
 pub use input::InputShape;

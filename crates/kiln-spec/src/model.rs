@@ -160,6 +160,7 @@ impl ModelSpec {
                 dropout: config.dropout,
                 bias: config.bias,
                 pooling: config.pooling,
+                causal: false,
             }),
             pretrained: None,
         };

@@ -21,6 +21,11 @@ pub struct TextEncoderSpec {
     /// How token states become one vector.
     #[serde(default)]
     pub pooling: Pooling,
+    /// Each position attends to itself and earlier ones only: a pretrained GPT read as an
+    /// encoder keeps the attention it was trained with (padding comes last, so real
+    /// positions never see it).
+    #[serde(default)]
+    pub causal: bool,
 }
 
 impl TextEncoderSpec {

@@ -64,7 +64,8 @@ pub struct Optimizer {
 }
 
 /// Learning-rate factors by depth in a network with a pretrained encoder (its parameters
-/// under `bert.`): the top encoder layer trains at the schedule's rate, each layer below at
+/// under `bert.`, layers `bert.layers.{i}`, or a GPT's under `text.`, blocks
+/// `text.blocks.{i}`): the top encoder layer trains at the schedule's rate, each layer below at
 /// `decay` times the one above, the embeddings at `decay` times the first layer; the head
 /// (every other parameter) at `head` times the rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,11 +81,13 @@ pub struct LayerwiseLr {
 impl LayerwiseLr {
     /// The factor of the parameter at `path`.
     pub fn factor(&self, path: &str) -> f64 {
-        let Some(rest) = path.strip_prefix("bert.") else {
-            return self.head;
+        let (rest, layers) = match (path.strip_prefix("bert."), path.strip_prefix("text.")) {
+            (Some(rest), _) => (rest, "layers."),
+            (_, Some(rest)) => (rest, "blocks."),
+            _ => return self.head,
         };
         let below_top = rest
-            .strip_prefix("layers.")
+            .strip_prefix(layers)
             .and_then(|r| r.split('.').next())
             .and_then(|i| i.parse::<usize>().ok())
             .map(|i| self.layers.saturating_sub(1 + i))

@@ -404,9 +404,14 @@ pub fn train(
         }
     };
 
-    if let Some(p) = &setup.spec.pretrained {
+    let pretrained_layers = match (&setup.spec.pretrained, &setup.spec.text) {
+        (Some(p), _) => Some(p.bert.num_hidden_layers),
+        (None, Some(t)) if cfg.model.pretrained.is_some() => Some(t.layers),
+        _ => None,
+    };
+    if let Some(layers) = pretrained_layers {
         optimizer = optimizer.with_layerwise_lr(LayerwiseLr {
-            layers: p.bert.num_hidden_layers,
+            layers,
             decay: t.layer_lr_decay,
             head: t.head_lr.map(|h| h / t.lr).unwrap_or(1.0),
         });

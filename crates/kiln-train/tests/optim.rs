@@ -23,6 +23,7 @@ fn linear_model(device: &Device) -> Network {
         batch_norm: false,
         conv: vec![],
         text: None,
+        pretrained: None,
     };
     Network::new(&spec, device)
 }

@@ -147,11 +147,47 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
     })
 }
 
-/// The pretrained encoder of `model.pretrained`, on the training device, checked against
-/// the config.
-fn load_pretrained(config: &Config, dir: &Path, device: &Device) -> Result<PretrainedEncoder> {
-    let encoder = PretrainedEncoder::load(dir, &device.clone().autodiff())?;
-    let positions = encoder.config.max_position_embeddings;
+/// A pretrained folder to fine-tune.
+enum Pretrained {
+    /// A BERT encoder, loaded.
+    Bert(PretrainedEncoder),
+    /// A GPT (kiln's safetensors export), read as a causal text encoder once the data's
+    /// tokens are known.
+    Gpt2 {
+        /// The folder.
+        dir: PathBuf,
+        /// Its `config.json`.
+        config: kiln_models::Gpt2Config,
+    },
+}
+
+/// The pretrained model of `model.pretrained` (a BERT on the training device, or a GPT's
+/// config), checked against the config.
+fn load_pretrained(config: &Config, dir: &Path, device: &Device) -> Result<Pretrained> {
+    let (pretrained, positions) = match kiln_runtime::pretrained::model_type(dir)?.as_str() {
+        "gpt2" => {
+            let gpt = kiln_runtime::pretrained::read_gpt2_config(dir)?;
+            if config.model.freeze != kiln_config::Freeze::None || config.lora.rank > 0 {
+                return Err(KilnError::Invalid(format!(
+                    "model.freeze and LoRA work on BERT encoders; {} is a GPT",
+                    dir.display()
+                )));
+            }
+            let positions = gpt.n_positions;
+            (
+                Pretrained::Gpt2 {
+                    dir: dir.to_path_buf(),
+                    config: gpt,
+                },
+                positions,
+            )
+        }
+        _ => {
+            let encoder = PretrainedEncoder::load(dir, &device.clone().autodiff())?;
+            let positions = encoder.config.max_position_embeddings;
+            (Pretrained::Bert(encoder), positions)
+        }
+    };
     if config.model.context > positions {
         return Err(KilnError::Invalid(format!(
             "model.context = {} exceeds the {positions} positions of {}",
@@ -159,7 +195,7 @@ fn load_pretrained(config: &Config, dir: &Path, device: &Device) -> Result<Pretr
             dir.display()
         )));
     }
-    Ok(encoder)
+    Ok(pretrained)
 }
 
 /// Architecture for `config` on `preprocessor`'s inputs.
@@ -300,13 +336,24 @@ pub fn train_run(
         _ => {
             let spec = model_spec(&config, &data.preprocessor)?;
             match &pretrained {
-                Some(encoder) => spec.with_pretrained(PretrainedEncoderSpec {
+                Some(Pretrained::Bert(encoder)) => spec.with_pretrained(PretrainedEncoderSpec {
                     bert: encoder.config.clone(),
                     source: encoder.dir.display().to_string(),
                     pooling: config.model.pooling,
                     freeze: config.model.freeze,
                     lora: (config.lora.rank > 0).then(|| config.lora.clone()),
                 }),
+                Some(Pretrained::Gpt2 { config: gpt, .. }) => {
+                    let mut spec = spec;
+                    if let Some(text) = spec.text.as_mut() {
+                        text.layers = gpt.n_layer;
+                        text.heads = gpt.n_head;
+                        text.embd = gpt.n_embd;
+                        text.bias = true;
+                        text.causal = true;
+                    }
+                    spec
+                }
                 None => spec,
             }
         }
@@ -360,10 +407,30 @@ pub fn train_run(
         )?),
         None => None,
     };
-    let initial_model = pretrained.map(|encoder| {
-        let ad = device.clone().autodiff();
-        kiln_models::Network::new(&spec, &ad).with_pretrained_encoder(encoder.model, &spec, &ad)
-    });
+    let initial_model = match pretrained {
+        Some(Pretrained::Bert(encoder)) => {
+            let ad = device.clone().autodiff();
+            Some(
+                kiln_models::Network::new(&spec, &ad).with_pretrained_encoder(
+                    encoder.model,
+                    &spec,
+                    &ad,
+                ),
+            )
+        }
+        Some(Pretrained::Gpt2 { dir, config: gpt }) => {
+            let text = spec.text.as_ref().expect("a GPT encoder is a text encoder");
+            let bytes = kiln_runtime::pretrained::gpt2_encoder_weights(&dir, &gpt, text)?;
+            let ad = device.clone().autodiff();
+            let origin = dir.join(kiln_runtime::pretrained::WEIGHTS_FILE);
+            Some(kiln_runtime::weights::load_part_into(
+                kiln_models::Network::new(&spec, &ad),
+                &bytes,
+                &origin.display().to_string(),
+            )?)
+        }
+        None => None,
+    };
     let setup = TrainSetup {
         config: &config,
         spec: &spec,

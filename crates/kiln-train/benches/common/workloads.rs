@@ -70,6 +70,7 @@ pub fn mlp_spec() -> ModelSpec {
         batch_norm: false,
         conv: Vec::new(),
         text: None,
+        pretrained: None,
     }
 }
 
@@ -99,6 +100,7 @@ pub fn cnn_spec() -> ModelSpec {
         batch_norm: false,
         conv: vec![conv(32, 1), conv(64, 2)],
         text: None,
+        pretrained: None,
     }
 }
 
@@ -123,7 +125,9 @@ pub fn text_spec() -> ModelSpec {
             dropout: 0.1,
             bias: true,
             pooling: Pooling::Mean,
+            causal: false,
         }),
+        pretrained: None,
     }
 }
 
