@@ -354,6 +354,9 @@ pub struct ModelConfig {
     /// come from its `config.json`; `context` is the longest text in tokens, special tokens
     /// included.
     pub pretrained: Option<String>,
+    /// Start from the pretrained weights (`false`: the architecture and tokenizer of
+    /// `pretrained` with fresh weights, the baseline that shows what pretraining gives).
+    pub pretrained_weights: bool,
     /// Which part of a pretrained encoder is not trained: `"none"` (full fine-tuning),
     /// `"encoder"` (features only: the head alone learns), or a number K: the embeddings and
     /// the first K layers.
@@ -508,6 +511,7 @@ impl Default for ModelConfig {
             tied_head: true,
             pooling: Pooling::Mean,
             pretrained: None,
+            pretrained_weights: true,
             freeze: Freeze::None,
         }
     }

@@ -407,7 +407,7 @@ pub fn train_run(
         )?),
         None => None,
     };
-    let initial_model = match pretrained {
+    let initial_model = match pretrained.filter(|_| config.model.pretrained_weights) {
         Some(Pretrained::Bert(encoder)) => {
             let ad = device.clone().autodiff();
             Some(
