@@ -188,7 +188,7 @@ impl ServedModel {
                         vec![-1, s.embeddings.len() as i64],
                     ));
                 }
-                if s.text.is_some() {
+                if s.text.is_some() || s.pretrained.is_some() {
                     v.push(spec("tokens", "INT64", vec![-1, -1]));
                 }
                 v

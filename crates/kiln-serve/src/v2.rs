@@ -396,13 +396,13 @@ pub async fn infer(
                 input.name, t.shape, spec.shape
             )));
         }
-        if let (Body::Network { spec: s, .. }, "tokens") = (&model.body, input.name.as_str())
-            && let Some(text) = &s.text
-            && t.shape[1] > text.max_tokens
+        if let (Body::Network { preprocessor, .. }, "tokens") = (&model.body, input.name.as_str())
+            && let Some((_, max_tokens)) = preprocessor.text_input()
+            && t.shape[1] > max_tokens
         {
             return Err(ApiError::bad_request(format!(
-                "input \"tokens\": {} tokens per row; this model reads at most {}",
-                t.shape[1], text.max_tokens
+                "input \"tokens\": {} tokens per row; this model reads at most {max_tokens}",
+                t.shape[1]
             )));
         }
         tensors.push((input.name.clone(), t));
@@ -517,7 +517,7 @@ async fn run(
     match &model.body {
         Body::Network {
             preprocessor,
-            spec,
+            spec: _,
             batcher,
         } => {
             let mut encoded = empty_rows(preprocessor);
@@ -554,28 +554,27 @@ async fn run(
                         encoded.categories = out;
                     }
                     ("tokens", Values::I64(v)) => {
-                        let text = spec.text.as_ref().expect("text model");
+                        let (vocab_size, max_tokens) =
+                            preprocessor.text_input().expect("text model");
                         let t = t.shape[1];
-                        if t > text.max_tokens {
+                        if t > max_tokens {
                             return Err(ApiError::bad_request(format!(
-                                "input \"tokens\": {t} tokens per row; this model reads at most {}",
-                                text.max_tokens
+                                "input \"tokens\": {t} tokens per row; this model reads at most {max_tokens}"
                             )));
                         }
-                        let mut out = Vec::with_capacity(rows * text.max_tokens);
+                        let mut out = Vec::with_capacity(rows * max_tokens);
                         for (r, row) in v.chunks(t.max(1)).enumerate().take(rows) {
                             for (j, &id) in row.iter().enumerate() {
-                                if id < 0 || id as usize >= text.vocab_size {
+                                if id < 0 || id as usize >= vocab_size {
                                     return Err(ApiError::bad_request(format!(
-                                        "input \"tokens\": row {r} position {j} is {id}; valid ids are 0..{} (0 = padding)",
-                                        text.vocab_size
+                                        "input \"tokens\": row {r} position {j} is {id}; valid ids are 0..{vocab_size} (0 = padding)"
                                     )));
                                 }
                                 out.push(id as u32);
                             }
-                            out.resize((r + 1) * text.max_tokens, 0);
+                            out.resize((r + 1) * max_tokens, 0);
                         }
-                        out.resize(rows * text.max_tokens, 0);
+                        out.resize(rows * max_tokens, 0);
                         encoded.tokens = out;
                     }
                     _ => unreachable!("datatypes checked against the model's inputs"),
