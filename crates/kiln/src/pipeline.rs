@@ -150,7 +150,7 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
 /// A pretrained folder to fine-tune.
 enum Pretrained {
     /// A BERT encoder, loaded.
-    Bert(PretrainedEncoder),
+    Bert(Box<PretrainedEncoder>),
     /// A GPT (kiln's safetensors export), read as a causal text encoder once the data's
     /// tokens are known.
     Gpt2 {
@@ -185,7 +185,7 @@ fn load_pretrained(config: &Config, dir: &Path, device: &Device) -> Result<Pretr
         _ => {
             let encoder = PretrainedEncoder::load(dir, &device.clone().autodiff())?;
             let positions = encoder.config.max_position_embeddings;
-            (Pretrained::Bert(encoder), positions)
+            (Pretrained::Bert(Box::new(encoder)), positions)
         }
     };
     if config.model.context > positions {
