@@ -94,3 +94,38 @@ fn missing_source_is_an_error() {
     let err = from_str("[model]\nhidden=[4]\n", "t.toml", &[]).unwrap_err();
     assert!(err.to_string().contains("data.source"), "{err}");
 }
+
+/// With `model.pretrained`, the keys a config leaves unset take fine-tuning values; the ones
+/// it sets, in the file or by `--set`, keep them; without it nothing changes.
+#[test]
+fn a_pretrained_model_gets_fine_tuning_defaults_for_unset_keys() {
+    let text = r#"
+[data]
+source = "x.csv"
+[model]
+type = "transformer"
+pretrained = "some/folder"
+[trainer]
+epochs = 5
+"#;
+    let c = kiln_config::from_str(text, "t.toml", &["trainer.batch_size=8".into()]).unwrap();
+    assert_eq!(c.trainer.lr, 5e-5);
+    assert_eq!(c.trainer.optimizer, kiln_config::OptimizerKind::Adamw);
+    assert_eq!(c.trainer.schedule, kiln_config::ScheduleKind::Linear);
+    assert_eq!(c.model.hidden, Vec::<usize>::new());
+    assert_eq!(c.model.context, 128);
+    assert_eq!(c.trainer.epochs, 5, "set in the file");
+    assert_eq!(
+        c.trainer.batch_size,
+        kiln_config::BatchSize::Samples(8),
+        "set by --set"
+    );
+    let scratch = kiln_config::from_str(
+        "[data]\nsource = \"x.csv\"\n[model]\ntype = \"transformer\"\n",
+        "t.toml",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(scratch.trainer.lr, 1e-3);
+    assert_eq!(scratch.trainer.epochs, 30);
+}

@@ -250,6 +250,13 @@ fn schedules() {
         "half way is the mean of lr and min_lr"
     );
     assert!((cos.lr(110, 0) - 0.1).abs() < 1e-12);
+    let linear = LrSchedule::new(&trainer(ScheduleKind::Linear), 110);
+    assert!((linear.lr(9, 0) - 1.0).abs() < 1e-12, "warm-up ends at lr");
+    assert!(
+        (linear.lr(35, 0) - 0.775).abs() < 1e-9,
+        "a quarter of the way down"
+    );
+    assert!((linear.lr(110, 0) - 0.1).abs() < 1e-12, "ends at min_lr");
     let step = LrSchedule::new(&trainer(ScheduleKind::Step), 100);
     assert_eq!(step.lr(50, 1), 1.0);
     assert_eq!(step.lr(50, 2), 0.5);
@@ -325,5 +332,32 @@ fn fused_host_adam_equals_the_tensor_op_path() {
                 "{kind:?} wd {wd}: state {name_a} differs"
             );
         }
+    }
+}
+
+/// Layer-wise decay: the top encoder layer at the full rate, each one below one factor
+/// lower, the embeddings below the first; the head at its own factor; BERT and GPT names.
+#[test]
+fn layerwise_learning_rates_follow_depth() {
+    use kiln_train::optim::LayerwiseLr;
+    let l = LayerwiseLr {
+        layers: 6,
+        decay: 0.5,
+        head: 20.0,
+    };
+    let cases = [
+        ("bert.layers.5.qkv.weight", 1.0),
+        ("bert.layers.4.lora.query.a.weight", 0.5),
+        ("bert.layers.0.out_norm.gamma", 0.5f64.powi(5)),
+        ("bert.word.weight", 0.5f64.powi(6)),
+        ("bert.embed_norm.beta", 0.5f64.powi(6)),
+        ("text.blocks.5.attn.qkv.weight", 1.0),
+        ("text.blocks.2.mlp.fc.bias", 0.5f64.powi(3)),
+        ("text.wte.weight", 0.5f64.powi(6)),
+        ("output.weight", 20.0),
+        ("hidden.0.linear.bias", 20.0),
+    ];
+    for (path, want) in cases {
+        assert_eq!(l.factor(path), want, "{path}");
     }
 }
