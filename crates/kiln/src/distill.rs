@@ -105,19 +105,25 @@ pub fn summarize(
     teacher: &Teacher,
     student: &Network,
     data: &PreparedData,
+    config_data: &kiln_config::DataConfig,
     device: &Device,
 ) -> Result<DistillSummary> {
     let t = &teacher.run;
-    let test_rows = &data.test.source_rows;
-    // Rows of a separate test file index a table this summary no longer holds.
-    let teacher_test = if data.summary.test_source.is_some() || test_rows.is_empty() {
-        None
-    } else {
-        let encoded = t
-            .preprocessor
-            .transform(&data.table, test_rows, false, true)?;
-        let predictions = predict(&t.model, &encoded, &t.preprocessor, device);
-        Some(score(&encoded, &predictions, &t.preprocessor)?)
+    // The student's test rows, read again through the teacher's preprocessing: from the
+    // training table, or from the separate test file.
+    let teacher_test = match &data.summary.test_source {
+        _ if data.test.rows == 0 => None,
+        Some(path) => {
+            let mut table = kiln_data::load_source(path, config_data)?;
+            kiln_data::drop_bad_values(&mut table, &data.schema, config_data.bad_rows)?;
+            Some(teacher_scores(t, &table, &data.test.source_rows, device)?)
+        }
+        None => Some(teacher_scores(
+            t,
+            &data.table,
+            &data.test.source_rows,
+            device,
+        )?),
     };
     let teacher_rows =
         t.preprocessor
@@ -129,6 +135,18 @@ pub fn summarize(
         teacher_latency_ms: latency_ms(&t.model, &teacher_rows, device),
         student_latency_ms: latency_ms(student, &data.train, device),
     })
+}
+
+/// The teacher's scores on `rows` of `table`.
+fn teacher_scores(
+    t: &LoadedRun,
+    table: &kiln_data::Table,
+    rows: &[usize],
+    device: &Device,
+) -> Result<Evaluation> {
+    let encoded = t.preprocessor.transform(table, rows, false, true)?;
+    let predictions = predict(&t.model, &encoded, &t.preprocessor, device);
+    Ok(score(&encoded, &predictions, &t.preprocessor)?)
 }
 
 /// Median milliseconds of a forward over one row, over the first 32 rows (after two

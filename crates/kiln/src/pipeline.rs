@@ -524,6 +524,7 @@ pub fn train_run(
             t,
             &outcome.model,
             &data,
+            &config.data,
             &device,
         )?),
         None => None,
