@@ -56,6 +56,33 @@ fn tensor(file: &Path, name: &str) -> Vec<f32> {
         .collect()
 }
 
+/// `kiln embed MODEL` of the reviews' text column, as written to the CSV `out`.
+fn embed(dir: &Path, model: &str, out: &str) -> Vec<f32> {
+    kiln_ok(
+        dir,
+        &[
+            "embed",
+            model,
+            "--data",
+            "reviews.csv",
+            "--column",
+            "review",
+            "--out",
+            out,
+        ],
+    );
+    std::fs::read_to_string(dir.join(out))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .flat_map(|l| {
+            l.split(',')
+                .map(|v| v.parse::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn names(file: &Path) -> Vec<String> {
     let bytes = std::fs::read(file).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
@@ -155,32 +182,8 @@ fn frozen_parts_keep_their_pretrained_weights() {
     let head = out["trainable_parameters"].as_u64().unwrap();
     assert_eq!(head, 16 * 2 + 2, "only the linear head trains: {out}");
     // kiln embed of the run equals kiln embed of the folder: same tokens, same encoder.
-    let embed = |model: &str, out: &str| {
-        kiln_ok(
-            dir.path(),
-            &[
-                "embed",
-                model,
-                "--data",
-                "reviews.csv",
-                "--column",
-                "review",
-                "--out",
-                out,
-            ],
-        );
-        let text = std::fs::read_to_string(dir.path().join(out)).unwrap();
-        text.lines()
-            .skip(1)
-            .flat_map(|l| {
-                l.split(',')
-                    .map(|v| v.parse::<f32>().unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<f32>>()
-    };
-    let from_run = embed(run.to_str().unwrap(), "run.csv");
-    let from_folder = embed("tiny-bert", "folder.csv");
+    let from_run = embed(dir.path(), run.to_str().unwrap(), "run.csv");
+    let from_folder = embed(dir.path(), "tiny-bert", "folder.csv");
     assert_eq!(from_run.len(), 1200 * 16);
     let diff = from_run
         .iter()
@@ -245,6 +248,32 @@ fn lora_trains_adapters_and_head_only_and_saves_them_apart() {
     // full fine-tuning does; still far above chance (0.5).
     let accuracy = out["test"]["accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.65, "LoRA test accuracy {accuracy}");
+
+    // The safetensors export is a BERT folder again, adapters merged: kiln embed reads it and
+    // gives what the run itself gives.
+    kiln_ok(
+        dir.path(),
+        &[
+            "export",
+            run.to_str().unwrap(),
+            "--format",
+            "safetensors",
+            "--out",
+            "lora-hf",
+        ],
+    );
+    let from_run = embed(dir.path(), run.to_str().unwrap(), "run.csv");
+    let from_export = embed(dir.path(), "lora-hf", "hf.csv");
+    assert_eq!(from_run.len(), from_export.len());
+    let diff = from_run
+        .iter()
+        .zip(&from_export)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff < 1e-4,
+        "the exported encoder differs from the run's by {diff}"
+    );
 }
 
 #[test]

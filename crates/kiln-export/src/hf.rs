@@ -4,6 +4,11 @@
 //!   `Conv1D` `[in, out]` layout, which is Burn's `Linear` layout; biases a kiln model was
 //!   trained without are written as zeros, so the file has every tensor GPT-2 expects and the
 //!   same function. The `config.json` is a `GPT2LMHeadModel` config.
+//! - A network fine-tuned from a BERT writes the encoder under BERT's own names
+//!   (`embeddings.word_embeddings.weight`, `encoder.layer.0.attention.self.query.weight`, ...;
+//!   query, key and value unpacked, LoRA adapters merged) with a `bert` `config.json`, so the
+//!   exported folder is a pretrained folder again (kiln's `model.pretrained`, `kiln embed`,
+//!   Hugging Face's `BertModel`); the head keeps kiln's paths, as below.
 //! - Other networks keep kiln's module paths with PyTorch conventions: `nn.Linear` weights
 //!   `[out, in]`, norm `weight`/`bias` instead of `gamma`/`beta`.
 
@@ -121,7 +126,10 @@ pub fn network(
 ) -> Result<(Tensors, serde_json::Value), ExportError> {
     let w = &w.with_lora_merged(spec)?;
     let mut out = Tensors::new();
-    for (name, t) in w.iter() {
+    if let Some(p) = &spec.pretrained {
+        bert_encoder(&mut out, w, &p.bert)?;
+    }
+    for (name, t) in w.iter().filter(|(n, _)| !n.starts_with("bert.")) {
         let (stem, leaf) = name.rsplit_once('.').unwrap_or(("", name));
         let is_embedding =
             stem.ends_with("wte") || stem.ends_with("wpe") || stem.starts_with("embeddings.");
@@ -133,12 +141,21 @@ pub fn network(
         };
         out.insert(format!("{stem}.{leaf}"), tensor);
     }
-    let mut config = json!({
-        "architectures": ["KilnNetwork"],
-        "model_type": "kiln",
-        "kiln_model": spec,
-        "torch_dtype": "float32",
-    });
+    let mut config = match &spec.pretrained {
+        Some(p) => {
+            let mut config = serde_json::to_value(&p.bert).expect("a config serialises");
+            config["architectures"] = json!(["BertModel"]);
+            config["kiln_model"] = json!(spec);
+            config["torch_dtype"] = json!("float32");
+            config
+        }
+        None => json!({
+            "architectures": ["KilnNetwork"],
+            "model_type": "kiln",
+            "kiln_model": spec,
+            "torch_dtype": "float32",
+        }),
+    };
     if let Some(classes) = pre.classes() {
         let id2label: BTreeMap<String, &String> = classes
             .iter()
@@ -151,6 +168,83 @@ pub fn network(
         config["label2id"] = json!(label2id);
     }
     Ok((out, config))
+}
+
+/// A fine-tuned BERT encoder (kiln's `bert.*` tensors) under BERT's names and layouts.
+fn bert_encoder(
+    out: &mut Tensors,
+    w: &Weights,
+    cfg: &kiln_spec::BertConfig,
+) -> Result<(), ExportError> {
+    let c = cfg.hidden_size;
+    let mut copy = |from: &str, to: &str| -> Result<(), ExportError> {
+        out.insert(to.to_string(), w.get(from)?.clone());
+        Ok(())
+    };
+    copy("bert.word.weight", "embeddings.word_embeddings.weight")?;
+    copy(
+        "bert.position.weight",
+        "embeddings.position_embeddings.weight",
+    )?;
+    copy(
+        "bert.segment.weight",
+        "embeddings.token_type_embeddings.weight",
+    )?;
+    copy("bert.embed_norm.gamma", "embeddings.LayerNorm.weight")?;
+    copy("bert.embed_norm.beta", "embeddings.LayerNorm.bias")?;
+    for i in 0..cfg.num_hidden_layers {
+        let (k, h) = (format!("bert.layers.{i}"), format!("encoder.layer.{i}"));
+        // The packed [C, 3C] query/key/value: column block j is one projection.
+        let qkv = w.get(&format!("{k}.qkv.weight"))?;
+        let bias = w.get(&format!("{k}.qkv.bias"))?;
+        for (j, name) in ["query", "key", "value"].iter().enumerate() {
+            let block = NamedTensor {
+                shape: vec![c, c],
+                values: (0..c)
+                    .flat_map(|r| qkv.values[r * 3 * c + j * c..r * 3 * c + (j + 1) * c].to_vec())
+                    .collect(),
+            };
+            out.insert(
+                format!("{h}.attention.self.{name}.weight"),
+                transpose(&block),
+            );
+            out.insert(
+                format!("{h}.attention.self.{name}.bias"),
+                NamedTensor {
+                    shape: vec![c],
+                    values: bias.values[j * c..(j + 1) * c].to_vec(),
+                },
+            );
+        }
+        for (from, to) in [
+            ("attn_out", "attention.output.dense"),
+            ("up", "intermediate.dense"),
+            ("down", "output.dense"),
+        ] {
+            out.insert(
+                format!("{h}.{to}.weight"),
+                transpose(w.get(&format!("{k}.{from}.weight"))?),
+            );
+            out.insert(
+                format!("{h}.{to}.bias"),
+                w.get(&format!("{k}.{from}.bias"))?.clone(),
+            );
+        }
+        for (from, to) in [
+            ("attn_norm", "attention.output.LayerNorm"),
+            ("out_norm", "output.LayerNorm"),
+        ] {
+            out.insert(
+                format!("{h}.{to}.weight"),
+                w.get(&format!("{k}.{from}.gamma"))?.clone(),
+            );
+            out.insert(
+                format!("{h}.{to}.bias"),
+                w.get(&format!("{k}.{from}.beta"))?.clone(),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Serialises tensors as safetensors with HuggingFace's `{"format": "pt"}` metadata.
