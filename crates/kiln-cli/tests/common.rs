@@ -273,9 +273,35 @@ eval_batches = 1
 plots = false
 "#;
 
+/// A tiny BERT folder (`write_tiny_bert`) fine-tuned with LoRA adapters on reviews.
+const BERT: &str = r#"
+seed = 2
+[data]
+source = "reviews.csv"
+target = "sentiment"
+id_column = "id"
+[[features]]
+name = "review"
+type = "text"
+[model]
+type = "transformer"
+pretrained = "tiny-bert"
+context = 24
+pooling = "cls"
+[lora]
+rank = 2
+targets = ["query", "value", "intermediate.dense"]
+[trainer]
+epochs = 1
+lr = 0.01
+[output]
+plots = false
+"#;
+
 /// Trains one small model of every kind in `dir` (MLP with one-hot/binary/missing values, a
 /// regression MLP with an embedding, a CNN with batch norm, a text + tabular transformer, a
-/// GPT without biases and with an untied head). Returns `(kind, training summary)` pairs.
+/// GPT without biases and with an untied head, a tiny pretrained BERT fine-tuned with LoRA).
+/// Returns `(kind, training summary)` pairs.
 pub fn train_small_models(dir: &Path) -> Vec<(&'static str, serde_json::Value)> {
     std::fs::write(dir.join("churn.csv"), churn_csv(300, 1, true, None)).unwrap();
     std::fs::write(dir.join("notes.csv"), churn_with_notes(300)).unwrap();
@@ -284,6 +310,9 @@ pub fn train_small_models(dir: &Path) -> Vec<(&'static str, serde_json::Value)> 
     std::fs::write(dir.join("cnn.toml"), CNN).unwrap();
     std::fs::write(dir.join("text.toml"), TEXT).unwrap();
     std::fs::write(dir.join("gpt.toml"), GPT).unwrap();
+    std::fs::write(dir.join("bert.toml"), BERT).unwrap();
+    std::fs::write(dir.join("reviews.csv"), reviews_csv(300, 4)).unwrap();
+    write_tiny_bert(&dir.join("tiny-bert"), &REVIEW_WORDS);
     std::fs::write(
         dir.join("corpus.txt"),
         "the cat sat on the mat. 人民日报。\n".repeat(40),
@@ -333,6 +362,7 @@ pub fn train_small_models(dir: &Path) -> Vec<(&'static str, serde_json::Value)> 
         ("cnn", kiln_json(dir, &["train", "cnn.toml", "--json"])),
         ("text", kiln_json(dir, &["train", "text.toml", "--json"])),
         ("gpt", kiln_json(dir, &["train", "gpt.toml", "--json"])),
+        ("bert", kiln_json(dir, &["train", "bert.toml", "--json"])),
     ];
     runs.into_iter().collect()
 }

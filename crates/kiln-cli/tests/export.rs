@@ -67,6 +67,7 @@ fn check_onnx_interface(kind: &str, path: &Path) {
             &["logits", "probabilities"],
         ),
         "gpt" => (&["tokens"], &["logits"]),
+        "bert" => (&["tokens"], &["logits", "probabilities"]),
         _ => unreachable!(),
     };
     assert_eq!(inputs, expected.0, "{kind} inputs");
@@ -109,6 +110,17 @@ fn check_hf(kind: &str, dir: &Path) {
             assert!(b.data().iter().all(|&x| x == 0));
             assert_eq!(shape("lm_head.weight"), [v, e]);
         }
+        "bert" => {
+            // The encoder under BERT's names (LoRA merged), the head under kiln's.
+            assert_eq!(config["model_type"], "bert");
+            assert_eq!(
+                shape("encoder.layer.1.attention.self.value.weight"),
+                [16, 16]
+            );
+            assert_eq!(shape("encoder.layer.0.intermediate.dense.weight"), [32, 16]);
+            assert_eq!(shape("output.weight"), [2, 16]);
+            assert!(st.names().iter().all(|n| !n.contains("lora")));
+        }
         _ => {
             assert_eq!(config["model_type"], "kiln");
             // nn.Linear layout: [out, in].
@@ -131,7 +143,7 @@ fn check_hf(kind: &str, dir: &Path) {
 fn every_model_kind_exports_to_onnx_and_safetensors() {
     let dir = tempfile::tempdir().unwrap();
     let exports = train_and_export_all(dir.path());
-    assert_eq!(exports.len(), 5);
+    assert_eq!(exports.len(), 6);
 }
 
 #[test]

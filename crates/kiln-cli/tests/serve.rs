@@ -187,7 +187,7 @@ fn serve_matches_kiln_over_v2_json_binary_and_v1_records() {
     assert_eq!(http(port, "GET", "/v2/health/ready", &[], b"").0, 200);
     assert_eq!(http(port, "GET", "/v2/models/cnn/ready", &[], b"").0, 200);
     let (_, index) = post_json(port, "/v2/repository/index", &json!({}));
-    assert_eq!(index.as_array().unwrap().len(), 5, "{index}");
+    assert_eq!(index.as_array().unwrap().len(), 6, "{index}");
 
     // v2 infer, JSON and binary, on the export's reference inputs: equal to kiln's outputs.
     for (name, _) in &runs {
