@@ -70,47 +70,44 @@ pub fn model_from_bytes(
 }
 
 /// Loads safetensors `bytes` into `model`; every tensor must be present with the right shape.
-pub fn load_into<M: Module>(mut model: M, bytes: &[u8], origin: &str) -> Result<M, RuntimeError> {
+pub fn load_into<M: Module>(model: M, bytes: &[u8], origin: &str) -> Result<M, RuntimeError> {
     let tensors = SafeTensors::deserialize(bytes)
         .map_err(|e| weights_error(origin, WeightsError::NotSafetensors(e)))?;
     check_finite(&tensors, origin)?;
-    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
-        .allow_partial(false)
-        .validate(true);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| weights_error(origin, WeightsError::Store(e.to_string())))?;
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        return Err(weights_error(
-            origin,
-            WeightsError::Mismatch {
-                missing: result.missing.iter().map(|(p, _)| p.clone()).collect(),
-                errors: result.errors.iter().map(|e| e.to_string()).collect(),
-            },
-        ));
-    }
-    Ok(model)
+    apply(model, bytes, origin, true)
 }
 
 /// Loads safetensors `bytes` into part of `model` (a pretrained encoder's tensors into a
 /// fresh network): every tensor of `bytes` must exist in the model with its shape; the
 /// model's other tensors keep their values.
-pub fn load_part_into<M: Module>(
+pub fn load_part_into<M: Module>(model: M, bytes: &[u8], origin: &str) -> Result<M, RuntimeError> {
+    apply(model, bytes, origin, false)
+}
+
+/// Applies `bytes` to `model`: with `whole`, every model tensor must be in the file; without,
+/// every file tensor must be in the model. Shapes must match either way.
+fn apply<M: Module>(
     mut model: M,
     bytes: &[u8],
     origin: &str,
+    whole: bool,
 ) -> Result<M, RuntimeError> {
     let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
-        .allow_partial(true)
+        .allow_partial(!whole)
         .validate(true);
     let result = model
         .load_from(&mut store)
         .map_err(|e| weights_error(origin, WeightsError::Store(e.to_string())))?;
-    if !result.errors.is_empty() || !result.unused.is_empty() {
+    let absent: Vec<String> = if whole {
+        result.missing.iter().map(|(p, _)| p.clone()).collect()
+    } else {
+        result.unused.clone()
+    };
+    if !result.errors.is_empty() || !absent.is_empty() {
         return Err(weights_error(
             origin,
             WeightsError::Mismatch {
-                missing: result.unused.clone(),
+                missing: absent,
                 errors: result.errors.iter().map(|e| e.to_string()).collect(),
             },
         ));
