@@ -24,6 +24,8 @@ pub struct Teacher {
     pub logits: Vec<f32>,
     /// Classes.
     pub classes: usize,
+    /// The student's training rows as the teacher's preprocessing encodes them.
+    pub rows: Encoded,
 }
 
 /// The teacher next to the student, for the report.
@@ -97,6 +99,7 @@ pub fn load_teacher(dir: &Path, data: &PreparedData, device: &Device) -> Result<
         run,
         logits,
         classes,
+        rows: encoded,
     })
 }
 
@@ -125,14 +128,11 @@ pub fn summarize(
             device,
         )?),
     };
-    let teacher_rows =
-        t.preprocessor
-            .transform(&data.table, &data.train.source_rows, false, false)?;
     Ok(DistillSummary {
         teacher: t.dir.display().to_string(),
         teacher_parameters: burn::module::Module::num_params(&t.model),
         teacher_test,
-        teacher_latency_ms: latency_ms(&t.model, &teacher_rows, device),
+        teacher_latency_ms: latency_ms(&t.model, &teacher.rows, device),
         student_latency_ms: latency_ms(student, &data.train, device),
     })
 }
