@@ -156,6 +156,41 @@ fn full_fine_tuning_learns_held_out_reviews_and_predicts_new_ones() {
 }
 
 #[test]
+fn fine_tuning_for_regression_predicts_a_score_from_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    // A score set by the review's sentiment word (5 for a good one, 1 for a bad one) plus
+    // noise the text cannot explain, so R² has a ceiling below 1.
+    let good = ["great", "wonderful", "superb", "moving", "brilliant"];
+    let mut scored = String::from("id,review,score\n");
+    let reviews = reviews_csv(1200, 21);
+    for (i, line) in reviews.lines().skip(1).enumerate() {
+        let review = line.split(',').nth(1).unwrap();
+        let base = if good.iter().any(|w| review.contains(w)) {
+            5.0
+        } else {
+            1.0
+        };
+        let noise = ((i * 7919) % 11) as f64 / 10.0 - 0.5;
+        scored.push_str(&format!("r{i},{review},{:.2}\n", base + noise));
+    }
+    std::fs::write(dir.path().join("reviews.csv"), scored).unwrap();
+    let (out, _) = train(
+        dir.path(),
+        "score",
+        &[
+            "data.target=\"score\"",
+            "data.split.method=\"random\"",
+            "trainer.monitor=\"r2\"",
+        ],
+    );
+    assert!(out["test"]["accuracy"].is_null(), "{out}");
+    // Variance explained by the sentiment word: 4 / (4 + 0.1) ≈ 0.98 at best.
+    let r2 = out["test"]["r2"].as_f64().unwrap();
+    assert!(r2 >= 0.85, "test R² {r2}: {out}");
+}
+
+#[test]
 fn frozen_parts_keep_their_pretrained_weights() {
     let dir = tempfile::tempdir().unwrap();
     let folder = setup(dir.path());
