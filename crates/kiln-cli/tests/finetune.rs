@@ -670,7 +670,67 @@ fn a_gpt_kiln_pretrained_and_exported_fine_tunes_as_a_causal_text_encoder() {
     let spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
     assert_eq!(spec["text"]["causal"], true);
-    // LoRA and freezing are BERT's only.
+
+    // The embeddings and the first block frozen: they keep the GPT's weights, the rest moves,
+    // and the report counts only what trained.
+    let (out, run) = train(
+        d,
+        "frozen",
+        &[
+            "model.pretrained=\"gpt-hf\"",
+            "model.freeze=1",
+            "trainer.epochs=2",
+            "trainer.lr=0.002",
+        ],
+    );
+    let weights = run.join("model.safetensors");
+    let total = out["parameters"].as_u64().unwrap();
+    let trainable = out["trainable_parameters"].as_u64().unwrap();
+    assert!(trainable < total, "{trainable} of {total} trained");
+    for (kiln, gpt, moved) in [
+        ("text.wpe.weight", "transformer.wpe.weight", false),
+        (
+            "text.blocks.0.attn.qkv.weight",
+            "transformer.h.0.attn.c_attn.weight",
+            false,
+        ),
+        (
+            "text.blocks.0.ln1.gamma",
+            "transformer.h.0.ln_1.weight",
+            false,
+        ),
+        (
+            "text.blocks.1.attn.qkv.weight",
+            "transformer.h.1.attn.c_attn.weight",
+            true,
+        ),
+        ("text.ln_f.gamma", "transformer.ln_f.weight", true),
+    ] {
+        // The run's position table is cut to its context.
+        let (a, b) = (tensor(&weights, kiln), tensor(&hf, gpt));
+        let n = a.len().min(b.len());
+        assert_eq!(a[..n] != b[..n], moved, "{kiln} moved: {}", !moved);
+    }
+    assert_eq!(
+        &tensor(&weights, "text.wte.weight")[32..],
+        &gpt_wte[..wte.len() - 32],
+        "frozen token embeddings"
+    );
+    // More frozen layers than the GPT has is refused, naming the field.
+    let err = kiln_err(
+        d,
+        &[
+            "train",
+            "run.toml",
+            "--set",
+            "model.pretrained=\"gpt-hf\"",
+            "--set",
+            "model.freeze=9",
+        ],
+    );
+    assert!(err.contains("model.freeze"), "{err}");
+
+    // LoRA is BERT's only.
     let err = kiln_err(
         d,
         &[

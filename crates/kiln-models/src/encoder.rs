@@ -7,7 +7,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::nn::{Dropout, Embedding, EmbeddingConfig, LayerNorm};
 use burn::prelude::{Device, Int, Tensor};
-use kiln_config::Pooling;
+use kiln_config::{Freeze, Pooling};
 
 use kiln_spec::TextEncoderSpec;
 
@@ -52,6 +52,28 @@ impl TextEncoder {
             pooling: spec.pooling,
             causal: spec.causal,
         }
+    }
+
+    /// This encoder with what `freeze` names frozen (no gradient, never updated): the
+    /// embeddings and the first `K` blocks, or everything up to the final LayerNorm.
+    pub fn frozen(mut self, freeze: Freeze) -> Self {
+        let blocks = match freeze {
+            Freeze::None => return self,
+            Freeze::Encoder => self.blocks.len(),
+            Freeze::Layers(k) => k.min(self.blocks.len()),
+        };
+        self.wte = self.wte.no_grad();
+        self.wpe = self.wpe.no_grad();
+        self.blocks = self
+            .blocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| if i < blocks { b.no_grad() } else { b })
+            .collect();
+        if freeze == Freeze::Encoder {
+            self.ln_f = self.ln_f.no_grad();
+        }
+        self
     }
 
     /// The final hidden states pooled over the non-padding positions (mean, max, or both

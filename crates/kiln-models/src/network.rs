@@ -211,6 +211,9 @@ impl Network {
         if let (Some(p), Some(bert)) = (&spec.pretrained, self.bert.take()) {
             self.bert = Some(bert.frozen(p.freeze, p.lora.is_some()));
         }
+        if let (Some(t), Some(text)) = (&spec.text, self.text.take()) {
+            self.text = Some(text.frozen(t.freeze));
+        }
         self
     }
 

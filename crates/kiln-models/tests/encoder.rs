@@ -24,6 +24,7 @@ fn encoder_with(pooling: Pooling, device: &Device) -> TextEncoder {
             bias: true,
             pooling,
             causal: false,
+            freeze: Default::default(),
         },
         device,
     )

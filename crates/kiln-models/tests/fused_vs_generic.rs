@@ -174,6 +174,7 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
             bias: true,
             pooling: Pooling::MeanMax,
             causal: false,
+            freeze: Default::default(),
         }),
         pretrained: None,
     };

@@ -161,6 +161,7 @@ impl ModelSpec {
                 bias: config.bias,
                 pooling: config.pooling,
                 causal: false,
+                freeze: Default::default(),
             }),
             pretrained: None,
         };
@@ -271,6 +272,18 @@ impl ModelSpec {
                     field: "text.embd".into(),
                     value: t.embd.to_string(),
                     expected: format!("expected a multiple of text.heads ({})", t.heads),
+                });
+            }
+            if let kiln_config::Freeze::Layers(k) = t.freeze
+                && k > t.layers
+            {
+                return Err(SpecError::Invalid {
+                    field: "model.freeze".into(),
+                    value: k.to_string(),
+                    expected: format!(
+                        "at most the encoder's {} layers (\"encoder\" freezes all of it)",
+                        t.layers
+                    ),
                 });
             }
         }

@@ -1,4 +1,4 @@
-use kiln_config::Pooling;
+use kiln_config::{Freeze, Pooling};
 use serde::{Deserialize, Serialize};
 
 /// Shape of a text encoder (part of [`ModelSpec`](crate::ModelSpec)).
@@ -26,6 +26,9 @@ pub struct TextEncoderSpec {
     /// positions never see it).
     #[serde(default)]
     pub causal: bool,
+    /// What of a pretrained GPT stays fixed while fine-tuning (`model.freeze`).
+    #[serde(default)]
+    pub freeze: Freeze,
 }
 
 impl TextEncoderSpec {

@@ -364,7 +364,8 @@ pub fn train(
             let model = match setup.initial_model {
                 Some(model) => model,
                 None => Network::new(setup.spec, &ad),
-            };
+            }
+            .frozen_as(setup.spec);
             let state = TrainerState {
                 epoch: 0,
                 group_in_epoch: 0,

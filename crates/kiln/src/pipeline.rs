@@ -167,9 +167,9 @@ fn load_pretrained(config: &Config, dir: &Path, device: &Device) -> Result<Pretr
     let (pretrained, positions) = match kiln_runtime::pretrained::model_type(dir)?.as_str() {
         "gpt2" => {
             let gpt = kiln_runtime::pretrained::read_gpt2_config(dir)?;
-            if config.model.freeze != kiln_config::Freeze::None || config.lora.rank > 0 {
+            if config.lora.rank > 0 {
                 return Err(KilnError::Invalid(format!(
-                    "model.freeze and LoRA work on BERT encoders; {} is a GPT",
+                    "LoRA works on BERT encoders; {} is a GPT (model.freeze works on both)",
                     dir.display()
                 )));
             }
@@ -351,6 +351,7 @@ pub fn train_run(
                         text.embd = gpt.n_embd;
                         text.bias = true;
                         text.causal = true;
+                        text.freeze = config.model.freeze;
                     }
                     spec
                 }

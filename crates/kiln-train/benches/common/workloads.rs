@@ -126,6 +126,7 @@ pub fn text_spec() -> ModelSpec {
             bias: true,
             pooling: Pooling::Mean,
             causal: false,
+            freeze: Default::default(),
         }),
         pretrained: None,
     }
