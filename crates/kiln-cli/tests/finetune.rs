@@ -191,6 +191,34 @@ fn fine_tuning_for_regression_predicts_a_score_from_the_text() {
 }
 
 #[test]
+fn fresh_weights_take_the_architecture_and_tokenizer_but_never_read_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = setup(dir.path());
+    // Weights that do not parse: the baseline must not need them.
+    std::fs::write(
+        dir.path().join("tiny-bert/model.safetensors"),
+        b"not safetensors",
+    )
+    .unwrap();
+    let (out, run) = train(
+        dir.path(),
+        "fresh",
+        &["model.pretrained_weights=false", "trainer.epochs=1"],
+    );
+    assert_eq!(out["parameters"], out["trainable_parameters"]);
+    let word = tensor(&run.join("model.safetensors"), "bert.word.weight");
+    assert_eq!(
+        word.len(),
+        folder[0].2.len(),
+        "the folder's vocabulary and width"
+    );
+    assert_ne!(word, folder[0].2);
+    // With its weights, the same folder is refused, naming the file.
+    let err = kiln_err(dir.path(), &["train", "run.toml"]);
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
 fn frozen_parts_keep_their_pretrained_weights() {
     let dir = tempfile::tempdir().unwrap();
     let folder = setup(dir.path());

@@ -482,6 +482,16 @@ fn sentence_settings(
 impl PretrainedEncoder {
     /// Loads the Hugging Face folder `dir` onto `device`, checking every file first.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, PretrainedError> {
+        Self::open(dir, device, true)
+    }
+
+    /// The folder's architecture and tokenizer with fresh weights (BERT's initialisation),
+    /// its weight file never read: the from-scratch baseline of `pretrained_weights = false`.
+    pub fn architecture(dir: &Path, device: &Device) -> Result<Self, PretrainedError> {
+        Self::open(dir, device, false)
+    }
+
+    fn open(dir: &Path, device: &Device, weights: bool) -> Result<Self, PretrainedError> {
         let config = read_config(dir)?;
         let weights_path = require(dir, WEIGHTS_FILE)?;
         let tokenizer_path = require(dir, TOKENIZER_FILE)?;
@@ -501,15 +511,20 @@ impl PretrainedEncoder {
             });
         }
         let pad_id = tokenizer.pad_id().unwrap_or(config.pad_token_id as u32);
-        let bytes = read(&weights_path)?;
-        let tensors =
-            SafeTensors::deserialize(&bytes).map_err(|source| PretrainedError::NotSafetensors {
-                path: weights_path.clone(),
-                source,
+        let model = if weights {
+            let bytes = read(&weights_path)?;
+            let tensors = SafeTensors::deserialize(&bytes).map_err(|source| {
+                PretrainedError::NotSafetensors {
+                    path: weights_path.clone(),
+                    source,
+                }
             })?;
-        let model = Bert::from_tensors(&config, device, |name, shape| {
-            tensor_values(&tensors, &weights_path, name, shape)
-        })?;
+            Bert::from_tensors(&config, device, |name, shape| {
+                tensor_values(&tensors, &weights_path, name, shape)
+            })?
+        } else {
+            Bert::new(&config, device)
+        };
         Ok(Self {
             model,
             tokenizer,

@@ -183,7 +183,12 @@ fn load_pretrained(config: &Config, dir: &Path, device: &Device) -> Result<Pretr
             )
         }
         _ => {
-            let encoder = PretrainedEncoder::load(dir, &device.clone().autodiff())?;
+            let ad = device.clone().autodiff();
+            let encoder = if config.model.pretrained_weights {
+                PretrainedEncoder::load(dir, &ad)?
+            } else {
+                PretrainedEncoder::architecture(dir, &ad)?
+            };
             let positions = encoder.config.max_position_embeddings;
             (Pretrained::Bert(Box::new(encoder)), positions)
         }
