@@ -9,7 +9,7 @@
 #
 # Needs the PyTorch venv of scripts/bench-vs-torch.sh plus transformers and accelerate
 # (`.venv-torchref/bin/pip install sentence-transformers accelerate`).
-# Usage: scripts/bench-finetune.sh   (ROWS=1280 ROUNDS=2 by default)
+# Usage: scripts/bench-finetune.sh   (ROWS=1280 ROUNDS=2 by default; KILN=binary skips the build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${TORCHREF_VENV:-.venv-torchref}
@@ -26,10 +26,11 @@ trap 'rm -rf "$work"' EXIT
 # kiln trains on its split's training part: give it 5% validation and 5% test more rows, so
 # both sides train on `rows` mails.
 python3 - "$work" "$rows" <<'PY'
-import csv, sys
+import csv, random, sys
 work, rows = sys.argv[1], int(sys.argv[2])
 csv.field_size_limit(1 << 30)
 data = list(csv.DictReader(open("data/spam.csv", encoding="utf-8")))
+random.Random(42).shuffle(data)  # the file lists ham first
 total = round(rows / 0.9)
 for name, part in [("kiln", data[:total]), ("hf", data[:rows])]:
     with open(f"{work}/{name}.csv", "w", newline="", encoding="utf-8") as f:
@@ -88,8 +89,11 @@ trainer = Trainer(model=model, args=args, train_dataset=ds,
 m = trainer.train().metrics
 print(f"{m['train_samples_per_second']:.3f}")
 PY
-cargo build --release -p kiln-cli >&2
-kiln=$(realpath target/release/kiln)
+if [ -z "${KILN:-}" ]; then
+  cargo build --release -p kiln-cli >&2
+  KILN=target/release/kiln
+fi
+kiln=$(realpath "$KILN")
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 rss() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1"; }
 for round in $(seq "$rounds"); do
