@@ -194,18 +194,7 @@ impl PretrainedEncoderSpec {
     /// Checks the encoder's shape, the frozen layers and the adapters.
     pub fn validate(&self) -> Result<(), SpecError> {
         self.bert.validate()?;
-        if let Freeze::Layers(k) = self.freeze
-            && k > self.bert.num_hidden_layers
-        {
-            return Err(SpecError::Invalid {
-                field: "model.freeze".into(),
-                value: k.to_string(),
-                expected: format!(
-                    "at most the encoder's {} layers (\"encoder\" freezes all of it)",
-                    self.bert.num_hidden_layers
-                ),
-            });
-        }
+        crate::model::check_freeze(self.freeze, self.bert.num_hidden_layers)?;
         if let Some(lora) = &self.lora {
             check_size("lora.rank", lora.rank, 1)?;
             if lora.rank > self.bert.hidden_size {

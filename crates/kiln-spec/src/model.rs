@@ -88,6 +88,20 @@ pub const MAX_DIMENSION: usize = 1 << 24;
 /// cannot overflow.
 pub const MAX_LAYERS: usize = 1024;
 
+/// `model.freeze` against an encoder of `layers` layers: K frozen layers must exist.
+pub(crate) fn check_freeze(freeze: kiln_config::Freeze, layers: usize) -> Result<(), SpecError> {
+    match freeze {
+        kiln_config::Freeze::Layers(k) if k > layers => Err(SpecError::Invalid {
+            field: "model.freeze".into(),
+            value: k.to_string(),
+            expected: format!(
+                "at most the encoder's {layers} layers (\"encoder\" freezes all of it)"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn check_size(
     field: impl Into<String>,
     value: usize,
@@ -274,18 +288,7 @@ impl ModelSpec {
                     expected: format!("expected a multiple of text.heads ({})", t.heads),
                 });
             }
-            if let kiln_config::Freeze::Layers(k) = t.freeze
-                && k > t.layers
-            {
-                return Err(SpecError::Invalid {
-                    field: "model.freeze".into(),
-                    value: k.to_string(),
-                    expected: format!(
-                        "at most the encoder's {} layers (\"encoder\" freezes all of it)",
-                        t.layers
-                    ),
-                });
-            }
+            check_freeze(t.freeze, t.layers)?;
         }
         check_size("head input width", self.head_input(), 1)?;
         Ok(())
