@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use kiln::config::Config;
+use kiln::train::World;
 
 #[derive(Parser)]
 #[command(
@@ -327,14 +328,18 @@ fn is_language_model(args: &TrainArgs) -> Result<(bool, Option<Config>)> {
     }
 }
 
-fn train_lm(args: &TrainArgs, config: Option<Config>) -> Result<()> {
-    let mut observer = progress::Bars::new(args.quiet || args.json);
-    let s = kiln::train_lm_run(
+fn train_lm(args: &TrainArgs, config: Option<Config>, world: &World) -> Result<()> {
+    let mut observer = progress::Bars::new(args.quiet || args.json || !world.is_leader());
+    let s = kiln::train_lm_run_in(
         &config.unwrap_or_default(),
         args.resume.as_deref(),
         &mut observer,
+        world,
     )?;
     drop(observer);
+    let Some(s) = s else {
+        return Ok(());
+    };
     if args.json {
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());
@@ -657,21 +662,50 @@ fn prepare_text(
     Ok(())
 }
 
+/// `kiln train`, as one process or as one rank of an MPI launch (`mpirun -np N kiln train`):
+/// a rank that fails prints its error and ends every rank.
 fn train(args: TrainArgs) -> Result<()> {
+    let world = World::from_launch()?;
+    if world.size() == 1 {
+        return train_in(args, &world);
+    }
+    if world.is_leader() && !args.quiet && !args.json {
+        let launcher = world.launch().map(|l| l.launcher).unwrap_or("MPI");
+        eprintln!(
+            "data-parallel training on {} processes ({launcher})",
+            world.size()
+        );
+    }
+    match train_in(args, &world) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            eprintln!(
+                "error (rank {} of {}): {}",
+                world.rank(),
+                world.size(),
+                error_message(&e)
+            );
+            world.abort(1)
+        }
+    }
+}
+
+fn train_in(args: TrainArgs, world: &World) -> Result<()> {
     let (lm, config) = is_language_model(&args)?;
     if lm {
-        return train_lm(&args, config);
+        return train_lm(&args, config, world);
     }
+    let mut observer = progress::Bars::new(args.quiet || args.json || !world.is_leader());
     let summary = match &args.resume {
-        Some(run) => {
-            let mut observer = progress::Bars::new(args.quiet || args.json);
-            kiln::train_run(&Config::default(), Some(run), &mut observer)?
-        }
+        Some(run) => kiln::train_run_in(&Config::default(), Some(run), &mut observer, world)?,
         None => {
             let config = config.expect("loaded above");
-            let mut observer = progress::Bars::new(args.quiet || args.json);
-            kiln::train_run(&config, None, &mut observer)?
+            kiln::train_run_in(&config, None, &mut observer, world)?
         }
+    };
+    drop(observer);
+    let Some(summary) = summary else {
+        return Ok(());
     };
     if args.json {
         let out = serde_json::json!({
@@ -876,16 +910,21 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Library errors already quote their source; add only causes not yet said.
-            let mut message = e.to_string();
-            for cause in e.chain().skip(1) {
-                let cause = cause.to_string();
-                if !message.contains(&cause) {
-                    message = format!("{message}: {cause}");
-                }
-            }
-            eprintln!("error: {message}");
+            eprintln!("error: {}", error_message(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line. Library errors already quote their source; only
+/// causes not yet said are added.
+fn error_message(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    message
 }

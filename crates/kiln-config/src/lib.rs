@@ -398,6 +398,12 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             format!("expected >= 0, got {}", t.weight_decay),
         ));
     }
+    if !(t.bucket_mb > 0.0 && t.bucket_mb <= 4096.0) {
+        return Err(bad(
+            "trainer.bucket_mb",
+            format!("expected megabytes in (0, 4096], got {}", t.bucket_mb),
+        ));
+    }
     if !(t.grad_clip_norm >= 0.0 && t.grad_clip_norm.is_finite()) {
         return Err(bad(
             "trainer.grad_clip_norm",

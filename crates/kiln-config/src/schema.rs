@@ -686,6 +686,9 @@ pub struct TrainerConfig {
     pub eval_every_steps: usize,
     /// Language models: validation batches per evaluation.
     pub eval_batches: usize,
+    /// Data-parallel training (`mpirun -np N kiln train`): gradients are all-reduced in
+    /// buckets of about this many megabytes (PyTorch DDP's default, 25).
+    pub bucket_mb: f64,
 }
 
 impl Default for TrainerConfig {
@@ -723,6 +726,7 @@ impl Default for TrainerConfig {
             max_steps: 2000,
             eval_every_steps: 250,
             eval_batches: 20,
+            bucket_mb: 25.0,
         }
     }
 }

@@ -10,6 +10,7 @@ pub use kiln_runtime::inference::{Predictions, batch_inputs, predict};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::grads::GradientSync;
 
 /// Scores of a model on labelled rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,5 +140,46 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Evaluation, TrainError> {
     let predictions = predict(model, data, preprocessor, device);
+    score(data, &predictions, preprocessor)
+}
+
+/// [`predict`] with the rows split across the processes of `sync`: each predicts its
+/// contiguous share and the shares are summed into every process's copy (the others' rows
+/// are zeros there, so the sum is exact), giving every process the single-process result.
+pub fn predict_sharded(
+    model: &Network,
+    data: &Encoded,
+    preprocessor: &Preprocessor,
+    device: &Device,
+    sync: &mut dyn GradientSync,
+) -> Result<Predictions, TrainError> {
+    let world = sync.world_size();
+    if world == 1 {
+        return Ok(predict(model, data, preprocessor, device));
+    }
+    let range = kiln_dist::shard(data.rows, sync.rank(), world);
+    let width = preprocessor.num_outputs();
+    let mut values = vec![0f32; data.rows * width];
+    if !range.is_empty() {
+        let idx: Vec<usize> = range.clone().collect();
+        let local = predict(model, &data.select(&idx), preprocessor, device);
+        values[range.start * width..range.end * width].copy_from_slice(&local.values);
+    }
+    Ok(Predictions {
+        rows: data.rows,
+        width,
+        values: sync.sum_f32(values)?,
+    })
+}
+
+/// [`evaluate`] with the rows split across the processes of `sync` ([`predict_sharded`]).
+pub fn evaluate_sharded(
+    model: &Network,
+    data: &Encoded,
+    preprocessor: &Preprocessor,
+    device: &Device,
+    sync: &mut dyn GradientSync,
+) -> Result<Evaluation, TrainError> {
+    let predictions = predict_sharded(model, data, preprocessor, device, sync)?;
     score(data, &predictions, preprocessor)
 }

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::prelude::Tensor;
+use burn::prelude::{Tensor, TensorData};
 use burn::tensor::Gradients;
+use kiln_dist::{Buffer, DistError, World};
 
 use crate::TrainError;
 
@@ -148,14 +149,31 @@ impl ParamGrads {
 }
 
 /// Where per-process gradients are combined before the update: the one seam for
-/// data-parallel training. An MPI or NCCL implementation all-reduces (averages) every tensor
-/// of `grads` across processes; the optimizer then takes the same step everywhere.
+/// data-parallel training. Each process weighs its loss by its rows' share of the global
+/// batch, so [`GradientSync::all_reduce`] *sums* gradients across processes and the optimizer
+/// then takes the same step everywhere.
 pub trait GradientSync {
     /// Combines `grads` across processes in place.
     fn all_reduce(&mut self, grads: &mut ParamGrads) -> Result<(), TrainError>;
     /// Number of processes taking part.
     fn world_size(&self) -> usize {
         1
+    }
+    /// This process's rank (0 writes the run directory).
+    fn rank(&self) -> usize {
+        0
+    }
+    /// Sums `values` across processes (losses, counts).
+    fn sum_f64(&mut self, values: Vec<f64>) -> Result<Vec<f64>, TrainError> {
+        Ok(values)
+    }
+    /// Sums `values` across processes (model outputs of each process's rows).
+    fn sum_f32(&mut self, values: Vec<f32>) -> Result<Vec<f32>, TrainError> {
+        Ok(values)
+    }
+    /// Rank 0's `bytes` on every process (the initial weights).
+    fn broadcast(&mut self, bytes: Vec<u8>) -> Result<Vec<u8>, TrainError> {
+        Ok(bytes)
     }
 }
 
@@ -166,6 +184,99 @@ pub struct SingleProcess;
 impl GradientSync for SingleProcess {
     fn all_reduce(&mut self, _grads: &mut ParamGrads) -> Result<(), TrainError> {
         Ok(())
+    }
+}
+
+/// Data-parallel training over a [`World`] of processes: gradients are packed, in path
+/// order, into buckets of about `bucket_elements` values, and each bucket is handed to the
+/// communication thread as soon as it is full, so packing the next overlaps reducing the
+/// last. Burn's autodiff returns all gradients at the end of `backward`, so reduction starts
+/// after the backward pass, not during it.
+pub struct DataParallel<'w> {
+    world: &'w World,
+    bucket_elements: usize,
+}
+
+impl<'w> DataParallel<'w> {
+    /// Over `world`, with buckets of `bucket_bytes` (f32 values × 4).
+    pub fn new(world: &'w World, bucket_bytes: usize) -> Self {
+        DataParallel {
+            world,
+            bucket_elements: (bucket_bytes / 4).max(1),
+        }
+    }
+}
+
+impl GradientSync for DataParallel<'_> {
+    fn all_reduce(&mut self, grads: &mut ParamGrads) -> Result<(), TrainError> {
+        let size = self.world.size();
+        if size == 1 {
+            return Ok(());
+        }
+        // Every rank must send the same tensors in the same order: check the count first, so
+        // a mismatch is an error here rather than a garbled sum.
+        let elements: usize = grads.grads.values().map(|g| g.shape().num_elements()).sum();
+        let counted = self.world.all_reduce_f64(vec![elements as f64])?;
+        if counted[0] != (elements * size) as f64 {
+            return Err(TrainError::Dist(DistError::Mismatch {
+                rank: self.world.rank(),
+                what: format!(
+                    "gradients of {elements} values here, {} on average over the ranks: the \
+                     processes train different models",
+                    counted[0] / size as f64
+                ),
+            }));
+        }
+        let Some(device) = grads.grads.values().next().map(|g| g.device()) else {
+            return Ok(());
+        };
+        let mut pending = Vec::new();
+        let mut bucket: Vec<f32> = Vec::with_capacity(self.bucket_elements.min(elements));
+        let mut members: Vec<String> = Vec::new();
+        let paths: Vec<String> = grads.grads.keys().cloned().collect();
+        for (i, path) in paths.iter().enumerate() {
+            let data = grads.grads[path].to_data().convert::<f32>();
+            bucket.extend_from_slice(data.as_slice::<f32>().expect("f32 after convert"));
+            members.push(path.clone());
+            if bucket.len() >= self.bucket_elements || i + 1 == paths.len() {
+                let full = std::mem::take(&mut bucket);
+                pending.push((
+                    std::mem::take(&mut members),
+                    self.world.all_reduce_start(Buffer::F32(full))?,
+                ));
+            }
+        }
+        for (members, reduce) in pending {
+            let Buffer::F32(sum) = self.world.all_reduce_wait(reduce)? else {
+                unreachable!("an f32 bucket comes back as f32")
+            };
+            let mut offset = 0;
+            for path in members {
+                let n = grads.grads[&path].shape().num_elements();
+                let values = sum[offset..offset + n].to_vec();
+                offset += n;
+                grads.grads.insert(
+                    path,
+                    Tensor::from_data(TensorData::new(values, [n]), &device),
+                );
+            }
+        }
+        Ok(())
+    }
+    fn world_size(&self) -> usize {
+        self.world.size()
+    }
+    fn rank(&self) -> usize {
+        self.world.rank()
+    }
+    fn sum_f64(&mut self, values: Vec<f64>) -> Result<Vec<f64>, TrainError> {
+        Ok(self.world.all_reduce_f64(values)?)
+    }
+    fn sum_f32(&mut self, values: Vec<f32>) -> Result<Vec<f32>, TrainError> {
+        Ok(self.world.all_reduce_f32(values)?)
+    }
+    fn broadcast(&mut self, bytes: Vec<u8>) -> Result<Vec<u8>, TrainError> {
+        Ok(self.world.broadcast(bytes)?)
     }
 }
 

@@ -16,7 +16,8 @@ pub mod schedule;
 mod trainer;
 pub mod weights;
 
-pub use grads::{GradientSync, ParamGrads, SingleProcess};
+pub use grads::{DataParallel, GradientSync, ParamGrads, SingleProcess};
+pub use kiln_dist::{DistError, World};
 pub use trainer::{
     EpochRecord, Observer, Silent, StartInfo, StepRecord, TeacherLogits, TrainOutcome, TrainSetup,
     loss_of, train,
@@ -92,6 +93,9 @@ pub enum TrainError {
     /// Reading or writing a run's files, weights, inference.
     #[error(transparent)]
     Runtime(#[from] kiln_runtime::RuntimeError),
+    /// A collective across processes failed.
+    #[error(transparent)]
+    Dist(#[from] kiln_dist::DistError),
 }
 
 /// What is wrong with a checkpoint.

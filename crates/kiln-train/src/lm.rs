@@ -81,13 +81,37 @@ pub fn lm_loss(
     model.loss(x, targets)
 }
 
-/// Validation loss over `batches` fixed (seeded) windows.
+/// This process's share of a batch of `b` windows (`x`, `y` of `b × context` tokens) and
+/// the share's weight in the batch mean; `None` when the share is empty.
+fn local_rows(
+    x: Vec<i64>,
+    y: Vec<i64>,
+    b: usize,
+    context: usize,
+    sync: &dyn GradientSync,
+) -> Option<(Vec<i64>, Vec<i64>, f64)> {
+    let world = sync.world_size();
+    if world == 1 {
+        return Some((x, y, 1.0));
+    }
+    let rows = kiln_dist::shard(b, sync.rank(), world);
+    if rows.is_empty() {
+        return None;
+    }
+    let share = rows.len() as f64 / b as f64;
+    let span = rows.start * context..rows.end * context;
+    Some((x[span.clone()].to_vec(), y[span].to_vec(), share))
+}
+
+/// Validation loss over `batches` fixed (seeded) windows; with several processes each scores
+/// its share of every batch and the shares are summed.
 pub fn evaluate_lm(
     model: &Gpt,
     val: &TokenFile,
     cfg: &Config,
     vocab: usize,
     device: &Device,
+    sync: &mut dyn GradientSync,
 ) -> Result<f64, TrainError> {
     use burn::module::Module;
     let model = model.valid();
@@ -103,7 +127,14 @@ pub fn evaluate_lm(
     for _ in 0..t.eval_batches {
         kiln_models::ops::keep_workers_ready();
         let (x, y) = val.random_batch(&mut rng, b, context, vocab)?;
-        total += lm_loss(&model, x, y, b, context, &device).into_scalar::<f64>();
+        let Some((x, y, share)) = local_rows(x, y, b, context, sync) else {
+            continue;
+        };
+        let local_b = x.len() / context;
+        total += lm_loss(&model, x, y, local_b, context, &device).into_scalar::<f64>() * share;
+    }
+    if sync.world_size() > 1 {
+        total = sync.sum_f64(vec![total])?[0];
     }
     Ok(total / t.eval_batches as f64)
 }
@@ -136,6 +167,17 @@ pub fn train_lm(
             });
         }
     };
+    let world = sync.world_size();
+    if micro % world != 0 {
+        return Err(TrainError::Setting {
+            key: "trainer.batch_size",
+            reason: format!(
+                "{micro} does not split evenly over {world} processes; it is the global batch, \
+                 so give a multiple of {world}"
+            ),
+        });
+    }
+    let leader = sync.rank() == 0;
     let context = gpt.context;
     let metrics_path = run_dir.join("metrics.jsonl");
     let checkpoints = run_dir.join("checkpoints");
@@ -143,14 +185,29 @@ pub fn train_lm(
     device.seed(config.seed);
     let (mut model, mut optimizer, mut state, resumed_from) = match &resume {
         None => {
-            let _ = std::fs::remove_file(&metrics_path);
+            if leader {
+                let _ = std::fs::remove_file(&metrics_path);
+            }
             let state = LmState {
                 step: 0,
                 schedule: LrSchedule::new(t, t.max_steps as u64),
                 loss_sum: 0.0,
                 loss_count: 0,
             };
-            (Gpt::new(gpt, &ad), Optimizer::new(settings), state, None)
+            // Weights are drawn here, from the seed (not lazily inside the first step), and
+            // every process starts from rank 0's, as DDP broadcasts them.
+            let model = Gpt::new(gpt, &ad);
+            let model = match world {
+                1 => {
+                    crate::grads::trainable_parameters(&model);
+                    model
+                }
+                _ => {
+                    let bytes = sync.broadcast(model_to_bytes(&model)?)?;
+                    load_into(Gpt::new(gpt, &ad), &bytes, "rank 0's initial weights")?
+                }
+            };
+            (model, Optimizer::new(settings), state, None)
         }
         Some(ck) => {
             let origin = ck.dir.display().to_string();
@@ -167,7 +224,9 @@ pub fn train_lm(
                         },
                     )
                 })?;
-            truncate_metrics(&metrics_path, state.step)?;
+            if leader {
+                truncate_metrics(&metrics_path, state.step)?;
+            }
             (model, optimizer, state, Some(ck.step))
         }
     };
@@ -199,14 +258,19 @@ pub fn train_lm(
     };
     while state.step < t.max_steps as u64 {
         let mut seeder = SplitMix64::derive(config.seed ^ BATCH_STREAM, state.step);
-        device.seed(seeder.next_u64());
+        device.seed(crate::trainer::rank_seed(seeder.next_u64(), sync.rank()));
         kiln_models::ops::keep_workers_ready();
         let mut grads = ParamGrads::default();
         let mut step_loss = 0.0;
         for _ in 0..t.grad_accum_steps {
+            // Every process draws the step's windows alike and trains on its share of them.
             let (x, y) = train.random_batch(&mut seeder, micro, context, gpt.vocab_size)?;
-            let loss =
-                lm_loss(&model, x, y, micro, context, &ad).div_scalar(t.grad_accum_steps as f64);
+            let Some((x, y, share)) = local_rows(x, y, micro, context, sync) else {
+                continue;
+            };
+            let local_b = x.len() / context;
+            let loss = lm_loss(&model, x, y, local_b, context, &ad)
+                .mul_scalar(share / t.grad_accum_steps as f64);
             let g = loss.backward();
             step_loss += loss.into_scalar::<f64>();
             grads.accumulate(ParamGrads::collect(&model, g));
@@ -216,6 +280,9 @@ pub fn train_lm(
                 step: state.step + 1,
                 loss: step_loss,
             });
+        }
+        if sync.world_size() > 1 {
+            step_loss = sync.sum_f64(vec![step_loss])?[0];
         }
         let lr = state.schedule.lr(state.step, 0);
         let (updated, grad_norm) =
@@ -234,13 +301,13 @@ pub fn train_lm(
             samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
         };
         observer.on_step(&record);
-        if state.step % t.log_every_steps as u64 == 0 {
+        if leader && state.step % t.log_every_steps as u64 == 0 {
             append_jsonl(&metrics_path, &record, "step")?;
             window = (Instant::now(), 0);
         }
         let last = state.step == t.max_steps as u64;
         if state.step % t.eval_every_steps as u64 == 0 || last {
-            let val_loss = evaluate_lm(&model, val, config, gpt.vocab_size, &device)?;
+            let val_loss = evaluate_lm(&model, val, config, gpt.vocab_size, &device, sync)?;
             let eval = LmEval {
                 step: state.step,
                 train_loss: state.loss_sum / state.loss_count.max(1) as f64,
@@ -251,15 +318,18 @@ pub fn train_lm(
             };
             state.loss_sum = 0.0;
             state.loss_count = 0;
-            append_jsonl(&metrics_path, &eval, "eval")?;
+            if leader {
+                append_jsonl(&metrics_path, &eval, "eval")?;
+            }
             observer.on_event(&format!(
                 "step {:>6}: train loss {:.4}, val loss {:.4}, perplexity {:.2}, {:.3} bits/char",
                 eval.step, eval.train_loss, eval.val_loss, eval.perplexity, eval.bits_per_char
             ));
             evals.push(eval);
         }
-        if (t.checkpoint_every_steps > 0 && state.step % t.checkpoint_every_steps as u64 == 0)
-            || last
+        if leader
+            && ((t.checkpoint_every_steps > 0 && state.step % t.checkpoint_every_steps as u64 == 0)
+                || last)
         {
             save(&model, &optimizer, &state)?;
         }

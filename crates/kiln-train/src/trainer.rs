@@ -21,7 +21,7 @@ use kiln_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{LoadedCheckpoint, write_atomic, write_checkpoint};
-use crate::evaluate::{Evaluation, batch_inputs, evaluate};
+use crate::evaluate::{Evaluation, batch_inputs, evaluate_sharded};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
 use crate::optim::{LayerwiseLr, Optimizer, OptimizerSettings};
 use crate::schedule::LrSchedule;
@@ -324,7 +324,19 @@ fn group_by_length<'a>(
     groups
 }
 
-/// Trains as configured, from scratch or from `resume`.
+/// The dropout seed of process `rank` for a step whose single-process seed is `seed`: rank 0
+/// keeps it, so one process trains exactly as before.
+pub(crate) fn rank_seed(seed: u64, rank: usize) -> u64 {
+    if rank == 0 {
+        seed
+    } else {
+        SplitMix64::derive(seed, rank as u64).next_u64()
+    }
+}
+
+/// Trains as configured, from scratch or from `resume`. With several processes
+/// ([`GradientSync::world_size`] > 1) each takes its share of every step's rows and of the
+/// validation rows; only rank 0 writes `metrics.jsonl` and checkpoints.
 pub fn train(
     setup: TrainSetup<'_>,
     resume: Option<LoadedCheckpoint>,
@@ -350,6 +362,21 @@ pub fn train(
         BatchSize::Samples(n) => n.min(train.rows),
     };
     let group = (micro * t.grad_accum_steps).min(train.rows);
+    // Data-parallel: every process takes its contiguous share of each step's rows.
+    let (world, rank) = (sync.world_size(), sync.rank());
+    let leader = rank == 0;
+    if let BatchSize::Samples(n) = t.batch_size
+        && n % world != 0
+    {
+        return Err(TrainError::Setting {
+            key: "trainer.batch_size",
+            reason: format!(
+                "{n} does not split evenly over {world} processes; it is the global batch, so \
+                 give a multiple of {world}"
+            ),
+        });
+    }
+    let local_micro = micro.div_ceil(world);
     let steps_per_epoch = train.rows.div_ceil(group) as u64;
     let total_steps = steps_per_epoch * t.epochs as u64;
     let metrics_path = setup.run_dir.join("metrics.jsonl");
@@ -360,12 +387,23 @@ pub fn train(
     device.seed(cfg.seed);
     let (mut model, mut optimizer, mut state, mut best_model, resumed_from) = match &resume {
         None => {
-            let _ = std::fs::remove_file(&metrics_path);
+            if leader {
+                let _ = std::fs::remove_file(&metrics_path);
+            }
             let model = match setup.initial_model {
                 Some(model) => model,
                 None => Network::new(setup.spec, &ad),
             }
             .frozen_as(setup.spec);
+            // Every process starts from rank 0's weights, as DDP broadcasts them.
+            let model = match world {
+                1 => model,
+                _ => {
+                    let bytes = sync.broadcast(model_to_bytes(&model)?)?;
+                    model_from_bytes(setup.spec, &bytes, &ad, "rank 0's initial weights")?
+                        .frozen_as(setup.spec)
+                }
+            };
             let state = TrainerState {
                 epoch: 0,
                 group_in_epoch: 0,
@@ -400,7 +438,9 @@ pub fn train(
                 Some(bytes) => Some(model_from_bytes(setup.spec, bytes, &device, &origin)?),
                 None => None,
             };
-            truncate_metrics(&metrics_path, state.global_step)?;
+            if leader {
+                truncate_metrics(&metrics_path, state.global_step)?;
+            }
             (model, optimizer, state, best, Some(ckpt.step))
         }
     };
@@ -434,7 +474,10 @@ pub fn train(
                            optimizer: &Optimizer,
                            state: &TrainerState,
                            best_model: &Option<Network>|
-     -> Result<PathBuf, TrainError> {
+     -> Result<Option<PathBuf>, TrainError> {
+        if !leader {
+            return Ok(None);
+        }
         let mut files = vec![
             ("model.safetensors", model_to_bytes(model)?),
             (OPTIMIZER_FILE, optimizer_to_bytes(optimizer)?),
@@ -446,7 +489,7 @@ pub fn train(
         if let Some(best) = best_model {
             files.push(("best_model.safetensors", model_to_bytes(best)?));
         }
-        write_checkpoint(&checkpoints_dir, state.global_step, &files)
+        write_checkpoint(&checkpoints_dir, state.global_step, &files).map(Some)
     };
 
     let text_lengths = (train.seq_len > 0 && t.group_by_length).then(|| train.text_lengths());
@@ -472,11 +515,19 @@ pub fn train(
         };
         for (gi, rows) in groups.iter().enumerate().skip(state.group_in_epoch) {
             let mut seeder = SplitMix64::derive(cfg.seed ^ STEP_STREAM, state.global_step);
-            device.seed(seeder.next_u64());
+            device.seed(rank_seed(seeder.next_u64(), rank));
             kiln_models::ops::keep_workers_ready();
             let mut grads = ParamGrads::default();
             let mut step_loss = 0.0;
-            for micro_rows in rows.chunks(micro) {
+            let local = &rows[kiln_dist::shard(rows.len(), rank, world)];
+            if local.is_empty() {
+                // Fewer rows than processes in the last step: this one adds nothing.
+                for (path, shape) in crate::grads::trainable_parameters(&model) {
+                    let n = shape.iter().product::<usize>();
+                    grads.grads.insert(path, Tensor::zeros([n], &device));
+                }
+            }
+            for micro_rows in local.chunks(local_micro) {
                 let out = model.forward(batch_inputs(train, micro_rows, &ad));
                 let loss = match &setup.teacher {
                     Some(teacher) => {
@@ -498,6 +549,9 @@ pub fn train(
                     loss: step_loss,
                 });
             }
+            if world > 1 {
+                step_loss = sync.sum_f64(vec![step_loss])?[0];
+            }
             let lr = state.schedule.lr(state.global_step, epoch);
             let (updated, grad_norm) =
                 apply_update(model, grads, sync, t.grad_clip_norm, &mut optimizer, lr)?;
@@ -516,15 +570,17 @@ pub fn train(
                 samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
             };
             observer.on_step(&record);
-            if state.global_step % t.log_every_steps as u64 == 0 || gi + 1 == groups.len() {
+            if leader
+                && (state.global_step % t.log_every_steps as u64 == 0 || gi + 1 == groups.len())
+            {
                 append_jsonl(&metrics_path, &record, "step")?;
                 window = (Instant::now(), 0);
             }
             if t.checkpoint_every_steps > 0
                 && state.global_step % t.checkpoint_every_steps as u64 == 0
                 && gi + 1 < groups.len()
+                && let Some(dir) = save_checkpoint(&model, &optimizer, &state, &best_model)?
             {
-                let dir = save_checkpoint(&model, &optimizer, &state, &best_model)?;
                 observer.on_event(&format!("checkpoint {}", dir.display()));
             }
         }
@@ -534,7 +590,7 @@ pub fn train(
         let mut improved = false;
         let validation = match setup.validation {
             Some(v) if v.rows > 0 => {
-                let eval = evaluate(&model, v, setup.preprocessor, &device)?;
+                let eval = evaluate_sharded(&model, v, setup.preprocessor, &device, sync)?;
                 let value = eval
                     .metric(&t.monitor)
                     .ok_or_else(|| TrainError::UnknownMonitor {
@@ -580,7 +636,9 @@ pub fn train(
             seconds: epoch_started.elapsed().as_secs_f64(),
             improved,
         };
-        append_jsonl(&metrics_path, &record, "epoch")?;
+        if leader {
+            append_jsonl(&metrics_path, &record, "epoch")?;
+        }
         observer.on_epoch(&record);
         state.epoch += 1;
         state.group_in_epoch = 0;

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod distill;
+mod distributed;
 mod embed;
 mod export;
 mod lm;
@@ -20,10 +21,11 @@ pub use embed::{EmbedSummary, embed_file};
 pub use export::{ExportFormat, ExportSummary, export_files, export_run};
 pub use lm::{
     Generation, LmSummary, corpus_files, generate_run, generate_text, load_lm, train_lm_run,
+    train_lm_run_in,
 };
 pub use pipeline::{
     DataSummary, EvalSummary, PredictSummary, PreparedData, RunSummary, device_for, evaluate_run,
-    load_table, predict_run, prepare, train_run,
+    load_table, predict_run, prepare, train_run, train_run_in,
 };
 pub use report::format_evaluation;
 
@@ -57,6 +59,9 @@ pub enum KilnError {
     /// A pretrained model folder.
     #[error(transparent)]
     Pretrained(#[from] kiln_runtime::pretrained::PretrainedError),
+    /// Training across processes.
+    #[error(transparent)]
+    Dist(#[from] kiln_train::DistError),
     /// Charts.
     #[error(transparent)]
     Plot(#[from] kiln_report::PlotError),

@@ -10,9 +10,10 @@ use kiln_runtime::run::{self, files};
 use kiln_text::{TextTokenizer, TokenFile, TokenFileMeta, TokenizerKind};
 use kiln_train::checkpoint::read_latest;
 use kiln_train::lm::{LmEval, train_lm};
-use kiln_train::{Observer, SingleProcess};
+use kiln_train::{DataParallel, Observer, World};
 use serde::Serialize;
 
+use crate::distributed::{Scratch, check_agreement, check_batch_splits};
 use crate::pipeline::device_for;
 use crate::{KilnError, Result};
 
@@ -107,6 +108,32 @@ pub fn train_lm_run(
     resume: Option<&Path>,
     observer: &mut dyn Observer,
 ) -> Result<LmSummary> {
+    let summary = train_lm_run_in(config, resume, observer, &World::single())?;
+    Ok(summary.expect("a single process is rank 0"))
+}
+
+/// [`train_lm_run`] as one process of `world`: every rank prepares the same token files
+/// (ranks other than 0 in a scratch directory, unless the data is a prepared directory or the
+/// run is resumed) and trains on its share of every batch; rank 0 alone writes the run and
+/// returns the summary (`None` on the other ranks).
+pub fn train_lm_run_in(
+    config: &Config,
+    resume: Option<&Path>,
+    observer: &mut dyn Observer,
+    world: &World,
+) -> Result<Option<LmSummary>> {
+    let scratch = Scratch::for_rank(world)?;
+    let redirected;
+    let config = match &scratch {
+        Some(scratch) if resume.is_none() => {
+            redirected = scratch.redirect(config);
+            &redirected
+        }
+        _ => config,
+    };
+    if resume.is_none() {
+        check_batch_splits(world, config)?;
+    }
     let (config, run_dir, checkpoint) = match resume {
         Some(path) => {
             let ck = read_latest(path)?;
@@ -133,6 +160,7 @@ pub fn train_lm_run(
             (config.clone(), run_dir, None)
         }
     };
+    check_batch_splits(world, &config)?;
     let device = device_for(&config)?;
     // A directory written by `kiln data prepare-text` is used in place (no copy): token files
     // of any size are only ever memory-mapped.
@@ -200,7 +228,17 @@ pub fn train_lm_run(
         }
         return Err(e);
     }
-    run::write_json(&run_dir.join(files::MODEL_SPEC), &gpt)?;
+    let tokenizer_crc = std::fs::read(run_dir.join(lm_files::TOKENIZER))
+        .map(|b| crc32fast::hash(&b))
+        .unwrap_or(0);
+    let facts = format!(
+        "vocabulary {}, {} train / {} validation tokens, tokenizer {tokenizer_crc:08x}",
+        meta.vocab_size, meta.train_tokens, meta.val_tokens
+    );
+    check_agreement(world, &config, &gpt, &facts)?;
+    if world.is_leader() {
+        run::write_json(&run_dir.join(files::MODEL_SPEC), &gpt)?;
+    }
     let train = TokenFile::open(&data_dir.join("train.bin"), meta.dtype).map_err(text_err)?;
     let val = TokenFile::open(&data_dir.join("val.bin"), meta.dtype).map_err(text_err)?;
     if val.len() <= gpt.context {
@@ -221,8 +259,11 @@ pub fn train_lm_run(
         device,
         checkpoint,
         observer,
-        &mut SingleProcess,
+        &mut DataParallel::new(world, (config.trainer.bucket_mb * 1e6) as usize),
     )?;
+    if !world.is_leader() {
+        return Ok(None);
+    }
     run::save_weights(&run_dir, &outcome.model)?;
     // What was written must load: `generate`, `export` and `serve` start here.
     load_lm(&run_dir).map_err(|e| {
@@ -257,7 +298,7 @@ pub fn train_lm_run(
         peak_rss_mib: peak_rss_mib(),
     };
     if finished_before {
-        return Ok(summary);
+        return Ok(Some(summary));
     }
     run::write_json(&report_path, &summary)?;
     if config.output.plots && !summary.evals.is_empty() {
@@ -290,7 +331,7 @@ pub fn train_lm_run(
             ],
         )?;
     }
-    Ok(summary)
+    Ok(Some(summary))
 }
 
 /// Generates a continuation of `prompt` with a trained run. The prompt must fit the model's

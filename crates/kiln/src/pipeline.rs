@@ -11,10 +11,11 @@ use kiln_runtime::inference::{Predictions, non_finite_output, predict};
 use kiln_runtime::pretrained::PretrainedEncoder;
 use kiln_runtime::run::{self, files};
 use kiln_train::checkpoint::{LoadedCheckpoint, read_latest};
-use kiln_train::evaluate::{Evaluation, score};
-use kiln_train::{Observer, SingleProcess, TrainOutcome, TrainSetup};
+use kiln_train::evaluate::{Evaluation, predict_sharded, score};
+use kiln_train::{DataParallel, Observer, TrainOutcome, TrainSetup, World};
 use serde::Serialize;
 
+use crate::distributed::{Scratch, check_agreement, check_batch_splits};
 use crate::{KilnError, Result};
 
 /// The compute device a config asks for.
@@ -302,6 +303,20 @@ pub fn train_run(
     resume: Option<&Path>,
     observer: &mut dyn Observer,
 ) -> Result<RunSummary> {
+    let summary = train_run_in(config, resume, observer, &World::single())?;
+    Ok(summary.expect("a single process is rank 0"))
+}
+
+/// [`train_run`] as one process of `world`: every rank loads the data and trains on its
+/// share of each batch; rank 0 alone writes the run directory and returns the summary
+/// (`None` on the other ranks).
+pub fn train_run_in(
+    config: &Config,
+    resume: Option<&Path>,
+    observer: &mut dyn Observer,
+    world: &World,
+) -> Result<Option<RunSummary>> {
+    let scratch = Scratch::for_rank(world)?;
     let (config, run_dir, checkpoint): (Config, Option<PathBuf>, Option<LoadedCheckpoint>) =
         match resume {
             Some(path) => {
@@ -325,8 +340,12 @@ pub fn train_run(
                 let saved = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
                 (saved, Some(run_dir), Some(checkpoint))
             }
-            None => (config.clone(), None, None),
+            None => match &scratch {
+                Some(scratch) => (scratch.redirect(config), None, None),
+                None => (config.clone(), None, None),
+            },
         };
+    check_batch_splits(world, &config)?;
     let device = device_for(&config)?;
     // A pretrained folder is checked (and its weights read) before the data: its tokenizer
     // reads the text.
@@ -379,6 +398,14 @@ pub fn train_run(
         &crate::memory::network_estimate(&config, &spec, parameters as u64, batch as u64),
         "model.hidden, model.conv, model.embd or trainer.batch_size",
     )?;
+    let facts = format!(
+        "{} train / {} validation / {} test rows, preprocessing {:08x}",
+        data.train.rows,
+        data.validation.rows,
+        data.test.rows,
+        crc32fast::hash(&serde_json::to_vec(&data.preprocessor).expect("serializes"))
+    );
+    check_agreement(world, &config, &spec, &facts)?;
     // The run directory is made only once the data and the model are known to fit.
     let run_dir = match run_dir {
         Some(dir) => dir,
@@ -454,7 +481,28 @@ pub fn train_run(
         }),
     };
     let resumed_at = checkpoint.as_ref().map(|c| c.step);
-    let outcome: TrainOutcome = kiln_train::train(setup, checkpoint, observer, &mut SingleProcess)?;
+    let bucket_bytes = (config.trainer.bucket_mb * 1e6) as usize;
+    let mut sync = DataParallel::new(world, bucket_bytes);
+    let outcome: TrainOutcome = kiln_train::train(setup, checkpoint, observer, &mut sync)?;
+    // Predict each split once, every rank its share; the test predictions also feed the
+    // report's ROC curve.
+    let mut predict_split = |e: &Encoded| -> Result<Option<Predictions>> {
+        Ok(match e.rows > 0 {
+            true => Some(predict_sharded(
+                &outcome.model,
+                e,
+                &data.preprocessor,
+                &device,
+                &mut sync,
+            )?),
+            false => None,
+        })
+    };
+    let test_predictions = predict_split(&data.test)?;
+    let validation_predictions = predict_split(&data.validation)?;
+    if !world.is_leader() {
+        return Ok(None);
+    }
     run::save_weights(&run_dir, &outcome.model)?;
     if spec.pretrained.as_ref().is_some_and(|p| p.lora.is_some()) {
         run::save_adapters(&run_dir, &outcome.model)?;
@@ -467,17 +515,12 @@ pub fn train_run(
         ))
     })?;
     let parameters = kiln_train::grads::parameter_count(&outcome.model);
-    // Predict each split once; the test predictions also feed the report's ROC curve.
-    let predict_split =
-        |e: &Encoded| (e.rows > 0).then(|| predict(&outcome.model, e, &data.preprocessor, &device));
     let score_split = |e: &Encoded, p: &Option<Predictions>| -> Result<Option<Evaluation>> {
         Ok(match p {
             Some(p) => Some(score(e, p, &data.preprocessor)?),
             None => None,
         })
     };
-    let test_predictions = predict_split(&data.test);
-    let validation_predictions = predict_split(&data.validation);
     let test_source = config
         .data
         .test_source
@@ -561,7 +604,7 @@ pub fn train_run(
             test_predictions.as_ref(),
         )?;
     }
-    Ok(summary)
+    Ok(Some(summary))
 }
 
 /// Refuses a predictions file that would replace its own input or a file of the run.

@@ -1,0 +1,295 @@
+//! Data-parallel training across processes: `mpirun -np 2 kiln train` against one process.
+//!
+//! The tests that launch `mpirun` need a kiln built with the `mpi` feature and Open MPI
+//! installed (`.ci/run` installs it and runs `cargo test -p kiln-cli --features mpi --test
+//! distributed`); the test that a kiln without MPI refuses a launch runs in every build.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+/// Sets the variables Open MPI's `mpirun` gives rank `rank` of `size`.
+#[cfg(not(feature = "mpi"))]
+fn as_rank(rank: usize, size: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("OMPI_COMM_WORLD_RANK", rank.to_string()),
+        ("OMPI_COMM_WORLD_SIZE", size.to_string()),
+    ]
+}
+
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_kiln_without_mpi_refuses_an_mpi_launch_instead_of_training_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("churn.csv"), churn_csv(120, 1, true, None)).unwrap();
+    for rank in [0, 1] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["train", "--data", "churn.csv", "--target", "churn"])
+            .envs(as_rank(rank, 2))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("rank {rank} of 2"))
+                && stderr.contains("built without MPI")
+                && stderr.contains("--features mpi"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        !dir.path().join("runs").exists(),
+        "nothing may be written by a refused launch"
+    );
+}
+
+/// Runs `mpirun -np N kiln ARGS` in `dir` (as root where the tests run as root, over
+/// loopback), with a time limit so a hang fails the test instead of stalling it.
+#[cfg(feature = "mpi")]
+fn mpirun(dir: &Path, launches: &[(usize, &[&str])]) -> Output {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["300", "mpirun", "--oversubscribe", "--bind-to", "none"]);
+    for (i, (np, args)) in launches.iter().enumerate() {
+        if i > 0 {
+            cmd.arg(":");
+        }
+        cmd.args(["-np", &np.to_string(), env!("CARGO_BIN_EXE_kiln")]);
+        cmd.args(*args);
+    }
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_tcp_if_include", "lo")
+        .env("OMPI_MCA_oob_tcp_if_include", "lo")
+        .env("RAYON_NUM_THREADS", "1")
+        .current_dir(dir)
+        .output()
+        .expect("mpirun runs (apt-get install openmpi-bin)")
+}
+
+#[cfg(feature = "mpi")]
+fn mpirun_json(dir: &Path, np: usize, args: &[&str]) -> serde_json::Value {
+    let out = mpirun(dir, &[(np, args)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mpirun -np {np} kiln {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 1, "only rank 0 prints its summary: {stdout}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+/// Largest absolute difference between the same tensors of two safetensors files.
+#[cfg(feature = "mpi")]
+fn max_weight_difference(a: &Path, b: &Path) -> f32 {
+    use safetensors::SafeTensors;
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let (a, b) = (
+        SafeTensors::deserialize(&a).unwrap(),
+        SafeTensors::deserialize(&b).unwrap(),
+    );
+    let floats = |v: &safetensors::tensor::TensorView| -> Vec<f32> {
+        v.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let mut names = a.names();
+    names.sort();
+    let mut other = b.names();
+    other.sort();
+    assert_eq!(names, other, "the two runs hold different tensors");
+    let mut max = 0f32;
+    for name in names {
+        let (x, y) = (a.tensor(name).unwrap(), b.tensor(name).unwrap());
+        assert_eq!(x.shape(), y.shape(), "{name}");
+        if x.dtype() != safetensors::Dtype::F32 {
+            assert_eq!(x.data(), y.data(), "{name}");
+            continue;
+        }
+        for (p, q) in floats(&x).iter().zip(floats(&y)) {
+            max = max.max((p - q).abs());
+        }
+    }
+    max
+}
+
+#[cfg(feature = "mpi")]
+const CNN: &str = r#"
+seed = 3
+[data]
+source = "img/train"
+[model]
+type = "cnn"
+hidden = [16]
+dropout = 0.0
+[[model.conv]]
+filters = 4
+kernel = 3
+padding = 1
+pool = 2
+[[model.conv]]
+filters = 6
+kernel = 3
+[trainer]
+epochs = 3
+batch_size = 8
+[output]
+plots = false
+"#;
+
+/// Two ranks with the global batch split between them train the same model as one process:
+/// weights within 1e-5 after 50+ steps, the same validation scores, one run directory.
+#[cfg(feature = "mpi")]
+#[test]
+fn two_ranks_train_mlp_cnn_text_and_gpt_models_like_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("churn.csv"), churn_csv(400, 3, true, None)).unwrap();
+    std::fs::write(d.join("notes.csv"), churn_with_notes(300)).unwrap();
+    std::fs::create_dir_all(d.join("img")).unwrap();
+    write_idx(&d.join("img"), "train", 200, 12);
+    std::fs::write(d.join("cnn.toml"), CNN).unwrap();
+    std::fs::write(d.join("text.toml"), TEXT).unwrap();
+    std::fs::write(d.join("gpt.toml"), GPT).unwrap();
+    std::fs::write(
+        d.join("corpus.txt"),
+        "the cat sat on the mat. 人民日报。\n".repeat(40),
+    )
+    .unwrap();
+    let mlp: &[&str] = &[
+        "train",
+        "--data",
+        "churn.csv",
+        "--target",
+        "churn",
+        "--set",
+        "data.id_column=customer_id",
+        "--set",
+        "trainer.batch_size=16",
+        "--set",
+        "trainer.epochs=3",
+        "--set",
+        "trainer.optimizer=\"adamw\"",
+        "--set",
+        "trainer.weight_decay=0.01",
+        "--set",
+        "trainer.grad_clip_norm=1.0",
+    ];
+    let cnn: &[&str] = &["train", "cnn.toml"];
+    let text: &[&str] = &[
+        "train",
+        "text.toml",
+        "--set",
+        "trainer.batch_size=16",
+        "--set",
+        "trainer.epochs=4",
+    ];
+    let gpt: &[&str] = &[
+        "train",
+        "gpt.toml",
+        "--set",
+        "trainer.max_steps=50",
+        "--set",
+        "trainer.eval_every_steps=25",
+        "--set",
+        "trainer.eval_batches=3",
+    ];
+    for (kind, args) in [("mlp", mlp), ("cnn", cnn), ("text", text), ("gpt", gpt)] {
+        let mut args = args.to_vec();
+        // Dropout masks are drawn per rank, so equal weights need no dropout.
+        args.extend(["--set", "model.dropout=0.0", "--json"]);
+        let one = [args.clone(), vec!["--set", "output.name=\"one\""]].concat();
+        let two = [args.clone(), vec!["--set", "output.name=\"two\""]].concat();
+        let single = kiln_json(d, &one);
+        let double = mpirun_json(d, 2, &two);
+        let (a, b) = (
+            d.join(single["run_dir"].as_str().unwrap()),
+            d.join(double["run_dir"].as_str().unwrap()),
+        );
+        let steps = single["steps"].as_u64().unwrap();
+        assert!(steps >= 50, "{kind}: only {steps} steps");
+        assert_eq!(steps, double["steps"].as_u64().unwrap(), "{kind}");
+        let diff =
+            max_weight_difference(&a.join("model.safetensors"), &b.join("model.safetensors"));
+        println!("{kind}: {steps} steps, largest weight difference 1 vs 2 processes {diff:e}");
+        assert!(diff <= 1e-5, "{kind}: weights differ by {diff}");
+        if kind == "gpt" {
+            let (x, y) = (
+                single["val_loss"].as_f64().unwrap(),
+                double["val_loss"].as_f64().unwrap(),
+            );
+            assert!((x - y).abs() < 1e-5, "{kind}: validation loss {x} vs {y}");
+        } else {
+            for split in ["validation", "test"] {
+                let (x, y) = (&single[split], &double[split]);
+                for metric in ["accuracy", "loss"] {
+                    let (x, y) = (x[metric].as_f64().unwrap(), y[metric].as_f64().unwrap());
+                    assert!((x - y).abs() < 1e-5, "{kind} {split} {metric}: {x} vs {y}");
+                }
+            }
+        }
+        // Rank 0 alone wrote the run: its metrics log has each step once.
+        let log = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+        let single_log = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), single_log.lines().count(), "{kind}");
+        std::fs::remove_dir_all(&b).unwrap();
+        std::fs::remove_dir_all(&a).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_dir(d.join("runs")).unwrap().count(),
+        0,
+        "no run directory besides the ones compared"
+    );
+}
+
+/// Expects `mpirun` to fail with exit code 1 within the time limit, every rank stopped, and
+/// returns its stderr.
+#[cfg(feature = "mpi")]
+fn mpirun_err(dir: &Path, launches: &[(usize, &[&str])]) -> String {
+    let out = mpirun(dir, launches);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn bad_launches_stop_every_rank_with_a_clear_error_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("churn.csv"), churn_csv(200, 3, true, None)).unwrap();
+    let base: &[&str] = &["train", "--data", "churn.csv", "--target", "churn"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { [base, extra].concat() };
+
+    let odd = with(&["--set", "trainer.batch_size=15"]);
+    let stderr = mpirun_err(d, &[(2, &odd)]);
+    assert!(
+        stderr.contains("trainer.batch_size: 15 does not split evenly over 2 processes"),
+        "{stderr}"
+    );
+
+    let other_lr = with(&["--set", "trainer.lr=0.02"]);
+    let stderr = mpirun_err(d, &[(1, base), (1, &other_lr)]);
+    assert!(
+        stderr.contains("rank 1 differs from rank 0: the config: in [trainer], rank 0 has `lr = 0.001`, this rank `lr = 0.02`"),
+        "{stderr}"
+    );
+
+    let missing = ["train", "--data", "gone.csv", "--target", "churn"];
+    let stderr = mpirun_err(d, &[(1, base), (1, &missing)]);
+    assert!(
+        stderr.contains("error (rank 1 of 2)") && stderr.contains("gone.csv"),
+        "{stderr}"
+    );
+    assert!(
+        !d.join("runs").exists(),
+        "a launch refused before training writes no run directory"
+    );
+}
