@@ -293,3 +293,171 @@ fn bad_launches_stop_every_rank_with_a_clear_error_and_write_nothing() {
         "a launch refused before training writes no run directory"
     );
 }
+
+/// A run with dropout, batch norm, gradient accumulation and checkpoints every few steps.
+#[cfg(feature = "mpi")]
+const CHECKPOINTED: &str = r#"
+seed = 3
+[data]
+source = "builtin:digits"
+[model]
+hidden = [64, 32]
+dropout = 0.3
+batch_norm = true
+[trainer]
+epochs = 12
+batch_size = 16
+optimizer = "adamw"
+lr = 0.002
+schedule = "cosine"
+warmup_steps = 20
+grad_clip_norm = 1.0
+grad_accum_steps = 2
+checkpoint_every_steps = 7
+monitor = "accuracy"
+keep_best = true
+[output]
+plots = false
+"#;
+
+#[cfg(feature = "mpi")]
+fn latest_step(run: &Path) -> Option<u64> {
+    let name = std::fs::read_to_string(run.join("checkpoints/latest")).ok()?;
+    name.trim().strip_prefix("step-")?.parse().ok()
+}
+
+/// Starts `mpirun -np 2 kiln train` of `config`, SIGKILLs rank 1's process once a checkpoint
+/// past `step` exists, and checks that the launch ends within 60 s, naming the lost rank.
+#[cfg(feature = "mpi")]
+fn kill_one_rank_after(dir: &Path, config: &str, name: &str, step: u64) -> u64 {
+    use std::time::{Duration, Instant};
+    let mut child = Command::new("mpirun")
+        .args(["--oversubscribe", "--bind-to", "none", "-np", "2"])
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(["train", config, "--quiet", "--set"])
+        .arg(format!("output.name=\"{name}\""))
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .current_dir(dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = dir.join("runs").join(name);
+    let started = Instant::now();
+    while !latest_step(&run).is_some_and(|s| s >= step) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The ranks are mpirun's children; the later-started one is rank 1 (or 0: either
+    // rank lost must stop the other).
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
+    let victim: i32 = children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .max()
+        .expect("mpirun has rank processes");
+    let killed = Instant::now();
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let waited = killed.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        waited < Duration::from_secs(60),
+        "the other rank outlived the lost one by {waited:?}"
+    );
+    assert!(
+        stderr.contains("exited on signal 9"),
+        "the error names the lost rank: {stderr}"
+    );
+    println!(
+        "lost rank ended the launch in {waited:?}: {}",
+        stderr
+            .lines()
+            .find(|l| l.contains("signal 9"))
+            .unwrap_or("")
+    );
+    assert!(
+        !run.join("model.safetensors").exists(),
+        "killed before the end"
+    );
+    latest_step(&run).unwrap()
+}
+
+/// Killed at N = 2 (one rank SIGKILLed), resumed at N = 2: bit-identical to the
+/// uninterrupted N = 2 run, dropout, batch norm and gradient accumulation included.
+#[cfg(feature = "mpi")]
+#[test]
+fn a_run_killed_at_two_ranks_resumes_at_two_ranks_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("run.toml"), CHECKPOINTED).unwrap();
+    mpirun_json(
+        d,
+        2,
+        &[
+            "train",
+            "run.toml",
+            "--json",
+            "--set",
+            "output.name=\"full\"",
+        ],
+    );
+    let reference = std::fs::read(d.join("runs/full/model.safetensors")).unwrap();
+    let killed_at = kill_one_rank_after(d, "run.toml", "killed", 120);
+    let run = d.join("runs/killed");
+    let out = mpirun_json(
+        d,
+        2,
+        &["train", "--resume", run.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(out["resumed_from"].as_u64(), Some(killed_at));
+    let resumed = std::fs::read(run.join("model.safetensors")).unwrap();
+    assert!(
+        resumed == reference,
+        "resumed weights differ from the uninterrupted run (killed at step {killed_at})"
+    );
+}
+
+/// A checkpoint written at N = 2 resumes in one process: within 1e-5 of the uninterrupted
+/// N = 2 run (no dropout or batch norm, whose statistics are per rank).
+#[cfg(feature = "mpi")]
+#[test]
+fn a_checkpoint_written_by_two_ranks_resumes_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = CHECKPOINTED
+        .replace("dropout = 0.3", "dropout = 0.0")
+        .replace("batch_norm = true", "batch_norm = false");
+    std::fs::write(d.join("run.toml"), config).unwrap();
+    mpirun_json(
+        d,
+        2,
+        &[
+            "train",
+            "run.toml",
+            "--json",
+            "--set",
+            "output.name=\"full\"",
+        ],
+    );
+    let killed_at = kill_one_rank_after(d, "run.toml", "killed", 120);
+    let run = d.join("runs/killed");
+    let out = kiln_json(d, &["train", "--resume", run.to_str().unwrap(), "--json"]);
+    assert_eq!(out["resumed_from"].as_u64(), Some(killed_at));
+    let diff = max_weight_difference(
+        &d.join("runs/full/model.safetensors"),
+        &run.join("model.safetensors"),
+    );
+    println!("resumed at N = 1 from step {killed_at}: largest weight difference {diff:e}");
+    assert!(diff <= 1e-5, "weights differ by {diff}");
+}

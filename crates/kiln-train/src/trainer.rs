@@ -585,6 +585,16 @@ pub fn train(
             }
         }
         // End of epoch: validate, schedule, early stopping, best model.
+        if world > 1 {
+            // Parameters agree on every rank, buffers (batch-norm running statistics) do not:
+            // every rank takes rank 0's, as DDP's `broadcast_buffers`, so validation, the kept
+            // model and a resumed run see the same network.
+            let bytes = sync.broadcast(model_to_bytes(&model)?)?;
+            if !leader {
+                model = model_from_bytes(setup.spec, &bytes, &ad, "rank 0's weights")?
+                    .frozen_as(setup.spec);
+            }
+        }
         let train_loss = state.epoch_loss_sum / state.epoch_loss_steps.max(1) as f64;
         final_train_loss = train_loss;
         let mut improved = false;

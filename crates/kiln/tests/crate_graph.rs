@@ -68,3 +68,14 @@ fn model_code_compiles_neither_data_loading_nor_tokenizers() {
 fn specs_are_plain_data() {
     assert_free_of("kiln-spec", "kiln-config", &["burn", "kiln-models"]);
 }
+
+#[test]
+fn collectives_are_plain_rust_and_mpi_is_opt_in() {
+    // kiln-dist moves byte and float buffers only; the default binary links no MPI.
+    assert_free_of(
+        "kiln-dist",
+        "thiserror",
+        &["burn", "kiln-config", "kiln-models", "kiln-train", "mpi"],
+    );
+    assert_free_of("kiln-cli", "kiln-dist", &["mpi"]);
+}
