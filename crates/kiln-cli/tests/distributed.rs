@@ -461,3 +461,67 @@ fn a_checkpoint_written_by_two_ranks_resumes_in_one_process() {
     println!("resumed at N = 1 from step {killed_at}: largest weight difference {diff:e}");
     assert!(diff <= 1e-5, "weights differ by {diff}");
 }
+
+/// Two "hosts" on loopback (127.0.0.1 and 127.0.0.2 in a hostfile, an rsh stand-in that runs
+/// the remote command here, TCP between the ranks): the same model as one process.
+#[cfg(feature = "mpi")]
+#[test]
+fn two_hosts_over_tcp_train_like_one_process() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("churn.csv"), churn_csv(300, 5, true, None)).unwrap();
+    std::fs::write(d.join("hosts"), "127.0.0.1 slots=1\n127.0.0.2 slots=1\n").unwrap();
+    let rsh = d.join("rsh");
+    std::fs::write(
+        &rsh,
+        "#!/bin/sh\n# rsh HOST COMMAND: drop the options and the host, run COMMAND here.\n\
+         while [ $# -gt 0 ]; do case \"$1\" in -*) shift ;; *) shift; break ;; esac; done\n\
+         exec sh -c \"$*\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&rsh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let args = [
+        "train",
+        "--data",
+        "churn.csv",
+        "--target",
+        "churn",
+        "--set",
+        "model.dropout=0.0",
+        "--set",
+        "trainer.epochs=2",
+        "--json",
+    ];
+    let single = kiln_json(d, &[&args[..], &["--set", "output.name=\"one\""]].concat());
+    let out = Command::new("timeout")
+        .args(["300", "mpirun", "--hostfile", "hosts", "-np", "2"])
+        .args(["--mca", "plm_rsh_agent", rsh.to_str().unwrap()])
+        .args(["--mca", "btl", "self,tcp"])
+        .args(["--mca", "btl_tcp_if_include", "lo"])
+        .args(["--mca", "oob_tcp_if_include", "lo"])
+        .arg("-x")
+        .arg("RAYON_NUM_THREADS=1")
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .args(["--set", "output.name=\"hosts\""])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let double: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(single["steps"], double["steps"]);
+    let diff = max_weight_difference(
+        &d.join("runs/one/model.safetensors"),
+        &d.join("runs/hosts/model.safetensors"),
+    );
+    println!("two hosts over TCP vs one process: largest weight difference {diff:e}");
+    assert!(diff <= 1e-5, "weights differ by {diff}");
+}
