@@ -358,6 +358,9 @@ fn train_lm(args: &TrainArgs, config: Option<Config>, world: &World) -> Result<(
         "{} steps in {:.1} s (corpus preparation {:.1} s)",
         s.steps, s.train_seconds, s.prepare_seconds
     );
+    if let Some(stats) = &s.all_reduce {
+        print_all_reduce(stats, s.train_seconds);
+    }
     println!("run directory: {}", s.run_dir.display());
     Ok(())
 }
@@ -662,6 +665,20 @@ fn prepare_text(
     Ok(())
 }
 
+/// One line on what data-parallel training spent on gradient all-reduces (rank 0's view).
+fn print_all_reduce(stats: &kiln::train::AllReduceStats, train_seconds: f64) {
+    let per_step = stats.seconds / stats.calls.max(1) as f64;
+    println!(
+        "data-parallel: {} processes, {:.1} MB of gradients all-reduced per step in {:.2} ms \
+         ({:.1}% of training), bus bandwidth {:.2} GB/s",
+        stats.processes,
+        stats.bytes_per_call as f64 / 1e6,
+        per_step * 1e3,
+        100.0 * stats.seconds / train_seconds.max(1e-9),
+        stats.bus_bandwidth_gbps()
+    );
+}
+
 /// `kiln train`, as one process or as one rank of an MPI launch (`mpirun -np N kiln train`):
 /// a rank that fails prints its error and ends every rank.
 fn train(args: TrainArgs) -> Result<()> {
@@ -723,6 +740,7 @@ fn train_in(args: TrainArgs, world: &World) -> Result<()> {
             "parameters": summary.parameters,
             "trainable_parameters": summary.trainable_parameters,
             "distillation": summary.distillation,
+            "all_reduce": summary.all_reduce,
             "rows": {"train": summary.data.train_rows, "validation": summary.data.validation_rows, "test": summary.data.test_rows},
         });
         println!("{out}");
@@ -750,6 +768,9 @@ fn train_in(args: TrainArgs, world: &World) -> Result<()> {
     }
     for (col, why) in &d.ignored_columns {
         println!("ignored column \"{col}\": {why}");
+    }
+    if let Some(stats) = &summary.all_reduce {
+        print_all_reduce(stats, summary.train_seconds);
     }
     println!("run directory: {}", summary.run_dir.display());
     Ok(())

@@ -195,6 +195,32 @@ impl GradientSync for SingleProcess {
 pub struct DataParallel<'w> {
     world: &'w World,
     bucket_elements: usize,
+    stats: AllReduceStats,
+}
+
+/// What gradient all-reduces cost over a run (this process's view).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct AllReduceStats {
+    /// Processes.
+    pub processes: usize,
+    /// Gradient all-reduces (optimizer steps).
+    pub calls: u64,
+    /// Bytes of gradients each all-reduce carries.
+    pub bytes_per_call: u64,
+    /// Wall-clock seconds inside gradient all-reduces (packing, reducing, unpacking).
+    pub seconds: f64,
+}
+
+impl AllReduceStats {
+    /// NCCL's bus bandwidth in GB/s: bytes / time × 2(n − 1)/n, what each link carried.
+    pub fn bus_bandwidth_gbps(&self) -> f64 {
+        let n = self.processes as f64;
+        if self.seconds <= 0.0 || n < 2.0 {
+            return 0.0;
+        }
+        let per_call = self.seconds / self.calls as f64;
+        self.bytes_per_call as f64 / per_call * 2.0 * (n - 1.0) / n / 1e9
+    }
 }
 
 impl<'w> DataParallel<'w> {
@@ -203,7 +229,16 @@ impl<'w> DataParallel<'w> {
         DataParallel {
             world,
             bucket_elements: (bucket_bytes / 4).max(1),
+            stats: AllReduceStats {
+                processes: world.size(),
+                ..Default::default()
+            },
         }
+    }
+
+    /// What the gradient all-reduces cost so far.
+    pub fn stats(&self) -> AllReduceStats {
+        self.stats
     }
 }
 
@@ -213,6 +248,7 @@ impl GradientSync for DataParallel<'_> {
         if size == 1 {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         // Every rank must send the same tensors in the same order: check the count first, so
         // a mismatch is an error here rather than a garbled sum.
         let elements: usize = grads.grads.values().map(|g| g.shape().num_elements()).sum();
@@ -261,6 +297,9 @@ impl GradientSync for DataParallel<'_> {
                 );
             }
         }
+        self.stats.calls += 1;
+        self.stats.bytes_per_call = elements as u64 * 4;
+        self.stats.seconds += started.elapsed().as_secs_f64();
         Ok(())
     }
     fn world_size(&self) -> usize {

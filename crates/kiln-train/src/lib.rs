@@ -16,7 +16,7 @@ pub mod schedule;
 mod trainer;
 pub mod weights;
 
-pub use grads::{DataParallel, GradientSync, ParamGrads, SingleProcess};
+pub use grads::{AllReduceStats, DataParallel, GradientSync, ParamGrads, SingleProcess};
 pub use kiln_dist::{DistError, World};
 pub use trainer::{
     EpochRecord, Observer, Silent, StartInfo, StepRecord, TeacherLogits, TrainOutcome, TrainSetup,

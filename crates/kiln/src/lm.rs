@@ -92,6 +92,8 @@ pub struct LmSummary {
     pub resumed_from: Option<u64>,
     /// Peak resident memory of this process, in MiB (Linux).
     pub peak_rss_mib: Option<u64>,
+    /// Data-parallel runs: what the gradient all-reduces cost.
+    pub all_reduce: Option<kiln_train::AllReduceStats>,
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM`), where the OS reports it.
@@ -249,6 +251,7 @@ pub fn train_lm_run_in(
         )));
     }
     let resumed_at = checkpoint.as_ref().map(|c| c.step);
+    let mut sync = DataParallel::new(world, (config.trainer.bucket_mb * 1e6) as usize);
     let outcome = train_lm(
         &config,
         &gpt,
@@ -259,7 +262,7 @@ pub fn train_lm_run_in(
         device,
         checkpoint,
         observer,
-        &mut DataParallel::new(world, (config.trainer.bucket_mb * 1e6) as usize),
+        &mut sync,
     )?;
     if !world.is_leader() {
         return Ok(None);
@@ -296,6 +299,7 @@ pub fn train_lm_run_in(
         prepare_seconds,
         resumed_from: outcome.resumed_from,
         peak_rss_mib: peak_rss_mib(),
+        all_reduce: (world.size() > 1).then(|| sync.stats()),
     };
     if finished_before {
         return Ok(Some(summary));

@@ -249,6 +249,8 @@ pub struct RunSummary {
     pub classes: Option<Vec<String>>,
     /// The teacher next to this student, for a distilled run.
     pub distillation: Option<crate::DistillSummary>,
+    /// Data-parallel runs: what the gradient all-reduces cost.
+    pub all_reduce: Option<kiln_train::AllReduceStats>,
 }
 
 fn default_run_name(config: &Config) -> String {
@@ -580,6 +582,7 @@ pub fn train_run_in(
     };
     let summary = RunSummary {
         distillation,
+        all_reduce: (world.size() > 1).then(|| sync.stats()),
         run_dir: run_dir.clone(),
         data: data.summary.clone(),
         test,
