@@ -84,18 +84,26 @@ print(f"(medians of {len(next(iter(rows.values())))} rounds)")
 
 # Ring all-reduce model: T = 2(n-1)/n * S / B + 2(n-1) * alpha, S gradient bytes, B link
 # bandwidth, alpha per-message latency (5 us, a typical RDMA/TCP-offload figure; stated, not
-# measured). Compute per step from W2 measured at 1x2, scaled to a per-rank batch of 16.
-rate, _, size_w2, _ = measured[("W2", "1x2")]
-compute_w2 = 16 * 128 / rate
+# measured).
+rate = measured[("W2", "1x2")][0]
+size_w2 = measured[("W2", "2x1")][2]
+params_w2 = size_w2 / 4
+flops = 6 * params_w2 * rate  # training FLOP/s of this machine on W2 (6 per parameter per token)
 alpha = 5e-6
 print()
-print("ring all-reduce model (alpha 5 us per message, full-duplex links, no overlap):")
+print("ring all-reduce time per step (alpha 5 us per message, no overlap):")
 print(f"{'gradient':26} {'ranks':>5} {'25 Gb/s':>10} {'100 Gb/s':>10}")
-for label, size in [(f"W2 ({size_w2 / 1e6:.1f} MB)", size_w2), ("GPT-2 124M (497 MB)", 124_439_808 * 4)]:
+for label, size in [(f"W2 ({size_w2 / 1e6:.1f} MB)", size_w2), ("GPT-2 124M (498 MB)", 124_439_808 * 4)]:
     for n in (8, 64, 512):
         t = [2 * (n - 1) / n * size / (gbps * 1e9 / 8) + 2 * (n - 1) * alpha for gbps in (25, 100)]
         print(f"{label:26} {n:5d} {1e3 * t[0]:8.1f}ms {1e3 * t[1]:8.1f}ms")
-print(f"W2 compute per step on this machine (batch 16, 2 threads): {1e3 * compute_w2:.1f} ms; "
-      "with the reduction overlapped with backward, communication is hidden while it takes "
-      "less than the backward pass (about 2/3 of a step).")
+# Overlap break-even: the reduction hides behind the backward pass (2/3 of a step's 6 FLOPs per
+# parameter per token) while 2 * 4P / B <= (2/3) * 6 * P * T / F, i.e. B >= 2 F / T bytes/s,
+# whatever the model size P (T tokens per rank per step, F the rank's FLOP/s).
+print()
+print(f"this machine trains W2 at {flops / 1e9:.0f} GFLOP/s (6 x {params_w2 / 1e6:.2f} M parameters x {rate:.0f} tokens/s)")
+for label, f, tokens in [("this machine, W2's batch (16 x 128 tokens)", flops, 16 * 128),
+                         ("a GPU at 160 TFLOP/s, 16 x 1024 tokens", 160e12, 16 * 1024)]:
+    need = 2 * f / tokens
+    print(f"break-even link bandwidth, {label}: {need / 1e9:.2f} GB/s = {8 * need / 1e9:.1f} Gb/s")
 PY
