@@ -6,8 +6,11 @@
 
 mod common;
 
+#[cfg(feature = "mpi")]
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+#[cfg(feature = "mpi")]
+use std::process::Output;
 
 use common::*;
 
@@ -282,6 +285,39 @@ fn bad_launches_stop_every_rank_with_a_clear_error_and_write_nothing() {
         "{stderr}"
     );
 
+    // Another build on rank 1: the same program with one byte more.
+    let other = d.join("kiln-other");
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_kiln")).unwrap();
+    bytes.push(0);
+    std::fs::write(&other, bytes).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new("timeout")
+        .args([
+            "300",
+            "mpirun",
+            "--oversubscribe",
+            "-np",
+            "1",
+            env!("CARGO_BIN_EXE_kiln"),
+        ])
+        .args(base)
+        .args([":", "-np", "1", other.to_str().unwrap()])
+        .args(base)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("differs from rank 0: the kiln binary"),
+        "{stderr}"
+    );
+
     let missing = ["train", "--data", "gone.csv", "--target", "churn"];
     let stderr = mpirun_err(d, &[(1, base), (1, &missing)]);
     assert!(
@@ -345,7 +381,7 @@ fn kill_one_rank_after(dir: &Path, config: &str, name: &str, step: u64) -> u64 {
         .unwrap();
     let run = dir.join("runs").join(name);
     let started = Instant::now();
-    while !latest_step(&run).is_some_and(|s| s >= step) {
+    while latest_step(&run).is_none_or(|s| s < step) {
         assert!(
             child.try_wait().unwrap().is_none(),
             "finished before the kill"

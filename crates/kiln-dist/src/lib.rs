@@ -195,7 +195,7 @@ impl World {
         stats.calls += 1;
     }
 
-    /// Starts summing `buffer` over all ranks; [`PendingReduce::wait`] returns the sum.
+    /// Starts summing `buffer` over all ranks; [`World::all_reduce_wait`] returns the sum.
     pub fn all_reduce_start(&self, buffer: Buffer) -> Result<PendingReduce, DistError> {
         let Some(channel) = &self.channel else {
             return Ok(PendingReduce { reply: Err(buffer) });

@@ -253,16 +253,7 @@ pub fn train_lm_run_in(
     let resumed_at = checkpoint.as_ref().map(|c| c.step);
     let mut sync = DataParallel::new(world, (config.trainer.bucket_mb * 1e6) as usize);
     let outcome = train_lm(
-        &config,
-        &gpt,
-        &meta,
-        &train,
-        &val,
-        &run_dir,
-        device,
-        checkpoint,
-        observer,
-        &mut sync,
+        &config, &gpt, &meta, &train, &val, &run_dir, device, checkpoint, observer, &mut sync,
     )?;
     if !world.is_leader() {
         return Ok(None);
