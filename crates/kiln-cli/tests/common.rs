@@ -198,7 +198,8 @@ pub fn churn_with_notes(rows: usize) -> String {
     out
 }
 
-const CNN: &str = r#"
+/// A small CNN on `img/train` (see `write_idx`), batch norm in its first block.
+pub const CNN: &str = r#"
 seed = 3
 [data]
 source = "img/train"

@@ -122,30 +122,6 @@ fn max_weight_difference(a: &Path, b: &Path) -> f32 {
     max
 }
 
-#[cfg(feature = "mpi")]
-const CNN: &str = r#"
-seed = 3
-[data]
-source = "img/train"
-[model]
-type = "cnn"
-hidden = [16]
-dropout = 0.0
-[[model.conv]]
-filters = 4
-kernel = 3
-padding = 1
-pool = 2
-[[model.conv]]
-filters = 6
-kernel = 3
-[trainer]
-epochs = 3
-batch_size = 8
-[output]
-plots = false
-"#;
-
 /// Two ranks with the global batch split between them train the same model as one process:
 /// weights within 1e-5 after 50+ steps, the same validation scores, one run directory.
 #[cfg(feature = "mpi")]
@@ -157,7 +133,8 @@ fn two_ranks_train_mlp_cnn_text_and_gpt_models_like_one_process() {
     std::fs::write(d.join("notes.csv"), churn_with_notes(300)).unwrap();
     std::fs::create_dir_all(d.join("img")).unwrap();
     write_idx(&d.join("img"), "train", 200, 12);
-    std::fs::write(d.join("cnn.toml"), CNN).unwrap();
+    // Batch norm normalises over each rank's share of the batch: equal weights need none.
+    std::fs::write(d.join("cnn.toml"), CNN.replace("batch_norm = true\n", "")).unwrap();
     std::fs::write(d.join("text.toml"), TEXT).unwrap();
     std::fs::write(d.join("gpt.toml"), GPT).unwrap();
     std::fs::write(
@@ -184,7 +161,14 @@ fn two_ranks_train_mlp_cnn_text_and_gpt_models_like_one_process() {
         "--set",
         "trainer.grad_clip_norm=1.0",
     ];
-    let cnn: &[&str] = &["train", "cnn.toml"];
+    let cnn: &[&str] = &[
+        "train",
+        "cnn.toml",
+        "--set",
+        "trainer.batch_size=8",
+        "--set",
+        "trainer.epochs=3",
+    ];
     let text: &[&str] = &[
         "train",
         "text.toml",
@@ -328,6 +312,14 @@ fn bad_launches_stop_every_rank_with_a_clear_error_and_write_nothing() {
         !d.join("runs").exists(),
         "a launch refused before training writes no run directory"
     );
+
+    // A loss that turns NaN stops every rank, each saying which it is.
+    let diverging = with(&["--set", "trainer.lr=1e30", "--set", "trainer.batch_size=16"]);
+    let stderr = mpirun_err(d, &[(2, &diverging)]);
+    assert!(
+        stderr.contains("error (rank") && stderr.contains("training diverged at step"),
+        "{stderr}"
+    );
 }
 
 /// A run with dropout, batch norm, gradient accumulation and checkpoints every few steps.
@@ -429,6 +421,23 @@ fn kill_one_rank_after(dir: &Path, config: &str, name: &str, step: u64) -> u64 {
     latest_step(&run).unwrap()
 }
 
+/// Trains `config` at N = 2 uninterrupted (`runs/full`) and again with one rank killed after
+/// step 120 (`runs/killed`); the killed run's last checkpoint step and directory.
+#[cfg(feature = "mpi")]
+fn full_and_killed_runs(d: &Path, config: &str) -> (u64, std::path::PathBuf) {
+    std::fs::write(d.join("run.toml"), config).unwrap();
+    let full = [
+        "train",
+        "run.toml",
+        "--json",
+        "--set",
+        "output.name=\"full\"",
+    ];
+    mpirun_json(d, 2, &full);
+    let killed_at = kill_one_rank_after(d, "run.toml", "killed", 120);
+    (killed_at, d.join("runs/killed"))
+}
+
 /// Killed at N = 2 (one rank SIGKILLed), resumed at N = 2: bit-identical to the
 /// uninterrupted N = 2 run, dropout, batch norm and gradient accumulation included.
 #[cfg(feature = "mpi")]
@@ -436,21 +445,8 @@ fn kill_one_rank_after(dir: &Path, config: &str, name: &str, step: u64) -> u64 {
 fn a_run_killed_at_two_ranks_resumes_at_two_ranks_bit_identically() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("run.toml"), CHECKPOINTED).unwrap();
-    mpirun_json(
-        d,
-        2,
-        &[
-            "train",
-            "run.toml",
-            "--json",
-            "--set",
-            "output.name=\"full\"",
-        ],
-    );
+    let (killed_at, run) = full_and_killed_runs(d, CHECKPOINTED);
     let reference = std::fs::read(d.join("runs/full/model.safetensors")).unwrap();
-    let killed_at = kill_one_rank_after(d, "run.toml", "killed", 120);
-    let run = d.join("runs/killed");
     let out = mpirun_json(
         d,
         2,
@@ -474,20 +470,7 @@ fn a_checkpoint_written_by_two_ranks_resumes_in_one_process() {
     let config = CHECKPOINTED
         .replace("dropout = 0.3", "dropout = 0.0")
         .replace("batch_norm = true", "batch_norm = false");
-    std::fs::write(d.join("run.toml"), config).unwrap();
-    mpirun_json(
-        d,
-        2,
-        &[
-            "train",
-            "run.toml",
-            "--json",
-            "--set",
-            "output.name=\"full\"",
-        ],
-    );
-    let killed_at = kill_one_rank_after(d, "run.toml", "killed", 120);
-    let run = d.join("runs/killed");
+    let (killed_at, run) = full_and_killed_runs(d, &config);
     let out = kiln_json(d, &["train", "--resume", run.to_str().unwrap(), "--json"]);
     assert_eq!(out["resumed_from"].as_u64(), Some(killed_at));
     let diff = max_weight_difference(
