@@ -62,6 +62,27 @@ pub enum DistError {
         /// What differs.
         what: String,
     },
+    /// Another rank found that it differs from rank 0 (its own error says how).
+    #[error("{what} of {ranks} other rank(s) differs from rank 0's; their error says how")]
+    OtherDiffers {
+        /// What differs.
+        what: String,
+        /// How many ranks differ.
+        ranks: usize,
+    },
+    /// The ranks' gradients do not line up.
+    #[error(
+        "rank {rank} has gradients of {here} values, the ranks {average} on average: a \
+         parameter got a gradient on some ranks and not on others"
+    )]
+    Gradients {
+        /// This rank.
+        rank: usize,
+        /// Values here.
+        here: usize,
+        /// Mean over the ranks.
+        average: f64,
+    },
 }
 
 /// Values a collective carries.
@@ -139,12 +160,18 @@ impl World {
         };
         #[cfg(feature = "mpi")]
         {
+            let timeout = match std::env::var("KILN_DIST_TIMEOUT_S") {
+                Err(_) => Duration::from_secs(600),
+                Ok(v) => match v.trim().parse::<u64>() {
+                    Ok(s) if s > 0 => Duration::from_secs(s),
+                    _ => {
+                        return Err(DistError::Init(format!(
+                            "KILN_DIST_TIMEOUT_S: expected whole seconds above 0, got \"{v}\""
+                        )));
+                    }
+                },
+            };
             let (backend_rank, backend_size, thread, channel) = mpi_backend::start(&launch)?;
-            let timeout = std::env::var("KILN_DIST_TIMEOUT_S")
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs)
-                .unwrap_or(Duration::from_secs(600));
             Ok(World {
                 rank: backend_rank,
                 size: backend_size,
@@ -273,12 +300,11 @@ impl World {
             });
         }
         if ranks_differing > 0.0 {
-            return Err(DistError::Mismatch {
-                rank: self.rank,
-                what: format!(
-                    "{what} of {ranks_differing} other rank(s) differs from rank 0's (their \
-                     error says how)"
-                ),
+            // The rank that differs says how and ends the job; give it the time to.
+            std::thread::sleep(Duration::from_secs(5));
+            return Err(DistError::OtherDiffers {
+                what: what.to_string(),
+                ranks: ranks_differing as usize,
             });
         }
         Ok(())
@@ -300,6 +326,19 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        // A panic unwinding through the training: finalising would wait for ranks that wait
+        // for this one, so end them all instead.
+        if std::thread::panicking()
+            && let Some(channel) = &self.channel
+        {
+            eprintln!(
+                "rank {} of {} panicked: ending every rank",
+                self.rank, self.size
+            );
+            let _ = channel.send(Request::Abort(101));
+            std::thread::sleep(Duration::from_secs(10));
+            std::process::exit(101);
+        }
         // Closing the channel ends the thread, which finalises MPI.
         self.channel.take();
         if let Some(thread) = self.thread.take() {

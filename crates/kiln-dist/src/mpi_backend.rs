@@ -13,19 +13,24 @@ struct Mpi {
     world: SimpleCommunicator,
 }
 
+/// The most values one MPI call carries: MPI counts are 32-bit.
+const CHUNK: usize = 1 << 30;
+
 impl Backend for Mpi {
     fn all_reduce_sum(&mut self, buffer: Buffer) -> Result<Buffer, DistError> {
         Ok(match buffer {
             Buffer::F32(send) => {
                 let mut recv = vec![0f32; send.len()];
-                self.world
-                    .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
+                for (s, r) in send.chunks(CHUNK).zip(recv.chunks_mut(CHUNK)) {
+                    self.world.all_reduce_into(s, r, SystemOperation::sum());
+                }
                 Buffer::F32(recv)
             }
             Buffer::F64(send) => {
                 let mut recv = vec![0f64; send.len()];
-                self.world
-                    .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
+                for (s, r) in send.chunks(CHUNK).zip(recv.chunks_mut(CHUNK)) {
+                    self.world.all_reduce_into(s, r, SystemOperation::sum());
+                }
                 Buffer::F64(recv)
             }
         })
@@ -36,7 +41,9 @@ impl Backend for Mpi {
         let mut len = bytes.len() as u64;
         root.broadcast_into(&mut len);
         bytes.resize(len as usize, 0);
-        root.broadcast_into(&mut bytes[..]);
+        for chunk in bytes.chunks_mut(CHUNK) {
+            root.broadcast_into(chunk);
+        }
         Ok(bytes)
     }
 

@@ -254,13 +254,10 @@ impl GradientSync for DataParallel<'_> {
         let elements: usize = grads.grads.values().map(|g| g.shape().num_elements()).sum();
         let counted = self.world.all_reduce_f64(vec![elements as f64])?;
         if counted[0] != (elements * size) as f64 {
-            return Err(TrainError::Dist(DistError::Mismatch {
+            return Err(TrainError::Dist(DistError::Gradients {
                 rank: self.world.rank(),
-                what: format!(
-                    "gradients of {elements} values here, {} on average over the ranks: the \
-                     processes train different models",
-                    counted[0] / size as f64
-                ),
+                here: elements,
+                average: counted[0] / size as f64,
             }));
         }
         let Some(device) = grads.grads.values().next().map(|g| g.device()) else {

@@ -50,14 +50,9 @@ fn executable_crc() -> u32 {
         .unwrap_or(0)
 }
 
-/// Checks that every rank has rank 0's binary, config (its output location aside), model and
-/// data (`facts`: sizes and fitted preprocessing).
-pub(crate) fn check_agreement(
-    world: &World,
-    config: &Config,
-    model: &impl serde::Serialize,
-    facts: &str,
-) -> Result<()> {
+/// Checks that every rank runs rank 0's binary on rank 0's config (its output location
+/// aside); every rank stops if one differs, before rank 0 writes anything.
+pub(crate) fn check_program(world: &World, config: &Config) -> Result<()> {
     if world.size() == 1 {
         return Ok(());
     }
@@ -67,12 +62,44 @@ pub(crate) fn check_agreement(
     )?;
     let mut config = config.clone();
     config.output.dir.clear();
-    let config = toml::to_string(&config).expect("configs serialize");
+    world.check_same(
+        "the config",
+        &toml::to_string(&config).expect("configs serialize"),
+    )?;
+    Ok(())
+}
+
+/// Checks that every rank built rank 0's model from the same data (`facts`: sizes, fitted
+/// preprocessing, the checkpoint a resumed run starts from).
+pub(crate) fn check_model_and_data(
+    world: &World,
+    model: &impl serde::Serialize,
+    facts: &str,
+) -> Result<()> {
+    if world.size() == 1 {
+        return Ok(());
+    }
     let model = serde_json::to_string_pretty(model).expect("model specs serialize");
-    world.check_same("the config", &config)?;
     world.check_same("the model", &model)?;
     world.check_same("the data", facts)?;
     Ok(())
+}
+
+/// What identifies the checkpoint a resumed run starts from, for [`check_model_and_data`]:
+/// every rank must load the same one.
+pub(crate) fn checkpoint_facts(
+    checkpoint: Option<&kiln_train::checkpoint::LoadedCheckpoint>,
+) -> String {
+    let Some(ck) = checkpoint else {
+        return String::new();
+    };
+    let crc = |name: &str| ck.file(name).map(crc32fast::hash).unwrap_or(0);
+    format!(
+        ", resuming at step {} (weights {:08x}, state {:08x})",
+        ck.step,
+        crc("model.safetensors"),
+        crc("trainer_state.json")
+    )
 }
 
 /// With several processes, `trainer.batch_size` is the global batch and must split evenly;

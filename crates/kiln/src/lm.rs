@@ -13,7 +13,9 @@ use kiln_train::lm::{LmEval, train_lm};
 use kiln_train::{DataParallel, Observer, World};
 use serde::Serialize;
 
-use crate::distributed::{Scratch, check_agreement, check_batch_splits};
+use crate::distributed::{
+    Scratch, check_batch_splits, check_model_and_data, check_program, checkpoint_facts,
+};
 use crate::pipeline::device_for;
 use crate::{KilnError, Result};
 
@@ -134,7 +136,9 @@ pub fn train_lm_run_in(
         _ => config,
     };
     if resume.is_none() {
+        // Before rank 0 makes the run directory.
         check_batch_splits(world, config)?;
+        check_program(world, config)?;
     }
     let (config, run_dir, checkpoint) = match resume {
         Some(path) => {
@@ -162,7 +166,10 @@ pub fn train_lm_run_in(
             (config.clone(), run_dir, None)
         }
     };
-    check_batch_splits(world, &config)?;
+    if resume.is_some() {
+        check_batch_splits(world, &config)?;
+        check_program(world, &config)?;
+    }
     let device = device_for(&config)?;
     // A directory written by `kiln data prepare-text` is used in place (no copy): token files
     // of any size are only ever memory-mapped.
@@ -234,10 +241,13 @@ pub fn train_lm_run_in(
         .map(|b| crc32fast::hash(&b))
         .unwrap_or(0);
     let facts = format!(
-        "vocabulary {}, {} train / {} validation tokens, tokenizer {tokenizer_crc:08x}",
-        meta.vocab_size, meta.train_tokens, meta.val_tokens
+        "vocabulary {}, {} train / {} validation tokens, tokenizer {tokenizer_crc:08x}{}",
+        meta.vocab_size,
+        meta.train_tokens,
+        meta.val_tokens,
+        checkpoint_facts(checkpoint.as_ref())
     );
-    check_agreement(world, &config, &gpt, &facts)?;
+    check_model_and_data(world, &gpt, &facts)?;
     if world.is_leader() {
         run::write_json(&run_dir.join(files::MODEL_SPEC), &gpt)?;
     }

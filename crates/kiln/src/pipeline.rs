@@ -15,7 +15,9 @@ use kiln_train::evaluate::{Evaluation, predict_sharded, score};
 use kiln_train::{DataParallel, Observer, TrainOutcome, TrainSetup, World};
 use serde::Serialize;
 
-use crate::distributed::{Scratch, check_agreement, check_batch_splits};
+use crate::distributed::{
+    Scratch, check_batch_splits, check_model_and_data, check_program, checkpoint_facts,
+};
 use crate::{KilnError, Result};
 
 /// The compute device a config asks for.
@@ -348,6 +350,7 @@ pub fn train_run_in(
             },
         };
     check_batch_splits(world, &config)?;
+    check_program(world, &config)?;
     let device = device_for(&config)?;
     // A pretrained folder is checked (and its weights read) before the data: its tokenizer
     // reads the text.
@@ -400,14 +403,26 @@ pub fn train_run_in(
         &crate::memory::network_estimate(&config, &spec, parameters as u64, batch as u64),
         "model.hidden, model.conv, model.embd or trainer.batch_size",
     )?;
+    // Everything every rank reads is read before rank 0 writes: a rank that cannot read the
+    // teacher or the pretrained weights stops the job before a run directory exists.
+    let teacher = match &config.distill.teacher {
+        Some(dir) => Some(crate::distill::load_teacher(
+            Path::new(dir),
+            &data,
+            &device,
+        )?),
+        None => None,
+    };
+    let initial_model = initial_model(pretrained, &config, &spec, &device)?;
     let facts = format!(
-        "{} train / {} validation / {} test rows, preprocessing {:08x}",
+        "{} train / {} validation / {} test rows, preprocessing {:08x}{}",
         data.train.rows,
         data.validation.rows,
         data.test.rows,
-        crc32fast::hash(&serde_json::to_vec(&data.preprocessor).expect("serializes"))
+        crc32fast::hash(&serde_json::to_vec(&data.preprocessor).expect("serializes")),
+        checkpoint_facts(checkpoint.as_ref())
     );
-    check_agreement(world, &config, &spec, &facts)?;
+    check_model_and_data(world, &spec, &facts)?;
     // The run directory is made only once the data and the model are known to fit.
     let run_dir = match run_dir {
         Some(dir) => dir,
@@ -434,38 +449,6 @@ pub fn train_run_in(
         run::write_json(&run_dir.join(files::PREPROCESSOR), &data.preprocessor)?;
         run::write_json(&run_dir.join(files::MODEL_SPEC), &spec)?;
     }
-    let teacher = match &config.distill.teacher {
-        Some(dir) => Some(crate::distill::load_teacher(
-            Path::new(dir),
-            &data,
-            &device,
-        )?),
-        None => None,
-    };
-    let initial_model = match pretrained.filter(|_| config.model.pretrained_weights) {
-        Some(Pretrained::Bert(encoder)) => {
-            let ad = device.clone().autodiff();
-            Some(
-                kiln_models::Network::new(&spec, &ad).with_pretrained_encoder(
-                    encoder.model,
-                    &spec,
-                    &ad,
-                ),
-            )
-        }
-        Some(Pretrained::Gpt2 { dir, config: gpt }) => {
-            let text = spec.text.as_ref().expect("a GPT encoder is a text encoder");
-            let bytes = kiln_runtime::pretrained::gpt2_encoder_weights(&dir, &gpt, text)?;
-            let ad = device.clone().autodiff();
-            let origin = dir.join(kiln_runtime::pretrained::WEIGHTS_FILE);
-            Some(kiln_runtime::weights::load_part_into(
-                kiln_models::Network::new(&spec, &ad),
-                &bytes,
-                &origin.display().to_string(),
-            )?)
-        }
-        None => None,
-    };
     let setup = TrainSetup {
         config: &config,
         spec: &spec,
@@ -608,6 +591,42 @@ pub fn train_run_in(
         )?;
     }
     Ok(Some(summary))
+}
+
+/// The network training starts from: the pretrained encoder's weights in a fresh network, or
+/// `None` for fresh weights.
+fn initial_model(
+    pretrained: Option<Pretrained>,
+    config: &Config,
+    spec: &ModelSpec,
+    device: &Device,
+) -> Result<Option<kiln_models::Network>> {
+    Ok(
+        match pretrained.filter(|_| config.model.pretrained_weights) {
+            Some(Pretrained::Bert(encoder)) => {
+                let ad = device.clone().autodiff();
+                Some(
+                    kiln_models::Network::new(spec, &ad).with_pretrained_encoder(
+                        encoder.model,
+                        spec,
+                        &ad,
+                    ),
+                )
+            }
+            Some(Pretrained::Gpt2 { dir, config: gpt }) => {
+                let text = spec.text.as_ref().expect("a GPT encoder is a text encoder");
+                let bytes = kiln_runtime::pretrained::gpt2_encoder_weights(&dir, &gpt, text)?;
+                let ad = device.clone().autodiff();
+                let origin = dir.join(kiln_runtime::pretrained::WEIGHTS_FILE);
+                Some(kiln_runtime::weights::load_part_into(
+                    kiln_models::Network::new(spec, &ad),
+                    &bytes,
+                    &origin.display().to_string(),
+                )?)
+            }
+            None => None,
+        },
+    )
 }
 
 /// Refuses a predictions file that would replace its own input or a file of the run.
