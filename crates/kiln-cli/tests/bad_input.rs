@@ -377,3 +377,39 @@ fn bad_split_value_names_line() {
         &["line 22", "column \"fold\"", "\"holdout\""],
     );
 }
+
+#[test]
+fn resuming_a_run_that_does_not_exist_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = kiln_err(dir.path(), &["train", "--resume", "runs/missing"]);
+    assert!(
+        err.contains("--resume runs/missing: there is no such run"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_example_data_names_the_script_that_provides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (example, script) in [
+        ("spam.toml", "scripts/setup-text-data.sh"),
+        ("peoples_daily_char.toml", "scripts/setup-text-data.sh"),
+        ("spam_minilm.toml", "scripts/setup-pretrained.sh"),
+        ("fashion_cnn.toml", "scripts/setup-data.sh"),
+    ] {
+        let config = root().join("examples").join(example);
+        let text = std::fs::read_to_string(&config).unwrap();
+        // Only where the machine lacks the data (the Fashion set lives in /usr/share).
+        if text.contains("/usr/share/datasets")
+            && std::path::Path::new("/usr/share/datasets/fashion-mnist").exists()
+        {
+            continue;
+        }
+        std::fs::write(dir.path().join(example), text).unwrap();
+        let err = kiln_err(dir.path(), &["train", example]);
+        assert!(
+            err.contains("example data not installed") && err.contains(script),
+            "{example}: {err}"
+        );
+    }
+}

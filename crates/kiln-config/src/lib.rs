@@ -74,7 +74,7 @@ pub fn from_str(text: &str, origin: &str, overrides: &[String]) -> Result<Config
             origin: origin.to_string(),
             line,
             column,
-            message: e.message().trim().to_string(),
+            message: did_you_mean(e.message().trim()),
         }
     };
     let config: Config = toml::from_str(text).map_err(|e| parse_error(e, origin, text))?;
@@ -91,7 +91,7 @@ pub fn from_str(text: &str, origin: &str, overrides: &[String]) -> Result<Config
             let key = overrides.join(", ");
             ConfigError::Override {
                 assignment: key,
-                message: e.message().trim().to_string(),
+                message: did_you_mean(e.message().trim()),
             }
         })?
     };
@@ -112,6 +112,29 @@ pub fn from_str(text: &str, origin: &str, overrides: &[String]) -> Result<Config
         }
     })?;
     Ok(config)
+}
+
+/// Adds the closest accepted name to serde's "unknown field `x`, expected one of `a`, `b`"
+/// (or "unknown variant ...") when one is close enough to be a typo.
+fn did_you_mean(message: &str) -> String {
+    let names: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    let (Some((given, accepted)), true) = (
+        names.split_first(),
+        message.starts_with("unknown field") || message.starts_with("unknown variant"),
+    ) else {
+        return message.to_string();
+    };
+    let best = accepted
+        .iter()
+        .map(|name| (strsim::jaro_winkler(given, name), *name))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((score, name)) if score >= 0.85 => {
+            let head = format!("`{given}`");
+            message.replacen(&head, &format!("{head} (did you mean `{name}`?)"), 1)
+        }
+        _ => message.to_string(),
+    }
 }
 
 /// The defaults of fine-tuning a pretrained encoder (Hugging Face Trainer's, with a batch

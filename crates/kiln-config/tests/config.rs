@@ -129,3 +129,27 @@ epochs = 5
     assert_eq!(scratch.trainer.lr, 1e-3);
     assert_eq!(scratch.trainer.epochs, 30);
 }
+
+#[test]
+fn misspelled_keys_and_values_get_a_suggestion() {
+    let text = BASE.replace("epochs = 3", "epohcs = 3");
+    let e = from_str(&text, "t.toml", &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("unknown field `epohcs` (did you mean `epochs`?)") && e.contains("line 11"),
+        "{e}"
+    );
+    let e = from_str(BASE, "t.toml", &["trainer.optimizer=\"adamm\"".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown variant `adamm` (did you mean `adam`?)"),
+        "{e}"
+    );
+    // Nothing close: no guess.
+    let text = BASE.replace("epochs = 3", "zzz = 3");
+    let e = from_str(&text, "t.toml", &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("unknown field `zzz`") && !e.contains("did you mean"),
+        "{e}"
+    );
+}

@@ -142,6 +142,7 @@ pub fn train_lm_run_in(
     }
     let (config, run_dir, checkpoint) = match resume {
         Some(path) => {
+            crate::pipeline::check_resume_path(path)?;
             let ck = read_latest(path)?;
             let run_dir = ck
                 .dir
@@ -196,7 +197,9 @@ pub fn train_lm_run_in(
         }
         run::read_json(&data_dir.join("meta.json"))?
     } else {
-        let text = kiln_text::read_corpus(&corpus_files(&config.data.source)?).map_err(text_err)?;
+        let text = corpus_files(&config.data.source)
+            .and_then(|files| kiln_text::read_corpus(&files).map_err(text_err))
+            .map_err(|e| crate::pipeline::with_setup_hint(&config.data.source, e))?;
         // Train the tokenizer on the training part only.
         let cut = text
             .char_indices()

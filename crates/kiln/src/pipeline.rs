@@ -28,7 +28,46 @@ pub fn device_for(config: &Config) -> Result<Device> {
 /// Loads any data source kiln reads (CSV, IDX prefix, `builtin:NAME`), honouring the
 /// config's delimiter and bad-row policy.
 pub fn load_table(spec: &str, config: &Config) -> Result<Table> {
-    Ok(kiln_data::load_source(spec, &config.data)?)
+    kiln_data::load_source(spec, &config.data).map_err(|e| with_setup_hint(spec, e.into()))
+}
+
+/// The script that provides an example's data, for a path the examples use.
+fn setup_script(path: &str) -> Option<&'static str> {
+    if path.contains("/usr/share/datasets/fashion-mnist") {
+        return Some("scripts/setup-data.sh installs it (apt-get install dataset-fashion-mnist)");
+    }
+    if path.contains("data/pretrained/") {
+        return Some("scripts/setup-pretrained.sh installs it");
+    }
+    [
+        "data/peoples_daily.txt",
+        "data/sentiment.csv",
+        "data/spam.csv",
+    ]
+    .iter()
+    .any(|f| path.ends_with(f))
+    .then_some("scripts/setup-text-data.sh makes it")
+}
+
+/// `error`, with the setup script that provides `path` when it is missing example data.
+pub(crate) fn with_setup_hint(path: &str, error: KilnError) -> KilnError {
+    match setup_script(path) {
+        Some(script) if !Path::new(path).exists() => {
+            KilnError::Invalid(format!("{error} (example data not installed: {script})"))
+        }
+        _ => error,
+    }
+}
+
+/// A `--resume` path that does not exist is no run at all.
+pub(crate) fn check_resume_path(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(KilnError::Invalid(format!(
+        "--resume {}: there is no such run (no file or directory at that path)",
+        path.display()
+    )))
 }
 
 /// Data after cleaning, splitting and preprocessing.
@@ -324,6 +363,7 @@ pub fn train_run_in(
     let (config, run_dir, checkpoint): (Config, Option<PathBuf>, Option<LoadedCheckpoint>) =
         match resume {
             Some(path) => {
+                check_resume_path(path)?;
                 let checkpoint = read_latest(path)?;
                 // A checkpoint lives in RUN/checkpoints/step-N.
                 let run_dir = if path.join(files::CONFIG).exists() {
@@ -355,7 +395,10 @@ pub fn train_run_in(
     // A pretrained folder is checked (and its weights read) before the data: its tokenizer
     // reads the text.
     let pretrained = match (&config.model.pretrained, &checkpoint) {
-        (Some(dir), None) => Some(load_pretrained(&config, Path::new(dir), &device)?),
+        (Some(dir), None) => Some(
+            load_pretrained(&config, Path::new(dir), &device)
+                .map_err(|e| with_setup_hint(dir, e))?,
+        ),
         _ => None,
     };
     let data = prepare(&config)?;
