@@ -320,6 +320,16 @@ fn serve_matches_kiln_over_v2_json_binary_and_v1_records() {
         &json!({"instances": instances}),
     );
     assert_eq!(status, 200, "{response}");
+    // KServe's v1 path answers the same.
+    let (kserve_status, kserve) = post_json(
+        port,
+        "/v1/models/mlp:predict",
+        &json!({"instances": instances}),
+    );
+    assert_eq!(kserve_status, 200, "{kserve}");
+    assert_eq!(kserve["predictions"], response["predictions"]);
+    let (status_other, _) = post_json(port, "/v1/models/mlp:explain", &json!({"instances": []}));
+    assert_eq!(status_other, 404);
     assert!(
         response["unknown_categories"]["city"].as_u64().unwrap() >= 1,
         "{response}"

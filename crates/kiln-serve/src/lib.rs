@@ -235,6 +235,8 @@ pub fn router(state: Shared) -> Router {
             post(infer_versioned),
         )
         .route("/v1/models/{name}/predict", post(predict))
+        // KServe's v1 protocol: POST /v1/models/NAME:predict, the same body.
+        .route("/v1/models/{target}", post(kserve_predict))
         .route("/v1/models/{name}/generate", post(generate))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -544,7 +546,9 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("no such endpoint (see /v2, /v2/models/{name}, /v1/models/{name}/predict)")
+    ApiError::not_found(
+        "no such endpoint (see /v2, /v2/models/{name}, /v1/models/{name}/predict or :predict)",
+    )
 }
 
 async fn server_metadata() -> Json<serde_json::Value> {
@@ -686,6 +690,17 @@ async fn predict(
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let m = state.model(&name)?;
     v1::predict(m, &body, state.limits()).await
+}
+
+async fn kserve_predict(
+    State(state): State<Shared>,
+    Path(target): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Some(name) = target.strip_suffix(":predict") else {
+        return Err(not_found().await);
+    };
+    predict(State(state), Path(name.to_string()), body).await
 }
 
 async fn generate(
