@@ -741,6 +741,7 @@ fn train_in(args: TrainArgs, world: &World) -> Result<()> {
             "trainable_parameters": summary.trainable_parameters,
             "distillation": summary.distillation,
             "all_reduce": summary.all_reduce,
+            "run": summary.run,
             "rows": {"train": summary.data.train_rows, "validation": summary.data.validation_rows, "test": summary.data.test_rows},
         });
         println!("{out}");

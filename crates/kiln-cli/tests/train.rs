@@ -365,3 +365,44 @@ fn balanced_class_weights_raise_minority_recall_on_held_out_rows() {
         "rare-class recall: balanced {balanced}, unweighted {plain}"
     );
 }
+
+#[test]
+fn the_report_says_which_kiln_ran_it_when_how_and_where() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("churn.csv"), churn_csv(120, 1, true, None)).unwrap();
+    let out = kiln_json(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "churn.csv",
+            "--target",
+            "churn",
+            "--set",
+            "trainer.epochs=1",
+            "--json",
+        ],
+    );
+    let run_dir = dir.path().join(out["run_dir"].as_str().unwrap());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap())
+            .unwrap();
+    let run = &report["run"];
+    assert_eq!(run["kiln_version"], env!("CARGO_PKG_VERSION"));
+    let started = run["started_at"].as_str().unwrap();
+    assert!(
+        started.len() == 20 && started.starts_with("20") && started.ends_with('Z'),
+        "{started}"
+    );
+    let args: Vec<&str> = run["command_line"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[1..4], ["train", "--data", "churn.csv"]);
+    assert!(run["machine"]["threads"].as_u64().unwrap() >= 1);
+    assert_eq!(run["machine"]["processes"], 1);
+    assert!(!run["machine"]["cpu"].as_str().unwrap().is_empty());
+    assert_eq!(out["run"], *run, "--json carries the same");
+}

@@ -38,7 +38,7 @@ pub use adam::AdamStep;
 pub use attention::{AttentionSpec, MASKED_SCORE};
 pub use cross_entropy::{CrossEntropySpec, HeadLayout};
 pub use dropout::{DropoutMask, dropout_scales};
-pub use threads::{blocktime, in_thread_pool, keep_workers_ready};
+pub use threads::{blocktime, compute_threads, in_thread_pool, keep_workers_ready};
 
 use gemm::gemm_into;
 

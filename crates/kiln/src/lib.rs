@@ -15,6 +15,7 @@ mod lm;
 pub mod memory;
 mod pipeline;
 mod report;
+mod run_info;
 
 pub use distill::DistillSummary;
 pub use embed::{EmbedSummary, embed_file};
@@ -28,6 +29,7 @@ pub use pipeline::{
     load_table, predict_run, prepare, train_run, train_run_in,
 };
 pub use report::format_evaluation;
+pub use run_info::{Machine, RunInfo};
 
 pub use kiln_config as config;
 pub use kiln_data as data;

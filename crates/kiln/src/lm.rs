@@ -96,6 +96,8 @@ pub struct LmSummary {
     pub peak_rss_mib: Option<u64>,
     /// Data-parallel runs: what the gradient all-reduces cost.
     pub all_reduce: Option<kiln_train::AllReduceStats>,
+    /// Which kiln ran it, when, how and where.
+    pub run: crate::RunInfo,
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM`), where the OS reports it.
@@ -126,6 +128,7 @@ pub fn train_lm_run_in(
     observer: &mut dyn Observer,
     world: &World,
 ) -> Result<Option<LmSummary>> {
+    let run_info = crate::RunInfo::now(world.size());
     let scratch = Scratch::for_rank(world)?;
     let redirected;
     let config = match &scratch {
@@ -292,6 +295,7 @@ pub fn train_lm_run_in(
     };
     let last = outcome.evals.last();
     let summary = LmSummary {
+        run: run_info,
         run_dir: run_dir.clone(),
         corpus: meta,
         parameters: kiln_train::grads::parameter_count(&outcome.model),

@@ -292,6 +292,8 @@ pub struct RunSummary {
     pub distillation: Option<crate::DistillSummary>,
     /// Data-parallel runs: what the gradient all-reduces cost.
     pub all_reduce: Option<kiln_train::AllReduceStats>,
+    /// Which kiln ran it, when, how and where.
+    pub run: crate::RunInfo,
 }
 
 fn default_run_name(config: &Config) -> String {
@@ -316,27 +318,8 @@ fn default_run_name(config: &Config) -> String {
 
 /// `YYYYmmdd-HHMMSS` in UTC.
 fn utc_timestamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (y, m, d, hh, mm, ss) = crate::run_info::utc_now();
+    format!("{y:04}{m:02}{d:02}-{hh:02}{mm:02}{ss:02}")
 }
 
 /// Trains `config` into a new run directory, or continues the run at `resume` (a run
@@ -359,6 +342,7 @@ pub fn train_run_in(
     observer: &mut dyn Observer,
     world: &World,
 ) -> Result<Option<RunSummary>> {
+    let run_info = crate::RunInfo::now(world.size());
     let scratch = Scratch::for_rank(world)?;
     let (config, run_dir, checkpoint): (Config, Option<PathBuf>, Option<LoadedCheckpoint>) =
         match resume {
@@ -607,6 +591,7 @@ pub fn train_run_in(
         None => None,
     };
     let summary = RunSummary {
+        run: run_info,
         distillation,
         all_reduce: (world.size() > 1).then(|| sync.stats()),
         run_dir: run_dir.clone(),

@@ -180,3 +180,8 @@ fn keep_worker_ready(_spinning: Spinning, owner: Option<usize>, done: &AtomicBoo
         }
     }
 }
+
+/// Threads compute runs on: rayon's pool (`RAYON_NUM_THREADS`, else one per core).
+pub fn compute_threads() -> usize {
+    rayon::current_num_threads()
+}
