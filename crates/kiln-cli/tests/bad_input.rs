@@ -413,3 +413,60 @@ fn missing_example_data_names_the_script_that_provides_it() {
         );
     }
 }
+
+#[test]
+fn a_run_that_fails_leaves_no_directory_or_one_marked_for_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Refused before anything is written: a monitor the task does not have.
+    let err = kiln_err(
+        d,
+        &[
+            "train",
+            "--data",
+            "builtin:iris",
+            "--set",
+            "trainer.monitor=\"rmse\"",
+        ],
+    );
+    assert!(
+        err.contains("trainer.monitor = \"rmse\" is not defined for this classification task")
+            && err.contains("accuracy"),
+        "{err}"
+    );
+    assert!(
+        !d.join("runs").exists(),
+        "no run directory for a refused run"
+    );
+    // Diverges before its first checkpoint: the directory goes.
+    let diverge = [
+        "train",
+        "--data",
+        "builtin:digits",
+        "--set",
+        "trainer.lr=1e30",
+    ];
+    let err = kiln_err(
+        d,
+        &[&diverge[..], &["--set", "output.name=\"early\""]].concat(),
+    );
+    assert!(err.contains("training diverged"), "{err}");
+    assert!(!d.join("runs/early").exists(), "nothing to resume: removed");
+    // Diverges after a checkpoint: kept, with a note on how to resume.
+    let err = kiln_err(
+        d,
+        &[
+            &diverge[..],
+            &[
+                "--set",
+                "trainer.checkpoint_every_steps=1",
+                "--set",
+                "output.name=\"late\"",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(err.contains("training diverged"), "{err}");
+    let note = std::fs::read_to_string(d.join("runs/late/FAILED")).unwrap();
+    assert!(note.contains("kiln train --resume"), "{note}");
+}

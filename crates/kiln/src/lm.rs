@@ -143,6 +143,8 @@ pub fn train_lm_run_in(
         check_batch_splits(world, config)?;
         check_program(world, config)?;
     }
+    // A new run that fails is removed, or marked when it has a checkpoint.
+    let mut unfinished = None;
     let (config, run_dir, checkpoint) = match resume {
         Some(path) => {
             crate::pipeline::check_resume_path(path)?;
@@ -166,6 +168,7 @@ pub fn train_lm_run_in(
                 .clone()
                 .unwrap_or_else(|| format!("lm-{}", std::process::id()));
             let run_dir = run::create(Path::new(&config.output.dir), &name)?;
+            unfinished = Some(crate::pipeline::Unfinished::new(run_dir.clone()));
             run::save_config(&run_dir, config)?;
             (config.clone(), run_dir, None)
         }
@@ -309,6 +312,9 @@ pub fn train_lm_run_in(
         peak_rss_mib: peak_rss_mib(),
         all_reduce: (world.size() > 1).then(|| sync.stats()),
     };
+    if let Some(unfinished) = unfinished.take() {
+        unfinished.finished();
+    }
     if finished_before {
         return Ok(Some(summary));
     }

@@ -59,6 +59,67 @@ pub(crate) fn with_setup_hint(path: &str, error: KilnError) -> KilnError {
     }
 }
 
+/// `trainer.monitor` must name a validation metric of the task (checked before a run
+/// directory exists, not at the end of the first epoch).
+fn check_monitor(config: &Config, preprocessor: &Preprocessor) -> Result<()> {
+    let monitor = config.trainer.monitor.as_str();
+    let classes = preprocessor.classes().map(<[String]>::len);
+    let defined: &[&str] = match (preprocessor.task, classes) {
+        (Task::Classification, Some(2)) => &[
+            "loss",
+            "accuracy",
+            "f1_macro",
+            "roc_auc",
+            "f1",
+            "precision",
+            "recall",
+        ],
+        (Task::Classification, _) => &["loss", "accuracy", "f1_macro", "roc_auc"],
+        (Task::Regression, _) => &["loss", "rmse", "mae", "r2"],
+    };
+    if defined.contains(&monitor) {
+        return Ok(());
+    }
+    Err(KilnError::Invalid(format!(
+        "trainer.monitor = \"{monitor}\" is not defined for this {} task; use one of {}",
+        format!("{:?}", preprocessor.task).to_lowercase(),
+        defined.join(", ")
+    )))
+}
+
+/// A new run's directory until the run finishes: if the run fails, the directory is removed,
+/// or, when it holds a checkpoint, kept with a `FAILED` note saying how to resume it.
+pub(crate) struct Unfinished(Option<PathBuf>);
+
+impl Unfinished {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Unfinished(Some(dir))
+    }
+
+    /// The run finished: keep its directory as it is.
+    pub(crate) fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else {
+            return;
+        };
+        if dir.join("checkpoints").join("latest").exists() {
+            let note = format!(
+                "This run stopped with an error before it finished (the command printed it).\n\
+                 `kiln train --resume {}` continues from its last checkpoint.\n",
+                dir.display()
+            );
+            let _ = std::fs::write(dir.join("FAILED"), note);
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
 /// A `--resume` path that does not exist is no run at all.
 pub(crate) fn check_resume_path(path: &Path) -> Result<()> {
     if path.exists() {
@@ -450,16 +511,19 @@ pub fn train_run_in(
         checkpoint_facts(checkpoint.as_ref())
     );
     check_model_and_data(world, &spec, &facts)?;
-    // The run directory is made only once the data and the model are known to fit.
-    let run_dir = match run_dir {
-        Some(dir) => dir,
+    check_monitor(&config, &data.preprocessor)?;
+    // The run directory is made only once the data and the model are known to fit; a new
+    // run that fails is removed, or marked when it has a checkpoint to resume from.
+    let (run_dir, unfinished) = match run_dir {
+        Some(dir) => (dir, None),
         None => {
             let name = config
                 .output
                 .name
                 .clone()
                 .unwrap_or_else(|| default_run_name(&config));
-            run::create(Path::new(&config.output.dir), &name)?
+            let dir = run::create(Path::new(&config.output.dir), &name)?;
+            (dir.clone(), Some(Unfinished::new(dir)))
         }
     };
     if checkpoint.is_some() {
@@ -617,6 +681,9 @@ pub fn train_run_in(
             &data.test,
             test_predictions.as_ref(),
         )?;
+    }
+    if let Some(unfinished) = unfinished {
+        unfinished.finished();
     }
     Ok(Some(summary))
 }
