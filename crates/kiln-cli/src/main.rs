@@ -919,6 +919,7 @@ fn default_sigpipe() {
 
 fn main() -> ExitCode {
     kiln_alloc::configure();
+    init_logging();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         default_sigpipe();
@@ -936,6 +937,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Log lines (progress where no terminal shows a bar) go to stderr with a UTC timestamp;
+/// `KILN_LOG` = `error`, `warn`, `info` (default), `debug` or `off` sets how much.
+fn init_logging() {
+    let level = match std::env::var("KILN_LOG").as_deref().map(str::trim) {
+        Ok("off") => return,
+        Ok("error") => tracing::Level::ERROR,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(level)
+        .try_init();
 }
 
 /// An error and its causes on one line. Library errors already quote their source; only

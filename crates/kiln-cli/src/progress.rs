@@ -1,11 +1,16 @@
-//! Progress bars drawn from the trainer's observer callbacks.
+//! Progress from the trainer's observer callbacks: a bar with an ETA on a terminal, plain
+//! `tracing` lines (one per epoch, evaluation or event) when stderr is a pipe or a file.
+
+use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::train::{EpochRecord, Observer, StartInfo, StepRecord};
 
-/// A progress bar over optimizer steps with loss, validation metric and samples/s.
+/// A progress bar over optimizer steps with loss, validation metric, samples/s and ETA, or
+/// plain log lines where no terminal would show the bar.
 pub struct Bars {
     hidden: bool,
+    plain: bool,
     bar: Option<ProgressBar>,
     last_val: String,
 }
@@ -14,8 +19,18 @@ impl Bars {
     pub fn new(hidden: bool) -> Self {
         Self {
             hidden,
+            plain: !std::io::stderr().is_terminal(),
             bar: None,
             last_val: String::new(),
+        }
+    }
+
+    /// Prints a line above the bar, or logs it.
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None if self.plain && !self.hidden => tracing::info!("{text}"),
+            None => {}
         }
     }
 }
@@ -25,15 +40,18 @@ impl Observer for Bars {
         if self.hidden {
             return;
         }
-        let bar = ProgressBar::new(info.total_steps);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
-            )
-            .expect("valid template"),
-        );
-        bar.set_position(info.steps_done);
-        bar.println(format!(
+        if !self.plain {
+            let bar = ProgressBar::new(info.total_steps);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise} < {eta}] {bar:30} {pos}/{len} steps  {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(info.steps_done);
+            self.bar = Some(bar);
+        }
+        self.line(format!(
             "training {} parameters on {} rows, {} steps per epoch{}",
             info.parameters,
             info.train_rows,
@@ -44,7 +62,6 @@ impl Observer for Bars {
                 String::new()
             }
         ));
-        self.bar = Some(bar);
     }
 
     fn on_step(&mut self, r: &StepRecord) {
@@ -72,7 +89,7 @@ impl Observer for Bars {
                 _ => String::new(),
             };
         }
-        if let Some(bar) = &self.bar {
+        if !self.hidden {
             let val = r
                 .validation
                 .as_ref()
@@ -84,7 +101,7 @@ impl Observer for Bars {
                     )
                 })
                 .unwrap_or_default();
-            bar.println(format!(
+            self.line(format!(
                 "epoch {:>3}  train_loss {:.4}{val}  {:.1}s{}",
                 r.epoch + 1,
                 r.train_loss,
@@ -95,10 +112,8 @@ impl Observer for Bars {
     }
 
     fn on_event(&mut self, message: &str) {
-        if let Some(bar) = &self.bar
-            && !message.starts_with("checkpoint")
-        {
-            bar.println(message);
+        if !message.starts_with("checkpoint") {
+            self.line(message.to_string());
         }
     }
 }

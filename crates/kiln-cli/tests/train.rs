@@ -406,3 +406,43 @@ fn the_report_says_which_kiln_ran_it_when_how_and_where() {
     assert!(!run["machine"]["cpu"].as_str().unwrap().is_empty());
     assert_eq!(out["run"], *run, "--json carries the same");
 }
+
+#[test]
+fn without_a_terminal_training_logs_one_line_per_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    // The tests' stderr is a pipe, as under CI or nohup.
+    let out = kiln(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "builtin:iris",
+            "--set",
+            "trainer.epochs=3",
+        ],
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let epochs: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("INFO epoch"))
+        .collect();
+    assert_eq!(epochs.len(), 3, "{stderr}");
+    assert!(epochs[2].contains("epoch   3  train_loss"), "{stderr}");
+    assert!(
+        stderr.contains("training ") && stderr.contains(" parameters on "),
+        "{stderr}"
+    );
+    let quiet = kiln(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "builtin:iris",
+            "--set",
+            "trainer.epochs=3",
+            "--quiet",
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("INFO epoch"));
+}
