@@ -314,18 +314,41 @@ fn serve_matches_kiln_over_v2_json_binary_and_v1_records() {
             )
         })
         .collect();
-    let (status, response) = post_json(
+    // Records leave out their missing values: the request must opt in to imputing them.
+    let (status, refused) = post_json(
         port,
         "/v1/models/mlp/predict",
         &json!({"instances": instances}),
     );
-    assert_eq!(status, 200, "{response}");
-    // KServe's v1 path answers the same.
-    let (kserve_status, kserve) = post_json(
-        port,
-        "/v1/models/mlp:predict",
-        &json!({"instances": instances}),
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field(s)"),
+        "{refused}"
     );
+    let request = json!({"instances": instances, "impute_missing": true});
+    let (status, response) = post_json(port, "/v1/models/mlp/predict", &request);
+    assert_eq!(status, 200, "{response}");
+    let said_imputed = response["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&instances)
+        .all(|(p, record)| {
+            let left_out = ["age", "city", "plan", "monthly_spend"]
+                .iter()
+                .filter(|f| record.get(**f).is_none())
+                .count();
+            p["imputed"].as_array().map_or(0, Vec::len) == left_out
+        });
+    assert!(
+        said_imputed,
+        "each prediction names its imputed fields: {response}"
+    );
+    // KServe's v1 path answers the same.
+    let (kserve_status, kserve) = post_json(port, "/v1/models/mlp:predict", &request);
     assert_eq!(kserve_status, 200, "{kserve}");
     assert_eq!(kserve["predictions"], response["predictions"]);
     let (status_other, _) = post_json(port, "/v1/models/mlp:explain", &json!({"instances": []}));
@@ -479,10 +502,12 @@ fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
         ("POST", "/v2/models/gpt/infer", vec![auth], json!({"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 2], "data": [1, 999999]}]}).to_string().into_bytes(), 400, "outside the vocabulary"),
         ("POST", "/v1/models/mlp/predict", vec![auth], json!({"rows": []}).to_string().into_bytes(), 400, "instances"),
         ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [42]}).to_string().into_bytes(), 400, "instances[0]"),
-        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": "old"}]}).to_string().into_bytes(), 400, "is not a number"),
-        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": 30}, {"age": 1e300}]}).to_string().into_bytes(), 400, "outside the range of 32-bit floats"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": "old"}], "impute_missing": true}).to_string().into_bytes(), 400, "is not a number"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": 30}, {"age": 1e300}], "impute_missing": true}).to_string().into_bytes(), 400, "outside the range of 32-bit floats"),
         ("POST", "/v2/models/mlp/infer", vec![auth], json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, width], "data": far_out}]}).to_string().into_bytes(), 400, "row 1"),
-        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": [1, 2]}]}).to_string().into_bytes(), 400, "instances[0].age"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": [1, 2]}], "impute_missing": true}).to_string().into_bytes(), 400, "instances[0].age"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"agee": 66}]}).to_string().into_bytes(), 400, "instances[0]: unknown field \"agee\" (did you mean \"age\"?)"),
+        ("POST", "/v1/models/mlp/predict", vec![auth], json!({"instances": [{"age": 66}]}).to_string().into_bytes(), 400, "missing field(s)"),
         ("POST", "/v1/models/mlp/generate", vec![auth], json!({"prompt": "x"}).to_string().into_bytes(), 400, "not a language model"),
         ("POST", "/v1/models/gpt/generate", vec![auth], json!({"prompt": "the", "max_new_tokens": 17}).to_string().into_bytes(), 400, "max_new_tokens"),
         ("POST", "/v1/models/gpt/generate", vec![auth], json!({"prompt": "the ".repeat(40)}).to_string().into_bytes(), 400, "context"),

@@ -36,6 +36,9 @@ pub enum Body {
     Network {
         /// Fitted preprocessing.
         preprocessor: Preprocessor,
+        /// Columns of the training data the model leaves out (`schema.json`'s ignored ones):
+        /// a request may send them, they are not misspellings.
+        ignored_columns: Vec<String>,
         /// Architecture.
         spec: ModelSpec,
         /// Queue to the worker thread that owns the weights.
@@ -123,7 +126,13 @@ impl ServedModel {
             let device = kiln_runtime::device_for(&config)?;
             let run = kiln_runtime::run::load(dir, &device)?;
             let width = run.preprocessor.num_outputs();
+            let ignored_columns = kiln_runtime::run::read_json::<kiln_data::Schema>(
+                &dir.join(kiln_runtime::run::files::SCHEMA),
+            )
+            .map(|schema| schema.ignored.into_iter().map(|(name, _)| name).collect())
+            .unwrap_or_default();
             Body::Network {
+                ignored_columns,
                 batcher: Batcher::spawn(
                     name,
                     run.model.folded_for_inference(),

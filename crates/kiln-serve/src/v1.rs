@@ -21,6 +21,70 @@ use crate::v2::RequestLimits;
 #[serde(deny_unknown_fields)]
 struct PredictRequest {
     instances: Vec<Value>,
+    /// Impute features an instance leaves out (otherwise a 400 names them).
+    #[serde(default)]
+    impute_missing: bool,
+}
+
+/// Checks each object instance against the model's columns: an unknown field is a 400 naming
+/// it (with the closest column); a feature left out is a 400 unless `impute_missing`. Returns,
+/// per instance, the features that will be imputed (left out, or given as `null`).
+fn check_fields(
+    preprocessor: &kiln_data::Preprocessor,
+    ignored_columns: &[String],
+    instances: &[Value],
+    impute_missing: bool,
+) -> Result<Vec<Vec<String>>, ApiError> {
+    let features: Vec<&str> = preprocessor.features.iter().map(|f| f.name()).collect();
+    let target = match &preprocessor.target {
+        TargetTransform::Classes { name, .. } | TargetTransform::Regression { name, .. } => name,
+    };
+    let known = |k: &str| {
+        features.contains(&k)
+            || Some(k) == preprocessor.id_column.as_deref()
+            || k == target
+            || ignored_columns.iter().any(|c| c == k)
+    };
+    let mut imputed = Vec::with_capacity(instances.len());
+    for (i, instance) in instances.iter().enumerate() {
+        let Value::Object(fields) = instance else {
+            imputed.push(Vec::new());
+            continue;
+        };
+        if let Some(unknown) = fields.keys().find(|k| !known(k)) {
+            let closest = features
+                .iter()
+                .map(|f| (strsim::jaro_winkler(unknown, f), *f))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .filter(|(score, _)| *score >= 0.8)
+                .map(|(_, f)| format!(" (did you mean \"{f}\"?)"))
+                .unwrap_or_default();
+            return Err(ApiError::bad_request(format!(
+                "instances[{i}]: unknown field \"{unknown}\"{closest}; the model's columns are {}",
+                features.join(", ")
+            )));
+        }
+        let missing: Vec<&str> = features
+            .iter()
+            .copied()
+            .filter(|f| !fields.contains_key(*f))
+            .collect();
+        if !missing.is_empty() && !impute_missing {
+            return Err(ApiError::bad_request(format!(
+                "instances[{i}]: missing field(s) {}; send them (null for a missing value) or \
+                 set \"impute_missing\": true to impute them as training did",
+                missing.join(", ")
+            )));
+        }
+        imputed.push(
+            features
+                .iter()
+                .filter(|f| fields.get(**f).is_none_or(Value::is_null))
+                .map(|f| f.to_string())
+                .collect(),
+        );
+    }
+    Ok(imputed)
 }
 
 /// `POST /v1/models/{name}/predict`: `{"instances": [{column: value, ...}, ...]}` (or strings
@@ -45,12 +109,13 @@ pub async fn predict(
             limits.max_rows
         )));
     }
-    let (preprocessor, batcher) = match &model.body {
+    let (preprocessor, ignored_columns, batcher) = match &model.body {
         Body::Network {
             preprocessor,
+            ignored_columns,
             batcher,
             ..
-        } => (preprocessor, batcher),
+        } => (preprocessor, ignored_columns, batcher),
         Body::Embedder { encoder, device } => {
             // A sentence encoder: instances are texts, predictions their embeddings.
             let texts = request
@@ -77,6 +142,12 @@ pub async fn predict(
             )));
         }
     };
+    let imputed = check_fields(
+        preprocessor,
+        ignored_columns,
+        &request.instances,
+        request.impute_missing,
+    )?;
     let table = records_table(preprocessor, &request.instances)?;
     let rows: Vec<usize> = (0..n).collect();
     let encoded = preprocessor
@@ -119,6 +190,11 @@ pub async fn predict(
             .map(|&v| json!({"prediction": preprocessor.denormalize(v)}))
             .collect(),
     };
+    for (p, fields) in predictions.iter_mut().zip(&imputed) {
+        if !fields.is_empty() {
+            p["imputed"] = json!(fields);
+        }
+    }
     if let Some(ids) = ids.filter(|_| ids_given) {
         for (p, id) in predictions.iter_mut().zip(ids) {
             p["id"] = json!(id);

@@ -517,8 +517,8 @@ async fn run(
     match &model.body {
         Body::Network {
             preprocessor,
-            spec: _,
             batcher,
+            ..
         } => {
             let mut encoded = empty_rows(preprocessor);
             encoded.rows = rows;
