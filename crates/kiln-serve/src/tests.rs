@@ -48,6 +48,7 @@ fn model(metrics: Arc<Metrics>) -> ServedModel {
         run_dir: "unused".into(),
         body: Body::Network {
             preprocessor,
+            ignored_columns: Vec::new(),
             spec,
             batcher: Batcher::spawn_with("m", forward, 2, settings, metrics),
         },
