@@ -10,11 +10,15 @@
 # Needs scripts/setup-data.sh (Fashion-MNIST) and scripts/setup-mpi.sh. Builds
 # `cargo build --release --features mpi` unless KILN= names a kiln built with it.
 # Usage: scripts/bench-scaling.sh   (ROUNDS=3 by default; W1_EPOCHS=1, W2_STEPS=50)
+# LAYOUTS="1x4 2x4 4x4 8x2" (processes x threads each; the default "1x2 2x1" fits this 2-core
+# box) runs other layouts, e.g. on a 16-core machine; efficiency is throughput per core used
+# against the first layout's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 w1_epochs=${W1_EPOCHS:-1}
 w2_steps=${W2_STEPS:-50}
+layouts=${LAYOUTS:-"1x2 2x1"}
 if [ -z "${KILN:-}" ]; then
   cargo build --release -p kiln-cli --features mpi >&2
   KILN=target/release/kiln
@@ -36,22 +40,25 @@ w2=(train --data corpus.txt --set model.type=gpt --set text.tokenizer=char
     --set trainer.lr=3e-4 --set trainer.weight_decay=0.1 --set trainer.log_every_steps=10
     --set trainer.eval_every_steps=100000 --set trainer.eval_batches=1 --set output.plots=false)
 run() { # WORKLOAD LAYOUT ROUND ARGS...
-  local name="$1-$2-$3"; shift 3
-  case "$name" in
-    *-1x2-*) (cd "$work" && RAYON_NUM_THREADS=2 "$kiln" "$@" --set "output.name=\"$name\"" --json) ;;
-    *-2x1-*) (cd "$work" && mpirun -np 2 --bind-to core -x RAYON_NUM_THREADS=1 "$kiln" "$@" \
-                --set "output.name=\"$name\"" --json) ;;
-  esac > "$work/$name.json" 2> "$work/$name.err" || { cat "$work/$name.err" >&2; exit 1; }
+  local name="$1-$2-$3" procs="${2%x*}" threads="${2#*x}"; shift 3
+  if [ "$procs" = 1 ]; then
+    (cd "$work" && RAYON_NUM_THREADS="$threads" "$kiln" "$@" --set "output.name=\"$name\"" --json)
+  else
+    local bind=none; [ "$threads" = 1 ] && bind=core
+    (cd "$work" && mpirun -np "$procs" --oversubscribe --bind-to "$bind" \
+        -x RAYON_NUM_THREADS="$threads" "$kiln" "$@" --set "output.name=\"$name\"" --json)
+  fi > "$work/$name.json" 2> "$work/$name.err" || { cat "$work/$name.err" >&2; exit 1; }
   echo "$name $work/runs/$name/metrics.jsonl $work/$name.json"
 }
 for round in $(seq "$rounds"); do
-  for layout in 1x2 2x1; do
+  for layout in $layouts; do
     run W1 "$layout" "$round" "${w1[@]}"
     run W2 "$layout" "$round" "${w2[@]}"
   done
 done > "$work/index"
-python3 - "$work/index" <<'PY'
+python3 - "$work/index" $layouts <<'PY'
 import json, statistics, sys
+layouts = sys.argv[2:]
 rows = {}
 for line in open(sys.argv[1]):
     name, metrics, summary = line.split()
@@ -67,26 +74,34 @@ for line in open(sys.argv[1]):
         ar.get("bytes_per_call", 0),
     ))
 unit = {"W1": "samples/s", "W2": "tokens/s"}
-print(f"{'workload':8} {'layout':22} {'throughput':>16} {'vs 1x2':>7} {'all-reduce':>11} {'per step':>9} {'bus GB/s':>9}")
+first = layouts[0]
+cores = lambda layout: int(layout.split("x")[0]) * int(layout.split("x")[1])
+print(f"{'workload':8} {'layout':26} {'throughput':>16} {'vs ' + first:>8} {'efficiency':>10} "
+      f"{'all-reduce':>11} {'per step':>9} {'bus GB/s':>9}")
 measured = {}
-for (workload, layout), vals in sorted(rows.items()):
-    rate = statistics.median(v[0] for v in vals)
-    share = statistics.median(v[1] for v in vals)
-    per_step = statistics.median(v[2] for v in vals)
-    size = vals[0][3]
-    base = statistics.median(v[0] for v in rows[(workload, "1x2")])
-    busbw = size / per_step * 2 * (2 - 1) / 2 / 1e9 if per_step > 0 else 0.0
-    measured[(workload, layout)] = (rate, per_step, size, busbw)
-    what = {"1x2": "1 process x 2 threads", "2x1": "2 processes x 1 thread"}[layout]
-    print(f"{workload:8} {what:22} {rate:10.1f} {unit[workload]:>5} {rate / base:6.2f}x "
-          f"{100 * share:9.1f}% {1e3 * per_step:7.2f}ms {busbw:9.2f}")
+for workload in ("W1", "W2"):
+    for layout in layouts:
+        vals = rows[(workload, layout)]
+        rate = statistics.median(v[0] for v in vals)
+        share = statistics.median(v[1] for v in vals)
+        per_step = statistics.median(v[2] for v in vals)
+        size = vals[0][3]
+        n = int(layout.split("x")[0])
+        base = statistics.median(v[0] for v in rows[(workload, first)])
+        busbw = size / per_step * 2 * (n - 1) / n / 1e9 if per_step > 0 else 0.0
+        measured[(workload, layout)] = (rate, per_step, size, busbw)
+        eff = (rate / cores(layout)) / (base / cores(first))
+        p, t = layout.split("x")
+        what = f"{p} process{'es' if p != '1' else ''} x {t} thread{'s' if t != '1' else ''}"
+        print(f"{workload:8} {what:26} {rate:10.1f} {unit[workload]:>5} {rate / base:7.2f}x "
+              f"{100 * eff:9.0f}% {100 * share:9.1f}% {1e3 * per_step:7.2f}ms {busbw:9.2f}")
 print(f"(medians of {len(next(iter(rows.values())))} rounds)")
 
 # Ring all-reduce model: T = 2(n-1)/n * S / B + 2(n-1) * alpha, S gradient bytes, B link
 # bandwidth, alpha per-message latency (5 us, a typical RDMA/TCP-offload figure; stated, not
 # measured).
-rate = measured[("W2", "1x2")][0]
-size_w2 = measured[("W2", "2x1")][2]
+rate = measured[("W2", first)][0] / cores(first) * 2  # per 2 cores, as this box
+size_w2 = max(measured[("W2", l)][2] for l in layouts)
 params_w2 = size_w2 / 4
 flops = 6 * params_w2 * rate  # training FLOP/s of this machine on W2 (6 per parameter per token)
 alpha = 5e-6
@@ -101,7 +116,7 @@ for label, size in [(f"W2 ({size_w2 / 1e6:.1f} MB)", size_w2), ("GPT-2 124M (498
 # parameter per token) while 2 * 4P / B <= (2/3) * 6 * P * T / F, i.e. B >= 2 F / T bytes/s,
 # whatever the model size P (T tokens per rank per step, F the rank's FLOP/s).
 print()
-print(f"this machine trains W2 at {flops / 1e9:.0f} GFLOP/s (6 x {params_w2 / 1e6:.2f} M parameters x {rate:.0f} tokens/s)")
+print(f"this machine trains W2 at {flops / 1e9:.0f} GFLOP/s per 2 cores (6 x {params_w2 / 1e6:.2f} M parameters x {rate:.0f} tokens/s)")
 for label, f, tokens in [("this machine, W2's batch (16 x 128 tokens)", flops, 16 * 128),
                          ("a GPU at 160 TFLOP/s, 16 x 1024 tokens", 160e12, 16 * 1024)]:
     need = 2 * f / tokens
