@@ -32,6 +32,24 @@ pub enum Evaluation {
     },
 }
 
+/// The metric names [`Evaluation::metric`] answers for a task (`classes`: 2 adds the
+/// positive class's `f1`, `precision`, `recall`), i.e. what `trainer.monitor` may name.
+pub fn metric_names(task: Task, classes: usize) -> &'static [&'static str] {
+    match (task, classes) {
+        (Task::Classification, 2) => &[
+            "loss",
+            "accuracy",
+            "f1_macro",
+            "roc_auc",
+            "f1",
+            "precision",
+            "recall",
+        ],
+        (Task::Classification, _) => &["loss", "accuracy", "f1_macro", "roc_auc"],
+        (Task::Regression, _) => &["loss", "rmse", "mae", "r2"],
+    }
+}
+
 impl Evaluation {
     /// The loss.
     pub fn loss(&self) -> f64 {
@@ -182,4 +200,29 @@ pub fn evaluate_sharded(
 ) -> Result<Evaluation, TrainError> {
     let predictions = predict_sharded(model, data, preprocessor, device, sync)?;
     score(data, &predictions, preprocessor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_metric_name_is_answered() {
+        for classes in [2usize, 3] {
+            let y: Vec<usize> = (0..6).map(|i| i % classes).collect();
+            let probs: Vec<f32> = (0..6 * classes)
+                .map(|i| if i % (classes + 1) == 0 { 0.8 } else { 0.2 })
+                .collect();
+            let metrics = ClassificationMetrics::compute(&y, &probs, classes).unwrap();
+            let e = Evaluation::Classification { loss: 0.5, metrics };
+            for name in metric_names(Task::Classification, classes) {
+                assert!(e.metric(name).is_some(), "{name} with {classes} classes");
+            }
+        }
+        let metrics = RegressionMetrics::compute(&[1.0, 2.0, 3.0], &[1.1, 2.2, 2.9]).unwrap();
+        let e = Evaluation::Regression { loss: 0.1, metrics };
+        for name in metric_names(Task::Regression, 0) {
+            assert!(e.metric(name).is_some(), "{name}");
+        }
+    }
 }

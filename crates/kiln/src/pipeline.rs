@@ -63,20 +63,8 @@ pub(crate) fn with_setup_hint(path: &str, error: KilnError) -> KilnError {
 /// directory exists, not at the end of the first epoch).
 fn check_monitor(config: &Config, preprocessor: &Preprocessor) -> Result<()> {
     let monitor = config.trainer.monitor.as_str();
-    let classes = preprocessor.classes().map(<[String]>::len);
-    let defined: &[&str] = match (preprocessor.task, classes) {
-        (Task::Classification, Some(2)) => &[
-            "loss",
-            "accuracy",
-            "f1_macro",
-            "roc_auc",
-            "f1",
-            "precision",
-            "recall",
-        ],
-        (Task::Classification, _) => &["loss", "accuracy", "f1_macro", "roc_auc"],
-        (Task::Regression, _) => &["loss", "rmse", "mae", "r2"],
-    };
+    let classes = preprocessor.classes().map_or(0, <[String]>::len);
+    let defined = kiln_train::evaluate::metric_names(preprocessor.task, classes);
     if defined.contains(&monitor) {
         return Ok(());
     }
