@@ -45,10 +45,12 @@ fn two_gigabyte_token_file_trains_in_constant_memory() {
             (((state >> 33) % vocab as u64) as u16).to_le_bytes()
         })
         .collect();
+    let need = "this test writes a 2.2 GB file under the temporary directory ($TMPDIR)";
     for _ in 0..1100 {
-        f.write_all(&chunk).unwrap();
+        f.write_all(&chunk)
+            .unwrap_or_else(|e| panic!("{e}: {need}"));
     }
-    f.flush().unwrap();
+    f.flush().unwrap_or_else(|e| panic!("{e}: {need}"));
     drop(f);
     let size = std::fs::metadata(dir.path().join("tokens/train.bin"))
         .unwrap()
