@@ -201,8 +201,9 @@ struct TrainArgs {
     /// Override any config key, e.g. --set trainer.lr=0.01 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// Continue the run in this directory (or from this checkpoint) with its saved config.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "target", "overrides", "device", "pretrained"])]
+    /// Continue the run in this directory (or from this checkpoint) with its saved config;
+    /// `--set trainer.epochs=N` (or `max_steps`, `early_stopping_patience`) extends it.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "target", "device", "pretrained"])]
     resume: Option<PathBuf>,
     /// Print one JSON object at the end instead of the text summary.
     #[arg(long)]
@@ -300,6 +301,12 @@ fn load_config(args: &TrainArgs) -> Result<Config> {
     }
 }
 
+/// The run `--resume` names, with the `--set` changes it may take.
+fn resume(args: &TrainArgs) -> Option<kiln::Resume> {
+    let path = args.resume.as_ref()?;
+    Some(kiln::Resume::new(path).with_overrides(args.overrides.clone()))
+}
+
 fn toml_string(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
@@ -332,7 +339,7 @@ fn train_lm(args: &TrainArgs, config: Option<Config>, world: &World) -> Result<(
     let mut observer = progress::Bars::new(args.quiet || args.json || !world.is_leader());
     let s = kiln::train_lm_run_in(
         &config.unwrap_or_default(),
-        args.resume.as_deref(),
+        resume(args).as_ref(),
         &mut observer,
         world,
     )?;
@@ -714,7 +721,12 @@ fn train_in(args: TrainArgs, world: &World) -> Result<()> {
     }
     let mut observer = progress::Bars::new(args.quiet || args.json || !world.is_leader());
     let summary = match &args.resume {
-        Some(run) => kiln::train_run_in(&Config::default(), Some(run), &mut observer, world)?,
+        Some(_) => kiln::train_run_in(
+            &Config::default(),
+            resume(&args).as_ref(),
+            &mut observer,
+            world,
+        )?,
         None => {
             let config = config.expect("loaded above");
             kiln::train_run_in(&config, None, &mut observer, world)?

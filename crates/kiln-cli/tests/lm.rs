@@ -274,6 +274,26 @@ fn bpe_gpt_resumes_bit_identically() {
     let a = std::fs::read(dir.path().join("runs/full/model.safetensors")).unwrap();
     let b = std::fs::read(dir.path().join("runs/part/model.safetensors")).unwrap();
     assert!(a == b, "resumed language model differs");
+    // A finished language model trains on with a larger max_steps, and only then.
+    let part = dir.path().join("runs/part");
+    let err = kiln_err(dir.path(), &["train", "--resume", part.to_str().unwrap()]);
+    assert!(
+        err.contains("has finished (60 of 60 steps") && err.contains("trainer.max_steps=N"),
+        "{err}"
+    );
+    let out = kiln_json(
+        dir.path(),
+        &[
+            "train",
+            "--resume",
+            part.to_str().unwrap(),
+            "--set",
+            "trainer.max_steps=70",
+            "--json",
+        ],
+    );
+    assert_eq!(out["resumed_from"], 60);
+    assert_eq!(out["steps"], 70);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Checkpoints: a run killed with SIGKILL mid-epoch and resumed ends with weights
-//! bit-identical to an uninterrupted run; damaged checkpoints give clear errors.
+//! bit-identical to an uninterrupted run; a finished run extended to more epochs equals one
+//! asked for them from the start; damaged checkpoints give clear errors.
 
 mod common;
 
@@ -165,4 +166,79 @@ fn foreign_directory_is_not_a_checkpoint() {
         ],
     );
     assert!(err.contains("not a kiln checkpoint"), "{err}");
+}
+
+#[test]
+fn a_finished_run_extended_equals_one_asked_for_the_epochs_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CONFIG
+        .replace("epochs = 25", "epochs = 3")
+        .replace("schedule = \"cosine\"", "schedule = \"constant\"");
+    std::fs::write(dir.path().join("run.toml"), config).unwrap();
+    let train = |name: &str, epochs: &str| {
+        kiln_ok(
+            dir.path(),
+            &[
+                "train",
+                "run.toml",
+                "--quiet",
+                "--set",
+                &format!("output.name={name}"),
+                "--set",
+                &format!("trainer.epochs={epochs}"),
+            ],
+        )
+    };
+    train("five", "5");
+    train("three", "3");
+    let run = dir.path().join("runs/three");
+    let run_arg = run.to_str().unwrap();
+    // Finished: a plain resume has nothing to do and says how to extend.
+    let err = kiln_err(dir.path(), &["train", "--resume", run_arg]);
+    assert!(
+        err.contains("has finished (3 of 3 epochs")
+            && err.contains("--set trainer.epochs=N (N > 3)"),
+        "{err}"
+    );
+    // Only the length of the run may change, and only upwards.
+    let err = kiln_err(
+        dir.path(),
+        &["train", "--resume", run_arg, "--set", "trainer.lr=0.1"],
+    );
+    assert!(
+        err.contains("only `trainer.epochs`, `trainer.max_steps`, `trainer.early_stopping_patience` may change"),
+        "{err}"
+    );
+    let err = kiln_err(
+        dir.path(),
+        &["train", "--resume", run_arg, "--set", "trainer.epochs=2"],
+    );
+    assert!(
+        err.contains("trainer.epochs = 2 is below the 3 epochs"),
+        "{err}"
+    );
+    let out = kiln_json(
+        dir.path(),
+        &[
+            "train",
+            "--resume",
+            run_arg,
+            "--set",
+            "trainer.epochs=5",
+            "--json",
+        ],
+    );
+    assert_eq!(out["epochs_run"], 5);
+    assert_eq!(out["resumed_from"], 120);
+    let five = std::fs::read(dir.path().join("runs/five/model.safetensors")).unwrap();
+    let extended = std::fs::read(run.join("model.safetensors")).unwrap();
+    assert!(
+        five == extended,
+        "the extended run differs from a 5-epoch run"
+    );
+    // The new length is the run's from now on.
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("epochs = 5"), "{saved}");
+    let err = kiln_err(dir.path(), &["train", "--resume", run_arg]);
+    assert!(err.contains("has finished (5 of 5 epochs"), "{err}");
 }

@@ -446,3 +446,165 @@ fn without_a_terminal_training_logs_one_line_per_epoch() {
     );
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("INFO epoch"));
 }
+
+/// Passengers with a shuffled integer `PassengerId`, a few features and noisy labels that a
+/// default MLP overfits within 30 epochs.
+fn passengers_csv(rows: usize, with_target: bool, with_id: bool) -> String {
+    let mut state = 5u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let mut out = String::new();
+    let mut header = vec!["PassengerId", "age", "fare", "sex"];
+    if with_target {
+        header.push("survived");
+    }
+    let header = if with_id { &header[..] } else { &header[1..] };
+    out.push_str(&header.join(","));
+    out.push('\n');
+    for i in 0..rows {
+        let age = (1.0 + 79.0 * next()) as u32;
+        let fare = 100.0 * next();
+        let female = next() < 0.5;
+        let survived = female ^ (next() < 0.25);
+        let mut fields = vec![
+            format!("{}", 1 + (i * 7919) % rows),
+            age.to_string(),
+            format!("{fare:.2}"),
+            if female { "f" } else { "m" }.to_string(),
+        ];
+        if with_target {
+            fields.push((survived as u8).to_string());
+        }
+        let fields = if with_id { &fields[..] } else { &fields[1..] };
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn zero_config_keeps_the_id_out_and_the_best_epoch_in() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("train.csv"),
+        passengers_csv(300, true, true),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("new.csv"), passengers_csv(20, false, true)).unwrap();
+    std::fs::write(
+        dir.path().join("no_id.csv"),
+        passengers_csv(20, false, false),
+    )
+    .unwrap();
+    let train = ["train", "--data", "train.csv", "--target", "survived"];
+    let out = kiln_ok(dir.path(), &train);
+    assert!(
+        out.contains(
+            "ignored column \"PassengerId\": taken as the id column (300 distinct integers"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("stopped early"), "{out}");
+    let run = out
+        .lines()
+        .find_map(|l| l.strip_prefix("run directory: "))
+        .unwrap()
+        .to_string();
+    let run_dir = dir.path().join(&run);
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("schema.json")).unwrap())
+            .unwrap();
+    assert_eq!(schema["id_column"], "PassengerId");
+    assert!(
+        schema["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["name"] != "PassengerId")
+    );
+    // The kept epoch is the one with the lowest validation loss, not the last.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap())
+            .unwrap();
+    let losses: Vec<f64> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|m| m["kind"] == "epoch")
+        .map(|m| m["validation"]["loss"].as_f64().unwrap())
+        .collect();
+    let best = (0..losses.len())
+        .min_by(|&a, &b| losses[a].total_cmp(&losses[b]))
+        .unwrap();
+    assert_eq!(
+        report["best_epoch"].as_u64(),
+        Some(best as u64),
+        "{losses:?}"
+    );
+    assert!(best + 1 < losses.len() && losses.len() < 30, "{losses:?}");
+    let kept_loss = report["validation"]["loss"].as_f64().unwrap();
+    assert!(
+        (kept_loss - losses[best]).abs() < 1e-4,
+        "{kept_loss} vs {losses:?}"
+    );
+    assert!(
+        out.contains(&format!(
+            "kept: the weights of epoch {} (best validation loss)",
+            best + 1
+        )),
+        "{out}"
+    );
+    // An early-stopped run stays stopped on resume, unless the patience grows.
+    let err = kiln_err(dir.path(), &["train", "--resume", &run]);
+    assert!(err.contains("early stopping ended it after epoch"), "{err}");
+    // Predictions start with the id; data without the id column gets predictions alone.
+    kiln_ok(
+        dir.path(),
+        &["predict", &run, "--data", "new.csv", "--out", "p.csv"],
+    );
+    let p = std::fs::read_to_string(dir.path().join("p.csv")).unwrap();
+    assert!(p.starts_with("PassengerId,survived\n1,"), "{p}");
+    kiln_ok(
+        dir.path(),
+        &["predict", &run, "--data", "no_id.csv", "--out", "q.csv"],
+    );
+    let q = std::fs::read_to_string(dir.path().join("q.csv")).unwrap();
+    assert!(
+        q.starts_with("survived\n") && q.lines().count() == 21,
+        "{q}"
+    );
+    // Both defaults can be turned off.
+    let out = kiln_json(
+        dir.path(),
+        &[
+            &train[..],
+            &[
+                "--set",
+                "data.detect_id=false",
+                "--set",
+                "trainer.early_stopping_patience=0",
+                "--set",
+                "trainer.keep_best=false",
+                "--json",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(out["epochs_run"], 30);
+    assert_eq!(out["stopped_early"], false);
+    assert_eq!(out["best_epoch"], 29);
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.path()
+                .join(out["run_dir"].as_str().unwrap())
+                .join("schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(schema["id_column"].is_null());
+}

@@ -172,9 +172,29 @@ fn fine_tuning_defaults(table: &mut toml::Table) -> bool {
     true
 }
 
-/// Builds a config from overrides alone (the zero-config path), then validates it.
+/// What training without a config file does beyond a config file's defaults: stop after
+/// five epochs without a better validation value of `trainer.monitor` and keep the best
+/// epoch's weights (Ludwig's `early_stop`, HF's `load_best_model_at_end`). `--set` changes
+/// either.
+pub const ZERO_CONFIG_DEFAULTS: [(&str, &str); 2] = [
+    ("trainer.early_stopping_patience", "5"),
+    ("trainer.keep_best", "true"),
+];
+
+/// Builds a config from overrides alone (the zero-config path, with
+/// [`ZERO_CONFIG_DEFAULTS`] under them), then validates it.
 pub fn from_overrides(overrides: &[String]) -> Result<Config, ConfigError> {
-    from_str("", "command line", overrides)
+    let all: Vec<String> = ZERO_CONFIG_DEFAULTS
+        .iter()
+        .filter(|(key, _)| {
+            !overrides
+                .iter()
+                .any(|o| o.trim_start().starts_with(&format!("{key}=")))
+        })
+        .map(|(key, value)| format!("{key}={value}"))
+        .chain(overrides.iter().cloned())
+        .collect();
+    from_str("", "command line", &all)
 }
 
 /// Applies `a.b.c=value` to a TOML table. The value is read as TOML (`0.01`, `true`,

@@ -72,6 +72,10 @@ pub struct DataConfig {
     pub task: Option<Task>,
     /// A column carried through to predictions (a submission's id), not used as a feature.
     pub id_column: Option<String>,
+    /// With `id_column` unset, take an id-like column as the id: every value present and
+    /// distinct, and either strings, or integers named like an id (`id`, `user_id`,
+    /// `PassengerId`, `rownames`, `index`) or numbering the rows.
+    pub detect_id: bool,
     /// CSV delimiter; sniffed from the header line when absent.
     pub delimiter: Option<char>,
     /// Remove exact duplicate rows before splitting (the count is reported).
@@ -99,6 +103,7 @@ impl Default for DataConfig {
             target: None,
             task: None,
             id_column: None,
+            detect_id: true,
             delimiter: None,
             drop_duplicates: false,
             missing_numeric: MissingStrategy::Mean,

@@ -163,6 +163,84 @@ fn looks_like_prose(values: &[&str]) -> bool {
     chars >= 24.0 || words >= 4.0
 }
 
+/// Whether a column name reads as an identifier: `id`, `ID`, `user_id`, `PassengerId`,
+/// `customer-id`, `rownames`, `index`, `Unnamed: 0` (pandas' written index).
+fn id_like_name(name: &str) -> bool {
+    let lower = name.trim().to_lowercase();
+    if matches!(
+        lower.as_str(),
+        "id" | "rownames" | "row_names" | "rowname" | "index" | "row" | "row_id" | "unnamed: 0"
+    ) || lower.is_empty()
+    {
+        return true;
+    }
+    ["_id", "-id", " id", ".id"]
+        .iter()
+        .any(|suffix| lower.ends_with(suffix))
+        || (name.ends_with("Id") || name.ends_with("ID"))
+            && name.len() > 2
+            && name[..name.len() - 2]
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_ascii_lowercase())
+}
+
+/// Why `column` is taken for an id column, when it is one: every value present and distinct,
+/// and either strings without spaces (at least 20 rows, or an id-like name), or integers
+/// with an id-like name or numbering the rows (a shuffled `a..a+n` range, at least 20 rows).
+fn id_like(name: &str, column: &Column) -> Option<String> {
+    let rows = column.len();
+    if rows < 2 {
+        return None;
+    }
+    let named = id_like_name(name);
+    let integers: Option<Vec<i64>> = match column {
+        Column::Number(values) => values
+            .iter()
+            .map(|v| {
+                v.filter(|v| v.fract() == 0.0 && v.abs() < 9e15)
+                    .map(|v| v as i64)
+            })
+            .collect(),
+        Column::Text(values) => {
+            let present: Option<Vec<&str>> = values.iter().map(|v| v.as_deref()).collect();
+            let present = present?;
+            let parsed: Option<Vec<i64>> = present.iter().map(|s| s.trim().parse().ok()).collect();
+            if parsed.is_none() {
+                if present.iter().any(|s| looks_numeric(s).is_some()) {
+                    return None;
+                }
+                let distinct: HashSet<&str> = present.iter().copied().collect();
+                let all_distinct = distinct.len() == rows;
+                let words = present
+                    .iter()
+                    .any(|s| s.trim().contains(char::is_whitespace));
+                return (all_distinct && (named || rows >= 20 && !words))
+                    .then(|| format!("{rows} distinct strings, one per row"));
+            }
+            parsed
+        }
+        Column::Image { .. } => None,
+    };
+    let integers = integers?;
+    let distinct: HashSet<i64> = integers.iter().copied().collect();
+    if distinct.len() != rows {
+        return None;
+    }
+    let (min, max) = (distinct.iter().min()?, distinct.iter().max()?);
+    let numbering = rows >= 20 && (max - min) as usize == rows - 1;
+    (named || numbering).then(|| {
+        format!(
+            "{rows} distinct integers, one per row{}",
+            if numbering && !named {
+                format!(" ({min}..={max}, the rows' numbers)")
+            } else {
+                String::new()
+            }
+        )
+    })
+}
+
 fn infer_task(column: &Column) -> Task {
     let values: Vec<f64> = match column {
         Column::Number(v) => v.iter().flatten().copied().collect(),
@@ -234,11 +312,26 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
     for f in &config.features {
         table.column(&f.name, "features")?;
     }
-    let mut features = Vec::new();
     let mut ignored = Vec::new();
+    let id_column = match &data.id_column {
+        Some(id) => Some(id.clone()),
+        None if data.detect_id => detect_id_column(table, config, &target),
+        None => None,
+    };
+    if let Some(id) = id_column.as_ref().filter(|_| data.id_column.is_none()) {
+        let column = table.column(id, "id_column")?;
+        let reason = id_like(id, column).unwrap_or_default();
+        ignored.push((
+            id.clone(),
+            format!(
+                "taken as the id column ({reason}): not a feature, written first by predict; data.detect_id = false makes it a feature"
+            ),
+        ));
+    }
+    let mut features = Vec::new();
     for (name, column) in table.names.iter().zip(&table.columns) {
         if *name == target
-            || Some(name.as_str()) == data.id_column.as_deref()
+            || Some(name) == id_column.as_ref()
             || Some(name.as_str()) == split_column
         {
             continue;
@@ -359,10 +452,32 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
     Ok(Schema {
         target,
         task,
-        id_column: data.id_column.clone(),
+        id_column,
         features,
         ignored,
     })
+}
+
+/// The id-like column of `table` ([`id_like`]), preferring an id-like name; columns the
+/// config names (target, split, `[[features]]`) are never taken.
+fn detect_id_column(table: &Table, config: &Config, target: &str) -> Option<String> {
+    let taken = |name: &str| {
+        name == target
+            || Some(name) == config.data.split.column.as_deref()
+            || config.features.iter().any(|f| f.name == name)
+    };
+    let candidates: Vec<&String> = table
+        .names
+        .iter()
+        .zip(&table.columns)
+        .filter(|(name, column)| !taken(name) && id_like(name, column).is_some())
+        .map(|(name, _)| name)
+        .collect();
+    candidates
+        .iter()
+        .find(|name| id_like_name(name))
+        .or(candidates.first())
+        .map(|name| name.to_string())
 }
 
 /// Finds rows whose numeric features or target hold values that are not finite numbers.

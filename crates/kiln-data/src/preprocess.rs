@@ -1020,10 +1020,12 @@ impl Preprocessor {
             .iter()
             .map(|f| table.column(f.name(), "feature"))
             .collect::<Result<_>>()?;
-        let id_col = match &self.id_column {
-            Some(id) => Some(table.column(id, "id_column")?),
-            None => None,
-        };
+        // Data without the id column (new rows to score) gets predictions without ids.
+        let id_col = self
+            .id_column
+            .as_ref()
+            .and_then(|id| table.column_index(id))
+            .map(|i| &table.columns[i]);
         let tokenizers: Vec<Option<TextTokenizer>> = self
             .features
             .iter()

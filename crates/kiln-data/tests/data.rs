@@ -254,7 +254,10 @@ fn reviews(rows: usize) -> String {
 #[test]
 fn free_text_is_inferred_for_a_transformer_and_left_out_otherwise() {
     let t = csv_table(&reviews(40));
-    let tabular = infer_schema(&t, &config("label")).unwrap();
+    // Without the review, only the numeric id is left: keep it a feature here.
+    let mut c = config("label");
+    c.data.detect_id = false;
+    let tabular = infer_schema(&t, &c).unwrap();
     assert!(tabular.features.iter().all(|f| f.name != "review"));
     let reason = &tabular
         .ignored
@@ -434,4 +437,78 @@ fn validate_names_the_feature_with_an_unusable_statistic() {
     json["target"]["classes"] = serde_json::json!(["a"]);
     let pre: Preprocessor = serde_json::from_value(json).unwrap();
     assert!(pre.validate().unwrap_err().to_string().contains("class"));
+}
+
+#[test]
+fn id_like_columns_are_detected_and_kept_out_of_the_features() {
+    let row = |i: usize| format!("{},{},{}", 20 + (i * 7) % 13, ["a", "b", "c"][i % 3], i % 2);
+    let with = |header: &str, id: &dyn Fn(usize) -> String, rows: usize| {
+        let mut text = format!("{header},age,city,label\n");
+        for i in 0..rows {
+            text.push_str(&format!("{},{}\n", id(i), row(i)));
+        }
+        infer_schema(&csv_table(&text), &config("label")).unwrap()
+    };
+    // Distinct integers named like an id; a shuffled row numbering under any name; distinct
+    // strings without spaces.
+    for (header, id, rows) in [
+        (
+            "PassengerId",
+            &(|i: usize| format!("{}", 1000 + i * 3)) as &dyn Fn(usize) -> String,
+            5,
+        ),
+        ("user_id", &|i: usize| format!("{}", 7 * i), 5),
+        ("rownames", &|i: usize| format!("{}", i + 1), 5),
+        ("n", &|i: usize| format!("{}", (i * 7) % 30), 30),
+        ("ticket", &|i: usize| format!("T-{i:04}"), 30),
+    ] {
+        let s = with(header, id, rows);
+        assert_eq!(s.id_column.as_deref(), Some(header), "{header}");
+        assert!(s.features.iter().all(|f| f.name != header), "{header}");
+        let why = &s.ignored.iter().find(|(n, _)| n == header).unwrap().1;
+        assert!(
+            why.contains("id column") && why.contains("detect_id"),
+            "{why}"
+        );
+    }
+    // Not ids: repeated values, a numbered column with gaps under a plain name, a missing
+    // value, multi-word strings, and any column when detection is off.
+    for (header, id, rows) in [
+        (
+            "PassengerId",
+            &(|i: usize| format!("{}", i % 4)) as &dyn Fn(usize) -> String,
+            30,
+        ),
+        ("n", &|i: usize| format!("{}", i * 2), 30),
+        (
+            "user_id",
+            &|i: usize| {
+                if i == 3 {
+                    String::new()
+                } else {
+                    format!("{i}")
+                }
+            },
+            30,
+        ),
+        ("note", &|i: usize| format!("\"seen on day {i}\""), 30),
+    ] {
+        let s = with(header, id, rows);
+        assert_eq!(s.id_column, None, "{header}");
+    }
+    let mut text = String::from("id,age,label\n");
+    for i in 0..30 {
+        text.push_str(&format!("{i},{},{}\n", 20 + i % 7, i % 2));
+    }
+    let mut c = config("label");
+    c.data.detect_id = false;
+    let s = infer_schema(&csv_table(&text), &c).unwrap();
+    assert_eq!(s.id_column, None);
+    assert!(s.features.iter().any(|f| f.name == "id"));
+    // A configured id column wins over a detected one.
+    c.data.detect_id = true;
+    c.data.id_column = Some("age".into());
+    let s = infer_schema(&csv_table(&text), &c).unwrap();
+    assert_eq!(s.id_column.as_deref(), Some("age"));
+    assert!(s.features.iter().any(|f| f.name == "id"));
 }

@@ -127,7 +127,46 @@ pub struct LoadedCheckpoint {
     pub files: BTreeMap<String, Vec<u8>>,
 }
 
+/// How far the run a checkpoint belongs to had got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Whole epochs done (tabular runs; 0 for language models).
+    pub epochs: usize,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Epochs since the best validation value (what early stopping counts).
+    pub epochs_without_improvement: usize,
+}
+
 impl LoadedCheckpoint {
+    /// The progress recorded in the checkpoint's `trainer_state.json` (either trainer's).
+    pub fn progress(&self) -> Result<Progress, TrainError> {
+        #[derive(Deserialize)]
+        struct State {
+            #[serde(default)]
+            epoch: usize,
+            #[serde(default, alias = "step")]
+            global_step: u64,
+            #[serde(default)]
+            bad_epochs: usize,
+        }
+        let state: State =
+            serde_json::from_slice(self.file("trainer_state.json")?).map_err(|e| {
+                TrainError::checkpoint(
+                    &self.dir,
+                    CheckpointError::Contents {
+                        file: "trainer_state.json".into(),
+                        detail: e.to_string(),
+                    },
+                )
+            })?;
+        Ok(Progress {
+            epochs: state.epoch,
+            steps: state.global_step,
+            epochs_without_improvement: state.bad_epochs,
+        })
+    }
+
     /// The contents of `name`, or an error naming the checkpoint.
     pub fn file(&self, name: &str) -> Result<&[u8], TrainError> {
         self.files.get(name).map(Vec::as_slice).ok_or_else(|| {

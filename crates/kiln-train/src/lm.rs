@@ -227,6 +227,8 @@ pub fn train_lm(
             if leader {
                 truncate_metrics(&metrics_path, state.step)?;
             }
+            let mut state = state;
+            state.schedule.set_total_steps(t.max_steps as u64);
             (model, optimizer, state, Some(ck.step))
         }
     };

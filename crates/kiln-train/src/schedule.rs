@@ -55,6 +55,13 @@ impl LrSchedule {
         }
     }
 
+    /// Stretches the schedule over `total_steps` (a resumed run extended to more epochs or
+    /// steps; the Hugging Face Trainer rebuilds its scheduler likewise). The plateau state
+    /// is kept.
+    pub fn set_total_steps(&mut self, total_steps: u64) {
+        self.total_steps = total_steps.max(1);
+    }
+
     /// Learning rate for optimizer step `step` (0-based) in epoch `epoch` (0-based).
     pub fn lr(&self, step: u64, epoch: usize) -> f64 {
         let lr = match self.kind {

@@ -441,6 +441,8 @@ pub fn train(
             if leader {
                 truncate_metrics(&metrics_path, state.global_step)?;
             }
+            let mut state = state;
+            state.schedule.set_total_steps(total_steps);
             (model, optimizer, state, best, Some(ckpt.step))
         }
     };
@@ -494,12 +496,14 @@ pub fn train(
 
     let text_lengths = (train.seq_len > 0 && t.group_by_length).then(|| train.text_lengths());
     let weights = class_weights(t.class_weights, target, setup.preprocessor.num_outputs());
-    let mut stopped_early = false;
+    // A run that early stopping ended stays ended, unless resumed with a larger patience.
+    let mut stopped_early =
+        t.early_stopping_patience > 0 && state.bad_epochs >= t.early_stopping_patience;
     let mut last_validation = None;
     let mut final_train_loss = f64::NAN;
     let mut epochs_run = state.epoch;
     let mut window = (Instant::now(), 0usize);
-    while state.epoch < t.epochs {
+    while !stopped_early && state.epoch < t.epochs {
         let epoch = state.epoch;
         let epoch_started = Instant::now();
         let mut order: Vec<usize> = (0..train.rows).collect();

@@ -15,6 +15,7 @@ mod lm;
 pub mod memory;
 mod pipeline;
 mod report;
+mod resume;
 mod run_info;
 
 pub use distill::DistillSummary;
@@ -29,6 +30,7 @@ pub use pipeline::{
     load_table, predict_run, prepare, train_run, train_run_in,
 };
 pub use report::format_evaluation;
+pub use resume::{RESUME_KEYS, Resume};
 pub use run_info::{Machine, RunInfo};
 
 pub use kiln_config as config;

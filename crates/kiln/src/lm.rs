@@ -8,7 +8,6 @@ use kiln_config::Config;
 use kiln_models::{Gpt, GptConfig, SamplingConfig};
 use kiln_runtime::run::{self, files};
 use kiln_text::{TextTokenizer, TokenFile, TokenFileMeta, TokenizerKind};
-use kiln_train::checkpoint::read_latest;
 use kiln_train::lm::{LmEval, train_lm};
 use kiln_train::{DataParallel, Observer, World};
 use serde::Serialize;
@@ -17,6 +16,7 @@ use crate::distributed::{
     Scratch, check_batch_splits, check_model_and_data, check_program, checkpoint_facts,
 };
 use crate::pipeline::device_for;
+use crate::resume::Resume;
 use crate::{KilnError, Result};
 
 pub use kiln_runtime::lm::{Generation, generate_text, load_lm};
@@ -111,7 +111,7 @@ pub fn peak_rss_mib() -> Option<u64> {
 /// Trains a GPT as configured into a new run directory, or resumes one.
 pub fn train_lm_run(
     config: &Config,
-    resume: Option<&Path>,
+    resume: Option<&Resume>,
     observer: &mut dyn Observer,
 ) -> Result<LmSummary> {
     let summary = train_lm_run_in(config, resume, observer, &World::single())?;
@@ -124,7 +124,7 @@ pub fn train_lm_run(
 /// returns the summary (`None` on the other ranks).
 pub fn train_lm_run_in(
     config: &Config,
-    resume: Option<&Path>,
+    resume: Option<&Resume>,
     observer: &mut dyn Observer,
     world: &World,
 ) -> Result<Option<LmSummary>> {
@@ -146,20 +146,9 @@ pub fn train_lm_run_in(
     // A new run that fails is removed, or marked when it has a checkpoint.
     let mut unfinished = None;
     let (config, run_dir, checkpoint) = match resume {
-        Some(path) => {
-            crate::pipeline::check_resume_path(path)?;
-            let ck = read_latest(path)?;
-            let run_dir = ck
-                .dir
-                .parent()
-                .and_then(Path::parent)
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| path.to_path_buf());
-            (
-                kiln_config::load(&run_dir.join(files::CONFIG), &[])?,
-                run_dir,
-                Some(ck),
-            )
+        Some(resume) => {
+            let r = crate::resume::open(resume, world)?;
+            (r.config, r.run_dir, Some(r.checkpoint))
         }
         None => {
             let name = config

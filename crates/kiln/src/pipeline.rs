@@ -10,7 +10,7 @@ use kiln_models::{ModelSpec, PretrainedEncoderSpec};
 use kiln_runtime::inference::{Predictions, non_finite_output, predict};
 use kiln_runtime::pretrained::PretrainedEncoder;
 use kiln_runtime::run::{self, files};
-use kiln_train::checkpoint::{LoadedCheckpoint, read_latest};
+use kiln_train::checkpoint::LoadedCheckpoint;
 use kiln_train::evaluate::{Evaluation, predict_sharded, score};
 use kiln_train::{DataParallel, Observer, TrainOutcome, TrainSetup, World};
 use serde::Serialize;
@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::distributed::{
     Scratch, check_batch_splits, check_model_and_data, check_program, checkpoint_facts,
 };
+use crate::resume::Resume;
 use crate::{KilnError, Result};
 
 /// The compute device a config asks for.
@@ -109,16 +110,6 @@ impl Drop for Unfinished {
 }
 
 /// A `--resume` path that does not exist is no run at all.
-pub(crate) fn check_resume_path(path: &Path) -> Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    Err(KilnError::Invalid(format!(
-        "--resume {}: there is no such run (no file or directory at that path)",
-        path.display()
-    )))
-}
-
 /// Data after cleaning, splitting and preprocessing.
 pub struct PreparedData {
     /// The training source after cleaning.
@@ -375,7 +366,7 @@ fn utc_timestamp() -> String {
 /// directory or one of its checkpoints) with the config saved there.
 pub fn train_run(
     config: &Config,
-    resume: Option<&Path>,
+    resume: Option<&Resume>,
     observer: &mut dyn Observer,
 ) -> Result<RunSummary> {
     let summary = train_run_in(config, resume, observer, &World::single())?;
@@ -387,7 +378,7 @@ pub fn train_run(
 /// (`None` on the other ranks).
 pub fn train_run_in(
     config: &Config,
-    resume: Option<&Path>,
+    resume: Option<&Resume>,
     observer: &mut dyn Observer,
     world: &World,
 ) -> Result<Option<RunSummary>> {
@@ -395,27 +386,9 @@ pub fn train_run_in(
     let scratch = Scratch::for_rank(world)?;
     let (config, run_dir, checkpoint): (Config, Option<PathBuf>, Option<LoadedCheckpoint>) =
         match resume {
-            Some(path) => {
-                check_resume_path(path)?;
-                let checkpoint = read_latest(path)?;
-                // A checkpoint lives in RUN/checkpoints/step-N.
-                let run_dir = if path.join(files::CONFIG).exists() {
-                    path.to_path_buf()
-                } else {
-                    checkpoint
-                        .dir
-                        .parent()
-                        .and_then(Path::parent)
-                        .map(Path::to_path_buf)
-                        .ok_or_else(|| {
-                            KilnError::Invalid(format!(
-                                "{}: cannot find its run directory",
-                                path.display()
-                            ))
-                        })?
-                };
-                let saved = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
-                (saved, Some(run_dir), Some(checkpoint))
+            Some(resume) => {
+                let r = crate::resume::open(resume, world)?;
+                (r.config, Some(r.run_dir), Some(r.checkpoint))
             }
             None => match &scratch {
                 Some(scratch) => (scratch.redirect(config), None, None),
@@ -865,7 +838,7 @@ pub fn predict_run(
     {
         let mut w = csv::Writer::from_writer(&mut buf);
         let mut header: Vec<String> = Vec::new();
-        if let Some(id) = &pre.id_column {
+        if let (Some(id), Some(_)) = (&pre.id_column, &encoded.ids) {
             header.push(id.clone());
         }
         header.push(target_name.clone());

@@ -316,6 +316,16 @@ pub(crate) fn write_report(
             ""
         }
     );
+    if config.trainer.keep_best
+        && let Some(best) = summary.best_epoch
+    {
+        let _ = writeln!(
+            text,
+            "kept: the weights of epoch {} (best validation {})",
+            best + 1,
+            config.trainer.monitor
+        );
+    }
     if let Some(v) = &summary.validation {
         text.push_str(&format_evaluation(
             "validation",
