@@ -369,6 +369,12 @@ fn train_lm(args: &TrainArgs, config: Option<Config>, world: &World) -> Result<(
         print_all_reduce(stats, s.train_seconds);
     }
     println!("run directory: {}", s.run_dir.display());
+    if s.resumed_from == Some(s.steps) {
+        println!(
+            "nothing left to train: the run had finished; `kiln train --resume {} --set trainer.max_steps=N` trains it further",
+            s.run_dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -786,6 +792,16 @@ fn train_in(args: TrainArgs, world: &World) -> Result<()> {
         print_all_reduce(stats, summary.train_seconds);
     }
     println!("run directory: {}", summary.run_dir.display());
+    if summary.resumed_from == Some(summary.steps) {
+        let key = match summary.stopped_early {
+            true => "trainer.early_stopping_patience",
+            false => "trainer.epochs",
+        };
+        println!(
+            "nothing left to train: the run had finished; `kiln train --resume {} --set {key}=N` trains it further",
+            summary.run_dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -276,7 +276,16 @@ fn bpe_gpt_resumes_bit_identically() {
     assert!(a == b, "resumed language model differs");
     // A finished language model trains on with a larger max_steps, and only then.
     let part = dir.path().join("runs/part");
-    let err = kiln_err(dir.path(), &["train", "--resume", part.to_str().unwrap()]);
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "train",
+            "--resume",
+            part.to_str().unwrap(),
+            "--set",
+            "trainer.max_steps=60",
+        ],
+    );
     assert!(
         err.contains("has finished (60 of 60 steps") && err.contains("trainer.max_steps=N"),
         "{err}"

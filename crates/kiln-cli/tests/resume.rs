@@ -193,8 +193,14 @@ fn a_finished_run_extended_equals_one_asked_for_the_epochs_from_the_start() {
     train("three", "3");
     let run = dir.path().join("runs/three");
     let run_arg = run.to_str().unwrap();
-    // Finished: a plain resume has nothing to do and says how to extend.
-    let err = kiln_err(dir.path(), &["train", "--resume", run_arg]);
+    // Finished: a plain resume gives the report again and says how to extend; asking for
+    // no more epochs than it ran is an error saying the same.
+    let out = kiln_ok(dir.path(), &["train", "--resume", run_arg]);
+    assert!(out.contains("--set trainer.epochs=N"), "{out}");
+    let err = kiln_err(
+        dir.path(),
+        &["train", "--resume", run_arg, "--set", "trainer.epochs=3"],
+    );
     assert!(
         err.contains("has finished (3 of 3 epochs")
             && err.contains("--set trainer.epochs=N (N > 3)"),
@@ -239,6 +245,9 @@ fn a_finished_run_extended_equals_one_asked_for_the_epochs_from_the_start() {
     // The new length is the run's from now on.
     let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(saved.contains("epochs = 5"), "{saved}");
-    let err = kiln_err(dir.path(), &["train", "--resume", run_arg]);
+    let err = kiln_err(
+        dir.path(),
+        &["train", "--resume", run_arg, "--set", "trainer.epochs=5"],
+    );
     assert!(err.contains("has finished (5 of 5 epochs"), "{err}");
 }

@@ -559,8 +559,15 @@ fn zero_config_keeps_the_id_out_and_the_best_epoch_in() {
         "{out}"
     );
     // An early-stopped run stays stopped on resume, unless the patience grows.
-    let err = kiln_err(dir.path(), &["train", "--resume", &run]);
-    assert!(err.contains("early stopping ended it after epoch"), "{err}");
+    let err = kiln_err(
+        dir.path(),
+        &["train", "--resume", &run, "--set", "trainer.epochs=60"],
+    );
+    assert!(
+        err.contains("early stopping ended it after epoch")
+            && err.contains("trainer.early_stopping_patience=N (N > 5)"),
+        "{err}"
+    );
     // Predictions start with the id; data without the id column gets predictions alone.
     kiln_ok(
         dir.path(),

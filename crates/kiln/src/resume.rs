@@ -52,7 +52,7 @@ pub(crate) struct Resumed {
 }
 
 /// Opens the run `resume` names: reads its latest checkpoint and saved config, applies the
-/// allowed changes, refuses a finished run with nothing left to do, and (rank 0) saves the
+/// allowed changes, refuses changes that leave nothing to train, and (rank 0) saves the
 /// changed config so that a later plain `--resume` goes on with it.
 pub(crate) fn open(resume: &Resume, world: &World) -> Result<Resumed> {
     let path = &resume.path;
@@ -133,9 +133,10 @@ pub(crate) fn open(resume: &Resume, world: &World) -> Result<Resumed> {
             "{run}: {below} it has already run; a resumed run can only be extended"
         )));
     }
-    // A run killed after its last checkpoint but before its report is finished by a plain
-    // resume; one with a report has nothing left to do.
-    if done && run_dir.join(files::REPORT_JSON).exists() {
+    // A plain resume of a finished run gives its report again (and finishes one killed
+    // between its last checkpoint and its report); asking to extend it and leaving nothing
+    // to train is an error.
+    if done && !resume.overrides.is_empty() {
         return Err(KilnError::Invalid(format!(
             "{run}: this run has finished ({extend})"
         )));
