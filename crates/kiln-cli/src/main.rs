@@ -155,6 +155,22 @@ struct ServeArgs {
     /// MiB of request bodies held in memory at once over all connections; past it 503.
     #[arg(long, default_value_t = 256)]
     max_body_memory_mib: usize,
+    /// Log lines on stderr as `text` or `json` (one object per line): startup, and one access
+    /// line per request with its id (the `x-request-id` header, echoed or made).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// `error`, `warn`, `info` (access lines; the default) or `debug`, `off`; overrides KILN_LOG.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `2026-12-06T01:02:03Z  INFO request{...}: answered status=200 latency_ms=0.4`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The environment variable `kiln serve --token` falls back to.
@@ -510,6 +526,15 @@ fn export(args: ExportArgs) -> Result<()> {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
+    // Startup lines are log lines too under --log-format json.
+    let json_logs = args.log_format == LogFormat::Json;
+    let say = move |line: String| {
+        if json_logs {
+            tracing::info!(target: "kiln_serve", "{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
     use kiln_serve::{AppState, BatchSettings, ModelSource, ServeConfig};
     let mut sources = Vec::new();
     for m in &args.models {
@@ -578,11 +603,15 @@ fn serve(args: ServeArgs) -> Result<()> {
         bail!("{TOKEN_ENV} is set but empty: give a token, or unset it to serve without auth");
     }
     if !args.host.is_loopback() && args.token.is_none() {
-        eprintln!(
-            "warning: kiln serve listens on {} without a token: anyone who can reach it can use \
+        let warning = format!(
+            "kiln serve listens on {} without a token: anyone who can reach it can use \
              the models (pass --token or set {TOKEN_ENV})",
             args.host
         );
+        match json_logs {
+            true => tracing::warn!(target: "kiln_serve", "{warning}"),
+            false => eprintln!("warning: {warning}"),
+        }
     }
     let config = ServeConfig {
         addr: std::net::SocketAddr::new(args.host, args.port),
@@ -622,7 +651,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         .block_on(kiln_serve::serve(
             state,
             |addr| {
-                eprintln!(
+                say(format!(
                     "kiln serve: listening on http://{addr} ({}; {})",
                     if batching.enabled {
                         format!(
@@ -638,15 +667,15 @@ fn serve(args: ServeArgs) -> Result<()> {
                     } else {
                         "no auth"
                     }
-                );
+                ));
                 for (name, kind) in &models {
-                    eprintln!("  {kind:<12} http://{addr}/v2/models/{name}");
+                    say(format!("  {kind:<12} http://{addr}/v2/models/{name}"));
                 }
             },
             kiln_alloc::collect,
         ))
         .context("serving")?;
-    eprintln!("kiln serve: stopped (in-flight requests finished)");
+    say("kiln serve: stopped (in-flight requests finished)".into());
     Ok(())
 }
 
@@ -947,8 +976,15 @@ fn default_sigpipe() {
 
 fn main() -> ExitCode {
     kiln_alloc::configure();
-    init_logging();
     let cli = Cli::parse();
+    let logging = match &cli.command {
+        Command::Serve(a) => init_logging(a.log_level.as_deref(), a.log_format),
+        _ => init_logging(None, LogFormat::Text),
+    };
+    if let Err(e) = logging {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     if !matches!(cli.command, Command::Serve(_)) {
         default_sigpipe();
     }
@@ -967,23 +1003,35 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log lines (progress where no terminal shows a bar) go to stderr with a UTC timestamp;
-/// `KILN_LOG` = `error`, `warn`, `info` (default), `debug` or `off` sets how much.
-fn init_logging() {
-    let level = match std::env::var("KILN_LOG").as_deref().map(str::trim) {
-        Ok("off") => return,
-        Ok("error") => tracing::Level::ERROR,
-        Ok("warn") => tracing::Level::WARN,
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("trace") => tracing::Level::TRACE,
-        _ => tracing::Level::INFO,
+/// Log lines (progress where no terminal shows a bar, the server's access lines) go to
+/// stderr with a UTC timestamp; `level` (else `KILN_LOG`) = `error`, `warn`, `info` (default),
+/// `debug`, `trace` or `off` sets how much.
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<()> {
+    let from_env = std::env::var("KILN_LOG").ok();
+    let (setting, origin) = match level {
+        Some(l) => (Some(l.trim().to_string()), "--log-level"),
+        None => (from_env.map(|v| v.trim().to_string()), "KILN_LOG"),
     };
-    let _ = tracing_subscriber::fmt()
+    let level = match setting.as_deref() {
+        Some("off") => return Ok(()),
+        Some("error") => tracing::Level::ERROR,
+        Some("warn") => tracing::Level::WARN,
+        Some("debug") => tracing::Level::DEBUG,
+        Some("trace") => tracing::Level::TRACE,
+        Some("info") | Some("") | None => tracing::Level::INFO,
+        Some(other) => {
+            bail!("{origin} = \"{other}\": expected one of error, warn, info, debug, trace, off")
+        }
+    };
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_target(false)
-        .with_max_level(level)
-        .try_init();
+        .with_max_level(level);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().with_span_list(false).try_init(),
+    };
+    Ok(())
 }
 
 /// An error and its causes on one line. Library errors already quote their source; only

@@ -36,6 +36,10 @@ fn free_port() -> u16 {
 }
 
 fn start(dir: &Path, args: &[&str]) -> Server {
+    start_logging_to(dir, args, Stdio::null())
+}
+
+fn start_logging_to(dir: &Path, args: &[&str], stderr: Stdio) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("serve")
@@ -43,7 +47,7 @@ fn start(dir: &Path, args: &[&str]) -> Server {
         .args(["--port", &port.to_string()])
         .current_dir(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let server = Server { child, port };
@@ -1129,5 +1133,146 @@ fn a_pretrained_folder_serves_sentence_embeddings_equal_to_kiln_embed() {
     assert!(
         out["error"].as_str().unwrap().contains("expected a string"),
         "{out}"
+    );
+}
+
+#[test]
+fn metrics_per_model_access_logs_and_request_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = train_mlp(d);
+    let log = std::fs::File::create(d.join("serve.log")).unwrap();
+    let mut server = start_logging_to(
+        d,
+        &[&format!("m={run}"), "--log-format", "json"],
+        Stdio::from(log),
+    );
+    let port = server.port;
+    let record =
+        json!({"instances": [{"age": 40, "city": "Paris", "plan": "basic", "monthly_spend": 50}]});
+    let body = record.to_string();
+    // A client's request id is echoed; without one the server makes one.
+    let (status, headers, _) = http(
+        port,
+        "POST",
+        "/v1/models/m/predict",
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "client-42"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains(&("x-request-id".into(), "client-42".into())),
+        "{headers:?}"
+    );
+    let (status, headers, _) = http(port, "POST", "/v1/models/m:predict", &[], body.as_bytes());
+    assert_eq!(status, 200);
+    let made = &headers.iter().find(|(k, _)| k == "x-request-id").unwrap().1;
+    assert_eq!(made.len(), 36, "a UUID: {made}");
+    assert_eq!(
+        post_json(
+            port,
+            "/v1/models/m/predict",
+            &json!({"instances": [{"agee": 3}]})
+        )
+        .0,
+        400
+    );
+    assert_eq!(post_json(port, "/v1/models/typo/predict", &record).0, 404);
+    assert_eq!(
+        post_json(port, "/v1/models/m/versions/7/infer", &record).0,
+        404
+    );
+
+    // Requests, errors and latency by model and version; a name no model has is `unknown`.
+    let count = |line: &str| metric(port, line);
+    assert_eq!(
+        count(
+            "kiln_requests_total{code=\"200\",model=\"m\",route=\"/v1/models/{name}/predict\",version=\"1\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(
+            "kiln_requests_total{code=\"200\",model=\"m\",route=\"/v1/models/{target}\",version=\"1\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(
+            "kiln_request_errors_total{code=\"400\",model=\"m\",route=\"/v1/models/{name}/predict\",version=\"1\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        count("kiln_request_errors_total{code=\"404\",model=\"unknown\""),
+        1.0
+    );
+    assert_eq!(
+        count(
+            "kiln_request_duration_seconds_count{model=\"m\",route=\"/v1/models/{name}/predict\",version=\"1\"}"
+        ),
+        2.0
+    );
+    // Queue time apart from compute time: two requests ran, each in one forward pass.
+    assert_eq!(count("kiln_queue_seconds_count{model=\"m\"}"), 2.0);
+    assert_eq!(count("kiln_compute_seconds_count{model=\"m\"}"), 2.0);
+    assert!(count("kiln_compute_seconds_sum{model=\"m\"}") > 0.0);
+    // Process metrics.
+    assert!(count("process_resident_memory_bytes") > 1e6);
+    assert!(count("process_open_fds") >= 3.0);
+    assert!(count("process_cpu_seconds_total") >= 0.0);
+    assert!(count("process_threads") >= 2.0);
+
+    // One JSON access line per request, inside a span with its id.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    server.child.wait().unwrap();
+    let text = std::fs::read_to_string(d.join("serve.log")).unwrap();
+    let access: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|v| v["target"] == "kiln_serve::access")
+        .collect();
+    let find = |id: &str| {
+        access
+            .iter()
+            .find(|v| v["span"]["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{text}"))
+    };
+    let line = find("client-42");
+    assert_eq!(line["fields"]["status"], 200);
+    assert_eq!(line["span"]["method"], "POST");
+    assert_eq!(line["span"]["path"], "/v1/models/m/predict");
+    assert!(line["fields"]["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(find(made)["span"]["path"], "/v1/models/m:predict");
+    let statuses: Vec<u64> = access
+        .iter()
+        .map(|v| v["fields"]["status"].as_u64().unwrap())
+        .collect();
+    for status in [200, 200, 400, 404, 404] {
+        assert!(statuses.contains(&status), "{statuses:?}");
+    }
+
+    // At --log-level warn there are no access lines; a bad level is refused.
+    let log = std::fs::File::create(d.join("quiet.log")).unwrap();
+    let mut quiet = start_logging_to(
+        d,
+        &[&format!("m={run}"), "--log-level", "warn"],
+        Stdio::from(log),
+    );
+    assert_eq!(
+        post_json(quiet.port, "/v1/models/m/predict", &record).0,
+        200
+    );
+    unsafe { libc::kill(quiet.child.id() as i32, libc::SIGTERM) };
+    quiet.child.wait().unwrap();
+    let text = std::fs::read_to_string(d.join("quiet.log")).unwrap();
+    assert!(!text.contains("answered"), "{text}");
+    let err = kiln_err(d, &["serve", &run, "--log-level", "loud"]);
+    assert!(
+        err.contains("--log-level = \"loud\": expected one of"),
+        "{err}"
     );
 }

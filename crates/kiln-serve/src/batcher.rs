@@ -38,6 +38,7 @@ impl Default for BatchSettings {
 struct Job {
     rows: Encoded,
     reply: oneshot::Sender<Result<Vec<f32>, ApiError>>,
+    queued: Instant,
 }
 
 /// One forward pass over a merged batch: `rows * width` outputs. The model's worker thread
@@ -146,7 +147,12 @@ impl Batcher {
             .queue_depth
             .with_label_values(&[&self.model])
             .inc();
-        if self.tx.send(Job { rows, reply }).is_err() {
+        let job = Job {
+            rows,
+            reply,
+            queued: Instant::now(),
+        };
+        if self.tx.send(job).is_err() {
             self.metrics
                 .queue_depth
                 .with_label_values(&[&self.model])
@@ -224,17 +230,26 @@ fn worker(
             .batch_size
             .with_label_values(&[model])
             .observe(rows as f64);
+        let queue_seconds = metrics.queue_seconds.with_label_values(&[model]);
+        for job in &jobs {
+            queue_seconds.observe(job.queued.elapsed().as_secs_f64());
+        }
         let (parts, replies): (Vec<Encoded>, Vec<_>) =
             jobs.into_iter().map(|j| (j.rows, j.reply)).unzip();
         let counts: Vec<usize> = parts.iter().map(|p| p.rows).collect();
         // Unwind safety: the forward pass only reads the weights (inference mode, no
         // optimiser state) and the merged batch, which is dropped afterwards; a panic leaves
         // nothing half-updated for the next batch to see.
+        let computing = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let merged = merge(parts);
             let values = forward(&merged);
             (merged.rows, values)
         }));
+        metrics
+            .compute_seconds
+            .with_label_values(&[model])
+            .observe(computing.elapsed().as_secs_f64());
         let outcome = match result {
             Ok((n, values)) if values.len() == n * width => Ok(values),
             Ok((n, values)) => Err(format!(

@@ -43,6 +43,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 pub use batcher::{BatchSettings, Forward};
 pub use error::ApiError;
@@ -242,7 +244,43 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(max_body))
+        // Outermost first: give each request an id (a client's own `x-request-id` is
+        // kept), log one access line per response inside a span carrying it, and echo it.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(access_span)
+                .on_request(())
+                .on_response(access_line)
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// The span of one request: method, path and request id.
+fn access_span(request: &Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %id
+    )
+}
+
+/// The access line of one response (streamed responses: when their head is sent).
+fn access_line(response: &Response, latency: Duration, _span: &tracing::Span) {
+    tracing::info!(
+        target: "kiln_serve::access",
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1e3,
+        "answered"
+    );
 }
 
 /// Serves `state` on its address until Ctrl-C or SIGTERM; in-flight requests finish first.
@@ -300,8 +338,9 @@ async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    let path = request.uri().path().to_string();
     let response = admitted(&state, &route, request, next).await;
-    record(&state, &route, &response, started);
+    record(&state, &route, &path, &response, started);
     state.answered.fetch_add(1, Ordering::Relaxed);
     response
 }
@@ -510,24 +549,48 @@ impl Drop for InFlight {
     }
 }
 
-fn record(state: &AppState, route: &str, response: &Response, started: Instant) {
+/// The `model` and `version` labels of a request: the served model its path names (KServe
+/// v1's `NAME:predict` included) and the version it asks for, `1` when it names none.
+/// A path naming no served model gets `""` (no model) or `unknown`, so that clients cannot
+/// grow the label sets.
+fn model_labels<'a>(state: &AppState, path: &'a str) -> (&'a str, &'a str) {
+    let mut parts = path.trim_start_matches('/').split('/');
+    let (Some("v1" | "v2"), Some("models"), Some(name)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return ("", "");
+    };
+    let name = name.strip_suffix(":predict").unwrap_or(name);
+    if !state.models.contains_key(name) {
+        return ("unknown", "");
+    }
+    let version = match (parts.next(), parts.next()) {
+        (Some("versions"), Some("1")) => "1",
+        (Some("versions"), Some(_)) => "unknown",
+        _ => "1",
+    };
+    (name, version)
+}
+
+fn record(state: &AppState, route: &str, path: &str, response: &Response, started: Instant) {
     let code = response.status().as_u16().to_string();
+    let (model, version) = model_labels(state, path);
     state
         .metrics
         .requests
-        .with_label_values(&[route, &code])
+        .with_label_values(&[route, model, version, &code])
         .inc();
     if response.status().is_client_error() || response.status().is_server_error() {
         state
             .metrics
             .errors
-            .with_label_values(&[route, &code])
+            .with_label_values(&[route, model, version, &code])
             .inc();
     }
     state
         .metrics
         .latency
-        .with_label_values(&[route])
+        .with_label_values(&[route, model, version])
         .observe(started.elapsed().as_secs_f64());
 }
 
@@ -669,7 +732,7 @@ async fn infer(
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let m = state.model(&name)?;
-    v2::infer(m, &headers, &body, state.limits()).await
+    v2::infer(m, &headers, &body, state.limits(), &state.metrics).await
 }
 
 async fn infer_versioned(
@@ -689,7 +752,7 @@ async fn predict(
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let m = state.model(&name)?;
-    v1::predict(m, &body, state.limits()).await
+    v1::predict(m, &body, state.limits(), &state.metrics).await
 }
 
 async fn kserve_predict(
@@ -710,7 +773,7 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body, state.config.max_body_bytes)?;
     let m = state.model(&name)?;
-    v1::generate(m, &body, state.config.max_new_tokens).await
+    v1::generate(m, &body, state.config.max_new_tokens, &state.metrics).await
 }
 
 async fn metrics_text(State(state): State<Shared>) -> Response {

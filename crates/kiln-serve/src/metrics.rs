@@ -1,20 +1,54 @@
 //! Prometheus metrics served at `GET /metrics`.
 
+use std::time::Instant;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// Observes the time from its creation to its drop into a histogram.
+#[derive(Debug)]
+pub struct Timer {
+    histogram: Histogram,
+    started: Instant,
+}
+
+impl Timer {
+    /// Starts timing into `histogram`.
+    pub fn new(histogram: Histogram) -> Self {
+        Self {
+            histogram,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Bucket bounds of the latency histograms, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
 
 /// The server's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Requests by route and status code.
+    /// Requests by route, model, version and status code.
     pub requests: IntCounterVec,
-    /// Requests answered with a 4xx/5xx status, by route and status code.
+    /// Requests answered with a 4xx/5xx status, by route, model, version and status code.
     pub errors: IntCounterVec,
-    /// Request latency in seconds, by route.
+    /// Request latency in seconds, by route, model and version.
     pub latency: HistogramVec,
+    /// Seconds a request waited in its model's queue before its forward pass began, by model.
+    pub queue_seconds: HistogramVec,
+    /// Seconds of each forward pass (one batch), by model.
+    pub compute_seconds: HistogramVec,
     /// Rows per forward pass, by model.
     pub batch_size: HistogramVec,
     /// Requests waiting for their model's worker, by model.
@@ -90,27 +124,46 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("kiln_requests_total", "HTTP requests by route and status."),
-            &["route", "code"],
+            Opts::new(
+                "kiln_requests_total",
+                "HTTP requests by route, model, version and status.",
+            ),
+            &["route", "model", "version", "code"],
         )
         .expect("valid metric");
         let errors = IntCounterVec::new(
             Opts::new(
                 "kiln_request_errors_total",
-                "HTTP requests answered with an error status, by route and status.",
+                "HTTP requests answered with an error status, by route, model, version and status.",
             ),
-            &["route", "code"],
+            &["route", "model", "version", "code"],
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "kiln_request_duration_seconds",
-                "Request latency from arrival to response, by route.",
+                "Request latency from arrival to response, by route, model and version.",
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-            ]),
-            &["route"],
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "model", "version"],
+        )
+        .expect("valid metric");
+        let queue_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "kiln_queue_seconds",
+                "Time a request waited for its model's forward pass to begin, by model.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model"],
+        )
+        .expect("valid metric");
+        let compute_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "kiln_compute_seconds",
+                "Time of one forward pass over a batch, by model.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model"],
         )
         .expect("valid metric");
         let batch_size = HistogramVec::new(
@@ -166,6 +219,8 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
             Box::new(latency.clone()),
+            Box::new(queue_seconds.clone()),
+            Box::new(compute_seconds.clone()),
             Box::new(batch_size.clone()),
             Box::new(queue_depth.clone()),
             Box::new(in_flight.clone()),
@@ -176,11 +231,20 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
+        // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric names");
         Self {
             registry,
             requests,
             errors,
             latency,
+            queue_seconds,
+            compute_seconds,
             batch_size,
             queue_depth,
             in_flight,
@@ -189,6 +253,15 @@ impl Metrics {
             rejections,
             connections,
         }
+    }
+
+    /// Records the wait since `queued` as queue time of `model` now, and the time until the
+    /// returned timer drops as its compute time (work that runs on its own task).
+    pub fn time_compute(&self, model: &str, queued: Instant) -> Timer {
+        self.queue_seconds
+            .with_label_values(&[model])
+            .observe(queued.elapsed().as_secs_f64());
+        Timer::new(self.compute_seconds.with_label_values(&[model]))
     }
 
     /// Counts one rejection.

@@ -242,9 +242,18 @@ pub async fn embed_texts(
     encoder: &Arc<kiln_runtime::pretrained::PretrainedEncoder>,
     device: &Device,
     texts: Vec<String>,
+    metrics: &Metrics,
+    name: &str,
 ) -> Result<Vec<f32>, ApiError> {
     let (encoder, device) = (encoder.clone(), device.clone());
+    let (queue, compute) = (
+        metrics.queue_seconds.with_label_values(&[name]),
+        metrics.compute_seconds.with_label_values(&[name]),
+    );
+    let queued = std::time::Instant::now();
     let embedded = tokio::task::spawn_blocking(move || {
+        queue.observe(queued.elapsed().as_secs_f64());
+        let _timing = crate::metrics::Timer::new(compute);
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         kiln_models::ops::in_thread_pool(|| encoder.embed(&refs, 64, &device))
     })

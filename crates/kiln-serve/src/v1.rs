@@ -3,6 +3,8 @@
 //! events.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::response::sse::{Event, Sse};
@@ -14,6 +16,7 @@ use serde_json::{Value, json};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::model::{Body, ServedModel, records_table, refuse_non_finite, softmax_rows};
 use crate::v2::RequestLimits;
 
@@ -93,6 +96,7 @@ pub async fn predict(
     model: &ServedModel,
     body: &[u8],
     limits: RequestLimits,
+    metrics: &Metrics,
 ) -> Result<Response, ApiError> {
     let request: PredictRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
@@ -131,7 +135,8 @@ pub async fn predict(
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let width = encoder.model.width();
-            let values = crate::model::embed_texts(encoder, device, texts).await?;
+            let values =
+                crate::model::embed_texts(encoder, device, texts, metrics, &model.name).await?;
             let predictions: Vec<&[f32]> = values.chunks_exact(width).collect();
             return Ok(Json(json!({ "predictions": predictions })).into_response());
         }
@@ -243,6 +248,7 @@ pub async fn generate(
     model: &ServedModel,
     body: &[u8],
     max_new_tokens: usize,
+    metrics: &Arc<Metrics>,
 ) -> Result<Response, ApiError> {
     let Body::Gpt {
         model: gpt,
@@ -301,7 +307,9 @@ pub async fn generate(
     let (gpt, tokenizer, device) = (gpt.clone(), tokenizer.clone(), device.clone());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Event, Infallible>>();
     let stream = request.stream;
+    let (metrics, name, queued) = (metrics.clone(), model.name.clone(), Instant::now());
     let task = tokio::task::spawn_blocking(move || {
+        let _timing = metrics.time_compute(&name, queued);
         kiln_runtime::lm::generate_text(
             &gpt,
             &tokenizer,

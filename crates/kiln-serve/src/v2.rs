@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::model::{Body, ServedModel, empty_rows, refuse_non_finite, softmax_rows};
 
 /// Header carrying the JSON part's length in binary requests and responses.
@@ -341,6 +342,7 @@ pub async fn infer(
     headers: &HeaderMap,
     body: &[u8],
     limits: RequestLimits,
+    metrics: &Metrics,
 ) -> Result<Response, ApiError> {
     let (json_part, mut binary) = split_body(headers, body)?;
     let json_part = nan_to_null(json_part);
@@ -437,7 +439,7 @@ pub async fn infer(
             limits.max_rows
         )));
     }
-    let outputs = run(model, tensors, rows).await?;
+    let outputs = run(model, tensors, rows, metrics).await?;
     let all_binary = param_true(&request.parameters, "binary_data_output");
     let selected: Vec<(Output, bool)> = match &request.outputs {
         None => outputs.into_iter().map(|o| (o, all_binary)).collect(),
@@ -513,6 +515,7 @@ async fn run(
     model: &ServedModel,
     tensors: Vec<(String, Tensor)>,
     rows: usize,
+    metrics: &Metrics,
 ) -> Result<Vec<Output>, ApiError> {
     match &model.body {
         Body::Network {
@@ -616,7 +619,8 @@ async fn run(
                 unreachable!("checked BYTES")
             };
             let width = encoder.model.width();
-            let values = crate::model::embed_texts(encoder, device, texts).await?;
+            let values =
+                crate::model::embed_texts(encoder, device, texts, metrics, &model.name).await?;
             Ok(vec![Output {
                 name: "embedding".into(),
                 shape: vec![rows, width],
