@@ -309,7 +309,7 @@ fn load_config(args: &TrainArgs) -> Result<Config> {
     }
     overrides.extend(args.overrides.iter().cloned());
     match &args.config {
-        Some(path) => Ok(kiln::config::load(path, &overrides)?),
+        Some(path) => Ok(kiln::config::load_user(path, &overrides)?),
         None if args.data.is_some() => Ok(kiln::config::from_overrides(&overrides)?),
         None => bail!(
             "give a config file, or --data FILE (and --target COLUMN) for zero-config training"

@@ -615,3 +615,45 @@ fn zero_config_keeps_the_id_out_and_the_best_epoch_in() {
     .unwrap();
     assert!(schema["id_column"].is_null());
 }
+
+#[test]
+fn a_config_reads_its_data_relative_to_its_folder_and_data_relative_to_the_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::create_dir_all(dir.path().join("configs")).unwrap();
+    std::fs::write(
+        dir.path().join("data/churn.csv"),
+        churn_csv(200, 4, true, None),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("configs/churn.toml"),
+        "[data]\nsource = \"../data/churn.csv\"\ntarget = \"churn\"\n[trainer]\nepochs = 1\n[output]\nplots = false\n",
+    )
+    .unwrap();
+    let out = kiln_json(dir.path(), &["train", "configs/churn.toml", "--json"]);
+    let run = dir.path().join(out["run_dir"].as_str().unwrap());
+    assert!(
+        run.starts_with(dir.path().join("runs")),
+        "{}",
+        run.display()
+    );
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("source = \"data/churn.csv\""), "{saved}");
+    // --data (and --set) paths are the shell's: relative to the working directory.
+    kiln_ok(
+        &dir.path().join("data"),
+        &[
+            "train",
+            "../configs/churn.toml",
+            "--data",
+            "churn.csv",
+            "--quiet",
+        ],
+    );
+    let err = kiln_err(
+        dir.path(),
+        &["train", "configs/churn.toml", "--data", "churn.csv"],
+    );
+    assert!(err.contains("churn.csv"), "{err}");
+}

@@ -65,8 +65,72 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
     from_str(&text, &path.display().to_string(), overrides)
 }
 
+/// The keys whose values are input paths. In a config file a person wrote ([`load_user`]),
+/// a relative one is relative to the file's folder, as Cargo reads paths in `Cargo.toml`;
+/// `output.dir` is not among them: runs go under the working directory.
+pub const PATH_KEYS: [&str; 5] = [
+    "data.source",
+    "data.test_source",
+    "model.pretrained",
+    "distill.teacher",
+    "text.tokenizer",
+];
+
+/// Reads a config file a person wrote: relative paths under [`PATH_KEYS`] in it are relative
+/// to its folder (`--set` values stay relative to the working directory), then overrides and
+/// validates. A run's own `config.toml` holds resolved paths: read that with [`load`].
+pub fn load_user(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let folder = path.parent().unwrap_or(Path::new(""));
+    from_str_in(&text, &path.display().to_string(), overrides, Some(folder))
+}
+
+/// `folder.join(value)` for a relative path, with `.` and `..` taken out lexically
+/// (`examples/../data/x.csv` is `data/x.csv`); other values as they are.
+fn resolve_path(folder: &Path, key: &str, value: &str) -> String {
+    let not_a_path = value.is_empty()
+        || value.starts_with("builtin:")
+        || (key == "text.tokenizer" && matches!(value, "char" | "bpe"));
+    let path = Path::new(value);
+    if not_a_path || path.is_absolute() || folder.as_os_str().is_empty() {
+        return value.to_string();
+    }
+    let mut out = std::path::PathBuf::new();
+    for part in folder.join(path).components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir
+                if matches!(
+                    out.components().next_back(),
+                    Some(std::path::Component::Normal(_))
+                ) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return ".".into();
+    }
+    out.display().to_string()
+}
+
 /// Parses config text (named `origin` in errors), applies overrides and validates.
 pub fn from_str(text: &str, origin: &str, overrides: &[String]) -> Result<Config, ConfigError> {
+    from_str_in(text, origin, overrides, None)
+}
+
+/// [`from_str`], with the relative paths of the text resolved against `folder` when given.
+fn from_str_in(
+    text: &str,
+    origin: &str,
+    overrides: &[String],
+    folder: Option<&Path>,
+) -> Result<Config, ConfigError> {
     // Deserialize the file as written first so errors point into it.
     let parse_error = |e: toml::de::Error, origin: &str, text: &str| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
@@ -79,11 +143,26 @@ pub fn from_str(text: &str, origin: &str, overrides: &[String]) -> Result<Config
     };
     let config: Config = toml::from_str(text).map_err(|e| parse_error(e, origin, text))?;
     let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_error(e, origin, text))?;
+    let mut resolved = false;
+    if let Some(folder) = folder {
+        for key in PATH_KEYS {
+            let (section, name) = key.split_once('.').expect("section.key");
+            if let Some(toml::Value::String(value)) = table
+                .get_mut(section)
+                .and_then(|s| s.as_table_mut())
+                .and_then(|s| s.get_mut(name))
+            {
+                let path = resolve_path(folder, key, value);
+                resolved |= path != *value;
+                *value = path;
+            }
+        }
+    }
     for assignment in overrides {
         apply_override(&mut table, assignment)?;
     }
     let defaulted = fine_tuning_defaults(&mut table);
-    let config = if overrides.is_empty() && !defaulted {
+    let config = if overrides.is_empty() && !defaulted && !resolved {
         config
     } else {
         let merged = toml::to_string(&table).expect("a TOML table serializes");

@@ -153,3 +153,71 @@ fn misspelled_keys_and_values_get_a_suggestion() {
         "{e}"
     );
 }
+
+#[test]
+fn relative_paths_in_a_config_file_are_relative_to_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("experiments/spam");
+    std::fs::create_dir_all(&folder).unwrap();
+    let path = folder.join("run.toml");
+    std::fs::write(
+        &path,
+        r#"
+[data]
+source = "../../data/spam.csv"
+test_source = "./held_out.csv"
+[model]
+type = "transformer"
+pretrained = "/opt/models/minilm"
+[distill]
+teacher = "../runs/teacher"
+[text]
+tokenizer = "tok/tokenizer.json"
+[output]
+dir = "runs"
+"#,
+    )
+    .unwrap();
+    let config = kiln_config::load_user(&path, &[]).unwrap();
+    let under = |p: &str| dir.path().join(p).display().to_string();
+    assert_eq!(config.data.source, under("data/spam.csv"));
+    assert_eq!(
+        config.data.test_source.as_deref(),
+        Some(under("experiments/spam/held_out.csv").as_str())
+    );
+    assert_eq!(
+        config.model.pretrained.as_deref(),
+        Some("/opt/models/minilm")
+    );
+    assert_eq!(
+        config.distill.teacher.as_deref(),
+        Some(under("experiments/runs/teacher").as_str())
+    );
+    assert_eq!(
+        config.text.tokenizer,
+        under("experiments/spam/tok/tokenizer.json")
+    );
+    // Outputs stay under the working directory; `--set` values are the command line's.
+    assert_eq!(config.output.dir, "runs");
+    let config = kiln_config::load_user(
+        &path,
+        &["data.source=mine.csv".into(), "text.tokenizer=bpe".into()],
+    )
+    .unwrap();
+    assert_eq!(config.data.source, "mine.csv");
+    assert_eq!(config.text.tokenizer, "bpe");
+    // Names that are not paths are left alone; a run's saved config is read as written.
+    std::fs::write(
+        &path,
+        "[data]\nsource = \"builtin:iris\"\n[text]\ntokenizer = \"char\"\n",
+    )
+    .unwrap();
+    let config = kiln_config::load_user(&path, &[]).unwrap();
+    assert_eq!(config.data.source, "builtin:iris");
+    assert_eq!(config.text.tokenizer, "char");
+    std::fs::write(&path, "[data]\nsource = \"data/x.csv\"\n").unwrap();
+    assert_eq!(
+        kiln_config::load(&path, &[]).unwrap().data.source,
+        "data/x.csv"
+    );
+}
