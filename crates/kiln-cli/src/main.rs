@@ -111,6 +111,10 @@ struct ServeArgs {
     /// Port (0 picks a free one).
     #[arg(long, default_value_t = 8000)]
     port: u16,
+    /// Also serve the Open Inference Protocol over gRPC on this port (Triton's is 8001; 0
+    /// picks a free one), on the same host.
+    #[arg(long)]
+    grpc_port: Option<u16>,
     /// Most rows per forward pass when batching requests together.
     #[arg(long, default_value_t = 64)]
     max_batch_size: usize,
@@ -615,6 +619,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let config = ServeConfig {
         addr: std::net::SocketAddr::new(args.host, args.port),
+        grpc_addr: args
+            .grpc_port
+            .map(|port| std::net::SocketAddr::new(args.host, port)),
         batching: BatchSettings {
             max_batch_size: args.max_batch_size,
             max_queue_delay: std::time::Duration::from_secs_f64(args.max_queue_delay_ms / 1000.0),
@@ -650,7 +657,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     runtime
         .block_on(kiln_serve::serve(
             state,
-            |addr| {
+            |addr, grpc| {
                 say(format!(
                     "kiln serve: listening on http://{addr} ({}; {})",
                     if batching.enabled {
@@ -670,6 +677,11 @@ fn serve(args: ServeArgs) -> Result<()> {
                 ));
                 for (name, kind) in &models {
                     say(format!("  {kind:<12} http://{addr}/v2/models/{name}"));
+                }
+                if let Some(grpc) = grpc {
+                    say(format!(
+                        "kiln serve: gRPC (inference.GRPCInferenceService) on {grpc}"
+                    ));
                 }
             },
             kiln_alloc::collect,

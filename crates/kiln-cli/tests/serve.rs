@@ -555,10 +555,10 @@ fn bad_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
     assert_eq!(http(port, "GET", "/v2/health/live", &[], b"").0, 200);
 }
 
-/// Needs python3 with `tritonclient[http]`, onnx and numpy (`.ci/run` installs them).
+/// Needs python3 with `tritonclient[http,grpc]`, onnx and numpy (`.ci/run` installs them).
 #[test]
 #[ignore]
-fn tritonclient_lists_checks_and_infers_like_kiln_predict() {
+fn tritonclient_http_and_grpc_list_check_and_infer_like_kiln_predict() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let runs = train_small_models(d);
@@ -617,10 +617,17 @@ fn tritonclient_lists_checks_and_infers_like_kiln_predict() {
     } else {
         eprintln!("SKIPPED the embedding check: scripts/setup-pretrained.sh installs the model");
     }
+    // The same checks over gRPC, with tritonclient.grpc.
+    let grpc_port = free_port().to_string();
+    serve_args.extend(["--grpc-port".to_string(), grpc_port.clone()]);
     let refs: Vec<&str> = serve_args.iter().map(String::as_str).collect();
     let server = start(d, &refs);
-    let mut args: Vec<std::ffi::OsString> =
-        vec!["--url".into(), format!("127.0.0.1:{}", server.port).into()];
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--url".into(),
+        format!("127.0.0.1:{}", server.port).into(),
+        "--grpc-url".into(),
+        format!("127.0.0.1:{grpc_port}").into(),
+    ];
     args.extend(check_args.iter().map(Into::into));
     args.extend(["--model".into(), "cnn".into(), "--idx".into()]);
     args.push(d.join("img/train-images-idx3-ubyte").into_os_string());
@@ -1275,4 +1282,69 @@ fn metrics_per_model_access_logs_and_request_ids() {
         err.contains("--log-level = \"loud\": expected one of"),
         "{err}"
     );
+}
+
+/// gRPC takes the same bearer token and is counted in the same metrics, by its method's
+/// route and the model it names. Needs python3 with `tritonclient[grpc]`.
+#[test]
+#[ignore]
+fn grpc_honours_the_token_and_is_counted_by_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = train_mlp(d);
+    let grpc_port = free_port().to_string();
+    let server = start(
+        d,
+        &[
+            &format!("m={run}"),
+            "--token",
+            "s3cret",
+            "--grpc-port",
+            &grpc_port,
+        ],
+    );
+    let script = r#"
+import sys
+import numpy as np
+import tritonclient.grpc as g
+from tritonclient.utils import InferenceServerException
+c = g.InferenceServerClient(url=sys.argv[1])
+width = int(c.get_model_metadata("m", headers={"authorization": "Bearer s3cret"}, as_json=True)["inputs"][0]["shape"][1])
+x = g.InferInput("features", [2, width], "FP32")
+x.set_data_from_numpy(np.zeros((2, width), dtype=np.float32))
+try:
+    c.infer("m", [x])
+    sys.exit("no token: answered")
+except InferenceServerException as e:
+    assert "UNAUTHENTICATED" in str(e.status()), e
+r = c.infer("m", [x], headers={"authorization": "Bearer s3cret"})
+assert r.as_numpy("probabilities").shape == (2, 2), r.as_numpy("probabilities").shape
+print("ok")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &format!("127.0.0.1:{grpc_port}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, body) = http(
+        server.port,
+        "GET",
+        "/metrics",
+        &[("authorization", "Bearer s3cret")],
+        b"",
+    );
+    let metrics = String::from_utf8(body).unwrap();
+    for line in [
+        "kiln_requests_total{code=\"200\",model=\"m\",route=\"/inference.GRPCInferenceService/ModelInfer\",version=\"1\"} 1",
+        "kiln_requests_total{code=\"401\",model=\"\",route=\"/inference.GRPCInferenceService/ModelInfer\",version=\"\"} 1",
+        "kiln_rejections_total{reason=\"unauthorized\"} 1",
+        "kiln_compute_seconds_count{model=\"m\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
 }

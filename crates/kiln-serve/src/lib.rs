@@ -20,6 +20,7 @@
 
 mod batcher;
 mod error;
+mod grpc;
 mod metrics;
 mod model;
 mod server;
@@ -48,6 +49,7 @@ use tower_http::trace::TraceLayer;
 
 pub use batcher::{BatchSettings, Forward};
 pub use error::ApiError;
+pub use grpc::GrpcService;
 pub use metrics::{Metrics, Rejection};
 pub use model::ServedModel;
 
@@ -56,6 +58,8 @@ pub use model::ServedModel;
 pub struct ServeConfig {
     /// Address to bind (loopback by default).
     pub addr: SocketAddr,
+    /// Where to serve the Open Inference Protocol over gRPC too, if anywhere.
+    pub grpc_addr: Option<SocketAddr>,
     /// Dynamic batching.
     pub batching: BatchSettings,
     /// Largest request body in bytes.
@@ -94,6 +98,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            grpc_addr: None,
             batching: BatchSettings::default(),
             max_body_bytes: 16 << 20,
             max_rows: 1024,
@@ -283,19 +288,53 @@ fn access_line(response: &Response, latency: Duration, _span: &tracing::Span) {
     );
 }
 
-/// Serves `state` on its address until Ctrl-C or SIGTERM; in-flight requests finish first.
-/// `on_ready` gets the bound address; `on_idle` runs whenever the server has had no request
-/// in flight for [`ServeConfig::idle_after`] after answering some.
+/// Serves `state` on its address (and gRPC on [`ServeConfig::grpc_addr`]) until Ctrl-C or
+/// SIGTERM; in-flight requests finish first. `on_ready` gets the bound addresses (HTTP,
+/// gRPC); `on_idle` runs whenever the server has had no request in flight for
+/// [`ServeConfig::idle_after`] after answering some.
 pub async fn serve(
     state: AppState,
-    on_ready: impl FnOnce(SocketAddr),
+    on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
     on_idle: impl FnMut() + Send + 'static,
 ) -> std::io::Result<()> {
-    let addr = state.config.addr;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    on_ready(local);
-    serve_on(listener, Arc::new(state), shutdown_signal(), on_idle).await
+    let listener = tokio::net::TcpListener::bind(state.config.addr).await?;
+    let grpc = match state.config.grpc_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let grpc_local = grpc.as_ref().map(|l| l.local_addr()).transpose()?;
+    on_ready(listener.local_addr()?, grpc_local);
+    let state = Arc::new(state);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let signalled = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc = grpc.map(|l| tokio::spawn(serve_grpc(l, state.clone(), signalled(stopped.clone()))));
+    serve_on(listener, state, signalled(stopped), on_idle).await?;
+    if let Some(task) = grpc {
+        task.await.map_err(std::io::Error::other)??;
+    }
+    Ok(())
+}
+
+/// Serves the Open Inference Protocol over gRPC ([`GrpcService`]) on `listener` until
+/// `shutdown` completes; calls in flight finish first.
+pub async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let streams = u32::try_from(state.config.max_concurrent).unwrap_or(u32::MAX);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(streams)
+        .serve_with_incoming_shutdown(GrpcService::new(state), incoming, shutdown)
+        .await
+        .map_err(std::io::Error::other)
 }
 
 /// Serves `state` on `listener` until `shutdown` completes, then stops accepting, lets
@@ -573,14 +612,28 @@ fn model_labels<'a>(state: &AppState, path: &'a str) -> (&'a str, &'a str) {
 }
 
 fn record(state: &AppState, route: &str, path: &str, response: &Response, started: Instant) {
-    let code = response.status().as_u16().to_string();
     let (model, version) = model_labels(state, path);
+    let code = response.status().as_u16();
+    record_labels(state, route, model, version, code, started);
+}
+
+/// Counts one answered request (`code` an HTTP status) and its latency.
+fn record_labels(
+    state: &AppState,
+    route: &str,
+    model: &str,
+    version: &str,
+    code: u16,
+    started: Instant,
+) {
+    let failed = code >= 400;
+    let code = code.to_string();
     state
         .metrics
         .requests
         .with_label_values(&[route, model, version, &code])
         .inc();
-    if response.status().is_client_error() || response.status().is_server_error() {
+    if failed {
         state
             .metrics
             .errors

@@ -25,12 +25,13 @@ struct InferRequest {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InputTensor {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    data: Option<Value>,
-    parameters: Option<serde_json::Map<String, Value>>,
+pub(crate) struct InputTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: String,
+    /// JSON data; `None` when the tensor comes as raw bytes.
+    pub data: Option<Value>,
+    pub parameters: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,10 +288,10 @@ fn nan_to_null(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 }
 
 /// An output to return.
-struct Output {
-    name: String,
-    shape: Vec<usize>,
-    values: Vec<f32>,
+pub(crate) struct Output {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
 }
 
 /// Splits the body into the JSON header and the binary part.
@@ -348,23 +349,8 @@ pub async fn infer(
     let json_part = nan_to_null(json_part);
     let request: InferRequest = serde_json::from_slice(&json_part)
         .map_err(|e| ApiError::bad_request(format!("invalid inference request JSON: {e}")))?;
-    let wanted = model.inputs();
-    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
-        let Some(spec) = wanted.iter().find(|s| s.name == input.name) else {
-            return Err(ApiError::bad_request(format!(
-                "unknown input \"{}\"; model \"{}\" takes {}",
-                input.name,
-                model.name,
-                names(wanted.iter().map(|s| s.name.as_str()))
-            )));
-        };
-        if tensors.iter().any(|(n, _)| *n == input.name) {
-            return Err(ApiError::bad_request(format!(
-                "input \"{}\" given twice",
-                input.name
-            )));
-        }
         let bytes = match binary_size(&input.parameters) {
             None => None,
             Some(None) => {
@@ -386,28 +372,7 @@ pub async fn infer(
                 Some(head)
             }
         };
-        let t = decode(input, bytes, spec.datatype)?;
-        if t.shape.len() != spec.shape.len()
-            || t.shape
-                .iter()
-                .zip(&spec.shape)
-                .any(|(&d, &w)| w >= 0 && d as i64 != w)
-        {
-            return Err(ApiError::bad_request(format!(
-                "input \"{}\": shape {:?}, expected {:?} (-1 = any)",
-                input.name, t.shape, spec.shape
-            )));
-        }
-        if let (Body::Network { preprocessor, .. }, "tokens") = (&model.body, input.name.as_str())
-            && let Some((_, max_tokens)) = preprocessor.text_input()
-            && t.shape[1] > max_tokens
-        {
-            return Err(ApiError::bad_request(format!(
-                "input \"tokens\": {} tokens per row; this model reads at most {max_tokens}",
-                t.shape[1]
-            )));
-        }
-        tensors.push((input.name.clone(), t));
+        inputs.push((input, bytes));
     }
     if !binary.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -415,31 +380,7 @@ pub async fn infer(
             binary.len()
         )));
     }
-    for spec in &wanted {
-        if !tensors.iter().any(|(n, _)| *n == spec.name) {
-            return Err(ApiError::bad_request(format!(
-                "missing input \"{}\" ({} {:?})",
-                spec.name, spec.datatype, spec.shape
-            )));
-        }
-    }
-    let rows = tensors[0].1.shape[0];
-    if let Some((n, t)) = tensors.iter().find(|(_, t)| t.shape[0] != rows) {
-        return Err(ApiError::bad_request(format!(
-            "input \"{n}\" has {} rows, input \"{}\" has {rows}: every input needs the same batch size",
-            t.shape[0], tensors[0].0
-        )));
-    }
-    if rows == 0 {
-        return Err(ApiError::bad_request("the batch is empty (shape[0] = 0)"));
-    }
-    if rows > limits.max_rows {
-        return Err(ApiError::too_large(format!(
-            "{rows} rows in one request; this server takes at most {}",
-            limits.max_rows
-        )));
-    }
-    let outputs = run(model, tensors, rows, metrics).await?;
+    let outputs = infer_inputs(model, &inputs, limits, metrics).await?;
     let all_binary = param_true(&request.parameters, "binary_data_output");
     let selected: Vec<(Output, bool)> = match &request.outputs {
         None => outputs.into_iter().map(|o| (o, all_binary)).collect(),
@@ -447,16 +388,8 @@ pub async fn infer(
             let mut outputs = outputs;
             let mut chosen = Vec::new();
             for r in requested {
-                let Some(i) = outputs.iter().position(|o| o.name == r.name) else {
-                    return Err(ApiError::bad_request(format!(
-                        "unknown output \"{}\"; model \"{}\" gives {}",
-                        r.name,
-                        model.name,
-                        names(model.outputs().iter().map(|s| s.name.as_str()))
-                    )));
-                };
                 let binary = param_true(&r.parameters, "binary_data") || all_binary;
-                chosen.push((outputs.remove(i), binary));
+                chosen.push((take_output(model, &mut outputs, &r.name)?, binary));
             }
             chosen
         }
@@ -503,6 +436,98 @@ pub async fn infer(
     r.headers_mut()
         .insert(HEADER_LENGTH, HeaderValue::from(len));
     Ok(r)
+}
+
+/// Checks the decoded inputs against the model's (names, types, shapes, one batch size, the
+/// row limit) and runs them: the outputs of every model output. `inputs` pairs each tensor
+/// with its raw bytes when it came as such (HTTP binary extension, gRPC raw contents).
+pub(crate) async fn infer_inputs(
+    model: &ServedModel,
+    inputs: &[(&InputTensor, Option<&[u8]>)],
+    limits: RequestLimits,
+    metrics: &Metrics,
+) -> Result<Vec<Output>, ApiError> {
+    let wanted = model.inputs();
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for &(input, bytes) in inputs {
+        let Some(spec) = wanted.iter().find(|s| s.name == input.name) else {
+            return Err(ApiError::bad_request(format!(
+                "unknown input \"{}\"; model \"{}\" takes {}",
+                input.name,
+                model.name,
+                names(wanted.iter().map(|s| s.name.as_str()))
+            )));
+        };
+        if tensors.iter().any(|(n, _)| *n == input.name) {
+            return Err(ApiError::bad_request(format!(
+                "input \"{}\" given twice",
+                input.name
+            )));
+        }
+        let t = decode(input, bytes, spec.datatype)?;
+        if t.shape.len() != spec.shape.len()
+            || t.shape
+                .iter()
+                .zip(&spec.shape)
+                .any(|(&d, &w)| w >= 0 && d as i64 != w)
+        {
+            return Err(ApiError::bad_request(format!(
+                "input \"{}\": shape {:?}, expected {:?} (-1 = any)",
+                input.name, t.shape, spec.shape
+            )));
+        }
+        if let (Body::Network { preprocessor, .. }, "tokens") = (&model.body, input.name.as_str())
+            && let Some((_, max_tokens)) = preprocessor.text_input()
+            && t.shape[1] > max_tokens
+        {
+            return Err(ApiError::bad_request(format!(
+                "input \"tokens\": {} tokens per row; this model reads at most {max_tokens}",
+                t.shape[1]
+            )));
+        }
+        tensors.push((input.name.clone(), t));
+    }
+    for spec in &wanted {
+        if !tensors.iter().any(|(n, _)| *n == spec.name) {
+            return Err(ApiError::bad_request(format!(
+                "missing input \"{}\" ({} {:?})",
+                spec.name, spec.datatype, spec.shape
+            )));
+        }
+    }
+    let rows = tensors[0].1.shape[0];
+    if let Some((n, t)) = tensors.iter().find(|(_, t)| t.shape[0] != rows) {
+        return Err(ApiError::bad_request(format!(
+            "input \"{n}\" has {} rows, input \"{}\" has {rows}: every input needs the same batch size",
+            t.shape[0], tensors[0].0
+        )));
+    }
+    if rows == 0 {
+        return Err(ApiError::bad_request("the batch is empty (shape[0] = 0)"));
+    }
+    if rows > limits.max_rows {
+        return Err(ApiError::too_large(format!(
+            "{rows} rows in one request; this server takes at most {}",
+            limits.max_rows
+        )));
+    }
+    run(model, tensors, rows, metrics).await
+}
+
+/// Takes the output `name` out of `outputs`, or a 400 naming the model's outputs.
+pub(crate) fn take_output(
+    model: &ServedModel,
+    outputs: &mut Vec<Output>,
+    name: &str,
+) -> Result<Output, ApiError> {
+    match outputs.iter().position(|o| o.name == name) {
+        Some(i) => Ok(outputs.remove(i)),
+        None => Err(ApiError::bad_request(format!(
+            "unknown output \"{name}\"; model \"{}\" gives {}",
+            model.name,
+            names(model.outputs().iter().map(|s| s.name.as_str()))
+        ))),
+    }
 }
 
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
