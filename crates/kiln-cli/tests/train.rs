@@ -657,3 +657,71 @@ fn a_config_reads_its_data_relative_to_its_folder_and_data_relative_to_the_shell
     );
     assert!(err.contains("churn.csv"), "{err}");
 }
+
+#[test]
+fn json_lines_train_describe_and_predict_and_parquet_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // The churn table as JSON Lines, the customer nested.
+    let csv = churn_csv(300, 5, true, None);
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let mut jsonl = String::new();
+    for line in lines {
+        let v: Vec<&str> = line.split(',').collect();
+        let field = |i: usize| match v[i] {
+            "" | "NA" => serde_json::Value::Null,
+            s => s
+                .parse::<f64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| s.into()),
+        };
+        let row = serde_json::json!({
+            header[0]: v[0],
+            "customer": {header[1]: field(1), header[2]: field(2)},
+            header[3]: field(3), header[4]: field(4), header[5]: field(5),
+        });
+        jsonl.push_str(&row.to_string());
+        jsonl.push('\n');
+    }
+    std::fs::write(dir.path().join("churn.jsonl"), &jsonl).unwrap();
+    let out = kiln_json(
+        dir.path(),
+        &[
+            "data",
+            "describe",
+            "churn.jsonl",
+            "--target",
+            "churn",
+            "--json",
+        ],
+    );
+    assert_eq!(out["rows"], 300, "{out}");
+    let out = kiln_json(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "churn.jsonl",
+            "--target",
+            "churn",
+            "--json",
+        ],
+    );
+    assert!(out["test"]["accuracy"].as_f64().unwrap() > 0.7, "{out}");
+    let run = out["run_dir"].as_str().unwrap();
+    let schema = std::fs::read_to_string(dir.path().join(run).join("schema.json")).unwrap();
+    assert!(schema.contains("\"customer.age\""), "{schema}");
+    kiln_ok(
+        dir.path(),
+        &["predict", run, "--data", "churn.jsonl", "--out", "p.csv"],
+    );
+    let p = std::fs::read_to_string(dir.path().join("p.csv")).unwrap();
+    assert!(p.starts_with("customer_id,churn\nC00000,"), "{p}");
+    // A Parquet file is named as such, not read as a CSV.
+    std::fs::write(dir.path().join("churn.parquet"), b"PAR1\x15\x04\x15").unwrap();
+    let err = kiln_err(
+        dir.path(),
+        &["train", "--data", "churn.parquet", "--target", "churn"],
+    );
+    assert!(err.contains("churn.parquet: a Parquet file"), "{err}");
+}

@@ -76,6 +76,9 @@ pub struct DataConfig {
     /// distinct, and either strings, or integers named like an id (`id`, `user_id`,
     /// `PassengerId`, `rownames`, `index`) or numbering the rows.
     pub detect_id: bool,
+    /// How `source` is read: `auto` (by extension and content), `csv` (also TSV and
+    /// other delimiters) or `jsonl`.
+    pub format: DataFormat,
     /// CSV delimiter; sniffed from the header line when absent.
     pub delimiter: Option<char>,
     /// Remove exact duplicate rows before splitting (the count is reported).
@@ -104,6 +107,7 @@ impl Default for DataConfig {
             task: None,
             id_column: None,
             detect_id: true,
+            format: DataFormat::Auto,
             delimiter: None,
             drop_duplicates: false,
             missing_numeric: MissingStrategy::Mean,
@@ -154,6 +158,20 @@ pub enum CategoricalEncoding {
     OneHot,
     /// A learned embedding vector.
     Embedding,
+}
+
+/// The file format of a data source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// From the extension (`.jsonl`, `.ndjson`, `.json`; `.gz` looked through) and the
+    /// first bytes; CSV otherwise.
+    #[default]
+    Auto,
+    /// Delimited text with a header row.
+    Csv,
+    /// JSON Lines: one object per line.
+    Jsonl,
 }
 
 /// Handling of rows that fail to parse.

@@ -18,6 +18,12 @@ const MAX_EXAMPLES: usize = 5;
 /// given. Records with the wrong number of fields (or invalid UTF-8) are errors naming the
 /// line, or are skipped and counted under `BadRows::Skip`. A `.gz` file is decompressed.
 pub fn read_csv(path: &Path, delimiter: Option<char>, bad_rows: BadRows) -> Result<Table> {
+    let bytes = read_bytes(path)?;
+    parse_csv(&bytes, &path.display().to_string(), delimiter, bad_rows)
+}
+
+/// The bytes of a file, decompressed when its name ends in `.gz`.
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let display = path.display().to_string();
     let io = |source| DataError::Io {
         path: display.clone(),
@@ -34,7 +40,7 @@ pub fn read_csv(path: &Path, delimiter: Option<char>, bad_rows: BadRows) -> Resu
             .read_to_end(&mut bytes)
             .map_err(io)?;
     }
-    parse_csv(&bytes, &display, delimiter, bad_rows)
+    Ok(bytes)
 }
 
 fn sniff_delimiter(bytes: &[u8]) -> u8 {

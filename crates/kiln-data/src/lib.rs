@@ -13,6 +13,7 @@ mod csv_source;
 mod describe;
 mod idx;
 mod infer;
+mod jsonl_source;
 mod preprocess;
 mod split;
 mod table;
@@ -22,6 +23,7 @@ pub use csv_source::read_csv;
 pub use describe::{ColumnSummary, Description, describe};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
 pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
+pub use jsonl_source::parse_jsonl;
 pub use kiln_spec::InputShape;
 pub use preprocess::{
     DenseSlot, Encoded, FeatureTransform, Preprocessor, SpecialTokens, Target, TargetTransform,
@@ -31,7 +33,7 @@ pub use table::{Column, LoadReport, Table};
 
 use std::path::Path;
 
-use kiln_config::DataConfig;
+use kiln_config::{DataConfig, DataFormat};
 
 /// Data errors. Each names the file (and line and column where there is one) and what was
 /// expected.
@@ -123,7 +125,8 @@ pub enum DataError {
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 /// Loads a data source: `builtin:NAME`, an IDX prefix (`DIR/train` for
-/// `DIR/train-images-idx3-ubyte.gz` and `DIR/train-labels-idx1-ubyte.gz`), or a CSV file.
+/// `DIR/train-images-idx3-ubyte.gz` and `DIR/train-labels-idx1-ubyte.gz`), a CSV file or a
+/// JSON Lines file (`data.format`, else [`detect_format`]).
 pub fn load_source(spec: &str, config: &DataConfig) -> Result<Table> {
     if let Some(name) = spec.strip_prefix("builtin:") {
         return load_builtin(name);
@@ -137,5 +140,85 @@ pub fn load_source(spec: &str, config: &DataConfig) -> Result<Table> {
             "{spec} is a directory; give a CSV file or an IDX prefix such as {spec}/train"
         )));
     }
-    read_csv(path, config.delimiter, config.bad_rows)
+    let bytes = csv_source::read_bytes(path)?;
+    let format = match config.format {
+        DataFormat::Auto => detect_format(path, &bytes)?,
+        chosen => chosen,
+    };
+    match format {
+        DataFormat::Jsonl => parse_jsonl(&bytes, spec, config.bad_rows),
+        _ => csv_source::parse_csv(&bytes, spec, config.delimiter, config.bad_rows),
+    }
+}
+
+/// The format of `path` (whose decompressed bytes are `bytes`): JSON Lines by extension
+/// (`.jsonl`, `.ndjson`, `.json`) or by a first line that opens an object, CSV otherwise.
+/// Formats kiln does not read yet (Parquet, Arrow/Feather, spreadsheets, zstd, other binary
+/// files, a JSON array) are errors saying what the file is, never a CSV parse of it.
+pub fn detect_format(path: &Path, bytes: &[u8]) -> Result<DataFormat> {
+    let name = path.to_string_lossy().to_lowercase();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    let extension = name.rsplit_once('.').map_or("", |(_, e)| e);
+    let refuse = |what: &str, hint: &str| {
+        Err(DataError::Invalid(format!(
+            "{}: {what}; kiln reads CSV/TSV (also .gz), JSON Lines, gzip IDX images and builtin:NAME{hint}",
+            path.display()
+        )))
+    };
+    let to_csv = |reader: &str| {
+        format!(
+            "; convert it first, e.g. python3 -c \"import pandas as pd; pd.{reader}('{}').to_csv('data.csv', index=False)\"",
+            path.display()
+        )
+    };
+    match extension {
+        "parquet" | "pq" => return refuse("a Parquet file", &to_csv("read_parquet")),
+        "arrow" | "feather" | "ipc" | "arrows" => {
+            return refuse("an Arrow IPC / Feather file", &to_csv("read_feather"));
+        }
+        "xlsx" | "xls" | "xlsm" | "ods" => {
+            return refuse("a spreadsheet", &to_csv("read_excel"));
+        }
+        "zst" | "zstd" => return refuse("zstd-compressed", "; decompress it (zstd -d)"),
+        _ => {}
+    }
+    let magic: [(&[u8], &str, String); 5] = [
+        (b"PAR1", "a Parquet file", to_csv("read_parquet")),
+        (
+            b"ARROW1",
+            "an Arrow IPC / Feather file",
+            to_csv("read_feather"),
+        ),
+        (
+            b"PK\x03\x04",
+            "a zip archive (or a spreadsheet)",
+            String::new(),
+        ),
+        (
+            b"\x28\xb5\x2f\xfd",
+            "zstd-compressed",
+            "; decompress it (zstd -d)".into(),
+        ),
+        (
+            b"\x1f\x8b",
+            "gzip-compressed",
+            "; name it NAME.csv.gz".into(),
+        ),
+    ];
+    if let Some((_, what, hint)) = magic.iter().find(|(m, _, _)| bytes.starts_with(m)) {
+        return refuse(what, hint);
+    }
+    if bytes.iter().take(8192).any(|&b| b == 0) {
+        return refuse("binary data, not text", "");
+    }
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let start = text.iter().find(|b| !b.is_ascii_whitespace());
+    match (extension, start) {
+        (_, Some(b'[')) if matches!(extension, "json" | "jsonl" | "ndjson") => refuse(
+            "one JSON array, not JSON Lines (one object per line)",
+            "; convert it with jq -c '.[]' FILE.json > FILE.jsonl",
+        ),
+        ("json" | "jsonl" | "ndjson", _) | (_, Some(b'{')) => Ok(DataFormat::Jsonl),
+        _ => Ok(DataFormat::Csv),
+    }
 }

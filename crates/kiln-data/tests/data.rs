@@ -512,3 +512,126 @@ fn id_like_columns_are_detected_and_kept_out_of_the_features() {
     assert_eq!(s.id_column.as_deref(), Some("age"));
     assert!(s.features.iter().any(|f| f.name == "id"));
 }
+
+fn load(
+    name: &str,
+    bytes: &[u8],
+    format: kiln_config::DataFormat,
+) -> kiln_data::Result<kiln_data::Table> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    let mut data = Config::default().data;
+    data.format = format;
+    kiln_data::load_source(p.to_str().unwrap(), &data)
+}
+
+#[test]
+fn json_lines_flatten_nested_objects_in_first_seen_order() {
+    let text = concat!(
+        "{\"id\": 1, \"user\": {\"name\": \"ann\", \"age\": 31}, \"paid\": true, \"plan\": \"pro\"}\n",
+        "\n",
+        "{\"plan\": \"\", \"id\": 2, \"paid\": false, \"user\": {\"age\": null}, \"note\": \"new\"}\n",
+        "{\"id\": 3, \"user\": {\"name\": \"eve\", \"age\": 7.5}}\n",
+    );
+    for name in ["t.jsonl", "t.ndjson", "t.json", "t.csv", "t.txt"] {
+        let t = load(name, text.as_bytes(), kiln_config::DataFormat::Auto).unwrap();
+        assert_eq!(
+            t.names,
+            ["id", "user.name", "user.age", "paid", "plan", "note"],
+            "{name}"
+        );
+        assert_eq!(t.lines, [1, 3, 4]);
+        let col = |n: &str| match &t.columns[t.column_index(n).unwrap()] {
+            kiln_data::Column::Text(v) => v.clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            col("user.age"),
+            [Some("31".into()), None, Some("7.5".into())]
+        );
+        assert_eq!(
+            col("paid"),
+            [Some("true".into()), Some("false".into()), None]
+        );
+        assert_eq!(col("plan"), [Some("pro".into()), None, None]);
+        assert_eq!(col("note"), [None, Some("new".into()), None]);
+    }
+    // Gzip too, chosen by the name under .gz.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+    let t = load(
+        "t.jsonl.gz",
+        &gz.finish().unwrap(),
+        kiln_config::DataFormat::Auto,
+    )
+    .unwrap();
+    assert_eq!(t.num_rows(), 3);
+}
+
+#[test]
+fn json_lines_errors_name_the_line_and_bad_lines_can_be_skipped() {
+    use kiln_config::DataFormat::{Auto, Csv};
+    let text = "{\"a\": 1, \"b\": \"x\"}\n{\"a\": 2, \"b\": }\n[1, 2]\n{\"a\": 4, \"b\": \"y\"}\n";
+    let err = load("t.jsonl", text.as_bytes(), Auto)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("t.jsonl") && err.contains("line 2") && err.contains("column 15"),
+        "{err}"
+    );
+    let mut data = Config::default().data;
+    data.bad_rows = BadRows::Skip;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.jsonl");
+    std::fs::write(&p, text).unwrap();
+    let t = kiln_data::load_source(p.to_str().unwrap(), &data).unwrap();
+    assert_eq!(t.lines, [1, 4]);
+    assert_eq!(t.report.bad_rows_skipped, 2);
+    assert!(t.report.bad_row_examples[1].contains("line 3: expected a JSON object, found a list"));
+    let err = load("t.jsonl", b"{\"a\": [1, 2]}\n", Auto)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 1") && err.contains("field \"a\" is a list"),
+        "{err}"
+    );
+    let err = load("t.jsonl", b"{\"a\": {\"b\": 1}, \"a.b\": 2}\n", Auto)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("field \"a.b\" appears twice"), "{err}");
+    let err = load("t.jsonl", b"\n\n", Auto).unwrap_err().to_string();
+    assert!(err.contains("no JSON objects"), "{err}");
+    // data.format = "csv" reads a file as CSV whatever it holds.
+    let t = load("t.jsonl", b"a,b\n1,2\n", Csv).unwrap();
+    assert_eq!(t.names, ["a", "b"]);
+}
+
+#[test]
+fn formats_kiln_does_not_read_are_named_never_parsed_as_csv() {
+    use kiln_config::DataFormat::Auto;
+    for (name, bytes, says) in [
+        ("d.parquet", &b"PAR1\x15\x04"[..], "a Parquet file"),
+        ("d.csv", &b"PAR1\x15\x04"[..], "a Parquet file"),
+        (
+            "d.feather",
+            &b"ARROW1\0\0"[..],
+            "an Arrow IPC / Feather file",
+        ),
+        ("d", &b"ARROW1\0\0"[..], "an Arrow IPC / Feather file"),
+        ("d.xlsx", &b"PK\x03\x04"[..], "a spreadsheet"),
+        ("d.csv", &b"PK\x03\x04"[..], "a zip archive"),
+        ("d.csv.zst", &b"\x28\xb5\x2f\xfd"[..], "zstd-compressed"),
+        ("d.csv", &b"\x1f\x8b\x08\0"[..], "gzip-compressed"),
+        ("d.csv", &b"a,b\n\0\x01\x02"[..], "binary data"),
+        ("d.json", &b"[{\"a\": 1}]"[..], "one JSON array"),
+    ] {
+        let err = load(name, bytes, Auto).unwrap_err().to_string();
+        assert!(
+            err.contains(says) && err.contains("kiln reads CSV/TSV"),
+            "{name}: {err}"
+        );
+    }
+    let err = load("d.parquet", b"PAR1", Auto).unwrap_err().to_string();
+    assert!(err.contains("pd.read_parquet("), "{err}");
+}

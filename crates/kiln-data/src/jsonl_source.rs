@@ -1,0 +1,210 @@
+//! JSON Lines: one JSON object per line. Nested objects become dotted column names
+//! (`{"user": {"age": 3}}` is column `user.age`); columns appear in the order their keys are
+//! first met; a key a row lacks, `null` and `""` are missing values. Lists are refused.
+
+use std::fmt;
+
+use kiln_config::BadRows;
+use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::table::{Column, LoadReport, Table};
+use crate::{DataError, Result};
+
+const MAX_EXAMPLES: usize = 5;
+
+/// A JSON value with object keys in the order written (`serde_json`'s map sorts them);
+/// lists are only noted, never read.
+enum Json {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+    List,
+    Object(Vec<(String, Json)>),
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> Visitor<'de> for Any {
+            type Value = Json;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Json, E> {
+                Ok(Json::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+                Ok(Json::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+                Ok(Json::Number(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+                Ok(Json::Number(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
+                Ok(serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+                Ok(Json::String(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Json, E> {
+                Ok(Json::String(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Json::List)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Json>()? {
+                    fields.push(entry);
+                }
+                Ok(Json::Object(fields))
+            }
+        }
+        d.deserialize_any(Any)
+    }
+}
+
+/// What a JSON value is, for messages.
+fn kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::List => "a list",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// Flattens one object into `(dotted name, value)` pairs; a list is an error naming its field.
+fn flatten(
+    prefix: &str,
+    fields: Vec<(String, Json)>,
+    out: &mut Vec<(String, Option<String>)>,
+) -> std::result::Result<(), String> {
+    for (key, value) in fields {
+        let name = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let text = match value {
+            Json::Object(inner) => {
+                flatten(&name, inner, out)?;
+                continue;
+            }
+            Json::List => {
+                return Err(format!(
+                    "field \"{name}\" is a list; kiln reads numbers, strings, booleans, null and nested objects (as dotted names), not lists yet"
+                ));
+            }
+            Json::Null => None,
+            Json::String(s) if s.is_empty() => None,
+            Json::String(s) => Some(s),
+            Json::Bool(b) => Some(b.to_string()),
+            Json::Number(n) => Some(n.to_string()),
+        };
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(format!("field \"{name}\" appears twice in the object"));
+        }
+        out.push((name, text));
+    }
+    Ok(())
+}
+
+/// Parses JSON Lines bytes; `origin` names the source in errors. A line that is not a JSON
+/// object is an error naming its line and column, or is skipped and counted under
+/// `BadRows::Skip`; a list field is always an error.
+pub fn parse_jsonl(bytes: &[u8], origin: &str, bad_rows: BadRows) -> Result<Table> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut names: Vec<String> = Vec::new();
+    let mut columns: Vec<Vec<Option<String>>> = Vec::new();
+    let mut lines = Vec::new();
+    let mut report = LoadReport::default();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = i as u64 + 1;
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        report.rows_read += 1;
+        let parsed = match serde_json::from_slice::<Json>(raw) {
+            Ok(Json::Object(object)) => {
+                let mut fields = Vec::new();
+                match flatten("", object, &mut fields) {
+                    Ok(()) => Ok(fields),
+                    Err(message) => {
+                        return Err(DataError::Malformed {
+                            path: origin.into(),
+                            line,
+                            message,
+                        });
+                    }
+                }
+            }
+            Ok(other) => Err(format!("expected a JSON object, found {}", kind(&other))),
+            Err(e) => Err(format!("column {}: {e}", e.column())),
+        };
+        let fields = match (parsed, bad_rows) {
+            (Ok(fields), _) => fields,
+            (Err(message), BadRows::Error) => {
+                return Err(DataError::Malformed {
+                    path: origin.into(),
+                    line,
+                    message: format!("{message} (set data.bad_rows = \"skip\" to drop such rows)"),
+                });
+            }
+            (Err(message), BadRows::Skip) => {
+                report.bad_rows_skipped += 1;
+                if report.bad_row_examples.len() < MAX_EXAMPLES {
+                    report
+                        .bad_row_examples
+                        .push(format!("line {line}: {message}"));
+                }
+                continue;
+            }
+        };
+        let row = lines.len();
+        for (name, value) in fields {
+            let c = match names.iter().position(|n| *n == name) {
+                Some(c) => c,
+                None => {
+                    names.push(name);
+                    columns.push(vec![None; row]);
+                    columns.len() - 1
+                }
+            };
+            columns[c].push(value);
+        }
+        for column in &mut columns {
+            column.resize(row + 1, None);
+        }
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        let detail = if report.bad_rows_skipped > 0 {
+            format!(
+                " (all {} lines were malformed and skipped)",
+                report.bad_rows_skipped
+            )
+        } else {
+            " (the file holds no JSON objects)".into()
+        };
+        return Err(DataError::Empty {
+            path: origin.into(),
+            detail,
+        });
+    }
+    Ok(Table {
+        origin: origin.into(),
+        names,
+        columns: columns.into_iter().map(Column::Text).collect(),
+        lines,
+        report,
+    })
+}
