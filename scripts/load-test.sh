@@ -4,6 +4,8 @@
 # throughput and latency percentiles, the errors, and the server's RSS before and after.
 # Needs: wrk (apt install wrk), a release build (cargo build --release), a CNN run directory.
 # Usage: scripts/load-test.sh RUN_DIR [SECONDS] [CONNECTIONS]
+# SERVE_ARGS adds server flags (e.g. "--log-level off"); SERVE_LOG is where the server's
+# stderr (its access lines) goes (default /dev/null); MODES="batching no-batching".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:?usage: scripts/load-test.sh RUN_DIR [SECONDS] [CONNECTIONS]}
@@ -43,9 +45,10 @@ if $header_len > 0 then wrk.headers["Inference-Header-Content-Length"] = "$heade
 local f = io.open("$body", "rb"); wrk.body = f:read("*a"); f:close()
 LUA
 rss() { awk '/VmRSS/ {print $2/1024 " MiB"}' /proc/"$1"/status; }
-for mode in batching no-batching; do
+for mode in ${MODES:-batching no-batching}; do
   flag=""; [ "$mode" = no-batching ] && flag="--no-batching"
-  $kiln serve "model=$run" --port $port --max-concurrent 1024 $flag 2>/dev/null &
+  # shellcheck disable=SC2086
+  $kiln serve "model=$run" --port $port --max-concurrent 1024 $flag ${SERVE_ARGS:-} 2>>"${SERVE_LOG:-/dev/null}" &
   pid=$!
   until curl -sf localhost:$port/v2/health/ready >/dev/null; do sleep 0.2; done
   # Warm up, then measure.

@@ -184,6 +184,19 @@ pub fn parse_csv(
         }
         lines.push(line);
     }
+    text_table(origin, names, columns, lines, report, "only a header")
+}
+
+/// A table of text columns read from a file, or the error of a file without a row (`none`
+/// says what it holds instead, unless every row was skipped as malformed).
+pub(crate) fn text_table(
+    origin: &str,
+    names: Vec<String>,
+    columns: Vec<Vec<Option<String>>>,
+    lines: Vec<u64>,
+    report: LoadReport,
+    none: &str,
+) -> Result<Table> {
     if lines.is_empty() {
         let detail = if report.bad_rows_skipped > 0 {
             format!(
@@ -191,7 +204,7 @@ pub fn parse_csv(
                 report.bad_rows_skipped
             )
         } else {
-            " (only a header)".into()
+            format!(" ({none})")
         };
         return Err(DataError::Empty {
             path: origin.into(),

@@ -8,7 +8,7 @@ use kiln_config::BadRows;
 use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::table::{Column, LoadReport, Table};
+use crate::table::{LoadReport, Table};
 use crate::{DataError, Result};
 
 const MAX_EXAMPLES: usize = 5;
@@ -186,25 +186,12 @@ pub fn parse_jsonl(bytes: &[u8], origin: &str, bad_rows: BadRows) -> Result<Tabl
         }
         lines.push(line);
     }
-    if lines.is_empty() {
-        let detail = if report.bad_rows_skipped > 0 {
-            format!(
-                " (all {} lines were malformed and skipped)",
-                report.bad_rows_skipped
-            )
-        } else {
-            " (the file holds no JSON objects)".into()
-        };
-        return Err(DataError::Empty {
-            path: origin.into(),
-            detail,
-        });
-    }
-    Ok(Table {
-        origin: origin.into(),
+    crate::csv_source::text_table(
+        origin,
         names,
-        columns: columns.into_iter().map(Column::Text).collect(),
+        columns,
         lines,
         report,
-    })
+        "the file holds no JSON objects",
+    )
 }

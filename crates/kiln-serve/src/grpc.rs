@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::metrics::Rejection;
 use crate::v2::{InputTensor, Output};
-use crate::{AppState, InFlight, constant_time_eq, record_labels};
+use crate::{AppState, InFlight, record_labels};
 
 /// The protocol's messages.
 #[allow(missing_docs)]
@@ -345,19 +345,11 @@ async fn answer(state: Arc<AppState>, mut request: Request<Body>) -> Response<Bo
 
 /// The token check and a concurrency slot (`ModelInfer` only, as for HTTP's POSTs).
 fn admit(state: &AppState, request: &Request<Body>) -> Result<Option<InFlight>, Status> {
-    if let Some(token) = state.config.token.as_deref() {
-        let ok = request
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-        if !ok {
-            state.metrics.reject(Rejection::Unauthorized);
-            return Err(Status::unauthenticated(
-                "missing or wrong bearer token (authorization: Bearer ...)",
-            ));
-        }
+    if !state.authorised(request.headers()) {
+        state.metrics.reject(Rejection::Unauthorized);
+        return Err(Status::unauthenticated(
+            "missing or wrong bearer token (authorization: Bearer ...)",
+        ));
     }
     if !request.uri().path().ends_with("/ModelInfer") {
         return Ok(None);

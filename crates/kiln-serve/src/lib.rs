@@ -211,6 +211,18 @@ impl AppState {
         })
     }
 
+    /// Whether `headers` carry the server's bearer token (always, when it has none).
+    fn authorised(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = self.config.token.as_deref() else {
+            return true;
+        };
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+    }
+
     fn limits(&self) -> v2::RequestLimits {
         v2::RequestLimits {
             max_rows: self.config.max_rows,
@@ -387,21 +399,13 @@ async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Res
 /// The response to an authorised request within the concurrency limit, or the 401/429.
 async fn admitted(state: &Shared, route: &str, request: Request, next: Next) -> Response {
     let open = route.starts_with("/v2/health/");
-    if let Some(token) = state.config.token.as_deref().filter(|_| !open) {
-        let ok = request
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-        if !ok {
-            state.metrics.reject(Rejection::Unauthorized);
-            return ApiError {
-                status: StatusCode::UNAUTHORIZED,
-                message: "missing or wrong bearer token (Authorization: Bearer ...)".into(),
-            }
-            .into_response();
+    if !open && !state.authorised(request.headers()) {
+        state.metrics.reject(Rejection::Unauthorized);
+        return ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or wrong bearer token (Authorization: Bearer ...)".into(),
         }
+        .into_response();
     }
     // The body arrives before the request takes a concurrency slot, so a slow client holds
     // no slot; it has `body_timeout` to send it all.
