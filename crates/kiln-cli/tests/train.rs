@@ -717,6 +717,61 @@ fn json_lines_train_describe_and_predict_and_parquet_is_named() {
     );
     let p = std::fs::read_to_string(dir.path().join("p.csv")).unwrap();
     assert!(p.starts_with("customer_id,churn\nC00000,"), "{p}");
+    // Predictions as JSON Lines and TSV by the name of --out, the same rows and names.
+    kiln_ok(
+        dir.path(),
+        &[
+            "predict",
+            run,
+            "--data",
+            "churn.jsonl",
+            "--out",
+            "p.jsonl",
+            "--proba",
+        ],
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("p.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 300);
+    let text = std::fs::read_to_string(dir.path().join("p.jsonl")).unwrap();
+    assert!(
+        text.starts_with("{\"customer_id\":\"C00000\",\"churn\":\""),
+        "{text}"
+    );
+    let first = rows[0].as_object().unwrap();
+    assert_eq!(first.len(), 4);
+    assert_eq!(first["customer_id"], "C00000");
+    assert_eq!(
+        first["churn"],
+        p.lines().nth(1).unwrap().split(',').nth(1).unwrap()
+    );
+    let sum = first["proba_no"].as_f64().unwrap() + first["proba_yes"].as_f64().unwrap();
+    assert!((sum - 1.0).abs() < 1e-5, "{sum}");
+    kiln_ok(
+        dir.path(),
+        &["predict", run, "--data", "churn.jsonl", "--out", "p.tsv"],
+    );
+    let tsv = std::fs::read_to_string(dir.path().join("p.tsv")).unwrap();
+    assert_eq!(tsv.replace('\t', ","), p);
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "predict",
+            run,
+            "--data",
+            "churn.jsonl",
+            "--out",
+            "p.parquet",
+        ],
+    );
+    assert!(
+        err.contains("not .parquet") && err.contains(".jsonl"),
+        "{err}"
+    );
+    assert!(!dir.path().join("p.parquet").exists());
     // A Parquet file is named as such, not read as a CSV.
     std::fs::write(dir.path().join("churn.parquet"), b"PAR1\x15\x04\x15").unwrap();
     let err = kiln_err(

@@ -65,7 +65,11 @@ pub fn embed_file(
     if batch == 0 {
         return Err(KilnError::Invalid("--batch-size must be at least 1".into()));
     }
-    let table = kiln_data::read_csv(data, None, kiln_config::BadRows::Error)?;
+    // CSV or JSON Lines, as training reads them.
+    let table = kiln_data::load_source(
+        &data.display().to_string(),
+        &kiln_config::DataConfig::default(),
+    )?;
     let Some(index) = table.names.iter().position(|n| n == column) else {
         return Err(KilnError::Invalid(format!(
             "{}: no column \"{column}\"; the columns are {:?}",

@@ -297,6 +297,40 @@ fn model_spec(config: &Config, preprocessor: &Preprocessor) -> Result<ModelSpec>
     )?)
 }
 
+/// One row's prediction: a class label, or a regression value.
+enum Prediction {
+    Label(String),
+    Value(f32),
+}
+
+/// How `kiln predict --out` writes, by the file's extension.
+enum PredictionsFormat {
+    /// `.csv` (or any other name), `.tsv`/`.tab`: delimited text with a header.
+    Csv(u8),
+    /// `.jsonl`, `.ndjson`: one object per row, the same names as the CSV header.
+    JsonLines,
+}
+
+impl PredictionsFormat {
+    fn of(out: &Path) -> Result<Self> {
+        let name = out.to_string_lossy().to_lowercase();
+        let extension = name.rsplit_once('.').map_or("", |(_, e)| e);
+        match extension {
+            "jsonl" | "ndjson" => Ok(Self::JsonLines),
+            "tsv" | "tab" => Ok(Self::Csv(b'\t')),
+            "parquet" | "pq" | "arrow" | "feather" | "json" | "xlsx" | "xls" | "gz" | "zst" => {
+                Err(KilnError::Output {
+                    path: out.display().to_string(),
+                    message: format!(
+                        "kiln writes predictions as CSV (.csv), TSV (.tsv) or JSON Lines (.jsonl, .ndjson), not .{extension}"
+                    ),
+                })
+            }
+            _ => Ok(Self::Csv(b',')),
+        }
+    }
+}
+
 /// The result of `kiln train`.
 #[derive(Debug, Serialize)]
 pub struct RunSummary {
@@ -817,6 +851,7 @@ pub fn predict_run(
     proba: bool,
 ) -> Result<PredictSummary> {
     refuse_overwrite(out, run_dir, data_spec)?;
+    PredictionsFormat::of(out)?;
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let device = device_for(&config)?;
     let loaded = run::load(run_dir, &device)?;
@@ -834,40 +869,78 @@ pub fn predict_run(
         path: out.display().to_string(),
         message: e.to_string(),
     };
-    let mut buf = Vec::new();
-    {
-        let mut w = csv::Writer::from_writer(&mut buf);
-        let mut header: Vec<String> = Vec::new();
-        if let (Some(id), Some(_)) = (&pre.id_column, &encoded.ids) {
-            header.push(id.clone());
+    let mut header: Vec<String> = Vec::new();
+    if let (Some(id), Some(_)) = (&pre.id_column, &encoded.ids) {
+        header.push(id.clone());
+    }
+    header.push(target_name.clone());
+    if proba && let Some(classes) = pre.classes() {
+        header.extend(classes.iter().map(|c| format!("proba_{c}")));
+    }
+    // Each row: the id, the prediction and the probabilities.
+    let records = (0..p.rows).map(|r| {
+        let row = &p.values[r * p.width..(r + 1) * p.width];
+        let mut text: Vec<String> = Vec::with_capacity(2);
+        if let Some(ids) = &encoded.ids {
+            text.push(ids[r].clone());
         }
-        header.push(target_name.clone());
-        if proba && let Some(classes) = pre.classes() {
-            header.extend(classes.iter().map(|c| format!("proba_{c}")));
-        }
-        w.write_record(&header).map_err(|e| out_err(&e))?;
-        for r in 0..p.rows {
-            let row = &p.values[r * p.width..(r + 1) * p.width];
-            let mut rec: Vec<String> = Vec::with_capacity(header.len());
-            if let Some(ids) = &encoded.ids {
-                rec.push(ids[r].clone());
-            }
-            match pre.classes() {
-                Some(classes) => {
-                    let best = row
-                        .iter()
-                        .enumerate()
-                        .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
-                    rec.push(classes[best].clone());
-                    if proba {
-                        rec.extend(row.iter().map(|v| format!("{v:.6}")));
-                    }
+        let mut numbers: Vec<f32> = Vec::new();
+        let prediction = match pre.classes() {
+            Some(classes) => {
+                let best = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+                if proba {
+                    numbers.extend_from_slice(row);
                 }
-                None => rec.push(format!("{}", row[0])),
+                Prediction::Label(classes[best].clone())
             }
-            w.write_record(&rec).map_err(|e| out_err(&e))?;
+            None => Prediction::Value(row[0]),
+        };
+        (text, prediction, numbers)
+    });
+    let mut buf = Vec::new();
+    match PredictionsFormat::of(out)? {
+        PredictionsFormat::Csv(delimiter) => {
+            let mut w = csv::WriterBuilder::new()
+                .delimiter(delimiter)
+                .from_writer(&mut buf);
+            w.write_record(&header).map_err(|e| out_err(&e))?;
+            for (mut text, prediction, numbers) in records {
+                text.push(match prediction {
+                    Prediction::Label(label) => label,
+                    Prediction::Value(value) => format!("{value}"),
+                });
+                text.extend(numbers.iter().map(|v| format!("{v:.6}")));
+                w.write_record(&text).map_err(|e| out_err(&e))?;
+            }
+            w.flush().map_err(|e| out_err(&e))?;
         }
-        w.flush().map_err(|e| out_err(&e))?;
+        PredictionsFormat::JsonLines => {
+            // Written field by field, so the keys keep the CSV header's order (id first).
+            for (text, prediction, numbers) in records {
+                let prediction = match prediction {
+                    Prediction::Label(label) => serde_json::Value::from(label),
+                    Prediction::Value(value) => serde_json::Value::from(value),
+                };
+                let values = text
+                    .into_iter()
+                    .map(serde_json::Value::from)
+                    .chain(std::iter::once(prediction))
+                    .chain(numbers.into_iter().map(serde_json::Value::from));
+                buf.push(b'{');
+                for (i, (name, value)) in header.iter().zip(values).enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    serde_json::to_writer(&mut buf, name).map_err(|e| out_err(&e))?;
+                    buf.push(b':');
+                    serde_json::to_writer(&mut buf, &value).map_err(|e| out_err(&e))?;
+                }
+                buf.extend_from_slice(b"}\n");
+            }
+        }
     }
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| out_err(&e))?;
