@@ -12,8 +12,6 @@ use crate::{DataError, Result};
 pub const MISSING_TOKENS: [&str; 9] =
     ["NA", "N/A", "na", "nan", "NaN", "null", "NULL", "None", "?"];
 
-const MAX_EXAMPLES: usize = 5;
-
 /// Reads a CSV file with a header row. The delimiter is sniffed from the header when not
 /// given. Records with the wrong number of fields (or invalid UTF-8) are errors naming the
 /// line, or are skipped and counted under `BadRows::Skip`. A `.gz` file is decompressed.
@@ -164,12 +162,7 @@ pub fn parse_csv(
                     });
                 }
                 BadRows::Skip => {
-                    report.bad_rows_skipped += 1;
-                    if report.bad_row_examples.len() < MAX_EXAMPLES {
-                        report
-                            .bad_row_examples
-                            .push(format!("line {line}: {message}"));
-                    }
+                    report.skip(line, &message);
                     continue;
                 }
             }

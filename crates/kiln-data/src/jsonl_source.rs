@@ -11,8 +11,6 @@ use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use crate::table::{LoadReport, Table};
 use crate::{DataError, Result};
 
-const MAX_EXAMPLES: usize = 5;
-
 /// A JSON value with object keys in the order written (`serde_json`'s map sorts them);
 /// lists are only noted, never read.
 enum Json {
@@ -160,12 +158,7 @@ pub fn parse_jsonl(bytes: &[u8], origin: &str, bad_rows: BadRows) -> Result<Tabl
                 });
             }
             (Err(message), BadRows::Skip) => {
-                report.bad_rows_skipped += 1;
-                if report.bad_row_examples.len() < MAX_EXAMPLES {
-                    report
-                        .bad_row_examples
-                        .push(format!("line {line}: {message}"));
-                }
+                report.skip(line, &message);
                 continue;
             }
         };

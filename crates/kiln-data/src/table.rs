@@ -107,6 +107,18 @@ pub struct LoadReport {
     pub missing_target_dropped: usize,
 }
 
+impl LoadReport {
+    /// Counts a malformed row skipped under `bad_rows = "skip"`, keeping the first few
+    /// reasons as examples.
+    pub fn skip(&mut self, line: u64, reason: &str) {
+        const EXAMPLES: usize = 5;
+        self.bad_rows_skipped += 1;
+        if self.bad_row_examples.len() < EXAMPLES {
+            self.bad_row_examples.push(format!("line {line}: {reason}"));
+        }
+    }
+}
+
 /// Named columns of equal length, plus where each row came from.
 #[derive(Debug, Clone)]
 pub struct Table {

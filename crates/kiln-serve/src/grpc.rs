@@ -176,8 +176,10 @@ pub mod proto {
         pub bytes_contents: Vec<Vec<u8>>,
     }
 
+    /// An input tensor of a request, or an output tensor of a response (one layout:
+    /// `InferInputTensor` and `InferOutputTensor` in the protocol).
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InferInputTensor {
+    pub struct InferTensor {
         #[prost(string, tag = "1")]
         pub name: String,
         #[prost(string, tag = "2")]
@@ -209,25 +211,11 @@ pub mod proto {
         #[prost(map = "string, message", tag = "4")]
         pub parameters: HashMap<String, InferParameter>,
         #[prost(message, repeated, tag = "5")]
-        pub inputs: Vec<InferInputTensor>,
+        pub inputs: Vec<InferTensor>,
         #[prost(message, repeated, tag = "6")]
         pub outputs: Vec<InferRequestedOutputTensor>,
         #[prost(bytes = "vec", repeated, tag = "7")]
         pub raw_input_contents: Vec<Vec<u8>>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InferOutputTensor {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub datatype: String,
-        #[prost(int64, repeated, tag = "3")]
-        pub shape: Vec<i64>,
-        #[prost(map = "string, message", tag = "4")]
-        pub parameters: HashMap<String, InferParameter>,
-        #[prost(message, optional, tag = "5")]
-        pub contents: Option<InferTensorContents>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -241,7 +229,7 @@ pub mod proto {
         #[prost(map = "string, message", tag = "4")]
         pub parameters: HashMap<String, InferParameter>,
         #[prost(message, repeated, tag = "5")]
-        pub outputs: Vec<InferOutputTensor>,
+        pub outputs: Vec<InferTensor>,
         #[prost(bytes = "vec", repeated, tag = "6")]
         pub raw_output_contents: Vec<Vec<u8>>,
     }
@@ -603,7 +591,7 @@ async fn model_infer(
         parameters: HashMap::new(),
         outputs: chosen
             .iter()
-            .map(|o| InferOutputTensor {
+            .map(|o| InferTensor {
                 name: o.name.clone(),
                 datatype: "FP32".into(),
                 shape: o.shape.iter().map(|&d| d as i64).collect(),
