@@ -297,11 +297,8 @@ async fn answer(state: Arc<AppState>, mut request: Request<Body>) -> Response<Bo
         path = %path,
         request_id = %id.to_str().unwrap_or("")
     );
-    let (mut response, model, outcome) = match admit(&state, &request) {
-        Err(status) => {
-            let outcome = status_of(&status);
-            (status.into_http(), String::new(), outcome)
-        }
+    let (mut response, model) = match admit(&state, &request) {
+        Err(status) => (status.into_http(), String::new()),
         Ok(held) => {
             let result = dispatch(&state, &method, request)
                 .instrument(span.clone())
@@ -311,7 +308,15 @@ async fn answer(state: Arc<AppState>, mut request: Request<Body>) -> Response<Bo
         }
     };
     response.headers_mut().insert("x-request-id", id);
-    let (http_status, code) = outcome;
+    // An error is a trailers-only response: its status is in the headers (a decoding error
+    // from tonic included); a success carries it in the trailers.
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(Code::Ok, Code::from);
+    let http_status = http_status(code);
     let route = format!("/{SERVICE}/{method}");
     let version = if model.is_empty() || model == "unknown" {
         ""
@@ -356,20 +361,13 @@ fn admit(state: &AppState, request: &Request<Body>) -> Result<Option<InFlight>, 
     }))
 }
 
-/// Runs the method `method`: its response, the model it named (for the metrics) and the
-/// outcome as an HTTP status and a gRPC code.
+/// Runs the method `method`: its response and the model it named (for the metrics).
 async fn dispatch(
     state: &Arc<AppState>,
     method: &str,
     request: Request<Body>,
-) -> (Response<Body>, String, (u16, Code)) {
+) -> (Response<Body>, String) {
     let model = std::sync::Mutex::new(String::new());
-    let outcome = std::sync::Mutex::new((200u16, Code::Ok));
-    let finish = |result: Result<(), Status>| {
-        if let Err(status) = result {
-            *outcome.lock().expect("not poisoned") = status_of(&status);
-        }
-    };
     let name_model = |name: &str| {
         *model.lock().expect("not poisoned") = if state.models.contains_key(name) {
             name.to_string()
@@ -427,18 +425,16 @@ async fn dispatch(
         "ModelReady" => {
             unary(request, limit, |r: ModelReadyRequest| async move {
                 name_model(&r.name);
-                let result = model_for(state, &r.name, &r.version).map(|m| ModelReadyResponse {
+                model_for(state, &r.name, &r.version).map(|m| ModelReadyResponse {
                     ready: m.is_ready(),
-                });
-                finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
-                result
+                })
             })
             .await
         }
         "ModelMetadata" => {
             unary(request, limit, |r: ModelMetadataRequest| async move {
                 name_model(&r.name);
-                let result = model_for(state, &r.name, &r.version).map(|m| {
+                model_for(state, &r.name, &r.version).map(|m| {
                     let tensors = |specs: Vec<crate::model::TensorSpec>| {
                         specs
                             .into_iter()
@@ -456,18 +452,14 @@ async fn dispatch(
                         inputs: tensors(m.inputs()),
                         outputs: tensors(m.outputs()),
                     }
-                });
-                finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
-                result
+                })
             })
             .await
         }
         "ModelInfer" => {
             unary(request, limit, |r: ModelInferRequest| async move {
                 name_model(&r.model_name);
-                let result = model_infer(state, r).await;
-                finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
-                result
+                model_infer(state, r).await
             })
             .await
         }
@@ -475,13 +467,11 @@ async fn dispatch(
             let status = Status::unimplemented(format!(
                 "{SERVICE} has no method \"{other}\"; kiln serves ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer and RepositoryIndex"
             ));
-            finish(Err(status.clone()));
             status.into_http()
         }
     };
     let model = model.into_inner().expect("not poisoned");
-    let outcome = outcome.into_inner().expect("not poisoned");
-    (response, model, outcome)
+    (response, model)
 }
 
 /// Decodes one `Req`, answers it with `handle` and encodes the response (tonic's unary path:
@@ -658,9 +648,9 @@ fn to_status(e: &ApiError) -> Status {
     Status::new(code, e.message.clone())
 }
 
-/// A gRPC status as the HTTP status of the metrics (as in the HTTP endpoints) and its code.
-fn status_of(s: &Status) -> (u16, Code) {
-    let http = match s.code() {
+/// A gRPC code as the HTTP status of the metrics (as the HTTP endpoints count them).
+fn http_status(code: Code) -> u16 {
+    match code {
         Code::Ok => 200,
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
         Code::Unauthenticated => 401,
@@ -671,6 +661,5 @@ fn status_of(s: &Status) -> (u16, Code) {
         Code::Unavailable => 503,
         Code::DeadlineExceeded => 504,
         _ => 500,
-    };
-    (http, s.code())
+    }
 }
