@@ -164,14 +164,18 @@ pub enum CategoricalEncoding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DataFormat {
-    /// From the extension (`.jsonl`, `.ndjson`, `.json`; `.gz` looked through) and the
-    /// first bytes; CSV otherwise.
+    /// From the extension (`.parquet`, `.arrow`/`.feather`, `.jsonl`/`.ndjson`/`.json`;
+    /// `.gz` and `.zst` looked through) and the first bytes; CSV otherwise.
     #[default]
     Auto,
     /// Delimited text with a header row.
     Csv,
     /// JSON Lines: one object per line.
     Jsonl,
+    /// Apache Parquet: a file, or a directory of part files.
+    Parquet,
+    /// Arrow IPC file (Feather v2) or stream.
+    Arrow,
 }
 
 /// Handling of rows that fail to parse.

@@ -65,7 +65,7 @@ pub fn load_builtin(name: &str) -> Result<Table> {
                 .collect(),
         ));
     } else {
-        columns.push(Column::Number(target));
+        columns.push(Column::numbers(target));
     }
     names.push("target".into());
     Ok(Table {

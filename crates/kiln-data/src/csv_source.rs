@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use arrow_array::builder::LargeStringBuilder;
 use kiln_config::BadRows;
 
 use crate::table::{Column, LoadReport, Table};
@@ -20,25 +21,46 @@ pub fn read_csv(path: &Path, delimiter: Option<char>, bad_rows: BadRows) -> Resu
     parse_csv(&bytes, &path.display().to_string(), delimiter, bad_rows)
 }
 
-/// The bytes of a file, decompressed when its name ends in `.gz`.
+/// The bytes of a file, decompressed when its name ends in `.gz` or `.zst`/`.zstd`.
 pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    decompressed(path)?
+        .read_to_end(&mut bytes)
+        .map_err(|source| DataError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(bytes)
+}
+
+/// The first 8 KiB of a file (decompressed as [`read_bytes`] does), to tell its format.
+pub(crate) fn read_head(path: &Path) -> Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(8192);
+    decompressed(path)?
+        .take(8192)
+        .read_to_end(&mut head)
+        .map_err(|source| DataError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(head)
+}
+
+fn decompressed(path: &Path) -> Result<Box<dyn Read>> {
     let display = path.display().to_string();
     let io = |source| DataError::Io {
         path: display.clone(),
         source,
     };
-    let mut bytes = Vec::new();
-    let file = std::fs::File::open(path).map_err(io)?;
-    if display.ends_with(".gz") {
-        flate2::read::GzDecoder::new(file)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
+    let file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let name = display.to_lowercase();
+    Ok(if name.ends_with(".gz") {
+        Box::new(flate2::bufread::MultiGzDecoder::new(file))
+    } else if name.ends_with(".zst") || name.ends_with(".zstd") {
+        Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io)?)
     } else {
-        std::io::BufReader::new(file)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-    }
-    Ok(bytes)
+        Box::new(file)
+    })
 }
 
 fn sniff_delimiter(bytes: &[u8]) -> u8 {
@@ -107,7 +129,8 @@ pub fn parse_csv(
         }
     }
     let width = names.len();
-    let mut columns: Vec<Vec<Option<String>>> = vec![Vec::new(); width];
+    let mut columns: Vec<LargeStringBuilder> =
+        (0..width).map(|_| LargeStringBuilder::new()).collect();
     let mut lines = Vec::new();
     let mut report = LoadReport::default();
     let mut record = csv::ByteRecord::new();
@@ -169,23 +192,23 @@ pub fn parse_csv(
         }
         for (col, field) in columns.iter_mut().zip(record.iter()) {
             let s = std::str::from_utf8(field).expect("checked above");
-            col.push(if s.is_empty() || MISSING_TOKENS.contains(&s) {
-                None
-            } else {
-                Some(s.to_string())
-            });
+            col.append_option((!s.is_empty() && !MISSING_TOKENS.contains(&s)).then_some(s));
         }
         lines.push(line);
     }
+    let columns = columns
+        .into_iter()
+        .map(|mut c| Column::Text(c.finish()))
+        .collect();
     text_table(origin, names, columns, lines, report, "only a header")
 }
 
-/// A table of text columns read from a file, or the error of a file without a row (`none`
+/// A table of columns read from a file, or the error of a file without a row (`none`
 /// says what it holds instead, unless every row was skipped as malformed).
 pub(crate) fn text_table(
     origin: &str,
     names: Vec<String>,
-    columns: Vec<Vec<Option<String>>>,
+    columns: Vec<Column>,
     lines: Vec<u64>,
     report: LoadReport,
     none: &str,
@@ -207,7 +230,7 @@ pub(crate) fn text_table(
     Ok(Table {
         origin: origin.into(),
         names,
-        columns: columns.into_iter().map(Column::Text).collect(),
+        columns,
         lines,
         report,
     })

@@ -95,14 +95,14 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
         Column::Image { .. } => (FeatureType::Image, None),
         Column::Number(values) => {
             let distinct: HashSet<u64> = values.iter().flatten().map(|v| v.to_bits()).collect();
-            if distinct.len() <= 2 && values.iter().flatten().all(|&v| v == 0.0 || v == 1.0) {
+            if distinct.len() <= 2 && values.iter().flatten().all(|v| v == 0.0 || v == 1.0) {
                 (FeatureType::Binary, None)
             } else {
                 (FeatureType::Numeric, None)
             }
         }
         Column::Text(values) => {
-            let present: Vec<&str> = values.iter().flatten().map(String::as_str).collect();
+            let present: Vec<&str> = values.iter().flatten().collect();
             if present.is_empty() {
                 return (FeatureType::Ignore, Some("every value is missing".into()));
             }
@@ -165,7 +165,7 @@ fn looks_like_prose(values: &[&str]) -> bool {
 
 /// Whether a column name reads as an identifier: `id`, `ID`, `user_id`, `PassengerId`,
 /// `customer-id`, `rownames`, `index`, `Unnamed: 0` (pandas' written index).
-fn id_like_name(name: &str) -> bool {
+pub(crate) fn id_like_name(name: &str) -> bool {
     let lower = name.trim().to_lowercase();
     if matches!(
         lower.as_str(),
@@ -203,7 +203,7 @@ fn id_like(name: &str, column: &Column) -> Option<String> {
             })
             .collect(),
         Column::Text(values) => {
-            let present: Option<Vec<&str>> = values.iter().map(|v| v.as_deref()).collect();
+            let present: Option<Vec<&str>> = values.iter().collect();
             let present = present?;
             let parsed: Option<Vec<i64>> = present.iter().map(|s| s.trim().parse().ok()).collect();
             if parsed.is_none() {
@@ -243,9 +243,9 @@ fn id_like(name: &str, column: &Column) -> Option<String> {
 
 fn infer_task(column: &Column) -> Task {
     let values: Vec<f64> = match column {
-        Column::Number(v) => v.iter().flatten().copied().collect(),
+        Column::Number(v) => v.iter().flatten().collect(),
         Column::Text(v) => {
-            let present: Vec<&String> = v.iter().flatten().collect();
+            let present: Vec<&str> = v.iter().flatten().collect();
             let parsed: Vec<f64> = present.iter().filter_map(|s| looks_numeric(s)).collect();
             if parsed.len() != present.len() {
                 return Task::Classification;
@@ -290,9 +290,8 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
     if task == Task::Regression
         && let Column::Text(values) = target_column
         && let Some((row, bad)) = values.iter().enumerate().find_map(|(i, v)| {
-            v.as_ref()
-                .filter(|s| looks_numeric(s).is_none())
-                .map(|s| (i, s.clone()))
+            v.filter(|s| looks_numeric(s).is_none())
+                .map(|s| (i, s.to_string()))
         })
     {
         return Err(DataError::BadValue {
@@ -460,6 +459,26 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
 
 /// The id-like column of `table` ([`id_like`]), preferring an id-like name; columns the
 /// config names (target, split, `[[features]]`) are never taken.
+/// The columns a run reads when its features are listed: those features, the target, the id
+/// and split columns (a Parquet or Arrow source then decodes only these, plus any column
+/// named like an id, for `data.detect_id`). `None` when the features are inferred (every
+/// column is read), or when the target is not named.
+pub fn wanted_columns(config: &Config) -> Option<Vec<String>> {
+    let data = &config.data;
+    // An unnamed target is found among all the columns.
+    let target = data.target.clone()?;
+    if config.features.is_empty() {
+        return None;
+    }
+    let mut names: Vec<String> = config.features.iter().map(|f| f.name.clone()).collect();
+    names.push(target);
+    names.extend(data.id_column.clone());
+    names.extend(data.split.column.clone());
+    let mut seen = HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    Some(names)
+}
+
 fn detect_id_column(table: &Table, config: &Config, target: &str) -> Option<String> {
     let taken = |name: &str| {
         name == target

@@ -182,7 +182,7 @@ pub fn parse_jsonl(bytes: &[u8], origin: &str, bad_rows: BadRows) -> Result<Tabl
     crate::csv_source::text_table(
         origin,
         names,
-        columns,
+        columns.into_iter().map(crate::Column::texts).collect(),
         lines,
         report,
         "the file holds no JSON objects",

@@ -8,6 +8,8 @@
 //! transforms.
 #![warn(missing_docs)]
 
+mod arrow_sink;
+mod arrow_source;
 mod builtin;
 mod csv_source;
 mod describe;
@@ -18,11 +20,13 @@ mod preprocess;
 mod split;
 mod table;
 
+pub use arrow_sink::{ColumnarFormat, OutputColumn, write_columnar};
+pub use arrow_source::{read_arrow_ipc, read_parquet};
 pub use builtin::{BUILTIN_DATASETS, load_builtin};
 pub use csv_source::read_csv;
 pub use describe::{ColumnSummary, Description, describe};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
-pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
+pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema, wanted_columns};
 pub use jsonl_source::parse_jsonl;
 pub use kiln_spec::InputShape;
 pub use preprocess::{
@@ -125,9 +129,20 @@ pub enum DataError {
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 /// Loads a data source: `builtin:NAME`, an IDX prefix (`DIR/train` for
-/// `DIR/train-images-idx3-ubyte.gz` and `DIR/train-labels-idx1-ubyte.gz`), a CSV file or a
-/// JSON Lines file (`data.format`, else [`detect_format`]).
+/// `DIR/train-images-idx3-ubyte.gz` and `DIR/train-labels-idx1-ubyte.gz`), a CSV, JSON
+/// Lines, Parquet or Arrow IPC file, or a directory of Parquet part files (`data.format`,
+/// else [`detect_format`]).
 pub fn load_source(spec: &str, config: &DataConfig) -> Result<Table> {
+    load_source_columns(spec, config, None)
+}
+
+/// [`load_source`], reading only `columns` from a Parquet or Arrow source (the others are
+/// never decoded); text formats are read whole.
+pub fn load_source_columns(
+    spec: &str,
+    config: &DataConfig,
+    columns: Option<&[String]>,
+) -> Result<Table> {
     if let Some(name) = spec.strip_prefix("builtin:") {
         return load_builtin(name);
     }
@@ -136,82 +151,99 @@ pub fn load_source(spec: &str, config: &DataConfig) -> Result<Table> {
     }
     let path = Path::new(spec);
     if path.is_dir() {
-        return Err(DataError::Invalid(format!(
-            "{spec} is a directory; give a CSV file or an IDX prefix such as {spec}/train"
-        )));
+        return match config.format {
+            DataFormat::Auto | DataFormat::Parquet => read_parquet(path, columns, config.bad_rows),
+            other => Err(DataError::Invalid(format!(
+                "{spec} is a directory; data.format = \"{}\" reads one file",
+                format!("{other:?}").to_lowercase()
+            ))),
+        };
     }
-    let bytes = csv_source::read_bytes(path)?;
     let format = match config.format {
-        DataFormat::Auto => detect_format(path, &bytes)?,
+        DataFormat::Auto => match csv_source::read_head(path) {
+            Ok(head) => detect_format(path, &head)?,
+            Err(e) => {
+                // A name that says which format kiln refuses is the clearer error.
+                detect_format(path, &[])?;
+                return Err(e);
+            }
+        },
         chosen => chosen,
     };
     match format {
-        DataFormat::Jsonl => parse_jsonl(&bytes, spec, config.bad_rows),
-        _ => csv_source::parse_csv(&bytes, spec, config.delimiter, config.bad_rows),
+        DataFormat::Parquet => read_parquet(path, columns, config.bad_rows),
+        DataFormat::Arrow => read_arrow_ipc(path, columns, config.bad_rows),
+        DataFormat::Jsonl => parse_jsonl(&csv_source::read_bytes(path)?, spec, config.bad_rows),
+        DataFormat::Csv | DataFormat::Auto => csv_source::parse_csv(
+            &csv_source::read_bytes(path)?,
+            spec,
+            config.delimiter,
+            config.bad_rows,
+        ),
     }
 }
 
-/// The format of `path` (whose decompressed bytes are `bytes`): JSON Lines by extension
-/// (`.jsonl`, `.ndjson`, `.json`) or by a first line that opens an object, CSV otherwise.
-/// Formats kiln does not read yet (Parquet, Arrow/Feather, spreadsheets, zstd, other binary
-/// files, a JSON array) are errors saying what the file is, never a CSV parse of it.
-pub fn detect_format(path: &Path, bytes: &[u8]) -> Result<DataFormat> {
+/// The format of `path` from its extension and `head`, its first (decompressed) bytes:
+/// Parquet (`.parquet`, `.pq`, or `PAR1`), Arrow IPC / Feather v2 (`.arrow`, `.feather`,
+/// `.ipc`, `.arrows`, or `ARROW1`), JSON Lines (`.jsonl`, `.ndjson`, `.json`, or a first line
+/// that opens an object), CSV otherwise. Formats kiln does not read (spreadsheets, zip, other
+/// binary files, a JSON array, a compressed file under the wrong name) are errors saying what
+/// the file is, never a CSV parse of it.
+pub fn detect_format(path: &Path, head: &[u8]) -> Result<DataFormat> {
     let name = path.to_string_lossy().to_lowercase();
-    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    let compressed = [".gz", ".zst", ".zstd"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix));
+    let name = compressed.unwrap_or(&name);
     let extension = name.rsplit_once('.').map_or("", |(_, e)| e);
     let refuse = |what: &str, hint: &str| {
         Err(DataError::Invalid(format!(
-            "{}: {what}; kiln reads CSV/TSV (also .gz), JSON Lines, gzip IDX images and builtin:NAME{hint}",
+            "{}: {what}; kiln reads CSV/TSV (also .gz, .zst), JSON Lines, Parquet, Arrow IPC / Feather v2, gzip IDX images and builtin:NAME{hint}",
             path.display()
         )))
     };
-    let to_csv = |reader: &str| {
-        format!(
-            "; convert it first, e.g. python3 -c \"import pandas as pd; pd.{reader}('{}').to_csv('data.csv', index=False)\"",
-            path.display()
-        )
-    };
-    match extension {
-        "parquet" | "pq" => return refuse("a Parquet file", &to_csv("read_parquet")),
-        "arrow" | "feather" | "ipc" | "arrows" => {
-            return refuse("an Arrow IPC / Feather file", &to_csv("read_feather"));
+    match (extension, compressed.is_some()) {
+        ("parquet" | "pq", false) => return Ok(DataFormat::Parquet),
+        ("arrow" | "feather" | "ipc" | "arrows", false) => return Ok(DataFormat::Arrow),
+        ("parquet" | "pq" | "arrow" | "feather" | "ipc" | "arrows", true) => {
+            return refuse(
+                "a compressed Parquet or Arrow file",
+                "; these formats compress inside the file: decompress it first",
+            );
         }
-        "xlsx" | "xls" | "xlsm" | "ods" => {
-            return refuse("a spreadsheet", &to_csv("read_excel"));
+        ("xlsx" | "xls" | "xlsm" | "ods", _) => {
+            return refuse(
+                "a spreadsheet",
+                &format!(
+                    "; convert it first, e.g. python3 -c \"import pandas as pd; pd.read_excel('{}').to_csv('data.csv', index=False)\"",
+                    path.display()
+                ),
+            );
         }
-        "zst" | "zstd" => return refuse("zstd-compressed", "; decompress it (zstd -d)"),
         _ => {}
     }
-    let magic: [(&[u8], &str, String); 5] = [
-        (b"PAR1", "a Parquet file", to_csv("read_parquet")),
-        (
-            b"ARROW1",
-            "an Arrow IPC / Feather file",
-            to_csv("read_feather"),
-        ),
-        (
-            b"PK\x03\x04",
-            "a zip archive (or a spreadsheet)",
-            String::new(),
-        ),
+    if head.starts_with(b"PAR1") {
+        return Ok(DataFormat::Parquet);
+    }
+    if head.starts_with(b"ARROW1") || head.starts_with(b"FEA1") {
+        return Ok(DataFormat::Arrow);
+    }
+    let magic: [(&[u8], &str, &str); 3] = [
+        (b"PK\x03\x04", "a zip archive (or a spreadsheet)", ""),
         (
             b"\x28\xb5\x2f\xfd",
             "zstd-compressed",
-            "; decompress it (zstd -d)".into(),
+            "; name it NAME.csv.zst",
         ),
-        (
-            b"\x1f\x8b",
-            "gzip-compressed",
-            "; name it NAME.csv.gz".into(),
-        ),
+        (b"\x1f\x8b", "gzip-compressed", "; name it NAME.csv.gz"),
     ];
-    if let Some((_, what, hint)) = magic.iter().find(|(m, _, _)| bytes.starts_with(m)) {
+    if let Some((_, what, hint)) = magic.iter().find(|(m, _, _)| head.starts_with(m)) {
         return refuse(what, hint);
     }
-    if bytes.iter().take(8192).any(|&b| b == 0) {
+    if head.iter().take(8192).any(|&b| b == 0) {
         return refuse("binary data, not text", "");
     }
-    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let text = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     let start = text.iter().find(|b| !b.is_ascii_whitespace());
     match (extension, start) {
         (_, Some(b'[')) if matches!(extension, "json" | "jsonl" | "ndjson") => refuse(

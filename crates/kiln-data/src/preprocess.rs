@@ -355,8 +355,8 @@ fn numeric_values(
 ) -> Result<Vec<Option<f64>>> {
     rows.iter()
         .map(|&r| match column {
-            Column::Number(v) => Ok(v[r]),
-            Column::Text(v) => match &v[r] {
+            Column::Number(_) => Ok(column.number(r)),
+            Column::Text(_) => match column.str(r) {
                 None => Ok(None),
                 Some(s) => parse_number(s)
                     .map(Some)

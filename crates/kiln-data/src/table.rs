@@ -1,14 +1,16 @@
-//! Raw, typed-as-read columns.
+//! Typed columns as read: Arrow arrays of text and numbers, and image pixels.
 
+use arrow_array::{Array, Float64Array, LargeStringArray};
 use serde::{Deserialize, Serialize};
 
-/// One column as read from the source.
+/// One column as read from the source. Text and numbers are Arrow arrays: values in one
+/// buffer, missing values in a validity bitmap.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Column {
-    /// Text fields (CSV); `None` is a missing value.
-    Text(Vec<Option<String>>),
-    /// Numbers (built-in sets, IDX labels); `None` is missing.
-    Number(Vec<Option<f64>>),
+    /// Text fields (CSV, JSON Lines, Arrow strings and categories); null is a missing value.
+    Text(LargeStringArray),
+    /// Numbers (Parquet/Arrow numeric columns, built-in sets, IDX labels); null is missing.
+    Number(Float64Array),
     /// Grey-scale images, `height * width` bytes per row.
     Image {
         /// Row-major pixels of all rows.
@@ -21,6 +23,16 @@ pub enum Column {
 }
 
 impl Column {
+    /// A text column from optional strings.
+    pub fn texts<S: AsRef<str>>(values: impl IntoIterator<Item = Option<S>>) -> Column {
+        Column::Text(values.into_iter().collect())
+    }
+
+    /// A number column from optional values.
+    pub fn numbers(values: impl IntoIterator<Item = Option<f64>>) -> Column {
+        Column::Number(values.into_iter().collect())
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         match self {
@@ -42,25 +54,41 @@ impl Column {
     /// Whether row `i` is missing.
     pub fn is_missing(&self, i: usize) -> bool {
         match self {
-            Column::Text(v) => v[i].is_none(),
-            Column::Number(v) => v[i].is_none(),
+            Column::Text(v) => v.is_null(i),
+            Column::Number(v) => v.is_null(i),
             Column::Image { .. } => false,
+        }
+    }
+
+    /// Row `i` of a text column (`None` if missing or not text).
+    pub fn str(&self, i: usize) -> Option<&str> {
+        match self {
+            Column::Text(v) => v.is_valid(i).then(|| v.value(i)),
+            _ => None,
+        }
+    }
+
+    /// Row `i` of a number column (`None` if missing or not numbers).
+    pub fn number(&self, i: usize) -> Option<f64> {
+        match self {
+            Column::Number(v) => v.is_valid(i).then(|| v.value(i)),
+            _ => None,
         }
     }
 
     /// Row `i` as text, for categorical handling and ids (`None` if missing).
     pub fn text(&self, i: usize) -> Option<String> {
         match self {
-            Column::Text(v) => v[i].clone(),
-            Column::Number(v) => v[i].map(format_number),
+            Column::Text(_) => self.str(i).map(str::to_string),
+            Column::Number(_) => self.number(i).map(format_number),
             Column::Image { .. } => Some(format!("<image {i}>")),
         }
     }
 
     fn select(&self, rows: &[usize]) -> Column {
         match self {
-            Column::Text(v) => Column::Text(rows.iter().map(|&r| v[r].clone()).collect()),
-            Column::Number(v) => Column::Number(rows.iter().map(|&r| v[r]).collect()),
+            Column::Text(_) => Column::texts(rows.iter().map(|&r| self.str(r))),
+            Column::Number(_) => Column::numbers(rows.iter().map(|&r| self.number(r))),
             Column::Image {
                 pixels,
                 height,

@@ -27,19 +27,11 @@ fn csv_quotes_semicolons_missing_tokens_and_bom() {
     let t = csv_table("\u{feff}name;note;value\n\"Smith; J\";\"said \"\"hi\"\"\";1.5\nDoe;NA;\n");
     assert_eq!(t.names, ["name", "note", "value"]);
     assert_eq!(t.num_rows(), 2);
-    let Column::Text(names) = &t.columns[0] else {
-        panic!()
-    };
-    assert_eq!(names[0].as_deref(), Some("Smith; J"));
-    let Column::Text(notes) = &t.columns[1] else {
-        panic!()
-    };
-    assert_eq!(notes[0].as_deref(), Some("said \"hi\""));
-    assert_eq!(notes[1], None, "NA is missing");
-    let Column::Text(values) = &t.columns[2] else {
-        panic!()
-    };
-    assert_eq!(values[1], None, "empty is missing");
+    assert!(t.columns.iter().all(|c| matches!(c, Column::Text(_))));
+    assert_eq!(t.columns[0].str(0), Some("Smith; J"));
+    assert_eq!(t.columns[1].str(0), Some("said \"hi\""));
+    assert_eq!(t.columns[1].str(1), None, "NA is missing");
+    assert_eq!(t.columns[2].str(1), None, "empty is missing");
     assert_eq!(t.lines, [2, 3]);
 }
 
@@ -49,15 +41,12 @@ fn blank_lines_are_skipped_but_an_empty_value_of_a_one_column_file_is_a_row() {
     let t = csv_table("text\nfoo\n\n\"\"\n   \nbar\n");
     assert_eq!(
         t.columns[0],
-        Column::Text(vec![Some("foo".into()), None, None, Some("bar".into())])
+        Column::texts([Some("foo"), None, None, Some("bar")])
     );
     assert_eq!(t.lines.len(), 4);
     // Two columns: a whitespace-only line is a blank line, skipped.
     let t = csv_table("a,b\n1,2\n   \n3,4\n");
-    assert_eq!(
-        t.columns[0],
-        Column::Text(vec![Some("1".into()), Some("3".into())])
-    );
+    assert_eq!(t.columns[0], Column::texts([Some("1"), Some("3")]));
 }
 
 #[test]
@@ -542,9 +531,10 @@ fn json_lines_flatten_nested_objects_in_first_seen_order() {
             "{name}"
         );
         assert_eq!(t.lines, [1, 3, 4]);
-        let col = |n: &str| match &t.columns[t.column_index(n).unwrap()] {
-            kiln_data::Column::Text(v) => v.clone(),
-            _ => unreachable!(),
+        let col = |n: &str| -> Vec<Option<String>> {
+            let c = &t.columns[t.column_index(n).unwrap()];
+            assert!(matches!(c, kiln_data::Column::Text(_)));
+            (0..c.len()).map(|r| c.text(r)).collect()
         };
         assert_eq!(
             col("user.age"),
@@ -611,20 +601,17 @@ fn json_lines_errors_name_the_line_and_bad_lines_can_be_skipped() {
 fn formats_kiln_does_not_read_are_named_never_parsed_as_csv() {
     use kiln_config::DataFormat::Auto;
     for (name, bytes, says) in [
-        ("d.parquet", &b"PAR1\x15\x04"[..], "a Parquet file"),
-        ("d.csv", &b"PAR1\x15\x04"[..], "a Parquet file"),
-        (
-            "d.feather",
-            &b"ARROW1\0\0"[..],
-            "an Arrow IPC / Feather file",
-        ),
-        ("d", &b"ARROW1\0\0"[..], "an Arrow IPC / Feather file"),
         ("d.xlsx", &b"PK\x03\x04"[..], "a spreadsheet"),
         ("d.csv", &b"PK\x03\x04"[..], "a zip archive"),
-        ("d.csv.zst", &b"\x28\xb5\x2f\xfd"[..], "zstd-compressed"),
+        ("d.csv", &b"\x28\xb5\x2f\xfd"[..], "name it NAME.csv.zst"),
         ("d.csv", &b"\x1f\x8b\x08\0"[..], "gzip-compressed"),
         ("d.csv", &b"a,b\n\0\x01\x02"[..], "binary data"),
         ("d.json", &b"[{\"a\": 1}]"[..], "one JSON array"),
+        (
+            "d.parquet.gz",
+            &b"\x1f\x8b\x08\0"[..],
+            "a compressed Parquet or Arrow file",
+        ),
     ] {
         let err = load(name, bytes, Auto).unwrap_err().to_string();
         assert!(
@@ -632,6 +619,43 @@ fn formats_kiln_does_not_read_are_named_never_parsed_as_csv() {
             "{name}: {err}"
         );
     }
-    let err = load("d.parquet", b"PAR1", Auto).unwrap_err().to_string();
-    assert!(err.contains("pd.read_parquet("), "{err}");
+    let err = load("d.xlsx", b"PK\x03\x04", Auto).unwrap_err().to_string();
+    assert!(err.contains("pd.read_excel("), "{err}");
+}
+
+#[test]
+fn corrupt_parquet_and_arrow_files_are_errors_naming_the_file() {
+    use kiln_config::DataFormat::Auto;
+    for (name, bytes, says) in [
+        // A Parquet header without a footer, by extension and by magic under another name.
+        (
+            "d.parquet",
+            &b"PAR1\x15\x04"[..],
+            "not a readable Parquet file",
+        ),
+        (
+            "d.csv",
+            &b"PAR1\x15\x04\x15\x04\x15\x04"[..],
+            "not a readable Parquet file",
+        ),
+        (
+            "d.feather",
+            &b"ARROW1\0\0"[..],
+            "not a readable Arrow IPC / Feather file",
+        ),
+        (
+            "d",
+            &b"ARROW1\0\0"[..],
+            "not a readable Arrow IPC / Feather file",
+        ),
+        (
+            "d.arrows",
+            &b"\xff\xff\xff\xff\x10"[..],
+            "not a readable Arrow IPC / Feather file",
+        ),
+        ("d.feather", &b"FEA1\0\0\0\0"[..], "a Feather v1 file"),
+    ] {
+        let err = load(name, bytes, Auto).unwrap_err().to_string();
+        assert!(err.contains(says) && err.contains(name), "{name}: {err}");
+    }
 }

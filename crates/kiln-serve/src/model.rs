@@ -356,7 +356,7 @@ pub fn records_table(pre: &Preprocessor, records: &[serde_json::Value]) -> Resul
     Ok(Table {
         origin: "request".into(),
         names,
-        columns: columns.into_iter().map(Column::Text).collect(),
+        columns: columns.into_iter().map(Column::texts).collect(),
         lines: (1..=records.len() as u64).collect(),
         report: Default::default(),
     })

@@ -26,10 +26,13 @@ pub fn device_for(config: &Config) -> Result<Device> {
     Ok(kiln_runtime::device_for(config)?)
 }
 
-/// Loads any data source kiln reads (CSV, IDX prefix, `builtin:NAME`), honouring the
-/// config's delimiter and bad-row policy.
+/// Loads any data source kiln reads (CSV, JSON Lines, Parquet, Arrow, IDX prefix,
+/// `builtin:NAME`), honouring the config's format, delimiter and bad-row policy; a columnar
+/// source decodes only the columns a config with listed features uses.
 pub fn load_table(spec: &str, config: &Config) -> Result<Table> {
-    kiln_data::load_source(spec, &config.data).map_err(|e| with_setup_hint(spec, e.into()))
+    let columns = kiln_data::wanted_columns(config);
+    kiln_data::load_source_columns(spec, &config.data, columns.as_deref())
+        .map_err(|e| with_setup_hint(spec, e.into()))
 }
 
 /// The script that provides an example's data, for a path the examples use.
@@ -309,6 +312,8 @@ enum PredictionsFormat {
     Csv(u8),
     /// `.jsonl`, `.ndjson`: one object per row, the same names as the CSV header.
     JsonLines,
+    /// `.parquet`, `.pq`; `.arrow`, `.feather`: typed columns under the CSV header's names.
+    Columnar(kiln_data::ColumnarFormat),
 }
 
 impl PredictionsFormat {
@@ -318,14 +323,14 @@ impl PredictionsFormat {
         match extension {
             "jsonl" | "ndjson" => Ok(Self::JsonLines),
             "tsv" | "tab" => Ok(Self::Csv(b'\t')),
-            "parquet" | "pq" | "arrow" | "feather" | "json" | "xlsx" | "xls" | "gz" | "zst" => {
-                Err(KilnError::Output {
-                    path: out.display().to_string(),
-                    message: format!(
-                        "kiln writes predictions as CSV (.csv), TSV (.tsv) or JSON Lines (.jsonl, .ndjson), not .{extension}"
-                    ),
-                })
-            }
+            "parquet" | "pq" => Ok(Self::Columnar(kiln_data::ColumnarFormat::Parquet)),
+            "arrow" | "feather" => Ok(Self::Columnar(kiln_data::ColumnarFormat::ArrowIpc)),
+            "json" | "xlsx" | "xls" | "gz" | "zst" => Err(KilnError::Output {
+                path: out.display().to_string(),
+                message: format!(
+                    "kiln writes predictions as CSV (.csv), TSV (.tsv), JSON Lines (.jsonl, .ndjson), Parquet (.parquet) or Arrow IPC / Feather (.arrow, .feather), not .{extension}"
+                ),
+            }),
             _ => Ok(Self::Csv(b',')),
         }
     }
@@ -916,6 +921,39 @@ pub fn predict_run(
                 w.write_record(&text).map_err(|e| out_err(&e))?;
             }
             w.flush().map_err(|e| out_err(&e))?;
+        }
+        PredictionsFormat::Columnar(format) => {
+            let mut columns: Vec<kiln_data::OutputColumn> = Vec::new();
+            for (text, prediction, numbers) in records {
+                if columns.is_empty() {
+                    columns.extend(
+                        text.iter()
+                            .map(|_| kiln_data::OutputColumn::Text(Vec::new())),
+                    );
+                    columns.push(match prediction {
+                        Prediction::Label(_) => kiln_data::OutputColumn::Text(Vec::new()),
+                        Prediction::Value(_) => kiln_data::OutputColumn::Float(Vec::new()),
+                    });
+                    columns.extend(
+                        numbers
+                            .iter()
+                            .map(|_| kiln_data::OutputColumn::Float(Vec::new())),
+                    );
+                }
+                let values = text
+                    .into_iter()
+                    .map(Prediction::Label)
+                    .chain(std::iter::once(prediction))
+                    .chain(numbers.into_iter().map(Prediction::Value));
+                for (column, value) in columns.iter_mut().zip(values) {
+                    match (column, value) {
+                        (kiln_data::OutputColumn::Text(c), Prediction::Label(v)) => c.push(v),
+                        (kiln_data::OutputColumn::Float(c), Prediction::Value(v)) => c.push(v),
+                        _ => unreachable!("every row has the first row's column types"),
+                    }
+                }
+            }
+            buf = kiln_data::write_columnar(format, &header, columns)?;
         }
         PredictionsFormat::JsonLines => {
             // Written field by field, so the keys keep the CSV header's order (id first).

@@ -1,0 +1,628 @@
+//! Parquet and Arrow IPC (Feather v2) sources: typed Arrow columns into kiln's [`Table`].
+//!
+//! Numbers stay numbers (integers beyond 2^53 stay exact, as text), strings and
+//! dictionary-encoded categories become text, booleans `true`/`false`, dates and timestamps
+//! ISO 8601 text, structs are flattened into dotted names (`user.age`, as for JSON Lines).
+//! Lists, maps and binary columns are refused, naming the column. A float `NaN` (how pandas
+//! writes a missing float) is a missing value; an infinity is a bad value, like in a CSV.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_array::builder::{Float64Builder, Int64Builder, LargeStringBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Date32Type, Date64Type, Decimal128Type, Float16Type, Float32Type, Float64Type, Int8Type,
+    Int16Type, Int32Type, Int64Type, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, ArrayRef, RecordBatch, RecordBatchReader};
+use arrow_buffer::NullBuffer;
+use arrow_schema::{DataType, Fields, SchemaRef, TimeUnit};
+use kiln_config::BadRows;
+
+use crate::table::{Column, LoadReport, Table};
+use crate::{DataError, Result};
+
+/// Rows per record batch while reading (a Parquet row group is read in such slices).
+const BATCH_ROWS: usize = 64 * 1024;
+
+/// Largest integer an `f64` holds exactly.
+const EXACT_INTEGER: i64 = 1 << 53;
+
+/// Reads a Parquet file, or every `*.parquet` file of a directory (part files, in name
+/// order, one schema), keeping only `columns` when given (column projection: the other
+/// columns are never decoded).
+pub fn read_parquet(path: &Path, columns: Option<&[String]>, bad_rows: BadRows) -> Result<Table> {
+    let files = parquet_files(path)?;
+    let origin = path.display().to_string();
+    let mut table = TableBuilder::new(&origin, bad_rows);
+    for file in &files {
+        let name = file.display().to_string();
+        let bad = |e: &dyn std::fmt::Display| {
+            DataError::Invalid(format!("{name}: not a readable Parquet file: {e}"))
+        };
+        let reader = File::open(file).map_err(|source| DataError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let builder =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(reader)
+                .map_err(|e| bad(&e))?;
+        let mask = match columns {
+            Some(wanted) => {
+                let roots = projection(&name, builder.schema(), wanted)?;
+                parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots)
+            }
+            None => parquet::arrow::ProjectionMask::all(),
+        };
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| bad(&e))?;
+        table.start_file(&name, &reader.schema())?;
+        for batch in reader {
+            table.push(&batch.map_err(|e| bad(&e))?)?;
+        }
+    }
+    table.finish("no rows")
+}
+
+/// Reads an Arrow IPC file (Feather v2) or stream, keeping only `columns` when given.
+pub fn read_arrow_ipc(path: &Path, columns: Option<&[String]>, bad_rows: BadRows) -> Result<Table> {
+    let name = path.display().to_string();
+    let open = || {
+        File::open(path).map_err(|source| DataError::Io {
+            path: name.clone(),
+            source,
+        })
+    };
+    let bad = |e: &dyn std::fmt::Display| {
+        DataError::Invalid(format!(
+            "{name}: not a readable Arrow IPC / Feather file: {e}"
+        ))
+    };
+    let mut head = [0u8; 6];
+    {
+        use std::io::Read;
+        let n = open()?.read(&mut head).map_err(|source| DataError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        if head[..n].starts_with(b"FEA1") {
+            return Err(DataError::Invalid(format!(
+                "{name}: a Feather v1 file; kiln reads Feather v2 (Arrow IPC): re-save it with pyarrow.feather.write_feather(table, path, version=2)"
+            )));
+        }
+    }
+    let mut table = TableBuilder::new(&name, bad_rows);
+    if head.starts_with(b"ARROW1") {
+        let schema = arrow_ipc::reader::FileReader::try_new(open()?, None)
+            .map_err(|e| bad(&e))?
+            .schema();
+        let projection = columns.map(|c| projection(&name, &schema, c)).transpose()?;
+        let reader =
+            arrow_ipc::reader::FileReader::try_new(open()?, projection).map_err(|e| bad(&e))?;
+        table.start_file(&name, &reader.schema())?;
+        for batch in reader {
+            table.push(&batch.map_err(|e| bad(&e))?)?;
+        }
+    } else {
+        let file = std::io::BufReader::new(open()?);
+        let schema = arrow_ipc::reader::StreamReader::try_new(file, None)
+            .map_err(|e| bad(&e))?
+            .schema();
+        let projection = columns.map(|c| projection(&name, &schema, c)).transpose()?;
+        let file = std::io::BufReader::new(open()?);
+        let reader =
+            arrow_ipc::reader::StreamReader::try_new(file, projection).map_err(|e| bad(&e))?;
+        table.start_file(&name, &reader.schema())?;
+        for batch in reader {
+            table.push(&batch.map_err(|e| bad(&e))?)?;
+        }
+    }
+    table.finish("no rows")
+}
+
+/// The Parquet files `path` names: itself, or a directory's `*.parquet` files (Spark's and
+/// pandas' part files; `_SUCCESS` and hidden files are ignored).
+fn parquet_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let io = |source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with(['.', '_']) {
+            continue;
+        }
+        if p.is_file() && name.to_lowercase().ends_with(".parquet") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(DataError::Invalid(format!(
+            "{}: a directory without *.parquet files; kiln reads a data file, or a directory of Parquet part files",
+            path.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// Indices of the top-level fields holding `wanted` (a dotted name selects its struct), and
+/// of any field named like an id.
+fn projection(origin: &str, schema: &SchemaRef, wanted: &[String]) -> Result<Vec<usize>> {
+    let mut roots = Vec::new();
+    for name in wanted {
+        let root = schema
+            .fields()
+            .iter()
+            .position(|f| f.name() == name)
+            .or_else(|| {
+                schema.fields().iter().position(|f| {
+                    matches!(f.data_type(), DataType::Struct(_))
+                        && name.starts_with(&format!("{}.", f.name()))
+                })
+            });
+        match root {
+            Some(i) if !roots.contains(&i) => roots.push(i),
+            Some(_) => {}
+            None => {
+                return Err(DataError::UnknownColumn {
+                    path: origin.into(),
+                    column: name.clone(),
+                    role: "the configuration",
+                    available: leaves(schema.fields(), "")
+                        .into_iter()
+                        .map(|(n, _)| n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+    }
+    // Columns named like an id stay, so `data.detect_id` finds them as in a full read.
+    for (i, f) in schema.fields().iter().enumerate() {
+        if crate::infer::id_like_name(f.name()) && !roots.contains(&i) {
+            roots.push(i);
+        }
+    }
+    roots.sort_unstable();
+    Ok(roots)
+}
+
+/// Leaf columns of `fields`: dotted name and the child index path.
+fn leaves(fields: &Fields, prefix: &str) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        let name = format!("{prefix}{}", f.name());
+        match f.data_type() {
+            DataType::Struct(children) => {
+                for (n, mut path) in leaves(children, &format!("{name}.")) {
+                    path.insert(0, i);
+                    out.push((n, path));
+                }
+            }
+            _ => out.push((name, vec![i])),
+        }
+    }
+    out
+}
+
+/// How one leaf column is kept.
+enum Builder {
+    Text(LargeStringBuilder),
+    Number(Float64Builder),
+    /// 64-bit integers: numbers if all fit an `f64` exactly, else text.
+    Integer(Int64Builder),
+    /// Unsigned integers above `i64::MAX` are text from the start.
+    Unsigned(LargeStringBuilder),
+}
+
+/// Collects record batches of one or more files into a table.
+struct TableBuilder {
+    origin: String,
+    bad_rows: BadRows,
+    names: Vec<String>,
+    paths: Vec<Vec<usize>>,
+    types: Vec<DataType>,
+    builders: Vec<Builder>,
+    rows: usize,
+    /// Rows with a bad value (skipped under `bad_rows = "skip"`).
+    bad: Vec<usize>,
+    report: LoadReport,
+    file: String,
+}
+
+impl TableBuilder {
+    fn new(origin: &str, bad_rows: BadRows) -> Self {
+        TableBuilder {
+            origin: origin.into(),
+            bad_rows,
+            names: Vec::new(),
+            paths: Vec::new(),
+            types: Vec::new(),
+            builders: Vec::new(),
+            rows: 0,
+            bad: Vec::new(),
+            report: LoadReport::default(),
+            file: String::new(),
+        }
+    }
+
+    /// Sets the columns from the first file's schema; later files must have the same.
+    fn start_file(&mut self, file: &str, schema: &SchemaRef) -> Result<()> {
+        let found = leaves(schema.fields(), "");
+        self.file = file.into();
+        if self.builders.is_empty() && self.names.is_empty() {
+            for (name, path) in found {
+                let data_type = leaf_type(schema.fields(), &path);
+                let builder = match data_type {
+                    DataType::Int8
+                    | DataType::Int16
+                    | DataType::Int32
+                    | DataType::UInt8
+                    | DataType::UInt16
+                    | DataType::UInt32
+                    | DataType::Float16
+                    | DataType::Float32
+                    | DataType::Float64
+                    | DataType::Decimal128(..) => Builder::Number(Float64Builder::new()),
+                    DataType::Int64 | DataType::UInt64 => Builder::Integer(Int64Builder::new()),
+                    DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Utf8View
+                    | DataType::Boolean
+                    | DataType::Null
+                    | DataType::Date32
+                    | DataType::Date64
+                    | DataType::Timestamp(..) => Builder::Text(LargeStringBuilder::new()),
+                    DataType::Dictionary(_, values)
+                        if matches!(
+                            values.as_ref(),
+                            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                        ) =>
+                    {
+                        Builder::Text(LargeStringBuilder::new())
+                    }
+                    other => {
+                        return Err(DataError::Invalid(format!(
+                            "{file}: column \"{name}\" is of Arrow type {other}; kiln reads numbers, strings, categories (dictionaries of strings), booleans, dates, timestamps and structs (as dotted names). List the columns you need under [[features]] so the others are not read"
+                        )));
+                    }
+                };
+                self.names.push(name);
+                self.paths.push(path);
+                self.types.push(data_type.clone());
+                self.builders.push(builder);
+            }
+            return Ok(());
+        }
+        let names: Vec<&String> = found.iter().map(|(n, _)| n).collect();
+        let same_types = found
+            .iter()
+            .zip(&self.types)
+            .all(|((_, path), t)| leaf_type(schema.fields(), path) == t);
+        if names.len() != self.names.len()
+            || names.iter().zip(&self.names).any(|(a, b)| *a != b)
+            || !same_types
+        {
+            let describe = |names: Vec<String>| names.join(", ");
+            return Err(DataError::Invalid(format!(
+                "{file}: its columns differ from the first file's; every part must have the same schema (first: {}; this one: {})",
+                describe(
+                    self.names
+                        .iter()
+                        .zip(&self.types)
+                        .map(|(n, t)| format!("{n}: {t}"))
+                        .collect()
+                ),
+                describe(
+                    found
+                        .iter()
+                        .map(|(n, p)| format!("{n}: {}", leaf_type(schema.fields(), p)))
+                        .collect()
+                ),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends a batch's rows.
+    fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+        let first_row = self.rows;
+        for c in 0..self.builders.len() {
+            let (array, nulls) = leaf_array(batch, &self.paths[c]);
+            let name = self.names[c].clone();
+            let mut bad_value = |row: usize, message: String| -> Result<()> {
+                match self.bad_rows {
+                    BadRows::Error => Err(DataError::BadValue {
+                        path: self.file.clone(),
+                        line: (first_row + row + 1) as u64,
+                        column: name.clone(),
+                        message: format!(
+                            "{message} (set data.bad_rows = \"skip\" to drop such rows)"
+                        ),
+                    }),
+                    BadRows::Skip => {
+                        self.bad.push(first_row + row);
+                        self.report
+                            .skip((first_row + row + 1) as u64, &format!("{name}: {message}"));
+                        Ok(())
+                    }
+                }
+            };
+            let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+            match &mut self.builders[c] {
+                Builder::Number(b) => {
+                    for i in 0..array.len() {
+                        match valid(i).then(|| number(&array, i)).flatten() {
+                            Some(v) if v.is_nan() => b.append_null(),
+                            Some(v) if v.is_infinite() => {
+                                bad_value(i, format!("{v} is not a finite number"))?;
+                                b.append_null();
+                            }
+                            v => b.append_option(v),
+                        }
+                    }
+                }
+                Builder::Integer(b) => {
+                    for i in 0..array.len() {
+                        let v = valid(i).then(|| integer(&array, i)).flatten();
+                        match v {
+                            Some(Err(big)) => {
+                                // Above i64::MAX: this column is text from here on.
+                                let mut text = integers_as_text(b);
+                                text.append_value(big.to_string());
+                                for j in i + 1..array.len() {
+                                    text.append_option(
+                                        valid(j).then(|| integer(&array, j)).flatten().map(|v| {
+                                            match v {
+                                                Ok(v) => v.to_string(),
+                                                Err(v) => v.to_string(),
+                                            }
+                                        }),
+                                    );
+                                }
+                                self.builders[c] = Builder::Unsigned(text);
+                                break;
+                            }
+                            Some(Ok(v)) => b.append_value(v),
+                            None => b.append_null(),
+                        }
+                    }
+                }
+                Builder::Unsigned(b) => {
+                    for i in 0..array.len() {
+                        b.append_option(valid(i).then(|| integer(&array, i)).flatten().map(|v| {
+                            match v {
+                                Ok(v) => v.to_string(),
+                                Err(v) => v.to_string(),
+                            }
+                        }));
+                    }
+                }
+                Builder::Text(b) => append_text(b, &array, nulls.as_ref()),
+            }
+        }
+        self.rows += batch.num_rows();
+        Ok(())
+    }
+
+    fn finish(self, none: &str) -> Result<Table> {
+        let mut report = self.report;
+        report.rows_read = self.rows;
+        let columns: Vec<Column> = self
+            .builders
+            .into_iter()
+            .map(|b| match b {
+                Builder::Text(mut b) | Builder::Unsigned(mut b) => Column::Text(b.finish()),
+                Builder::Number(mut b) => Column::Number(b.finish()),
+                Builder::Integer(mut b) => {
+                    let values = b.finish();
+                    if values
+                        .iter()
+                        .flatten()
+                        .all(|v| (-EXACT_INTEGER..=EXACT_INTEGER).contains(&v))
+                    {
+                        Column::Number(values.iter().map(|v| v.map(|v| v as f64)).collect())
+                    } else {
+                        Column::Text(values.iter().map(|v| v.map(|v| v.to_string())).collect())
+                    }
+                }
+            })
+            .collect();
+        let lines: Vec<u64> = (1..=self.rows as u64).collect();
+        if self.rows == 0 {
+            return Err(DataError::Empty {
+                path: self.origin,
+                detail: format!(" ({none})"),
+            });
+        }
+        let mut table = Table {
+            origin: self.origin,
+            names: self.names,
+            columns,
+            lines,
+            report,
+        };
+        if !self.bad.is_empty() {
+            let mut bad = self.bad;
+            bad.sort_unstable();
+            bad.dedup();
+            let keep: Vec<usize> = (0..table.num_rows())
+                .filter(|r| bad.binary_search(r).is_err())
+                .collect();
+            let report = table.report.clone();
+            table = table.select(&keep);
+            table.report = report;
+            if table.num_rows() == 0 {
+                return Err(DataError::Empty {
+                    path: table.origin,
+                    detail: format!(
+                        " (all {} rows had bad values and were skipped)",
+                        table.report.bad_rows_skipped
+                    ),
+                });
+            }
+        }
+        Ok(table)
+    }
+}
+
+/// The type of the leaf at `path`.
+fn leaf_type<'a>(fields: &'a Fields, path: &[usize]) -> &'a DataType {
+    let t = fields[path[0]].data_type();
+    match (t, &path[1..]) {
+        (_, []) => t,
+        (DataType::Struct(children), rest) => leaf_type(children, rest),
+        _ => t,
+    }
+}
+
+/// The leaf array at `path` and its validity, a null struct making its fields null.
+fn leaf_array(batch: &RecordBatch, path: &[usize]) -> (ArrayRef, Option<NullBuffer>) {
+    let mut array = batch.column(path[0]).clone();
+    let mut nulls = array.logical_nulls();
+    for &i in &path[1..] {
+        let child = array.as_struct().column(i).clone();
+        nulls = NullBuffer::union(nulls.as_ref(), child.logical_nulls().as_ref());
+        array = child;
+    }
+    (array, nulls)
+}
+
+fn number(array: &ArrayRef, i: usize) -> Option<f64> {
+    Some(match array.data_type() {
+        DataType::Int8 => array.as_primitive::<Int8Type>().value(i) as f64,
+        DataType::Int16 => array.as_primitive::<Int16Type>().value(i) as f64,
+        DataType::Int32 => array.as_primitive::<Int32Type>().value(i) as f64,
+        DataType::UInt8 => array.as_primitive::<UInt8Type>().value(i) as f64,
+        DataType::UInt16 => array.as_primitive::<UInt16Type>().value(i) as f64,
+        DataType::UInt32 => array.as_primitive::<UInt32Type>().value(i) as f64,
+        DataType::Float16 => array.as_primitive::<Float16Type>().value(i).to_f64(),
+        DataType::Float32 => array.as_primitive::<Float32Type>().value(i) as f64,
+        DataType::Float64 => array.as_primitive::<Float64Type>().value(i),
+        DataType::Decimal128(_, scale) => {
+            array.as_primitive::<Decimal128Type>().value(i) as f64 / 10f64.powi(*scale as i32)
+        }
+        _ => return None,
+    })
+}
+
+/// A 64-bit integer: `Ok` within `i64`, `Err` for an unsigned value above it.
+fn integer(array: &ArrayRef, i: usize) -> Option<std::result::Result<i64, u64>> {
+    match array.data_type() {
+        DataType::Int64 => Some(Ok(array.as_primitive::<Int64Type>().value(i))),
+        DataType::UInt64 => {
+            let v = array.as_primitive::<UInt64Type>().value(i);
+            Some(i64::try_from(v).map_err(|_| v))
+        }
+        _ => None,
+    }
+}
+
+fn integers_as_text(b: &mut Int64Builder) -> LargeStringBuilder {
+    let values = b.finish();
+    let mut text = LargeStringBuilder::new();
+    for v in values.iter() {
+        text.append_option(v.map(|v| v.to_string()));
+    }
+    text
+}
+
+/// Appends a text-like array (strings, dictionaries, booleans, dates, timestamps) as text.
+fn append_text(b: &mut LargeStringBuilder, array: &ArrayRef, nulls: Option<&NullBuffer>) {
+    let valid = |i: usize| nulls.is_none_or(|n| n.is_valid(i));
+    match array.data_type() {
+        DataType::Utf8 => {
+            let s = array.as_string::<i32>();
+            (0..s.len()).for_each(|i| b.append_option(valid(i).then(|| s.value(i))));
+        }
+        DataType::LargeUtf8 => {
+            let s = array.as_string::<i64>();
+            (0..s.len()).for_each(|i| b.append_option(valid(i).then(|| s.value(i))));
+        }
+        DataType::Utf8View => {
+            let s = array.as_string_view();
+            (0..s.len()).for_each(|i| b.append_option(valid(i).then(|| s.value(i))));
+        }
+        DataType::Dictionary(..) => {
+            let dict = array.as_any_dictionary();
+            let keys = dict.normalized_keys();
+            let mut values = LargeStringBuilder::new();
+            append_text(
+                &mut values,
+                dict.values(),
+                dict.values().logical_nulls().as_ref(),
+            );
+            let values = values.finish();
+            for (i, &k) in keys.iter().enumerate() {
+                b.append_option((valid(i) && values.is_valid(k)).then(|| values.value(k)));
+            }
+        }
+        DataType::Boolean => {
+            let v = array.as_boolean();
+            (0..v.len()).for_each(|i| {
+                b.append_option(valid(i).then(|| if v.value(i) { "true" } else { "false" }))
+            });
+        }
+        DataType::Date32 => {
+            let v = array.as_primitive::<Date32Type>();
+            (0..v.len()).for_each(|i| {
+                b.append_option(
+                    valid(i)
+                        .then(|| v.value_as_date(i))
+                        .flatten()
+                        .map(|d| d.to_string()),
+                )
+            });
+        }
+        DataType::Date64 => {
+            let v = array.as_primitive::<Date64Type>();
+            (0..v.len()).for_each(|i| {
+                b.append_option(
+                    valid(i)
+                        .then(|| v.value_as_date(i))
+                        .flatten()
+                        .map(|d| d.to_string()),
+                )
+            });
+        }
+        DataType::Timestamp(unit, zone) => {
+            let at = |i: usize| match unit {
+                TimeUnit::Second => array
+                    .as_primitive::<TimestampSecondType>()
+                    .value_as_datetime(i),
+                TimeUnit::Millisecond => array
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value_as_datetime(i),
+                TimeUnit::Microsecond => array
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .value_as_datetime(i),
+                TimeUnit::Nanosecond => array
+                    .as_primitive::<TimestampNanosecondType>()
+                    .value_as_datetime(i),
+            };
+            // A zoned timestamp is stored in UTC; written as such.
+            let suffix = if zone.is_some() { "Z" } else { "" };
+            (0..array.len()).for_each(|i| {
+                b.append_option(
+                    valid(i)
+                        .then(|| at(i))
+                        .flatten()
+                        .map(|t| format!("{}{suffix}", t.format("%Y-%m-%dT%H:%M:%S%.f"))),
+                )
+            });
+        }
+        // Null-typed columns: every row is missing.
+        _ => (0..array.len()).for_each(|_| b.append_null()),
+    }
+}

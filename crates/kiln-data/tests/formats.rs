@@ -1,0 +1,366 @@
+//! Parquet, Arrow IPC and zstd sources, and columnar output.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{Int64Builder, ListBuilder, StringDictionaryBuilder};
+use arrow_array::types::Int32Type;
+use arrow_array::{
+    ArrayRef, BooleanArray, Date32Array, Float32Array, Float64Array, Int32Array, Int64Array,
+    RecordBatch, StringArray, StructArray, TimestampMillisecondArray, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Fields};
+use kiln_config::{BadRows, DataFormat};
+use kiln_data::{Column, ColumnarFormat, OutputColumn, Table};
+
+fn write_parquet(path: &Path, batches: &[RecordBatch]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batches[0].schema(), None).unwrap();
+    for b in batches {
+        w.write(b).unwrap();
+    }
+    w.close().unwrap();
+}
+
+fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+    RecordBatch::try_from_iter(columns).unwrap()
+}
+
+/// Every type kiln maps, with missing values, in two record batches.
+fn typed_batches() -> Vec<RecordBatch> {
+    let make = |offset: i64| {
+        let user = StructArray::from(vec![
+            (
+                Arc::new(Field::new("age", DataType::Int32, true)),
+                Arc::new(Int32Array::from(vec![Some(31), None])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("name", DataType::Utf8, true)),
+                Arc::new(StringArray::from(vec![Some("ann"), Some("bo")])) as ArrayRef,
+            ),
+        ]);
+        let mut plan = StringDictionaryBuilder::<Int32Type>::new();
+        plan.append_value("pro");
+        plan.append_null();
+        batch(vec![
+            (
+                "row_id",
+                Arc::new(Int64Array::from(vec![offset, offset + 1])) as ArrayRef,
+            ),
+            (
+                "big",
+                Arc::new(Int64Array::from(vec![1_i64 << 60, 7])) as ArrayRef,
+            ),
+            (
+                "huge",
+                Arc::new(UInt64Array::from(vec![u64::MAX, 1])) as ArrayRef,
+            ),
+            (
+                "x",
+                Arc::new(Float32Array::from(vec![Some(0.5), None])) as ArrayRef,
+            ),
+            (
+                "y",
+                Arc::new(Float64Array::from(vec![f64::NAN, -2.25])) as ArrayRef,
+            ),
+            (
+                "paid",
+                Arc::new(BooleanArray::from(vec![Some(true), None])) as ArrayRef,
+            ),
+            ("plan", Arc::new(plan.finish()) as ArrayRef),
+            (
+                "day",
+                Arc::new(Date32Array::from(vec![Some(19_000), None])) as ArrayRef,
+            ),
+            (
+                "at",
+                Arc::new(TimestampMillisecondArray::from(vec![Some(1_500), None])) as ArrayRef,
+            ),
+            ("user", Arc::new(user) as ArrayRef),
+            (
+                "note",
+                Arc::new(StringArray::from(vec![None, Some("héllo")])) as ArrayRef,
+            ),
+        ])
+    };
+    vec![make(0), make(2)]
+}
+
+fn data(format: DataFormat, bad_rows: BadRows) -> kiln_config::DataConfig {
+    let mut d = kiln_config::Config::default().data;
+    d.format = format;
+    d.bad_rows = bad_rows;
+    d
+}
+
+fn load(path: &Path, columns: Option<&[String]>) -> kiln_data::Result<Table> {
+    kiln_data::load_source_columns(
+        path.to_str().unwrap(),
+        &data(DataFormat::Auto, BadRows::Error),
+        columns,
+    )
+}
+
+fn texts(t: &Table, name: &str) -> Vec<Option<String>> {
+    let c = &t.columns[t.column_index(name).unwrap()];
+    (0..c.len()).map(|r| c.text(r)).collect()
+}
+
+fn is_number(t: &Table, name: &str) -> bool {
+    matches!(t.columns[t.column_index(name).unwrap()], Column::Number(_))
+}
+
+fn check_typed(t: &Table) {
+    assert_eq!(
+        t.names,
+        [
+            "row_id",
+            "big",
+            "huge",
+            "x",
+            "y",
+            "paid",
+            "plan",
+            "day",
+            "at",
+            "user.age",
+            "user.name",
+            "note"
+        ]
+    );
+    assert_eq!(t.num_rows(), 4);
+    assert_eq!(t.lines, [1, 2, 3, 4]);
+    for n in ["row_id", "x", "y", "user.age"] {
+        assert!(is_number(t, n), "{n} is a number column");
+    }
+    for n in [
+        "big",
+        "huge",
+        "paid",
+        "plan",
+        "day",
+        "at",
+        "user.name",
+        "note",
+    ] {
+        assert!(!is_number(t, n), "{n} is a text column");
+    }
+    let s = |v: &[Option<&str>]| v.iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>();
+    assert_eq!(
+        texts(t, "row_id"),
+        s(&[Some("0"), Some("1"), Some("2"), Some("3")])
+    );
+    // Beyond 2^53 an integer would lose digits as a float: the column stays exact, as text.
+    assert_eq!(texts(t, "big")[0].as_deref(), Some("1152921504606846976"));
+    assert_eq!(texts(t, "huge")[0].as_deref(), Some("18446744073709551615"));
+    assert_eq!(texts(t, "x"), s(&[Some("0.5"), None, Some("0.5"), None]));
+    // NaN is how pandas writes a missing float.
+    assert_eq!(
+        texts(t, "y"),
+        s(&[None, Some("-2.25"), None, Some("-2.25")])
+    );
+    assert_eq!(
+        texts(t, "paid"),
+        s(&[Some("true"), None, Some("true"), None])
+    );
+    assert_eq!(texts(t, "plan"), s(&[Some("pro"), None, Some("pro"), None]));
+    assert_eq!(texts(t, "day")[0].as_deref(), Some("2022-01-08"));
+    assert_eq!(
+        texts(t, "at")[0].as_deref(),
+        Some("1970-01-01T00:00:01.500")
+    );
+    assert_eq!(
+        texts(t, "user.age"),
+        s(&[Some("31"), None, Some("31"), None])
+    );
+    assert_eq!(texts(t, "user.name")[1].as_deref(), Some("bo"));
+    assert_eq!(texts(t, "note")[1].as_deref(), Some("héllo"));
+}
+
+#[test]
+fn parquet_and_arrow_columns_keep_their_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let parquet = dir.path().join("t.parquet");
+    write_parquet(&parquet, &typed_batches());
+    check_typed(&load(&parquet, None).unwrap());
+    // Found by its magic under any name.
+    let renamed = dir.path().join("t.bin");
+    std::fs::copy(&parquet, &renamed).unwrap();
+    check_typed(&load(&renamed, None).unwrap());
+
+    let batches = typed_batches();
+    let feather = dir.path().join("t.feather");
+    let mut w = arrow_ipc::writer::FileWriter::try_new(
+        std::fs::File::create(&feather).unwrap(),
+        &batches[0].schema(),
+    )
+    .unwrap();
+    batches.iter().for_each(|b| w.write(b).unwrap());
+    w.finish().unwrap();
+    check_typed(&load(&feather, None).unwrap());
+
+    let stream = dir.path().join("t.arrows");
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(
+        std::fs::File::create(&stream).unwrap(),
+        &batches[0].schema(),
+    )
+    .unwrap();
+    batches.iter().for_each(|b| w.write(b).unwrap());
+    w.finish().unwrap();
+    check_typed(&load(&stream, None).unwrap());
+}
+
+#[test]
+fn a_projection_decodes_only_the_named_columns_and_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.parquet");
+    write_parquet(&path, &typed_batches());
+    let wanted = ["y".to_string(), "user.name".to_string()];
+    let t = load(&path, Some(&wanted)).unwrap();
+    // `row_id` is named like an id, so `data.detect_id` still sees it; a dotted name reads
+    // its struct.
+    assert_eq!(t.names, ["row_id", "y", "user.age", "user.name"]);
+    let err = load(&path, Some(&["nope".to_string()]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no column named \"nope\"") && err.contains("user.name"),
+        "{err}"
+    );
+}
+
+#[test]
+fn part_files_of_a_directory_are_read_in_name_order_with_one_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = dir.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    let b = typed_batches();
+    write_parquet(&parts.join("part-00001.parquet"), &b[1..]);
+    write_parquet(&parts.join("part-00000.parquet"), &b[..1]);
+    std::fs::write(parts.join("_SUCCESS"), "").unwrap();
+    let t = load(&parts, None).unwrap();
+    check_typed(&t);
+    assert_eq!(t.origin, parts.display().to_string());
+
+    let other = batch(vec![(
+        "row_id",
+        Arc::new(Int64Array::from(vec![9])) as ArrayRef,
+    )]);
+    write_parquet(&parts.join("part-00002.parquet"), &[other]);
+    let err = load(&parts, None).unwrap_err().to_string();
+    assert!(
+        err.contains("part-00002.parquet") && err.contains("same schema"),
+        "{err}"
+    );
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err = load(&empty, None).unwrap_err().to_string();
+    assert!(err.contains("without *.parquet files"), "{err}");
+}
+
+#[test]
+fn lists_are_refused_by_name_unless_projected_away_and_infinities_are_bad_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tags = ListBuilder::new(Int64Builder::new());
+    tags.values().append_value(1);
+    tags.append(true);
+    tags.append(false);
+    let path = dir.path().join("l.parquet");
+    write_parquet(
+        &path,
+        &[batch(vec![
+            ("tags", Arc::new(tags.finish()) as ArrayRef),
+            (
+                "v",
+                Arc::new(Float64Array::from(vec![1.0, f64::INFINITY])) as ArrayRef,
+            ),
+        ])],
+    );
+    let err = load(&path, None).unwrap_err().to_string();
+    assert!(
+        err.contains("l.parquet") && err.contains("column \"tags\"") && err.contains("List"),
+        "{err}"
+    );
+    let err = load(&path, Some(&["v".to_string()]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("l.parquet, line 2, column \"v\"")
+            && err.contains("inf is not a finite number"),
+        "{err}"
+    );
+    let t = kiln_data::load_source_columns(
+        path.to_str().unwrap(),
+        &data(DataFormat::Auto, BadRows::Skip),
+        Some(&["v".to_string()]),
+    )
+    .unwrap();
+    assert_eq!(t.num_rows(), 1);
+    assert_eq!(t.report.bad_rows_skipped, 1);
+    assert_eq!(t.report.rows_read, 2);
+}
+
+#[test]
+fn zstd_csv_is_read_like_plain_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "a,b\n1,x\n2,y\n";
+    let path = dir.path().join("t.csv.zst");
+    std::fs::write(&path, zstd::encode_all(text.as_bytes(), 3).unwrap()).unwrap();
+    let t = load(&path, None).unwrap();
+    assert_eq!(t.names, ["a", "b"]);
+    assert_eq!(texts(&t, "b")[1].as_deref(), Some("y"));
+}
+
+#[test]
+fn columnar_output_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        "id".to_string(),
+        "label".to_string(),
+        "proba_yes".to_string(),
+    ];
+    for (format, file) in [
+        (ColumnarFormat::Parquet, "p.parquet"),
+        (ColumnarFormat::ArrowIpc, "p.arrow"),
+    ] {
+        let bytes = kiln_data::write_columnar(
+            format,
+            &names,
+            vec![
+                OutputColumn::Text(vec!["a".into(), "b".into()]),
+                OutputColumn::Text(vec!["yes".into(), "no".into()]),
+                OutputColumn::Float(vec![0.75, 0.125]),
+            ],
+        )
+        .unwrap();
+        let path = dir.path().join(file);
+        std::fs::write(&path, bytes).unwrap();
+        let t = load(&path, None).unwrap();
+        assert_eq!(t.names, names);
+        assert_eq!(texts(&t, "label"), [Some("yes".into()), Some("no".into())]);
+        assert_eq!(t.columns[2], Column::numbers([Some(0.75), Some(0.125)]));
+    }
+    let err = kiln_data::write_columnar(
+        ColumnarFormat::Parquet,
+        &names,
+        vec![OutputColumn::Float(vec![1.0])],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("3 names for 1 columns"), "{err}");
+}
+
+#[test]
+fn a_struct_of_a_null_parent_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fields = Fields::from(vec![Field::new("age", DataType::Int32, true)]);
+    let user = StructArray::new(
+        fields,
+        vec![Arc::new(Int32Array::from(vec![5, 6])) as ArrayRef],
+        Some(vec![true, false].into()),
+    );
+    let path = dir.path().join("s.parquet");
+    write_parquet(&path, &[batch(vec![("user", Arc::new(user) as ArrayRef)])]);
+    let t = load(&path, None).unwrap();
+    assert_eq!(texts(&t, "user.age"), [Some("5".into()), None]);
+}
