@@ -659,7 +659,7 @@ fn a_config_reads_its_data_relative_to_its_folder_and_data_relative_to_the_shell
 }
 
 #[test]
-fn json_lines_train_describe_and_predict_and_parquet_is_named() {
+fn json_lines_train_describe_and_predict_and_a_broken_parquet_is_named() {
     let dir = tempfile::tempdir().unwrap();
     // The churn table as JSON Lines, the customer nested.
     let csv = churn_csv(300, 5, true, None);
@@ -758,25 +758,181 @@ fn json_lines_train_describe_and_predict_and_parquet_is_named() {
     assert_eq!(tsv.replace('\t', ","), p);
     let err = kiln_err(
         dir.path(),
-        &[
-            "predict",
-            run,
-            "--data",
-            "churn.jsonl",
-            "--out",
-            "p.parquet",
-        ],
+        &["predict", run, "--data", "churn.jsonl", "--out", "p.xlsx"],
     );
     assert!(
-        err.contains("not .parquet") && err.contains(".jsonl"),
+        err.contains("not .xlsx") && err.contains(".parquet"),
         "{err}"
     );
-    assert!(!dir.path().join("p.parquet").exists());
-    // A Parquet file is named as such, not read as a CSV.
+    assert!(!dir.path().join("p.xlsx").exists());
+    // A broken Parquet file is an error naming it, never read as a CSV.
     std::fs::write(dir.path().join("churn.parquet"), b"PAR1\x15\x04\x15").unwrap();
     let err = kiln_err(
         dir.path(),
         &["train", "--data", "churn.parquet", "--target", "churn"],
     );
-    assert!(err.contains("churn.parquet: a Parquet file"), "{err}");
+    assert!(
+        err.contains("churn.parquet: not a readable Parquet file"),
+        "{err}"
+    );
+}
+
+/// The churn table as Parquet with typed columns: numbers as floats (missing as null),
+/// text as strings, the city dictionary-encoded as pandas writes categories.
+fn churn_parquet(csv: &str) -> Vec<u8> {
+    use arrow_array::builder::StringDictionaryBuilder;
+    use arrow_array::types::Int32Type;
+    use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let text = |c: usize| {
+        Arc::new(StringArray::from(
+            rows.iter()
+                .map(|r| (!r[c].is_empty() && r[c] != "NA").then_some(r[c]))
+                .collect::<Vec<_>>(),
+        )) as ArrayRef
+    };
+    let number = |c: usize| {
+        Arc::new(Float64Array::from(
+            rows.iter()
+                .map(|r| r[c].parse().ok())
+                .collect::<Vec<Option<f64>>>(),
+        )) as ArrayRef
+    };
+    let mut city = StringDictionaryBuilder::<Int32Type>::new();
+    for r in &rows {
+        match r[2] {
+            "" | "NA" => city.append_null(),
+            c => city.append_value(c),
+        }
+    }
+    let batch = RecordBatch::try_from_iter([
+        ("customer_id", text(0)),
+        ("age", number(1)),
+        ("city", Arc::new(city.finish()) as ArrayRef),
+        ("plan", text(3)),
+        ("monthly_spend", number(4)),
+        ("churn", text(5)),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    out
+}
+
+#[test]
+fn parquet_trains_the_model_the_csv_trains_and_predictions_come_back_as_parquet() {
+    use arrow_array::cast::AsArray;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let csv = churn_csv(400, 11, true, None);
+    std::fs::write(d.join("churn.csv"), &csv).unwrap();
+    std::fs::write(d.join("churn.parquet"), churn_parquet(&csv)).unwrap();
+    let train = |data: &str, name: &str| {
+        kiln_json(
+            d,
+            &[
+                "train",
+                "--data",
+                data,
+                "--target",
+                "churn",
+                "--set",
+                &format!("output.name={name}"),
+                "--json",
+            ],
+        )
+    };
+    let from_csv = train("churn.csv", "csv");
+    let from_parquet = train("churn.parquet", "parquet");
+    // The same values, types and order: the same split, the same network, the same scores.
+    assert_eq!(from_csv["test"], from_parquet["test"]);
+    assert_eq!(from_csv["validation"], from_parquet["validation"]);
+    let out = kiln_json(
+        d,
+        &[
+            "data",
+            "describe",
+            "churn.parquet",
+            "--target",
+            "churn",
+            "--json",
+        ],
+    );
+    assert_eq!(out["rows"], 400, "{out}");
+    for (run, data) in [("runs/csv", "churn.csv"), ("runs/parquet", "churn.parquet")] {
+        let stem = run.trim_start_matches("runs/");
+        kiln_ok(
+            d,
+            &[
+                "predict",
+                run,
+                "--data",
+                data,
+                "--out",
+                &format!("{stem}.csv"),
+                "--proba",
+            ],
+        );
+        kiln_ok(
+            d,
+            &[
+                "predict",
+                run,
+                "--data",
+                data,
+                "--out",
+                &format!("{stem}.parquet"),
+                "--proba",
+            ],
+        );
+    }
+    let p = std::fs::read_to_string(d.join("csv.csv")).unwrap();
+    assert_eq!(p, std::fs::read_to_string(d.join("parquet.csv")).unwrap());
+    // The Parquet predictions: typed columns with the CSV's names and values.
+    let file = std::fs::File::open(d.join("parquet.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    let schema = batches[0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["customer_id", "churn", "proba_no", "proba_yes"]);
+    let mut rows = 0;
+    let mut lines = p.lines().skip(1);
+    for b in &batches {
+        let ids = b.column(0).as_string::<i32>();
+        let labels = b.column(1).as_string::<i32>();
+        let yes = b
+            .column(3)
+            .as_primitive::<arrow_array::types::Float32Type>();
+        for i in 0..b.num_rows() {
+            let line: Vec<&str> = lines.next().unwrap().split(',').collect();
+            assert_eq!((ids.value(i), labels.value(i)), (line[0], line[1]));
+            assert!((yes.value(i) - line[3].parse::<f32>().unwrap()).abs() < 1e-6);
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, 400);
+    // Feather too, read back by kiln itself.
+    kiln_ok(
+        d,
+        &[
+            "predict",
+            "runs/csv",
+            "--data",
+            "churn.csv",
+            "--out",
+            "p.feather",
+        ],
+    );
+    let out = kiln_json(d, &["data", "describe", "p.feather", "--json"]);
+    assert_eq!(out["rows"], 400, "{out}");
 }

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow_array::builder::{Float64Builder, Int64Builder, LargeStringBuilder};
+use arrow_array::builder::{Float64Builder, Int64Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Date32Type, Date64Type, Decimal128Type, Float16Type, Float32Type, Float64Type, Int8Type,
@@ -21,7 +21,7 @@ use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, Fields, SchemaRef, TimeUnit};
 use kiln_config::BadRows;
 
-use crate::table::{Column, LoadReport, Table};
+use crate::table::{Column, LoadReport, Table, TextBuilder};
 use crate::{DataError, Result};
 
 /// Rows per record batch while reading (a Parquet row group is read in such slices).
@@ -218,12 +218,12 @@ fn leaves(fields: &Fields, prefix: &str) -> Vec<(String, Vec<usize>)> {
 
 /// How one leaf column is kept.
 enum Builder {
-    Text(LargeStringBuilder),
+    Text(TextBuilder),
     Number(Float64Builder),
     /// 64-bit integers: numbers if all fit an `f64` exactly, else text.
     Integer(Int64Builder),
     /// Unsigned integers above `i64::MAX` are text from the start.
-    Unsigned(LargeStringBuilder),
+    Unsigned(TextBuilder),
 }
 
 /// Collects record batches of one or more files into a table.
@@ -283,14 +283,14 @@ impl TableBuilder {
                     | DataType::Null
                     | DataType::Date32
                     | DataType::Date64
-                    | DataType::Timestamp(..) => Builder::Text(LargeStringBuilder::new()),
+                    | DataType::Timestamp(..) => Builder::Text(TextBuilder::new()),
                     DataType::Dictionary(_, values)
                         if matches!(
                             values.as_ref(),
                             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
                         ) =>
                     {
-                        Builder::Text(LargeStringBuilder::new())
+                        Builder::Text(TextBuilder::new())
                     }
                     other => {
                         return Err(DataError::Invalid(format!(
@@ -380,16 +380,10 @@ impl TableBuilder {
                             Some(Err(big)) => {
                                 // Above i64::MAX: this column is text from here on.
                                 let mut text = integers_as_text(b);
-                                text.append_value(big.to_string());
+                                text.append(Some(&big.to_string()));
                                 for j in i + 1..array.len() {
-                                    text.append_option(
-                                        valid(j).then(|| integer(&array, j)).flatten().map(|v| {
-                                            match v {
-                                                Ok(v) => v.to_string(),
-                                                Err(v) => v.to_string(),
-                                            }
-                                        }),
-                                    );
+                                    let v = valid(j).then(|| integer(&array, j)).flatten();
+                                    text.append(v.map(integer_text).as_deref());
                                 }
                                 self.builders[c] = Builder::Unsigned(text);
                                 break;
@@ -401,12 +395,8 @@ impl TableBuilder {
                 }
                 Builder::Unsigned(b) => {
                     for i in 0..array.len() {
-                        b.append_option(valid(i).then(|| integer(&array, i)).flatten().map(|v| {
-                            match v {
-                                Ok(v) => v.to_string(),
-                                Err(v) => v.to_string(),
-                            }
-                        }));
+                        let v = valid(i).then(|| integer(&array, i)).flatten();
+                        b.append(v.map(integer_text).as_deref());
                     }
                 }
                 Builder::Text(b) => append_text(b, &array, nulls.as_ref()),
@@ -419,12 +409,14 @@ impl TableBuilder {
     fn finish(self, none: &str) -> Result<Table> {
         let mut report = self.report;
         report.rows_read = self.rows;
+        let origin = self.origin.clone();
         let columns: Vec<Column> = self
             .builders
             .into_iter()
-            .map(|b| match b {
-                Builder::Text(mut b) | Builder::Unsigned(mut b) => Column::Text(b.finish()),
-                Builder::Number(mut b) => Column::Number(b.finish()),
+            .zip(&self.names)
+            .map(|(b, name)| match b {
+                Builder::Text(b) | Builder::Unsigned(b) => b.finish(&origin, name),
+                Builder::Number(mut b) => Ok(Column::Number(b.finish())),
                 Builder::Integer(mut b) => {
                     let values = b.finish();
                     if values
@@ -432,13 +424,15 @@ impl TableBuilder {
                         .flatten()
                         .all(|v| (-EXACT_INTEGER..=EXACT_INTEGER).contains(&v))
                     {
-                        Column::Number(values.iter().map(|v| v.map(|v| v as f64)).collect())
+                        Ok(Column::numbers(values.iter().map(|v| v.map(|v| v as f64))))
                     } else {
-                        Column::Text(values.iter().map(|v| v.map(|v| v.to_string())).collect())
+                        Ok(Column::texts(
+                            values.iter().map(|v| v.map(|v| v.to_string())),
+                        ))
                     }
                 }
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let lines: Vec<u64> = (1..=self.rows as u64).collect();
         if self.rows == 0 {
             return Err(DataError::Empty {
@@ -529,70 +523,85 @@ fn integer(array: &ArrayRef, i: usize) -> Option<std::result::Result<i64, u64>> 
     }
 }
 
-fn integers_as_text(b: &mut Int64Builder) -> LargeStringBuilder {
+fn integers_as_text(b: &mut Int64Builder) -> TextBuilder {
     let values = b.finish();
-    let mut text = LargeStringBuilder::new();
+    let mut text = TextBuilder::new();
     for v in values.iter() {
-        text.append_option(v.map(|v| v.to_string()));
+        text.append(v.map(|v| v.to_string()).as_deref());
     }
     text
 }
 
+fn integer_text(v: std::result::Result<i64, u64>) -> String {
+    match v {
+        Ok(v) => v.to_string(),
+        Err(v) => v.to_string(),
+    }
+}
+
 /// Appends a text-like array (strings, dictionaries, booleans, dates, timestamps) as text.
-fn append_text(b: &mut LargeStringBuilder, array: &ArrayRef, nulls: Option<&NullBuffer>) {
+fn append_text(b: &mut TextBuilder, array: &ArrayRef, nulls: Option<&NullBuffer>) {
     let valid = |i: usize| nulls.is_none_or(|n| n.is_valid(i));
     match array.data_type() {
         DataType::Utf8 => {
             let s = array.as_string::<i32>();
-            (0..s.len()).for_each(|i| b.append_option(valid(i).then(|| s.value(i))));
+            (0..s.len()).for_each(|i| b.append(valid(i).then(|| s.value(i))));
         }
         DataType::LargeUtf8 => {
             let s = array.as_string::<i64>();
-            (0..s.len()).for_each(|i| b.append_option(valid(i).then(|| s.value(i))));
+            (0..s.len()).for_each(|i| b.append(valid(i).then(|| s.value(i))));
         }
         DataType::Utf8View => {
             let s = array.as_string_view();
-            (0..s.len()).for_each(|i| b.append_option(valid(i).then(|| s.value(i))));
+            (0..s.len()).for_each(|i| b.append(valid(i).then(|| s.value(i))));
         }
         DataType::Dictionary(..) => {
             let dict = array.as_any_dictionary();
             let keys = dict.normalized_keys();
-            let mut values = LargeStringBuilder::new();
+            let mut values = TextBuilder::new();
             append_text(
                 &mut values,
                 dict.values(),
                 dict.values().logical_nulls().as_ref(),
             );
-            let values = values.finish();
+            let values = match values.finish("", "") {
+                Ok(Column::Text(values)) => values,
+                _ => {
+                    b.overflow();
+                    return;
+                }
+            };
             for (i, &k) in keys.iter().enumerate() {
-                b.append_option((valid(i) && values.is_valid(k)).then(|| values.value(k)));
+                b.append((valid(i) && values.is_valid(k)).then(|| values.value(k)));
             }
         }
         DataType::Boolean => {
             let v = array.as_boolean();
             (0..v.len()).for_each(|i| {
-                b.append_option(valid(i).then(|| if v.value(i) { "true" } else { "false" }))
+                b.append(valid(i).then(|| if v.value(i) { "true" } else { "false" }))
             });
         }
         DataType::Date32 => {
             let v = array.as_primitive::<Date32Type>();
             (0..v.len()).for_each(|i| {
-                b.append_option(
+                b.append(
                     valid(i)
                         .then(|| v.value_as_date(i))
                         .flatten()
-                        .map(|d| d.to_string()),
+                        .map(|d| d.to_string())
+                        .as_deref(),
                 )
             });
         }
         DataType::Date64 => {
             let v = array.as_primitive::<Date64Type>();
             (0..v.len()).for_each(|i| {
-                b.append_option(
+                b.append(
                     valid(i)
                         .then(|| v.value_as_date(i))
                         .flatten()
-                        .map(|d| d.to_string()),
+                        .map(|d| d.to_string())
+                        .as_deref(),
                 )
             });
         }
@@ -614,15 +623,16 @@ fn append_text(b: &mut LargeStringBuilder, array: &ArrayRef, nulls: Option<&Null
             // A zoned timestamp is stored in UTC; written as such.
             let suffix = if zone.is_some() { "Z" } else { "" };
             (0..array.len()).for_each(|i| {
-                b.append_option(
+                b.append(
                     valid(i)
                         .then(|| at(i))
                         .flatten()
-                        .map(|t| format!("{}{suffix}", t.format("%Y-%m-%dT%H:%M:%S%.f"))),
+                        .map(|t| format!("{}{suffix}", t.format("%Y-%m-%dT%H:%M:%S%.f")))
+                        .as_deref(),
                 )
             });
         }
         // Null-typed columns: every row is missing.
-        _ => (0..array.len()).for_each(|_| b.append_null()),
+        _ => (0..array.len()).for_each(|_| b.append(None)),
     }
 }

@@ -3,10 +3,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use arrow_array::builder::LargeStringBuilder;
 use kiln_config::BadRows;
 
-use crate::table::{Column, LoadReport, Table};
+use crate::table::{Column, LoadReport, Table, TextBuilder};
 use crate::{DataError, Result};
 
 /// Field values read as missing (besides the empty field).
@@ -17,8 +16,15 @@ pub const MISSING_TOKENS: [&str; 9] =
 /// given. Records with the wrong number of fields (or invalid UTF-8) are errors naming the
 /// line, or are skipped and counted under `BadRows::Skip`. A `.gz` file is decompressed.
 pub fn read_csv(path: &Path, delimiter: Option<char>, bad_rows: BadRows) -> Result<Table> {
-    let bytes = read_bytes(path)?;
-    parse_csv(&bytes, &path.display().to_string(), delimiter, bad_rows)
+    let head = read_head(path)?;
+    parse_csv(
+        decompressed(path)?,
+        &head,
+        plain_size(path),
+        &path.display().to_string(),
+        delimiter,
+        bad_rows,
+    )
 }
 
 /// The bytes of a file, decompressed when its name ends in `.gz` or `.zst`/`.zstd`.
@@ -33,11 +39,14 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Bytes [`read_head`] reads.
+pub(crate) const HEAD_BYTES: usize = 8192;
+
 /// The first 8 KiB of a file (decompressed as [`read_bytes`] does), to tell its format.
 pub(crate) fn read_head(path: &Path) -> Result<Vec<u8>> {
-    let mut head = Vec::with_capacity(8192);
+    let mut head = Vec::with_capacity(HEAD_BYTES);
     decompressed(path)?
-        .take(8192)
+        .take(HEAD_BYTES as u64)
         .read_to_end(&mut head)
         .map_err(|source| DataError::Io {
             path: path.display().to_string(),
@@ -46,7 +55,16 @@ pub(crate) fn read_head(path: &Path) -> Result<Vec<u8>> {
     Ok(head)
 }
 
-fn decompressed(path: &Path) -> Result<Box<dyn Read>> {
+/// The size of a file read as is (not compressed), to size buffers.
+pub(crate) fn plain_size(path: &Path) -> Option<u64> {
+    let name = path.to_string_lossy().to_lowercase();
+    if [".gz", ".zst", ".zstd"].iter().any(|s| name.ends_with(s)) {
+        return None;
+    }
+    std::fs::metadata(path).ok().map(|m| m.len())
+}
+
+pub(crate) fn decompressed(path: &Path) -> Result<Box<dyn Read>> {
     let display = path.display().to_string();
     let io = |source| DataError::Io {
         path: display.clone(),
@@ -83,15 +101,64 @@ fn sniff_delimiter(bytes: &[u8]) -> u8 {
     best.0
 }
 
-/// Parses CSV bytes (see [`read_csv`]); `origin` names the source in errors.
+/// Capacity (values, text bytes) of each of `width` columns for a file of `size` bytes,
+/// estimated from the rows in `head`: reserving it up front saves the up-to-2× slack of
+/// growing buffers by doubling. No estimate without a size (compressed input) or rows.
+fn presize(head: &[u8], delim: u8, width: usize, size: Option<u64>) -> Vec<(usize, usize)> {
+    let none = vec![(0, 0); width];
+    let Some(size) = size else { return none };
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delim)
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(head);
+    let mut bytes = vec![0usize; width];
+    let (mut rows, mut end) = (0usize, 0u64);
+    let mut record = csv::ByteRecord::new();
+    // The last record of the head may be cut short: it is not counted.
+    while let Ok(true) = reader.read_byte_record(&mut record) {
+        let at = reader.position().byte();
+        if at as usize >= head.len() || record.len() != width {
+            break;
+        }
+        record
+            .iter()
+            .zip(&mut bytes)
+            .for_each(|(f, b)| *b += f.len());
+        rows += 1;
+        end = at;
+    }
+    if rows < 4 || end == 0 {
+        return none;
+    }
+    let header = head.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1) as u64;
+    let per_row = (end.saturating_sub(header)).max(1) as f64 / rows as f64;
+    let estimate = ((size.saturating_sub(header)) as f64 / per_row * 1.05) as usize + 16;
+    bytes
+        .iter()
+        .map(|&b| {
+            (
+                estimate,
+                (b as f64 / rows as f64 * estimate as f64) as usize + 64,
+            )
+        })
+        .collect()
+}
+
+/// Parses CSV read from `source` (see [`read_csv`]), `head` being its first bytes (for the
+/// delimiter) and `size_hint` its size when known (to size the columns); `origin` names the
+/// source in errors.
 pub fn parse_csv(
-    bytes: &[u8],
+    source: impl Read,
+    head: &[u8],
+    size_hint: Option<u64>,
     origin: &str,
     delimiter: Option<char>,
     bad_rows: BadRows,
 ) -> Result<Table> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    if head.len() < HEAD_BYTES && head.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DataError::Empty {
             path: origin.into(),
             detail: " (the file is empty)".into(),
@@ -99,13 +166,14 @@ pub fn parse_csv(
     }
     let delim = delimiter
         .map(|c| c as u8)
-        .unwrap_or_else(|| sniff_delimiter(bytes));
+        .unwrap_or_else(|| sniff_delimiter(head));
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delim)
         .has_headers(true)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_reader(bytes);
+        .buffer_capacity(1 << 16)
+        .from_reader(source);
     let headers = reader.headers().map_err(|e| DataError::Malformed {
         path: origin.into(),
         line: 1,
@@ -129,8 +197,10 @@ pub fn parse_csv(
         }
     }
     let width = names.len();
-    let mut columns: Vec<LargeStringBuilder> =
-        (0..width).map(|_| LargeStringBuilder::new()).collect();
+    let mut columns: Vec<TextBuilder> = presize(head, delim, width, size_hint)
+        .into_iter()
+        .map(|(rows, bytes)| TextBuilder::with_capacity(rows, bytes))
+        .collect();
     let mut lines = Vec::new();
     let mut report = LoadReport::default();
     let mut record = csv::ByteRecord::new();
@@ -192,14 +262,15 @@ pub fn parse_csv(
         }
         for (col, field) in columns.iter_mut().zip(record.iter()) {
             let s = std::str::from_utf8(field).expect("checked above");
-            col.append_option((!s.is_empty() && !MISSING_TOKENS.contains(&s)).then_some(s));
+            col.append((!s.is_empty() && !MISSING_TOKENS.contains(&s)).then_some(s));
         }
         lines.push(line);
     }
     let columns = columns
         .into_iter()
-        .map(|mut c| Column::Text(c.finish()))
-        .collect();
+        .zip(&names)
+        .map(|(c, name)| c.finish(origin, name))
+        .collect::<Result<_>>()?;
     text_table(origin, names, columns, lines, report, "only a header")
 }
 

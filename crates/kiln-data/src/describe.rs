@@ -1,6 +1,6 @@
 //! `kiln data describe`: what a data file holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use kiln_config::FeatureType;
 use serde::{Deserialize, Serialize};
@@ -47,21 +47,26 @@ pub fn describe(table: &Table, target: Option<&str>) -> crate::Result<Descriptio
         let missing = (0..rows).filter(|&r| column.is_missing(r)).count();
         let distinct = match column {
             Column::Image { .. } => rows,
-            _ => (0..rows)
-                .filter_map(|r| column.text(r))
-                .collect::<std::collections::HashSet<_>>()
+            Column::Text(values) => values.iter().flatten().collect::<HashSet<&str>>().len(),
+            Column::Number(values) => values
+                .iter()
+                .flatten()
+                .map(f64::to_bits)
+                .collect::<HashSet<u64>>()
                 .len(),
         };
         let range = match (kind, column) {
-            (FeatureType::Numeric | FeatureType::Binary, Column::Number(_) | Column::Text(_)) => {
-                let vals: Vec<f64> = (0..rows)
-                    .filter_map(|r| column.text(r).and_then(|s| crate::infer::looks_numeric(&s)))
+            (FeatureType::Numeric | FeatureType::Binary, Column::Number(values)) => {
+                let vals: Vec<f64> = values.iter().flatten().collect();
+                range_of(&vals)
+            }
+            (FeatureType::Numeric | FeatureType::Binary, Column::Text(values)) => {
+                let vals: Vec<f64> = values
+                    .iter()
+                    .flatten()
+                    .filter_map(crate::infer::looks_numeric)
                     .collect();
-                (!vals.is_empty()).then(|| {
-                    let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
-                    let max = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    (min, vals.iter().sum::<f64>() / vals.len() as f64, max)
-                })
+                range_of(&vals)
             }
             _ => None,
         };
@@ -94,5 +99,14 @@ pub fn describe(table: &Table, target: Option<&str>) -> crate::Result<Descriptio
         rows: table.num_rows(),
         columns,
         class_balance,
+    })
+}
+
+/// Minimum, mean and maximum.
+fn range_of(vals: &[f64]) -> Option<(f64, f64, f64)> {
+    (!vals.is_empty()).then(|| {
+        let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (min, vals.iter().sum::<f64>() / vals.len() as f64, max)
     })
 }

@@ -102,25 +102,33 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
             }
         }
         Column::Text(values) => {
-            let present: Vec<&str> = values.iter().flatten().collect();
-            if present.is_empty() {
+            let (mut count, mut numeric, mut zero_one) = (0usize, 0usize, true);
+            for v in values.iter().flatten() {
+                count += 1;
+                match looks_numeric(v) {
+                    Some(x) => {
+                        numeric += 1;
+                        zero_one &= x == 0.0 || x == 1.0;
+                    }
+                    None => zero_one = false,
+                }
+            }
+            if count == 0 {
                 return (FeatureType::Ignore, Some("every value is missing".into()));
             }
-            let numeric = present
-                .iter()
-                .filter(|s| looks_numeric(s).is_some())
-                .count();
-            let distinct: HashSet<&str> = present.iter().copied().collect();
-            if numeric == present.len() {
-                if distinct.len() <= 2
-                    && distinct
-                        .iter()
-                        .all(|s| looks_numeric(s).is_some_and(|v| v == 0.0 || v == 1.0))
-                {
-                    return (FeatureType::Binary, None);
-                }
-                return (FeatureType::Numeric, None);
+            if numeric == count {
+                // Numbers: binary when only 0 and 1, in at most two spellings (no set of every
+                // value is built for other numeric columns).
+                let binary =
+                    zero_one && values.iter().flatten().collect::<HashSet<&str>>().len() <= 2;
+                return if binary {
+                    (FeatureType::Binary, None)
+                } else {
+                    (FeatureType::Numeric, None)
+                };
             }
+            let present: Vec<&str> = values.iter().flatten().collect();
+            let distinct: HashSet<&str> = present.iter().copied().collect();
             // Mostly numbers with a few stray strings: a numeric column with bad values, so
             // they are reported rather than turning the column into categories.
             if numeric as f64 >= 0.9 * present.len() as f64 && distinct.len() > 10 {

@@ -159,23 +159,23 @@ pub fn load_source_columns(
             ))),
         };
     }
-    let format = match config.format {
-        DataFormat::Auto => match csv_source::read_head(path) {
-            Ok(head) => detect_format(path, &head)?,
-            Err(e) => {
-                // A name that says which format kiln refuses is the clearer error.
-                detect_format(path, &[])?;
-                return Err(e);
-            }
-        },
-        chosen => chosen,
+    let head = csv_source::read_head(path);
+    let format = match (config.format, &head) {
+        (DataFormat::Auto, Ok(head)) => detect_format(path, head)?,
+        (DataFormat::Auto, Err(_)) => {
+            // A name that says which format kiln refuses is the clearer error.
+            detect_format(path, &[])?
+        }
+        (chosen, _) => chosen,
     };
     match format {
         DataFormat::Parquet => read_parquet(path, columns, config.bad_rows),
         DataFormat::Arrow => read_arrow_ipc(path, columns, config.bad_rows),
         DataFormat::Jsonl => parse_jsonl(&csv_source::read_bytes(path)?, spec, config.bad_rows),
         DataFormat::Csv | DataFormat::Auto => csv_source::parse_csv(
-            &csv_source::read_bytes(path)?,
+            csv_source::decompressed(path)?,
+            &head?,
+            csv_source::plain_size(path),
             spec,
             config.delimiter,
             config.bad_rows,

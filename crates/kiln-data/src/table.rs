@@ -1,6 +1,7 @@
 //! Typed columns as read: Arrow arrays of text and numbers, and image pixels.
 
-use arrow_array::{Array, Float64Array, LargeStringArray};
+use arrow_array::builder::StringBuilder;
+use arrow_array::{Array, Float64Array, StringArray};
 use serde::{Deserialize, Serialize};
 
 /// One column as read from the source. Text and numbers are Arrow arrays: values in one
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Column {
     /// Text fields (CSV, JSON Lines, Arrow strings and categories); null is a missing value.
-    Text(LargeStringArray),
+    Text(StringArray),
     /// Numbers (Parquet/Arrow numeric columns, built-in sets, IDX labels); null is missing.
     Number(Float64Array),
     /// Grey-scale images, `height * width` bytes per row.
@@ -106,6 +107,63 @@ impl Column {
                 }
             }
         }
+    }
+}
+
+/// Builds a text column. Arrow's 32-bit offsets hold up to 2 GiB of text a column: a value
+/// past that is not appended and [`TextBuilder::finish`] says so (never a panic).
+pub(crate) struct TextBuilder {
+    inner: StringBuilder,
+    bytes: usize,
+    limit: usize,
+    overflow: bool,
+}
+
+impl TextBuilder {
+    pub(crate) fn new() -> Self {
+        TextBuilder {
+            inner: StringBuilder::new(),
+            bytes: 0,
+            limit: i32::MAX as usize,
+            overflow: false,
+        }
+    }
+
+    /// A builder with room for `rows` values of `bytes` bytes in all.
+    pub(crate) fn with_capacity(rows: usize, bytes: usize) -> Self {
+        TextBuilder {
+            inner: StringBuilder::with_capacity(rows, bytes.min(i32::MAX as usize)),
+            ..TextBuilder::new()
+        }
+    }
+
+    /// Appends a value (`None`: missing).
+    pub(crate) fn append(&mut self, value: Option<&str>) {
+        if let Some(v) = value {
+            self.bytes += v.len();
+            if self.bytes > self.limit {
+                self.overflow = true;
+                self.inner.append_null();
+                return;
+            }
+        }
+        self.inner.append_option(value);
+    }
+
+    /// Marks the column as too large (its finish is an error).
+    pub(crate) fn overflow(&mut self) {
+        self.overflow = true;
+    }
+
+    /// The column, or an error naming `column` of `origin` when it outgrew 2 GiB of text.
+    pub(crate) fn finish(mut self, origin: &str, column: &str) -> crate::Result<Column> {
+        if self.overflow {
+            return Err(crate::DataError::Invalid(format!(
+                "{origin}: column \"{column}\" holds more than 2 GiB of text ({} bytes); kiln keeps a column's text in one Arrow buffer of at most 2 GiB",
+                self.bytes
+            )));
+        }
+        Ok(Column::Text(self.inner.finish()))
     }
 }
 
@@ -227,5 +285,27 @@ impl Table {
         }
         self.report.duplicates_dropped += dropped;
         dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_past_the_limit_is_an_error_naming_the_column_not_a_panic() {
+        let mut b = TextBuilder::new();
+        b.limit = 5;
+        b.append(Some("abc"));
+        b.append(None);
+        b.append(Some("def"));
+        let err = b.finish("f.csv", "note").unwrap_err().to_string();
+        assert!(
+            err.contains("f.csv: column \"note\" holds more than 2 GiB"),
+            "{err}"
+        );
+        let mut b = TextBuilder::new();
+        b.append(Some("abc"));
+        assert_eq!(b.finish("f", "c").unwrap(), Column::texts([Some("abc")]));
     }
 }

@@ -364,3 +364,68 @@ fn a_struct_of_a_null_parent_is_missing() {
     let t = load(&path, None).unwrap();
     assert_eq!(texts(&t, "user.age"), [Some("5".into()), None]);
 }
+
+#[test]
+fn files_written_by_pyarrow_read_with_their_types() {
+    // scripts/make-columnar-fixtures.py: snappy and zstd Parquet, LZ4 Feather v2.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for file in [
+        "pyarrow_snappy.parquet",
+        "pyarrow_zstd.parquet",
+        "pyarrow.feather",
+    ] {
+        let t = load(&fixtures.join(file), None).unwrap();
+        assert_eq!(
+            t.names,
+            [
+                "id",
+                "score",
+                "count",
+                "flag",
+                "city",
+                "at",
+                "user.name",
+                "user.age"
+            ],
+            "{file}"
+        );
+        assert_eq!(t.num_rows(), 4, "{file}");
+        for n in ["id", "score", "count", "user.age"] {
+            assert!(is_number(&t, n), "{file}: {n}");
+        }
+        let s = |v: &[Option<&str>]| v.iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>();
+        assert_eq!(
+            texts(&t, "score"),
+            s(&[Some("0.5"), None, Some("-1.25"), Some("3")])
+        );
+        assert_eq!(
+            texts(&t, "count"),
+            s(&[Some("10"), None, Some("30"), Some("40")])
+        );
+        assert_eq!(
+            texts(&t, "flag"),
+            s(&[Some("true"), Some("false"), None, Some("true")])
+        );
+        assert_eq!(
+            texts(&t, "city"),
+            s(&[Some("Lyon"), Some("Nice"), Some("Lyon"), None])
+        );
+        assert_eq!(
+            texts(&t, "at"),
+            s(&[
+                Some("1970-01-01T00:00:00Z"),
+                Some("1970-01-01T00:00:01Z"),
+                None,
+                Some("1970-01-02T00:00:00Z")
+            ])
+        );
+        assert_eq!(
+            texts(&t, "user.name"),
+            s(&[Some("ann"), Some("bo"), None, Some("cy")])
+        );
+        assert_eq!(
+            texts(&t, "user.age"),
+            s(&[Some("31"), None, None, Some("7")])
+        );
+    }
+}
