@@ -36,7 +36,18 @@ const EXACT_INTEGER: i64 = 1 << 53;
 pub fn read_parquet(path: &Path, columns: Option<&[String]>, bad_rows: BadRows) -> Result<Table> {
     let files = parquet_files(path)?;
     let origin = path.display().to_string();
-    let mut table = TableBuilder::new(&origin, bad_rows);
+    // Every file's row count is in its footer: the columns are sized once, not by doubling.
+    let rows: usize = files
+        .iter()
+        .filter_map(|f| {
+            let file = File::open(f).ok()?;
+            let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+                .parse_and_finish(&file)
+                .ok()?;
+            usize::try_from(meta.file_metadata().num_rows()).ok()
+        })
+        .sum();
+    let mut table = TableBuilder::new(&origin, bad_rows, rows);
     for file in &files {
         let name = file.display().to_string();
         let bad = |e: &dyn std::fmt::Display| {
@@ -96,7 +107,7 @@ pub fn read_arrow_ipc(path: &Path, columns: Option<&[String]>, bad_rows: BadRows
             )));
         }
     }
-    let mut table = TableBuilder::new(&name, bad_rows);
+    let mut table = TableBuilder::new(&name, bad_rows, 0);
     if head.starts_with(b"ARROW1") {
         let schema = arrow_ipc::reader::FileReader::try_new(open()?, None)
             .map_err(|e| bad(&e))?
@@ -235,6 +246,7 @@ struct TableBuilder {
     types: Vec<DataType>,
     builders: Vec<Builder>,
     rows: usize,
+    rows_hint: usize,
     /// Rows with a bad value (skipped under `bad_rows = "skip"`).
     bad: Vec<usize>,
     report: LoadReport,
@@ -242,7 +254,8 @@ struct TableBuilder {
 }
 
 impl TableBuilder {
-    fn new(origin: &str, bad_rows: BadRows) -> Self {
+    /// `rows_hint`: the rows expected (0 if unknown), to size number columns.
+    fn new(origin: &str, bad_rows: BadRows, rows_hint: usize) -> Self {
         TableBuilder {
             origin: origin.into(),
             bad_rows,
@@ -251,6 +264,7 @@ impl TableBuilder {
             types: Vec::new(),
             builders: Vec::new(),
             rows: 0,
+            rows_hint,
             bad: Vec::new(),
             report: LoadReport::default(),
             file: String::new(),
@@ -274,8 +288,12 @@ impl TableBuilder {
                     | DataType::Float16
                     | DataType::Float32
                     | DataType::Float64
-                    | DataType::Decimal128(..) => Builder::Number(Float64Builder::new()),
-                    DataType::Int64 | DataType::UInt64 => Builder::Integer(Int64Builder::new()),
+                    | DataType::Decimal128(..) => {
+                        Builder::Number(Float64Builder::with_capacity(self.rows_hint))
+                    }
+                    DataType::Int64 | DataType::UInt64 => {
+                        Builder::Integer(Int64Builder::with_capacity(self.rows_hint))
+                    }
                     DataType::Utf8
                     | DataType::LargeUtf8
                     | DataType::Utf8View
