@@ -84,7 +84,7 @@ fn kind(v: &Json) -> &'static str {
 fn flatten(
     prefix: &str,
     fields: Vec<(String, Json)>,
-    out: &mut Vec<(String, Option<String>)>,
+    out: &mut Vec<(String, Option<String>, &'static str)>,
 ) -> std::result::Result<(), String> {
     for (key, value) in fields {
         let name = if prefix.is_empty() {
@@ -92,6 +92,7 @@ fn flatten(
         } else {
             format!("{prefix}.{key}")
         };
+        let what = kind(&value);
         let text = match value {
             Json::Object(inner) => {
                 flatten(&name, inner, out)?;
@@ -108,21 +109,24 @@ fn flatten(
             Json::Bool(b) => Some(b.to_string()),
             Json::Number(n) => Some(n.to_string()),
         };
-        if out.iter().any(|(n, _)| *n == name) {
+        if out.iter().any(|(n, _, _)| *n == name) {
             return Err(format!("field \"{name}\" appears twice in the object"));
         }
-        out.push((name, text));
+        out.push((name, text, what));
     }
     Ok(())
 }
 
 /// Parses JSON Lines bytes; `origin` names the source in errors. A line that is not a JSON
 /// object is an error naming its line and column, or is skipped and counted under
-/// `BadRows::Skip`; a list field is always an error.
+/// `BadRows::Skip`; so is a field whose type (number, string, boolean) differs from the type
+/// it has on earlier lines. A list field is always an error.
 pub fn parse_jsonl(bytes: &[u8], origin: &str, bad_rows: BadRows) -> Result<Table> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut names: Vec<String> = Vec::new();
     let mut columns: Vec<Vec<Option<String>>> = Vec::new();
+    // Each column's JSON type and the line that set it.
+    let mut types: Vec<Option<(&'static str, u64)>> = Vec::new();
     let mut lines = Vec::new();
     let mut report = LoadReport::default();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -135,7 +139,18 @@ pub fn parse_jsonl(bytes: &[u8], origin: &str, bad_rows: BadRows) -> Result<Tabl
             Ok(Json::Object(object)) => {
                 let mut fields = Vec::new();
                 match flatten("", object, &mut fields) {
-                    Ok(()) => Ok(fields),
+                    Ok(()) => fields
+                        .iter()
+                        .find_map(|(name, value, what)| {
+                            let c = names.iter().position(|n| n == name)?;
+                            let (first, at) = types[c]?;
+                            (value.is_some() && first != *what).then(|| {
+                                format!(
+                                    "field \"{name}\" is {what} here but {first} on line {at}; a field holds one type"
+                                )
+                            })
+                        })
+                        .map_or(Ok(fields), Err),
                     Err(message) => {
                         return Err(DataError::Malformed {
                             path: origin.into(),
@@ -163,15 +178,19 @@ pub fn parse_jsonl(bytes: &[u8], origin: &str, bad_rows: BadRows) -> Result<Tabl
             }
         };
         let row = lines.len();
-        for (name, value) in fields {
+        for (name, value, what) in fields {
             let c = match names.iter().position(|n| *n == name) {
                 Some(c) => c,
                 None => {
                     names.push(name);
                     columns.push(vec![None; row]);
+                    types.push(None);
                     columns.len() - 1
                 }
             };
+            if value.is_some() && types[c].is_none() {
+                types[c] = Some((what, line));
+            }
             columns[c].push(value);
         }
         for column in &mut columns {

@@ -595,6 +595,20 @@ fn json_lines_errors_name_the_line_and_bad_lines_can_be_skipped() {
     // data.format = "csv" reads a file as CSV whatever it holds.
     let t = load("t.jsonl", b"a,b\n1,2\n", Csv).unwrap();
     assert_eq!(t.names, ["a", "b"]);
+    // One type a field: a string where earlier lines had numbers names both lines; null and
+    // "" are missing in any field; under `skip` the row goes.
+    let mixed = "{\"a\": null, \"b\": true}\n{\"a\": 1.5, \"b\": \"\"}\n{\"a\": \"2\", \"b\": false}\n{\"a\": 3}\n";
+    let err = load("m.jsonl", mixed.as_bytes(), Auto)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("m.jsonl, line 3: field \"a\" is a string here but a number on line 2"),
+        "{err}"
+    );
+    std::fs::write(&p, mixed).unwrap();
+    let t = kiln_data::load_source(p.to_str().unwrap(), &data).unwrap();
+    assert_eq!(t.lines, [1, 2, 4]);
+    assert_eq!(t.report.bad_rows_skipped, 1);
 }
 
 #[test]

@@ -68,9 +68,23 @@ pub fn format_evaluation(title: &str, eval: &Evaluation, classes: Option<&[Strin
                 );
             }
             let _ = writeln!(s, "  confusion matrix (rows: true, columns: predicted)");
+            // Columns as wide as the largest count or class name (names cut at 12), so
+            // counts of any size stay apart.
+            let short: Vec<String> = names.iter().map(|n| n.chars().take(12).collect()).collect();
+            let cw = m
+                .confusion
+                .iter()
+                .flatten()
+                .map(|c| c.to_string().len())
+                .chain(short.iter().map(|n| n.chars().count()))
+                .max()
+                .unwrap_or(1)
+                .max(4);
+            let header: Vec<String> = short.iter().map(|n| format!("{n:>cw$}")).collect();
+            let _ = writeln!(s, "  {:>w$}  {}", "", header.join(" "));
             for (name, row) in names.iter().zip(&m.confusion) {
-                let cells: Vec<String> = row.iter().map(|c| format!("{c:>5}")).collect();
-                let _ = writeln!(s, "  {name:>w$} {}", cells.join(""));
+                let cells: Vec<String> = row.iter().map(|c| format!("{c:>cw$}")).collect();
+                let _ = writeln!(s, "  {name:>w$}  {}", cells.join(" "));
             }
         }
         Evaluation::Regression { metrics: m, .. } => {
@@ -344,4 +358,29 @@ pub(crate) fn write_report(
         plots(run_dir, summary, test, preds)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusion_counts_of_any_size_stay_apart_under_their_class() {
+        // 150 000 "no" rows predicted "no", 20 000 "yes" predicted "no", 12 predicted "yes".
+        let mut y = vec![0usize; 150_000];
+        y.extend(std::iter::repeat_n(1, 20_012));
+        let mut proba = Vec::new();
+        for i in 0..y.len() {
+            let yes = if i >= 170_000 { 0.9 } else { 0.1 };
+            proba.extend([1.0 - yes, yes]);
+        }
+        let metrics = kiln_metrics::ClassificationMetrics::compute(&y, &proba, 2).unwrap();
+        let eval = Evaluation::Classification { loss: 0.0, metrics };
+        let text = format_evaluation("test", &eval, Some(&["no".into(), "yes".into()]));
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().position(|l| l.contains("confusion")).unwrap();
+        assert_eq!(lines[at + 1], "             no    yes");
+        assert_eq!(lines[at + 2], "     no  150000      0");
+        assert_eq!(lines[at + 3], "    yes   20000     12");
+    }
 }
