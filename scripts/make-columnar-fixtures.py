@@ -5,6 +5,7 @@ as pandas and pyarrow users write them (pip install pyarrow; committed, so CI ne
   pyarrow_snappy.parquet   snappy (pandas' default), two row groups
   pyarrow_zstd.parquet     zstd (polars' default)
   pyarrow.feather          Feather v2 with LZ4 (pyarrow's default)
+  pyarrow_brotli.parquet   brotli, a codec kiln is built without (its error is tested)
 
 Columns: id (int64), score (float64, NaN as pandas writes a missing float), count (int64
 with a null, pandas' Int64), flag (bool), city (dictionary, a pandas category), at
@@ -35,5 +36,6 @@ table = pa.table(
 pq.write_table(table, out / "pyarrow_snappy.parquet", compression="snappy", row_group_size=2)
 pq.write_table(table, out / "pyarrow_zstd.parquet", compression="zstd")
 feather.write_feather(table, out / "pyarrow.feather")
+pq.write_table(table.select(["id"]), out / "pyarrow_brotli.parquet", compression="brotli")
 for f in sorted(out.glob("pyarrow*")):
     print(f, f.stat().st_size, "bytes")

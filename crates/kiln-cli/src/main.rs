@@ -898,7 +898,8 @@ fn predict(args: PredictArgs) -> Result<()> {
 fn describe(file: &str, target: Option<&str>, json: bool) -> Result<()> {
     let mut config = Config::default();
     config.data.bad_rows = kiln::config::BadRows::Skip;
-    let table = kiln::load_table(file, &config).with_context(|| format!("reading {file}"))?;
+    // Data errors name the file (and line, column) themselves.
+    let table = kiln::load_table(file, &config)?;
     let d = kiln::data::describe(&table, target)?;
     if json {
         println!("{}", serde_json::to_string(&d)?);

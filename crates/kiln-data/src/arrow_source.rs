@@ -51,7 +51,13 @@ pub fn read_parquet(path: &Path, columns: Option<&[String]>, bad_rows: BadRows) 
     for file in &files {
         let name = file.display().to_string();
         let bad = |e: &dyn std::fmt::Display| {
-            DataError::Invalid(format!("{name}: not a readable Parquet file: {e}"))
+            let e = e.to_string();
+            match e.split("Disabled feature at compile time: ").nth(1) {
+                Some(codec) => DataError::Invalid(format!(
+                    "{name}: its pages are {codec}-compressed, a codec kiln does not read; write it with snappy, zstd, lz4 or gzip (pyarrow: pq.write_table(table, path, compression=\"zstd\"))"
+                )),
+                None => DataError::Invalid(format!("{name}: not a readable Parquet file: {e}")),
+            }
         };
         let reader = File::open(file).map_err(|source| DataError::Io {
             path: name.clone(),

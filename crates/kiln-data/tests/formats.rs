@@ -428,4 +428,10 @@ fn files_written_by_pyarrow_read_with_their_types() {
             s(&[Some("31"), None, None, Some("7")])
         );
     }
+    let brotli = fixtures.join("pyarrow_brotli.parquet");
+    let err = load(&brotli, None).unwrap_err().to_string();
+    assert!(
+        err.contains("pyarrow_brotli.parquet: its pages are brotli-compressed"),
+        "{err}"
+    );
 }
