@@ -6,14 +6,15 @@
 //! Lists, maps and binary columns are refused, naming the column. A float `NaN` (how pandas
 //! writes a missing float) is a missing value; an infinity is a bad value, like in a CSV.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow_array::builder::{Float64Builder, Int64Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Date32Type, Date64Type, Decimal128Type, Float16Type, Float32Type, Float64Type, Int8Type,
-    Int16Type, Int32Type, Int64Type, TimestampMicrosecondType, TimestampMillisecondType,
+    Date32Type, Date64Type, Decimal128Type, DecimalType, Float16Type, Float32Type, Float64Type,
+    Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch, RecordBatchReader};
@@ -26,6 +27,9 @@ use crate::{DataError, Result};
 
 /// Rows per record batch while reading (a Parquet row group is read in such slices).
 const BATCH_ROWS: usize = 64 * 1024;
+
+/// The most rows the footers may pre-size columns for.
+const MAX_ROWS_HINT: usize = 1 << 27;
 
 /// Largest integer an `f64` holds exactly.
 const EXACT_INTEGER: i64 = 1 << 53;
@@ -46,7 +50,10 @@ pub fn read_parquet(path: &Path, columns: Option<&[String]>, bad_rows: BadRows) 
                 .ok()?;
             usize::try_from(meta.file_metadata().num_rows()).ok()
         })
-        .sum();
+        .fold(0usize, usize::saturating_add)
+        // A footer is checked only when its file is read: a count too large to be true
+        // sizes nothing.
+        .min(MAX_ROWS_HINT);
     let mut table = TableBuilder::new(&origin, bad_rows, rows);
     for file in &files {
         let name = file.display().to_string();
@@ -68,7 +75,7 @@ pub fn read_parquet(path: &Path, columns: Option<&[String]>, bad_rows: BadRows) 
                 .map_err(|e| bad(&e))?;
         let mask = match columns {
             Some(wanted) => {
-                let roots = projection(&name, builder.schema(), wanted)?;
+                let roots = projection(builder.schema(), wanted);
                 parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots)
             }
             None => parquet::arrow::ProjectionMask::all(),
@@ -118,7 +125,7 @@ pub fn read_arrow_ipc(path: &Path, columns: Option<&[String]>, bad_rows: BadRows
         let schema = arrow_ipc::reader::FileReader::try_new(open()?, None)
             .map_err(|e| bad(&e))?
             .schema();
-        let projection = columns.map(|c| projection(&name, &schema, c)).transpose()?;
+        let projection = columns.map(|c| projection(&schema, c));
         let reader =
             arrow_ipc::reader::FileReader::try_new(open()?, projection).map_err(|e| bad(&e))?;
         table.start_file(&name, &reader.schema())?;
@@ -130,7 +137,7 @@ pub fn read_arrow_ipc(path: &Path, columns: Option<&[String]>, bad_rows: BadRows
         let schema = arrow_ipc::reader::StreamReader::try_new(file, None)
             .map_err(|e| bad(&e))?
             .schema();
-        let projection = columns.map(|c| projection(&name, &schema, c)).transpose()?;
+        let projection = columns.map(|c| projection(&schema, c));
         let file = std::io::BufReader::new(open()?);
         let reader =
             arrow_ipc::reader::StreamReader::try_new(file, projection).map_err(|e| bad(&e))?;
@@ -166,53 +173,34 @@ fn parquet_files(path: &Path) -> Result<Vec<PathBuf>> {
     files.sort();
     if files.is_empty() {
         return Err(DataError::Invalid(format!(
-            "{}: a directory without *.parquet files; kiln reads a data file, or a directory of Parquet part files",
+            "{}: a directory without *.parquet files; kiln reads a data file, a directory of Parquet part files, or IDX images by their prefix such as DIR/train",
             path.display()
         )));
     }
     Ok(files)
 }
 
-/// Indices of the top-level fields holding `wanted` (a dotted name selects its struct), and
-/// of any field named like an id.
-fn projection(origin: &str, schema: &SchemaRef, wanted: &[String]) -> Result<Vec<usize>> {
-    let mut roots = Vec::new();
-    for name in wanted {
-        let root = schema
-            .fields()
-            .iter()
-            .position(|f| f.name() == name)
-            .or_else(|| {
-                schema.fields().iter().position(|f| {
-                    matches!(f.data_type(), DataType::Struct(_))
-                        && name.starts_with(&format!("{}.", f.name()))
+/// Indices of the top-level fields holding `wanted` (a dotted name selects its struct);
+/// names the schema lacks select nothing.
+fn projection(schema: &SchemaRef, wanted: &[String]) -> Vec<usize> {
+    let mut roots: Vec<usize> = wanted
+        .iter()
+        .filter_map(|name| {
+            schema
+                .fields()
+                .iter()
+                .position(|f| f.name() == name)
+                .or_else(|| {
+                    schema.fields().iter().position(|f| {
+                        matches!(f.data_type(), DataType::Struct(_))
+                            && name.starts_with(&format!("{}.", f.name()))
+                    })
                 })
-            });
-        match root {
-            Some(i) if !roots.contains(&i) => roots.push(i),
-            Some(_) => {}
-            None => {
-                return Err(DataError::UnknownColumn {
-                    path: origin.into(),
-                    column: name.clone(),
-                    role: "the configuration",
-                    available: leaves(schema.fields(), "")
-                        .into_iter()
-                        .map(|(n, _)| n)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            }
-        }
-    }
-    // Columns named like an id stay, so `data.detect_id` finds them as in a full read.
-    for (i, f) in schema.fields().iter().enumerate() {
-        if crate::infer::id_like_name(f.name()) && !roots.contains(&i) {
-            roots.push(i);
-        }
-    }
+        })
+        .collect();
     roots.sort_unstable();
-    Ok(roots)
+    roots.dedup();
+    roots
 }
 
 /// Leaf columns of `fields`: dotted name and the child index path.
@@ -254,9 +242,12 @@ struct TableBuilder {
     rows: usize,
     rows_hint: usize,
     /// Rows with a bad value (skipped under `bad_rows = "skip"`).
-    bad: Vec<usize>,
+    bad: HashSet<usize>,
     report: LoadReport,
     file: String,
+    /// The table row where the current file starts (errors count rows within a file).
+    file_start: usize,
+    started: bool,
 }
 
 impl TableBuilder {
@@ -271,9 +262,11 @@ impl TableBuilder {
             builders: Vec::new(),
             rows: 0,
             rows_hint,
-            bad: Vec::new(),
+            bad: HashSet::new(),
             report: LoadReport::default(),
             file: String::new(),
+            file_start: 0,
+            started: false,
         }
     }
 
@@ -281,7 +274,18 @@ impl TableBuilder {
     fn start_file(&mut self, file: &str, schema: &SchemaRef) -> Result<()> {
         let found = leaves(schema.fields(), "");
         self.file = file.into();
-        if self.builders.is_empty() && self.names.is_empty() {
+        self.file_start = self.rows;
+        if let Some(name) = found
+            .iter()
+            .enumerate()
+            .find_map(|(i, (n, _))| found[..i].iter().any(|(m, _)| m == n).then_some(n))
+        {
+            return Err(DataError::Invalid(format!(
+                "{file}: two columns are named \"{name}\" (a struct field flattened as a.b can meet a column of that name)"
+            )));
+        }
+        if !self.started {
+            self.started = true;
             for (name, path) in found {
                 let data_type = leaf_type(schema.fields(), &path);
                 let builder = match data_type {
@@ -293,8 +297,14 @@ impl TableBuilder {
                     | DataType::UInt32
                     | DataType::Float16
                     | DataType::Float32
-                    | DataType::Float64
-                    | DataType::Decimal128(..) => {
+                    | DataType::Float64 => {
+                        Builder::Number(Float64Builder::with_capacity(self.rows_hint))
+                    }
+                    // Up to 15 digits a decimal is exact as an f64; wider ones stay exact as text.
+                    DataType::Decimal128(precision, _) if *precision > 15 => {
+                        Builder::Text(TextBuilder::new())
+                    }
+                    DataType::Decimal128(..) => {
                         Builder::Number(Float64Builder::with_capacity(self.rows_hint))
                     }
                     DataType::Int64 | DataType::UInt64 => {
@@ -332,8 +342,8 @@ impl TableBuilder {
         let names: Vec<&String> = found.iter().map(|(n, _)| n).collect();
         let same_types = found
             .iter()
-            .zip(&self.types)
-            .all(|((_, path), t)| leaf_type(schema.fields(), path) == t);
+            .zip(self.types.iter().zip(&self.paths))
+            .all(|((_, path), (t, p))| path == p && leaf_type(schema.fields(), path) == t);
         if names.len() != self.names.len()
             || names.iter().zip(&self.names).any(|(a, b)| *a != b)
             || !same_types
@@ -362,6 +372,8 @@ impl TableBuilder {
     /// Appends a batch's rows.
     fn push(&mut self, batch: &RecordBatch) -> Result<()> {
         let first_row = self.rows;
+        // Rows in errors count from the start of their file.
+        let in_file = first_row - self.file_start;
         for c in 0..self.builders.len() {
             let (array, nulls) = leaf_array(batch, &self.paths[c]);
             let name = self.names[c].clone();
@@ -369,16 +381,19 @@ impl TableBuilder {
                 match self.bad_rows {
                     BadRows::Error => Err(DataError::BadValue {
                         path: self.file.clone(),
-                        line: (first_row + row + 1) as u64,
+                        line: (in_file + row + 1) as u64,
                         column: name.clone(),
                         message: format!(
                             "{message} (set data.bad_rows = \"skip\" to drop such rows)"
                         ),
                     }),
                     BadRows::Skip => {
-                        self.bad.push(first_row + row);
-                        self.report
-                            .skip((first_row + row + 1) as u64, &format!("{name}: {message}"));
+                        if self.bad.insert(first_row + row) {
+                            self.report.skip(
+                                (in_file + row + 1) as u64,
+                                &format!("{}, column \"{name}\": {message}", self.file),
+                            );
+                        }
                         Ok(())
                     }
                 }
@@ -472,11 +487,8 @@ impl TableBuilder {
             report,
         };
         if !self.bad.is_empty() {
-            let mut bad = self.bad;
-            bad.sort_unstable();
-            bad.dedup();
             let keep: Vec<usize> = (0..table.num_rows())
-                .filter(|r| bad.binary_search(r).is_err())
+                .filter(|r| !self.bad.contains(r))
                 .collect();
             let report = table.report.clone();
             table = table.select(&keep);
@@ -581,6 +593,11 @@ fn append_text(b: &mut TextBuilder, array: &ArrayRef, nulls: Option<&NullBuffer>
         }
         DataType::Dictionary(..) => {
             let dict = array.as_any_dictionary();
+            if dict.values().is_empty() {
+                // Only nulls (arrow's key normalisation needs a value).
+                (0..array.len()).for_each(|_| b.append(None));
+                return;
+            }
             let keys = dict.normalized_keys();
             let mut values = TextBuilder::new();
             append_text(
@@ -652,6 +669,16 @@ fn append_text(b: &mut TextBuilder, array: &ArrayRef, nulls: Option<&NullBuffer>
                         .then(|| at(i))
                         .flatten()
                         .map(|t| format!("{}{suffix}", t.format("%Y-%m-%dT%H:%M:%S%.f")))
+                        .as_deref(),
+                )
+            });
+        }
+        DataType::Decimal128(precision, scale) => {
+            let v = array.as_primitive::<Decimal128Type>();
+            (0..v.len()).for_each(|i| {
+                b.append(
+                    valid(i)
+                        .then(|| Decimal128Type::format_decimal(v.value(i), *precision, *scale))
                         .as_deref(),
                 )
             });

@@ -209,10 +209,19 @@ pub fn parse_csv(
             Ok(ok) => ok,
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
-                return Err(DataError::Malformed {
-                    path: origin.into(),
-                    line,
-                    message: e.to_string(),
+                // A read failing midway (a truncated .gz or .zst) is the file's fault, not a
+                // record's.
+                let message = e.to_string();
+                return Err(match e.into_kind() {
+                    csv::ErrorKind::Io(source) => DataError::Io {
+                        path: origin.into(),
+                        source,
+                    },
+                    _ => DataError::Malformed {
+                        path: origin.into(),
+                        line,
+                        message,
+                    },
                 });
             }
         };

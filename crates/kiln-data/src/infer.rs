@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use arrow_array::Array;
+
 use kiln_config::{
     BadRows, CategoricalEncoding, Config, FeatureType, MissingStrategy, ModelKind, Normalization,
     Task, Truncation,
@@ -94,6 +96,9 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
     match column {
         Column::Image { .. } => (FeatureType::Image, None),
         Column::Number(values) => {
+            if values.null_count() == values.len() {
+                return (FeatureType::Ignore, Some("every value is missing".into()));
+            }
             let distinct: HashSet<u64> = values.iter().flatten().map(|v| v.to_bits()).collect();
             if distinct.len() <= 2 && values.iter().flatten().all(|v| v == 0.0 || v == 1.0) {
                 (FeatureType::Binary, None)
@@ -467,26 +472,6 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
 
 /// The id-like column of `table` ([`id_like`]), preferring an id-like name; columns the
 /// config names (target, split, `[[features]]`) are never taken.
-/// The columns a run reads when its features are listed: those features, the target, the id
-/// and split columns (a Parquet or Arrow source then decodes only these, plus any column
-/// named like an id, for `data.detect_id`). `None` when the features are inferred (every
-/// column is read), or when the target is not named.
-pub fn wanted_columns(config: &Config) -> Option<Vec<String>> {
-    let data = &config.data;
-    // An unnamed target is found among all the columns.
-    let target = data.target.clone()?;
-    if config.features.is_empty() {
-        return None;
-    }
-    let mut names: Vec<String> = config.features.iter().map(|f| f.name.clone()).collect();
-    names.push(target);
-    names.extend(data.id_column.clone());
-    names.extend(data.split.column.clone());
-    let mut seen = HashSet::new();
-    names.retain(|n| seen.insert(n.clone()));
-    Some(names)
-}
-
 fn detect_id_column(table: &Table, config: &Config, target: &str) -> Option<String> {
     let taken = |name: &str| {
         name == target

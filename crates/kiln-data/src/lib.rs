@@ -26,7 +26,7 @@ pub use builtin::{BUILTIN_DATASETS, load_builtin};
 pub use csv_source::read_csv;
 pub use describe::{ColumnSummary, Description, describe};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
-pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema, wanted_columns};
+pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
 pub use jsonl_source::parse_jsonl;
 pub use kiln_spec::InputShape;
 pub use preprocess::{
@@ -137,7 +137,8 @@ pub fn load_source(spec: &str, config: &DataConfig) -> Result<Table> {
 }
 
 /// [`load_source`], reading only `columns` from a Parquet or Arrow source (the others are
-/// never decoded); text formats are read whole.
+/// never decoded; names the source lacks are left to the caller's checks); text formats are
+/// read whole.
 pub fn load_source_columns(
     spec: &str,
     config: &DataConfig,

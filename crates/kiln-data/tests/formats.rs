@@ -211,22 +211,15 @@ fn parquet_and_arrow_columns_keep_their_types() {
 }
 
 #[test]
-fn a_projection_decodes_only_the_named_columns_and_ids() {
+fn a_projection_decodes_only_the_named_columns() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.parquet");
     write_parquet(&path, &typed_batches());
-    let wanted = ["y".to_string(), "user.name".to_string()];
+    // A dotted name reads its struct; a name the file lacks selects nothing (the caller's
+    // column checks name it).
+    let wanted = ["y".to_string(), "user.name".to_string(), "nope".to_string()];
     let t = load(&path, Some(&wanted)).unwrap();
-    // `row_id` is named like an id, so `data.detect_id` still sees it; a dotted name reads
-    // its struct.
-    assert_eq!(t.names, ["row_id", "y", "user.age", "user.name"]);
-    let err = load(&path, Some(&["nope".to_string()]))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("no column named \"nope\"") && err.contains("user.name"),
-        "{err}"
-    );
+    assert_eq!(t.names, ["y", "user.age", "user.name"]);
 }
 
 #[test]
@@ -241,6 +234,20 @@ fn part_files_of_a_directory_are_read_in_name_order_with_one_schema() {
     let t = load(&parts, None).unwrap();
     check_typed(&t);
     assert_eq!(t.origin, parts.display().to_string());
+
+    // A bad value in the second part names that part and its own row.
+    let v = |x: f64| {
+        batch(vec![(
+            "v",
+            Arc::new(Float64Array::from(vec![1.0, x])) as ArrayRef,
+        )])
+    };
+    let inf = dir.path().join("inf");
+    std::fs::create_dir(&inf).unwrap();
+    write_parquet(&inf.join("a.parquet"), &[v(2.0)]);
+    write_parquet(&inf.join("b.parquet"), &[v(f64::INFINITY)]);
+    let err = load(&inf, None).unwrap_err().to_string();
+    assert!(err.contains("b.parquet, line 2, column \"v\""), "{err}");
 
     let other = batch(vec![(
         "row_id",
@@ -299,6 +306,83 @@ fn lists_are_refused_by_name_unless_projected_away_and_infinities_are_bad_values
     assert_eq!(t.num_rows(), 1);
     assert_eq!(t.report.bad_rows_skipped, 1);
     assert_eq!(t.report.rows_read, 2);
+    // Two bad values in one row skip one row.
+    let two = dir.path().join("two.parquet");
+    write_parquet(
+        &two,
+        &[batch(vec![
+            (
+                "v",
+                Arc::new(Float64Array::from(vec![1.0, f64::INFINITY])) as ArrayRef,
+            ),
+            (
+                "w",
+                Arc::new(Float64Array::from(vec![1.0, f64::NEG_INFINITY])) as ArrayRef,
+            ),
+        ])],
+    );
+    let t = kiln_data::load_source(
+        two.to_str().unwrap(),
+        &data(DataFormat::Auto, BadRows::Skip),
+    )
+    .unwrap();
+    assert_eq!((t.num_rows(), t.report.bad_rows_skipped), (1, 1));
+}
+
+#[test]
+fn odd_columns_are_errors_or_exact_never_panics() {
+    use arrow_array::{Decimal128Array, DictionaryArray, NullArray};
+    let dir = tempfile::tempdir().unwrap();
+    // A struct field flattened as `a.b` meeting a column named `a.b`.
+    let inner = StructArray::from(vec![(
+        Arc::new(Field::new("b", DataType::Int32, true)),
+        Arc::new(Int32Array::from(vec![1])) as ArrayRef,
+    )]);
+    let clash = dir.path().join("clash.parquet");
+    write_parquet(
+        &clash,
+        &[batch(vec![
+            ("a", Arc::new(inner) as ArrayRef),
+            ("a.b", Arc::new(Int32Array::from(vec![2])) as ArrayRef),
+        ])],
+    );
+    let err = load(&clash, None).unwrap_err().to_string();
+    assert!(err.contains("two columns are named \"a.b\""), "{err}");
+    // A category column with no values at all, a wide decimal (exact, as text), a null column.
+    let empty: DictionaryArray<Int32Type> = DictionaryArray::try_new(
+        Int32Array::from(vec![None, None]),
+        Arc::new(StringArray::from(Vec::<&str>::new())),
+    )
+    .unwrap();
+    let wide = Decimal128Array::from(vec![Some(12_345_678_901_234_567_891_i128), None])
+        .with_precision_and_scale(20, 0)
+        .unwrap();
+    let narrow = Decimal128Array::from(vec![Some(1234_i128), Some(-5)])
+        .with_precision_and_scale(6, 2)
+        .unwrap();
+    let odd = dir.path().join("odd.feather");
+    let b = batch(vec![
+        ("c", Arc::new(empty) as ArrayRef),
+        ("wide", Arc::new(wide) as ArrayRef),
+        ("narrow", Arc::new(narrow) as ArrayRef),
+        ("nothing", Arc::new(NullArray::new(2)) as ArrayRef),
+    ]);
+    let mut w =
+        arrow_ipc::writer::FileWriter::try_new(std::fs::File::create(&odd).unwrap(), &b.schema())
+            .unwrap();
+    w.write(&b).unwrap();
+    w.finish().unwrap();
+    let t = load(&odd, None).unwrap();
+    assert_eq!(texts(&t, "c"), [None, None]);
+    assert_eq!(
+        texts(&t, "wide")[0].as_deref(),
+        Some("12345678901234567891")
+    );
+    assert_eq!(
+        texts(&t, "narrow"),
+        [Some("12.34".into()), Some("-0.05".into())]
+    );
+    assert_eq!(texts(&t, "nothing"), [None, None]);
 }
 
 #[test]

@@ -27,11 +27,26 @@ pub fn device_for(config: &Config) -> Result<Device> {
 }
 
 /// Loads any data source kiln reads (CSV, JSON Lines, Parquet, Arrow, IDX prefix,
-/// `builtin:NAME`), honouring the config's format, delimiter and bad-row policy; a columnar
-/// source decodes only the columns a config with listed features uses.
+/// `builtin:NAME`), honouring the config's format, delimiter and bad-row policy.
 pub fn load_table(spec: &str, config: &Config) -> Result<Table> {
-    let columns = kiln_data::wanted_columns(config);
-    kiln_data::load_source_columns(spec, &config.data, columns.as_deref())
+    kiln_data::load_source(spec, &config.data).map_err(|e| with_setup_hint(spec, e.into()))
+}
+
+/// [`load_table`] for a trained model's input: a Parquet or Arrow source decodes only the
+/// columns `pre` reads, its id column and the target (when the file has them).
+fn load_model_inputs(spec: &str, config: &Config, pre: &kiln_data::Preprocessor) -> Result<Table> {
+    let target = match &pre.target {
+        kiln_data::TargetTransform::Classes { name, .. }
+        | kiln_data::TargetTransform::Regression { name, .. } => name.clone(),
+    };
+    let columns: Vec<String> = pre
+        .features
+        .iter()
+        .map(|f| f.name().to_string())
+        .chain(pre.id_column.clone())
+        .chain(std::iter::once(target))
+        .collect();
+    kiln_data::load_source_columns(spec, &config.data, Some(&columns))
         .map_err(|e| with_setup_hint(spec, e.into()))
 }
 
@@ -807,7 +822,7 @@ pub fn evaluate_run(run_dir: &Path, data_spec: &str) -> Result<EvalSummary> {
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let device = device_for(&config)?;
     let loaded = run::load(run_dir, &device)?;
-    let table = load_table(data_spec, &loaded.config)?;
+    let table = load_model_inputs(data_spec, &loaded.config, &loaded.preprocessor)?;
     let rows: Vec<usize> = (0..table.num_rows()).collect();
     let encoded = loaded.preprocessor.transform(&table, &rows, true, true)?;
     if encoded.rows == 0 {
@@ -860,7 +875,7 @@ pub fn predict_run(
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let device = device_for(&config)?;
     let loaded = run::load(run_dir, &device)?;
-    let table = load_table(data_spec, &loaded.config)?;
+    let table = load_model_inputs(data_spec, &loaded.config, &loaded.preprocessor)?;
     let rows: Vec<usize> = (0..table.num_rows()).collect();
     let encoded = loaded.preprocessor.transform(&table, &rows, false, false)?;
     let p = predict(&loaded.model, &encoded, &loaded.preprocessor, &device);

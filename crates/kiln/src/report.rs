@@ -84,6 +84,7 @@ pub fn format_evaluation(title: &str, eval: &Evaluation, classes: Option<&[Strin
             let _ = writeln!(s, "  {:>w$}  {}", "", header.join(" "));
             for (name, row) in names.iter().zip(&m.confusion) {
                 let cells: Vec<String> = row.iter().map(|c| format!("{c:>cw$}")).collect();
+                let name: String = name.chars().take(w).collect();
                 let _ = writeln!(s, "  {name:>w$}  {}", cells.join(" "));
             }
         }
