@@ -868,30 +868,13 @@ fn parquet_trains_the_model_the_csv_trains_and_predictions_come_back_as_parquet(
     assert_eq!(out["rows"], 400, "{out}");
     for (run, data) in [("runs/csv", "churn.csv"), ("runs/parquet", "churn.parquet")] {
         let stem = run.trim_start_matches("runs/");
-        kiln_ok(
-            d,
-            &[
-                "predict",
-                run,
-                "--data",
-                data,
-                "--out",
-                &format!("{stem}.csv"),
-                "--proba",
-            ],
-        );
-        kiln_ok(
-            d,
-            &[
-                "predict",
-                run,
-                "--data",
-                data,
-                "--out",
-                &format!("{stem}.parquet"),
-                "--proba",
-            ],
-        );
+        for extension in ["csv", "parquet"] {
+            let out = format!("{stem}.{extension}");
+            kiln_ok(
+                d,
+                &["predict", run, "--data", data, "--out", &out, "--proba"],
+            );
+        }
     }
     let p = std::fs::read_to_string(d.join("csv.csv")).unwrap();
     assert_eq!(p, std::fs::read_to_string(d.join("parquet.csv")).unwrap());

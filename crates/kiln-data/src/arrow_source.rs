@@ -622,24 +622,15 @@ fn append_text(b: &mut TextBuilder, array: &ArrayRef, nulls: Option<&NullBuffer>
                 b.append(valid(i).then(|| if v.value(i) { "true" } else { "false" }))
             });
         }
-        DataType::Date32 => {
-            let v = array.as_primitive::<Date32Type>();
-            (0..v.len()).for_each(|i| {
+        DataType::Date32 | DataType::Date64 => {
+            let date = |i: usize| match array.data_type() {
+                DataType::Date32 => array.as_primitive::<Date32Type>().value_as_date(i),
+                _ => array.as_primitive::<Date64Type>().value_as_date(i),
+            };
+            (0..array.len()).for_each(|i| {
                 b.append(
                     valid(i)
-                        .then(|| v.value_as_date(i))
-                        .flatten()
-                        .map(|d| d.to_string())
-                        .as_deref(),
-                )
-            });
-        }
-        DataType::Date64 => {
-            let v = array.as_primitive::<Date64Type>();
-            (0..v.len()).for_each(|i| {
-                b.append(
-                    valid(i)
-                        .then(|| v.value_as_date(i))
+                        .then(|| date(i))
                         .flatten()
                         .map(|d| d.to_string())
                         .as_deref(),
