@@ -9,7 +9,7 @@ static ALLOCATOR: kiln_alloc::Allocator = kiln_alloc::Allocator;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use kiln::config::Config;
 use kiln::train::World;
@@ -73,6 +73,9 @@ struct EmbedArgs {
 struct GenerateArgs {
     /// Run directory of a GPT.
     run_dir: PathBuf,
+    /// Compute device, instead of the one the run trained on: cpu, auto, gpu, gpu:N.
+    #[arg(long)]
+    device: Option<String>,
     /// Text to continue (must fit the model's context).
     #[arg(long, default_value = "")]
     prompt: String,
@@ -105,6 +108,9 @@ struct ServeArgs {
     /// pretrained Hugging Face folder is served as a sentence encoder (texts in, embeddings out).
     #[arg(required = true)]
     models: Vec<String>,
+    /// Compute device, instead of the one each run trained on: cpu, auto, gpu, gpu:N.
+    #[arg(long)]
+    device: Option<String>,
     /// Address to listen on (loopback by default; 0.0.0.0 opens it to the network).
     #[arg(long, default_value = "127.0.0.1")]
     host: std::net::IpAddr,
@@ -211,7 +217,8 @@ struct TrainArgs {
     /// Target column. Sets data.target.
     #[arg(long)]
     target: Option<String>,
-    /// Compute device (sets `device`): cpu.
+    /// Compute device (sets `device`): cpu, auto, gpu, gpu:N, vulkan, cuda. With --resume,
+    /// the device the run continues on (a checkpoint moves between CPU and GPU).
     #[arg(long)]
     device: Option<String>,
     /// Fine-tune this pretrained Hugging Face folder (sets model.pretrained and
@@ -223,7 +230,7 @@ struct TrainArgs {
     overrides: Vec<String>,
     /// Continue the run in this directory (or from this checkpoint) with its saved config;
     /// `--set trainer.epochs=N` (or `max_steps`, `early_stopping_patience`) extends it.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "target", "device", "pretrained"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "target", "pretrained"])]
     resume: Option<PathBuf>,
     /// Print one JSON object at the end instead of the text summary.
     #[arg(long)]
@@ -237,6 +244,9 @@ struct TrainArgs {
 struct EvalArgs {
     /// Run directory.
     run_dir: PathBuf,
+    /// Compute device, instead of the one the run trained on: cpu, auto, gpu, gpu:N.
+    #[arg(long)]
+    device: Option<String>,
     /// Labelled data (CSV, IDX prefix or builtin:NAME).
     #[arg(long)]
     data: String,
@@ -249,6 +259,9 @@ struct EvalArgs {
 struct PredictArgs {
     /// Run directory.
     run_dir: PathBuf,
+    /// Compute device, instead of the one the run trained on: cpu, auto, gpu, gpu:N.
+    #[arg(long)]
+    device: Option<String>,
     /// Data to predict (the target column may be absent).
     #[arg(long)]
     data: String,
@@ -382,8 +395,8 @@ fn train_lm(args: &TrainArgs, config: Option<Config>, world: &World) -> Result<(
         );
     }
     println!(
-        "{} steps in {:.1} s (corpus preparation {:.1} s)",
-        s.steps, s.train_seconds, s.prepare_seconds
+        "{} steps in {:.1} s (corpus preparation {:.1} s) on {}",
+        s.steps, s.train_seconds, s.prepare_seconds, s.run.machine.device
     );
     if let Some(stats) = &s.all_reduce {
         print_all_reduce(stats, s.train_seconds);
@@ -954,6 +967,20 @@ fn describe(file: &str, target: Option<&str>, json: bool) -> Result<()> {
 
 /// Runs every command but `serve`.
 fn run_command(command: Command) -> Result<()> {
+    let device = match &command {
+        Command::Eval(a) => a.device.as_deref(),
+        Command::Predict(a) => a.device.as_deref(),
+        Command::Generate(a) => a.device.as_deref(),
+        Command::Serve(a) => a.device.as_deref(),
+        Command::Train(a) if a.resume.is_some() => a.device.as_deref(),
+        _ => None,
+    };
+    if let Some(device) = device {
+        let request = device
+            .parse::<kiln::config::DeviceRequest>()
+            .map_err(|e| anyhow!("--device: {e}"))?;
+        kiln::runtime::use_device(request);
+    }
     match command {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),

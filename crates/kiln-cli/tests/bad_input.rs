@@ -470,3 +470,56 @@ fn a_run_that_fails_leaves_no_directory_or_one_marked_for_resume() {
     let note = std::fs::read_to_string(d.join("runs/late/FAILED")).unwrap();
     assert!(note.contains("kiln train --resume"), "{note}");
 }
+
+#[test]
+fn devices_the_build_or_machine_lacks_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |device: &str| {
+        kiln_err(
+            dir.path(),
+            &["train", "--data", "builtin:iris", "--device", device],
+        )
+    };
+    expect(
+        &train("cuda"),
+        &["device \"cuda\"", "no CUDA build", "--features vulkan"],
+    );
+    expect(
+        &train("tpu"),
+        &[
+            "unknown device \"tpu\"",
+            "\"cpu\", \"auto\", \"gpu\", \"gpu:N\"",
+        ],
+    );
+    expect(&train("gpu:x"), &["device \"gpu:x\"", "must be a number"]);
+    expect(&train("cpu:1"), &["\"cpu\" takes no index"]);
+    // Without a GPU runtime compiled in: how to get one.
+    #[cfg(not(feature = "wgpu"))]
+    expect(
+        &train("gpu"),
+        &[
+            "device \"gpu\"",
+            "built without a GPU runtime",
+            "--features wgpu",
+        ],
+    );
+    // `gpu:N` past the adapters this machine has lists them.
+    #[cfg(feature = "wgpu")]
+    expect(
+        &train("gpu:7"),
+        &["device \"gpu:7\"", "there is no adapter 7"],
+    );
+    // `--device` on a command that reads a run is checked before the run.
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "eval",
+            "no-such-run",
+            "--data",
+            "builtin:iris",
+            "--device",
+            "tpu",
+        ],
+    );
+    expect(&err, &["--device", "unknown device \"tpu\""]);
+}

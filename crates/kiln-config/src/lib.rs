@@ -5,10 +5,12 @@
 //! validates; errors name the file, the key, the line and what was expected.
 #![warn(missing_docs)]
 
+mod device;
 mod schema;
 
 use std::path::Path;
 
+pub use device::{DEVICE_CHOICES, DeviceRequest};
 pub use schema::*;
 
 /// A configuration problem, with enough context to fix it.
@@ -355,12 +357,8 @@ fn bad(key: &str, message: impl Into<String>) -> Invalid {
 
 /// Checks ranges and cross-field consistency. Returns the offending dotted key.
 pub fn validate(c: &Config) -> Result<(), Invalid> {
-    if c.device != "cpu" {
-        return Err(bad(
-            "device",
-            format!("unknown device \"{}\", expected \"cpu\"", c.device),
-        ));
-    }
+    c.device_request()
+        .map_err(|message| bad("device", message))?;
     let d = &c.data;
     if d.source.trim().is_empty() {
         return Err(bad(

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Seed for splits, initialisation, shuffling and dropout. Same seed, same result.
     pub seed: u64,
-    /// Compute device: `cpu` (Burn's Flex backend). Other devices plug in here.
+    /// Compute device: `cpu` (Burn's Flex backend), `auto`, `gpu`, `gpu:N`, `vulkan`, `cuda`
+    /// (see [`crate::DeviceRequest`]).
     pub device: String,
     /// Where the data comes from and how it is cleaned and split.
     pub data: DataConfig,
@@ -27,6 +28,13 @@ pub struct Config {
     pub distill: DistillConfig,
     /// Where the run directory goes.
     pub output: OutputConfig,
+}
+
+impl Config {
+    /// The `device` key, parsed.
+    pub fn device_request(&self) -> Result<crate::DeviceRequest, String> {
+        self.device.parse()
+    }
 }
 
 impl Default for Config {

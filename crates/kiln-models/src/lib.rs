@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod bert;
+pub mod device;
 mod encoder;
 mod generate;
 mod gpt;

@@ -46,7 +46,7 @@ use gemm::gemm_into;
 const CHUNK: usize = 1 << 15;
 
 /// Ops kiln implements itself where Burn's backend is slow.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Autodiff, Cube: cfg(feature = "wgpu"))]
 pub trait KilnOps: Backend {
     /// Exact (erf) GELU.
     fn kiln_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -318,6 +318,9 @@ fn relu_max_pool2d_backward_reference<B: Backend>(
     grad: FloatTensor<B>,
     k: usize,
 ) -> FloatTensor<B> {
+    // Indices in the device's own integer type: a GPU runtime without 64-bit integers
+    // (WGSL) would read I64 indices wrongly.
+    let int_dtype = burn::backend::get_or_init_device_settings::<B>(&x.device()).int_dtype;
     let relu = B::relu(x);
     let pooled = B::max_pool2d_with_indices(
         relu.clone(),
@@ -326,7 +329,7 @@ fn relu_max_pool2d_backward_reference<B: Backend>(
         [0, 0],
         [1, 1],
         false,
-        burn::tensor::IntDType::I64,
+        int_dtype,
     );
     let grad = B::relu_backward(pooled.output, grad);
     B::max_pool2d_with_indices_backward(
@@ -430,6 +433,10 @@ fn conv2d_grads_flex(
     let dw = FlexTensor::from_data(TensorData::new(dw, wc.layout().shape().clone()));
     Some((dx, dw))
 }
+
+/// Every cubecl runtime (the GPUs wgpu drives): the trait's default bodies, Burn's own ops.
+#[cfg(feature = "wgpu")]
+impl KilnOps for burn::backend::Cube {}
 
 impl KilnOps for Flex {
     fn kiln_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -7,7 +7,7 @@ use kiln_models::kernels::max_pool2d_inference;
 
 #[test]
 fn max_pool_equals_burn_max_pool_bit_for_bit() {
-    let device = Device::default();
+    let device = Device::flex();
     for (shape, k) in [
         ([2, 3, 8, 8], 2),
         ([1, 4, 7, 9], 2),
@@ -100,7 +100,7 @@ fn cnn_inference_forward_equals_the_training_form() {
 /// -7), which is why the relative check is against f64 rather than Burn.
 #[test]
 fn gelu_kernel_equals_exact_gelu() {
-    let device = Device::default();
+    let device = Device::flex();
     let mut values: Vec<f32> = (-4000..=4000).map(|i| i as f32 / 250.0).collect();
     values.extend([
         0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 30.0, -30.0, 80.0, -80.0, 1e4, -1e4,

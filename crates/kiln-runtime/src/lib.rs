@@ -14,7 +14,8 @@ pub mod run;
 pub mod weights;
 
 use burn::prelude::Device;
-use kiln_config::Config;
+use kiln_config::{Config, DeviceRequest};
+pub use kiln_models::device::OpenedDevice;
 
 /// Errors reading, checking or writing a run, or running its model.
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +61,33 @@ pub enum RuntimeError {
 
 /// The compute device a config asks for.
 pub fn device_for(config: &Config) -> Result<Device, RuntimeError> {
-    match config.device.as_str() {
-        "cpu" => Ok(Device::flex()),
-        other => Err(RuntimeError::Invalid(format!(
-            "unknown device \"{other}\"; this build has: cpu"
-        ))),
-    }
+    Ok(open_device(config)?.device)
+}
+
+/// The compute device a config asks for (or the one [`use_device`] set), with the words a
+/// report uses for it.
+pub fn open_device(config: &Config) -> Result<OpenedDevice, RuntimeError> {
+    let request = match DEVICE_OVERRIDE.get() {
+        Some(request) => *request,
+        None => config.device_request().map_err(RuntimeError::Invalid)?,
+    };
+    kiln_models::device::open(request).map_err(|e| RuntimeError::Invalid(e.to_string()))
+}
+
+/// The device for work without a run config (a pretrained folder served or embedded): the
+/// one [`use_device`] set, else the CPU.
+pub fn default_device() -> Result<Device, RuntimeError> {
+    let request = DEVICE_OVERRIDE.get().copied().unwrap_or(DeviceRequest::Cpu);
+    kiln_models::device::open(request)
+        .map(|opened| opened.device)
+        .map_err(|e| RuntimeError::Invalid(e.to_string()))
+}
+
+static DEVICE_OVERRIDE: std::sync::OnceLock<DeviceRequest> = std::sync::OnceLock::new();
+
+/// Makes every later [`open_device`] in this process open `request`, whatever the config
+/// says: `--device` on commands that read a run's saved config (`eval`, `predict`, `serve`,
+/// a resumed `train`). The first call wins.
+pub fn use_device(request: DeviceRequest) {
+    let _ = DEVICE_OVERRIDE.set(request);
 }

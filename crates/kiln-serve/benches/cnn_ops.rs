@@ -31,7 +31,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(64);
-    let device = Device::default();
+    let device = Device::flex();
     let reps = 20;
     let conv = |i, o| {
         Conv2dConfig::new([i, o], [3, 3])

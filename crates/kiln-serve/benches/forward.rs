@@ -12,7 +12,7 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "runs/fashion-cnn".into());
-    let device = kiln_models::Device::default();
+    let device = kiln_models::Device::flex();
     let loaded =
         kiln_runtime::run::load(std::path::Path::new(&run), &device).expect("a run directory");
     let size = loaded.preprocessor.input_shape().size();

@@ -94,7 +94,7 @@ impl ServedModel {
         if !dir.join("config.toml").is_file() {
             if dir.join(kiln_runtime::pretrained::CONFIG_FILE).is_file() {
                 // A Hugging Face folder: served as a sentence encoder.
-                let device = Device::flex();
+                let device = kiln_runtime::default_device()?;
                 let encoder = kiln_runtime::pretrained::PretrainedEncoder::load(dir, &device)
                     .map_err(|e| kiln_runtime::RuntimeError::Invalid(e.to_string()))?;
                 return Ok(Self {

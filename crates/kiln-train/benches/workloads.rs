@@ -62,7 +62,7 @@ fn run_workloads() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let run = |w: &str| args.is_empty() || args.iter().any(|a| a == w);
-    let device = Device::default();
+    let device = Device::flex();
     if run("W1") {
         let r = classifier_steps(&mlp_spec(), 128, 10, 200, &device);
         eprintln!(

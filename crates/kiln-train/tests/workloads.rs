@@ -65,28 +65,28 @@ const W2_LOSSES: [f64; 4] = [
 #[test]
 fn mlp_adam_steps_give_the_recorded_losses() {
     let _serial = serial();
-    let run = classifier_steps(&mlp_spec(), 128, 0, 12, &Device::default());
+    let run = classifier_steps(&mlp_spec(), 128, 0, 12, &Device::flex());
     assert_close("W1", &run.losses, &W1_LOSSES, 1e-4);
 }
 
 #[test]
 fn cnn_adam_steps_give_the_recorded_losses() {
     let _serial = serial();
-    let run = classifier_steps(&cnn_spec(), 16, 0, 4, &Device::default());
+    let run = classifier_steps(&cnn_spec(), 16, 0, 4, &Device::flex());
     assert_close("W3 (batch 16)", &run.losses, &W3_LOSSES, 1e-4);
 }
 
 #[test]
 fn gpt_adamw_steps_give_the_recorded_losses() {
     let _serial = serial();
-    let run = gpt_steps(&gpt_config(), 4, 0, 4, &Device::default());
+    let run = gpt_steps(&gpt_config(), 4, 0, 4, &Device::flex());
     assert_close("W2 (batch 4)", &run.losses, &W2_LOSSES, 1e-4);
 }
 
 #[test]
 fn gpt_forward_gives_the_recorded_logits() {
     let _serial = serial();
-    let (_, logits) = gpt_forward_latency(&gpt_config(), 128, 0, 1, &Device::default());
+    let (_, logits) = gpt_forward_latency(&gpt_config(), 128, 0, 1, &Device::flex());
     assert_eq!(logits.len(), 128 * 65);
     let sum: f64 = logits.iter().map(|&v| v as f64).sum();
     let sum_sq: f64 = logits.iter().map(|&v| (v as f64).powi(2)).sum();
@@ -139,13 +139,13 @@ fn gpt_with_dropout_steps_give_the_recorded_losses() {
         dropout: 0.1,
         ..gpt_config()
     };
-    let run = gpt_steps(&cfg, 4, 0, 4, &Device::default());
+    let run = gpt_steps(&cfg, 4, 0, 4, &Device::flex());
     assert_close("W2D (batch 4)", &run.losses, &W2D_LOSSES, 1e-4);
 }
 
 #[test]
 fn padded_text_classifier_steps_give_the_recorded_losses() {
     let _serial = serial();
-    let run = workloads::text_classifier_steps(0, 3, &Device::default());
+    let run = workloads::text_classifier_steps(0, 3, &Device::flex());
     assert_close("W4", &run.losses, &W4_LOSSES, 1e-4);
 }

@@ -17,7 +17,6 @@ use kiln_train::checkpoint::write_atomic;
 use serde::Serialize;
 
 use crate::lm::{lm_files, load_lm};
-use crate::pipeline::device_for;
 use crate::{KilnError, Result};
 
 /// Export formats.
@@ -153,7 +152,8 @@ pub fn export_run(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Ex
             }
         }
     } else {
-        let device = device_for(&config)?;
+        // Export only reads the weights back: the CPU, whatever device the run trained on.
+        let device = kiln_runtime::default_device()?;
         let loaded = run::load(run_dir, &device)?;
         let pre = &loaded.preprocessor;
         let pre_json = serde_json::to_vec_pretty(pre).expect("serialisable");

@@ -15,7 +15,6 @@ use serde::Serialize;
 use crate::distributed::{
     Scratch, check_batch_splits, check_model_and_data, check_program, checkpoint_facts,
 };
-use crate::pipeline::device_for;
 use crate::resume::Resume;
 use crate::{KilnError, Result};
 
@@ -128,7 +127,7 @@ pub fn train_lm_run_in(
     observer: &mut dyn Observer,
     world: &World,
 ) -> Result<Option<LmSummary>> {
-    let run_info = crate::RunInfo::now(world.size());
+    let mut run_info = crate::RunInfo::now(world.size());
     let scratch = Scratch::for_rank(world)?;
     let redirected;
     let config = match &scratch {
@@ -166,7 +165,9 @@ pub fn train_lm_run_in(
         check_batch_splits(world, &config)?;
         check_program(world, &config)?;
     }
-    let device = device_for(&config)?;
+    let opened = kiln_runtime::open_device(&config)?;
+    run_info.machine.device = opened.description.clone();
+    let device = opened.device;
     // A directory written by `kiln data prepare-text` is used in place (no copy): token files
     // of any size are only ever memory-mapped.
     let prepared = Path::new(&config.data.source);

@@ -436,7 +436,7 @@ pub fn train_run_in(
     observer: &mut dyn Observer,
     world: &World,
 ) -> Result<Option<RunSummary>> {
-    let run_info = crate::RunInfo::now(world.size());
+    let mut run_info = crate::RunInfo::now(world.size());
     let scratch = Scratch::for_rank(world)?;
     let (config, run_dir, checkpoint): (Config, Option<PathBuf>, Option<LoadedCheckpoint>) =
         match resume {
@@ -451,7 +451,9 @@ pub fn train_run_in(
         };
     check_batch_splits(world, &config)?;
     check_program(world, &config)?;
-    let device = device_for(&config)?;
+    let opened = kiln_runtime::open_device(&config)?;
+    run_info.machine.device = opened.description.clone();
+    let device = opened.device;
     // A pretrained folder is checked (and its weights read) before the data: its tokenizer
     // reads the text.
     let pretrained = match (&config.model.pretrained, &checkpoint) {

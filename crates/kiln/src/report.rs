@@ -315,7 +315,7 @@ pub(crate) fn write_report(
     }
     let _ = writeln!(
         text,
-        "training: {} epochs, {} steps, {:.1} s, {} parameters{}{}",
+        "training: {} epochs, {} steps, {:.1} s, {} parameters{}{}{}",
         summary.epochs_run,
         summary.steps,
         summary.train_seconds,
@@ -329,6 +329,10 @@ pub(crate) fn write_report(
             ", stopped early"
         } else {
             ""
+        },
+        match summary.run.machine.device.as_str() {
+            "" => String::new(),
+            device => format!(", on {device}"),
         }
     );
     if config.trainer.keep_best

@@ -23,6 +23,10 @@ pub struct Machine {
     pub cpu: String,
     /// Compute threads per process (rayon's pool).
     pub threads: usize,
+    /// The device that computed (`"cpu (Flex, 2 threads)"`, `"gpu:0 NVIDIA H200 (discrete,
+    /// wgpu)"`); empty in reports written before kiln had devices.
+    #[serde(default)]
+    pub device: String,
     /// Processes training together (MPI ranks; 1 without).
     pub processes: usize,
     /// Operating system and architecture.
@@ -40,6 +44,7 @@ impl RunInfo {
             machine: Machine {
                 cpu: cpu_model().unwrap_or_else(|| "unknown".into()),
                 threads: rayon_threads(),
+                device: String::new(),
                 processes,
                 os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
             },

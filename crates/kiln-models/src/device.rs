@@ -1,0 +1,248 @@
+//! Opening the device a run computes on: the CPU (Burn's Flex backend, kiln's fused kernels)
+//! or a GPU through Burn's wgpu runtime (cargo feature `wgpu`; `vulkan` pins Vulkan and
+//! SPIR-V), from the config's `device` ([`DeviceRequest`]).
+
+use burn::prelude::Device;
+use kiln_config::DeviceRequest;
+
+/// A device that is open, with the words a report uses for it.
+#[derive(Debug, Clone)]
+pub struct OpenedDevice {
+    /// The device tensors are created on (without autodiff).
+    pub device: Device,
+    /// What ran: `"cpu (Flex, 2 threads)"`, `"gpu:0 NVIDIA H200 (discrete, wgpu)"`.
+    pub description: String,
+    /// Whether it is a GPU runtime (a software renderer included).
+    pub is_gpu: bool,
+}
+
+/// Why a device could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The build has no runtime for what was asked.
+    #[error("device \"{requested}\": {reason}")]
+    NotBuilt {
+        /// The `device` value.
+        requested: String,
+        /// What is missing and how to get it.
+        reason: String,
+    },
+    /// The runtime is there but the machine has no such adapter.
+    #[error("device \"{requested}\": {reason}")]
+    NotFound {
+        /// The `device` value.
+        requested: String,
+        /// What was looked for and what exists.
+        reason: String,
+    },
+}
+
+/// Opens `request`. `auto` falls back to the CPU when no hardware GPU is found (a software
+/// renderer is slower than the CPU backend); `gpu` takes a software renderer when it is all
+/// there is, so the GPU code path can be tested on machines without one.
+pub fn open(request: DeviceRequest) -> Result<OpenedDevice, DeviceError> {
+    match request {
+        DeviceRequest::Cpu => Ok(cpu()),
+        DeviceRequest::Auto => Ok(gpu::auto().unwrap_or_else(cpu)),
+        DeviceRequest::Gpu(index) => gpu::open(request, index, false),
+        DeviceRequest::Vulkan(index) => gpu::open(request, index, true),
+        DeviceRequest::Cuda(_) => Err(DeviceError::NotBuilt {
+            requested: request.to_string(),
+            reason: "kiln has no CUDA build yet; NVIDIA GPUs run through Vulkan: build with \
+                     `cargo build --release --features vulkan` and use --device gpu"
+                .into(),
+        }),
+    }
+}
+
+/// The CPU device.
+pub fn cpu() -> OpenedDevice {
+    OpenedDevice {
+        device: Device::flex(),
+        description: format!("cpu (Flex, {} threads)", crate::ops::compute_threads()),
+        is_gpu: false,
+    }
+}
+
+/// The GPU adapters this build and machine have, as `gpu:N` numbers them: `(name, kind)`.
+/// Empty without the `wgpu` feature.
+pub fn gpu_adapters() -> Vec<(String, &'static str)> {
+    gpu::adapters()
+        .into_iter()
+        .map(|adapter| (adapter.name, adapter.kind))
+        .collect()
+}
+
+#[cfg(feature = "wgpu")]
+mod gpu {
+    use super::{DeviceError, OpenedDevice};
+    use burn::backend::DispatchDevice;
+    use burn::backend::{CubeDevice, WgpuDeviceKind};
+    use burn::prelude::Device;
+    use burn::tensor::DeviceType;
+    use kiln_config::DeviceRequest;
+
+    /// One wgpu adapter, in the order wgpu enumerates them.
+    #[derive(Clone)]
+    pub(super) struct Adapter {
+        pub(super) device: Device,
+        pub(super) name: String,
+        pub(super) kind: &'static str,
+    }
+
+    fn kind_of(device: &Device) -> &'static str {
+        match device.as_dispatch() {
+            DispatchDevice::Cube(CubeDevice::Wgpu(wgpu)) => match wgpu.kind {
+                WgpuDeviceKind::DiscreteGpu(_) => "discrete",
+                WgpuDeviceKind::IntegratedGpu(_) => "integrated",
+                WgpuDeviceKind::VirtualGpu(_) => "virtual",
+                WgpuDeviceKind::Cpu => "software",
+                _ => "other",
+            },
+            _ => "other",
+        }
+    }
+
+    /// Enumerated (each adapter opened to ask its name) once per process.
+    pub(super) fn adapters() -> Vec<Adapter> {
+        static ADAPTERS: std::sync::OnceLock<Vec<Adapter>> = std::sync::OnceLock::new();
+        ADAPTERS
+            .get_or_init(|| {
+                Device::enumerate(DeviceType::Wgpu)
+                    .into_iter()
+                    .map(|device| {
+                        let name = device
+                            .identity()
+                            .map(|identity| identity.name)
+                            .unwrap_or_else(|| "unnamed adapter".into());
+                        let kind = kind_of(&device);
+                        Adapter { device, name, kind }
+                    })
+                    .collect()
+            })
+            .clone()
+    }
+
+    fn opened(index: usize, adapter: Adapter, api: &str) -> OpenedDevice {
+        OpenedDevice {
+            description: format!("gpu:{index} {} ({}, {api})", adapter.name, adapter.kind),
+            device: adapter.device,
+            is_gpu: true,
+        }
+    }
+
+    pub(super) fn auto() -> Option<OpenedDevice> {
+        adapters()
+            .into_iter()
+            .enumerate()
+            .find(|(_, adapter)| adapter.kind != "software")
+            .map(|(i, adapter)| opened(i, adapter, "wgpu"))
+    }
+
+    pub(super) fn open(
+        request: DeviceRequest,
+        index: Option<usize>,
+        vulkan: bool,
+    ) -> Result<OpenedDevice, DeviceError> {
+        let list = adapters();
+        if list.is_empty() {
+            return Err(DeviceError::NotFound {
+                requested: request.to_string(),
+                reason: "no GPU adapter found (wgpu sees no Vulkan, Metal or DX12 device; on \
+                         Linux install the GPU's Vulkan driver, or mesa-vulkan-drivers for \
+                         the software one)"
+                    .into(),
+            });
+        }
+        let count = list.len();
+        let names = list
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("gpu:{i} {} ({})", a.name, a.kind))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let chosen = match index {
+            Some(i) if i < count => i,
+            Some(i) => {
+                return Err(DeviceError::NotFound {
+                    requested: request.to_string(),
+                    reason: format!("there is no adapter {i}: this machine has {count} ({names})"),
+                });
+            }
+            None => list.iter().position(|a| a.kind != "software").unwrap_or(0),
+        };
+        let adapter = list.into_iter().nth(chosen).expect("index checked");
+        if vulkan {
+            return vulkan_device(request, chosen, adapter);
+        }
+        Ok(opened(chosen, adapter, "wgpu"))
+    }
+
+    #[cfg(feature = "vulkan")]
+    fn vulkan_device(
+        _request: DeviceRequest,
+        index: usize,
+        adapter: Adapter,
+    ) -> Result<OpenedDevice, DeviceError> {
+        use burn::backend::WgpuBackend;
+        let DispatchDevice::Cube(CubeDevice::Wgpu(wgpu)) = adapter.device.as_dispatch() else {
+            unreachable!("wgpu enumerates wgpu devices");
+        };
+        let pinned = Device::new(CubeDevice::Wgpu(wgpu.clone().on(WgpuBackend::Vulkan)));
+        Ok(opened(
+            index,
+            Adapter {
+                device: pinned,
+                ..adapter
+            },
+            "Vulkan, SPIR-V",
+        ))
+    }
+
+    #[cfg(not(feature = "vulkan"))]
+    fn vulkan_device(
+        request: DeviceRequest,
+        _index: usize,
+        _adapter: Adapter,
+    ) -> Result<OpenedDevice, DeviceError> {
+        Err(DeviceError::NotBuilt {
+            requested: request.to_string(),
+            reason: "this build's GPU runtime is wgpu with WGSL kernels; for SPIR-V on Vulkan \
+                     build with `cargo build --release --features vulkan`, or use --device gpu"
+                .into(),
+        })
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+mod gpu {
+    use super::{DeviceError, OpenedDevice};
+    use kiln_config::DeviceRequest;
+
+    pub(super) struct Adapter {
+        pub(super) name: String,
+        pub(super) kind: &'static str,
+    }
+
+    pub(super) fn adapters() -> Vec<Adapter> {
+        Vec::new()
+    }
+
+    pub(super) fn auto() -> Option<OpenedDevice> {
+        None
+    }
+
+    pub(super) fn open(
+        request: DeviceRequest,
+        _index: Option<usize>,
+        _vulkan: bool,
+    ) -> Result<OpenedDevice, DeviceError> {
+        Err(DeviceError::NotBuilt {
+            requested: request.to_string(),
+            reason: "this kiln was built without a GPU runtime; build it with \
+                     `cargo build --release --features wgpu` (or `vulkan` for SPIR-V on \
+                     Vulkan GPUs), or use --device cpu"
+                .into(),
+        })
+    }
+}
