@@ -2,7 +2,8 @@
 //! or a GPU through Burn's wgpu runtime (cargo feature `wgpu`; `vulkan` pins Vulkan and
 //! SPIR-V), from the config's `device` ([`DeviceRequest`]).
 
-use burn::prelude::Device;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::{Device, Tensor};
 use kiln_config::DeviceRequest;
 
 /// A device that is open, with the words a report uses for it.
@@ -52,6 +53,36 @@ pub fn open(request: DeviceRequest) -> Result<OpenedDevice, DeviceError> {
                      `cargo build --release --features vulkan` and use --device gpu"
                 .into(),
         }),
+    }
+}
+
+/// `build(device)` with its weights drawn from `seed` on the CPU: a model built on a GPU is
+/// drawn on the CPU and moved there, so one seed gives one set of initial weights on every
+/// device (each runtime has its own random stream). `device` may have autodiff on; the
+/// module's parameters stay trainable.
+pub fn build_seeded<M: Module>(device: &Device, seed: u64, build: impl FnOnce(&Device) -> M) -> M {
+    if crate::ops::on_flex(device) {
+        device.seed(seed);
+        return build(device);
+    }
+    let cpu = match device.is_autodiff() {
+        true => Device::flex().autodiff(),
+        false => Device::flex(),
+    };
+    cpu.seed(seed);
+    let module = build(&cpu);
+    // Burn draws a parameter when it is first read: draw them all here, on the CPU, or the
+    // move would carry the recipe and the GPU's stream would draw them.
+    module.visit(&mut DrawParameters);
+    module.fork(device)
+}
+
+/// Reads every parameter once, which draws the lazily initialised ones.
+struct DrawParameters;
+
+impl ModuleVisitor for DrawParameters {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
     }
 }
 

@@ -196,7 +196,7 @@ pub fn train_lm(
             };
             // Weights are drawn here, from the seed (not lazily inside the first step), and
             // every process starts from rank 0's, as DDP broadcasts them.
-            let model = Gpt::new(gpt, &ad);
+            let model = kiln_models::device::build_seeded(&ad, config.seed, |ad| Gpt::new(gpt, ad));
             let model = match world {
                 1 => {
                     crate::grads::trainable_parameters(&model);

@@ -392,7 +392,9 @@ pub fn train(
             }
             let model = match setup.initial_model {
                 Some(model) => model,
-                None => Network::new(setup.spec, &ad),
+                None => kiln_models::device::build_seeded(&ad, cfg.seed, |ad| {
+                    Network::new(setup.spec, ad)
+                }),
             }
             .frozen_as(setup.spec);
             // Every process starts from rank 0's weights, as DDP broadcasts them.
