@@ -83,13 +83,14 @@ EOF
 run() {
   local kiln=${KILN:-$dev/kiln} device=${DEVICE:-vulkan}
   [ -x "$kiln" ] || { echo "$kiln missing: scripts/device-check.sh prepare, then carry .device" >&2; exit 1; }
-  if ! ldconfig -p | grep -q 'libvulkan.so.1 '; then
+  if ! ldconfig -p | grep 'libvulkan.so.1 ' > /dev/null; then
     for f in "$dev"/debs/libvulkan1_*.deb; do dpkg -x "$f" /; done
     ldconfig
   fi
   mkdir -p "$dev/wrk"
   for f in "$dev"/debs/wrk_*.deb "$dev"/debs/libluajit-5.1-2_*.deb; do dpkg -x "$f" "$dev/wrk"; done
-  if ! ls /usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia* > /dev/null 2>&1; then
+  local icds=(/usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia*)
+  if [ ${#icds[@]} -eq 0 ] && [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   fi
   export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
@@ -106,6 +107,7 @@ run() {
   local kiln_json
   kiln_json=$(timeout 300 "$kiln" train "$cfg" --device "$device" --quiet --json --set output.name=gpt2 | tail -1) || {
     echo "kiln train --device $device failed; the same on --device gpu (WGSL kernels):"
+    rm -rf /tmp/device-check
     kiln_json=$(timeout 300 "$kiln" train "$cfg" --device gpu --quiet --json --set output.name=gpt2-wgsl | tail -1) || kiln_json='{}'
   }
   python3 - "$kiln_json" "$peak" /tmp/device-check "${LAYERS:-12}" "${CONTEXT:-1024}" "${EMBD:-768}" <<'PY'
@@ -121,6 +123,9 @@ for path in glob.glob(sys.argv[3] + "/*/metrics.jsonl"):
     steps += [json.loads(l) for l in open(path) if '"kind":"step"' in l]
 # Steady state: the records after the first 10 steps (autotuning and first compiles).
 rates = [s["samples_per_sec"] for s in steps if s["step"] > 10]
+if not rates:
+    print("kiln: no step records after step 10 (STEPS must be at least 15)")
+    sys.exit(0)
 tokens = statistics.median(rates) * context
 params = summary["parameters"]
 flops = 6 * params + 12 * layers * context * embd
@@ -142,6 +147,7 @@ PY
 
   [ "${SERVE:-1}" = 1 ] || return 0
   echo "== kiln serve, Fashion CNN, dynamic batching on and off, on $(nproc) cores"
+  # scripts/load-test.sh serves target/release/kiln.
   mkdir -p target/release
   [ "$kiln" -ef target/release/kiln ] || cp "$kiln" target/release/kiln
   PATH="$PWD/$dev/wrk/usr/bin:$PATH" \

@@ -64,6 +64,9 @@ struct EmbedArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Compute device: cpu (the default), auto, gpu, gpu:N, vulkan.
+    #[arg(long)]
+    device: Option<String>,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
@@ -73,7 +76,7 @@ struct EmbedArgs {
 struct GenerateArgs {
     /// Run directory of a GPT.
     run_dir: PathBuf,
-    /// Compute device, instead of the one the run trained on: cpu, auto, gpu, gpu:N.
+    /// Compute device, instead of the one the run trained on: cpu, auto, gpu, gpu:N, vulkan.
     #[arg(long)]
     device: Option<String>,
     /// Text to continue (must fit the model's context).
@@ -108,7 +111,7 @@ struct ServeArgs {
     /// pretrained Hugging Face folder is served as a sentence encoder (texts in, embeddings out).
     #[arg(required = true)]
     models: Vec<String>,
-    /// Compute device, instead of the one each run trained on: cpu, auto, gpu, gpu:N.
+    /// Compute device, instead of the one each run trained on: cpu, auto, gpu, gpu:N, vulkan.
     #[arg(long)]
     device: Option<String>,
     /// Address to listen on (loopback by default; 0.0.0.0 opens it to the network).
@@ -244,7 +247,7 @@ struct TrainArgs {
 struct EvalArgs {
     /// Run directory.
     run_dir: PathBuf,
-    /// Compute device, instead of the one the run trained on: cpu, auto, gpu, gpu:N.
+    /// Compute device, instead of the one the run trained on: cpu, auto, gpu, gpu:N, vulkan.
     #[arg(long)]
     device: Option<String>,
     /// Labelled data (CSV, IDX prefix or builtin:NAME).
@@ -259,7 +262,7 @@ struct EvalArgs {
 struct PredictArgs {
     /// Run directory.
     run_dir: PathBuf,
-    /// Compute device, instead of the one the run trained on: cpu, auto, gpu, gpu:N.
+    /// Compute device, instead of the one the run trained on: cpu, auto, gpu, gpu:N, vulkan.
     #[arg(long)]
     device: Option<String>,
     /// Data to predict (the target column may be absent).
@@ -965,13 +968,14 @@ fn describe(file: &str, target: Option<&str>, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Runs every command but `serve`.
-fn run_command(command: Command) -> Result<()> {
-    let device = match &command {
+/// `--device` on a command that reads a run: every device this process opens is that one.
+fn override_device(command: &Command) -> Result<()> {
+    let device = match command {
         Command::Eval(a) => a.device.as_deref(),
         Command::Predict(a) => a.device.as_deref(),
         Command::Generate(a) => a.device.as_deref(),
         Command::Serve(a) => a.device.as_deref(),
+        Command::Embed(a) => a.device.as_deref(),
         Command::Train(a) if a.resume.is_some() => a.device.as_deref(),
         _ => None,
     };
@@ -981,6 +985,11 @@ fn run_command(command: Command) -> Result<()> {
             .map_err(|e| anyhow!("--device: {e}"))?;
         kiln::runtime::use_device(request);
     }
+    Ok(())
+}
+
+/// Runs every command but `serve`.
+fn run_command(command: Command) -> Result<()> {
     match command {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
@@ -1028,11 +1037,14 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_)) {
         default_sigpipe();
     }
-    let result = match cli.command {
-        // The server keeps its own threads and hands each forward pass to rayon's pool.
-        Command::Serve(a) => serve(a),
-        // Compute-bound commands run on one of rayon's workers (`in_thread_pool`).
-        command => kiln::models::ops::in_thread_pool(|| run_command(command)),
+    let result = match override_device(&cli.command) {
+        Err(e) => Err(e),
+        Ok(()) => match cli.command {
+            // The server keeps its own threads and hands each forward pass to rayon's pool.
+            Command::Serve(a) => serve(a),
+            // Compute-bound commands run on one of rayon's workers (`in_thread_pool`).
+            command => kiln::models::ops::in_thread_pool(|| run_command(command)),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

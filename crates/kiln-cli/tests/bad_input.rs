@@ -522,4 +522,7 @@ fn devices_the_build_or_machine_lacks_are_clear_errors() {
         ],
     );
     expect(&err, &["--device", "unknown device \"tpu\""]);
+    let err = kiln_err(dir.path(), &["serve", "no-such-run", "--device", "tpu"]);
+    expect(&err, &["--device", "unknown device \"tpu\""]);
+    expect(&train("cpu:x"), &["\"cpu\" takes no index"]);
 }

@@ -30,6 +30,11 @@ impl FromStr for DeviceRequest {
     fn from_str(s: &str) -> Result<Self, String> {
         let lower = s.trim().to_ascii_lowercase();
         let (kind, index) = match lower.split_once(':') {
+            Some((kind @ ("cpu" | "auto"), _)) => {
+                return Err(format!(
+                    "device \"{s}\": \"{kind}\" takes no index; expected {DEVICE_CHOICES}"
+                ));
+            }
             Some((kind, index)) => {
                 let index = index.parse::<usize>().map_err(|_| {
                     format!("device \"{s}\": the adapter index after ':' must be a number (e.g. \"gpu:0\")")
@@ -44,9 +49,6 @@ impl FromStr for DeviceRequest {
             ("gpu" | "wgpu", index) => Ok(Self::Gpu(index)),
             ("vulkan", index) => Ok(Self::Vulkan(index)),
             ("cuda", index) => Ok(Self::Cuda(index)),
-            ("cpu" | "auto", Some(_)) => Err(format!(
-                "device \"{s}\": \"{kind}\" takes no index; expected {DEVICE_CHOICES}"
-            )),
             _ => Err(format!("unknown device \"{s}\", expected {DEVICE_CHOICES}")),
         }
     }

@@ -50,7 +50,8 @@ pub fn open(request: DeviceRequest) -> Result<OpenedDevice, DeviceError> {
         DeviceRequest::Cuda(_) => Err(DeviceError::NotBuilt {
             requested: request.to_string(),
             reason: "kiln has no CUDA build yet; NVIDIA GPUs run through Vulkan: build with \
-                     `cargo build --release --features vulkan` and use --device gpu"
+                     `cargo build --release --features vulkan` and use --device vulkan (or \
+                     --device gpu)"
                 .into(),
         }),
     }
@@ -154,9 +155,9 @@ mod gpu {
             .clone()
     }
 
-    fn opened(index: usize, adapter: Adapter, api: &str) -> OpenedDevice {
+    fn opened(name: &str, index: usize, adapter: Adapter, api: &str) -> OpenedDevice {
         OpenedDevice {
-            description: format!("gpu:{index} {} ({}, {api})", adapter.name, adapter.kind),
+            description: format!("{name}:{index} {} ({}, {api})", adapter.name, adapter.kind),
             device: adapter.device,
             is_gpu: true,
         }
@@ -167,7 +168,7 @@ mod gpu {
             .into_iter()
             .enumerate()
             .find(|(_, adapter)| adapter.kind != "software")
-            .map(|(i, adapter)| opened(i, adapter, "wgpu"))
+            .map(|(i, adapter)| opened("gpu", i, adapter, "wgpu"))
     }
 
     pub(super) fn open(
@@ -206,7 +207,7 @@ mod gpu {
         if vulkan {
             return vulkan_device(request, chosen, adapter);
         }
-        Ok(opened(chosen, adapter, "wgpu"))
+        Ok(opened("gpu", chosen, adapter, "wgpu"))
     }
 
     #[cfg(feature = "vulkan")]
@@ -221,6 +222,7 @@ mod gpu {
         };
         let pinned = Device::new(CubeDevice::Wgpu(wgpu.clone().on(WgpuBackend::Vulkan)));
         Ok(opened(
+            "vulkan",
             index,
             Adapter {
                 device: pinned,

@@ -8,34 +8,12 @@ mod common;
 
 use std::sync::Arc;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::prelude::{Bool, Device, Int, Tensor, TensorData};
-use burn::tensor::Gradients;
 use burn::tensor::activation::softmax;
 use kiln_config::{Activation, ConvLayer, ModelKind, Pooling};
 use kiln_models::ops::{self, AttentionSpec, DropoutMask};
 use kiln_models::{Gpt, GptConfig, InputShape, Inputs, ModelSpec, Network, TextEncoderSpec};
-
-/// Every parameter's gradient, in visiting order.
-struct Collect<'a> {
-    grads: &'a Gradients,
-    out: Vec<Vec<f32>>,
-}
-
-impl ModuleVisitor for Collect<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let g = param
-            .val()
-            .grad(self.grads)
-            .map(|g| g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap())
-            .unwrap_or_default();
-        self.out.push(g);
-    }
-}
-
-fn values(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
 
 /// The loss and every parameter's gradient of `run` with fused kernels on or off.
 fn loss_and_grads<M: Module>(
@@ -52,13 +30,9 @@ fn loss_and_grads<M: Module>(
     device.seed(12);
     let l = loss(&model);
     let grads = l.clone().backward();
-    let mut c = Collect {
-        grads: &grads,
-        out: vec![],
-    };
-    model.visit(&mut c);
+    let out = common::parameter_grads(&model, &grads);
     ops::set_fused_kernels(true);
-    (l.into_scalar::<f32>(), c.out)
+    (l.into_scalar::<f32>(), out)
 }
 
 fn assert_same(what: &str, fused: (f32, Vec<Vec<f32>>), generic: (f32, Vec<Vec<f32>>)) {
@@ -87,15 +61,6 @@ fn assert_same(what: &str, fused: (f32, Vec<Vec<f32>>), generic: (f32, Vec<Vec<f
     assert!(compared > 0, "{what}: no gradients compared");
 }
 
-fn mean_cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Tensor<1> {
-    let [b, _] = logits.dims();
-    let device = logits.device();
-    let t = Tensor::<1, Int>::from_data(TensorData::new(targets.to_vec(), [b]), &device);
-    burn::nn::loss::CrossEntropyLossConfig::new()
-        .init(&device)
-        .forward(logits, t)
-}
-
 #[test]
 fn fused_and_generic_paths_agree_on_values_and_gradients() {
     let ad = Device::flex().autodiff();
@@ -118,7 +83,7 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
         let x = Tensor::<2, Int>::from_data(TensorData::new(tokens.clone(), [3, 24]), &ad);
         let logits = m.forward(x);
         let targets: Vec<i64> = tokens.iter().map(|t| (t + 1) % 29).collect();
-        mean_cross_entropy(logits.reshape([3 * 24, 29]), &targets)
+        common::mean_cross_entropy(logits.reshape([3 * 24, 29]), &targets)
     };
     let build = |d: &Device| Gpt::new(&gpt, d);
     assert_same(
@@ -178,16 +143,7 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
         }),
         pretrained: None,
     };
-    let rows: [&[i64]; 4] = [
-        &[5, 9, 3],
-        &[7, 7, 2, 11, 4, 8, 1, 30, 22, 9, 5, 6],
-        &[],
-        &[0, 4, 9, 0, 12],
-    ];
-    let mut ids = vec![0i64; 4 * 12];
-    for (r, row) in rows.iter().enumerate() {
-        ids[r * 12..r * 12 + row.len()].copy_from_slice(row);
-    }
+    let ids = common::padded_ids();
     let text_loss = |m: &Network| {
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [4, 12]), &ad);
         let out = m.forward(Inputs {
@@ -195,7 +151,7 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
             categories: None,
             tokens: Some(tokens),
         });
-        mean_cross_entropy(out, &[0, 1, 2, 1])
+        common::mean_cross_entropy(out, &[0, 1, 2, 1])
     };
     let build = |d: &Device| Network::new(&text, d);
     assert_same(
@@ -242,7 +198,7 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
                 TensorData::new(pixels[..5 * width].to_vec(), [5, width]),
                 &ad,
             );
-            mean_cross_entropy(m.forward(Inputs::dense(x)), &[0, 1, 2, 0, 1])
+            common::mean_cross_entropy(m.forward(Inputs::dense(x)), &[0, 1, 2, 0, 1])
         }
     };
     let build = |d: &Device| Network::new(&cnn, d);
@@ -279,7 +235,7 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
             tokens: Some(tokens),
         });
         ops::set_fused_kernels(true);
-        values(out)
+        common::values(out)
     };
     let d = common::max_diff(&infer(true), &infer(false));
     assert!(d < 1e-5, "text classifier inference differs by {d}");
@@ -330,7 +286,7 @@ fn cross_entropy_head_matches_burns_loss(ad: &Device) {
                     HeadLayout::InOut => w.clone(),
                     HeadLayout::OutIn => w.clone().transpose(),
                 };
-                mean_cross_entropy(x.clone().matmul(wt), &targets)
+                common::mean_cross_entropy(x.clone().matmul(wt), &targets)
             };
             let value = loss.clone().into_scalar::<f32>();
             if !device.is_autodiff() {
@@ -339,8 +295,8 @@ fn cross_entropy_head_matches_burns_loss(ad: &Device) {
             let grads = loss.mul_scalar(3.0).backward();
             (
                 value,
-                values(x.grad(&grads).unwrap()),
-                values(w.grad(&grads).unwrap()),
+                common::values(x.grad(&grads).unwrap()),
+                common::values(w.grad(&grads).unwrap()),
             )
         };
         let (reference, dx_ref, dw_ref) = run(ad, false);

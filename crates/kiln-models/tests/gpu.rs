@@ -12,9 +12,8 @@ mod common;
 
 use std::sync::Arc;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::prelude::{Device, Int, Tensor, TensorData};
-use burn::tensor::Gradients;
 use kiln_config::{Activation, ConvLayer, DeviceRequest, ModelKind, Pooling};
 use kiln_models::device::{OpenedDevice, open};
 use kiln_models::{
@@ -36,27 +35,6 @@ fn gpu() -> Option<OpenedDevice> {
     }
 }
 
-/// Every parameter's gradient, in visiting order.
-struct Collect<'a> {
-    grads: &'a Gradients,
-    out: Vec<Vec<f32>>,
-}
-
-impl ModuleVisitor for Collect<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let g = param
-            .val()
-            .grad(self.grads)
-            .map(|g| g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap())
-            .unwrap_or_default();
-        self.out.push(g);
-    }
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
 /// `model`'s loss and gradients on `device` (autodiff on).
 fn loss_and_grads<M: Module>(
     model: &M,
@@ -66,12 +44,8 @@ fn loss_and_grads<M: Module>(
     let model = model.clone().fork(device);
     let l = loss(&model, device);
     let grads = l.clone().backward();
-    let mut c = Collect {
-        grads: &grads,
-        out: vec![],
-    };
-    model.visit(&mut c);
-    (l.into_scalar::<f32>(), c.out)
+    let out = common::parameter_grads(&model, &grads);
+    (l.into_scalar::<f32>(), out)
 }
 
 /// One step of `model` on the CPU and on the GPU: the same loss and gradients.
@@ -110,15 +84,6 @@ fn assert_same_step<M: Module>(
     );
 }
 
-fn mean_cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Tensor<1> {
-    let [b, _] = logits.dims();
-    let device = logits.device();
-    let t = Tensor::<1, Int>::from_data(TensorData::new(targets.to_vec(), [b]), &device);
-    burn::nn::loss::CrossEntropyLossConfig::new()
-        .init(&device)
-        .forward(logits, t)
-}
-
 fn pixels(rows: usize, width: usize) -> Vec<f32> {
     (0..rows * width)
         .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
@@ -128,7 +93,7 @@ fn pixels(rows: usize, width: usize) -> Vec<f32> {
 fn dense_loss(width: usize) -> impl Fn(&Network, &Device) -> Tensor<1> {
     move |m, device| {
         let x = Tensor::<2>::from_data(TensorData::new(pixels(5, width), [5, width]), device);
-        mean_cross_entropy(m.forward(Inputs::dense(x)), &[0, 1, 2, 0, 1])
+        common::mean_cross_entropy(m.forward(Inputs::dense(x)), &[0, 1, 2, 0, 1])
     }
 }
 
@@ -194,17 +159,7 @@ fn text_classifier() -> ModelSpec {
 
 /// Four rows padded to 12 tokens, one of them empty.
 fn padded_tokens(device: &Device) -> Tensor<2, Int> {
-    let rows: [&[i64]; 4] = [
-        &[5, 9, 3],
-        &[7, 7, 2, 11, 4, 8, 1, 30, 22, 9, 5, 6],
-        &[],
-        &[0, 4, 9, 0, 12],
-    ];
-    let mut ids = vec![0i64; 4 * 12];
-    for (r, row) in rows.iter().enumerate() {
-        ids[r * 12..r * 12 + row.len()].copy_from_slice(row);
-    }
-    Tensor::from_data(TensorData::new(ids, [4, 12]), device)
+    Tensor::from_data(TensorData::new(common::padded_ids(), [4, 12]), device)
 }
 
 fn gpt_config() -> GptConfig {
@@ -241,7 +196,7 @@ fn each_model_kind_takes_the_same_training_step_on_the_gpu() {
                 categories: None,
                 tokens: Some(padded_tokens(d)),
             });
-            mean_cross_entropy(out, &[0, 1, 2, 1])
+            common::mean_cross_entropy(out, &[0, 1, 2, 1])
         },
     );
     let targets: Arc<[u32]> = (0..3 * 24).map(|i| ((i * 7 + 4) % 29) as u32).collect();
@@ -261,7 +216,7 @@ fn inference_and_generation_agree_with_the_cpu() {
     cpu.seed(3);
     let text = Network::new(&text_classifier(), &cpu);
     let infer = |m: &Network, d: &Device| {
-        values(m.clone().to_device(d).forward(Inputs {
+        common::values(m.clone().to_device(d).forward(Inputs {
             x: None,
             categories: None,
             tokens: Some(padded_tokens(d)),
@@ -272,8 +227,8 @@ fn inference_and_generation_agree_with_the_cpu() {
     let cnn = Network::new(&cnn(), &cpu);
     let x = |d: &Device| Tensor::<2>::from_data(TensorData::new(pixels(5, 96), [5, 96]), d);
     let d = common::max_diff(
-        &values(cnn.forward(Inputs::dense(x(&cpu)))),
-        &values(cnn.clone().to_device(gpu).forward(Inputs::dense(x(gpu)))),
+        &common::values(cnn.forward(Inputs::dense(x(&cpu)))),
+        &common::values(cnn.clone().to_device(gpu).forward(Inputs::dense(x(gpu)))),
     );
     assert!(d < 1e-5, "CNN outputs differ by {d}");
 

@@ -39,7 +39,14 @@ pub struct Generation {
 /// Loads a language-model run (model, tokenizer) for generation.
 pub fn load_lm(run_dir: &Path) -> Result<(Gpt, TextTokenizer, burn::prelude::Device)> {
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
-    let device = device_for(&config)?;
+    load_lm_on(run_dir, device_for(&config)?)
+}
+
+/// [`load_lm`] onto `device`, whatever device the run names (export reads weights on the CPU).
+pub fn load_lm_on(
+    run_dir: &Path,
+    device: burn::prelude::Device,
+) -> Result<(Gpt, TextTokenizer, burn::prelude::Device)> {
     crate::fs::remove_stale_temporaries(run_dir);
     let gpt: GptConfig = run::read_json(&run_dir.join(files::MODEL_SPEC))?;
     gpt.validate().map_err(|source| RuntimeError::Spec {

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::prelude::Device;
 use kiln_runtime::pretrained::{EmbedError, PretrainedEncoder};
 use serde::Serialize;
 
@@ -83,7 +82,7 @@ pub fn embed_file(
         .collect();
     let missing = (0..cells.len()).filter(|&i| cells.is_missing(i)).count();
     // The data is checked before the model (tens of MB) is read.
-    let device = Device::flex();
+    let device = kiln_runtime::default_device()?;
     let encoder = if model.join(kiln_runtime::run::files::MODEL_SPEC).is_file() {
         let run = kiln_runtime::run::load(model, &device)?;
         PretrainedEncoder::from_run(&run)?

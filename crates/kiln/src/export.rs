@@ -16,7 +16,7 @@ use kiln_runtime::run::{self, files};
 use kiln_train::checkpoint::write_atomic;
 use serde::Serialize;
 
-use crate::lm::{lm_files, load_lm};
+use crate::lm::lm_files;
 use crate::{KilnError, Result};
 
 /// Export formats.
@@ -105,7 +105,8 @@ pub fn export_run(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Ex
     let mut nodes = None;
     let model_file;
     if config.model.kind == ModelKind::Gpt {
-        let (model, tokenizer, device) = load_lm(run_dir)?;
+        let (model, tokenizer, device) =
+            kiln_runtime::lm::load_lm_on(run_dir, kiln_runtime::default_device()?)?;
         let gpt: kiln_models::GptConfig = run::read_json(&run_dir.join(files::MODEL_SPEC))?;
         let tokenizer_json = std::fs::read(run_dir.join(lm_files::TOKENIZER)).map_err(|e| {
             KilnError::Invalid(format!(

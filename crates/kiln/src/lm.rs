@@ -165,9 +165,7 @@ pub fn train_lm_run_in(
         check_batch_splits(world, &config)?;
         check_program(world, &config)?;
     }
-    let opened = kiln_runtime::open_device(&config)?;
-    run_info.machine.device = opened.description.clone();
-    let device = opened.device;
+    let device = crate::pipeline::training_device(&config, world, &mut run_info)?;
     // A directory written by `kiln data prepare-text` is used in place (no copy): token files
     // of any size are only ever memory-mapped.
     let prepared = Path::new(&config.data.source);

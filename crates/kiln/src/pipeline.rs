@@ -26,6 +26,26 @@ pub fn device_for(config: &Config) -> Result<Device> {
     Ok(kiln_runtime::device_for(config)?)
 }
 
+/// The device a training run computes on, named in `run_info` for the report. One GPU per
+/// process is all there is so far: several ranks would share the first one.
+pub(crate) fn training_device(
+    config: &Config,
+    world: &World,
+    run_info: &mut crate::RunInfo,
+) -> Result<Device> {
+    let opened = kiln_runtime::open_device(config)?;
+    if world.size() > 1 && opened.is_gpu {
+        return Err(KilnError::Invalid(format!(
+            "data-parallel training on GPUs is not built yet: every rank would open the same \
+             GPU ({}); train across processes on the CPU (--device cpu), or on the GPU in one \
+             process",
+            opened.description
+        )));
+    }
+    run_info.machine.device = opened.description;
+    Ok(opened.device)
+}
+
 /// Loads any data source kiln reads (CSV, JSON Lines, Parquet, Arrow, IDX prefix,
 /// `builtin:NAME`), honouring the config's format, delimiter and bad-row policy.
 pub fn load_table(spec: &str, config: &Config) -> Result<Table> {
@@ -451,9 +471,7 @@ pub fn train_run_in(
         };
     check_batch_splits(world, &config)?;
     check_program(world, &config)?;
-    let opened = kiln_runtime::open_device(&config)?;
-    run_info.machine.device = opened.description.clone();
-    let device = opened.device;
+    let device = training_device(&config, world, &mut run_info)?;
     // A pretrained folder is checked (and its weights read) before the data: its tokenizer
     // reads the text.
     let pretrained = match (&config.model.pretrained, &checkpoint) {
