@@ -1037,15 +1037,12 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_)) {
         default_sigpipe();
     }
-    let result = match override_device(&cli.command) {
-        Err(e) => Err(e),
-        Ok(()) => match cli.command {
-            // The server keeps its own threads and hands each forward pass to rayon's pool.
-            Command::Serve(a) => serve(a),
-            // Compute-bound commands run on one of rayon's workers (`in_thread_pool`).
-            command => kiln::models::ops::in_thread_pool(|| run_command(command)),
-        },
-    };
+    let result = override_device(&cli.command).and_then(|()| match cli.command {
+        // The server keeps its own threads and hands each forward pass to rayon's pool.
+        Command::Serve(a) => serve(a),
+        // Compute-bound commands run on one of rayon's workers (`in_thread_pool`).
+        command => kiln::models::ops::in_thread_pool(|| run_command(command)),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
