@@ -224,6 +224,10 @@ struct TrainArgs {
     /// the device the run continues on (a checkpoint moves between CPU and GPU).
     #[arg(long)]
     device: Option<String>,
+    /// Training arithmetic (sets `trainer.precision`): f32, bf16-mixed, f16-mixed. With
+    /// --resume, the precision the run continues in (weights are kept in f32 either way).
+    #[arg(long)]
+    precision: Option<String>,
     /// Fine-tune this pretrained Hugging Face folder (sets model.pretrained and
     /// model.type = "transformer").
     #[arg(long, value_name = "DIR")]
@@ -323,6 +327,7 @@ fn load_config(args: &TrainArgs) -> Result<Config> {
     if let Some(d) = &args.device {
         overrides.push(format!("device={}", toml_string(d)));
     }
+    overrides.extend(precision_override(args));
     if let Some(dir) = &args.pretrained {
         overrides.push(format!("model.pretrained={}", toml_string(dir)));
         overrides.push("model.type=\"transformer\"".into());
@@ -340,7 +345,18 @@ fn load_config(args: &TrainArgs) -> Result<Config> {
 /// The run `--resume` names, with the `--set` changes it may take.
 fn resume(args: &TrainArgs) -> Option<kiln::Resume> {
     let path = args.resume.as_ref()?;
-    Some(kiln::Resume::new(path).with_overrides(args.overrides.clone()))
+    let overrides = precision_override(args)
+        .into_iter()
+        .chain(args.overrides.iter().cloned())
+        .collect();
+    Some(kiln::Resume::new(path).with_overrides(overrides))
+}
+
+/// `--precision P` as the `--set` it stands for.
+fn precision_override(args: &TrainArgs) -> Option<String> {
+    args.precision
+        .as_ref()
+        .map(|p| format!("trainer.precision={}", toml_string(p)))
 }
 
 fn toml_string(s: &str) -> String {
@@ -398,8 +414,8 @@ fn train_lm(args: &TrainArgs, config: Option<Config>, world: &World) -> Result<(
         );
     }
     println!(
-        "{} steps in {:.1} s (corpus preparation {:.1} s) on {}",
-        s.steps, s.train_seconds, s.prepare_seconds, s.run.machine.device
+        "{} steps in {:.1} s (corpus preparation {:.1} s) on {}, in {}",
+        s.steps, s.train_seconds, s.prepare_seconds, s.run.machine.device, s.run.precision
     );
     if let Some(stats) = &s.all_reduce {
         print_all_reduce(stats, s.train_seconds);

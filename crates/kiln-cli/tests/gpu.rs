@@ -54,6 +54,28 @@ eval_batches = 4
 plots = false
 "#;
 
+/// A directory with `lm.toml` ([`LM`]) and its corpus.
+fn lm_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = (0..300)
+        .map(|i| ["the cat sat on the mat.", "a dog met a cat."][i % 2])
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.path().join("corpus.txt"), corpus).unwrap();
+    std::fs::write(dir.path().join("lm.toml"), LM).unwrap();
+    dir
+}
+
+/// Every evaluation's validation loss of an LM run's summary.
+fn val_losses(summary: &serde_json::Value) -> Vec<f64> {
+    summary["evals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["val_loss"].as_f64().unwrap())
+        .collect()
+}
+
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(1.0)
 }
@@ -63,13 +85,7 @@ fn a_gpt_trains_on_the_gpu_along_the_cpu_loss_curve() {
     if !gpu_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = (0..300)
-        .map(|i| ["the cat sat on the mat.", "a dog met a cat."][i % 2])
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(dir.path().join("corpus.txt"), corpus).unwrap();
-    std::fs::write(dir.path().join("lm.toml"), LM).unwrap();
+    let dir = lm_dir();
     let train = |device: &str| {
         kiln_json(
             dir.path(),
@@ -126,6 +142,110 @@ fn a_gpt_trains_on_the_gpu_along_the_cpu_loss_curve() {
             .clone()
     };
     assert_eq!(greedy("gpu"), greedy("cpu"));
+}
+
+/// float16 mixed precision on the GPU follows the CPU's float16 loss curve; bfloat16, which
+/// WGSL lacks, is refused naming the adapter, also for a CPU run resumed on the GPU, which
+/// continues once given a precision the GPU has.
+#[test]
+fn mixed_precision_on_the_gpu() {
+    if !gpu_available() {
+        return;
+    }
+    let dir = lm_dir();
+    let train = |name: &str, device: &str, precision: &str| {
+        kiln(
+            dir.path(),
+            &[
+                "train",
+                "lm.toml",
+                "--json",
+                "--device",
+                device,
+                "--precision",
+                precision,
+                "--set",
+                &format!("output.name={name}"),
+            ],
+        )
+    };
+    let out = train("bf16", "gpu", "bf16-mixed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bfloat16") && err.contains("gpu:0") && err.contains("f16-mixed"),
+        "{err}"
+    );
+    let gpu = kiln::models::device::open(DeviceRequest::Gpu(None)).unwrap();
+    let f16 = kiln::config::Precision::F16Mixed;
+    if kiln_train::precision::check_precision(f16, &gpu.device, &gpu.description).is_err() {
+        println!("skipped: {} has no float16", gpu.description);
+        return;
+    }
+    let parse = |out: std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let cpu = parse(train("cpu16", "cpu", "f16-mixed"));
+    let on_gpu = parse(train("gpu16", "gpu", "f16-mixed"));
+    assert_eq!(on_gpu["run"]["precision"]["name"], "f16-mixed");
+    for (c, g) in val_losses(&cpu).iter().zip(val_losses(&on_gpu)) {
+        println!("f16-mixed val loss {c:.5} on the CPU, {g:.5} on the GPU");
+        assert!(
+            close(*c, g, 2e-3),
+            "validation loss {c} on the CPU, {g} on the GPU"
+        );
+    }
+
+    // A bfloat16 run checkpointed on the CPU moves to the GPU in float16.
+    let cpu_bf16 = parse(train("moving", "cpu", "bf16-mixed"));
+    let run = dir.path().join("runs/moving");
+    let run_arg = run.to_str().unwrap();
+    let more = ["--set", "trainer.max_steps=50"];
+    let err = kiln_err(
+        dir.path(),
+        &[
+            &["train", "--resume", run_arg, "--device", "gpu"][..],
+            &more,
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains("bfloat16") && err.contains("--precision"),
+        "{err}"
+    );
+    let resumed = kiln_json(
+        dir.path(),
+        &[
+            &[
+                "train",
+                "--resume",
+                run_arg,
+                "--device",
+                "gpu",
+                "--precision",
+                "f16-mixed",
+                "--json",
+            ][..],
+            &more,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        (resumed["resumed_from"].as_u64(), resumed["steps"].as_u64()),
+        (Some(40), Some(50))
+    );
+    assert_eq!(resumed["run"]["precision"]["name"], "f16-mixed");
+    let (before, after) = (val_losses(&cpu_bf16), val_losses(&resumed));
+    let (before, after) = (*before.last().unwrap(), *after.last().unwrap());
+    println!(
+        "bf16-mixed on the CPU to step 40: val loss {before:.5}; f16-mixed on the GPU to 50: {after:.5}"
+    );
+    assert!(close(before, after, 0.05), "val loss {before} then {after}");
 }
 
 const TABULAR: &str = r#"

@@ -624,6 +624,45 @@ pub enum OptimizerKind {
     Adagrad,
 }
 
+/// The arithmetic of training's forward and backward passes (`trainer.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    #[serde(rename = "f32")]
+    F32,
+    /// Products (linear layers, convolutions, attention's two products, the output head) in
+    /// bfloat16 from f32 master weights; normalisation, softmax, the loss, gradients and the
+    /// optimizer in f32 (PyTorch's `autocast(dtype=torch.bfloat16)`).
+    #[serde(rename = "bf16-mixed")]
+    Bf16Mixed,
+    /// As `bf16-mixed` in float16, with dynamic loss scaling (PyTorch's `GradScaler`): the
+    /// loss is multiplied by a scale before the backward pass, steps whose gradients overflow
+    /// are skipped and halve the scale, and 2000 good steps in a row double it.
+    #[serde(rename = "f16-mixed")]
+    F16Mixed,
+}
+
+impl Precision {
+    /// The accepted names.
+    pub const CHOICES: &'static str = r#""f32", "bf16-mixed" or "f16-mixed""#;
+
+    /// The name a config spells.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16Mixed => "bf16-mixed",
+            Precision::F16Mixed => "f16-mixed",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -685,6 +724,9 @@ pub struct TrainerConfig {
     pub plateau_patience: usize,
     /// Clip gradients so their global L2 norm is at most this (0 = off).
     pub grad_clip_norm: f64,
+    /// Training arithmetic: `"f32"`, `"bf16-mixed"` or `"f16-mixed"` (see [`Precision`]).
+    /// Evaluation, prediction and serving compute in f32 whatever the training precision.
+    pub precision: Precision,
     /// Pretrained encoders: layer-wise learning-rate decay. The top layer trains at `lr`,
     /// each layer below at `layer_lr_decay` times the one above, the embeddings below the
     /// first layer (1 = one rate for all).
@@ -748,6 +790,7 @@ impl Default for TrainerConfig {
             plateau_factor: 0.5,
             plateau_patience: 3,
             grad_clip_norm: 0.0,
+            precision: Precision::F32,
             layer_lr_decay: 1.0,
             head_lr: None,
             grad_accum_steps: 1,

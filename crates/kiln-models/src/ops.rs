@@ -19,7 +19,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
 use burn::prelude::{Tensor, TensorData};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Shape};
+use burn::tensor::{DType, FloatDType, Shape};
 use rayon::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,12 +32,14 @@ mod dropout;
 mod gemm;
 mod norm;
 mod pool;
+mod precision;
 mod threads;
 
 pub use adam::AdamStep;
 pub use attention::{AttentionSpec, MASKED_SCORE};
 pub use cross_entropy::{CrossEntropySpec, HeadLayout};
 pub use dropout::{DropoutMask, dropout_scales};
+pub use precision::{Autocast, autocast_dtype};
 pub use threads::{blocktime, compute_threads, in_thread_pool, keep_workers_ready};
 
 use gemm::gemm_into;
@@ -1137,10 +1139,17 @@ impl<B: Backend + KilnOps> Backward<B, 2> for CrossEntropyBackward {
         let [node_x, node_w] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (x, w, logits_grad) = ops.state;
+        // Under mixed precision the products run in the inputs' dtype (the loss and its
+        // gradient are f32).
+        let dtype = x.dtype();
+        let logits_grad = precision::cast_to::<B>(logits_grad, dtype);
         // d mean / d row = grad / rows, broadcast over the smaller operand of each product.
-        let scale = B::float_reshape(
-            B::float_div_scalar(grad, (self.rows.max(1) as f32).into()),
-            Shape::new([1, 1]),
+        let scale = precision::cast_to::<B>(
+            B::float_reshape(
+                B::float_div_scalar(grad, (self.rows.max(1) as f32).into()),
+                Shape::new([1, 1]),
+            ),
+            dtype,
         );
         if let Some(node) = node_x {
             let dx = match self.layout {
@@ -1164,10 +1173,12 @@ impl<B: Backend + KilnOps> Backward<B, 2> for CrossEntropyBackward {
 /// allocation, no copy; the backward's two products likewise), Burn's matmul elsewhere. The
 /// bias, when present, is added with Burn's broadcasting add.
 pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
-    let y = Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_linear(
-        x.into_dispatch(),
-        layer.weight.val().into_dispatch(),
-    ));
+    let y = product(x, layer.weight.val(), |x, w| {
+        Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_linear(
+            x.into_dispatch(),
+            w.into_dispatch(),
+        ))
+    });
     match &layer.bias {
         Some(bias) => y + bias.val().unsqueeze(),
         None => y,
@@ -1178,10 +1189,25 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
 /// one gemm call per thread into an output that is never zero-filled; Burn's matmul
 /// elsewhere).
 pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_linear(
-        a.into_dispatch(),
-        b.into_dispatch(),
-    ))
+    product(a, b, |a, b| {
+        Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_linear(
+            a.into_dispatch(),
+            b.into_dispatch(),
+        ))
+    })
+}
+
+/// `op(a, b)`, a product: under an [`Autocast`] with both operands taken to its dtype and
+/// the result back to f32; as it is otherwise.
+fn product<const A: usize, const B: usize, const C: usize>(
+    a: Tensor<A>,
+    b: Tensor<B>,
+    op: impl FnOnce(Tensor<A>, Tensor<B>) -> Tensor<C>,
+) -> Tensor<C> {
+    match autocast_dtype() {
+        Some(dtype) => op(a.cast(dtype), b.cast(dtype)).cast(FloatDType::F32),
+        None => op(a, b),
+    }
 }
 
 /// The epsilon of every LayerNorm kiln builds ([`layer_norm`] relies on it: Burn's
@@ -1221,21 +1247,29 @@ pub fn layer_norm_with_epsilon<const D: usize>(
 pub fn conv2d(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     check_conv_input(layer, &x);
     let Some(options) = conv_options(layer) else {
+        // `Same` padding (kiln builds none): Burn's layer, in f32 even under autocast.
         return layer.forward(x);
     };
-    Tensor::from_dispatch(match &layer.bias {
+    let w = layer.weight.val();
+    let b = layer.bias.as_ref().map(|b| b.val());
+    let dtype = autocast_dtype();
+    let (x, w, b) = match dtype {
+        Some(d) => (x.cast(d), w.cast(d), b.map(|b| b.cast(d))),
+        None => (x, w, b),
+    };
+    let y = Tensor::from_dispatch(match b {
         Some(bias) => <Dispatch as KilnOps>::kiln_conv2d_bias(
             x.into_dispatch(),
-            layer.weight.val().into_dispatch(),
-            bias.val().into_dispatch(),
+            w.into_dispatch(),
+            bias.into_dispatch(),
             options,
         ),
-        None => <Dispatch as KilnOps>::kiln_conv2d(
-            x.into_dispatch(),
-            layer.weight.val().into_dispatch(),
-            options,
-        ),
-    })
+        None => <Dispatch as KilnOps>::kiln_conv2d(x.into_dispatch(), w.into_dispatch(), options),
+    });
+    match dtype {
+        Some(_) => Tensor::<4>::cast(y, FloatDType::F32),
+        None => y,
+    }
 }
 
 /// Panics unless `x` has the channels `layer` convolves: Burn's own convolution does not
@@ -1343,10 +1377,17 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// scratch buffers and are recomputed in the backward rather than stored; keys past a row's
 /// last real token are not computed); Burn ops on any other device, with the same values.
 pub fn attention(qkv: Tensor<3>, spec: AttentionSpec) -> Tensor<3> {
-    Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_attention(
-        qkv.into_dispatch(),
-        spec,
-    ))
+    let run = |qkv: Tensor<3>| {
+        Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_attention(
+            qkv.into_dispatch(),
+            spec,
+        ))
+    };
+    match autocast_dtype() {
+        // The two products in the autocast dtype, scores and softmax in f32.
+        Some(dtype) => Tensor::<3>::cast(run(qkv.cast(dtype)), FloatDType::F32),
+        None => run(qkv),
+    }
 }
 
 /// The mask `drop` asks for in one call on `device`: none outside training (as Burn's
@@ -1408,6 +1449,11 @@ pub fn cross_entropy_head(
 ) -> Tensor<1> {
     let spec = CrossEntropySpec { layout, targets };
     spec.check(&x.shape(), &w.shape());
+    // Under autocast the logits' product in its dtype; the loss is f32 either way.
+    let (x, w) = match autocast_dtype() {
+        Some(dtype) => (x.cast(dtype), w.cast(dtype)),
+        None => (x, w),
+    };
     Tensor::from_dispatch(<Dispatch as KilnOps>::kiln_cross_entropy_head(
         x.into_dispatch(),
         w.into_dispatch(),

@@ -10,16 +10,17 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use burn::module::Module;
 use burn::prelude::{Device, Int, Tensor, TensorData};
-use kiln_config::{Activation, ConvLayer, DeviceRequest, ModelKind, Pooling};
-use kiln_models::device::{OpenedDevice, open};
-use kiln_models::{
-    Gpt, GptConfig, InputShape, Inputs, ModelSpec, Network, SamplingConfig, TextEncoderSpec,
-    generate,
+use burn::tensor::FloatDType;
+use common::{
+    cnn, dense_loss, gpt_config, gpt_targets, gpt_tokens, mlp, padded_tokens, pixels,
+    text_classifier,
 };
+use kiln_config::DeviceRequest;
+use kiln_models::device::{OpenedDevice, open};
+use kiln_models::ops::Autocast;
+use kiln_models::{Gpt, Inputs, Network, SamplingConfig, generate};
 
 /// The GPU, or `None` with the reason printed.
 fn gpu() -> Option<OpenedDevice> {
@@ -35,14 +36,18 @@ fn gpu() -> Option<OpenedDevice> {
     }
 }
 
-/// `model`'s loss and gradients on `device` (autodiff on).
+/// `model`'s loss and gradients on `device` (autodiff on), its products in `precision`.
 fn loss_and_grads<M: Module>(
     model: &M,
     device: &Device,
     loss: &impl Fn(&M, &Device) -> Tensor<1>,
+    precision: Option<FloatDType>,
 ) -> (f32, Vec<Vec<f32>>) {
     let model = model.clone().fork(device);
-    let l = loss(&model, device);
+    let l = {
+        let _autocast = Autocast::enter(precision);
+        loss(&model, device)
+    };
     let grads = l.clone().backward();
     let out = common::parameter_grads(&model, &grads);
     (l.into_scalar::<f32>(), out)
@@ -55,13 +60,26 @@ fn assert_same_step<M: Module>(
     gpu: &Device,
     loss: impl Fn(&M, &Device) -> Tensor<1>,
 ) {
+    assert_same_step_in(what, build, gpu, loss, None, [1e-5, 1e-3]);
+}
+
+/// [`assert_same_step`] with the products in `precision` on both devices, the loss within
+/// `tolerance[0]` and gradients within `tolerance[1]` of their largest.
+fn assert_same_step_in<M: Module>(
+    what: &str,
+    build: impl Fn(&Device) -> M,
+    gpu: &Device,
+    loss: impl Fn(&M, &Device) -> Tensor<1>,
+    precision: Option<FloatDType>,
+    tolerance: [f32; 2],
+) {
     let cpu = Device::flex().autodiff();
     cpu.seed(7);
     let model = build(&cpu);
-    let (lc, gc) = loss_and_grads(&model, &cpu, &loss);
-    let (lg, gg) = loss_and_grads(&model, &gpu.clone().autodiff(), &loss);
+    let (lc, gc) = loss_and_grads(&model, &cpu, &loss, precision);
+    let (lg, gg) = loss_and_grads(&model, &gpu.clone().autodiff(), &loss, precision);
     assert!(
-        (lc - lg).abs() <= 1e-5 * lc.abs().max(1.0),
+        (lc - lg).abs() <= tolerance[0] * lc.abs().max(1.0),
         "{what}: loss {lc} on the CPU, {lg} on the GPU"
     );
     assert_eq!(gc.len(), gg.len(), "{what}: parameter count");
@@ -72,7 +90,7 @@ fn assert_same_step<M: Module>(
         let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
         let d = common::max_diff(a, b) / scale;
         assert!(
-            d <= 1e-3,
+            d <= tolerance[1],
             "{what}: parameter {i}'s gradient differs by {d} of its largest value"
         );
         worst = worst.max(d);
@@ -82,102 +100,6 @@ fn assert_same_step<M: Module>(
     println!(
         "{what}: loss {lc} (CPU) vs {lg} (GPU), gradients within {worst:.1e} of their largest"
     );
-}
-
-fn pixels(rows: usize, width: usize) -> Vec<f32> {
-    (0..rows * width)
-        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
-        .collect()
-}
-
-fn dense_loss(width: usize) -> impl Fn(&Network, &Device) -> Tensor<1> {
-    move |m, device| {
-        let x = Tensor::<2>::from_data(TensorData::new(pixels(5, width), [5, width]), device);
-        common::mean_cross_entropy(m.forward(Inputs::dense(x)), &[0, 1, 2, 0, 1])
-    }
-}
-
-fn mlp() -> ModelSpec {
-    ModelSpec {
-        kind: ModelKind::Mlp,
-        input: InputShape::Flat { width: 20 },
-        embeddings: vec![],
-        outputs: 3,
-        hidden: vec![16, 8],
-        activation: Activation::Gelu,
-        dropout: 0.0,
-        batch_norm: false,
-        conv: vec![],
-        text: None,
-        pretrained: None,
-    }
-}
-
-fn cnn() -> ModelSpec {
-    let conv = |filters| ConvLayer {
-        filters,
-        kernel: 3,
-        stride: 1,
-        padding: 1,
-        pool: 2,
-        batch_norm: false,
-        dropout: 0.0,
-    };
-    ModelSpec {
-        kind: ModelKind::Cnn,
-        input: InputShape::Image {
-            channels: 2,
-            height: 8,
-            width: 6,
-        },
-        activation: Activation::Relu,
-        conv: vec![conv(4), conv(5)],
-        hidden: vec![12],
-        ..mlp()
-    }
-}
-
-fn text_classifier() -> ModelSpec {
-    ModelSpec {
-        kind: ModelKind::Transformer,
-        input: InputShape::Flat { width: 0 },
-        text: Some(TextEncoderSpec {
-            vocab_size: 40,
-            max_tokens: 12,
-            layers: 2,
-            heads: 4,
-            embd: 32,
-            dropout: 0.0,
-            bias: true,
-            pooling: Pooling::MeanMax,
-            causal: false,
-            freeze: Default::default(),
-        }),
-        ..mlp()
-    }
-}
-
-/// Four rows padded to 12 tokens, one of them empty.
-fn padded_tokens(device: &Device) -> Tensor<2, Int> {
-    Tensor::from_data(TensorData::new(common::padded_ids(), [4, 12]), device)
-}
-
-fn gpt_config() -> GptConfig {
-    GptConfig {
-        vocab_size: 29,
-        context: 24,
-        layers: 2,
-        heads: 4,
-        embd: 32,
-        dropout: 0.0,
-        bias: true,
-        tied_head: true,
-    }
-}
-
-fn gpt_tokens(device: &Device) -> Tensor<2, Int> {
-    let tokens: Vec<i64> = (0..3 * 24).map(|i| (i * 7 + 3) % 29).collect();
-    Tensor::from_data(TensorData::new(tokens, [3, 24]), device)
 }
 
 #[test]
@@ -199,12 +121,57 @@ fn each_model_kind_takes_the_same_training_step_on_the_gpu() {
             common::mean_cross_entropy(out, &[0, 1, 2, 1])
         },
     );
-    let targets: Arc<[u32]> = (0..3 * 24).map(|i| ((i * 7 + 4) % 29) as u32).collect();
+    let targets = gpt_targets();
     assert_same_step(
         "GPT (tied head)",
         |d| Gpt::new(&gpt_config(), d),
         gpu,
         |m, d| m.loss(gpt_tokens(d), targets.clone()),
+    );
+}
+
+/// float16 mixed precision where the adapter computes in f16 (lavapipe does): each model
+/// kind's step on the GPU follows the CPU's in f16, within f16's tolerances
+/// (`tests/precision.rs`: loss 1e-3, gradients 5e-3 of their largest). bfloat16: WGSL has no
+/// such type, so the adapter must say it cannot.
+#[test]
+fn mixed_precision_steps_follow_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let gpu = &gpu.device;
+    assert!(
+        !gpu.supports_dtype(FloatDType::BF16),
+        "a wgpu adapter claims bfloat16"
+    );
+    if !gpu.supports_dtype(FloatDType::F16) {
+        println!("skipped: this adapter has no float16");
+        return;
+    }
+    let f16 = Some(FloatDType::F16);
+    let tolerance = [1e-3, 5e-3];
+    assert_same_step_in(
+        "GELU MLP in f16",
+        |d| Network::new(&mlp(), d),
+        gpu,
+        dense_loss(20),
+        f16,
+        tolerance,
+    );
+    assert_same_step_in(
+        "CNN in f16",
+        |d| Network::new(&cnn(), d),
+        gpu,
+        dense_loss(96),
+        f16,
+        tolerance,
+    );
+    let targets = gpt_targets();
+    assert_same_step_in(
+        "GPT in f16",
+        |d| Gpt::new(&gpt_config(), d),
+        gpu,
+        |m, d| m.loss(gpt_tokens(d), targets.clone()),
+        f16,
+        tolerance,
     );
 }
 

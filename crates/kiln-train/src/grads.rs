@@ -316,9 +316,20 @@ impl GradientSync for DataParallel<'_> {
     }
 }
 
-/// The update every trainer shares: combine gradients across processes, clip their global
-/// norm (when `max_norm > 0`), and take an optimizer step. Returns the model and the norm
-/// before clipping (when clipping is on).
+/// What [`apply_update`] did.
+#[derive(Debug)]
+pub struct Update<M> {
+    /// The model after the step (unchanged when it was skipped).
+    pub model: M,
+    /// The global gradient norm before clipping, when clipping is on and the step was taken.
+    pub grad_norm: Option<f64>,
+    /// Whether the step was skipped: float16 gradients overflowed under loss scaling.
+    pub skipped: bool,
+}
+
+/// The update every trainer shares: combine gradients across processes, undo the loss
+/// scale (`scaler`, float16 training; an overflowed step is skipped), clip their global norm
+/// (when `max_norm > 0`), and take an optimizer step.
 pub fn apply_update<M: Module>(
     model: M,
     mut grads: ParamGrads,
@@ -326,8 +337,23 @@ pub fn apply_update<M: Module>(
     max_norm: f64,
     optimizer: &mut crate::optim::Optimizer,
     lr: f64,
-) -> Result<(M, Option<f64>), TrainError> {
+    scaler: Option<&mut crate::precision::LossScaler>,
+) -> Result<Update<M>, TrainError> {
     sync.all_reduce(&mut grads)?;
-    let norm = (max_norm > 0.0).then(|| grads.clip_global_norm(max_norm));
-    Ok((optimizer.step(model, grads, lr), norm))
+    // After the all-reduce every process holds the same sums, so all skip or none.
+    if let Some(scaler) = scaler
+        && !scaler.unscale(&mut grads)
+    {
+        return Ok(Update {
+            model,
+            grad_norm: None,
+            skipped: true,
+        });
+    }
+    let grad_norm = (max_norm > 0.0).then(|| grads.clip_global_norm(max_norm));
+    Ok(Update {
+        model: optimizer.step(model, grads, lr),
+        grad_norm,
+        skipped: false,
+    })
 }

@@ -12,6 +12,7 @@ pub mod evaluate;
 pub mod grads;
 pub mod lm;
 pub mod optim;
+pub mod precision;
 pub mod schedule;
 mod trainer;
 pub mod weights;

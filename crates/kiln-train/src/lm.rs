@@ -14,12 +14,14 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{LoadedCheckpoint, write_checkpoint};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
 use crate::optim::{Optimizer, OptimizerSettings};
+use crate::precision::LossScaler;
 use crate::schedule::LrSchedule;
 use crate::trainer::{Observer, StartInfo, StepRecord, append_jsonl, truncate_metrics};
 use crate::weights::{
     OPTIMIZER_FILE, load_into, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
 };
 use crate::{CheckpointError, TrainError};
+use kiln_models::ops::Autocast;
 
 const BATCH_STREAM: u64 = 0xBA7C;
 const EVAL_STREAM: u64 = 0xE7A1;
@@ -54,6 +56,8 @@ pub struct LmOutcome {
     pub seconds: f64,
     /// Checkpoint step resumed from.
     pub resumed_from: Option<u64>,
+    /// float16 training: the loss scale at the end, and the steps it skipped.
+    pub loss_scaler: Option<LossScaler>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +66,9 @@ struct LmState {
     schedule: LrSchedule,
     loss_sum: f64,
     loss_count: u64,
+    /// float16 training's loss scale (absent in f32 and bf16, and in older checkpoints).
+    #[serde(default)]
+    loss_scaler: Option<LossScaler>,
 }
 
 /// Mean cross-entropy of next-token prediction for `x`/`y` of shape `[b, t]`.
@@ -193,6 +200,7 @@ pub fn train_lm(
                 schedule: LrSchedule::new(t, t.max_steps as u64),
                 loss_sum: 0.0,
                 loss_count: 0,
+                loss_scaler: None,
             };
             // Weights are drawn here, from the seed (not lazily inside the first step), and
             // every process starts from rank 0's, as DDP broadcasts them.
@@ -232,6 +240,13 @@ pub fn train_lm(
             (model, optimizer, state, Some(ck.step))
         }
     };
+    // A run resumed in another precision starts (or drops) its loss scale.
+    if LossScaler::for_precision(t.precision, 1.0).is_none() {
+        state.loss_scaler = None;
+    } else if state.loss_scaler.is_none() {
+        state.loss_scaler = LossScaler::for_precision(t.precision, LossScaler::INITIAL_SCALE);
+    }
+    let compute_dtype = crate::precision::compute_dtype(t.precision);
     let parameters = crate::grads::parameter_count(&model);
     observer.on_start(&StartInfo {
         total_steps: t.max_steps as u64,
@@ -271,9 +286,14 @@ pub fn train_lm(
                 continue;
             };
             let local_b = x.len() / context;
-            let loss = lm_loss(&model, x, y, local_b, context, &ad)
-                .mul_scalar(share / t.grad_accum_steps as f64);
-            let g = loss.backward();
+            let autocast = Autocast::enter(compute_dtype);
+            let loss = lm_loss(&model, x, y, local_b, context, &ad);
+            drop(autocast);
+            let loss = loss.mul_scalar(share / t.grad_accum_steps as f64);
+            let g = match &state.loss_scaler {
+                Some(scaler) => loss.clone().mul_scalar(scaler.scale()).backward(),
+                None => loss.backward(),
+            };
             step_loss += loss.into_scalar::<f64>();
             grads.accumulate(ParamGrads::collect(&model, g));
         }
@@ -287,9 +307,16 @@ pub fn train_lm(
             step_loss = sync.sum_f64(vec![step_loss])?[0];
         }
         let lr = state.schedule.lr(state.step, 0);
-        let (updated, grad_norm) =
-            apply_update(model, grads, sync, t.grad_clip_norm, &mut optimizer, lr)?;
-        model = updated;
+        let update = apply_update(
+            model,
+            grads,
+            sync,
+            t.grad_clip_norm,
+            &mut optimizer,
+            lr,
+            state.loss_scaler.as_mut(),
+        )?;
+        model = update.model;
         state.step += 1;
         state.loss_sum += step_loss;
         state.loss_count += 1;
@@ -299,8 +326,10 @@ pub fn train_lm(
             epoch: 0,
             loss: step_loss,
             lr,
-            grad_norm,
+            grad_norm: update.grad_norm,
             samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
+            loss_scale: state.loss_scaler.as_ref().map(LossScaler::scale),
+            skipped: update.skipped,
         };
         observer.on_step(&record);
         if leader && state.step % t.log_every_steps as u64 == 0 {
@@ -343,5 +372,6 @@ pub fn train_lm(
         evals,
         seconds: started.elapsed().as_secs_f64(),
         resumed_from,
+        loss_scaler: state.loss_scaler,
     })
 }

@@ -24,11 +24,13 @@ use crate::checkpoint::{LoadedCheckpoint, write_atomic, write_checkpoint};
 use crate::evaluate::{Evaluation, batch_inputs, evaluate_sharded};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
 use crate::optim::{LayerwiseLr, Optimizer, OptimizerSettings};
+use crate::precision::LossScaler;
 use crate::schedule::LrSchedule;
 use crate::weights::{
     OPTIMIZER_FILE, model_from_bytes, model_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
 };
 use crate::{CheckpointError, TrainError};
+use kiln_models::ops::Autocast;
 
 /// One line of `metrics.jsonl` for an optimizer step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +47,12 @@ pub struct StepRecord {
     pub grad_norm: Option<f64>,
     /// Training throughput since the last record.
     pub samples_per_sec: f64,
+    /// float16 training: the loss scale after this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// float16 training: the step was skipped, its gradients having overflowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// One line of `metrics.jsonl` at the end of an epoch.
@@ -182,6 +190,8 @@ pub struct TrainOutcome {
     pub resumed_from: Option<u64>,
     /// Parameters the optimizer updated (all of them but a frozen or LoRA-adapted encoder's).
     pub trainable_parameters: usize,
+    /// float16 training: the loss scale at the end, and the steps it skipped.
+    pub loss_scaler: Option<LossScaler>,
 }
 
 /// Resumable trainer state (`trainer_state.json` in a checkpoint).
@@ -200,6 +210,9 @@ struct TrainerState {
     best: Option<f64>,
     best_epoch: Option<usize>,
     bad_epochs: usize,
+    /// float16 training's loss scale (absent in f32 and bf16, and in older checkpoints).
+    #[serde(default)]
+    loss_scaler: Option<LossScaler>,
 }
 
 const STEP_STREAM: u64 = 0xD0_0D;
@@ -416,6 +429,7 @@ pub fn train(
                 best: None,
                 best_epoch: None,
                 bad_epochs: 0,
+                loss_scaler: None,
             };
             (model, Optimizer::new(settings), state, None, None)
         }
@@ -448,6 +462,14 @@ pub fn train(
             (model, optimizer, state, best, Some(ckpt.step))
         }
     };
+
+    // A run resumed in another precision starts (or drops) its loss scale.
+    if LossScaler::for_precision(t.precision, 1.0).is_none() {
+        state.loss_scaler = None;
+    } else if state.loss_scaler.is_none() {
+        state.loss_scaler = LossScaler::for_precision(t.precision, LossScaler::INITIAL_SCALE);
+    }
+    let compute_dtype = crate::precision::compute_dtype(t.precision);
 
     let pretrained_layers = match (&setup.spec.pretrained, &setup.spec.text) {
         (Some(p), _) => Some(p.bert.num_hidden_layers),
@@ -534,6 +556,7 @@ pub fn train(
                 }
             }
             for micro_rows in local.chunks(local_micro) {
+                let autocast = Autocast::enter(compute_dtype);
                 let out = model.forward(batch_inputs(train, micro_rows, &ad));
                 let loss = match &setup.teacher {
                     Some(teacher) => {
@@ -543,9 +566,13 @@ pub fn train(
                     }
                     None => loss_of(out, target, micro_rows, weights.as_deref(), &ad),
                 };
+                drop(autocast);
                 let weight = micro_rows.len() as f64 / rows.len() as f64;
                 let loss = loss.mul_scalar(weight);
-                let g = loss.backward();
+                let g = match &state.loss_scaler {
+                    Some(scaler) => loss.clone().mul_scalar(scaler.scale()).backward(),
+                    None => loss.backward(),
+                };
                 step_loss += loss.into_scalar::<f64>();
                 grads.accumulate(ParamGrads::collect(&model, g));
             }
@@ -559,9 +586,16 @@ pub fn train(
                 step_loss = sync.sum_f64(vec![step_loss])?[0];
             }
             let lr = state.schedule.lr(state.global_step, epoch);
-            let (updated, grad_norm) =
-                apply_update(model, grads, sync, t.grad_clip_norm, &mut optimizer, lr)?;
-            model = updated;
+            let update = apply_update(
+                model,
+                grads,
+                sync,
+                t.grad_clip_norm,
+                &mut optimizer,
+                lr,
+                state.loss_scaler.as_mut(),
+            )?;
+            model = update.model;
             state.global_step += 1;
             state.group_in_epoch = gi + 1;
             state.epoch_loss_sum += step_loss;
@@ -572,8 +606,10 @@ pub fn train(
                 epoch,
                 loss: step_loss,
                 lr,
-                grad_norm,
+                grad_norm: update.grad_norm,
                 samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
+                loss_scale: state.loss_scaler.as_ref().map(LossScaler::scale),
+                skipped: update.skipped,
             };
             observer.on_step(&record);
             if leader
@@ -696,5 +732,6 @@ pub fn train(
         seconds: started.elapsed().as_secs_f64(),
         resumed_from,
         trainable_parameters,
+        loss_scaler: state.loss_scaler,
     })
 }

@@ -31,7 +31,7 @@ pub use pipeline::{
 };
 pub use report::format_evaluation;
 pub use resume::{RESUME_KEYS, Resume};
-pub use run_info::{Machine, RunInfo};
+pub use run_info::{Machine, PrecisionUsed, RunInfo};
 
 pub use kiln_config as config;
 pub use kiln_data as data;

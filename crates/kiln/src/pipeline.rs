@@ -42,7 +42,13 @@ pub(crate) fn training_device(
             opened.description
         )));
     }
+    kiln_train::precision::check_precision(
+        config.trainer.precision,
+        &opened.device,
+        &opened.description,
+    )?;
     run_info.machine.device = opened.description;
+    run_info.precision = crate::PrecisionUsed::new(config.trainer.precision, None);
     Ok(opened.device)
 }
 
@@ -689,6 +695,9 @@ pub fn train_run_in(
         )?),
         None => None,
     };
+    let mut run_info = run_info;
+    run_info.precision =
+        crate::PrecisionUsed::new(config.trainer.precision, outcome.loss_scaler.as_ref());
     let summary = RunSummary {
         run: run_info,
         distillation,

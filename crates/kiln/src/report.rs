@@ -332,7 +332,7 @@ pub(crate) fn write_report(
         },
         match summary.run.machine.device.as_str() {
             "" => String::new(),
-            device => format!(", on {device}"),
+            device => format!(", on {device}, in {}", summary.run.precision),
         }
     );
     if config.trainer.keep_best

@@ -10,12 +10,15 @@ use kiln_train::checkpoint::{LoadedCheckpoint, read_latest};
 
 use crate::{KilnError, Result};
 
-/// The settings `--resume` may change: how long the run goes on. Everything else stays as the
-/// run was checkpointed with, or it would no longer be the same run.
-pub const RESUME_KEYS: [&str; 3] = [
+/// The settings `--resume` may change: how long the run goes on, and the arithmetic it goes
+/// on in (weights and optimizer state are f32 in every precision, so a run moves to a device
+/// that lacks its precision). Everything else stays as the run was checkpointed with, or it
+/// would no longer be the same run.
+pub const RESUME_KEYS: [&str; 4] = [
     "trainer.epochs",
     "trainer.max_steps",
     "trainer.early_stopping_patience",
+    "trainer.precision",
 ];
 
 /// A run to continue: a run directory or one of its checkpoints, and `KEY=VALUE` changes

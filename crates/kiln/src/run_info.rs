@@ -14,6 +14,60 @@ pub struct RunInfo {
     pub command_line: Vec<String>,
     /// The machine.
     pub machine: Machine,
+    /// The arithmetic training used (f32 in reports written before kiln had a choice).
+    #[serde(default)]
+    pub precision: PrecisionUsed,
+}
+
+/// The arithmetic a run trained in (`trainer.precision`), and float16's loss scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrecisionUsed {
+    /// `"f32"`, `"bf16-mixed"` or `"f16-mixed"`.
+    pub name: String,
+    /// float16: the loss scale at the end of training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// float16: optimizer steps skipped because their gradients overflowed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_steps: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Default for PrecisionUsed {
+    fn default() -> Self {
+        PrecisionUsed::new(kiln_config::Precision::F32, None)
+    }
+}
+
+impl PrecisionUsed {
+    /// `precision`, with the loss scaler float16 training ended with.
+    pub fn new(
+        precision: kiln_config::Precision,
+        scaler: Option<&kiln_train::precision::LossScaler>,
+    ) -> Self {
+        PrecisionUsed {
+            name: precision.name().to_string(),
+            loss_scale: scaler.map(|s| s.scale()),
+            skipped_steps: scaler.map_or(0, |s| s.skipped_steps()),
+        }
+    }
+}
+
+impl std::fmt::Display for PrecisionUsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)?;
+        if let Some(scale) = self.loss_scale {
+            write!(
+                f,
+                " (loss scale {scale}, {} steps skipped)",
+                self.skipped_steps
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The machine a run trained on.
@@ -48,6 +102,7 @@ impl RunInfo {
                 processes,
                 os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
             },
+            precision: PrecisionUsed::default(),
         }
     }
 }

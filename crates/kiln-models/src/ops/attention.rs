@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::dropout::{DropoutMask, dropout_scales};
 use super::gemm::{DstRegion, SharedDst};
+use super::precision::{cast_to, to_f32};
 
 /// Score of a padding key in the Burn-ops form: finite, so a row whose keys are all padding
 /// attends uniformly over its allowed keys instead of producing NaN. The fused kernels give
@@ -439,8 +440,12 @@ fn unfused<B: Backend>(qkv: FloatTensor<B>, spec: &AttentionSpec) -> Unfused<B> 
     );
     let scale = 1.0 / (d as f32).sqrt();
     let [keep, bias, pass] = mask_tensors(spec, b, t);
+    // Under mixed precision the products run in the inputs' dtype, scores and softmax in f32.
     let scores = B::float_mul_scalar(
-        B::float_matmul(q.clone(), B::float_swap_dims(k.clone(), 2, 3)),
+        to_f32::<B>(B::float_matmul(
+            q.clone(),
+            B::float_swap_dims(k.clone(), 2, 3),
+        )),
         scale.into(),
     );
     let scores = B::float_add(
@@ -474,7 +479,8 @@ pub(super) fn forward_reference<B: Backend>(
         Some(m) => B::float_mul(u.p, m),
         None => u.p,
     };
-    merge_heads::<B>(B::float_matmul(p, u.v))
+    let dtype = u.v.dtype();
+    merge_heads::<B>(B::float_matmul(cast_to::<B>(p, dtype), u.v))
 }
 
 /// The attention backward as Burn ops, for any backend: `dqkv [B, T, 3C]` from the output's
@@ -486,6 +492,7 @@ pub(super) fn backward_reference<B: Backend>(
 ) -> FloatTensor<B> {
     let s = qkv.shape();
     let [b, t] = [s[0], s[1]];
+    let dtype = qkv.dtype();
     let u = unfused::<B>(qkv, spec);
     let dy = B::float_swap_dims(
         B::float_reshape(grad, Shape::new([b, t, spec.heads, s[2] / 3 / spec.heads])),
@@ -496,14 +503,19 @@ pub(super) fn backward_reference<B: Backend>(
         Some(m) => B::float_mul(u.p.clone(), m.clone()),
         None => u.p.clone(),
     };
-    let dv = B::float_matmul(B::float_swap_dims(dropped, 2, 3), dy.clone());
-    let mut dp = B::float_matmul(dy, B::float_swap_dims(u.v, 2, 3));
+    let dy = cast_to::<B>(dy, dtype);
+    let dv = B::float_matmul(
+        B::float_swap_dims(cast_to::<B>(dropped, dtype), 2, 3),
+        dy.clone(),
+    );
+    let mut dp = to_f32::<B>(B::float_matmul(dy, B::float_swap_dims(u.v, 2, 3)));
     if let Some(m) = u.drop {
         dp = B::float_mul(dp, m);
     }
     let rows = B::float_sum_dim(B::float_mul(dp.clone(), u.p.clone()), 3);
     let ds = B::float_mul(u.p, B::float_sub(dp, rows));
     let ds = B::float_mul(B::float_mul_scalar(ds, u.scale.into()), u.pass);
+    let ds = cast_to::<B>(ds, dtype);
     let dq = B::float_matmul(ds.clone(), u.k);
     let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), u.q);
     B::float_cat(

@@ -18,6 +18,7 @@ use burn::tensor::{IndexingUpdateOp, Shape};
 use rayon::prelude::*;
 
 use super::gemm::{SharedDst, gemm_checked};
+use super::precision::to_f32;
 
 /// How a head's weight is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +162,8 @@ pub(super) fn forward_reference<B: Backend>(
         HeadLayout::InOut => w,
         HeadLayout::OutIn => B::float_transpose(w),
     };
-    let logits = B::float_matmul(x, w);
+    // Under mixed precision the product runs in the inputs' dtype, the loss in f32.
+    let logits = to_f32::<B>(B::float_matmul(x, w));
     let shifted = B::float_sub(logits.clone(), B::float_max_dim(logits, 1));
     let e = B::float_exp(shifted.clone());
     let sum = B::float_sum_dim(e.clone(), 1);

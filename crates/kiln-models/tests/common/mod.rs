@@ -1,9 +1,13 @@
 //! Helpers shared by the model tests.
 #![allow(dead_code)]
 
+use std::sync::Arc;
+
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::prelude::{Int, Tensor, TensorData};
+use burn::prelude::{Device, Int, Tensor, TensorData};
 use burn::tensor::Gradients;
+use kiln_config::{Activation, ConvLayer, ModelKind, Pooling};
+use kiln_models::{GptConfig, InputShape, Inputs, ModelSpec, Network, TextEncoderSpec};
 
 /// Largest absolute element-wise difference.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -65,4 +69,114 @@ pub fn padded_ids() -> Vec<i64> {
         ids[r * 12..r * 12 + row.len()].copy_from_slice(row);
     }
     ids
+}
+
+// Small models of each kind, and inputs for them.
+
+/// `rows` × `width` values in [-1, 1).
+pub fn pixels(rows: usize, width: usize) -> Vec<f32> {
+    (0..rows * width)
+        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+        .collect()
+}
+
+/// The mean cross-entropy of a network over five rows of [`pixels`].
+pub fn dense_loss(width: usize) -> impl Fn(&Network, &Device) -> Tensor<1> {
+    move |m, device| {
+        let x = Tensor::<2>::from_data(TensorData::new(pixels(5, width), [5, width]), device);
+        mean_cross_entropy(m.forward(Inputs::dense(x)), &[0, 1, 2, 0, 1])
+    }
+}
+
+/// A GELU MLP over 20 values, 3 classes.
+pub fn mlp() -> ModelSpec {
+    ModelSpec {
+        kind: ModelKind::Mlp,
+        input: InputShape::Flat { width: 20 },
+        embeddings: vec![],
+        outputs: 3,
+        hidden: vec![16, 8],
+        activation: Activation::Gelu,
+        dropout: 0.0,
+        batch_norm: false,
+        conv: vec![],
+        text: None,
+        pretrained: None,
+    }
+}
+
+/// A two-layer CNN over 2×8×6 images.
+pub fn cnn() -> ModelSpec {
+    let conv = |filters| ConvLayer {
+        filters,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        pool: 2,
+        batch_norm: false,
+        dropout: 0.0,
+    };
+    ModelSpec {
+        kind: ModelKind::Cnn,
+        input: InputShape::Image {
+            channels: 2,
+            height: 8,
+            width: 6,
+        },
+        activation: Activation::Relu,
+        conv: vec![conv(4), conv(5)],
+        hidden: vec![12],
+        ..mlp()
+    }
+}
+
+/// A two-layer text classifier (vocabulary 40, 12 tokens, mean-max pooling).
+pub fn text_classifier() -> ModelSpec {
+    ModelSpec {
+        kind: ModelKind::Transformer,
+        input: InputShape::Flat { width: 0 },
+        text: Some(TextEncoderSpec {
+            vocab_size: 40,
+            max_tokens: 12,
+            layers: 2,
+            heads: 4,
+            embd: 32,
+            dropout: 0.0,
+            bias: true,
+            pooling: Pooling::MeanMax,
+            causal: false,
+            freeze: Default::default(),
+        }),
+        ..mlp()
+    }
+}
+
+/// Four rows padded to 12 tokens, one of them empty.
+pub fn padded_tokens(device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(padded_ids(), [4, 12]), device)
+}
+
+/// A two-layer GPT with a tied head, context 24.
+pub fn gpt_config() -> GptConfig {
+    GptConfig {
+        vocab_size: 29,
+        context: 24,
+        layers: 2,
+        heads: 4,
+        embd: 32,
+        dropout: 0.0,
+        bias: true,
+        tied_head: true,
+    }
+}
+
+/// Three rows of 24 tokens for [`gpt_config`].
+pub fn gpt_tokens(device: &Device) -> Tensor<2, Int> {
+    let tokens: Vec<i64> = (0..3 * 24).map(|i| (i * 7 + 3) % 29).collect();
+    Tensor::from_data(TensorData::new(tokens, [3, 24]), device)
+}
+
+/// The next token of each of [`gpt_tokens`].
+pub fn gpt_targets() -> Arc<[u32]> {
+    (0..3 * 24).map(|i| ((i * 7 + 4) % 29) as u32).collect()
 }

@@ -204,9 +204,17 @@ fn fixed_batch_steps(
         let loss = loss_of(out, target, &rows, None, &ad);
         let grads = ParamGrads::collect(&model, loss.backward());
         losses.push(loss.into_scalar::<f64>());
-        model = apply_update(model, grads, &mut SingleProcess, 0.0, &mut optimizer, lr)
-            .expect("single process")
-            .0;
+        model = apply_update(
+            model,
+            grads,
+            &mut SingleProcess,
+            0.0,
+            &mut optimizer,
+            lr,
+            None,
+        )
+        .expect("single process")
+        .model;
     }
     StepRun {
         seconds: started.elapsed().as_secs_f64(),
@@ -339,9 +347,17 @@ pub fn gpt_steps_in(
         let loss = lm_loss(&model, x, y, b, t, &ad);
         let grads = ParamGrads::collect(&model, loss.backward());
         losses.push(loss.into_scalar::<f64>());
-        model = apply_update(model, grads, &mut SingleProcess, 0.0, &mut optimizer, 3e-4)
-            .expect("single process")
-            .0;
+        model = apply_update(
+            model,
+            grads,
+            &mut SingleProcess,
+            0.0,
+            &mut optimizer,
+            3e-4,
+            None,
+        )
+        .expect("single process")
+        .model;
     }
     StepRun {
         seconds: started.elapsed().as_secs_f64(),
