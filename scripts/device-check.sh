@@ -9,10 +9,12 @@
 #
 # `run` prints, for a GPT-2-small-shaped model (12 layers, 12 heads, 768 wide, context 1024,
 # vocabulary 50 304 from a BPE tokenizer trained on People's Daily), training tokens/s and MFU
-# for kiln (`kiln train --device vulkan`, f32) and PyTorch eager (f32 and bf16 autocast) on the
+# for kiln (`kiln train --device vulkan`, f32 and f16-mixed) and PyTorch eager (f32 and bf16
+# autocast) on the
 # same GPU, then `kiln serve` throughput of the Fashion CNN with and without dynamic batching on
 # the machine's cores (scripts/load-test.sh with a carried wrk). Figures go to BENCHMARKS.md.
-# STEPS (40), BATCH (8) and PEAK_TFLOPS (989: H100/H200 SXM dense bf16) change the run;
+# STEPS (40), BATCH (8), PEAK_TFLOPS (989: H100/H200 SXM dense bf16) and PRECISIONS (kiln's,
+# "f32 f16-mixed"; wgpu has no bf16) change the run;
 # LAYERS, HEADS, EMBD, CONTEXT shrink the model, and KILN (a binary) with DEVICE (`gpu` for a
 # --features wgpu build) try `run` on a machine without a GPU (lavapipe); SERVE=0 skips serving.
 set -euo pipefail
@@ -100,15 +102,16 @@ run() {
   echo "cores: $(nproc)"
   peak=${PEAK_TFLOPS:-989}
 
-  echo "== kiln: GPT-2-small-shaped training, f32, --device $device"
   cfg=$(mktemp --suffix .toml)
   gpt_config > "$cfg"
+  local kiln_json precision
+  for precision in ${PRECISIONS:-f32 f16-mixed}; do
+  echo "== kiln: GPT-2-small-shaped training, $precision, --device $device"
   rm -rf /tmp/device-check
-  local kiln_json
-  kiln_json=$(timeout 300 "$kiln" train "$cfg" --device "$device" --quiet --json --set output.name=gpt2 | tail -1) || {
+  kiln_json=$(timeout 200 "$kiln" train "$cfg" --device "$device" --precision "$precision" --quiet --json --set output.name=gpt2 | tail -1) || {
     echo "kiln train --device $device failed; the same on --device gpu (WGSL kernels):"
     rm -rf /tmp/device-check
-    kiln_json=$(timeout 300 "$kiln" train "$cfg" --device gpu --quiet --json --set output.name=gpt2-wgsl | tail -1) || kiln_json='{}'
+    kiln_json=$(timeout 200 "$kiln" train "$cfg" --device gpu --precision "$precision" --quiet --json --set output.name=gpt2 | tail -1) || kiln_json='{}'
   }
   python3 - "$kiln_json" "$peak" /tmp/device-check "${LAYERS:-12}" "${CONTEXT:-1024}" "${EMBD:-768}" <<'PY'
 import glob, json, statistics, sys
@@ -130,9 +133,11 @@ tokens = statistics.median(rates) * context
 params = summary["parameters"]
 flops = 6 * params + 12 * layers * context * embd
 print(json.dumps({"engine": "kiln", "device": summary["run"]["machine"]["device"],
+                  "precision": summary["run"]["precision"]["name"],
                   "tokens_per_s": tokens, "parameters": params,
                   "mfu_vs_bf16_peak": tokens * flops / peak}))
 PY
+  done
 
   echo "== PyTorch eager on the same GPU (f32 without TF32, then bf16 autocast)"
   local torch_json

@@ -279,3 +279,76 @@ mod gpu {
         })
     }
 }
+
+/// Runs `f`, turning a panic that says the device ran out of memory (Burn's GPU runtimes
+/// panic on a failed allocation) into `Err` with the runtime's words; any other panic goes
+/// on unwinding. While `f` runs, such a panic is not printed: the caller reports it.
+pub fn catch_out_of_memory<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    install_quiet_hook();
+    let was = CATCHING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(was));
+    match result {
+        Ok(r) => Ok(r),
+        Err(payload) => match panic_text(payload.as_ref()).filter(|m| is_out_of_memory(m)) {
+            Some(message) => Err(out_of_memory_line(&message)),
+            None => std::panic::resume_unwind(payload),
+        },
+    }
+}
+
+/// Whether a runtime's panic message says memory ran out (a failed allocation, or a buffer
+/// larger than the device allows).
+pub fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "out of memory",
+        "out-of-memory",
+        "outofmemory",
+        "out of device memory",
+        "buffertoobig",
+        "buffer too big",
+        "max_buffer_size",
+        "max_storage_buffer_binding_size",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+thread_local! {
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Chains a panic hook, once per process, that keeps out-of-memory panics inside
+/// [`catch_out_of_memory`] quiet and hands every other panic to the hook before it.
+fn install_quiet_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let quiet = CATCHING.with(|c| c.get())
+                && panic_text(info.payload()).is_some_and(|m| is_out_of_memory(&m));
+            if !quiet {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+}
+
+/// The line of a runtime's message that says memory ran out (the messages nest causes and go
+/// on with backtraces).
+fn out_of_memory_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .find(|l| is_out_of_memory(l))
+        .unwrap_or("out of memory")
+        .to_string()
+}

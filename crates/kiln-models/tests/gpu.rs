@@ -11,7 +11,7 @@
 mod common;
 
 use burn::module::Module;
-use burn::prelude::{Device, Int, Tensor, TensorData};
+use burn::prelude::{Device, Tensor, TensorData};
 use burn::tensor::FloatDType;
 use common::{
     cnn, dense_loss, gpt_config, gpt_targets, gpt_tokens, mlp, padded_tokens, pixels,

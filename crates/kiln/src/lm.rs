@@ -223,10 +223,9 @@ pub fn train_lm_run_in(
     };
     // Parameters are initialised lazily: counting them allocates nothing.
     let parameters = burn::module::Module::num_params(&Gpt::new(&gpt, &device));
-    if let Err(e) = crate::memory::check_fits(
-        &crate::memory::gpt_estimate(&config, &gpt, parameters as u64, batch as u64),
-        "model.embd, model.layers, model.context or trainer.batch_size",
-    ) {
+    let estimate = crate::memory::gpt_estimate(&config, &gpt, parameters as u64, batch as u64);
+    let shrink = "model.embd, model.layers, model.context or trainer.batch_size";
+    if let Err(e) = crate::memory::check_fits(&estimate, shrink) {
         // The vocabulary is known only now, after tokenizing: a new run refused here leaves
         // no folder behind.
         if checkpoint.is_none() {
@@ -259,9 +258,22 @@ pub fn train_lm_run_in(
     }
     let resumed_at = checkpoint.as_ref().map(|c| c.step);
     let mut sync = DataParallel::new(world, (config.trainer.bucket_mb * 1e6) as usize);
-    let outcome = train_lm(
-        &config, &gpt, &meta, &train, &val, &run_dir, device, checkpoint, observer, &mut sync,
-    )?;
+    let described = run_info.machine.device.clone();
+    let outcome =
+        crate::memory::guard_device_memory(&device, &described, &estimate, shrink, || {
+            Ok(train_lm(
+                &config,
+                &gpt,
+                &meta,
+                &train,
+                &val,
+                &run_dir,
+                device.clone(),
+                checkpoint,
+                observer,
+                &mut sync,
+            )?)
+        })?;
     if !world.is_leader() {
         return Ok(None);
     }

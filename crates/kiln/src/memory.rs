@@ -129,6 +129,37 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
+/// The error for training that ran out of memory on `device` (the runtime said `runtime`):
+/// the estimate, and what to change.
+pub fn out_of_memory(device: &str, runtime: &str, estimate: &Estimate, shrink: &str) -> KilnError {
+    KilnError::Invalid(format!(
+        "out of memory on {device} while training ({runtime}): this model needs about {:.1} GiB \
+         ({} parameters: {:.1} GiB with gradients and optimizer state; activations {:.1} GiB per \
+         batch); make trainer.batch_size smaller (trainer.grad_accum_steps keeps the effective \
+         batch), train with --precision f16-mixed, or make {shrink} smaller",
+        gib(estimate.total()),
+        estimate.parameters,
+        gib(estimate.parameter_bytes),
+        gib(estimate.activation_bytes),
+    ))
+}
+
+/// Runs `train` on `device`; on a GPU, a runtime's out-of-memory panic becomes
+/// [`out_of_memory`]'s error.
+pub(crate) fn guard_device_memory<R>(
+    device: &burn::prelude::Device,
+    described: &str,
+    estimate: &Estimate,
+    shrink: &str,
+    train: impl FnOnce() -> Result<R>,
+) -> Result<R> {
+    if kiln_models::ops::on_flex(device) {
+        return train();
+    }
+    kiln_models::device::catch_out_of_memory(train)
+        .unwrap_or_else(|runtime| Err(out_of_memory(described, &runtime, estimate, shrink)))
+}
+
 /// Refuses a run whose estimate exceeds the memory available now, naming what to shrink.
 pub fn check_fits(estimate: &Estimate, shrink: &str) -> Result<()> {
     let Some(available) = available_bytes() else {

@@ -528,10 +528,9 @@ pub fn train_run_in(
     };
     // Parameters are initialised lazily: counting them allocates nothing.
     let parameters = burn::module::Module::num_params(&kiln_models::Network::new(&spec, &device));
-    crate::memory::check_fits(
-        &crate::memory::network_estimate(&config, &spec, parameters as u64, batch as u64),
-        "model.hidden, model.conv, model.embd or trainer.batch_size",
-    )?;
+    let estimate = crate::memory::network_estimate(&config, &spec, parameters as u64, batch as u64);
+    let shrink = "model.hidden, model.conv, model.embd or trainer.batch_size";
+    crate::memory::check_fits(&estimate, shrink)?;
     // Everything every rank reads is read before rank 0 writes: a rank that cannot read the
     // teacher or the pretrained weights stops the job before a run directory exists.
     let teacher = match &config.distill.teacher {
@@ -600,7 +599,11 @@ pub fn train_run_in(
     let resumed_at = checkpoint.as_ref().map(|c| c.step);
     let bucket_bytes = (config.trainer.bucket_mb * 1e6) as usize;
     let mut sync = DataParallel::new(world, bucket_bytes);
-    let outcome: TrainOutcome = kiln_train::train(setup, checkpoint, observer, &mut sync)?;
+    let described = run_info.machine.device.clone();
+    let outcome: TrainOutcome =
+        crate::memory::guard_device_memory(&device, &described, &estimate, shrink, || {
+            Ok(kiln_train::train(setup, checkpoint, observer, &mut sync)?)
+        })?;
     // Predict each split once, every rank its share; the test predictions also feed the
     // report's ROC curve.
     let mut predict_split = |e: &Encoded| -> Result<Option<Predictions>> {

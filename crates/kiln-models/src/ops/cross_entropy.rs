@@ -167,8 +167,13 @@ pub(super) fn forward_reference<B: Backend>(
     let shifted = B::float_sub(logits.clone(), B::float_max_dim(logits, 1));
     let e = B::float_exp(shifted.clone());
     let sum = B::float_sum_dim(e.clone(), 1);
+    // Targets in the device's own integer type: WGSL has no 64-bit integers.
+    let int_dtype = burn::backend::get_or_init_device_settings::<B>(&device).int_dtype;
     let targets: Vec<i64> = spec.targets.iter().map(|&t| i64::from(t)).collect();
-    let targets = B::int_from_data(TensorData::new(targets, [rows, 1]), &device);
+    let targets = B::int_from_data(
+        TensorData::new(targets, [rows, 1]).convert_dtype(int_dtype.into()),
+        &device,
+    );
     let picked = B::float_gather(1, shifted, targets.clone());
     let loss = B::float_reshape(
         B::float_mean(B::float_sub(B::float_log(sum.clone()), picked)),
