@@ -212,7 +212,10 @@ fn a_finished_run_extended_equals_one_asked_for_the_epochs_from_the_start() {
         &["train", "--resume", run_arg, "--set", "trainer.lr=0.1"],
     );
     assert!(
-        err.contains("only `trainer.epochs`, `trainer.max_steps`, `trainer.early_stopping_patience` may change"),
+        err.contains(
+            "only `trainer.epochs`, `trainer.max_steps`, `trainer.early_stopping_patience`, \
+             `trainer.precision` may change"
+        ),
         "{err}"
     );
     let err = kiln_err(

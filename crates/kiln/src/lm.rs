@@ -297,7 +297,6 @@ pub fn train_lm_run_in(
         false => outcome.seconds,
     };
     let last = outcome.evals.last();
-    let mut run_info = run_info;
     run_info.precision =
         crate::PrecisionUsed::new(config.trainer.precision, outcome.loss_scaler.as_ref());
     let summary = LmSummary {

@@ -698,7 +698,6 @@ pub fn train_run_in(
         )?),
         None => None,
     };
-    let mut run_info = run_info;
     run_info.precision =
         crate::PrecisionUsed::new(config.trainer.precision, outcome.loss_scaler.as_ref());
     let summary = RunSummary {

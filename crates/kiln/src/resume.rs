@@ -72,7 +72,7 @@ pub(crate) fn open(resume: &Resume, world: &World) -> Result<Resumed> {
         let key = key.trim();
         if !RESUME_KEYS.contains(&key) {
             return Err(KilnError::Invalid(format!(
-                "--set {assignment}: a resumed run keeps the settings it was checkpointed with; only {} may change on --resume (to train it further); start a new run to change `{key}`",
+                "--set {assignment}: a resumed run keeps the settings it was checkpointed with; only {} may change on --resume (to train it further, or in another precision); start a new run to change `{key}`",
                 RESUME_KEYS.map(|k| format!("`{k}`")).join(", ")
             )));
         }
