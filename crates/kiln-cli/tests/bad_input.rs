@@ -480,9 +480,15 @@ fn devices_the_build_or_machine_lacks_are_clear_errors() {
             &["train", "--data", "builtin:iris", "--device", device],
         )
     };
+    #[cfg(not(feature = "cuda"))]
     expect(
         &train("cuda"),
-        &["device \"cuda\"", "no CUDA build", "--features vulkan"],
+        &[
+            "device \"cuda\"",
+            "built without CUDA",
+            "scripts/setup-cuda-build.sh",
+            "--features cuda",
+        ],
     );
     expect(
         &train("tpu"),

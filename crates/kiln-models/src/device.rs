@@ -1,6 +1,7 @@
 //! Opening the device a run computes on: the CPU (Burn's Flex backend, kiln's fused kernels)
 //! or a GPU through Burn's wgpu runtime (cargo feature `wgpu`; `vulkan` pins Vulkan and
-//! SPIR-V), from the config's `device` ([`DeviceRequest`]).
+//! SPIR-V) or its CUDA runtime (cargo feature `cuda`), from the config's `device`
+//! ([`DeviceRequest`]).
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::{Device, Tensor};
@@ -44,16 +45,106 @@ pub enum DeviceError {
 pub fn open(request: DeviceRequest) -> Result<OpenedDevice, DeviceError> {
     match request {
         DeviceRequest::Cpu => Ok(cpu()),
-        DeviceRequest::Auto => Ok(gpu::auto().unwrap_or_else(cpu)),
+        DeviceRequest::Auto => Ok(cuda::open(request, None)
+            .ok()
+            .or_else(gpu::auto)
+            .unwrap_or_else(cpu)),
         DeviceRequest::Gpu(index) => gpu::open(request, index, false),
         DeviceRequest::Vulkan(index) => gpu::open(request, index, true),
-        DeviceRequest::Cuda(_) => Err(DeviceError::NotBuilt {
+        DeviceRequest::Cuda(index) => cuda::open(request, index),
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{DeviceError, OpenedDevice, quietly};
+    use burn::prelude::Device;
+    use burn::tensor::DeviceType;
+    use kiln_config::DeviceRequest;
+
+    /// The CUDA devices, listed once per process; `None` when the driver library cannot be
+    /// loaded (Burn's runtime panics then).
+    fn devices() -> Option<Vec<(Device, String)>> {
+        static DEVICES: std::sync::OnceLock<Option<Vec<(Device, String)>>> =
+            std::sync::OnceLock::new();
+        DEVICES
+            .get_or_init(|| {
+                quietly(|| {
+                    Device::enumerate(DeviceType::Cuda)
+                        .into_iter()
+                        .map(|device| {
+                            let name = device
+                                .identity()
+                                .map(|identity| identity.name)
+                                .unwrap_or_else(|| "unnamed GPU".into());
+                            (device, name)
+                        })
+                        .collect()
+                })
+                .ok()
+            })
+            .clone()
+    }
+
+    pub(super) fn open(
+        request: DeviceRequest,
+        index: Option<usize>,
+    ) -> Result<OpenedDevice, DeviceError> {
+        let not_found = |reason: String| DeviceError::NotFound {
             requested: request.to_string(),
-            reason: "kiln has no CUDA build yet; NVIDIA GPUs run through Vulkan: build with \
-                     `cargo build --release --features vulkan` and use --device vulkan (or \
-                     --device gpu)"
+            reason,
+        };
+        let Some(list) = devices() else {
+            return Err(not_found(
+                "the CUDA driver library (libcuda.so) could not be loaded: install the NVIDIA \
+                 driver, or use --device gpu (wgpu) or cpu"
+                    .into(),
+            ));
+        };
+        if list.is_empty() {
+            return Err(not_found(
+                "no CUDA GPU found (none there, or no NVIDIA driver: libcuda.so); use --device \
+                 gpu (wgpu) or cpu"
+                    .into(),
+            ));
+        }
+        let i = index.unwrap_or(0);
+        let Some((device, name)) = list.get(i).cloned() else {
+            let names = list
+                .iter()
+                .enumerate()
+                .map(|(i, (_, name))| format!("cuda:{i} {name}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(not_found(format!(
+                "there is no CUDA device {i}: this machine has {} ({names})",
+                list.len()
+            )));
+        };
+        Ok(OpenedDevice {
+            description: format!("cuda:{i} {name} (CUDA)"),
+            device,
+            is_gpu: true,
+        })
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::{DeviceError, OpenedDevice};
+    use kiln_config::DeviceRequest;
+
+    pub(super) fn open(
+        request: DeviceRequest,
+        _index: Option<usize>,
+    ) -> Result<OpenedDevice, DeviceError> {
+        Err(DeviceError::NotBuilt {
+            requested: request.to_string(),
+            reason: "this kiln was built without CUDA: run scripts/setup-cuda-build.sh, then \
+                     `cargo build --release --features cuda`; or, through Vulkan, \
+                     `--features vulkan` and --device vulkan (or gpu)"
                 .into(),
-        }),
+        })
     }
 }
 
@@ -317,6 +408,18 @@ pub fn is_out_of_memory(message: &str) -> bool {
 
 thread_local! {
     static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching any panic without printing it: for probing a runtime that panics when
+/// its driver is missing.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    install_quiet_hook();
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result
 }
 
 /// Chains a panic hook, once per process, that keeps out-of-memory panics inside
@@ -326,8 +429,9 @@ fn install_quiet_hook() {
     INSTALLED.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let quiet = CATCHING.with(|c| c.get())
-                && panic_text(info.payload()).is_some_and(|m| is_out_of_memory(&m));
+            let quiet = QUIET.with(|q| q.get())
+                || (CATCHING.with(|c| c.get())
+                    && panic_text(info.payload()).is_some_and(|m| is_out_of_memory(&m)));
             if !quiet {
                 previous(info);
             }

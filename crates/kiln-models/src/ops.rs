@@ -48,7 +48,7 @@ use gemm::gemm_into;
 const CHUNK: usize = 1 << 15;
 
 /// Ops kiln implements itself where Burn's backend is slow.
-#[backend_extension(Flex, Autodiff, Cube: cfg(feature = "wgpu"))]
+#[backend_extension(Flex, Autodiff, Cube: cfg(any(feature = "wgpu", feature = "cuda")))]
 pub trait KilnOps: Backend {
     /// Exact (erf) GELU.
     fn kiln_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -437,7 +437,7 @@ fn conv2d_grads_flex(
 }
 
 /// Every cubecl runtime (the GPUs wgpu drives): the trait's default bodies, Burn's own ops.
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 impl KilnOps for burn::backend::Cube {}
 
 impl KilnOps for Flex {
