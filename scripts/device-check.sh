@@ -2,7 +2,7 @@
 # The GPU check for a lent device machine (an H200 or H100 with 16 cores, torch installed, no
 # network), in two halves:
 #
-#   scripts/device-check.sh prepare   # here: build kiln --features vulkan and collect what the
+#   scripts/device-check.sh prepare   # here: build kiln --features vulkan,cuda and collect what the
 #                                     # device machine lacks into .device/ (git-ignored)
 #   scripts/device-check.sh run       # there, in one call with carry [".device"]:
 #                                     # bash scripts/device-check.sh run   (about 5 minutes)
@@ -15,8 +15,10 @@
 # the machine's cores (scripts/load-test.sh with a carried wrk). Figures go to BENCHMARKS.md.
 # STEPS (40), BATCH (8), PEAK_TFLOPS (989: H100/H200 SXM dense bf16) and PRECISIONS (kiln's,
 # "f32 f16-mixed"; wgpu has no bf16) change the run;
-# LAYERS, HEADS, EMBD, CONTEXT shrink the model, and KILN (a binary) with DEVICE (`gpu` for a
-# --features wgpu build) try `run` on a machine without a GPU (lavapipe); SERVE=0 skips serving.
+# LAYERS, HEADS, EMBD, CONTEXT shrink the model; DEVICE (vulkan) picks kiln's device (`cuda`:
+# Burn's CUDA runtime, where PRECISIONS defaults to "f32 bf16-mixed"), and KILN (a binary) with
+# DEVICE=gpu (a --features wgpu build) tries `run` on a machine without a GPU (lavapipe);
+# SERVE=0 skips serving.
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -29,7 +31,8 @@ prepare() {
   mkdir -p "$(dirname "$exclude")"
   grep -qx '/.device/' "$exclude" 2>/dev/null || echo '/.device/' >> "$exclude"
   mkdir -p "$dev/debs" /tmp/amd64/partial
-  cargo build --release --features vulkan
+  scripts/setup-cuda-build.sh
+  cargo build --release --features vulkan,cuda
   cp target/release/kiln "$dev/kiln"
   strip "$dev/kiln"
   # The Vulkan loader (the NVIDIA driver brings its ICD, not always the loader) and wrk with
@@ -105,7 +108,9 @@ run() {
   cfg=$(mktemp --suffix .toml)
   gpt_config > "$cfg"
   local kiln_json precision
-  for precision in ${PRECISIONS:-f32 f16-mixed}; do
+  local precisions="f32 f16-mixed"
+  [ "$device" != cuda ] || precisions="f32 bf16-mixed"
+  for precision in ${PRECISIONS:-$precisions}; do
   echo "== kiln: GPT-2-small-shaped training, $precision, --device $device"
   rm -rf /tmp/device-check
   kiln_json=$(timeout 200 "$kiln" train "$cfg" --device "$device" --precision "$precision" --quiet --json --set output.name=gpt2 | tail -1) || {
