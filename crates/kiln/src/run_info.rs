@@ -60,9 +60,13 @@ impl std::fmt::Display for PrecisionUsed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.name)?;
         if let Some(scale) = self.loss_scale {
+            let steps = match self.skipped_steps {
+                1 => "step",
+                _ => "steps",
+            };
             write!(
                 f,
-                " (loss scale {scale}, {} steps skipped)",
+                " (loss scale {scale}, {} {steps} skipped)",
                 self.skipped_steps
             )?;
         }
