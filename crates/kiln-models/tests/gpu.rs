@@ -14,8 +14,7 @@ use burn::module::Module;
 use burn::prelude::{Device, Tensor, TensorData};
 use burn::tensor::FloatDType;
 use common::{
-    cnn, dense_loss, gpt_config, gpt_targets, gpt_tokens, mlp, padded_tokens, pixels,
-    text_classifier,
+    cnn, dense_loss, gpt_config, gpt_loss, mlp, padded_tokens, pixels, text_classifier, text_loss,
 };
 use kiln_config::DeviceRequest;
 use kiln_models::device::{OpenedDevice, open};
@@ -112,21 +111,13 @@ fn each_model_kind_takes_the_same_training_step_on_the_gpu() {
         "text classifier, padded rows",
         |d| Network::new(&text_classifier(), d),
         gpu,
-        |m, d| {
-            let out = m.forward(Inputs {
-                x: None,
-                categories: None,
-                tokens: Some(padded_tokens(d)),
-            });
-            common::mean_cross_entropy(out, &[0, 1, 2, 1])
-        },
+        text_loss,
     );
-    let targets = gpt_targets();
     assert_same_step(
         "GPT (tied head)",
         |d| Gpt::new(&gpt_config(), d),
         gpu,
-        |m, d| m.loss(gpt_tokens(d), targets.clone()),
+        gpt_loss(),
     );
 }
 
@@ -164,12 +155,11 @@ fn mixed_precision_steps_follow_the_cpu() {
         f16,
         tolerance,
     );
-    let targets = gpt_targets();
     assert_same_step_in(
         "GPT in f16",
         |d| Gpt::new(&gpt_config(), d),
         gpu,
-        |m, d| m.loss(gpt_tokens(d), targets.clone()),
+        gpt_loss(),
         f16,
         tolerance,
     );

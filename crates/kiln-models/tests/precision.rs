@@ -8,11 +8,9 @@ mod common;
 use burn::module::Module;
 use burn::prelude::{Device, Tensor};
 use burn::tensor::{DType, FloatDType};
-use common::{
-    cnn, dense_loss, gpt_config, gpt_targets, gpt_tokens, mlp, padded_tokens, text_classifier,
-};
+use common::{cnn, dense_loss, gpt_config, gpt_loss, mlp, text_classifier, text_loss};
 use kiln_models::ops::{Autocast, autocast_dtype};
-use kiln_models::{Gpt, Inputs, Network};
+use kiln_models::{Gpt, Network};
 
 /// The loss and every parameter's gradient of one step under `dtype` (f32 when `None`).
 fn step<M: Module>(
@@ -104,20 +102,12 @@ fn each_model_kind_trains_in_half_precision_close_to_f32() {
     assert_close_to_f32(
         "text classifier, padded rows",
         |d| Network::new(&text_classifier(), d),
-        |m, d| {
-            let out = m.forward(Inputs {
-                x: None,
-                categories: None,
-                tokens: Some(padded_tokens(d)),
-            });
-            common::mean_cross_entropy(out, &[0, 1, 2, 1])
-        },
+        text_loss,
     );
-    let targets = gpt_targets();
     assert_close_to_f32(
         "GPT (tied head)",
         |d| Gpt::new(&gpt_config(), d),
-        |m, d| m.loss(gpt_tokens(d), targets.clone()),
+        gpt_loss(),
     );
 }
 

@@ -240,12 +240,7 @@ pub fn train_lm(
             (model, optimizer, state, Some(ck.step))
         }
     };
-    // A run resumed in another precision starts (or drops) its loss scale.
-    if LossScaler::for_precision(t.precision, 1.0).is_none() {
-        state.loss_scaler = None;
-    } else if state.loss_scaler.is_none() {
-        state.loss_scaler = LossScaler::for_precision(t.precision, LossScaler::INITIAL_SCALE);
-    }
+    state.loss_scaler = LossScaler::carried(t.precision, state.loss_scaler.take());
     let compute_dtype = crate::precision::compute_dtype(t.precision);
     let parameters = crate::grads::parameter_count(&model);
     observer.on_start(&StartInfo {
@@ -291,7 +286,7 @@ pub fn train_lm(
             drop(autocast);
             let loss = loss.mul_scalar(share / t.grad_accum_steps as f64);
             let g = match &state.loss_scaler {
-                Some(scaler) => loss.clone().mul_scalar(scaler.scale()).backward(),
+                Some(scaler) => scaler.scaled(loss.clone()).backward(),
                 None => loss.backward(),
             };
             step_loss += loss.into_scalar::<f64>();

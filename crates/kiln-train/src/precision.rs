@@ -79,9 +79,25 @@ impl LossScaler {
         })
     }
 
+    /// The scaler a (resumed) run in `precision` goes on with: `saved`, a fresh one for a run
+    /// that switched to float16, none for a run in another precision.
+    pub fn carried(precision: Precision, saved: Option<LossScaler>) -> Option<LossScaler> {
+        match precision {
+            Precision::F16Mixed => {
+                saved.or_else(|| LossScaler::for_precision(precision, Self::INITIAL_SCALE))
+            }
+            _ => None,
+        }
+    }
+
     /// What the loss is multiplied by before the backward pass.
     pub fn scale(&self) -> f64 {
         self.scale
+    }
+
+    /// `loss` times the scale, to run the backward pass on.
+    pub fn scaled(&self, loss: burn::prelude::Tensor<1>) -> burn::prelude::Tensor<1> {
+        loss.mul_scalar(self.scale)
     }
 
     /// Steps skipped so far because their gradients overflowed.

@@ -463,12 +463,7 @@ pub fn train(
         }
     };
 
-    // A run resumed in another precision starts (or drops) its loss scale.
-    if LossScaler::for_precision(t.precision, 1.0).is_none() {
-        state.loss_scaler = None;
-    } else if state.loss_scaler.is_none() {
-        state.loss_scaler = LossScaler::for_precision(t.precision, LossScaler::INITIAL_SCALE);
-    }
+    state.loss_scaler = LossScaler::carried(t.precision, state.loss_scaler.take());
     let compute_dtype = crate::precision::compute_dtype(t.precision);
 
     let pretrained_layers = match (&setup.spec.pretrained, &setup.spec.text) {
@@ -570,7 +565,7 @@ pub fn train(
                 let weight = micro_rows.len() as f64 / rows.len() as f64;
                 let loss = loss.mul_scalar(weight);
                 let g = match &state.loss_scaler {
-                    Some(scaler) => loss.clone().mul_scalar(scaler.scale()).backward(),
+                    Some(scaler) => scaler.scaled(loss.clone()).backward(),
                     None => loss.backward(),
                 };
                 step_loss += loss.into_scalar::<f64>();

@@ -180,3 +180,19 @@ pub fn gpt_tokens(device: &Device) -> Tensor<2, Int> {
 pub fn gpt_targets() -> Arc<[u32]> {
     (0..3 * 24).map(|i| ((i * 7 + 4) % 29) as u32).collect()
 }
+
+/// The mean cross-entropy of the [`text_classifier`] over [`padded_tokens`].
+pub fn text_loss(m: &Network, d: &Device) -> Tensor<1> {
+    let out = m.forward(Inputs {
+        x: None,
+        categories: None,
+        tokens: Some(padded_tokens(d)),
+    });
+    mean_cross_entropy(out, &[0, 1, 2, 1])
+}
+
+/// The [`gpt_config`] model's loss on [`gpt_tokens`] against [`gpt_targets`].
+pub fn gpt_loss() -> impl Fn(&kiln_models::Gpt, &Device) -> Tensor<1> {
+    let targets = gpt_targets();
+    move |m, d| m.loss(gpt_tokens(d), targets.clone())
+}
