@@ -26,56 +26,6 @@ fn gpu_available() -> bool {
     }
 }
 
-const LM: &str = r#"
-seed = 5
-[data]
-source = "corpus.txt"
-[text]
-tokenizer = "char"
-val_fraction = 0.2
-[model]
-type = "gpt"
-layers = 2
-heads = 2
-embd = 32
-context = 32
-dropout = 0.0
-[trainer]
-max_steps = 40
-batch_size = 8
-optimizer = "adamw"
-lr = 0.003
-schedule = "cosine"
-warmup_steps = 5
-grad_clip_norm = 1.0
-eval_every_steps = 10
-eval_batches = 4
-[output]
-plots = false
-"#;
-
-/// A directory with `lm.toml` ([`LM`]) and its corpus.
-fn lm_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = (0..300)
-        .map(|i| ["the cat sat on the mat.", "a dog met a cat."][i % 2])
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(dir.path().join("corpus.txt"), corpus).unwrap();
-    std::fs::write(dir.path().join("lm.toml"), LM).unwrap();
-    dir
-}
-
-/// Every evaluation's validation loss of an LM run's summary.
-fn val_losses(summary: &serde_json::Value) -> Vec<f64> {
-    summary["evals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["val_loss"].as_f64().unwrap())
-        .collect()
-}
-
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(1.0)
 }

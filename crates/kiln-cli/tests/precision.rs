@@ -184,43 +184,9 @@ fn a_run_changes_precision_on_resume_and_refuses_unknown_ones() {
     assert!(err.contains("did you mean `bf16-mixed`"), "{err}");
 }
 
-const LM: &str = r#"
-seed = 5
-[data]
-source = "corpus.txt"
-[text]
-tokenizer = "char"
-val_fraction = 0.2
-[model]
-type = "gpt"
-layers = 2
-heads = 2
-embd = 32
-context = 32
-dropout = 0.1
-[trainer]
-max_steps = 40
-batch_size = 8
-optimizer = "adamw"
-lr = 0.003
-schedule = "cosine"
-warmup_steps = 5
-grad_clip_norm = 1.0
-eval_every_steps = 20
-eval_batches = 4
-[output]
-plots = false
-"#;
-
 #[test]
 fn a_language_model_trains_in_each_precision_along_f32() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = (0..300)
-        .map(|i| ["the cat sat on the mat.", "a dog met a cat."][i % 2])
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(dir.path().join("corpus.txt"), corpus).unwrap();
-    std::fs::write(dir.path().join("lm.toml"), LM).unwrap();
+    let dir = lm_dir();
     let train = |precision: &str| {
         let out = kiln_json(
             dir.path(),
@@ -232,15 +198,14 @@ fn a_language_model_trains_in_each_precision_along_f32() {
                 precision,
                 "--set",
                 &format!("output.name={precision}"),
+                "--set",
+                "model.dropout=0.1",
+                "--set",
+                "trainer.eval_every_steps=20",
             ],
         );
         assert_eq!(out["run"]["precision"]["name"], precision);
-        out["evals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["val_loss"].as_f64().unwrap())
-            .collect::<Vec<_>>()
+        val_losses(&out)
     };
     let f32 = train("f32");
     for precision in ["bf16-mixed", "f16-mixed"] {
