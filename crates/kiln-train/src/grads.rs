@@ -141,10 +141,15 @@ impl ParamGrads {
     /// `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping.
     pub fn clip_global_norm(&mut self, max_norm: f64) -> f64 {
         let norm = self.global_norm();
+        self.clip_known_norm(norm, max_norm);
+        norm
+    }
+
+    /// [`ParamGrads::clip_global_norm`] with the global norm `norm` already measured.
+    fn clip_known_norm(&mut self, norm: f64, max_norm: f64) {
         if norm.is_finite() && norm > max_norm {
             self.scale(max_norm / (norm + 1e-6));
         }
-        norm
     }
 }
 
@@ -340,17 +345,28 @@ pub fn apply_update<M: Module>(
     scaler: Option<&mut crate::precision::LossScaler>,
 ) -> Result<Update<M>, TrainError> {
     sync.all_reduce(&mut grads)?;
-    // After the all-reduce every process holds the same sums, so all skip or none.
-    if let Some(scaler) = scaler
-        && !scaler.unscale(&mut grads)
-    {
-        return Ok(Update {
-            model,
-            grad_norm: None,
-            skipped: true,
-        });
-    }
-    let grad_norm = (max_norm > 0.0).then(|| grads.clip_global_norm(max_norm));
+    // After the all-reduce every process holds the same sums, so all skip or none. The
+    // scaler measures the norm to find overflow; clipping reuses it.
+    let measured = match scaler {
+        Some(scaler) => match scaler.unscale(&mut grads) {
+            Some(norm) => Some(norm),
+            None => {
+                return Ok(Update {
+                    model,
+                    grad_norm: None,
+                    skipped: true,
+                });
+            }
+        },
+        None => None,
+    };
+    let grad_norm = (max_norm > 0.0).then(|| match measured {
+        Some(norm) => {
+            grads.clip_known_norm(norm, max_norm);
+            norm
+        }
+        None => grads.clip_global_norm(max_norm),
+    });
     Ok(Update {
         model: optimizer.step(model, grads, lr),
         grad_norm,

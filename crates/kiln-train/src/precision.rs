@@ -105,22 +105,24 @@ impl LossScaler {
         self.skipped_steps
     }
 
-    /// Divides `grads` by the scale and updates it: `true` when the step should be taken
-    /// (every gradient finite), `false` when it overflowed (skip it; the scale halves).
-    pub fn unscale(&mut self, grads: &mut ParamGrads) -> bool {
+    /// Divides `grads` by the scale and updates it: the gradients' global norm when the step
+    /// should be taken (every gradient finite), `None` when it overflowed (skip it; the scale
+    /// halves).
+    pub fn unscale(&mut self, grads: &mut ParamGrads) -> Option<f64> {
         grads.scale(1.0 / self.scale);
-        if grads.global_norm().is_finite() {
+        let norm = grads.global_norm();
+        if norm.is_finite() {
             self.good_steps += 1;
             if self.good_steps >= Self::GROWTH_INTERVAL {
                 self.scale *= 2.0;
                 self.good_steps = 0;
             }
-            true
+            Some(norm)
         } else {
             self.scale /= 2.0;
             self.good_steps = 0;
             self.skipped_steps += 1;
-            false
+            None
         }
     }
 }
