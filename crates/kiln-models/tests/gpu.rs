@@ -59,24 +59,24 @@ fn assert_same_step<M: Module>(
     gpu: &Device,
     loss: impl Fn(&M, &Device) -> Tensor<1>,
 ) {
-    assert_same_step_in(what, build, gpu, loss, None, [1e-5, 1e-3]);
+    assert_same_step_in(what, build, gpu, loss, [None, None], [1e-5, 1e-3]);
 }
 
-/// [`assert_same_step`] with the products in `precision` on both devices, the loss within
-/// `tolerance[0]` and gradients within `tolerance[1]` of their largest.
+/// [`assert_same_step`] with the products in `precision[0]` on the CPU and `precision[1]` on
+/// the GPU, the loss within `tolerance[0]` and gradients within `tolerance[1]` of their largest.
 fn assert_same_step_in<M: Module>(
     what: &str,
     build: impl Fn(&Device) -> M,
     gpu: &Device,
     loss: impl Fn(&M, &Device) -> Tensor<1>,
-    precision: Option<FloatDType>,
+    precision: [Option<FloatDType>; 2],
     tolerance: [f32; 2],
 ) {
     let cpu = Device::flex().autodiff();
     cpu.seed(7);
     let model = build(&cpu);
-    let (lc, gc) = loss_and_grads(&model, &cpu, &loss, precision);
-    let (lg, gg) = loss_and_grads(&model, &gpu.clone().autodiff(), &loss, precision);
+    let (lc, gc) = loss_and_grads(&model, &cpu, &loss, precision[0]);
+    let (lg, gg) = loss_and_grads(&model, &gpu.clone().autodiff(), &loss, precision[1]);
     assert!(
         (lc - lg).abs() <= tolerance[0] * lc.abs().max(1.0),
         "{what}: loss {lc} on the CPU, {lg} on the GPU"
@@ -121,9 +121,11 @@ fn each_model_kind_takes_the_same_training_step_on_the_gpu() {
     );
 }
 
-/// float16 mixed precision where the adapter computes in f16 (lavapipe does): each model
-/// kind's step on the GPU follows the CPU's in f16, within f16's tolerances
-/// (`tests/precision.rs`: loss 1e-3, gradients 5e-3 of their largest). bfloat16: WGSL has no
+/// float16 mixed precision where the adapter computes in f16 (Debian's lavapipe 22.3.6-1+deb12u2
+/// does): each model kind's f16 step on the GPU is as close to the CPU's f32 step as
+/// `tests/precision.rs` asks of the CPU's own f16 step (loss 1e-3, gradients 5e-3 of their
+/// largest). Not GPU f16 against CPU f16: the two round and accumulate differently, so each may
+/// sit on its own side of f32. bfloat16: WGSL has no
 /// such type, so the adapter must say it cannot.
 #[test]
 fn mixed_precision_steps_follow_the_cpu() {
@@ -137,7 +139,7 @@ fn mixed_precision_steps_follow_the_cpu() {
         println!("skipped: this adapter has no float16");
         return;
     }
-    let f16 = Some(FloatDType::F16);
+    let f16 = [None, Some(FloatDType::F16)];
     let tolerance = [1e-3, 5e-3];
     assert_same_step_in(
         "GELU MLP in f16",
