@@ -5,7 +5,7 @@ use std::path::Path;
 
 use kiln_config::BadRows;
 
-use crate::table::{Column, LoadReport, Table, TextBuilder};
+use crate::table::{CellBuilder, Column, LoadReport, Table};
 use crate::{DataError, Result};
 
 /// Field values read as missing (besides the empty field).
@@ -15,16 +15,38 @@ pub const MISSING_TOKENS: [&str; 9] =
 /// Reads a CSV file with a header row. The delimiter is sniffed from the header when not
 /// given. Records with the wrong number of fields (or invalid UTF-8) are errors naming the
 /// line, or are skipped and counted under `BadRows::Skip`. A `.gz` file is decompressed.
-pub fn read_csv(path: &Path, delimiter: Option<char>, bad_rows: BadRows) -> Result<Table> {
+/// A column holding only numbers is read as numbers, except those named in `text_columns`
+/// (labels, ids, categories), which keep their text as written.
+pub fn read_csv(
+    path: &Path,
+    delimiter: Option<char>,
+    bad_rows: BadRows,
+    text_columns: &[String],
+) -> Result<Table> {
     let head = read_head(path)?;
     parse_csv(
         decompressed(path)?,
         &head,
         plain_size(path),
         &path.display().to_string(),
-        delimiter,
-        bad_rows,
+        CsvOptions {
+            delimiter,
+            bad_rows,
+            text_columns,
+        },
     )
+}
+
+/// How [`parse_csv`] reads: the delimiter (sniffed when `None`), the bad-row policy, and the
+/// columns kept as text even when every value is a number.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CsvOptions<'a> {
+    /// The field delimiter, or `None` to sniff it from the header.
+    pub(crate) delimiter: Option<char>,
+    /// What a malformed record does.
+    pub(crate) bad_rows: BadRows,
+    /// Columns read as text whatever they hold.
+    pub(crate) text_columns: &'a [String],
 }
 
 /// The bytes of a file, decompressed when its name ends in `.gz` or `.zst`/`.zstd`.
@@ -149,14 +171,18 @@ fn presize(head: &[u8], delim: u8, width: usize, size: Option<u64>) -> Vec<(usiz
 /// Parses CSV read from `source` (see [`read_csv`]), `head` being its first bytes (for the
 /// delimiter) and `size_hint` its size when known (to size the columns); `origin` names the
 /// source in errors.
-pub fn parse_csv(
+pub(crate) fn parse_csv(
     source: impl Read,
     head: &[u8],
     size_hint: Option<u64>,
     origin: &str,
-    delimiter: Option<char>,
-    bad_rows: BadRows,
+    options: CsvOptions<'_>,
 ) -> Result<Table> {
+    let CsvOptions {
+        delimiter,
+        bad_rows,
+        text_columns,
+    } = options;
     let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     if head.len() < HEAD_BYTES && head.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DataError::Empty {
@@ -197,11 +223,13 @@ pub fn parse_csv(
         }
     }
     let width = names.len();
-    let mut columns: Vec<TextBuilder> = presize(head, delim, width, size_hint)
+    let sizes = presize(head, delim, width, size_hint);
+    let mut lines = Vec::with_capacity(sizes.first().map_or(0, |&(rows, _)| rows));
+    let mut columns: Vec<CellBuilder> = sizes
         .into_iter()
-        .map(|(rows, bytes)| TextBuilder::with_capacity(rows, bytes))
+        .zip(&names)
+        .map(|((rows, bytes), name)| CellBuilder::new(rows, bytes, text_columns.contains(name)))
         .collect();
-    let mut lines = Vec::new();
     let mut report = LoadReport::default();
     let mut record = csv::ByteRecord::new();
     loop {

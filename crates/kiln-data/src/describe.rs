@@ -57,17 +57,14 @@ pub fn describe(table: &Table, target: Option<&str>) -> crate::Result<Descriptio
         };
         let range = match (kind, column) {
             (FeatureType::Numeric | FeatureType::Binary, Column::Number(values)) => {
-                let vals: Vec<f64> = values.iter().flatten().collect();
-                range_of(&vals)
+                range_of(values.iter().flatten())
             }
-            (FeatureType::Numeric | FeatureType::Binary, Column::Text(values)) => {
-                let vals: Vec<f64> = values
+            (FeatureType::Numeric | FeatureType::Binary, Column::Text(values)) => range_of(
+                values
                     .iter()
                     .flatten()
-                    .filter_map(crate::infer::looks_numeric)
-                    .collect();
-                range_of(&vals)
-            }
+                    .filter_map(crate::infer::looks_numeric),
+            ),
             _ => None,
         };
         columns.push(ColumnSummary {
@@ -103,10 +100,13 @@ pub fn describe(table: &Table, target: Option<&str>) -> crate::Result<Descriptio
 }
 
 /// Minimum, mean and maximum.
-fn range_of(vals: &[f64]) -> Option<(f64, f64, f64)> {
-    (!vals.is_empty()).then(|| {
-        let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (min, vals.iter().sum::<f64>() / vals.len() as f64, max)
-    })
+fn range_of(vals: impl Iterator<Item = f64>) -> Option<(f64, f64, f64)> {
+    let (mut n, mut min, mut max, mut sum) = (0usize, f64::INFINITY, f64::NEG_INFINITY, 0.0);
+    for v in vals {
+        n += 1;
+        min = min.min(v);
+        max = max.max(v);
+        sum += v;
+    }
+    (n > 0).then(|| (min, sum / n as f64, max))
 }

@@ -132,11 +132,11 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
                     (FeatureType::Numeric, None)
                 };
             }
-            let present: Vec<&str> = values.iter().flatten().collect();
-            let distinct: HashSet<&str> = present.iter().copied().collect();
+            let present = || values.iter().flatten();
+            let distinct: HashSet<&str> = present().collect();
             // Mostly numbers with a few stray strings: a numeric column with bad values, so
             // they are reported rather than turning the column into categories.
-            if numeric as f64 >= 0.9 * present.len() as f64 && distinct.len() > 10 {
+            if numeric as f64 >= 0.9 * count as f64 && distinct.len() > 10 {
                 return (FeatureType::Numeric, None);
             }
             if distinct.len() == 2 {
@@ -145,8 +145,8 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
             if distinct.len() == 1 {
                 return (FeatureType::Ignore, Some("constant column".into()));
             }
-            if distinct.len() > 20 && distinct.len() as f64 > 0.5 * present.len() as f64 {
-                if looks_like_prose(&present) {
+            if distinct.len() > 20 && distinct.len() as f64 > 0.5 * count as f64 {
+                if looks_like_prose(present()) {
                     return (FeatureType::Text, None);
                 }
                 return (
@@ -154,7 +154,7 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
                     Some(format!(
                         "{} distinct strings in {} rows looks like an identifier or free text",
                         distinct.len(),
-                        present.len()
+                        count
                     )),
                 );
             }
@@ -165,15 +165,15 @@ pub(crate) fn infer_type(column: &Column) -> (FeatureType, Option<String>) {
 
 /// Mostly-distinct strings that read as sentences rather than identifiers: long on average,
 /// or several words long.
-fn looks_like_prose(values: &[&str]) -> bool {
-    let n = values.len().max(1) as f64;
-    let chars = values.iter().map(|s| s.chars().count()).sum::<usize>() as f64 / n;
-    let words = values
-        .iter()
-        .map(|s| s.split_whitespace().count())
-        .sum::<usize>() as f64
-        / n;
-    chars >= 24.0 || words >= 4.0
+fn looks_like_prose<'a>(values: impl Iterator<Item = &'a str>) -> bool {
+    let (mut n, mut chars, mut words) = (0usize, 0usize, 0usize);
+    for s in values {
+        n += 1;
+        chars += s.chars().count();
+        words += s.split_whitespace().count();
+    }
+    let n = n.max(1) as f64;
+    chars as f64 / n >= 24.0 || words as f64 / n >= 4.0
 }
 
 /// Whether a column name reads as an identifier: `id`, `ID`, `user_id`, `PassengerId`,

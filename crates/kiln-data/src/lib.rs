@@ -133,16 +133,19 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 /// Lines, Parquet or Arrow IPC file, or a directory of Parquet part files (`data.format`,
 /// else [`detect_format`]).
 pub fn load_source(spec: &str, config: &DataConfig) -> Result<Table> {
-    load_source_columns(spec, config, None)
+    load_source_columns(spec, config, None, &[])
 }
 
 /// [`load_source`], reading only `columns` from a Parquet or Arrow source (the others are
 /// never decoded; names the source lacks are left to the caller's checks); text formats are
-/// read whole.
+/// read whole. A CSV column holding only numbers is read as numbers (as Parquet's are), except
+/// `text_columns` and the config's target (`target` or `label` when none is set), id and split
+/// columns: their values are names (`007`, `1.50`), kept as written.
 pub fn load_source_columns(
     spec: &str,
     config: &DataConfig,
     columns: Option<&[String]>,
+    text_columns: &[String],
 ) -> Result<Table> {
     if let Some(name) = spec.strip_prefix("builtin:") {
         return load_builtin(name);
@@ -173,14 +176,25 @@ pub fn load_source_columns(
         DataFormat::Parquet => read_parquet(path, columns, config.bad_rows),
         DataFormat::Arrow => read_arrow_ipc(path, columns, config.bad_rows),
         DataFormat::Jsonl => parse_jsonl(&csv_source::read_bytes(path)?, spec, config.bad_rows),
-        DataFormat::Csv | DataFormat::Auto => csv_source::parse_csv(
-            csv_source::decompressed(path)?,
-            &head?,
-            csv_source::plain_size(path),
-            spec,
-            config.delimiter,
-            config.bad_rows,
-        ),
+        DataFormat::Csv | DataFormat::Auto => {
+            let mut text_columns = text_columns.to_vec();
+            match &config.target {
+                Some(target) => text_columns.push(target.clone()),
+                None => text_columns.extend(["target", "label"].map(String::from)),
+            }
+            text_columns.extend(config.id_column.iter().chain(&config.split.column).cloned());
+            csv_source::parse_csv(
+                csv_source::decompressed(path)?,
+                &head?,
+                csv_source::plain_size(path),
+                spec,
+                csv_source::CsvOptions {
+                    delimiter: config.delimiter,
+                    bad_rows: config.bad_rows,
+                    text_columns: &text_columns,
+                },
+            )
+        }
     }
 }
 

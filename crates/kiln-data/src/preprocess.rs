@@ -393,6 +393,12 @@ fn text_or_fill(
     }
 }
 
+/// Whether `text` is `value`: the same text, or the same number however written (`1.0` and
+/// `1`: a CSV column of numbers reads as numbers, which print plainly).
+fn same_value(text: &str, value: &str) -> bool {
+    text == value || parse_number(text).is_some_and(|t| parse_number(value).is_some_and(|v| t == v))
+}
+
 fn sort_labels(labels: &mut [String]) {
     if labels.iter().all(|l| parse_number(l).is_some()) {
         labels.sort_by(|a, b| {
@@ -406,6 +412,28 @@ fn sort_labels(labels: &mut [String]) {
 }
 
 impl Preprocessor {
+    /// The columns whose values this preprocessor matches as text (categories, text, the id
+    /// and the target), which a CSV must keep as written even when they hold only numbers.
+    pub fn text_columns(&self) -> Vec<String> {
+        let target = match &self.target {
+            TargetTransform::Classes { name, .. } | TargetTransform::Regression { name, .. } => {
+                name
+            }
+        };
+        self.features
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f,
+                    FeatureTransform::Categorical { .. } | FeatureTransform::Text { .. }
+                )
+            })
+            .map(|f| f.name().to_string())
+            .chain(self.id_column.clone())
+            .chain(std::iter::once(target.clone()))
+            .collect()
+    }
+
     /// Fits every transform on the `train` rows of `table`. Class names are collected from
     /// all `labeled` rows so a class absent from the training split still has a label.
     pub fn fit(table: &Table, schema: &Schema, train: &[usize], labeled: &[usize]) -> Result<Self> {
@@ -1164,8 +1192,8 @@ impl Preprocessor {
                             continue 'rows;
                         };
                         let v = match t {
-                            Some(t) if t == values[1] => 1.0,
-                            Some(t) if t == values[0] => 0.0,
+                            Some(t) if same_value(&t, &values[1]) => 1.0,
+                            Some(t) if same_value(&t, &values[0]) => 0.0,
                             Some(_) => {
                                 *out.unknown_categories
                                     .entry(f.name().to_string())

@@ -1,6 +1,6 @@
 //! Typed columns as read: Arrow arrays of text and numbers, and image pixels.
 
-use arrow_array::builder::StringBuilder;
+use arrow_array::builder::{Float64Builder, StringBuilder};
 use arrow_array::{Array, Float64Array, StringArray};
 use serde::{Deserialize, Serialize};
 
@@ -164,6 +164,161 @@ impl TextBuilder {
             )));
         }
         Ok(Column::Text(self.inner.finish()))
+    }
+}
+
+/// Builds a column from text fields (CSV): numbers while every field is one, text exactly as
+/// written otherwise. A number column keeps how each value was written (its digits after the
+/// point, or the text itself when written another way) until the column is finished, so that
+/// the first field that is not a number turns the rows before it back into their own text:
+/// `007`, `1.50` and `1e-07` stay as read in a column of names or codes.
+pub(crate) enum CellBuilder {
+    /// Every field so far was a number (or missing).
+    Numbers {
+        /// The values.
+        values: Float64Builder,
+        /// Each row's digits after the point as written (`-12.50`: 2), or [`SPELLED`] for a
+        /// value written otherwise (its text is the next entry of `spelled`).
+        decimals: Vec<u8>,
+        /// The text of the values written otherwise than plainly, in row order.
+        spelled: Vec<Box<str>>,
+        /// Bytes of text read, to size the text column if it comes to that.
+        bytes: usize,
+    },
+    /// The column holds text.
+    Text(TextBuilder),
+}
+
+/// [`CellBuilder`]'s mark for a value whose text is kept whole.
+const SPELLED: u8 = u8::MAX;
+
+/// Values written otherwise than plainly that a number column keeps the text of; a column with
+/// more becomes text.
+const SPELLED_LIMIT: usize = 1 << 16;
+
+/// Digits after the point of a plainly written number: `-?(0|[1-9][0-9]*)(\.[0-9]+)?` with at
+/// most 15 digits, which an f64 holds exactly (so `format!("{v:.d$}")` gives the text back).
+fn plain_decimals(s: &str) -> Option<u8> {
+    let digits = s.strip_prefix('-').unwrap_or(s).as_bytes();
+    let (int, frac) = match digits.iter().position(|&b| b == b'.') {
+        Some(p) => (&digits[..p], Some(&digits[p + 1..])),
+        None => (digits, None),
+    };
+    let all_digits = |d: &[u8]| !d.is_empty() && d.iter().all(u8::is_ascii_digit);
+    if !all_digits(int) || (int.len() > 1 && int[0] == b'0') {
+        return None;
+    }
+    let decimals = match frac {
+        Some(f) if !all_digits(f) => return None,
+        Some(f) => f.len(),
+        None => 0,
+    };
+    (int.len() + decimals <= 15).then_some(decimals as u8)
+}
+
+/// Whether `s`, not written plainly, may still be held as a number: a finite value in f32's
+/// range (others are left to the bad-value checks as text), neither an integer that an f64
+/// cannot hold exactly (ids) nor written with leading zeros (codes such as `007`).
+fn spelled_number(s: &str) -> Option<f64> {
+    let unsigned = s.trim_start_matches(['-', '+']);
+    let bytes = unsigned.as_bytes();
+    if bytes.len() > 1 && bytes[0] == b'0' && bytes[1].is_ascii_digit() {
+        return None;
+    }
+    if bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    crate::infer::parse_number(s)
+}
+
+impl CellBuilder {
+    /// A builder with room for `rows` values of `bytes` bytes of text; `text` starts it as text.
+    pub(crate) fn new(rows: usize, bytes: usize, text: bool) -> Self {
+        if text {
+            return CellBuilder::Text(TextBuilder::with_capacity(rows, bytes));
+        }
+        CellBuilder::Numbers {
+            values: Float64Builder::with_capacity(rows),
+            decimals: Vec::with_capacity(rows),
+            spelled: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Appends a field (`None`: missing).
+    pub(crate) fn append(&mut self, value: Option<&str>) {
+        if let CellBuilder::Numbers {
+            values,
+            decimals,
+            spelled,
+            bytes,
+        } = self
+        {
+            let Some(s) = value else {
+                values.append_null();
+                decimals.push(0);
+                return;
+            };
+            if let Some(d) = plain_decimals(s)
+                && let Ok(v) = s.parse::<f64>()
+            {
+                values.append_value(v);
+                decimals.push(d);
+                *bytes += s.len();
+                return;
+            }
+            if spelled.len() < SPELLED_LIMIT
+                && let Some(v) = spelled_number(s)
+            {
+                values.append_value(v);
+                decimals.push(SPELLED);
+                spelled.push(s.into());
+                *bytes += s.len();
+                return;
+            }
+            *self = CellBuilder::Text(self.take_text());
+        }
+        if let CellBuilder::Text(text) = self {
+            text.append(value);
+        }
+    }
+
+    /// The rows so far as text, each as it was written.
+    fn take_text(&mut self) -> TextBuilder {
+        let CellBuilder::Numbers {
+            values,
+            decimals,
+            spelled,
+            bytes,
+        } = self
+        else {
+            return TextBuilder::new();
+        };
+        let values = values.finish();
+        let mut text = TextBuilder::with_capacity(values.len() * 2, *bytes * 2);
+        let mut spelled = std::mem::take(spelled).into_iter();
+        let mut buffer = String::new();
+        for (i, &d) in decimals.iter().enumerate() {
+            if values.is_null(i) {
+                text.append(None);
+            } else if d == SPELLED {
+                text.append(spelled.next().as_deref());
+            } else {
+                use std::fmt::Write;
+                buffer.clear();
+                let _ = write!(buffer, "{:.*}", usize::from(d), values.value(i));
+                text.append(Some(&buffer));
+            }
+        }
+        text
+    }
+
+    /// The column, or the error of [`TextBuilder::finish`].
+    pub(crate) fn finish(self, origin: &str, column: &str) -> crate::Result<Column> {
+        match self {
+            CellBuilder::Numbers { mut values, .. } => Ok(Column::Number(values.finish())),
+            CellBuilder::Text(text) => text.finish(origin, column),
+        }
     }
 }
 

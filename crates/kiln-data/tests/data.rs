@@ -12,7 +12,7 @@ fn csv_table(text: &str) -> kiln_data::Table {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("t.csv");
     std::fs::write(&p, text).unwrap();
-    read_csv(&p, None, BadRows::Error).unwrap()
+    read_csv(&p, None, BadRows::Error, &[]).unwrap()
 }
 
 fn config(target: &str) -> Config {
@@ -27,12 +27,148 @@ fn csv_quotes_semicolons_missing_tokens_and_bom() {
     let t = csv_table("\u{feff}name;note;value\n\"Smith; J\";\"said \"\"hi\"\"\";1.5\nDoe;NA;\n");
     assert_eq!(t.names, ["name", "note", "value"]);
     assert_eq!(t.num_rows(), 2);
-    assert!(t.columns.iter().all(|c| matches!(c, Column::Text(_))));
+    assert!(matches!(t.columns[0], Column::Text(_)));
     assert_eq!(t.columns[0].str(0), Some("Smith; J"));
     assert_eq!(t.columns[1].str(0), Some("said \"hi\""));
     assert_eq!(t.columns[1].str(1), None, "NA is missing");
-    assert_eq!(t.columns[2].str(1), None, "empty is missing");
+    assert_eq!(
+        t.columns[2],
+        Column::numbers([Some(1.5), None]),
+        "empty is missing"
+    );
     assert_eq!(t.lines, [2, 3]);
+}
+
+fn csv_table_with_text(text: &str, text_columns: &[&str]) -> kiln_data::Table {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.csv");
+    std::fs::write(&p, text).unwrap();
+    let names: Vec<String> = text_columns.iter().map(|c| c.to_string()).collect();
+    read_csv(&p, None, BadRows::Error, &names).unwrap()
+}
+
+fn column_texts(t: &kiln_data::Table, name: &str) -> Vec<Option<String>> {
+    let c = &t.columns[t.column_index(name).unwrap()];
+    (0..c.len()).map(|i| c.text(i)).collect()
+}
+
+/// A CSV column of numbers is held as f64s, however they are written; a column that turns out
+/// to hold text (a word after numbers, codes with leading zeros, integers past 2^53, inf) keeps
+/// every value exactly as written, and so do the columns the caller names.
+#[test]
+fn csv_numbers_read_as_numbers_and_names_stay_as_written() {
+    let t = csv_table_with_text(
+        "x,code,zip,big,odd,label\n\
+         0.1230,1.50,02134,9007199254740993,1,1.0\n\
+         -0.0000,2,10001,1,inf,2.0\n\
+         3,1e-07,,2,2,2.0\n\
+         1e-07,-0.0000,00501,3,3,1.0\n\
+         12.50,x,99999,4,4,1.0\n",
+        &["label"],
+    );
+    assert_eq!(
+        t.columns[0],
+        Column::numbers([0.123, -0.0, 3.0, 1e-7, 12.5].map(Some))
+    );
+    let texts = |v: &[&str]| -> Vec<Option<String>> {
+        v.iter()
+            .map(|s| (!s.is_empty()).then(|| s.to_string()))
+            .collect()
+    };
+    assert!(matches!(t.columns[1], Column::Text(_)));
+    assert_eq!(
+        column_texts(&t, "code"),
+        texts(&["1.50", "2", "1e-07", "-0.0000", "x"])
+    );
+    assert_eq!(
+        column_texts(&t, "zip"),
+        texts(&["02134", "10001", "", "00501", "99999"])
+    );
+    assert_eq!(
+        column_texts(&t, "big"),
+        texts(&["9007199254740993", "1", "2", "3", "4"])
+    );
+    assert_eq!(column_texts(&t, "odd"), texts(&["1", "inf", "2", "3", "4"]));
+    assert!(matches!(t.columns[5], Column::Text(_)), "named: text");
+    assert_eq!(
+        column_texts(&t, "label"),
+        texts(&["1.0", "2.0", "2.0", "1.0", "1.0"])
+    );
+}
+
+/// Whatever plain spellings come before the first word (any number of decimals, signs,
+/// zeros, missing values), the text column they turn into holds them exactly as written.
+#[test]
+fn a_number_column_turns_into_its_exact_text() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut written = Vec::new();
+    for _ in 0..5000 {
+        let r = next();
+        let magnitude = 10f64.powi((r % 13) as i32 - 6);
+        let v = (next() as f64 / u64::MAX as f64 - 0.5) * magnitude;
+        let decimals = (next() % 9) as usize;
+        written.push(match r % 17 {
+            0 => String::new(),
+            1 => format!("{v:e}"),
+            _ => format!("{v:.decimals$}"),
+        });
+    }
+    // A second column, so that an empty value is a missing value rather than a blank line.
+    let rows: Vec<String> = written.iter().map(|w| format!("{w},a")).collect();
+    let numbers = format!("v,w\n{}\n", rows.join("\n"));
+    let t = csv_table(&numbers);
+    assert!(matches!(t.columns[0], Column::Number(_)));
+    for (i, w) in written.iter().enumerate() {
+        assert_eq!(
+            t.columns[0].number(i),
+            w.parse::<f64>().ok(),
+            "row {i}: {w}"
+        );
+    }
+    let t = csv_table(&format!("{numbers}word,a\n"));
+    let mut want: Vec<Option<String>> = written
+        .iter()
+        .map(|w| (!w.is_empty()).then(|| w.clone()))
+        .collect();
+    want.push(Some("word".into()));
+    assert_eq!(column_texts(&t, "v"), want);
+}
+
+/// A binary feature fitted on `0.0`/`1.0` (a column kept as text) matches the same numbers
+/// read as numbers, which print as `0` and `1`.
+#[test]
+fn a_binary_feature_matches_its_values_however_a_number_is_written() {
+    let text = "b,x,y\n0.0,1,p\n1.0,2,q\n0.0,3,p\n1.0,4,q\n";
+    let spelled = csv_table_with_text(text, &["b"]);
+    let mut c = config("y");
+    c.features = vec![FeatureConfig {
+        name: "b".into(),
+        kind: Some(FeatureType::Binary),
+        missing: None,
+        fill_value: None,
+        normalization: None,
+        encoding: None,
+        embedding_dim: None,
+    }];
+    let s = infer_schema(&spelled, &c).unwrap();
+    let rows = [0, 1, 2, 3];
+    let pre = Preprocessor::fit(&spelled, &s, &rows, &rows).unwrap();
+    let numbers = csv_table(text);
+    assert!(matches!(numbers.columns[0], Column::Number(_)));
+    let a = pre.transform(&spelled, &rows, false, true).unwrap();
+    let b = pre.transform(&numbers, &rows, false, true).unwrap();
+    assert_eq!(a.x, b.x);
+    assert!(
+        b.unknown_categories.is_empty(),
+        "{:?}",
+        b.unknown_categories
+    );
 }
 
 #[test]
@@ -46,7 +182,7 @@ fn blank_lines_are_skipped_but_an_empty_value_of_a_one_column_file_is_a_row() {
     assert_eq!(t.lines.len(), 4);
     // Two columns: a whitespace-only line is a blank line, skipped.
     let t = csv_table("a,b\n1,2\n   \n3,4\n");
-    assert_eq!(t.columns[0], Column::texts([Some("1"), Some("3")]));
+    assert_eq!(t.columns[0], Column::numbers([Some(1.0), Some(3.0)]));
 }
 
 #[test]

@@ -98,6 +98,7 @@ fn load(path: &Path, columns: Option<&[String]>) -> kiln_data::Result<Table> {
         path.to_str().unwrap(),
         &data(DataFormat::Auto, BadRows::Error),
         columns,
+        &[],
     )
 }
 
@@ -301,6 +302,7 @@ fn lists_are_refused_by_name_unless_projected_away_and_infinities_are_bad_values
         path.to_str().unwrap(),
         &data(DataFormat::Auto, BadRows::Skip),
         Some(&["v".to_string()]),
+        &[],
     )
     .unwrap();
     assert_eq!(t.num_rows(), 1);

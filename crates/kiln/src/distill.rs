@@ -117,7 +117,8 @@ pub fn summarize(
     let teacher_test = match &data.summary.test_source {
         _ if data.test.rows == 0 => None,
         Some(path) => {
-            let mut table = kiln_data::load_source(path, config_data)?;
+            let text_columns = t.preprocessor.text_columns();
+            let mut table = kiln_data::load_source_columns(path, config_data, None, &text_columns)?;
             kiln_data::drop_bad_values(&mut table, &data.schema, config_data.bad_rows)?;
             Some(teacher_scores(t, &table, &data.test.source_rows, device)?)
         }

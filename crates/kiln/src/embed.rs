@@ -65,9 +65,11 @@ pub fn embed_file(
         return Err(KilnError::Invalid("--batch-size must be at least 1".into()));
     }
     // CSV or JSON Lines, as training reads them.
-    let table = kiln_data::load_source(
+    let table = kiln_data::load_source_columns(
         &data.display().to_string(),
         &kiln_config::DataConfig::default(),
+        None,
+        &[column.to_string()],
     )?;
     let Some(index) = table.names.iter().position(|n| n == column) else {
         return Err(KilnError::Invalid(format!(

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::Device;
-use kiln_config::{Config, Task};
+use kiln_config::{Config, FeatureType, Task};
 use kiln_data::{Encoded, LoadReport, Preprocessor, Schema, Split, Table};
 use kiln_models::{ModelSpec, PretrainedEncoderSpec};
 use kiln_runtime::inference::{Predictions, non_finite_output, predict};
@@ -54,25 +54,30 @@ pub(crate) fn training_device(
 
 /// Loads any data source kiln reads (CSV, JSON Lines, Parquet, Arrow, IDX prefix,
 /// `builtin:NAME`), honouring the config's format, delimiter and bad-row policy.
+/// A CSV keeps the columns the config declares categorical or text as written, whatever they hold.
 pub fn load_table(spec: &str, config: &Config) -> Result<Table> {
-    kiln_data::load_source(spec, &config.data).map_err(|e| with_setup_hint(spec, e.into()))
+    let text_columns: Vec<String> = config
+        .features
+        .iter()
+        .filter(|f| matches!(f.kind, Some(FeatureType::Categorical | FeatureType::Text)))
+        .map(|f| f.name.clone())
+        .collect();
+    kiln_data::load_source_columns(spec, &config.data, None, &text_columns)
+        .map_err(|e| with_setup_hint(spec, e.into()))
 }
 
 /// [`load_table`] for a trained model's input: a Parquet or Arrow source decodes only the
-/// columns `pre` reads, its id column and the target (when the file has them).
+/// columns `pre` reads, its id column and the target (when the file has them); a CSV keeps
+/// the columns `pre` matches as text as written.
 fn load_model_inputs(spec: &str, config: &Config, pre: &kiln_data::Preprocessor) -> Result<Table> {
-    let target = match &pre.target {
-        kiln_data::TargetTransform::Classes { name, .. }
-        | kiln_data::TargetTransform::Regression { name, .. } => name.clone(),
-    };
+    let text_columns = pre.text_columns();
     let columns: Vec<String> = pre
         .features
         .iter()
         .map(|f| f.name().to_string())
-        .chain(pre.id_column.clone())
-        .chain(std::iter::once(target))
+        .chain(text_columns.iter().cloned())
         .collect();
-    kiln_data::load_source_columns(spec, &config.data, Some(&columns))
+    kiln_data::load_source_columns(spec, &config.data, Some(&columns), &text_columns)
         .map_err(|e| with_setup_hint(spec, e.into()))
 }
 
