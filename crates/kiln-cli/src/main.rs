@@ -930,6 +930,8 @@ fn predict(args: PredictArgs) -> Result<()> {
 fn describe(file: &str, target: Option<&str>, json: bool) -> Result<()> {
     let mut config = Config::default();
     config.data.bad_rows = kiln::config::BadRows::Skip;
+    // The target's classes as written (a CSV reads a column of numbers as numbers otherwise).
+    config.data.target = target.map(str::to_string);
     // Data errors name the file (and line, column) themselves.
     let table = kiln::load_table(file, &config)?;
     let d = kiln::data::describe(&table, target)?;

@@ -49,22 +49,11 @@ pub(crate) struct CsvOptions<'a> {
     pub(crate) text_columns: &'a [String],
 }
 
-/// The bytes of a file, decompressed when its name ends in `.gz` or `.zst`/`.zstd`.
-pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    decompressed(path)?
-        .read_to_end(&mut bytes)
-        .map_err(|source| DataError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-    Ok(bytes)
-}
-
 /// Bytes [`read_head`] reads.
 pub(crate) const HEAD_BYTES: usize = 8192;
 
-/// The first 8 KiB of a file (decompressed as [`read_bytes`] does), to tell its format.
+/// The first 8 KiB of a file (decompressed when its name ends in `.gz` or `.zst`/`.zstd`), to
+/// tell its format.
 pub(crate) fn read_head(path: &Path) -> Result<Vec<u8>> {
     let mut head = Vec::with_capacity(HEAD_BYTES);
     decompressed(path)?

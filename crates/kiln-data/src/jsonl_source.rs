@@ -1,14 +1,17 @@
 //! JSON Lines: one JSON object per line. Nested objects become dotted column names
 //! (`{"user": {"age": 3}}` is column `user.age`); columns appear in the order their keys are
 //! first met; a key a row lacks, `null` and `""` are missing values. Lists are refused.
+//! A field of JSON numbers is a number column (unless named as text, or an integer beyond
+//! what an f64 holds exactly); strings and booleans are text.
 
 use std::fmt;
+use std::io::BufRead;
 
 use kiln_config::BadRows;
 use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::table::{LoadReport, Table};
+use crate::table::{CellBuilder, LoadReport, Table};
 use crate::{DataError, Result};
 
 /// A JSON value with object keys in the order written (`serde_json`'s map sorts them);
@@ -117,20 +120,77 @@ fn flatten(
     Ok(())
 }
 
-/// Parses JSON Lines bytes; `origin` names the source in errors. A line that is not a JSON
-/// object is an error naming its line and column, or is skipped and counted under
+/// A column as lines fill it: missing values until the first present one sets its type.
+enum JsonColumn {
+    /// Rows so far, all missing.
+    Missing(usize),
+    /// The column once a value has set its type.
+    Cells(CellBuilder),
+}
+
+impl JsonColumn {
+    fn len(&self) -> usize {
+        match self {
+            JsonColumn::Missing(rows) => *rows,
+            JsonColumn::Cells(cells) => cells.len(),
+        }
+    }
+
+    /// Appends a value of JSON type `what` (`None`: missing); numbers are read as numbers
+    /// unless `text`.
+    fn append(&mut self, value: Option<&str>, what: &str, text: bool) {
+        if let (JsonColumn::Missing(rows), Some(_)) = (&*self, value) {
+            let mut cells = CellBuilder::new(0, 0, text || what != "a number");
+            (0..*rows).for_each(|_| cells.append(None));
+            *self = JsonColumn::Cells(cells);
+        }
+        match self {
+            JsonColumn::Missing(rows) => *rows += 1,
+            JsonColumn::Cells(cells) => cells.append(value),
+        }
+    }
+
+    fn finish(self, origin: &str, name: &str) -> Result<crate::Column> {
+        match self {
+            JsonColumn::Missing(rows) => Ok(crate::Column::texts(vec![None::<&str>; rows])),
+            JsonColumn::Cells(cells) => cells.finish(origin, name),
+        }
+    }
+}
+
+/// Parses JSON Lines read from `source`; `origin` names the source in errors. A line that is
+/// not a JSON object is an error naming its line and column, or is skipped and counted under
 /// `BadRows::Skip`; so is a field whose type (number, string, boolean) differs from the type
-/// it has on earlier lines. A list field is always an error.
-pub fn parse_jsonl(bytes: &[u8], origin: &str, bad_rows: BadRows) -> Result<Table> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+/// it has on earlier lines. A list field is always an error. Fields of numbers become number
+/// columns, except `text_columns` (labels, ids, categories), kept as written.
+pub fn parse_jsonl(
+    mut source: impl BufRead,
+    origin: &str,
+    bad_rows: BadRows,
+    text_columns: &[String],
+) -> Result<Table> {
     let mut names: Vec<String> = Vec::new();
-    let mut columns: Vec<Vec<Option<String>>> = Vec::new();
+    let mut columns: Vec<JsonColumn> = Vec::new();
     // Each column's JSON type and the line that set it.
     let mut types: Vec<Option<(&'static str, u64)>> = Vec::new();
     let mut lines = Vec::new();
     let mut report = LoadReport::default();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = i as u64 + 1;
+    let mut buffer = Vec::new();
+    for line in 1u64.. {
+        buffer.clear();
+        let read = source
+            .read_until(b'\n', &mut buffer)
+            .map_err(|source| DataError::Io {
+                path: origin.into(),
+                source,
+            })?;
+        if read == 0 {
+            break;
+        }
+        let raw = match line {
+            1 => buffer.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buffer),
+            _ => &buffer[..],
+        };
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -183,7 +243,7 @@ pub fn parse_jsonl(bytes: &[u8], origin: &str, bad_rows: BadRows) -> Result<Tabl
                 Some(c) => c,
                 None => {
                     names.push(name);
-                    columns.push(vec![None; row]);
+                    columns.push(JsonColumn::Missing(row));
                     types.push(None);
                     columns.len() - 1
                 }
@@ -191,17 +251,25 @@ pub fn parse_jsonl(bytes: &[u8], origin: &str, bad_rows: BadRows) -> Result<Tabl
             if value.is_some() && types[c].is_none() {
                 types[c] = Some((what, line));
             }
-            columns[c].push(value);
+            let text = text_columns.contains(&names[c]);
+            columns[c].append(value.as_deref(), what, text);
         }
         for column in &mut columns {
-            column.resize(row + 1, None);
+            if column.len() == row {
+                column.append(None, "null", false);
+            }
         }
         lines.push(line);
     }
+    let columns = columns
+        .into_iter()
+        .zip(&names)
+        .map(|(c, name)| c.finish(origin, name))
+        .collect::<Result<_>>()?;
     crate::csv_source::text_table(
         origin,
         names,
-        columns.into_iter().map(crate::Column::texts).collect(),
+        columns,
         lines,
         report,
         "the file holds no JSON objects",

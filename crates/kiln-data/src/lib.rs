@@ -175,14 +175,14 @@ pub fn load_source_columns(
     match format {
         DataFormat::Parquet => read_parquet(path, columns, config.bad_rows),
         DataFormat::Arrow => read_arrow_ipc(path, columns, config.bad_rows),
-        DataFormat::Jsonl => parse_jsonl(&csv_source::read_bytes(path)?, spec, config.bad_rows),
+        DataFormat::Jsonl => parse_jsonl(
+            std::io::BufReader::new(csv_source::decompressed(path)?),
+            spec,
+            config.bad_rows,
+            &named_columns(config, text_columns),
+        ),
         DataFormat::Csv | DataFormat::Auto => {
-            let mut text_columns = text_columns.to_vec();
-            match &config.target {
-                Some(target) => text_columns.push(target.clone()),
-                None => text_columns.extend(["target", "label"].map(String::from)),
-            }
-            text_columns.extend(config.id_column.iter().chain(&config.split.column).cloned());
+            let text_columns = named_columns(config, text_columns);
             csv_source::parse_csv(
                 csv_source::decompressed(path)?,
                 &head?,
@@ -196,6 +196,18 @@ pub fn load_source_columns(
             )
         }
     }
+}
+
+/// `extra` and the config's target (`target` and `label` when none is set), id and split
+/// columns: those a text source keeps as written whatever they hold.
+fn named_columns(config: &DataConfig, extra: &[String]) -> Vec<String> {
+    let mut names = extra.to_vec();
+    match &config.target {
+        Some(target) => names.push(target.clone()),
+        None => names.extend(["target", "label"].map(String::from)),
+    }
+    names.extend(config.id_column.iter().chain(&config.split.column).cloned());
+    names
 }
 
 /// The format of `path` from its extension and `head`, its first (decompressed) bytes:

@@ -1217,9 +1217,16 @@ impl Preprocessor {
                             out.missing_dropped += 1;
                             continue 'rows;
                         };
-                        let index = t
-                            .as_ref()
-                            .and_then(|t| categories.iter().position(|c| c == t));
+                        // A number read as a number matches the category it equals however
+                        // the category is written (`1.50` fitted from a text column).
+                        let number = matches!(column, Column::Number(_));
+                        let index = t.as_ref().and_then(|t| {
+                            categories.iter().position(|c| c == t).or_else(|| {
+                                number
+                                    .then(|| categories.iter().position(|c| same_value(t, c)))
+                                    .flatten()
+                            })
+                        });
                         if index.is_none() && t.is_some() {
                             *out.unknown_categories.entry(name.clone()).or_default() += 1;
                         }

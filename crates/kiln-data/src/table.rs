@@ -1,6 +1,6 @@
 //! Typed columns as read: Arrow arrays of text and numbers, and image pixels.
 
-use arrow_array::builder::{Float64Builder, StringBuilder};
+use arrow_array::builder::{ArrayBuilder, Float64Builder, StringBuilder};
 use arrow_array::{Array, Float64Array, StringArray};
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +150,11 @@ impl TextBuilder {
         self.inner.append_option(value);
     }
 
+    /// Rows appended so far.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.len()
+    }
+
     /// Marks the column as too large (its finish is an error).
     pub(crate) fn overflow(&mut self) {
         self.overflow = true;
@@ -280,6 +285,14 @@ impl CellBuilder {
         }
         if let CellBuilder::Text(text) = self {
             text.append(value);
+        }
+    }
+
+    /// Rows appended so far.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            CellBuilder::Numbers { values, .. } => values.len(),
+            CellBuilder::Text(text) => text.len(),
         }
     }
 

@@ -171,6 +171,38 @@ fn a_binary_feature_matches_its_values_however_a_number_is_written() {
     );
 }
 
+/// A category fitted from a text column (`1.50` beside `n/k`) matches the same number in a
+/// file whose column holds only numbers (read as numbers, printed `1.5`): a test file or a
+/// teacher's input is encoded as the training file was.
+#[test]
+fn a_category_matches_its_number_read_from_a_column_of_numbers() {
+    let train = csv_table("g,x,y\n1.50,1,p\n2.00,2,q\nn/k,3,p\n1.50,4,q\n");
+    assert!(matches!(train.columns[0], Column::Text(_)));
+    let mut c = config("y");
+    c.features = vec![FeatureConfig {
+        name: "g".into(),
+        kind: Some(FeatureType::Categorical),
+        missing: None,
+        fill_value: None,
+        normalization: None,
+        encoding: Some(CategoricalEncoding::OneHot),
+        embedding_dim: None,
+    }];
+    let s = infer_schema(&train, &c).unwrap();
+    let rows = [0, 1, 2, 3];
+    let pre = Preprocessor::fit(&train, &s, &rows, &rows).unwrap();
+    let test = csv_table("g,x,y\n1.50,1,p\n2.00,2,q\n");
+    assert!(matches!(test.columns[0], Column::Number(_)));
+    let a = pre.transform(&train, &[0, 1], false, true).unwrap();
+    let b = pre.transform(&test, &[0, 1], false, true).unwrap();
+    assert_eq!(a.x, b.x);
+    assert!(
+        b.unknown_categories.is_empty(),
+        "{:?}",
+        b.unknown_categories
+    );
+}
+
 #[test]
 fn blank_lines_are_skipped_but_an_empty_value_of_a_one_column_file_is_a_row() {
     // One column: `""` and a whitespace-only line are empty texts (rows), an empty line is not.
@@ -667,14 +699,19 @@ fn json_lines_flatten_nested_objects_in_first_seen_order() {
             "{name}"
         );
         assert_eq!(t.lines, [1, 3, 4]);
+        let column = |n: &str| &t.columns[t.column_index(n).unwrap()];
         let col = |n: &str| -> Vec<Option<String>> {
-            let c = &t.columns[t.column_index(n).unwrap()];
-            assert!(matches!(c, kiln_data::Column::Text(_)));
+            let c = column(n);
+            assert!(matches!(c, kiln_data::Column::Text(_)), "{n}");
             (0..c.len()).map(|r| c.text(r)).collect()
         };
         assert_eq!(
-            col("user.age"),
-            [Some("31".into()), None, Some("7.5".into())]
+            *column("user.age"),
+            kiln_data::Column::numbers([Some(31.0), None, Some(7.5)])
+        );
+        assert_eq!(
+            *column("id"),
+            kiln_data::Column::numbers([Some(1.0), Some(2.0), Some(3.0)])
         );
         assert_eq!(
             col("paid"),
@@ -693,6 +730,29 @@ fn json_lines_flatten_nested_objects_in_first_seen_order() {
     )
     .unwrap();
     assert_eq!(t.num_rows(), 3);
+}
+
+/// JSON strings stay text whatever they hold; JSON numbers are numbers, except integers an
+/// f64 cannot hold exactly and the columns named as text (the target), kept as written.
+#[test]
+fn json_lines_strings_stay_text_and_numbers_are_numbers() {
+    let text = concat!(
+        "{\"zip\": \"02134\", \"x\": 1e-7, \"big\": 9007199254740993, \"label\": 1.0}\n",
+        "{\"zip\": \"1.50\", \"x\": 2, \"big\": 1, \"label\": 2.5}\n",
+    );
+    let t = load("t.jsonl", text.as_bytes(), kiln_config::DataFormat::Auto).unwrap();
+    let texts = |n: &str| -> Vec<Option<String>> {
+        let c = &t.columns[t.column_index(n).unwrap()];
+        assert!(matches!(c, Column::Text(_)), "{n}");
+        (0..c.len()).map(|r| c.text(r)).collect()
+    };
+    assert_eq!(texts("zip"), [Some("02134".into()), Some("1.50".into())]);
+    assert_eq!(
+        texts("big"),
+        [Some("9007199254740993".into()), Some("1".into())]
+    );
+    assert_eq!(texts("label"), [Some("1.0".into()), Some("2.5".into())]);
+    assert_eq!(t.columns[1], Column::numbers([Some(1e-7), Some(2.0)]));
 }
 
 #[test]

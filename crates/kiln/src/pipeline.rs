@@ -56,11 +56,17 @@ pub(crate) fn training_device(
 /// `builtin:NAME`), honouring the config's format, delimiter and bad-row policy.
 /// A CSV keeps the columns the config declares categorical or text as written, whatever they hold.
 pub fn load_table(spec: &str, config: &Config) -> Result<Table> {
+    load_table_with_text(spec, config, &[])
+}
+
+/// [`load_table`], keeping `text_columns` as written too.
+fn load_table_with_text(spec: &str, config: &Config, text_columns: &[String]) -> Result<Table> {
     let text_columns: Vec<String> = config
         .features
         .iter()
         .filter(|f| matches!(f.kind, Some(FeatureType::Categorical | FeatureType::Text)))
         .map(|f| f.name.clone())
+        .chain(text_columns.iter().cloned())
         .collect();
     kiln_data::load_source_columns(spec, &config.data, None, &text_columns)
         .map_err(|e| with_setup_hint(spec, e.into()))
@@ -229,7 +235,8 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
     let validation = preprocessor.transform(&table, &split.validation, true, true)?;
     let test = match &config.data.test_source {
         Some(path) => {
-            let mut test_table = load_table(path, config)?;
+            // Its categories as written in the training file, even where it holds only numbers.
+            let mut test_table = load_table_with_text(path, config, &preprocessor.text_columns())?;
             kiln_data::drop_bad_values(&mut test_table, &schema, config.data.bad_rows)?;
             let rows: Vec<usize> = (0..test_table.num_rows()).collect();
             preprocessor.transform(&test_table, &rows, true, true)?
