@@ -12,9 +12,18 @@ pub fn root() -> PathBuf {
         .unwrap()
 }
 
+/// The kiln binary under test: the one cargo built for these tests, or `KILN_TEST_BIN` when
+/// set (`.ci/run` runs a long suite on a copy of the CPU build while cargo rebuilds
+/// `target/debug/kiln` with other features).
+pub fn kiln_bin() -> PathBuf {
+    std::env::var_os("KILN_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kiln")))
+}
+
 /// Runs `kiln ARGS` in `dir`.
 pub fn kiln(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
+    Command::new(kiln_bin())
         .args(args)
         .current_dir(dir)
         .output()
