@@ -140,35 +140,48 @@ fn a_number_column_turns_into_its_exact_text() {
     assert_eq!(column_texts(&t, "v"), want);
 }
 
-/// A binary feature fitted on `0.0`/`1.0` (a column kept as text) matches the same numbers
-/// read as numbers, which print as `0` and `1`.
-#[test]
-fn a_binary_feature_matches_its_values_however_a_number_is_written() {
-    let text = "b,x,y\n0.0,1,p\n1.0,2,q\n0.0,3,p\n1.0,4,q\n";
-    let spelled = csv_table_with_text(text, &["b"]);
+/// Fits feature `name` as `kind` on `fitted` (target `y`), then checks that the first `rows`
+/// rows of `other` encode exactly as `fitted`'s, with no value taken for unknown.
+fn assert_same_encoding(
+    fitted: &kiln_data::Table,
+    name: &str,
+    kind: FeatureType,
+    other: &kiln_data::Table,
+    rows: usize,
+) {
     let mut c = config("y");
     c.features = vec![FeatureConfig {
-        name: "b".into(),
-        kind: Some(FeatureType::Binary),
+        name: name.into(),
+        kind: Some(kind),
         missing: None,
         fill_value: None,
         normalization: None,
         encoding: None,
         embedding_dim: None,
     }];
-    let s = infer_schema(&spelled, &c).unwrap();
-    let rows = [0, 1, 2, 3];
-    let pre = Preprocessor::fit(&spelled, &s, &rows, &rows).unwrap();
-    let numbers = csv_table(text);
-    assert!(matches!(numbers.columns[0], Column::Number(_)));
-    let a = pre.transform(&spelled, &rows, false, true).unwrap();
-    let b = pre.transform(&numbers, &rows, false, true).unwrap();
+    let s = infer_schema(fitted, &c).unwrap();
+    let all: Vec<usize> = (0..fitted.num_rows()).collect();
+    let pre = Preprocessor::fit(fitted, &s, &all, &all).unwrap();
+    let rows: Vec<usize> = (0..rows).collect();
+    let a = pre.transform(fitted, &rows, false, true).unwrap();
+    let b = pre.transform(other, &rows, false, true).unwrap();
     assert_eq!(a.x, b.x);
     assert!(
         b.unknown_categories.is_empty(),
         "{:?}",
         b.unknown_categories
     );
+}
+
+/// A binary feature fitted on `0.0`/`1.0` (a column kept as text) matches the same numbers
+/// read as numbers, which print as `0` and `1`.
+#[test]
+fn a_binary_feature_matches_its_values_however_a_number_is_written() {
+    let text = "b,x,y\n0.0,1,p\n1.0,2,q\n0.0,3,p\n1.0,4,q\n";
+    let numbers = csv_table(text);
+    assert!(matches!(numbers.columns[0], Column::Number(_)));
+    let spelled = csv_table_with_text(text, &["b"]);
+    assert_same_encoding(&spelled, "b", FeatureType::Binary, &numbers, 4);
 }
 
 /// A category fitted from a text column (`1.50` beside `n/k`) matches the same number in a
@@ -178,29 +191,9 @@ fn a_binary_feature_matches_its_values_however_a_number_is_written() {
 fn a_category_matches_its_number_read_from_a_column_of_numbers() {
     let train = csv_table("g,x,y\n1.50,1,p\n2.00,2,q\nn/k,3,p\n1.50,4,q\n");
     assert!(matches!(train.columns[0], Column::Text(_)));
-    let mut c = config("y");
-    c.features = vec![FeatureConfig {
-        name: "g".into(),
-        kind: Some(FeatureType::Categorical),
-        missing: None,
-        fill_value: None,
-        normalization: None,
-        encoding: Some(CategoricalEncoding::OneHot),
-        embedding_dim: None,
-    }];
-    let s = infer_schema(&train, &c).unwrap();
-    let rows = [0, 1, 2, 3];
-    let pre = Preprocessor::fit(&train, &s, &rows, &rows).unwrap();
     let test = csv_table("g,x,y\n1.50,1,p\n2.00,2,q\n");
     assert!(matches!(test.columns[0], Column::Number(_)));
-    let a = pre.transform(&train, &[0, 1], false, true).unwrap();
-    let b = pre.transform(&test, &[0, 1], false, true).unwrap();
-    assert_eq!(a.x, b.x);
-    assert!(
-        b.unknown_categories.is_empty(),
-        "{:?}",
-        b.unknown_categories
-    );
+    assert_same_encoding(&train, "g", FeatureType::Categorical, &test, 2);
 }
 
 #[test]
