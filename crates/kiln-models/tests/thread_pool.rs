@@ -4,8 +4,17 @@
 use kiln_models::ops::in_thread_pool;
 use rayon::prelude::*;
 
+/// The tests take turns: one of them reads the process's CPU time, which the others' loops
+/// would add to.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn work_runs_on_a_worker_and_returns_its_result() {
+    let _turn = one_at_a_time();
     let (on_worker, sum) = in_thread_pool(|| {
         let sum: u64 = (0..100_000u64).into_par_iter().sum();
         (rayon::current_thread_index().is_some(), sum)
@@ -18,6 +27,7 @@ fn work_runs_on_a_worker_and_returns_its_result() {
 
 #[test]
 fn a_panic_in_the_work_reaches_the_caller() {
+    let _turn = one_at_a_time();
     // On its own thread, so that a hang fails the test after a minute instead of stalling it.
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -43,6 +53,7 @@ fn a_panic_in_the_work_reaches_the_caller() {
 
 #[test]
 fn concurrent_callers_all_finish() {
+    let _turn = one_at_a_time();
     let sums: Vec<u64> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6u64)
             .map(|k| {
@@ -76,6 +87,7 @@ fn cpu_ticks() -> u64 {
 #[cfg(target_os = "linux")]
 #[test]
 fn workers_park_during_a_serial_stretch_and_wake_for_the_next_loop() {
+    let _turn = one_at_a_time();
     let spent = in_thread_pool(|| {
         let _: u64 = (0..1_000_000u64).into_par_iter().sum();
         // A serial stretch (loading data, training a tokenizer) inside the section: the
