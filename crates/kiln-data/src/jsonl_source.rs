@@ -251,7 +251,9 @@ pub fn parse_jsonl(
             if value.is_some() && types[c].is_none() {
                 types[c] = Some((what, line));
             }
-            let text = text_columns.contains(&names[c]);
+            // Only a column's first value chooses its builder.
+            let text =
+                matches!(columns[c], JsonColumn::Missing(_)) && text_columns.contains(&names[c]);
             columns[c].append(value.as_deref(), what, text);
         }
         for column in &mut columns {
