@@ -827,6 +827,7 @@ fn train_in(args: TrainArgs, world: &World) -> Result<()> {
             "stopped_early": summary.stopped_early,
             "final_train_loss": summary.final_train_loss,
             "train_seconds": summary.train_seconds,
+            "data_wait": summary.data_wait,
             "resumed_from": summary.resumed_from,
             "parameters": summary.parameters,
             "trainable_parameters": summary.trainable_parameters,

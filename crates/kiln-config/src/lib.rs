@@ -401,6 +401,36 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             ));
         }
     }
+    if let Some(size) = d.image.size
+        && size.iter().any(|&n| n == 0 || n > 8192)
+    {
+        return Err(bad(
+            "data.image.size",
+            format!("expected [height, width], each 1 to 8192, got {size:?}"),
+        ));
+    }
+    let a = &d.augment;
+    if !(0.0..=180.0).contains(&a.rotate_degrees) {
+        return Err(bad(
+            "data.augment.rotate_degrees",
+            format!("expected 0 to 180 degrees, got {}", a.rotate_degrees),
+        ));
+    }
+    for (key, v) in [
+        ("data.augment.brightness", a.brightness),
+        ("data.augment.contrast", a.contrast),
+        ("data.augment.saturation", a.saturation),
+    ] {
+        if !(0.0..1.0).contains(&v) {
+            return Err(bad(key, format!("expected a fraction in [0, 1), got {v}")));
+        }
+    }
+    if a.crop_padding > 1024 {
+        return Err(bad(
+            "data.augment.crop_padding",
+            format!("expected at most 1024 pixels, got {}", a.crop_padding),
+        ));
+    }
     if let Some(delim) = d.delimiter
         && (delim == '"' || delim == '\n' || !delim.is_ascii())
     {

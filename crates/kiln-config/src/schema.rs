@@ -68,8 +68,9 @@ pub enum Task {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// `builtin:NAME` (digits, iris, breast_cancer, diabetes, wine_quality), a CSV file, or a
-    /// directory of gzip IDX files (`train-images-idx3-ubyte.gz` ...).
+    /// `builtin:NAME` (digits, iris, breast_cancer, diabetes, wine_quality), a CSV, JSON
+    /// Lines, Parquet or Arrow file, a directory of Parquet part files, a folder of class
+    /// folders of images, or an IDX prefix (`DIR/train` for `DIR/train-images-idx3-ubyte.gz`).
     pub source: String,
     /// Optional separate test set in the same format (e.g. the IDX `t10k` files). When set,
     /// the split takes only validation rows from `source`.
@@ -85,7 +86,7 @@ pub struct DataConfig {
     /// `PassengerId`, `rownames`, `index`) or numbering the rows.
     pub detect_id: bool,
     /// How `source` is read: `auto` (by extension and content), `csv` (also TSV and
-    /// other delimiters) or `jsonl`.
+    /// other delimiters), `jsonl`, `parquet`, `arrow` or `images`.
     pub format: DataFormat,
     /// CSV delimiter; sniffed from the header line when absent.
     pub delimiter: Option<char>,
@@ -104,6 +105,10 @@ pub struct DataConfig {
     pub bad_rows: BadRows,
     /// How the rows are split into train, validation and test.
     pub split: SplitConfig,
+    /// How images are read: a folder of class folders, or a column of image paths.
+    pub image: ImageConfig,
+    /// Random changes to training images, drawn anew every epoch.
+    pub augment: AugmentConfig,
 }
 
 impl Default for DataConfig {
@@ -124,7 +129,105 @@ impl Default for DataConfig {
             encoding: CategoricalEncoding::OneHot,
             bad_rows: BadRows::Error,
             split: SplitConfig::default(),
+            image: ImageConfig::default(),
+            augment: AugmentConfig::default(),
         }
+    }
+}
+
+/// How images are decoded and brought to one size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// `[height, width]` every image is brought to; when absent, the images' own size, which
+    /// must then be the same for all.
+    pub size: Option<[usize; 2]>,
+    /// Colour channels: `auto` (grey when every image is grey, RGB when every image has
+    /// colour, an error when they are mixed), `grey` or `rgb` (converting as needed).
+    pub channels: ImageChannels,
+    /// How an image of another shape reaches `size`.
+    pub fit: ImageFit,
+    /// In a table (CSV, Parquet, ...), the column of image paths, relative to the table's
+    /// folder; the images become the column's values.
+    pub column: Option<String>,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            size: None,
+            channels: ImageChannels::Auto,
+            fit: ImageFit::Crop,
+            column: None,
+        }
+    }
+}
+
+/// Colour channels of decoded images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageChannels {
+    /// As the images are, when they all agree.
+    Auto,
+    /// One channel (luma).
+    Grey,
+    /// Three channels.
+    Rgb,
+}
+
+/// Resizing to `data.image.size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFit {
+    /// Scale the shorter side to fit, then cut the centre (torchvision's Resize + CenterCrop).
+    Crop,
+    /// Scale each side to fit (the aspect ratio changes).
+    Stretch,
+}
+
+/// Training-time image augmentation; off by default. Evaluation and prediction always see
+/// the images as they are. Each row's changes are drawn from the seed, the step and its place
+/// in the batch, so a resumed run sees the same ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Mirror left-right with probability 0.5.
+    pub flip: bool,
+    /// Pad every side by this many pixels (black), then cut a random crop of the image's
+    /// size (0: off).
+    pub crop_padding: usize,
+    /// Rotate by a random angle in ±this many degrees (0: off).
+    pub rotate_degrees: f64,
+    /// Scale brightness by a random factor in [1 − b, 1 + b] (0: off).
+    pub brightness: f64,
+    /// Scale contrast around the image's mean grey by a factor in [1 − c, 1 + c].
+    pub contrast: f64,
+    /// Scale saturation by a factor in [1 − s, 1 + s] (RGB only).
+    pub saturation: f64,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            flip: false,
+            crop_padding: 0,
+            rotate_degrees: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// Whether any change is switched on.
+    pub fn enabled(&self) -> bool {
+        self.flip
+            || self.crop_padding > 0
+            || self.rotate_degrees != 0.0
+            || self.brightness != 0.0
+            || self.contrast != 0.0
+            || self.saturation != 0.0
     }
 }
 
@@ -173,7 +276,8 @@ pub enum CategoricalEncoding {
 #[serde(rename_all = "snake_case")]
 pub enum DataFormat {
     /// From the extension (`.parquet`, `.arrow`/`.feather`, `.jsonl`/`.ndjson`/`.json`;
-    /// `.gz` and `.zst` looked through) and the first bytes; CSV otherwise.
+    /// `.gz` and `.zst` looked through) and the first bytes; CSV otherwise. A directory holds
+    /// Parquet part files, or class folders of images.
     #[default]
     Auto,
     /// Delimited text with a header row.
@@ -184,6 +288,8 @@ pub enum DataFormat {
     Parquet,
     /// Arrow IPC file (Feather v2) or stream.
     Arrow,
+    /// A folder with one sub-folder of images per class (PNG, JPEG, BMP, WebP).
+    Images,
 }
 
 /// Handling of rows that fail to parse.

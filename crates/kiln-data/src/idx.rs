@@ -139,6 +139,7 @@ pub(crate) fn load_idx_table(prefix: &str) -> Result<Table> {
         columns: vec![
             Column::Image {
                 pixels: images.pixels,
+                channels: 1,
                 height: images.height,
                 width: images.width,
             },

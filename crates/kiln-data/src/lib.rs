@@ -1,6 +1,7 @@
 //! kiln's data pipeline.
 //!
-//! Sources ([`load_source`]: CSV, gzip IDX, built-in sets) produce a [`Table`] of raw columns.
+//! Sources ([`load_source`]: CSV, JSON Lines, Parquet, Arrow, image folders, gzip IDX,
+//! built-in sets) produce a [`Table`] of raw columns.
 //! [`infer_schema`] decides each column's [`FeatureType`](kiln_config::FeatureType) and the
 //! task; [`split_rows`] divides rows into train/validation/test; a [`Preprocessor`] is fitted
 //! on the training rows only and turns any rows into an [`Encoded`] batch of `f32` inputs. The
@@ -10,10 +11,12 @@
 
 mod arrow_sink;
 mod arrow_source;
+mod augment;
 mod builtin;
 mod csv_source;
 mod describe;
 mod idx;
+mod image_source;
 mod infer;
 mod jsonl_source;
 mod preprocess;
@@ -22,10 +25,12 @@ mod table;
 
 pub use arrow_sink::{ColumnarFormat, OutputColumn, write_columnar};
 pub use arrow_source::{read_arrow_ipc, read_parquet};
+pub use augment::ImageAugmenter;
 pub use builtin::{BUILTIN_DATASETS, load_builtin};
 pub use csv_source::read_csv;
 pub use describe::{ColumnSummary, Description, describe};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
+pub use image_source::{IMAGE_EXTENSIONS, decode_path_column, read_image_folder};
 pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
 pub use jsonl_source::parse_jsonl;
 pub use kiln_spec::InputShape;
@@ -114,6 +119,14 @@ pub enum DataError {
         /// What overflowed.
         detail: String,
     },
+    /// An image file that does not open or decode.
+    #[error("{path}: cannot read the image: {message}")]
+    Image {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The data cannot be used as configured.
     #[error("{0}")]
     Invalid(String),
@@ -156,6 +169,10 @@ pub fn load_source_columns(
     let path = Path::new(spec);
     if path.is_dir() {
         return match config.format {
+            DataFormat::Images => read_image_folder(path, config),
+            DataFormat::Auto if image_source::is_image_folder(path) => {
+                read_image_folder(path, config)
+            }
             DataFormat::Auto | DataFormat::Parquet => read_parquet(path, columns, config.bad_rows),
             other => Err(DataError::Invalid(format!(
                 "{spec} is a directory; data.format = \"{}\" reads one file",
@@ -163,6 +180,22 @@ pub fn load_source_columns(
             ))),
         };
     }
+    let mut table = load_file(spec, path, config, columns, text_columns)?;
+    if let Some(column) = &config.image.column {
+        let base = path.parent().unwrap_or(Path::new(""));
+        decode_path_column(&mut table, column, base, config)?;
+    }
+    Ok(table)
+}
+
+/// [`load_source_columns`] for one file.
+fn load_file(
+    spec: &str,
+    path: &Path,
+    config: &DataConfig,
+    columns: Option<&[String]>,
+    text_columns: &[String],
+) -> Result<Table> {
     let head = csv_source::read_head(path);
     let format = match (config.format, &head) {
         (DataFormat::Auto, Ok(head)) => detect_format(path, head)?,
@@ -173,6 +206,9 @@ pub fn load_source_columns(
         (chosen, _) => chosen,
     };
     match format {
+        DataFormat::Images => Err(DataError::Invalid(format!(
+            "{spec} is a file; data.format = \"images\" reads a folder of class folders"
+        ))),
         DataFormat::Parquet => read_parquet(path, columns, config.bad_rows),
         DataFormat::Arrow => read_arrow_ipc(path, columns, config.bad_rows),
         DataFormat::Jsonl => parse_jsonl(
@@ -206,7 +242,14 @@ fn named_columns(config: &DataConfig, extra: &[String]) -> Vec<String> {
         Some(target) => names.push(target.clone()),
         None => names.extend(["target", "label"].map(String::from)),
     }
-    names.extend(config.id_column.iter().chain(&config.split.column).cloned());
+    names.extend(
+        config
+            .id_column
+            .iter()
+            .chain(&config.split.column)
+            .chain(&config.image.column)
+            .cloned(),
+    );
     names
 }
 
@@ -225,7 +268,7 @@ pub fn detect_format(path: &Path, head: &[u8]) -> Result<DataFormat> {
     let extension = name.rsplit_once('.').map_or("", |(_, e)| e);
     let refuse = |what: &str, hint: &str| {
         Err(DataError::Invalid(format!(
-            "{}: {what}; kiln reads CSV/TSV (also .gz, .zst), JSON Lines, Parquet, Arrow IPC / Feather v2, gzip IDX images and builtin:NAME{hint}",
+            "{}: {what}; kiln reads CSV/TSV (also .gz, .zst), JSON Lines, Parquet, Arrow IPC / Feather v2, folders of class folders of images, gzip IDX images and builtin:NAME{hint}",
             path.display()
         )))
     };

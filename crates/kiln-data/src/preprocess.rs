@@ -53,18 +53,23 @@ pub enum FeatureTransform {
         /// Drop rows with a missing value (training only).
         drop_missing: bool,
     },
-    /// Pixels scaled to [0, 1], then standardised with the training mean and std.
+    /// Pixels scaled to [0, 1], then standardised per channel with the training mean and std.
     Image {
         /// Column name.
         name: String,
+        /// Colour channels (1 or 3; runs before colour images have none recorded: 1).
+        #[serde(default = "one_channel")]
+        channels: usize,
         /// Height.
         height: usize,
         /// Width.
         width: usize,
-        /// Training pixel mean (after /255).
-        mean: f32,
-        /// Training pixel std (after /255).
-        std: f32,
+        /// Training pixel mean of each channel (after /255); a single number in older runs.
+        #[serde(deserialize_with = "per_channel")]
+        mean: Vec<f32>,
+        /// Training pixel std of each channel (after /255).
+        #[serde(deserialize_with = "per_channel")]
+        std: Vec<f32>,
     },
     /// Text as token ids: the tokenizer's ids + 1 (0 pads), at most `max_tokens` per row.
     Text {
@@ -119,9 +124,32 @@ impl FeatureTransform {
                 ..
             } => categories.len(),
             FeatureTransform::Categorical { .. } | FeatureTransform::Text { .. } => 0,
-            FeatureTransform::Image { height, width, .. } => height * width,
+            FeatureTransform::Image {
+                channels,
+                height,
+                width,
+                ..
+            } => channels * height * width,
         }
     }
+}
+
+fn one_channel() -> usize {
+    1
+}
+
+/// A per-channel statistic: a list, or the one number a grey image's run recorded.
+fn per_channel<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<f32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(f32),
+        Many(Vec<f32>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(v) => vec![v],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// How one value of the dense model input is made from its raw value: a missing value (NaN)
@@ -591,6 +619,7 @@ impl Preprocessor {
                 FeatureType::Image => {
                     let Column::Image {
                         pixels,
+                        channels,
                         height,
                         width,
                     } = column
@@ -600,24 +629,35 @@ impl Preprocessor {
                             plan.name
                         )));
                     };
-                    let size = height * width;
-                    let (mut sum, mut sq) = (0f64, 0f64);
+                    let plane = height * width;
+                    let size = channels * plane;
+                    // Sums of pixel values and their squares, per channel: integers, exact.
+                    let mut sums = vec![(0u64, 0u64); *channels];
                     for &r in train {
-                        for &p in &pixels[r * size..(r + 1) * size] {
-                            let v = p as f64 / 255.0;
-                            sum += v;
-                            sq += v * v;
+                        let row = &pixels[r * size..(r + 1) * size];
+                        for (c, values) in row.chunks_exact(plane).enumerate() {
+                            for &p in values {
+                                sums[c].0 += u64::from(p);
+                                sums[c].1 += u64::from(p) * u64::from(p);
+                            }
                         }
                     }
-                    let n = (train.len() * size) as f64;
-                    let m = sum / n;
-                    let std = (sq / n - m * m).max(0.0).sqrt();
+                    let n = (train.len() * plane) as f64;
+                    let (mean, std) = sums
+                        .iter()
+                        .map(|&(sum, sq)| {
+                            let m = sum as f64 / 255.0 / n;
+                            let std = (sq as f64 / (255.0 * 255.0) / n - m * m).max(0.0).sqrt();
+                            (m as f32, if std > 0.0 { std as f32 } else { 1.0 })
+                        })
+                        .unzip();
                     FeatureTransform::Image {
                         name: plan.name.clone(),
+                        channels: *channels,
                         height: *height,
                         width: *width,
-                        mean: m as f32,
-                        std: if std > 0.0 { std as f32 } else { 1.0 },
+                        mean,
+                        std,
                     }
                 }
                 FeatureType::Text => {
@@ -727,9 +767,17 @@ impl Preprocessor {
 
     /// Shape of one encoded row.
     pub fn input_shape(&self) -> InputShape {
-        if let [FeatureTransform::Image { height, width, .. }] = self.features.as_slice() {
+        if let [
+            FeatureTransform::Image {
+                channels,
+                height,
+                width,
+                ..
+            },
+        ] = self.features.as_slice()
+        {
             return InputShape::Image {
-                channels: 1,
+                channels: *channels,
                 height: *height,
                 width: *width,
             };
@@ -777,11 +825,15 @@ impl Preprocessor {
                     mean,
                     std,
                     ..
-                } => slots.extend((0..height * width).map(|_| DenseSlot {
-                    fill: 0.0,
-                    shift: f64::from(*mean) * 255.0,
-                    scale: f64::from(*std) * 255.0,
-                })),
+                } => {
+                    for (m, s) in mean.iter().zip(std) {
+                        slots.extend((0..height * width).map(|_| DenseSlot {
+                            fill: 0.0,
+                            shift: f64::from(*m) * 255.0,
+                            scale: f64::from(*s) * 255.0,
+                        }));
+                    }
+                }
             }
         }
         slots
@@ -805,12 +857,24 @@ impl Preprocessor {
                 detail,
             }
         };
-        if let [FeatureTransform::Image { mean, std, .. }] = self.features.as_slice() {
+        if let [
+            FeatureTransform::Image {
+                mean,
+                std,
+                height,
+                width,
+                ..
+            },
+        ] = self.features.as_slice()
+        {
+            let plane = (height * width).max(1);
+            let channels = mean.len().max(1);
             return raw
                 .iter()
                 .enumerate()
                 .map(|(i, &p)| {
-                    let x = scale_pixel(p, *mean, *std);
+                    let c = (i / plane) % channels;
+                    let x = scale_pixel(p, mean[c], std[c]);
                     if x.is_finite() {
                         Ok(x)
                     } else {
@@ -848,10 +912,11 @@ impl Preprocessor {
                 FeatureTransform::Categorical { .. } | FeatureTransform::Text { .. } => {}
                 FeatureTransform::Image {
                     name,
+                    channels,
                     height,
                     width,
                     ..
-                } => names.extend((0..height * width).map(|i| format!("{name}[{i}]"))),
+                } => names.extend((0..channels * height * width).map(|i| format!("{name}[{i}]"))),
             }
         }
         names
@@ -895,6 +960,7 @@ impl Preprocessor {
                 }
                 FeatureTransform::Image {
                     name,
+                    channels,
                     height,
                     width,
                     mean,
@@ -902,13 +968,31 @@ impl Preprocessor {
                 } => {
                     if height
                         .checked_mul(*width)
+                        .and_then(|s| s.checked_mul(*channels))
                         .is_none_or(|s| s == 0 || s > 1 << 24)
+                        || !matches!(channels, 1 | 3)
                     {
-                        return Err(invalid(name, format!("image size {height}x{width}")));
+                        return Err(invalid(
+                            name,
+                            format!("image shape {channels}x{height}x{width}"),
+                        ));
                     }
-                    check_statistic("mean", f64::from(*mean), false)
-                        .map_err(|m| invalid(name, m))?;
-                    check_statistic("std", f64::from(*std), true).map_err(|m| invalid(name, m))?;
+                    if mean.len() != *channels || std.len() != *channels {
+                        return Err(invalid(
+                            name,
+                            format!(
+                                "{channels} channels but {} means and {} standard deviations",
+                                mean.len(),
+                                std.len()
+                            ),
+                        ));
+                    }
+                    for (m, s) in mean.iter().zip(std) {
+                        check_statistic("mean", f64::from(*m), false)
+                            .map_err(|m| invalid(name, m))?;
+                        check_statistic("std", f64::from(*s), true)
+                            .map_err(|m| invalid(name, m))?;
+                    }
                 }
                 FeatureTransform::Text {
                     name,
@@ -1242,6 +1326,7 @@ impl Preprocessor {
                         }
                     }
                     FeatureTransform::Image {
+                        channels,
                         height,
                         width,
                         mean,
@@ -1250,6 +1335,7 @@ impl Preprocessor {
                     } => {
                         let Column::Image {
                             pixels,
+                            channels: c,
                             height: h,
                             width: w,
                         } = column
@@ -1259,18 +1345,26 @@ impl Preprocessor {
                                 f.name()
                             )));
                         };
-                        if h != height || w != width {
+                        if (c, h, w) != (channels, height, width) {
+                            let what = |c: &usize| if *c == 3 { "RGB" } else { "grey" };
                             return Err(DataError::Invalid(format!(
-                                "{}: images are {h}x{w}, the model expects {height}x{width}",
-                                table.origin
+                                "{}: images are {} {h}x{w}, the model expects {} {height}x{width}",
+                                table.origin,
+                                what(c),
+                                what(channels)
                             )));
                         }
-                        let s = h * w;
-                        row_x.extend(
-                            pixels[r * s..(r + 1) * s]
-                                .iter()
-                                .map(|&p| scale_pixel(f32::from(p), *mean, *std)),
-                        );
+                        let plane = h * w;
+                        let s = c * plane;
+                        for (ch, values) in
+                            pixels[r * s..(r + 1) * s].chunks_exact(plane).enumerate()
+                        {
+                            row_x.extend(
+                                values
+                                    .iter()
+                                    .map(|&p| scale_pixel(f32::from(p), mean[ch], std[ch])),
+                            );
+                        }
                     }
                     FeatureTransform::Text {
                         name,

@@ -12,10 +12,13 @@ pub enum Column {
     Text(StringArray),
     /// Numbers (Parquet/Arrow numeric columns, built-in sets, IDX labels); null is missing.
     Number(Float64Array),
-    /// Grey-scale images, `height * width` bytes per row.
+    /// Images of one size, `channels * height * width` bytes per row, channel planes one
+    /// after the other (CHW, as the networks read them).
     Image {
-        /// Row-major pixels of all rows.
+        /// Pixels of all rows.
         pixels: Vec<u8>,
+        /// Colour channels: 1 (grey) or 3 (RGB).
+        channels: usize,
         /// Image height.
         height: usize,
         /// Image width.
@@ -41,9 +44,10 @@ impl Column {
             Column::Number(v) => v.len(),
             Column::Image {
                 pixels,
+                channels,
                 height,
                 width,
-            } => pixels.len() / (height * width).max(1),
+            } => pixels.len() / (channels * height * width).max(1),
         }
     }
 
@@ -77,6 +81,22 @@ impl Column {
         }
     }
 
+    /// Row `i`'s pixels of an image column (`None` if not images).
+    pub fn image(&self, i: usize) -> Option<&[u8]> {
+        match self {
+            Column::Image {
+                pixels,
+                channels,
+                height,
+                width,
+            } => {
+                let size = channels * height * width;
+                pixels.get(i * size..(i + 1) * size)
+            }
+            _ => None,
+        }
+    }
+
     /// Row `i` as text, for categorical handling and ids (`None` if missing).
     pub fn text(&self, i: usize) -> Option<String> {
         match self {
@@ -92,16 +112,18 @@ impl Column {
             Column::Number(_) => Column::numbers(rows.iter().map(|&r| self.number(r))),
             Column::Image {
                 pixels,
+                channels,
                 height,
                 width,
             } => {
-                let size = height * width;
+                let size = channels * height * width;
                 let mut out = Vec::with_capacity(rows.len() * size);
                 for &r in rows {
                     out.extend_from_slice(&pixels[r * size..(r + 1) * size]);
                 }
                 Column::Image {
                     pixels: out,
+                    channels: *channels,
                     height: *height,
                     width: *width,
                 }
@@ -365,10 +387,15 @@ impl LoadReport {
     /// Counts a malformed row skipped under `bad_rows = "skip"`, keeping the first few
     /// reasons as examples.
     pub fn skip(&mut self, line: u64, reason: &str) {
+        self.skip_named(&format!("line {line}"), reason);
+    }
+
+    /// [`LoadReport::skip`] for a row named otherwise (an image's path).
+    pub fn skip_named(&mut self, row: &str, reason: &str) {
         const EXAMPLES: usize = 5;
         self.bad_rows_skipped += 1;
         if self.bad_row_examples.len() < EXAMPLES {
-            self.bad_row_examples.push(format!("line {line}: {reason}"));
+            self.bad_row_examples.push(format!("{row}: {reason}"));
         }
     }
 }
@@ -430,16 +457,9 @@ impl Table {
                 let key: Vec<Option<String>> = self
                     .columns
                     .iter()
-                    .map(|c| match c {
-                        Column::Image {
-                            pixels,
-                            height,
-                            width,
-                        } => {
-                            let s = height * width;
-                            Some(format!("{:?}", &pixels[r * s..(r + 1) * s]))
-                        }
-                        other => other.text(r),
+                    .map(|c| match c.image(r) {
+                        Some(pixels) => Some(format!("{pixels:?}")),
+                        None => c.text(r),
                     })
                     .collect();
                 seen.insert(key)

@@ -66,10 +66,18 @@ pub fn network(
             height,
             width,
         } => {
+            // One shift and scale per channel, broadcast over [batch, C, H, W].
             let slots = preprocessor.dense_slots();
-            let slot = slots.first().ok_or_else(|| {
-                ExportError::Unsupported("an image model without pixel normalisation".into())
-            })?;
+            let plane = height * width;
+            if slots.len() != channels * plane {
+                return Err(ExportError::Unsupported(format!(
+                    "an image model with {} normalised pixels for {channels}x{height}x{width}",
+                    slots.len()
+                )));
+            }
+            let per_channel = |f: fn(&kiln_data::DenseSlot) -> f64| -> Vec<f32> {
+                (0..channels).map(|c| f(&slots[c * plane]) as f32).collect()
+            };
             let pixels = g.input(
                 inputs::PIXELS,
                 data_type::FLOAT,
@@ -81,8 +89,16 @@ pub fn network(
                 ],
                 "raw pixel values 0-255",
             );
-            let shift = g.const_f32("pixel_shift", &[], &[slot.shift as f32]);
-            let scale = g.const_f32("pixel_scale", &[], &[slot.scale as f32]);
+            let shift = g.const_f32(
+                "pixel_shift",
+                &[1, channels, 1, 1],
+                &per_channel(|s| s.shift),
+            );
+            let scale = g.const_f32(
+                "pixel_scale",
+                &[1, channels, 1, 1],
+                &per_channel(|s| s.scale),
+            );
             let x = g.op("Sub", &[&pixels, &shift], &[]);
             let mut x = g.op("Div", &[&x, &scale], &[]);
             for (i, conv) in spec.conv.iter().enumerate() {

@@ -28,45 +28,95 @@ pub struct Predictions {
 /// Tensors for rows `idx` of `data` on `device`. Token rows are cut to the longest text of
 /// the batch, so short texts do not pay for the padding of the longest possible one.
 pub fn batch_inputs(data: &Encoded, idx: &[usize], device: &Device) -> Inputs {
-    let size = data.shape.size();
-    let ncat = data.cardinalities.len();
-    let t = data.seq_len;
-    let x = (size > 0).then(|| {
-        let mut x = Vec::with_capacity(idx.len() * size);
-        for &i in idx {
-            x.extend_from_slice(&data.x[i * size..(i + 1) * size]);
-        }
-        Tensor::<2>::from_data(TensorData::new(x, [idx.len(), size]), device)
-    });
-    let categories = (ncat > 0).then(|| {
-        let mut c = Vec::with_capacity(idx.len() * ncat);
-        for &i in idx {
-            c.extend(
-                data.categories[i * ncat..(i + 1) * ncat]
-                    .iter()
-                    .map(|&v| v as i64),
-            );
-        }
-        Tensor::<2, Int>::from_data(TensorData::new(c, [idx.len(), ncat]), device)
-    });
-    let tokens = (t > 0).then(|| {
+    HostBatch::gather(data, idx).into_inputs(device)
+}
+
+/// One batch's inputs gathered in host memory, before they become tensors (a prefetching
+/// trainer gathers and augments them on another thread).
+#[derive(Debug, Clone)]
+pub struct HostBatch {
+    /// Rows.
+    pub rows: usize,
+    /// Dense inputs, `rows * width` values (`None` without dense inputs).
+    pub x: Option<Vec<f32>>,
+    /// Dense values per row.
+    pub width: usize,
+    /// Embedding indices, `rows * categories_width`.
+    pub categories: Option<Vec<i64>>,
+    /// Embedded features per row.
+    pub categories_width: usize,
+    /// Token ids, `rows * tokens_width`, cut to the batch's longest text.
+    pub tokens: Option<Vec<i64>>,
+    /// Tokens per row.
+    pub tokens_width: usize,
+}
+
+impl HostBatch {
+    /// Rows `idx` of `data`, in that order.
+    pub fn gather(data: &Encoded, idx: &[usize]) -> Self {
+        let size = data.shape.size();
+        let ncat = data.cardinalities.len();
+        let t = data.seq_len;
+        let x = (size > 0).then(|| {
+            let mut x = Vec::with_capacity(idx.len() * size);
+            for &i in idx {
+                x.extend_from_slice(&data.x[i * size..(i + 1) * size]);
+            }
+            x
+        });
+        let categories = (ncat > 0).then(|| {
+            let mut c = Vec::with_capacity(idx.len() * ncat);
+            for &i in idx {
+                c.extend(
+                    data.categories[i * ncat..(i + 1) * ncat]
+                        .iter()
+                        .map(|&v| v as i64),
+                );
+            }
+            c
+        });
         // At least one column, so an all-empty batch still has a shape.
-        let len = idx
-            .iter()
-            .map(|&i| data.text_len(i))
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut ids = Vec::with_capacity(idx.len() * len);
-        for &i in idx {
-            ids.extend(data.tokens[i * t..i * t + len].iter().map(|&v| v as i64));
+        let len = match t {
+            0 => 0,
+            _ => idx
+                .iter()
+                .map(|&i| data.text_len(i))
+                .max()
+                .unwrap_or(0)
+                .max(1),
+        };
+        let tokens = (t > 0).then(|| {
+            let mut ids = Vec::with_capacity(idx.len() * len);
+            for &i in idx {
+                ids.extend(data.tokens[i * t..i * t + len].iter().map(|&v| v as i64));
+            }
+            ids
+        });
+        HostBatch {
+            rows: idx.len(),
+            x,
+            width: size,
+            categories,
+            categories_width: ncat,
+            tokens,
+            tokens_width: len,
         }
-        Tensor::<2, Int>::from_data(TensorData::new(ids, [idx.len(), len]), device)
-    });
-    Inputs {
-        x,
-        categories,
-        tokens,
+    }
+
+    /// The batch as tensors on `device`.
+    pub fn into_inputs(self, device: &Device) -> Inputs {
+        let n = self.rows;
+        Inputs {
+            x: self
+                .x
+                .map(|x| Tensor::<2>::from_data(TensorData::new(x, [n, self.width]), device)),
+            categories: self.categories.map(|c| {
+                Tensor::<2, Int>::from_data(TensorData::new(c, [n, self.categories_width]), device)
+            }),
+            tokens: self.tokens.map(|ids| {
+                Tensor::<2, Int>::from_data(TensorData::new(ids, [n, self.tokens_width]), device)
+            }),
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod evaluate;
+mod feed;
 pub mod grads;
 pub mod lm;
 pub mod optim;

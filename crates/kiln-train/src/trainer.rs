@@ -21,7 +21,8 @@ use kiln_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{LoadedCheckpoint, write_atomic, write_checkpoint};
-use crate::evaluate::{Evaluation, batch_inputs, evaluate_sharded};
+use crate::evaluate::{Evaluation, evaluate_sharded};
+use crate::feed::{Feed, MicroBatch};
 use crate::grads::{GradientSync, ParamGrads, apply_update};
 use crate::optim::{LayerwiseLr, Optimizer, OptimizerSettings};
 use crate::precision::LossScaler;
@@ -70,6 +71,12 @@ pub struct EpochRecord {
     pub lr: f64,
     /// Wall-clock seconds of the epoch (training and validation).
     pub seconds: f64,
+    /// Seconds of the epoch's optimizer steps (validation not included).
+    #[serde(default)]
+    pub step_seconds: f64,
+    /// Of `step_seconds`, the time the loop waited for its batches.
+    #[serde(default)]
+    pub data_wait_seconds: f64,
     /// Whether the monitored validation metric improved (the best model was kept).
     pub improved: bool,
 }
@@ -192,6 +199,10 @@ pub struct TrainOutcome {
     pub trainable_parameters: usize,
     /// float16 training: the loss scale at the end, and the steps it skipped.
     pub loss_scaler: Option<LossScaler>,
+    /// Seconds of optimizer steps in this invocation (validation not included).
+    pub step_seconds: f64,
+    /// Of `step_seconds`, the time the loop waited for its batches.
+    pub data_wait_seconds: f64,
 }
 
 /// Resumable trainer state (`trainer_state.json` in a checkpoint).
@@ -513,6 +524,14 @@ pub fn train(
         write_checkpoint(&checkpoints_dir, state.global_step, &files).map(Some)
     };
 
+    let augmenter =
+        kiln_data::ImageAugmenter::new(&cfg.data.augment, setup.preprocessor).map_err(|e| {
+            TrainError::Setting {
+                key: "data.augment",
+                reason: e.to_string(),
+            }
+        })?;
+    let (mut step_seconds, mut data_wait_seconds) = (0.0, 0.0);
     let text_lengths = (train.seq_len > 0 && t.group_by_length).then(|| train.text_lengths());
     let weights = class_weights(t.class_weights, target, setup.preprocessor.num_outputs());
     // A run that early stopping ended stays ended, unless resumed with a larger patience.
@@ -536,91 +555,128 @@ pub fn train(
             }
             _ => order.chunks(group).collect(),
         };
-        for (gi, rows) in groups.iter().enumerate().skip(state.group_in_epoch) {
-            let mut seeder = SplitMix64::derive(cfg.seed ^ STEP_STREAM, state.global_step);
-            device.seed(rank_seed(seeder.next_u64(), rank));
-            kiln_models::ops::keep_workers_ready();
-            let mut grads = ParamGrads::default();
-            let mut step_loss = 0.0;
-            let local = &rows[kiln_dist::shard(rows.len(), rank, world)];
-            if local.is_empty() {
-                // Fewer rows than processes in the last step: this one adds nothing.
-                for (path, shape) in crate::grads::trainable_parameters(&model) {
-                    let n = shape.iter().product::<usize>();
-                    grads.grads.insert(path, Tensor::zeros([n], &device));
+        let steps_started = Instant::now();
+        // Every micro-batch of the rest of the epoch, in the order the loop takes them.
+        let jobs: Vec<MicroBatch> = groups
+            .iter()
+            .enumerate()
+            .skip(state.group_in_epoch)
+            .flat_map(|(gi, rows)| {
+                let step = state.global_step + (gi - state.group_in_epoch) as u64;
+                let local = kiln_dist::shard(rows.len(), rank, world);
+                let start = local.start;
+                rows[local]
+                    .chunks(local_micro)
+                    .enumerate()
+                    .map(move |(k, chunk)| MicroBatch {
+                        rows: chunk.to_vec(),
+                        step,
+                        offset: start + k * local_micro,
+                    })
+            })
+            .collect();
+        let mut epoch_wait = std::time::Duration::ZERO;
+        model = std::thread::scope(|scope| -> Result<Network, TrainError> {
+            let mut model = model;
+            let mut feed = Feed::new(scope, train, augmenter.as_ref(), cfg.seed, jobs);
+            for (gi, rows) in groups.iter().enumerate().skip(state.group_in_epoch) {
+                let mut seeder = SplitMix64::derive(cfg.seed ^ STEP_STREAM, state.global_step);
+                device.seed(rank_seed(seeder.next_u64(), rank));
+                kiln_models::ops::keep_workers_ready();
+                let mut grads = ParamGrads::default();
+                let mut step_loss = 0.0;
+                let local_range = kiln_dist::shard(rows.len(), rank, world);
+                let local_start = local_range.start;
+                let local = &rows[local_range];
+                if local.is_empty() {
+                    // Fewer rows than processes in the last step: this one adds nothing.
+                    for (path, shape) in crate::grads::trainable_parameters(&model) {
+                        let n = shape.iter().product::<usize>();
+                        grads.grads.insert(path, Tensor::zeros([n], &device));
+                    }
+                }
+                for (k, micro_rows) in local.chunks(local_micro).enumerate() {
+                    let batch = feed.next(MicroBatch {
+                        rows: micro_rows.to_vec(),
+                        step: state.global_step,
+                        offset: local_start + k * local_micro,
+                    });
+                    let autocast = Autocast::enter(compute_dtype);
+                    let out = model.forward(batch.into_inputs(&ad));
+                    let loss = match &setup.teacher {
+                        Some(teacher) => {
+                            let hard =
+                                loss_of(out.clone(), target, micro_rows, weights.as_deref(), &ad);
+                            distillation_loss(out, hard, teacher, micro_rows, &ad)
+                        }
+                        None => loss_of(out, target, micro_rows, weights.as_deref(), &ad),
+                    };
+                    drop(autocast);
+                    let weight = micro_rows.len() as f64 / rows.len() as f64;
+                    let loss = loss.mul_scalar(weight);
+                    let g = match &state.loss_scaler {
+                        Some(scaler) => scaler.scaled(loss.clone()).backward(),
+                        None => loss.backward(),
+                    };
+                    step_loss += loss.into_scalar::<f64>();
+                    grads.accumulate(ParamGrads::collect(&model, g));
+                }
+                if !step_loss.is_finite() {
+                    return Err(TrainError::Diverged {
+                        step: state.global_step + 1,
+                        loss: step_loss,
+                    });
+                }
+                if world > 1 {
+                    step_loss = sync.sum_f64(vec![step_loss])?[0];
+                }
+                let lr = state.schedule.lr(state.global_step, epoch);
+                let update = apply_update(
+                    model,
+                    grads,
+                    sync,
+                    t.grad_clip_norm,
+                    &mut optimizer,
+                    lr,
+                    state.loss_scaler.as_mut(),
+                )?;
+                model = update.model;
+                state.global_step += 1;
+                state.group_in_epoch = gi + 1;
+                state.epoch_loss_sum += step_loss;
+                state.epoch_loss_steps += 1;
+                window.1 += rows.len();
+                let record = StepRecord {
+                    step: state.global_step,
+                    epoch,
+                    loss: step_loss,
+                    lr,
+                    grad_norm: update.grad_norm,
+                    samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
+                    loss_scale: state.loss_scaler.as_ref().map(LossScaler::scale),
+                    skipped: update.skipped,
+                };
+                observer.on_step(&record);
+                if leader
+                    && (state.global_step % t.log_every_steps as u64 == 0 || gi + 1 == groups.len())
+                {
+                    append_jsonl(&metrics_path, &record, "step")?;
+                    window = (Instant::now(), 0);
+                }
+                if t.checkpoint_every_steps > 0
+                    && state.global_step % t.checkpoint_every_steps as u64 == 0
+                    && gi + 1 < groups.len()
+                    && let Some(dir) = save_checkpoint(&model, &optimizer, &state, &best_model)?
+                {
+                    observer.on_event(&format!("checkpoint {}", dir.display()));
                 }
             }
-            for micro_rows in local.chunks(local_micro) {
-                let autocast = Autocast::enter(compute_dtype);
-                let out = model.forward(batch_inputs(train, micro_rows, &ad));
-                let loss = match &setup.teacher {
-                    Some(teacher) => {
-                        let hard =
-                            loss_of(out.clone(), target, micro_rows, weights.as_deref(), &ad);
-                        distillation_loss(out, hard, teacher, micro_rows, &ad)
-                    }
-                    None => loss_of(out, target, micro_rows, weights.as_deref(), &ad),
-                };
-                drop(autocast);
-                let weight = micro_rows.len() as f64 / rows.len() as f64;
-                let loss = loss.mul_scalar(weight);
-                let g = match &state.loss_scaler {
-                    Some(scaler) => scaler.scaled(loss.clone()).backward(),
-                    None => loss.backward(),
-                };
-                step_loss += loss.into_scalar::<f64>();
-                grads.accumulate(ParamGrads::collect(&model, g));
-            }
-            if !step_loss.is_finite() {
-                return Err(TrainError::Diverged {
-                    step: state.global_step + 1,
-                    loss: step_loss,
-                });
-            }
-            if world > 1 {
-                step_loss = sync.sum_f64(vec![step_loss])?[0];
-            }
-            let lr = state.schedule.lr(state.global_step, epoch);
-            let update = apply_update(
-                model,
-                grads,
-                sync,
-                t.grad_clip_norm,
-                &mut optimizer,
-                lr,
-                state.loss_scaler.as_mut(),
-            )?;
-            model = update.model;
-            state.global_step += 1;
-            state.group_in_epoch = gi + 1;
-            state.epoch_loss_sum += step_loss;
-            state.epoch_loss_steps += 1;
-            window.1 += rows.len();
-            let record = StepRecord {
-                step: state.global_step,
-                epoch,
-                loss: step_loss,
-                lr,
-                grad_norm: update.grad_norm,
-                samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
-                loss_scale: state.loss_scaler.as_ref().map(LossScaler::scale),
-                skipped: update.skipped,
-            };
-            observer.on_step(&record);
-            if leader
-                && (state.global_step % t.log_every_steps as u64 == 0 || gi + 1 == groups.len())
-            {
-                append_jsonl(&metrics_path, &record, "step")?;
-                window = (Instant::now(), 0);
-            }
-            if t.checkpoint_every_steps > 0
-                && state.global_step % t.checkpoint_every_steps as u64 == 0
-                && gi + 1 < groups.len()
-                && let Some(dir) = save_checkpoint(&model, &optimizer, &state, &best_model)?
-            {
-                observer.on_event(&format!("checkpoint {}", dir.display()));
-            }
-        }
+            epoch_wait = feed.waited;
+            Ok(model)
+        })?;
+        let epoch_steps = steps_started.elapsed().as_secs_f64();
+        step_seconds += epoch_steps;
+        data_wait_seconds += epoch_wait.as_secs_f64();
         // End of epoch: validate, schedule, early stopping, best model.
         if world > 1 {
             // Parameters agree on every rank, buffers (batch-norm running statistics) do not:
@@ -681,6 +737,8 @@ pub fn train(
             validation,
             lr: state.schedule.lr(state.global_step, epoch + 1),
             seconds: epoch_started.elapsed().as_secs_f64(),
+            step_seconds: epoch_steps,
+            data_wait_seconds: epoch_wait.as_secs_f64(),
             improved,
         };
         if leader {
@@ -728,5 +786,7 @@ pub fn train(
         resumed_from,
         trainable_parameters,
         loss_scaler: state.loss_scaler,
+        step_seconds,
+        data_wait_seconds,
     })
 }

@@ -294,8 +294,13 @@ fn sample_inputs(
                         raw.extend((0..known.len()).map(|i| f32::from(u8::from(i == hot))));
                     }
                 },
-                FeatureTransform::Image { height, width, .. } => {
-                    raw.extend((0..height * width).map(|_| rng.below(256) as f32));
+                FeatureTransform::Image {
+                    channels,
+                    height,
+                    width,
+                    ..
+                } => {
+                    raw.extend((0..channels * height * width).map(|_| rng.below(256) as f32));
                 }
                 FeatureTransform::Text { vocab_size, .. } => {
                     let len = match r {

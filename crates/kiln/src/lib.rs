@@ -26,8 +26,8 @@ pub use lm::{
     train_lm_run_in,
 };
 pub use pipeline::{
-    DataSummary, EvalSummary, PredictSummary, PreparedData, RunSummary, device_for, evaluate_run,
-    load_table, predict_run, prepare, train_run, train_run_in,
+    DataSummary, DataWait, EvalSummary, PredictSummary, PreparedData, RunSummary, device_for,
+    evaluate_run, load_table, predict_run, prepare, train_run, train_run_in,
 };
 pub use report::format_evaluation;
 pub use resume::{RESUME_KEYS, Resume};

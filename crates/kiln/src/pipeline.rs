@@ -59,6 +59,28 @@ pub fn load_table(spec: &str, config: &Config) -> Result<Table> {
     load_table_with_text(spec, config, &[])
 }
 
+/// The config's data settings, with images read at the size and channels `pre` was fitted
+/// on (a folder of other images is resized and converted the same way).
+fn data_for_model(config: &Config, pre: &Preprocessor) -> kiln_config::DataConfig {
+    let mut data = config.data.clone();
+    if let [
+        kiln_data::FeatureTransform::Image {
+            channels,
+            height,
+            width,
+            ..
+        },
+    ] = pre.features.as_slice()
+    {
+        data.image.size = Some([*height, *width]);
+        data.image.channels = match channels {
+            3 => kiln_config::ImageChannels::Rgb,
+            _ => kiln_config::ImageChannels::Grey,
+        };
+    }
+    data
+}
+
 /// [`load_table`], keeping `text_columns` as written too.
 fn load_table_with_text(spec: &str, config: &Config, text_columns: &[String]) -> Result<Table> {
     let text_columns: Vec<String> = config
@@ -83,8 +105,13 @@ fn load_model_inputs(spec: &str, config: &Config, pre: &kiln_data::Preprocessor)
         .map(|f| f.name().to_string())
         .chain(text_columns.iter().cloned())
         .collect();
-    kiln_data::load_source_columns(spec, &config.data, Some(&columns), &text_columns)
-        .map_err(|e| with_setup_hint(spec, e.into()))
+    kiln_data::load_source_columns(
+        spec,
+        &data_for_model(config, pre),
+        Some(&columns),
+        &text_columns,
+    )
+    .map_err(|e| with_setup_hint(spec, e.into()))
 }
 
 /// The script that provides an example's data, for a path the examples use.
@@ -236,7 +263,10 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
     let test = match &config.data.test_source {
         Some(path) => {
             // Its categories as written in the training file, even where it holds only numbers.
-            let mut test_table = load_table_with_text(path, config, &preprocessor.text_columns())?;
+            let mut test_config = config.clone();
+            test_config.data = data_for_model(config, &preprocessor);
+            let mut test_table =
+                load_table_with_text(path, &test_config, &preprocessor.text_columns())?;
             kiln_data::drop_bad_values(&mut test_table, &schema, config.data.bad_rows)?;
             let rows: Vec<usize> = (0..test_table.num_rows()).collect();
             preprocessor.transform(&test_table, &rows, true, true)?
@@ -389,6 +419,27 @@ impl PredictionsFormat {
     }
 }
 
+/// How long the training loop waited for its batches (gathered, and augmented on a thread
+/// of their own), against the time its optimizer steps took.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DataWait {
+    /// Seconds of optimizer steps (validation not included).
+    pub step_seconds: f64,
+    /// Of those, seconds spent waiting for batches.
+    pub wait_seconds: f64,
+}
+
+impl DataWait {
+    /// The wait as a share of the steps' time (0 when nothing ran).
+    pub fn fraction(&self) -> f64 {
+        if self.step_seconds > 0.0 {
+            self.wait_seconds / self.step_seconds
+        } else {
+            0.0
+        }
+    }
+}
+
 /// The result of `kiln train`.
 #[derive(Debug, Serialize)]
 pub struct RunSummary {
@@ -412,6 +463,8 @@ pub struct RunSummary {
     pub final_train_loss: f64,
     /// Wall-clock seconds of training in this invocation.
     pub train_seconds: f64,
+    /// Of the optimizer steps' time in this invocation, how long the loop waited for batches.
+    pub data_wait: DataWait,
     /// Checkpoint step resumed from.
     pub resumed_from: Option<u64>,
     /// Parameters of the model.
@@ -726,6 +779,10 @@ pub fn train_run_in(
         stopped_early: outcome.stopped_early,
         final_train_loss: outcome.final_train_loss,
         train_seconds,
+        data_wait: DataWait {
+            step_seconds: outcome.step_seconds,
+            wait_seconds: outcome.data_wait_seconds,
+        },
         resumed_from: outcome.resumed_from,
         parameters,
         trainable_parameters: outcome.trainable_parameters,

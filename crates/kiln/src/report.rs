@@ -335,6 +335,20 @@ pub(crate) fn write_report(
             device => format!(", on {device}, in {}", summary.run.precision),
         }
     );
+    if summary.data_wait.step_seconds > 0.0 {
+        let _ = writeln!(
+            text,
+            "batches: waited {:.2} s of {:.1} s of steps for data ({:.1} %){}",
+            summary.data_wait.wait_seconds,
+            summary.data_wait.step_seconds,
+            100.0 * summary.data_wait.fraction(),
+            if config.data.augment.enabled() {
+                ", augmented on their own thread"
+            } else {
+                ""
+            }
+        );
+    }
     if config.trainer.keep_best
         && let Some(best) = summary.best_epoch
     {
