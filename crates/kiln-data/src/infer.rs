@@ -177,12 +177,23 @@ fn looks_like_prose<'a>(values: impl Iterator<Item = &'a str>) -> bool {
 }
 
 /// Whether a column name reads as an identifier: `id`, `ID`, `user_id`, `PassengerId`,
-/// `customer-id`, `rownames`, `index`, `Unnamed: 0` (pandas' written index).
+/// `customer-id`, `rownames`, `index`, `Unnamed: 0` (pandas' written index), `path`, `file`
+/// (an image folder's file names).
 pub(crate) fn id_like_name(name: &str) -> bool {
     let lower = name.trim().to_lowercase();
     if matches!(
         lower.as_str(),
-        "id" | "rownames" | "row_names" | "rowname" | "index" | "row" | "row_id" | "unnamed: 0"
+        "id" | "rownames"
+            | "row_names"
+            | "rowname"
+            | "index"
+            | "row"
+            | "row_id"
+            | "unnamed: 0"
+            | "path"
+            | "file"
+            | "filename"
+            | "file_name"
     ) || lower.is_empty()
     {
         return true;

@@ -648,7 +648,8 @@ impl Preprocessor {
                         .map(|&(sum, sq)| {
                             let m = sum as f64 / 255.0 / n;
                             let std = (sq as f64 / (255.0 * 255.0) / n - m * m).max(0.0).sqrt();
-                            (m as f32, if std > 0.0 { std as f32 } else { 1.0 })
+                            // A constant channel (std 0 but for rounding) is only shifted.
+                            (m as f32, if std > 1e-6 { std as f32 } else { 1.0 })
                         })
                         .unzip();
                     FeatureTransform::Image {

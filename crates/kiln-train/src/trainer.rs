@@ -511,7 +511,9 @@ pub fn train(
             return Ok(None);
         }
         let mut files = vec![
-            ("model.safetensors", model_to_bytes(model)?),
+            // `valid()` first: batch norm's running statistics hold their latest update
+            // apart until synchronised, and a record taken without it lacks that update.
+            ("model.safetensors", model_to_bytes(&model.valid())?),
             (OPTIMIZER_FILE, optimizer_to_bytes(optimizer)?),
             (
                 "trainer_state.json",
@@ -682,7 +684,7 @@ pub fn train(
             // Parameters agree on every rank, buffers (batch-norm running statistics) do not:
             // every rank takes rank 0's, as DDP's `broadcast_buffers`, so validation, the kept
             // model and a resumed run see the same network.
-            let bytes = sync.broadcast(model_to_bytes(&model)?)?;
+            let bytes = sync.broadcast(model_to_bytes(&model.valid())?)?;
             if !leader {
                 model = model_from_bytes(setup.spec, &bytes, &ad, "rank 0's weights")?
                     .frozen_as(setup.spec);

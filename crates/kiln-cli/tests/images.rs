@@ -1,0 +1,241 @@
+//! Image folders and path lists through the real `kiln`: a CNN trained with augmentation on
+//! colour images, predictions named by path, a mid-epoch resume that repeats the augmented
+//! run bit for bit, and bad folders refused with their paths.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use image::{Rgb, RgbImage};
+
+/// Writes `per_class` noisy colour images of `size` x `size` per class into
+/// `root/top` and `root/bottom`: the named half is brighter (in every channel, more in red).
+fn write_folder(root: &Path, per_class: usize, size: u32, seed: u64) {
+    let mut state = seed;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    for class in ["top", "bottom"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..per_class {
+            let img = RgbImage::from_fn(size, size, |_, y| {
+                let bright = (y < size / 2) == (class == "top");
+                let lift = if bright { 90 } else { 0 };
+                let mut c = || (next() % 120) as u8 + lift;
+                Rgb([c().saturating_add(30), c(), c()])
+            });
+            img.save(root.join(class).join(format!("{i:03}.png")))
+                .unwrap();
+        }
+    }
+}
+
+const CONFIG: &str = r#"
+seed = 5
+[data]
+source = "train"
+test_source = "test"
+split = { validation = 0.1 }
+augment = { flip = true, crop_padding = 1, rotate_degrees = 8, brightness = 0.2, contrast = 0.2, saturation = 0.2 }
+[model]
+type = "cnn"
+conv = [{ filters = 8, kernel = 3, padding = 1, pool = 2, batch_norm = true }]
+hidden = [16]
+[trainer]
+epochs = 3
+batch_size = 16
+optimizer = "adam"
+lr = 0.003
+checkpoint_every_steps = 3
+[output]
+plots = false
+"#;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_augmented_cnn_learns_colour_images_predicts_by_path_and_resumes_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    write_folder(&dir.path().join("train"), 40, 12, 1);
+    write_folder(&dir.path().join("test"), 20, 12, 2);
+    std::fs::write(dir.path().join("run.toml"), CONFIG).unwrap();
+    let out = kiln_json(dir.path(), &["train", "run.toml", "--json", "--quiet"]);
+    let accuracy = out["test"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "held-out accuracy {accuracy}");
+    let wait = &out["data_wait"];
+    assert!(wait["step_seconds"].as_f64().unwrap() > 0.0, "{wait}");
+    assert!(wait["wait_seconds"].as_f64().unwrap() >= 0.0, "{wait}");
+    let run = Path::new(out["run_dir"].as_str().unwrap()).to_path_buf();
+    let run = if run.is_absolute() {
+        run
+    } else {
+        dir.path().join(run)
+    };
+    let report = std::fs::read_to_string(run.join("report.txt")).unwrap();
+    assert!(report.contains("augmented on their own thread"), "{report}");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(spec["input"]["channels"], 3, "{spec}");
+
+    // Predictions are named by the image's path.
+    kiln_ok(
+        dir.path(),
+        &[
+            "predict",
+            run.to_str().unwrap(),
+            "--data",
+            "test",
+            "--out",
+            "p.csv",
+        ],
+    );
+    let predictions = std::fs::read_to_string(dir.path().join("p.csv")).unwrap();
+    let mut lines = predictions.lines();
+    assert_eq!(lines.next(), Some("path,label"));
+    let rows: Vec<(&str, &str)> = lines.map(|l| l.split_once(',').unwrap()).collect();
+    assert_eq!(rows.len(), 40);
+    let right = rows
+        .iter()
+        .filter(|(path, label)| path.starts_with(&format!("{label}/")))
+        .count();
+    assert!(right >= 36, "{right} of 40 predictions right");
+
+    // Resumed from a checkpoint inside the last epoch, the run ends with the same weights:
+    // each row's augmentation is drawn from the seed, the step and its place in the step.
+    let copy = dir.path().join("copy");
+    copy_dir(&run, &copy);
+    let checkpoints = kiln_train::checkpoint::list_checkpoints(&copy.join("checkpoints")).unwrap();
+    let earliest = checkpoints.first().unwrap();
+    let step: u64 = earliest.trim_start_matches("step-").parse().unwrap();
+    assert!(
+        step % 5 != 0,
+        "{earliest} is not inside an epoch (5 steps each)"
+    );
+    let resumed = kiln_json(
+        dir.path(),
+        &[
+            "train",
+            "--resume",
+            copy.join("checkpoints").join(earliest).to_str().unwrap(),
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert_eq!(resumed["resumed_from"].as_u64(), Some(step));
+    let a = std::fs::read(run.join("model.safetensors")).unwrap();
+    let b = std::fs::read(copy.join("model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "resumed from step {step}: weights differ from the uninterrupted run"
+    );
+}
+
+#[test]
+fn a_table_of_image_paths_trains_and_predicts_grey_images() {
+    let dir = tempfile::tempdir().unwrap();
+    write_folder(&dir.path().join("pics"), 30, 8, 3);
+    let mut csv = String::from("file,kind\n");
+    for class in ["top", "bottom"] {
+        for i in 0..30 {
+            csv.push_str(&format!("pics/{class}/{i:03}.png,{class}\n"));
+        }
+    }
+    std::fs::create_dir_all(dir.path().join("lists")).unwrap();
+    // Paths are relative to the table's folder.
+    let csv = csv.replace("pics/", "../pics/");
+    std::fs::write(dir.path().join("lists/all.csv"), &csv).unwrap();
+    let out = kiln_json(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "lists/all.csv",
+            "--target",
+            "kind",
+            "--set",
+            "data.image.column=\"file\"",
+            "--set",
+            "data.image.channels=\"grey\"",
+            "--set",
+            "model.type=\"cnn\"",
+            "--set",
+            "model.conv=[{filters=4,kernel=3,padding=1,pool=2}]",
+            "--set",
+            "trainer.epochs=8",
+            "--json",
+            "--quiet",
+        ],
+    );
+    let run = out["run_dir"].as_str().unwrap().to_string();
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(&run).join("model.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spec["input"]["channels"], 1, "{spec}");
+    kiln_ok(
+        dir.path(),
+        &["predict", &run, "--data", "lists/all.csv", "--out", "p.csv"],
+    );
+    let predictions = std::fs::read_to_string(dir.path().join("p.csv")).unwrap();
+    assert_eq!(predictions.lines().count(), 61);
+}
+
+#[test]
+fn bad_image_folders_are_refused_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    write_folder(&dir.path().join("one"), 3, 8, 4);
+    std::fs::remove_dir_all(dir.path().join("one/bottom")).unwrap();
+    let err = kiln_err(dir.path(), &["data", "describe", "one"]);
+    assert!(err.contains("only one class folder (\"top\")"), "{err}");
+
+    write_folder(&dir.path().join("bad"), 6, 8, 4);
+    std::fs::write(dir.path().join("bad/top/000.png"), b"\x89PNG but cut").unwrap();
+    let err = kiln_err(dir.path(), &["train", "--data", "bad"]);
+    assert!(err.contains("000.png: cannot read the image"), "{err}");
+    let out = kiln_ok(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "bad",
+            "--set",
+            "data.bad_rows=\"skip\"",
+            "--set",
+            "trainer.epochs=1",
+        ],
+    );
+    assert!(out.contains("1 malformed rows skipped"), "{out}");
+
+    // Augmentation asks for images.
+    std::fs::write(
+        dir.path().join("t.csv"),
+        "x,label\n1,a\n2,b\n3,a\n4,b\n5,a\n6,b\n",
+    )
+    .unwrap();
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "train",
+            "--data",
+            "t.csv",
+            "--set",
+            "data.augment.flip=true",
+        ],
+    );
+    assert!(err.contains("data.augment"), "{err}");
+}
