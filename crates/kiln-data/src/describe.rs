@@ -42,7 +42,21 @@ pub struct Description {
 pub fn describe(table: &Table, target: Option<&str>) -> crate::Result<Description> {
     let mut columns = Vec::new();
     for (name, column) in table.names.iter().zip(&table.columns) {
-        let (kind, note) = infer_type(column);
+        let (kind, note) = match column {
+            Column::Image {
+                channels,
+                height,
+                width,
+                ..
+            } => (
+                FeatureType::Image,
+                Some(format!(
+                    "{} {height}x{width}",
+                    if *channels == 3 { "RGB" } else { "grey" }
+                )),
+            ),
+            _ => infer_type(column),
+        };
         let rows = column.len();
         let missing = (0..rows).filter(|&r| column.is_missing(r)).count();
         let distinct = match column {
