@@ -158,6 +158,31 @@ pub fn churn_run(dir: &Path, name: &str) -> String {
     out["run_dir"].as_str().unwrap().to_string()
 }
 
+/// Writes `per_class` noisy colour images of `size` x `size` per class into
+/// `root/top` and `root/bottom`: the named half is brighter (in every channel, more in red).
+pub fn write_image_folder(root: &Path, per_class: usize, size: u32, seed: u64) {
+    let mut state = seed;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    for class in ["top", "bottom"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..per_class {
+            let img = image::RgbImage::from_fn(size, size, |_, y| {
+                let bright = (y < size / 2) == (class == "top");
+                let lift = if bright { 90 } else { 0 };
+                let mut c = || (next() % 120) as u8 + lift;
+                image::Rgb([c().saturating_add(30), c(), c()])
+            });
+            img.save(root.join(class).join(format!("{i:03}.png")))
+                .unwrap();
+        }
+    }
+}
+
 /// Writes an IDX image/label pair of `n` random `size`x`size` images: the label is which half
 /// of the image is brighter.
 pub fn write_idx(dir: &Path, prefix: &str, n: usize, size: usize) {

@@ -14,7 +14,19 @@ use prost::Message;
 /// Trains one small model of every kind in `dir` and exports each to ONNX and safetensors.
 /// Returns the ONNX export directories.
 fn train_and_export_all(dir: &Path) -> Vec<PathBuf> {
-    let runs = train_small_models(dir);
+    let mut runs = train_small_models(dir);
+    // Colour images from a folder: one shift and scale per channel in the graph.
+    write_image_folder(&dir.join("rgb"), 12, 8, 6);
+    std::fs::write(
+        dir.join("cnn-rgb.toml"),
+        CNN.replace("img/train", "rgb")
+            .replace("epochs = 1", "epochs = 2"),
+    )
+    .unwrap();
+    runs.push((
+        "cnn-rgb",
+        kiln_json(dir, &["train", "cnn-rgb.toml", "--json"]),
+    ));
     let mut onnx_dirs = Vec::new();
     for (name, summary) in runs {
         let run = summary["run_dir"].as_str().expect("run_dir").to_string();
@@ -61,7 +73,7 @@ fn check_onnx_interface(kind: &str, path: &Path) {
     let expected: (&[&str], &[&str]) = match kind {
         "mlp" => (&["features"], &["logits", "probabilities"]),
         "regression" => (&["features", "categories"], &["prediction"]),
-        "cnn" => (&["pixels"], &["logits", "probabilities"]),
+        "cnn" | "cnn-rgb" => (&["pixels"], &["logits", "probabilities"]),
         "text" => (
             &["features", "categories", "tokens"],
             &["logits", "probabilities"],
@@ -143,7 +155,7 @@ fn check_hf(kind: &str, dir: &Path) {
 fn every_model_kind_exports_to_onnx_and_safetensors() {
     let dir = tempfile::tempdir().unwrap();
     let exports = train_and_export_all(dir.path());
-    assert_eq!(exports.len(), 6);
+    assert_eq!(exports.len(), 7);
 }
 
 #[test]

@@ -7,32 +7,6 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use image::{Rgb, RgbImage};
-
-/// Writes `per_class` noisy colour images of `size` x `size` per class into
-/// `root/top` and `root/bottom`: the named half is brighter (in every channel, more in red).
-fn write_folder(root: &Path, per_class: usize, size: u32, seed: u64) {
-    let mut state = seed;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as u32
-    };
-    for class in ["top", "bottom"] {
-        std::fs::create_dir_all(root.join(class)).unwrap();
-        for i in 0..per_class {
-            let img = RgbImage::from_fn(size, size, |_, y| {
-                let bright = (y < size / 2) == (class == "top");
-                let lift = if bright { 90 } else { 0 };
-                let mut c = || (next() % 120) as u8 + lift;
-                Rgb([c().saturating_add(30), c(), c()])
-            });
-            img.save(root.join(class).join(format!("{i:03}.png")))
-                .unwrap();
-        }
-    }
-}
 
 const CONFIG: &str = r#"
 seed = 5
@@ -71,8 +45,8 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn an_augmented_cnn_learns_colour_images_predicts_by_path_and_resumes_bit_identically() {
     let dir = tempfile::tempdir().unwrap();
-    write_folder(&dir.path().join("train"), 40, 12, 1);
-    write_folder(&dir.path().join("test"), 20, 12, 2);
+    write_image_folder(&dir.path().join("train"), 40, 12, 1);
+    write_image_folder(&dir.path().join("test"), 20, 12, 2);
     std::fs::write(dir.path().join("run.toml"), CONFIG).unwrap();
     let out = kiln_json(dir.path(), &["train", "run.toml", "--json", "--quiet"]);
     let accuracy = out["test"]["accuracy"].as_f64().unwrap();
@@ -148,7 +122,7 @@ fn an_augmented_cnn_learns_colour_images_predicts_by_path_and_resumes_bit_identi
 #[test]
 fn a_table_of_image_paths_trains_and_predicts_grey_images() {
     let dir = tempfile::tempdir().unwrap();
-    write_folder(&dir.path().join("pics"), 30, 8, 3);
+    write_image_folder(&dir.path().join("pics"), 30, 8, 3);
     let mut csv = String::from("file,kind\n");
     for class in ["top", "bottom"] {
         for i in 0..30 {
@@ -198,12 +172,12 @@ fn a_table_of_image_paths_trains_and_predicts_grey_images() {
 #[test]
 fn bad_image_folders_are_refused_with_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    write_folder(&dir.path().join("one"), 3, 8, 4);
+    write_image_folder(&dir.path().join("one"), 3, 8, 4);
     std::fs::remove_dir_all(dir.path().join("one/bottom")).unwrap();
     let err = kiln_err(dir.path(), &["data", "describe", "one"]);
     assert!(err.contains("only one class folder (\"top\")"), "{err}");
 
-    write_folder(&dir.path().join("bad"), 6, 8, 4);
+    write_image_folder(&dir.path().join("bad"), 6, 8, 4);
     std::fs::write(dir.path().join("bad/top/000.png"), b"\x89PNG but cut").unwrap();
     let err = kiln_err(dir.path(), &["train", "--data", "bad"]);
     assert!(err.contains("000.png: cannot read the image"), "{err}");
