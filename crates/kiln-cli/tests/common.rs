@@ -183,6 +183,18 @@ pub fn write_image_folder(root: &Path, per_class: usize, size: u32, seed: u64) {
     }
 }
 
+/// Trains [`CNN`] on a colour image folder (`rgb/`, see [`write_image_folder`]) in `dir`:
+/// per-channel normalisation, three input planes.
+pub fn train_rgb_cnn(dir: &Path) -> (&'static str, serde_json::Value) {
+    write_image_folder(&dir.join("rgb"), 12, 8, 6);
+    std::fs::write(
+        dir.join("cnn-rgb.toml"),
+        CNN.replace("img/train", "rgb").replace("epochs = 1", "epochs = 2"),
+    )
+    .unwrap();
+    ("cnn-rgb", kiln_json(dir, &["train", "cnn-rgb.toml", "--json"]))
+}
+
 /// Writes an IDX image/label pair of `n` random `size`x`size` images: the label is which half
 /// of the image is brighter.
 pub fn write_idx(dir: &Path, prefix: &str, n: usize, size: usize) {

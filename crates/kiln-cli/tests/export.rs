@@ -16,17 +16,7 @@ use prost::Message;
 fn train_and_export_all(dir: &Path) -> Vec<PathBuf> {
     let mut runs = train_small_models(dir);
     // Colour images from a folder: one shift and scale per channel in the graph.
-    write_image_folder(&dir.join("rgb"), 12, 8, 6);
-    std::fs::write(
-        dir.join("cnn-rgb.toml"),
-        CNN.replace("img/train", "rgb")
-            .replace("epochs = 1", "epochs = 2"),
-    )
-    .unwrap();
-    runs.push((
-        "cnn-rgb",
-        kiln_json(dir, &["train", "cnn-rgb.toml", "--json"]),
-    ));
+    runs.push(train_rgb_cnn(dir));
     let mut onnx_dirs = Vec::new();
     for (name, summary) in runs {
         let run = summary["run_dir"].as_str().expect("run_dir").to_string();

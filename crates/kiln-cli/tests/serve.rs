@@ -177,7 +177,8 @@ fn json_number(v: f64) -> Value {
 fn serve_matches_kiln_over_v2_json_binary_and_v1_records() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let runs = train_small_models(d);
+    let mut runs = train_small_models(d);
+    runs.push(train_rgb_cnn(d));
     let mut args: Vec<String> = Vec::new();
     for (name, summary) in &runs {
         let run = summary["run_dir"].as_str().unwrap().to_string();
@@ -191,7 +192,7 @@ fn serve_matches_kiln_over_v2_json_binary_and_v1_records() {
     assert_eq!(http(port, "GET", "/v2/health/ready", &[], b"").0, 200);
     assert_eq!(http(port, "GET", "/v2/models/cnn/ready", &[], b"").0, 200);
     let (_, index) = post_json(port, "/v2/repository/index", &json!({}));
-    assert_eq!(index.as_array().unwrap().len(), 6, "{index}");
+    assert_eq!(index.as_array().unwrap().len(), 7, "{index}");
 
     // v2 infer, JSON and binary, on the export's reference inputs: equal to kiln's outputs.
     for (name, _) in &runs {
