@@ -189,10 +189,14 @@ pub fn train_rgb_cnn(dir: &Path) -> (&'static str, serde_json::Value) {
     write_image_folder(&dir.join("rgb"), 12, 8, 6);
     std::fs::write(
         dir.join("cnn-rgb.toml"),
-        CNN.replace("img/train", "rgb").replace("epochs = 1", "epochs = 2"),
+        CNN.replace("img/train", "rgb")
+            .replace("epochs = 1", "epochs = 2"),
     )
     .unwrap();
-    ("cnn-rgb", kiln_json(dir, &["train", "cnn-rgb.toml", "--json"]))
+    (
+        "cnn-rgb",
+        kiln_json(dir, &["train", "cnn-rgb.toml", "--json"]),
+    )
 }
 
 /// Writes an IDX image/label pair of `n` random `size`x`size` images: the label is which half

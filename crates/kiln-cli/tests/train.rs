@@ -919,3 +919,64 @@ fn parquet_trains_the_model_the_csv_trains_and_predictions_come_back_as_parquet(
     let out = kiln_json(d, &["data", "describe", "p.feather", "--json"]);
     assert_eq!(out["rows"], 400, "{out}");
 }
+
+#[test]
+fn predict_streams_a_csv_in_chunks_and_writes_what_the_whole_file_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = churn_run(dir.path(), "stream");
+    // 140 000 rows: three chunks of the CSV reader (65 536 rows each); the same rows as JSON
+    // Lines, which is read whole.
+    let csv = churn_csv(140_000, 9, false, Some("Rome"));
+    std::fs::write(dir.path().join("big.csv"), &csv).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let mut jsonl = String::new();
+    for line in lines {
+        let row: serde_json::Map<String, serde_json::Value> = header
+            .iter()
+            .zip(line.split(','))
+            .map(|(k, v)| {
+                let value = match v {
+                    "" | "NA" => serde_json::Value::Null,
+                    v => v.into(),
+                };
+                (k.to_string(), value)
+            })
+            .collect();
+        jsonl.push_str(&serde_json::Value::Object(row).to_string());
+        jsonl.push('\n');
+    }
+    std::fs::write(dir.path().join("big.jsonl"), &jsonl).unwrap();
+    let mut summaries = Vec::new();
+    for (input, out) in [("big.csv", "streamed.csv"), ("big.jsonl", "whole.csv")] {
+        summaries.push(kiln_json(
+            dir.path(),
+            &[
+                "predict", &run, "--data", input, "--out", out, "--proba", "--json",
+            ],
+        ));
+    }
+    let streamed = std::fs::read_to_string(dir.path().join("streamed.csv")).unwrap();
+    let whole = std::fs::read_to_string(dir.path().join("whole.csv")).unwrap();
+    assert_eq!(streamed.lines().count(), 140_001);
+    assert!(
+        streamed == whole,
+        "streamed predictions differ from the whole file's"
+    );
+    assert_eq!(summaries[0]["rows"], 140_000, "{}", summaries[0]);
+    assert_eq!(
+        summaries[0]["unknown_categories"], summaries[1]["unknown_categories"],
+        "{summaries:?}"
+    );
+    assert_eq!(
+        summaries[0]["missing_filled"],
+        summaries[1]["missing_filled"]
+    );
+    // No temporary file is left beside the output.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -161,143 +161,245 @@ fn presize(head: &[u8], delim: u8, width: usize, size: Option<u64>) -> Vec<(usiz
 /// delimiter) and `size_hint` its size when known (to size the columns); `origin` names the
 /// source in errors.
 pub(crate) fn parse_csv(
-    source: impl Read,
+    source: Box<dyn Read>,
     head: &[u8],
     size_hint: Option<u64>,
     origin: &str,
     options: CsvOptions<'_>,
 ) -> Result<Table> {
-    let CsvOptions {
-        delimiter,
-        bad_rows,
-        text_columns,
-    } = options;
-    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
-    if head.len() < HEAD_BYTES && head.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(DataError::Empty {
-            path: origin.into(),
-            detail: " (the file is empty)".into(),
-        });
-    }
-    let delim = delimiter
-        .map(|c| c as u8)
-        .unwrap_or_else(|| sniff_delimiter(head));
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delim)
-        .has_headers(true)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .buffer_capacity(1 << 16)
-        .from_reader(source);
-    let headers = reader.headers().map_err(|e| DataError::Malformed {
-        path: origin.into(),
-        line: 1,
-        message: format!("cannot read the header: {e}"),
-    })?;
-    let names: Vec<String> = headers.iter().map(str::to_string).collect();
-    if let Some((i, _)) = names.iter().enumerate().find(|(_, n)| n.is_empty()) {
-        return Err(DataError::Malformed {
+    let mut chunks = CsvChunks::open(source, head, origin, options)?;
+    let sizes = presize(
+        head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head),
+        chunks.delimiter,
+        chunks.names.len(),
+        size_hint,
+    );
+    let (columns, lines) = chunks.read(usize::MAX, sizes)?;
+    let report = std::mem::take(&mut chunks.report);
+    text_table(
+        origin,
+        chunks.names,
+        columns,
+        lines,
+        report,
+        "only a header",
+    )
+}
+
+/// A CSV file read a chunk of rows at a time (`kiln predict` over files larger than memory).
+/// Each chunk is a [`Table`] of its own: a column is numbers when every value of the chunk is
+/// one, so the columns a model reads as names must be in `text_columns`.
+pub struct CsvChunks {
+    reader: csv::Reader<Box<dyn Read>>,
+    names: Vec<String>,
+    delimiter: u8,
+    origin: String,
+    bad_rows: BadRows,
+    text_columns: Vec<String>,
+    report: LoadReport,
+    done: bool,
+    chunks: usize,
+}
+
+impl CsvChunks {
+    /// Opens `source` and reads its header (see [`parse_csv`] for the arguments).
+    pub(crate) fn open(
+        source: Box<dyn Read>,
+        head: &[u8],
+        origin: &str,
+        options: CsvOptions<'_>,
+    ) -> Result<Self> {
+        let CsvOptions {
+            delimiter,
+            bad_rows,
+            text_columns,
+        } = options;
+        let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+        if head.len() < HEAD_BYTES && head.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(DataError::Empty {
+                path: origin.into(),
+                detail: " (the file is empty)".into(),
+            });
+        }
+        let delim = delimiter
+            .map(|c| c as u8)
+            .unwrap_or_else(|| sniff_delimiter(head));
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delim)
+            .has_headers(true)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .buffer_capacity(1 << 16)
+            .from_reader(source);
+        let headers = reader.headers().map_err(|e| DataError::Malformed {
             path: origin.into(),
             line: 1,
-            message: format!("header field {} is empty; every column needs a name", i + 1),
-        });
-    }
-    for (i, n) in names.iter().enumerate() {
-        if names[..i].contains(n) {
+            message: format!("cannot read the header: {e}"),
+        })?;
+        let names: Vec<String> = headers.iter().map(str::to_string).collect();
+        if let Some((i, _)) = names.iter().enumerate().find(|(_, n)| n.is_empty()) {
             return Err(DataError::Malformed {
                 path: origin.into(),
                 line: 1,
-                message: format!("column name \"{n}\" appears twice in the header"),
+                message: format!("header field {} is empty; every column needs a name", i + 1),
             });
         }
-    }
-    let width = names.len();
-    let sizes = presize(head, delim, width, size_hint);
-    let mut lines = Vec::with_capacity(sizes.first().map_or(0, |&(rows, _)| rows));
-    let mut columns: Vec<CellBuilder> = sizes
-        .into_iter()
-        .zip(&names)
-        .map(|((rows, bytes), name)| CellBuilder::new(rows, bytes, text_columns.contains(name)))
-        .collect();
-    let mut report = LoadReport::default();
-    let mut record = csv::ByteRecord::new();
-    loop {
-        let ok = match reader.read_byte_record(&mut record) {
-            Ok(ok) => ok,
-            Err(e) => {
-                let line = e.position().map(|p| p.line()).unwrap_or(0);
-                // A read failing midway (a truncated .gz or .zst) is the file's fault, not a
-                // record's.
-                let message = e.to_string();
-                return Err(match e.into_kind() {
-                    csv::ErrorKind::Io(source) => DataError::Io {
-                        path: origin.into(),
-                        source,
-                    },
-                    _ => DataError::Malformed {
-                        path: origin.into(),
-                        line,
-                        message,
-                    },
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(DataError::Malformed {
+                    path: origin.into(),
+                    line: 1,
+                    message: format!("column name \"{n}\" appears twice in the header"),
                 });
             }
-        };
-        if !ok {
-            break;
         }
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
-        // A whitespace-only line (the csv crate skips empty ones itself); in a one-column file
-        // the same record is an empty value (`""`, a missing text), and is kept.
-        if width > 1 && record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
-            continue;
+        Ok(CsvChunks {
+            reader,
+            names,
+            delimiter: delim,
+            origin: origin.into(),
+            bad_rows,
+            text_columns: text_columns.to_vec(),
+            report: LoadReport::default(),
+            done: false,
+            chunks: 0,
+        })
+    }
+
+    /// The next chunk of at most `max_rows` rows (its report counts its own rows), or `None`
+    /// at the end of the file. A file without rows is the same error [`read_csv`] gives; a
+    /// last chunk of only malformed rows (skipped) has no rows, only its report.
+    pub fn next_chunk(&mut self, max_rows: usize) -> Result<Option<Table>> {
+        loop {
+            if self.done && self.chunks > 0 {
+                return Ok(None);
+            }
+            let sizes = vec![(max_rows.clamp(1, 1 << 16), 0); self.names.len()];
+            let (columns, lines) = self.read(max_rows.max(1), sizes)?;
+            if lines.is_empty() && !self.done {
+                continue; // every row of this stretch was malformed and skipped
+            }
+            let report = std::mem::take(&mut self.report);
+            self.chunks += 1;
+            if lines.is_empty() && self.chunks > 1 {
+                return Ok(Some(Table {
+                    origin: self.origin.clone(),
+                    names: self.names.clone(),
+                    columns,
+                    lines,
+                    report,
+                }));
+            }
+            return text_table(
+                &self.origin,
+                self.names.clone(),
+                columns,
+                lines,
+                report,
+                "only a header",
+            )
+            .map(Some);
         }
-        report.rows_read += 1;
-        let problem = if record.len() != width {
-            Some(format!(
-                "expected {width} fields (as in the header), found {}",
-                record.len()
-            ))
-        } else {
-            record
-                .iter()
-                .position(|f| std::str::from_utf8(f).is_err())
-                .map(|i| {
-                    format!(
-                        "field {} (column \"{}\") is not valid UTF-8",
-                        i + 1,
-                        names[i]
-                    )
-                })
-        };
-        if let Some(message) = problem {
-            match bad_rows {
-                BadRows::Error => {
-                    return Err(DataError::Malformed {
-                        path: origin.into(),
-                        line,
-                        message: format!(
-                            "{message} (set data.bad_rows = \"skip\" to drop such rows)"
-                        ),
+    }
+
+    /// Reads up to `max_rows` records into columns sized by `sizes`.
+    fn read(
+        &mut self,
+        max_rows: usize,
+        sizes: Vec<(usize, usize)>,
+    ) -> Result<(Vec<Column>, Vec<u64>)> {
+        let origin = self.origin.as_str();
+        let names = &self.names;
+        let width = names.len();
+        let report = &mut self.report;
+        let mut lines = Vec::with_capacity(sizes.first().map_or(0, |&(rows, _)| rows));
+        let mut columns: Vec<CellBuilder> = sizes
+            .into_iter()
+            .zip(names)
+            .map(|((rows, bytes), name)| {
+                CellBuilder::new(rows, bytes, self.text_columns.contains(name))
+            })
+            .collect();
+        let mut record = csv::ByteRecord::new();
+        while lines.len() < max_rows {
+            let ok = match self.reader.read_byte_record(&mut record) {
+                Ok(ok) => ok,
+                Err(e) => {
+                    let line = e.position().map(|p| p.line()).unwrap_or(0);
+                    // A read failing midway (a truncated .gz or .zst) is the file's fault, not
+                    // a record's.
+                    let message = e.to_string();
+                    return Err(match e.into_kind() {
+                        csv::ErrorKind::Io(source) => DataError::Io {
+                            path: origin.into(),
+                            source,
+                        },
+                        _ => DataError::Malformed {
+                            path: origin.into(),
+                            line,
+                            message,
+                        },
                     });
                 }
-                BadRows::Skip => {
-                    report.skip(line, &message);
-                    continue;
+            };
+            if !ok {
+                self.done = true;
+                break;
+            }
+            let line = record.position().map(|p| p.line()).unwrap_or(0);
+            // A whitespace-only line (the csv crate skips empty ones itself); in a one-column
+            // file the same record is an empty value (`""`, a missing text), and is kept.
+            if width > 1 && record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
+                continue;
+            }
+            report.rows_read += 1;
+            let problem = if record.len() != width {
+                Some(format!(
+                    "expected {width} fields (as in the header), found {}",
+                    record.len()
+                ))
+            } else {
+                record
+                    .iter()
+                    .position(|f| std::str::from_utf8(f).is_err())
+                    .map(|i| {
+                        format!(
+                            "field {} (column \"{}\") is not valid UTF-8",
+                            i + 1,
+                            names[i]
+                        )
+                    })
+            };
+            if let Some(message) = problem {
+                match self.bad_rows {
+                    BadRows::Error => {
+                        return Err(DataError::Malformed {
+                            path: origin.into(),
+                            line,
+                            message: format!(
+                                "{message} (set data.bad_rows = \"skip\" to drop such rows)"
+                            ),
+                        });
+                    }
+                    BadRows::Skip => {
+                        report.skip(line, &message);
+                        continue;
+                    }
                 }
             }
+            for (col, field) in columns.iter_mut().zip(record.iter()) {
+                let s = std::str::from_utf8(field).expect("checked above");
+                col.append((!s.is_empty() && !MISSING_TOKENS.contains(&s)).then_some(s));
+            }
+            lines.push(line);
         }
-        for (col, field) in columns.iter_mut().zip(record.iter()) {
-            let s = std::str::from_utf8(field).expect("checked above");
-            col.append((!s.is_empty() && !MISSING_TOKENS.contains(&s)).then_some(s));
-        }
-        lines.push(line);
+        let columns = columns
+            .into_iter()
+            .zip(names)
+            .map(|(c, name)| c.finish(origin, name))
+            .collect::<Result<_>>()?;
+        Ok((columns, lines))
     }
-    let columns = columns
-        .into_iter()
-        .zip(&names)
-        .map(|(c, name)| c.finish(origin, name))
-        .collect::<Result<_>>()?;
-    text_table(origin, names, columns, lines, report, "only a header")
 }
 
 /// A table of columns read from a file, or the error of a file without a row (`none`

@@ -27,7 +27,7 @@ pub use arrow_sink::{ColumnarFormat, OutputColumn, write_columnar};
 pub use arrow_source::{read_arrow_ipc, read_parquet};
 pub use augment::ImageAugmenter;
 pub use builtin::{BUILTIN_DATASETS, load_builtin};
-pub use csv_source::read_csv;
+pub use csv_source::{CsvChunks, read_csv};
 pub use describe::{ColumnSummary, Description, describe};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
 pub use image_source::{IMAGE_EXTENSIONS, decode_path_column, read_image_folder};
@@ -232,6 +232,81 @@ fn load_file(
             )
         }
     }
+}
+
+/// A source read a chunk of rows at a time: CSV files (also compressed) stream; other
+/// formats come whole, as one chunk.
+pub enum TableChunks {
+    /// A CSV file, read as it goes; `Some` base folder when a column of image paths is decoded
+    /// chunk by chunk.
+    Csv(Box<CsvChunks>, Option<std::path::PathBuf>, DataConfig),
+    /// The whole table (taken by the first call).
+    Whole(Option<Table>),
+}
+
+impl TableChunks {
+    /// The next chunk of at most `max_rows` rows (a whole source gives all its rows at once),
+    /// or `None` at the end.
+    pub fn next_chunk(&mut self, max_rows: usize) -> Result<Option<Table>> {
+        match self {
+            TableChunks::Csv(chunks, base, config) => {
+                let Some(mut table) = chunks.next_chunk(max_rows)? else {
+                    return Ok(None);
+                };
+                if let (Some(base), Some(column)) = (base.as_deref(), &config.image.column)
+                    && table.num_rows() > 0
+                {
+                    decode_path_column(&mut table, column, base, config)?;
+                }
+                Ok(Some(table))
+            }
+            TableChunks::Whole(table) => Ok(table.take()),
+        }
+    }
+
+    /// Whether the source is read as it goes (not held whole).
+    pub fn streams(&self) -> bool {
+        matches!(self, TableChunks::Csv(..))
+    }
+}
+
+/// [`load_source_columns`], a chunk at a time where the format allows (see [`TableChunks`]).
+pub fn source_chunks(
+    spec: &str,
+    config: &DataConfig,
+    columns: Option<&[String]>,
+    text_columns: &[String],
+) -> Result<TableChunks> {
+    let path = Path::new(spec);
+    let plain_file =
+        !spec.starts_with("builtin:") && idx::idx_prefix(spec).is_none() && path.is_file();
+    if plain_file {
+        let head = csv_source::read_head(path)?;
+        let format = match config.format {
+            DataFormat::Auto => detect_format(path, &head)?,
+            chosen => chosen,
+        };
+        if format == DataFormat::Csv {
+            let text_columns = named_columns(config, text_columns);
+            let chunks = CsvChunks::open(
+                csv_source::decompressed(path)?,
+                &head,
+                spec,
+                csv_source::CsvOptions {
+                    delimiter: config.delimiter,
+                    bad_rows: config.bad_rows,
+                    text_columns: &text_columns,
+                },
+            )?;
+            let base = config
+                .image
+                .column
+                .as_ref()
+                .map(|_| path.parent().unwrap_or(Path::new("")).to_path_buf());
+            return Ok(TableChunks::Csv(Box::new(chunks), base, config.clone()));
+        }
+    }
+    load_source_columns(spec, config, columns, text_columns).map(|t| TableChunks::Whole(Some(t)))
 }
 
 /// `extra` and the config's target (`target` and `label` when none is set), id and split

@@ -862,3 +862,59 @@ fn corrupt_parquet_and_arrow_files_are_errors_naming_the_file() {
         assert!(err.contains(says) && err.contains(name), "{name}: {err}");
     }
 }
+
+#[test]
+fn a_csv_read_in_chunks_gives_the_rows_of_the_whole_file_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.csv");
+    // Row 5 is malformed; row 8 turns column b into text in its chunk only.
+    let mut text = String::from("a,b,label\n");
+    for i in 0..12 {
+        match i {
+            5 => text.push_str("1,2\n"),
+            8 => text.push_str("8,eight,x\n"),
+            _ => text.push_str(&format!("{i},{},{}\n", i * 10, ["x", "y"][i % 2])),
+        }
+    }
+    std::fs::write(&p, &text).unwrap();
+    let spec = p.to_str().unwrap();
+    let mut data = kiln_config::DataConfig {
+        bad_rows: BadRows::Skip,
+        ..Default::default()
+    };
+    let whole = kiln_data::load_source(spec, &data).unwrap();
+    let mut chunks = kiln_data::source_chunks(spec, &data, None, &[]).unwrap();
+    assert!(chunks.streams());
+    let (mut lines, mut a, mut b, mut labels, mut skipped, mut sizes) =
+        (vec![], vec![], vec![], vec![], 0, vec![]);
+    while let Some(t) = chunks.next_chunk(4).unwrap() {
+        sizes.push(t.num_rows());
+        lines.extend(t.lines.iter().copied());
+        skipped += t.report.bad_rows_skipped;
+        a.extend(column_texts(&t, "a"));
+        b.extend(column_texts(&t, "b"));
+        labels.extend(column_texts(&t, "label"));
+    }
+    assert_eq!(sizes, [4, 4, 3]);
+    assert_eq!(lines, whole.lines);
+    assert_eq!(skipped, 1);
+    assert_eq!(a, column_texts(&whole, "a"));
+    assert_eq!(b, column_texts(&whole, "b"));
+    assert_eq!(labels, column_texts(&whole, "label"));
+
+    // Only a header: the error of the whole file. Other formats come whole.
+    std::fs::write(&p, "a,b\n").unwrap();
+    let err = kiln_data::source_chunks(spec, &data, None, &[])
+        .unwrap()
+        .next_chunk(4)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only a header"), "{err}");
+    let jsonl = dir.path().join("t.jsonl");
+    std::fs::write(&jsonl, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": 3}\n").unwrap();
+    data.bad_rows = BadRows::Error;
+    let mut chunks = kiln_data::source_chunks(jsonl.to_str().unwrap(), &data, None, &[]).unwrap();
+    assert!(!chunks.streams());
+    assert_eq!(chunks.next_chunk(2).unwrap().unwrap().num_rows(), 3);
+    assert!(chunks.next_chunk(2).unwrap().is_none());
+}

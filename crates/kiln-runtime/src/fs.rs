@@ -17,23 +17,77 @@ fn io(path: &Path, e: std::io::Error) -> RuntimeError {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
 /// renamed over the target, then the directory synced.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    {
-        let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| io(&tmp, e))?;
-        f.sync_all().map_err(|e| io(&tmp, e))?;
+    let mut file = AtomicFile::create(path)?;
+    file.write_all(bytes).map_err(|e| io(&file.tmp, e))?;
+    file.finish()
+}
+
+/// A file written as it goes that appears at its path only once finished ([`write_atomic`]
+/// for output too large to hold): a temporary `.NAME.tmp-PID` beside it, removed if the
+/// writer is dropped unfinished.
+pub struct AtomicFile {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: Option<std::io::BufWriter<File>>,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file (and `path`'s folder).
+    pub fn create(path: &Path) -> Result<Self, RuntimeError> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            std::process::id()
+        ));
+        let file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+        })
     }
-    fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+
+    /// Syncs the data, renames the temporary over the target and syncs the folder.
+    pub fn finish(mut self) -> Result<(), RuntimeError> {
+        let file = self.file.take().expect("finished once");
+        let file = file
+            .into_inner()
+            .map_err(|e| io(&self.tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| io(&self.tmp, e))?;
+        fs::rename(&self.tmp, &self.path).map_err(|e| io(&self.path, e))?;
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.as_mut().expect("not finished").write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().expect("not finished").flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// The writer's process id in a temporary name [`write_atomic`] or [`write_checkpoint`]

@@ -14,6 +14,7 @@ mod export;
 mod lm;
 pub mod memory;
 mod pipeline;
+mod predictions;
 mod report;
 mod resume;
 mod run_info;

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::distributed::{
     Scratch, check_batch_splits, check_model_and_data, check_program, checkpoint_facts,
 };
+use crate::predictions::{Prediction, PredictionsFormat, PredictionsWriter};
 use crate::resume::Resume;
 use crate::{KilnError, Result};
 
@@ -106,6 +107,28 @@ fn load_model_inputs(spec: &str, config: &Config, pre: &kiln_data::Preprocessor)
         .chain(text_columns.iter().cloned())
         .collect();
     kiln_data::load_source_columns(
+        spec,
+        &data_for_model(config, pre),
+        Some(&columns),
+        &text_columns,
+    )
+    .map_err(|e| with_setup_hint(spec, e.into()))
+}
+
+/// [`load_model_inputs`], a chunk of rows at a time where the format allows (CSV).
+fn model_input_chunks(
+    spec: &str,
+    config: &Config,
+    pre: &kiln_data::Preprocessor,
+) -> Result<kiln_data::TableChunks> {
+    let text_columns = pre.text_columns();
+    let columns: Vec<String> = pre
+        .features
+        .iter()
+        .map(|f| f.name().to_string())
+        .chain(text_columns.iter().cloned())
+        .collect();
+    kiln_data::source_chunks(
         spec,
         &data_for_model(config, pre),
         Some(&columns),
@@ -381,42 +404,6 @@ fn model_spec(config: &Config, preprocessor: &Preprocessor) -> Result<ModelSpec>
         preprocessor.text_input(),
         preprocessor.num_outputs(),
     )?)
-}
-
-/// One row's prediction: a class label, or a regression value.
-enum Prediction {
-    Label(String),
-    Value(f32),
-}
-
-/// How `kiln predict --out` writes, by the file's extension.
-enum PredictionsFormat {
-    /// `.csv` (or any other name), `.tsv`/`.tab`: delimited text with a header.
-    Csv(u8),
-    /// `.jsonl`, `.ndjson`: one object per row, the same names as the CSV header.
-    JsonLines,
-    /// `.parquet`, `.pq`; `.arrow`, `.feather`: typed columns under the CSV header's names.
-    Columnar(kiln_data::ColumnarFormat),
-}
-
-impl PredictionsFormat {
-    fn of(out: &Path) -> Result<Self> {
-        let name = out.to_string_lossy().to_lowercase();
-        let extension = name.rsplit_once('.').map_or("", |(_, e)| e);
-        match extension {
-            "jsonl" | "ndjson" => Ok(Self::JsonLines),
-            "tsv" | "tab" => Ok(Self::Csv(b'\t')),
-            "parquet" | "pq" => Ok(Self::Columnar(kiln_data::ColumnarFormat::Parquet)),
-            "arrow" | "feather" => Ok(Self::Columnar(kiln_data::ColumnarFormat::ArrowIpc)),
-            "json" | "xlsx" | "xls" | "gz" | "zst" => Err(KilnError::Output {
-                path: out.display().to_string(),
-                message: format!(
-                    "kiln writes predictions as CSV (.csv), TSV (.tsv), JSON Lines (.jsonl, .ndjson), Parquet (.parquet) or Arrow IPC / Feather (.arrow, .feather), not .{extension}"
-                ),
-            }),
-            _ => Ok(Self::Csv(b',')),
-        }
-    }
 }
 
 /// How long the training loop waited for its batches (gathered, and augmented on a thread
@@ -961,9 +948,14 @@ pub struct PredictSummary {
     pub unknown_categories: BTreeMap<String, usize>,
 }
 
-/// Writes one prediction per input row to `out` as CSV: the id column first when the run
-/// has one, then the prediction (named after the target), then `proba_<class>` columns with
-/// `proba`.
+/// Rows of a streamed input (a CSV file) read, encoded and predicted at a time.
+const PREDICT_CHUNK_ROWS: usize = 65_536;
+
+/// Writes one prediction per input row to `out` (CSV, TSV, JSON Lines, Parquet or Arrow by
+/// its extension): the id column first when the run has one, then the prediction (named
+/// after the target), then `proba_<class>` columns with `proba`. A CSV input is read, scored
+/// and written a chunk of rows at a time, so its size is not bounded by memory; the output
+/// takes its name only once complete.
 pub fn predict_run(
     run_dir: &Path,
     data_spec: &str,
@@ -971,140 +963,79 @@ pub fn predict_run(
     proba: bool,
 ) -> Result<PredictSummary> {
     refuse_overwrite(out, run_dir, data_spec)?;
-    PredictionsFormat::of(out)?;
+    let format = PredictionsFormat::of(out)?;
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let device = device_for(&config)?;
     let loaded = run::load(run_dir, &device)?;
-    let table = load_model_inputs(data_spec, &loaded.config, &loaded.preprocessor)?;
-    let rows: Vec<usize> = (0..table.num_rows()).collect();
-    let encoded = loaded.preprocessor.transform(&table, &rows, false, false)?;
-    let p = predict(&loaded.model, &encoded, &loaded.preprocessor, &device);
-    refuse_non_finite(data_spec, &table, &encoded, &p, &loaded.preprocessor)?;
     let pre = &loaded.preprocessor;
+    let mut chunks = model_input_chunks(data_spec, &loaded.config, pre)?;
     let target_name = match &pre.target {
         kiln_data::TargetTransform::Classes { name, .. }
         | kiln_data::TargetTransform::Regression { name, .. } => name,
     };
-    let out_err = |e: &dyn std::fmt::Display| KilnError::Output {
-        path: out.display().to_string(),
-        message: e.to_string(),
-    };
-    let mut header: Vec<String> = Vec::new();
-    if let (Some(id), Some(_)) = (&pre.id_column, &encoded.ids) {
-        header.push(id.clone());
-    }
-    header.push(target_name.clone());
-    if proba && let Some(classes) = pre.classes() {
-        header.extend(classes.iter().map(|c| format!("proba_{c}")));
-    }
-    // Each row: the id, the prediction and the probabilities.
-    let records = (0..p.rows).map(|r| {
-        let row = &p.values[r * p.width..(r + 1) * p.width];
-        let mut text: Vec<String> = Vec::with_capacity(2);
-        if let Some(ids) = &encoded.ids {
-            text.push(ids[r].clone());
+    let mut writer: Option<PredictionsWriter> = None;
+    let mut missing_filled = 0;
+    let mut unknown_categories: BTreeMap<String, usize> = BTreeMap::new();
+    while let Some(table) = chunks
+        .next_chunk(PREDICT_CHUNK_ROWS)
+        .map_err(|e| with_setup_hint(data_spec, e.into()))?
+    {
+        let rows: Vec<usize> = (0..table.num_rows()).collect();
+        let encoded = pre.transform(&table, &rows, false, false)?;
+        let p = predict(&loaded.model, &encoded, pre, &device);
+        refuse_non_finite(data_spec, &table, &encoded, &p, pre)?;
+        missing_filled += encoded.missing_filled;
+        for (k, v) in &encoded.unknown_categories {
+            *unknown_categories.entry(k.clone()).or_default() += v;
         }
-        let mut numbers: Vec<f32> = Vec::new();
-        let prediction = match pre.classes() {
-            Some(classes) => {
-                let best = row
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
-                if proba {
-                    numbers.extend_from_slice(row);
+        let writer = match &mut writer {
+            Some(w) => w,
+            None => {
+                let mut header: Vec<String> = Vec::new();
+                if let (Some(id), Some(_)) = (&pre.id_column, &encoded.ids) {
+                    header.push(id.clone());
                 }
-                Prediction::Label(classes[best].clone())
+                header.push(target_name.clone());
+                if proba && let Some(classes) = pre.classes() {
+                    header.extend(classes.iter().map(|c| format!("proba_{c}")));
+                }
+                writer.insert(PredictionsWriter::create(out, format, header)?)
             }
-            None => Prediction::Value(row[0]),
         };
-        (text, prediction, numbers)
-    });
-    let mut buf = Vec::new();
-    match PredictionsFormat::of(out)? {
-        PredictionsFormat::Csv(delimiter) => {
-            let mut w = csv::WriterBuilder::new()
-                .delimiter(delimiter)
-                .from_writer(&mut buf);
-            w.write_record(&header).map_err(|e| out_err(&e))?;
-            for (mut text, prediction, numbers) in records {
-                text.push(match prediction {
-                    Prediction::Label(label) => label,
-                    Prediction::Value(value) => format!("{value}"),
-                });
-                text.extend(numbers.iter().map(|v| format!("{v:.6}")));
-                w.write_record(&text).map_err(|e| out_err(&e))?;
+        // Each row: the id, the prediction and the probabilities.
+        let records = (0..p.rows).map(|r| {
+            let row = &p.values[r * p.width..(r + 1) * p.width];
+            let mut text: Vec<String> = Vec::with_capacity(2);
+            if let Some(ids) = &encoded.ids {
+                text.push(ids[r].clone());
             }
-            w.flush().map_err(|e| out_err(&e))?;
-        }
-        PredictionsFormat::Columnar(format) => {
-            let mut columns: Vec<kiln_data::OutputColumn> = Vec::new();
-            for (text, prediction, numbers) in records {
-                if columns.is_empty() {
-                    columns.extend(
-                        text.iter()
-                            .map(|_| kiln_data::OutputColumn::Text(Vec::new())),
-                    );
-                    columns.push(match prediction {
-                        Prediction::Label(_) => kiln_data::OutputColumn::Text(Vec::new()),
-                        Prediction::Value(_) => kiln_data::OutputColumn::Float(Vec::new()),
-                    });
-                    columns.extend(
-                        numbers
-                            .iter()
-                            .map(|_| kiln_data::OutputColumn::Float(Vec::new())),
-                    );
-                }
-                let values = text
-                    .into_iter()
-                    .map(Prediction::Label)
-                    .chain(std::iter::once(prediction))
-                    .chain(numbers.into_iter().map(Prediction::Value));
-                for (column, value) in columns.iter_mut().zip(values) {
-                    match (column, value) {
-                        (kiln_data::OutputColumn::Text(c), Prediction::Label(v)) => c.push(v),
-                        (kiln_data::OutputColumn::Float(c), Prediction::Value(v)) => c.push(v),
-                        _ => unreachable!("every row has the first row's column types"),
+            let mut numbers: Vec<f32> = Vec::new();
+            let prediction = match pre.classes() {
+                Some(classes) => {
+                    let best = row
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+                    if proba {
+                        numbers.extend_from_slice(row);
                     }
+                    Prediction::Label(classes[best].clone())
                 }
-            }
-            buf = kiln_data::write_columnar(format, &header, columns)?;
-        }
-        PredictionsFormat::JsonLines => {
-            // Written field by field, so the keys keep the CSV header's order (id first).
-            for (text, prediction, numbers) in records {
-                let prediction = match prediction {
-                    Prediction::Label(label) => serde_json::Value::from(label),
-                    Prediction::Value(value) => serde_json::Value::from(value),
-                };
-                let values = text
-                    .into_iter()
-                    .map(serde_json::Value::from)
-                    .chain(std::iter::once(prediction))
-                    .chain(numbers.into_iter().map(serde_json::Value::from));
-                buf.push(b'{');
-                for (i, (name, value)) in header.iter().zip(values).enumerate() {
-                    if i > 0 {
-                        buf.push(b',');
-                    }
-                    serde_json::to_writer(&mut buf, name).map_err(|e| out_err(&e))?;
-                    buf.push(b':');
-                    serde_json::to_writer(&mut buf, &value).map_err(|e| out_err(&e))?;
-                }
-                buf.extend_from_slice(b"}\n");
-            }
-        }
+                None => Prediction::Value(row[0]),
+            };
+            (text, prediction, numbers)
+        });
+        writer.write(records)?;
     }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| out_err(&e))?;
-    }
-    kiln_train::checkpoint::write_atomic(out, &buf)?;
+    let writer = writer.ok_or_else(|| KilnError::Invalid(format!("{data_spec}: no rows")))?;
+    let rows = writer.rows();
+    writer.finish()?;
     Ok(PredictSummary {
         run_dir: run_dir.to_path_buf(),
         data: data_spec.to_string(),
         out: out.to_path_buf(),
-        rows: p.rows,
-        missing_filled: encoded.missing_filled,
-        unknown_categories: encoded.unknown_categories,
+        rows,
+        missing_filled,
+        unknown_categories,
     })
 }
