@@ -972,6 +972,35 @@ fn predict_streams_a_csv_in_chunks_and_writes_what_the_whole_file_gives() {
         summaries[0]["missing_filled"],
         summaries[1]["missing_filled"]
     );
+    // kiln eval reads the same chunks: a labelled copy scores as its JSON Lines twin.
+    let labelled = churn_csv(140_000, 9, true, Some("Rome"));
+    std::fs::write(dir.path().join("big_labelled.csv"), &labelled).unwrap();
+    let mut jsonl = String::new();
+    let mut lines = labelled.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    for line in lines {
+        let row: serde_json::Map<String, serde_json::Value> = header
+            .iter()
+            .zip(line.split(','))
+            .map(|(k, v)| {
+                let value = match v {
+                    "" | "NA" => serde_json::Value::Null,
+                    v => v.into(),
+                };
+                (k.to_string(), value)
+            })
+            .collect();
+        jsonl.push_str(&serde_json::Value::Object(row).to_string());
+        jsonl.push('\n');
+    }
+    std::fs::write(dir.path().join("big_labelled.jsonl"), &jsonl).unwrap();
+    let scores: Vec<serde_json::Value> = ["big_labelled.csv", "big_labelled.jsonl"]
+        .iter()
+        .map(|input| kiln_json(dir.path(), &["eval", &run, "--data", input, "--json"]))
+        .collect();
+    assert_eq!(scores[0]["rows"], 140_000, "{}", scores[0]);
+    assert!(scores[0]["test"]["accuracy"].is_number(), "{}", scores[0]);
+    assert_eq!(scores[0]["details"], scores[1]["details"], "{scores:?}");
     // No temporary file is left beside the output.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()

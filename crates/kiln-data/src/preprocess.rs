@@ -206,6 +206,21 @@ pub enum Target {
 }
 
 impl Target {
+    /// Appends `other`'s rows (a later chunk of the same data); targets of another kind
+    /// (classes against values) are an error.
+    pub fn extend(&mut self, other: Target) -> Result<()> {
+        match (self, other) {
+            (Target::Classes(a), Target::Classes(b)) => a.extend(b),
+            (Target::Values(a), Target::Values(b)) => a.extend(b),
+            _ => {
+                return Err(DataError::Invalid(
+                    "a chunk's target is of another kind than the first chunk's".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Rows `idx` of the target.
     pub fn select(&self, idx: &[usize]) -> Target {
         match self {

@@ -119,7 +119,16 @@ pub fn score(
     predictions: &Predictions,
     preprocessor: &Preprocessor,
 ) -> Result<Evaluation, TrainError> {
-    match (&data.y, preprocessor.task) {
+    score_target(data.y.as_ref(), predictions, preprocessor)
+}
+
+/// Scores `predictions` against the encoded target `y` of the same rows.
+pub fn score_target(
+    y: Option<&Target>,
+    predictions: &Predictions,
+    preprocessor: &Preprocessor,
+) -> Result<Evaluation, TrainError> {
+    match (y, preprocessor.task) {
         (Some(Target::Classes(labels)), Task::Classification) => {
             let y: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
             let metrics =

@@ -95,27 +95,11 @@ fn load_table_with_text(spec: &str, config: &Config, text_columns: &[String]) ->
         .map_err(|e| with_setup_hint(spec, e.into()))
 }
 
-/// [`load_table`] for a trained model's input: a Parquet or Arrow source decodes only the
-/// columns `pre` reads, its id column and the target (when the file has them); a CSV keeps
-/// the columns `pre` matches as text as written.
-fn load_model_inputs(spec: &str, config: &Config, pre: &kiln_data::Preprocessor) -> Result<Table> {
-    let text_columns = pre.text_columns();
-    let columns: Vec<String> = pre
-        .features
-        .iter()
-        .map(|f| f.name().to_string())
-        .chain(text_columns.iter().cloned())
-        .collect();
-    kiln_data::load_source_columns(
-        spec,
-        &data_for_model(config, pre),
-        Some(&columns),
-        &text_columns,
-    )
-    .map_err(|e| with_setup_hint(spec, e.into()))
-}
-
-/// [`load_model_inputs`], a chunk of rows at a time where the format allows (CSV).
+/// A trained model's input, a chunk of rows at a time where the format allows (CSV; see
+/// `kiln_data::TableChunks`): a Parquet or Arrow source decodes only the columns `pre`
+/// reads, its id column and the target (when the file has them); a CSV keeps the columns
+/// `pre` matches as text as written; images are read at the size and channels `pre` was
+/// fitted on.
 fn model_input_chunks(
     spec: &str,
     config: &Config,
@@ -909,25 +893,50 @@ pub fn evaluate_run(run_dir: &Path, data_spec: &str) -> Result<EvalSummary> {
     let config = kiln_config::load(&run_dir.join(files::CONFIG), &[])?;
     let device = device_for(&config)?;
     let loaded = run::load(run_dir, &device)?;
-    let table = load_model_inputs(data_spec, &loaded.config, &loaded.preprocessor)?;
-    let rows: Vec<usize> = (0..table.num_rows()).collect();
-    let encoded = loaded.preprocessor.transform(&table, &rows, true, true)?;
-    if encoded.rows == 0 {
+    let pre = &loaded.preprocessor;
+    // A CSV is read and scored a chunk at a time; only targets and outputs are kept.
+    let mut chunks = model_input_chunks(data_spec, &loaded.config, pre)?;
+    let mut y: Option<kiln_data::Target> = None;
+    let mut outputs = Predictions {
+        rows: 0,
+        width: pre.num_outputs(),
+        values: Vec::new(),
+    };
+    let (mut rows_dropped, mut unknown_categories) = (0, BTreeMap::<String, usize>::new());
+    while let Some(table) = chunks
+        .next_chunk(PREDICT_CHUNK_ROWS)
+        .map_err(|e| with_setup_hint(data_spec, e.into()))?
+    {
+        let rows: Vec<usize> = (0..table.num_rows()).collect();
+        let mut encoded = pre.transform(&table, &rows, true, true)?;
+        let p = predict(&loaded.model, &encoded, pre, &device);
+        refuse_non_finite(data_spec, &table, &encoded, &p, pre)?;
+        rows_dropped += encoded.missing_dropped + encoded.missing_target_dropped;
+        for (k, v) in &encoded.unknown_categories {
+            *unknown_categories.entry(k.clone()).or_default() += v;
+        }
+        match (&mut y, encoded.y.take()) {
+            (Some(all), Some(chunk)) => all.extend(chunk)?,
+            (None, chunk) => y = chunk,
+            (Some(_), None) => {}
+        }
+        outputs.rows += p.rows;
+        outputs.values.extend(p.values);
+    }
+    if outputs.rows == 0 {
         return Err(KilnError::Invalid(format!(
             "{data_spec}: no rows to score after cleaning"
         )));
     }
-    let p = predict(&loaded.model, &encoded, &loaded.preprocessor, &device);
-    refuse_non_finite(data_spec, &table, &encoded, &p, &loaded.preprocessor)?;
-    let evaluation = score(&encoded, &p, &loaded.preprocessor)?;
+    let evaluation = kiln_train::evaluate::score_target(y.as_ref(), &outputs, pre)?;
     Ok(EvalSummary {
         run_dir: run_dir.to_path_buf(),
         data: data_spec.to_string(),
-        rows: encoded.rows,
-        rows_dropped: encoded.missing_dropped + encoded.missing_target_dropped,
-        unknown_categories: encoded.unknown_categories,
+        rows: outputs.rows,
+        rows_dropped,
+        unknown_categories,
         evaluation,
-        classes: loaded.preprocessor.classes().map(<[String]>::to_vec),
+        classes: pre.classes().map(<[String]>::to_vec),
     })
 }
 
