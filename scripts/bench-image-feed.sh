@@ -27,8 +27,7 @@ wait = sum(e["data_wait_seconds"] for e in epochs)
 print(f"{sys.argv[3]}: {rows / step:.0f} samples/s over {step:.1f} s of steps; data wait {wait:.2f} s = {100 * wait / step:.2f} %; test accuracy {summary['test']['accuracy']:.4f}")
 PY
 }
-run folder-augmented
-run folder-plain --set data.augment.flip=false --set data.augment.crop_padding=0
+run folder-augmented --set data.augment.flip=true --set data.augment.crop_padding=2
+run folder-plain
 run idx-plain --set data.source='"/usr/share/datasets/fashion-mnist/train"' \
-    --set data.test_source='"/usr/share/datasets/fashion-mnist/t10k"' \
-    --set data.augment.flip=false --set data.augment.crop_padding=0
+    --set data.test_source='"/usr/share/datasets/fashion-mnist/t10k"'

@@ -97,7 +97,7 @@ fn an_augmented_cnn_learns_colour_images_predicts_by_path_and_resumes_bit_identi
     let earliest = checkpoints.first().unwrap();
     let step: u64 = earliest.trim_start_matches("step-").parse().unwrap();
     assert!(
-        step % 5 != 0,
+        !step.is_multiple_of(5),
         "{earliest} is not inside an epoch (5 steps each)"
     );
     let resumed = kiln_json(
