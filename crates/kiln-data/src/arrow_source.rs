@@ -21,6 +21,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch, RecordBatchReader};
 use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, Fields, SchemaRef, TimeUnit};
 use kiln_config::BadRows;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use crate::table::{Column, LoadReport, Table, TextBuilder};
 use crate::{DataError, Result};
@@ -57,40 +58,119 @@ pub fn read_parquet(path: &Path, columns: Option<&[String]>, bad_rows: BadRows) 
     let mut table = TableBuilder::new(&origin, bad_rows, rows);
     for file in &files {
         let name = file.display().to_string();
-        let bad = |e: &dyn std::fmt::Display| {
-            let e = e.to_string();
-            match e.split("Disabled feature at compile time: ").nth(1) {
-                Some(codec) => DataError::Invalid(format!(
-                    "{name}: its pages are {codec}-compressed, a codec kiln does not read; write it with snappy, zstd, lz4 or gzip (pyarrow: pq.write_table(table, path, compression=\"zstd\"))"
-                )),
-                None => DataError::Invalid(format!("{name}: not a readable Parquet file: {e}")),
-            }
-        };
-        let reader = File::open(file).map_err(|source| DataError::Io {
-            path: name.clone(),
-            source,
-        })?;
-        let builder =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(reader)
-                .map_err(|e| bad(&e))?;
-        let mask = match columns {
-            Some(wanted) => {
-                let roots = projection(builder.schema(), wanted);
-                parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots)
-            }
-            None => parquet::arrow::ProjectionMask::all(),
-        };
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map_err(|e| bad(&e))?;
+        let reader = open_parquet(file, columns)?;
         table.start_file(&name, &reader.schema())?;
         for batch in reader {
-            table.push(&batch.map_err(|e| bad(&e))?)?;
+            table.push(&batch.map_err(|e| parquet_error(&name, &e))?)?;
         }
     }
     table.finish("no rows")
+}
+
+/// A Parquet file (or directory of part files) read a chunk of record batches at a time, for
+/// `kiln predict` and `kiln eval` over files larger than memory.
+pub struct ParquetChunks {
+    origin: String,
+    files: Vec<PathBuf>,
+    next_file: usize,
+    /// The file being read, its reader, and the rows already taken from it.
+    current: Option<(String, ParquetRecordBatchReader, usize)>,
+    columns: Option<Vec<String>>,
+    bad_rows: BadRows,
+    rows_done: usize,
+    chunks: usize,
+}
+
+impl ParquetChunks {
+    /// The files `path` names (see [`read_parquet`]); nothing is decoded yet.
+    pub fn open(path: &Path, columns: Option<&[String]>, bad_rows: BadRows) -> Result<Self> {
+        Ok(ParquetChunks {
+            origin: path.display().to_string(),
+            files: parquet_files(path)?,
+            next_file: 0,
+            current: None,
+            columns: columns.map(<[String]>::to_vec),
+            bad_rows,
+            rows_done: 0,
+            chunks: 0,
+        })
+    }
+
+    /// The next chunk: whole record batches (64 Ki rows each) until at least `max_rows`
+    /// rows, or `None` at the end. A source without rows is the error [`read_parquet`] gives.
+    pub fn next_chunk(&mut self, max_rows: usize) -> Result<Option<Table>> {
+        let mut table = TableBuilder::new(&self.origin, self.bad_rows, 0);
+        table.line_offset = self.rows_done as u64;
+        let mut got = 0;
+        let mut started = false;
+        while got < max_rows.max(1) {
+            if self.current.is_none() {
+                let Some(file) = self.files.get(self.next_file) else {
+                    break;
+                };
+                self.next_file += 1;
+                let name = file.display().to_string();
+                let reader = open_parquet(file, self.columns.as_deref())?;
+                self.current = Some((name, reader, 0));
+                started = false;
+            }
+            let (name, reader, taken) = self.current.as_mut().expect("a reader");
+            if !started {
+                table.start_file(name, &reader.schema())?;
+                table.file_offset = *taken;
+                started = true;
+            }
+            match reader.next() {
+                Some(batch) => {
+                    let batch = batch.map_err(|e| parquet_error(name, &e))?;
+                    table.push(&batch)?;
+                    *taken += batch.num_rows();
+                    got += batch.num_rows();
+                }
+                None => self.current = None,
+            }
+        }
+        self.chunks += 1;
+        if got == 0 && self.chunks > 1 {
+            return Ok(None);
+        }
+        self.rows_done += got;
+        table.finish("no rows").map(Some)
+    }
+}
+
+/// A Parquet file's error, with a hint for a codec kiln was built without.
+fn parquet_error(name: &str, e: &dyn std::fmt::Display) -> DataError {
+    let e = e.to_string();
+    match e.split("Disabled feature at compile time: ").nth(1) {
+        Some(codec) => DataError::Invalid(format!(
+            "{name}: its pages are {codec}-compressed, a codec kiln does not read; write it with snappy, zstd, lz4 or gzip (pyarrow: pq.write_table(table, path, compression=\"zstd\"))"
+        )),
+        None => DataError::Invalid(format!("{name}: not a readable Parquet file: {e}")),
+    }
+}
+
+/// A reader of `file`'s record batches, decoding only `columns` when given.
+fn open_parquet(file: &Path, columns: Option<&[String]>) -> Result<ParquetRecordBatchReader> {
+    let name = file.display().to_string();
+    let reader = File::open(file).map_err(|source| DataError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(reader)
+        .map_err(|e| parquet_error(&name, &e))?;
+    let mask = match columns {
+        Some(wanted) => {
+            let roots = projection(builder.schema(), wanted);
+            parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots)
+        }
+        None => parquet::arrow::ProjectionMask::all(),
+    };
+    builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| parquet_error(&name, &e))
 }
 
 /// Reads an Arrow IPC file (Feather v2) or stream, keeping only `columns` when given.
@@ -247,6 +327,10 @@ struct TableBuilder {
     file: String,
     /// The table row where the current file starts (errors count rows within a file).
     file_start: usize,
+    /// Rows of the current file read by earlier chunks.
+    file_offset: usize,
+    /// Rows of the source read by earlier chunks (added to the table's row numbers).
+    line_offset: u64,
     started: bool,
 }
 
@@ -266,6 +350,8 @@ impl TableBuilder {
             report: LoadReport::default(),
             file: String::new(),
             file_start: 0,
+            file_offset: 0,
+            line_offset: 0,
             started: false,
         }
     }
@@ -275,6 +361,7 @@ impl TableBuilder {
         let found = leaves(schema.fields(), "");
         self.file = file.into();
         self.file_start = self.rows;
+        self.file_offset = 0;
         if let Some(name) = found
             .iter()
             .enumerate()
@@ -373,7 +460,7 @@ impl TableBuilder {
     fn push(&mut self, batch: &RecordBatch) -> Result<()> {
         let first_row = self.rows;
         // Rows in errors count from the start of their file.
-        let in_file = first_row - self.file_start;
+        let in_file = first_row - self.file_start + self.file_offset;
         for c in 0..self.builders.len() {
             let (array, nulls) = leaf_array(batch, &self.paths[c]);
             let name = self.names[c].clone();
@@ -472,7 +559,9 @@ impl TableBuilder {
                 }
             })
             .collect::<Result<_>>()?;
-        let lines: Vec<u64> = (1..=self.rows as u64).collect();
+        let lines: Vec<u64> = (1..=self.rows as u64)
+            .map(|l| l + self.line_offset)
+            .collect();
         if self.rows == 0 {
             return Err(DataError::Empty {
                 path: self.origin,

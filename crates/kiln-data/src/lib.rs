@@ -24,7 +24,7 @@ mod split;
 mod table;
 
 pub use arrow_sink::{ColumnarFormat, OutputColumn, write_columnar};
-pub use arrow_source::{read_arrow_ipc, read_parquet};
+pub use arrow_source::{ParquetChunks, read_arrow_ipc, read_parquet};
 pub use augment::ImageAugmenter;
 pub use builtin::{BUILTIN_DATASETS, load_builtin};
 pub use csv_source::{CsvChunks, read_csv};
@@ -234,9 +234,11 @@ fn load_file(
     }
 }
 
-/// A source read a chunk of rows at a time: CSV files (also compressed) stream; other
-/// formats come whole, as one chunk.
+/// A source read a chunk of rows at a time: CSV files (also compressed) and Parquet (a file or
+/// a directory of part files) stream; other formats come whole, as one chunk.
 pub enum TableChunks {
+    /// Parquet record batches, as they are decoded.
+    Parquet(Box<ParquetChunks>),
     /// A CSV file, read as it goes; `Some` base folder when a column of image paths is decoded
     /// chunk by chunk.
     Csv(Box<CsvChunks>, Option<std::path::PathBuf>, DataConfig),
@@ -260,13 +262,14 @@ impl TableChunks {
                 }
                 Ok(Some(table))
             }
+            TableChunks::Parquet(chunks) => chunks.next_chunk(max_rows),
             TableChunks::Whole(table) => Ok(table.take()),
         }
     }
 
     /// Whether the source is read as it goes (not held whole).
     pub fn streams(&self) -> bool {
-        matches!(self, TableChunks::Csv(..))
+        matches!(self, TableChunks::Csv(..) | TableChunks::Parquet(_))
     }
 }
 
@@ -278,14 +281,25 @@ pub fn source_chunks(
     text_columns: &[String],
 ) -> Result<TableChunks> {
     let path = Path::new(spec);
-    let plain_file =
-        !spec.starts_with("builtin:") && idx::idx_prefix(spec).is_none() && path.is_file();
-    if plain_file {
+    let named = !spec.starts_with("builtin:") && idx::idx_prefix(spec).is_none();
+    let parquet_parts = named
+        && path.is_dir()
+        && matches!(config.format, DataFormat::Auto | DataFormat::Parquet)
+        && !image_source::is_image_folder(path);
+    if parquet_parts && config.image.column.is_none() {
+        let chunks = ParquetChunks::open(path, columns, config.bad_rows)?;
+        return Ok(TableChunks::Parquet(Box::new(chunks)));
+    }
+    if named && path.is_file() {
         let head = csv_source::read_head(path)?;
         let format = match config.format {
             DataFormat::Auto => detect_format(path, &head)?,
             chosen => chosen,
         };
+        if format == DataFormat::Parquet && config.image.column.is_none() {
+            let chunks = ParquetChunks::open(path, columns, config.bad_rows)?;
+            return Ok(TableChunks::Parquet(Box::new(chunks)));
+        }
         if format == DataFormat::Csv {
             let text_columns = named_columns(config, text_columns);
             let chunks = CsvChunks::open(

@@ -521,3 +521,42 @@ fn files_written_by_pyarrow_read_with_their_types() {
         "{err}"
     );
 }
+
+#[test]
+fn parquet_read_in_chunks_gives_the_rows_of_the_whole_source_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = dir.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    let v = |values: &[f64]| {
+        batch(vec![(
+            "v",
+            Arc::new(Float64Array::from(values.to_vec())) as ArrayRef,
+        )])
+    };
+    write_parquet(&parts.join("part-0.parquet"), &[v(&[1.0, 2.0])]);
+    write_parquet(&parts.join("part-1.parquet"), &[v(&[3.0]), v(&[4.0, 5.0])]);
+    write_parquet(&parts.join("part-2.parquet"), &[v(&[6.0, f64::INFINITY])]);
+    let spec = parts.to_str().unwrap();
+    let data = kiln_config::DataConfig::default();
+    let mut chunks = kiln_data::source_chunks(spec, &data, None, &[]).unwrap();
+    assert!(chunks.streams());
+    let (mut values, mut lines) = (vec![], vec![]);
+    let err = loop {
+        match chunks.next_chunk(1) {
+            Ok(Some(t)) => {
+                lines.extend(t.lines.clone());
+                values.extend((0..t.num_rows()).map(|r| t.columns[0].number(r).unwrap()));
+            }
+            Ok(None) => panic!("the infinite value was not refused"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    // Whole record batches: a chunk holds at least one, and never spans a file's end.
+    assert_eq!(values, [1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(lines, [1, 2, 3, 4, 5]);
+    // Errors name the part file and the row within it, as the whole read does.
+    assert!(
+        err.contains("part-2.parquet, line 2, column \"v\""),
+        "{err}"
+    );
+}
