@@ -916,6 +916,12 @@ fn predict(args: PredictArgs) -> Result<()> {
         return Ok(());
     }
     println!("wrote {} predictions to {}", s.rows, s.out.display());
+    if s.rows_skipped > 0 {
+        println!(
+            "{} malformed rows skipped (data.bad_rows = \"skip\"), not predicted",
+            s.rows_skipped
+        );
+    }
     if s.missing_filled > 0 {
         println!(
             "{} missing values filled with training statistics",

@@ -1001,7 +1001,14 @@ fn predict_streams_a_csv_in_chunks_and_writes_what_the_whole_file_gives() {
     assert_eq!(scores[0]["rows"], 140_000, "{}", scores[0]);
     assert!(scores[0]["test"]["accuracy"].is_number(), "{}", scores[0]);
     assert_eq!(scores[0]["details"], scores[1]["details"], "{scores:?}");
-    // No temporary file is left beside the output.
+    // An output that cannot take its name (a folder is there) fails and leaves no temporary.
+    std::fs::create_dir(dir.path().join("taken.csv")).unwrap();
+    let err = kiln_err(
+        dir.path(),
+        &["predict", &run, "--data", "big.csv", "--out", "taken.csv"],
+    );
+    assert!(err.contains("taken.csv"), "{err}");
+    // No temporary file is left beside the outputs.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

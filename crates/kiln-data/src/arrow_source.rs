@@ -79,6 +79,8 @@ pub struct ParquetChunks {
     bad_rows: BadRows,
     rows_done: usize,
     chunks: usize,
+    /// The first file's columns and their types: every later file must have the same.
+    schema: Option<(String, Vec<(String, DataType)>)>,
 }
 
 impl ParquetChunks {
@@ -93,6 +95,7 @@ impl ParquetChunks {
             bad_rows,
             rows_done: 0,
             chunks: 0,
+            schema: None,
         })
     }
 
@@ -111,6 +114,23 @@ impl ParquetChunks {
                 self.next_file += 1;
                 let name = file.display().to_string();
                 let reader = open_parquet(file, self.columns.as_deref())?;
+                let schema = reader.schema();
+                let columns: Vec<(String, DataType)> = leaves(schema.fields(), "")
+                    .into_iter()
+                    .map(|(n, path)| {
+                        let t = leaf_type(schema.fields(), &path).clone();
+                        (n, t)
+                    })
+                    .collect();
+                match &self.schema {
+                    None => self.schema = Some((name.clone(), columns)),
+                    Some((first, expected)) if *expected != columns => {
+                        return Err(DataError::Invalid(format!(
+                            "{name}: its columns differ from {first}'s; part files must have the same schema"
+                        )));
+                    }
+                    Some(_) => {}
+                }
                 self.current = Some((name, reader, 0));
                 started = false;
             }
@@ -582,7 +602,8 @@ impl TableBuilder {
             let report = table.report.clone();
             table = table.select(&keep);
             table.report = report;
-            if table.num_rows() == 0 {
+            // A later chunk of a streamed source may lose every row: it keeps its report.
+            if table.num_rows() == 0 && self.line_offset == 0 {
                 return Err(DataError::Empty {
                     path: table.origin,
                     detail: format!(

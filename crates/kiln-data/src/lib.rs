@@ -168,17 +168,24 @@ pub fn load_source_columns(
     }
     let path = Path::new(spec);
     if path.is_dir() {
-        return match config.format {
-            DataFormat::Images => read_image_folder(path, config),
+        let mut table = match config.format {
+            DataFormat::Images => return read_image_folder(path, config),
             DataFormat::Auto if image_source::is_image_folder(path) => {
-                read_image_folder(path, config)
+                return read_image_folder(path, config);
             }
-            DataFormat::Auto | DataFormat::Parquet => read_parquet(path, columns, config.bad_rows),
-            other => Err(DataError::Invalid(format!(
-                "{spec} is a directory; data.format = \"{}\" reads one file",
-                format!("{other:?}").to_lowercase()
-            ))),
+            DataFormat::Auto | DataFormat::Parquet => read_parquet(path, columns, config.bad_rows)?,
+            other => {
+                return Err(DataError::Invalid(format!(
+                    "{spec} is a directory; data.format = \"{}\" reads one file",
+                    format!("{other:?}").to_lowercase()
+                )));
+            }
         };
+        // Part files' image paths are relative to their directory.
+        if let Some(column) = &config.image.column {
+            decode_path_column(&mut table, column, path, config)?;
+        }
+        return Ok(table);
     }
     let mut table = load_file(spec, path, config, columns, text_columns)?;
     if let Some(column) = &config.image.column {

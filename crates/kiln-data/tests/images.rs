@@ -473,3 +473,53 @@ fn colour_jitter_scales_brightness_and_saturation_within_their_bounds() {
     let err = ImageAugmenter::new(&config, &pre).unwrap_err().to_string();
     assert!(err.contains("saturation needs colour images"), "{err}");
 }
+
+#[test]
+fn huge_images_are_refused_before_memory_is_taken_and_parquet_parts_hold_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(class)).unwrap();
+        GrayImage::new(5000, 4000)
+            .save(dir.path().join(class).join("big.png"))
+            .unwrap();
+    }
+    let err = load(dir.path(), &DataConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("4000x5000") && err.contains("data.image.size"),
+        "{err}"
+    );
+    let mut data = DataConfig::default();
+    data.image.size = Some([40, 50]);
+    let t = load(dir.path(), &data).unwrap();
+    let (_, channels, height, width) = image_column(&t);
+    assert_eq!((channels, height, width), (1, 40, 50));
+
+    // A directory of Parquet part files whose `file` column names images beside them.
+    let parts = tempfile::tempdir().unwrap();
+    grey(2, 2, 7).save(parts.path().join("x.png")).unwrap();
+    let batch = arrow_array::RecordBatch::try_from_iter([
+        (
+            "file",
+            std::sync::Arc::new(arrow_array::StringArray::from(vec!["x.png", "x.png"]))
+                as arrow_array::ArrayRef,
+        ),
+        (
+            "label",
+            std::sync::Arc::new(arrow_array::StringArray::from(vec!["p", "q"])),
+        ),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(parts.path().join("part-0.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let mut data = DataConfig::default();
+    data.image.column = Some("file".into());
+    let t = load(parts.path(), &data).unwrap();
+    assert_eq!(
+        t.columns[0].image(1).unwrap(),
+        grey(2, 2, 7).as_raw().as_slice()
+    );
+}

@@ -54,12 +54,12 @@ impl AtomicFile {
 
     /// Syncs the data, renames the temporary over the target and syncs the folder.
     pub fn finish(mut self) -> Result<(), RuntimeError> {
-        let file = self.file.take().expect("finished once");
-        let file = file
-            .into_inner()
-            .map_err(|e| io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| io(&self.tmp, e))?;
+        // On an error below, the temporary is removed when `self` drops.
+        let file = self.file.as_mut().expect("finished once");
+        file.flush().map_err(|e| io(&self.tmp, e))?;
+        file.get_ref().sync_all().map_err(|e| io(&self.tmp, e))?;
         fs::rename(&self.tmp, &self.path).map_err(|e| io(&self.path, e))?;
+        self.file = None;
         let dir = self
             .path
             .parent()

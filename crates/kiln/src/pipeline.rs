@@ -878,7 +878,8 @@ pub struct EvalSummary {
     pub data: String,
     /// Rows scored.
     pub rows: usize,
-    /// Rows dropped (missing target or `missing = "drop"` values).
+    /// Rows dropped (missing target or `missing = "drop"` values, or malformed and skipped
+    /// under `data.bad_rows = "skip"`).
     pub rows_dropped: usize,
     /// Unknown categories met.
     pub unknown_categories: BTreeMap<String, usize>,
@@ -904,9 +905,10 @@ pub fn evaluate_run(run_dir: &Path, data_spec: &str) -> Result<EvalSummary> {
     };
     let (mut rows_dropped, mut unknown_categories) = (0, BTreeMap::<String, usize>::new());
     while let Some(table) = chunks
-        .next_chunk(PREDICT_CHUNK_ROWS)
+        .next_chunk(chunk_rows(pre))
         .map_err(|e| with_setup_hint(data_spec, e.into()))?
     {
+        rows_dropped += table.report.bad_rows_skipped;
         let rows: Vec<usize> = (0..table.num_rows()).collect();
         let mut encoded = pre.transform(&table, &rows, true, true)?;
         let p = predict(&loaded.model, &encoded, pre, &device);
@@ -949,16 +951,28 @@ pub struct PredictSummary {
     pub data: String,
     /// Output file.
     pub out: PathBuf,
-    /// Rows written (one per input row).
+    /// Rows written (one per input row read).
     pub rows: usize,
+    /// Malformed rows (or unreadable images) skipped under `data.bad_rows = "skip"`.
+    pub rows_skipped: usize,
     /// Missing values filled with training statistics.
     pub missing_filled: usize,
     /// Unknown categories met, by column (encoded as all-zero / the unknown embedding).
     pub unknown_categories: BTreeMap<String, usize>,
 }
 
-/// Rows of a streamed input (a CSV file) read, encoded and predicted at a time.
+/// Rows of a streamed input (CSV, Parquet) read, encoded and predicted at a time, at most.
 const PREDICT_CHUNK_ROWS: usize = 65_536;
+
+/// Rows a chunk holds: [`PREDICT_CHUNK_ROWS`], fewer for wide rows (images), so that a
+/// chunk's encoded inputs stay near 256 MiB.
+fn chunk_rows(pre: &Preprocessor) -> usize {
+    const BUDGET: usize = 256 << 20;
+    let values = pre.input_shape().size()
+        + pre.cardinalities().len()
+        + pre.text_input().map_or(0, |(_, tokens)| tokens);
+    (BUDGET / (4 * values.max(1))).clamp(1, PREDICT_CHUNK_ROWS)
+}
 
 /// Writes one prediction per input row to `out` (CSV, TSV, JSON Lines, Parquet or Arrow by
 /// its extension): the id column first when the run has one, then the prediction (named
@@ -983,10 +997,10 @@ pub fn predict_run(
         | kiln_data::TargetTransform::Regression { name, .. } => name,
     };
     let mut writer: Option<PredictionsWriter> = None;
-    let mut missing_filled = 0;
+    let (mut missing_filled, mut rows_skipped) = (0, 0);
     let mut unknown_categories: BTreeMap<String, usize> = BTreeMap::new();
     while let Some(table) = chunks
-        .next_chunk(PREDICT_CHUNK_ROWS)
+        .next_chunk(chunk_rows(pre))
         .map_err(|e| with_setup_hint(data_spec, e.into()))?
     {
         let rows: Vec<usize> = (0..table.num_rows()).collect();
@@ -994,6 +1008,7 @@ pub fn predict_run(
         let p = predict(&loaded.model, &encoded, pre, &device);
         refuse_non_finite(data_spec, &table, &encoded, &p, pre)?;
         missing_filled += encoded.missing_filled;
+        rows_skipped += table.report.bad_rows_skipped;
         for (k, v) in &encoded.unknown_categories {
             *unknown_categories.entry(k.clone()).or_default() += v;
         }
@@ -1044,6 +1059,7 @@ pub fn predict_run(
         data: data_spec.to_string(),
         out: out.to_path_buf(),
         rows,
+        rows_skipped,
         missing_filled,
         unknown_categories,
     })
