@@ -921,11 +921,11 @@ fn parquet_trains_the_model_the_csv_trains_and_predictions_come_back_as_parquet(
 }
 
 #[test]
-fn predict_streams_a_csv_in_chunks_and_writes_what_the_whole_file_gives() {
+fn predict_streams_csv_and_json_lines_in_chunks_and_both_give_the_same_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let run = churn_run(dir.path(), "stream");
     // 140 000 rows: three chunks of the CSV reader (65 536 rows each); the same rows as JSON
-    // Lines, which is read whole.
+    // Lines, another reader (its chunks are lines, typed on their own).
     let csv = churn_csv(140_000, 9, false, Some("Rome"));
     std::fs::write(dir.path().join("big.csv"), &csv).unwrap();
     let mut lines = csv.lines();

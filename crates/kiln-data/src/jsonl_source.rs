@@ -164,116 +164,192 @@ impl JsonColumn {
 /// it has on earlier lines. A list field is always an error. Fields of numbers become number
 /// columns, except `text_columns` (labels, ids, categories), kept as written.
 pub fn parse_jsonl(
-    mut source: impl BufRead,
+    source: impl BufRead + 'static,
     origin: &str,
     bad_rows: BadRows,
     text_columns: &[String],
 ) -> Result<Table> {
-    let mut names: Vec<String> = Vec::new();
-    let mut columns: Vec<JsonColumn> = Vec::new();
-    // Each column's JSON type and the line that set it.
-    let mut types: Vec<Option<(&'static str, u64)>> = Vec::new();
-    let mut lines = Vec::new();
-    let mut report = LoadReport::default();
-    let mut buffer = Vec::new();
-    for line in 1u64.. {
-        buffer.clear();
-        let read = source
-            .read_until(b'\n', &mut buffer)
-            .map_err(|source| DataError::Io {
-                path: origin.into(),
-                source,
-            })?;
-        if read == 0 {
-            break;
+    let mut chunks = JsonlChunks::new(Box::new(source), origin, bad_rows, text_columns, &[]);
+    Ok(chunks
+        .next_chunk(usize::MAX)?
+        .expect("the first chunk is a table or an error"))
+}
+
+/// JSON Lines read a chunk of lines at a time (`kiln predict` and `kiln eval` over files
+/// larger than memory). Each chunk is a [`Table`] of its own, with every field seen so far
+/// (and every `always` name) as a column; a field's JSON type is checked against the line that
+/// first set it, across chunks, as the whole read does.
+pub struct JsonlChunks {
+    source: Box<dyn BufRead>,
+    origin: String,
+    bad_rows: BadRows,
+    text_columns: Vec<String>,
+    /// Field names seen so far, in order of first appearance.
+    known: Vec<String>,
+    /// Each known field's JSON type and the line that set it.
+    types: Vec<Option<(&'static str, u64)>>,
+    line: u64,
+    done: bool,
+    chunks: usize,
+}
+
+impl JsonlChunks {
+    /// Reads from `source`; `always` names columns every chunk has (missing where absent).
+    pub(crate) fn new(
+        source: Box<dyn BufRead>,
+        origin: &str,
+        bad_rows: BadRows,
+        text_columns: &[String],
+        always: &[String],
+    ) -> Self {
+        JsonlChunks {
+            source,
+            origin: origin.into(),
+            bad_rows,
+            text_columns: text_columns.to_vec(),
+            known: always.to_vec(),
+            types: vec![None; always.len()],
+            line: 0,
+            done: false,
+            chunks: 0,
         }
-        let raw = match line {
-            1 => buffer.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buffer),
-            _ => &buffer[..],
-        };
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    }
+
+    /// The next chunk of at most `max_rows` rows (its report counts its own lines), or `None`
+    /// at the end. A file without objects is the error the whole read gives.
+    pub fn next_chunk(&mut self, max_rows: usize) -> Result<Option<Table>> {
+        if self.done && self.chunks > 0 {
+            return Ok(None);
         }
-        report.rows_read += 1;
-        let parsed = match serde_json::from_slice::<Json>(raw) {
-            Ok(Json::Object(object)) => {
-                let mut fields = Vec::new();
-                match flatten("", object, &mut fields) {
-                    Ok(()) => fields
-                        .iter()
-                        .find_map(|(name, value, what)| {
-                            let c = names.iter().position(|n| n == name)?;
-                            let (first, at) = types[c]?;
-                            (value.is_some() && first != *what).then(|| {
-                                format!(
-                                    "field \"{name}\" is {what} here but {first} on line {at}; a field holds one type"
-                                )
-                            })
-                        })
-                        .map_or(Ok(fields), Err),
-                    Err(message) => {
-                        return Err(DataError::Malformed {
-                            path: origin.into(),
-                            line,
-                            message,
-                        });
-                    }
-                }
+        let origin = self.origin.clone();
+        let names = self.known.clone();
+        let mut columns: Vec<JsonColumn> = names.iter().map(|_| JsonColumn::Missing(0)).collect();
+        let mut names = names;
+        let mut lines = Vec::new();
+        let mut report = LoadReport::default();
+        let mut buffer = Vec::new();
+        while lines.len() < max_rows.max(1) {
+            buffer.clear();
+            let read = self
+                .source
+                .read_until(b'\n', &mut buffer)
+                .map_err(|source| DataError::Io {
+                    path: origin.clone(),
+                    source,
+                })?;
+            if read == 0 {
+                self.done = true;
+                break;
             }
-            Ok(other) => Err(format!("expected a JSON object, found {}", kind(&other))),
-            Err(e) => Err(format!("column {}: {e}", e.column())),
-        };
-        let fields = match (parsed, bad_rows) {
-            (Ok(fields), _) => fields,
-            (Err(message), BadRows::Error) => {
-                return Err(DataError::Malformed {
-                    path: origin.into(),
-                    line,
-                    message: format!("{message} (set data.bad_rows = \"skip\" to drop such rows)"),
-                });
-            }
-            (Err(message), BadRows::Skip) => {
-                report.skip(line, &message);
+            self.line += 1;
+            let line = self.line;
+            let raw = match line {
+                1 => buffer.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buffer),
+                _ => &buffer[..],
+            };
+            if raw.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-        };
-        let row = lines.len();
-        for (name, value, what) in fields {
-            let c = match names.iter().position(|n| *n == name) {
-                Some(c) => c,
-                None => {
-                    names.push(name);
-                    columns.push(JsonColumn::Missing(row));
-                    types.push(None);
-                    columns.len() - 1
+            report.rows_read += 1;
+            let types = &self.types;
+            let parsed = match serde_json::from_slice::<Json>(raw) {
+                Ok(Json::Object(object)) => {
+                    let mut fields = Vec::new();
+                    match flatten("", object, &mut fields) {
+                        Ok(()) => fields
+                            .iter()
+                            .find_map(|(name, value, what)| {
+                                let c = names.iter().position(|n| n == name)?;
+                                let (first, at) = types.get(c).copied().flatten()?;
+                                (value.is_some() && first != *what).then(|| {
+                                    format!(
+                                        "field \"{name}\" is {what} here but {first} on line {at}; a field holds one type"
+                                    )
+                                })
+                            })
+                            .map_or(Ok(fields), Err),
+                        Err(message) => {
+                            return Err(DataError::Malformed {
+                                path: origin,
+                                line,
+                                message,
+                            });
+                        }
+                    }
+                }
+                Ok(other) => Err(format!("expected a JSON object, found {}", kind(&other))),
+                Err(e) => Err(format!("column {}: {e}", e.column())),
+            };
+            let fields = match (parsed, self.bad_rows) {
+                (Ok(fields), _) => fields,
+                (Err(message), BadRows::Error) => {
+                    return Err(DataError::Malformed {
+                        path: origin,
+                        line,
+                        message: format!(
+                            "{message} (set data.bad_rows = \"skip\" to drop such rows)"
+                        ),
+                    });
+                }
+                (Err(message), BadRows::Skip) => {
+                    report.skip(line, &message);
+                    continue;
                 }
             };
-            if value.is_some() && types[c].is_none() {
-                types[c] = Some((what, line));
+            let row = lines.len();
+            for (name, value, what) in fields {
+                let c = match names.iter().position(|n| *n == name) {
+                    Some(c) => c,
+                    None => {
+                        names.push(name.clone());
+                        self.known.push(name);
+                        columns.push(JsonColumn::Missing(row));
+                        self.types.push(None);
+                        columns.len() - 1
+                    }
+                };
+                if value.is_some() && self.types[c].is_none() {
+                    self.types[c] = Some((what, line));
+                }
+                // Only a column's first value chooses its builder.
+                let text = matches!(columns[c], JsonColumn::Missing(_))
+                    && self.text_columns.contains(&names[c]);
+                columns[c].append(value.as_deref(), what, text);
             }
-            // Only a column's first value chooses its builder.
-            let text =
-                matches!(columns[c], JsonColumn::Missing(_)) && text_columns.contains(&names[c]);
-            columns[c].append(value.as_deref(), what, text);
-        }
-        for column in &mut columns {
-            if column.len() == row {
-                column.append(None, "null", false);
+            for column in &mut columns {
+                if column.len() == row {
+                    column.append(None, "null", false);
+                }
             }
+            lines.push(line);
         }
-        lines.push(line);
+        self.chunks += 1;
+        let columns = columns
+            .into_iter()
+            .zip(&names)
+            .map(|(c, name)| c.finish(&origin, name))
+            .collect::<Result<_>>()?;
+        if lines.is_empty() && self.chunks > 1 {
+            // The end, or a last stretch of skipped lines: only its report.
+            if report.bad_rows_skipped == 0 {
+                return Ok(None);
+            }
+            return Ok(Some(Table {
+                origin,
+                names,
+                columns,
+                lines,
+                report,
+            }));
+        }
+        crate::csv_source::text_table(
+            &origin,
+            names,
+            columns,
+            lines,
+            report,
+            "the file holds no JSON objects",
+        )
+        .map(Some)
     }
-    let columns = columns
-        .into_iter()
-        .zip(&names)
-        .map(|(c, name)| c.finish(origin, name))
-        .collect::<Result<_>>()?;
-    crate::csv_source::text_table(
-        origin,
-        names,
-        columns,
-        lines,
-        report,
-        "the file holds no JSON objects",
-    )
 }

@@ -32,7 +32,7 @@ pub use describe::{ColumnSummary, Description, describe};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
 pub use image_source::{IMAGE_EXTENSIONS, decode_path_column, read_image_folder};
 pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
-pub use jsonl_source::parse_jsonl;
+pub use jsonl_source::{JsonlChunks, parse_jsonl};
 pub use kiln_spec::InputShape;
 pub use preprocess::{
     DenseSlot, Encoded, FeatureTransform, Preprocessor, SpecialTokens, Target, TargetTransform,
@@ -241,9 +241,12 @@ fn load_file(
     }
 }
 
-/// A source read a chunk of rows at a time: CSV files (also compressed) and Parquet (a file or
-/// a directory of part files) stream; other formats come whole, as one chunk.
+/// A source read a chunk of rows at a time: CSV and JSON Lines files (also compressed) and
+/// Parquet (a file or a directory of part files) stream; other formats come whole, as one
+/// chunk.
 pub enum TableChunks {
+    /// JSON Lines, line by line.
+    Jsonl(Box<JsonlChunks>),
     /// Parquet record batches, as they are decoded.
     Parquet(Box<ParquetChunks>),
     /// A CSV file, read as it goes; `Some` base folder when a column of image paths is decoded
@@ -270,13 +273,14 @@ impl TableChunks {
                 Ok(Some(table))
             }
             TableChunks::Parquet(chunks) => chunks.next_chunk(max_rows),
+            TableChunks::Jsonl(chunks) => chunks.next_chunk(max_rows),
             TableChunks::Whole(table) => Ok(table.take()),
         }
     }
 
     /// Whether the source is read as it goes (not held whole).
     pub fn streams(&self) -> bool {
-        matches!(self, TableChunks::Csv(..) | TableChunks::Parquet(_))
+        !matches!(self, TableChunks::Whole(_))
     }
 }
 
@@ -306,6 +310,25 @@ pub fn source_chunks(
         if format == DataFormat::Parquet && config.image.column.is_none() {
             let chunks = ParquetChunks::open(path, columns, config.bad_rows)?;
             return Ok(TableChunks::Parquet(Box::new(chunks)));
+        }
+        if format == DataFormat::Jsonl && config.image.column.is_none() {
+            // Every chunk has the columns asked for (missing where a chunk lacks the field),
+            // except the names a prediction's input may lack (target, id, split).
+            let optional = named_columns(config, &[]);
+            let always: Vec<String> = columns
+                .unwrap_or(&[])
+                .iter()
+                .filter(|c| !optional.contains(c))
+                .cloned()
+                .collect();
+            let chunks = JsonlChunks::new(
+                Box::new(std::io::BufReader::new(csv_source::decompressed(path)?)),
+                spec,
+                config.bad_rows,
+                &named_columns(config, text_columns),
+                &always,
+            );
+            return Ok(TableChunks::Jsonl(Box::new(chunks)));
         }
         if format == DataFormat::Csv {
             let text_columns = named_columns(config, text_columns);

@@ -910,11 +910,37 @@ fn a_csv_read_in_chunks_gives_the_rows_of_the_whole_file_in_order() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("only a header"), "{err}");
-    let jsonl = dir.path().join("t.jsonl");
-    std::fs::write(&jsonl, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": 3}\n").unwrap();
-    data.bad_rows = BadRows::Error;
-    let mut chunks = kiln_data::source_chunks(jsonl.to_str().unwrap(), &data, None, &[]).unwrap();
+    let mut chunks = kiln_data::source_chunks("builtin:iris", &data, None, &[]).unwrap();
     assert!(!chunks.streams());
-    assert_eq!(chunks.next_chunk(2).unwrap().unwrap().num_rows(), 3);
+    assert_eq!(chunks.next_chunk(2).unwrap().unwrap().num_rows(), 150);
     assert!(chunks.next_chunk(2).unwrap().is_none());
+
+    // JSON Lines streams too: a field first seen in a later chunk, a field asked for that never
+    // comes (a column of missing values in every chunk), and a type change across chunks.
+    let jsonl = dir.path().join("t.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"a\": 1}\n{\"a\": 2}\n\n{\"a\": 3, \"b\": \"x\"}\n",
+    )
+    .unwrap();
+    data.bad_rows = BadRows::Error;
+    let wanted = ["a".to_string(), "z".to_string()];
+    let spec = jsonl.to_str().unwrap();
+    let mut chunks = kiln_data::source_chunks(spec, &data, Some(&wanted), &[]).unwrap();
+    assert!(chunks.streams());
+    let first = chunks.next_chunk(2).unwrap().unwrap();
+    assert_eq!(
+        (first.names.clone(), first.lines.clone()),
+        (vec!["a".into(), "z".into()], vec![1, 2])
+    );
+    let second = chunks.next_chunk(2).unwrap().unwrap();
+    assert_eq!(second.names, ["a", "z", "b"]);
+    assert_eq!(second.lines, [4]);
+    assert_eq!(column_texts(&second, "b"), [Some("x".to_string())]);
+    assert!(chunks.next_chunk(2).unwrap().is_none());
+    std::fs::write(&jsonl, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": \"three\"}\n").unwrap();
+    let mut chunks = kiln_data::source_chunks(spec, &data, None, &[]).unwrap();
+    chunks.next_chunk(2).unwrap();
+    let err = chunks.next_chunk(2).unwrap_err().to_string();
+    assert!(err.contains("line 3") && err.contains("on line 1"), "{err}");
 }
