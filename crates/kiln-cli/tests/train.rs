@@ -920,14 +920,8 @@ fn parquet_trains_the_model_the_csv_trains_and_predictions_come_back_as_parquet(
     assert_eq!(out["rows"], 400, "{out}");
 }
 
-#[test]
-fn predict_streams_csv_and_json_lines_in_chunks_and_both_give_the_same_predictions() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = churn_run(dir.path(), "stream");
-    // 140 000 rows: three chunks of the CSV reader (65 536 rows each); the same rows as JSON
-    // Lines, another reader (its chunks are lines, typed on their own).
-    let csv = churn_csv(140_000, 9, false, Some("Rome"));
-    std::fs::write(dir.path().join("big.csv"), &csv).unwrap();
+/// The rows of a CSV (no quoted fields) as JSON Lines of strings, `NA` and empty as null.
+fn as_json_lines(csv: &str) -> String {
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let mut jsonl = String::new();
@@ -946,7 +940,18 @@ fn predict_streams_csv_and_json_lines_in_chunks_and_both_give_the_same_predictio
         jsonl.push_str(&serde_json::Value::Object(row).to_string());
         jsonl.push('\n');
     }
-    std::fs::write(dir.path().join("big.jsonl"), &jsonl).unwrap();
+    jsonl
+}
+
+#[test]
+fn predict_streams_csv_and_json_lines_in_chunks_and_both_give_the_same_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = churn_run(dir.path(), "stream");
+    // 140 000 rows: three chunks of the CSV reader (65 536 rows each); the same rows as JSON
+    // Lines, another reader (its chunks are lines, typed on their own).
+    let csv = churn_csv(140_000, 9, false, Some("Rome"));
+    std::fs::write(dir.path().join("big.csv"), &csv).unwrap();
+    std::fs::write(dir.path().join("big.jsonl"), as_json_lines(&csv)).unwrap();
     let mut summaries = Vec::new();
     for (input, out) in [("big.csv", "streamed.csv"), ("big.jsonl", "whole.csv")] {
         summaries.push(kiln_json(
@@ -975,25 +980,11 @@ fn predict_streams_csv_and_json_lines_in_chunks_and_both_give_the_same_predictio
     // kiln eval reads the same chunks: a labelled copy scores as its JSON Lines twin.
     let labelled = churn_csv(140_000, 9, true, Some("Rome"));
     std::fs::write(dir.path().join("big_labelled.csv"), &labelled).unwrap();
-    let mut jsonl = String::new();
-    let mut lines = labelled.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    for line in lines {
-        let row: serde_json::Map<String, serde_json::Value> = header
-            .iter()
-            .zip(line.split(','))
-            .map(|(k, v)| {
-                let value = match v {
-                    "" | "NA" => serde_json::Value::Null,
-                    v => v.into(),
-                };
-                (k.to_string(), value)
-            })
-            .collect();
-        jsonl.push_str(&serde_json::Value::Object(row).to_string());
-        jsonl.push('\n');
-    }
-    std::fs::write(dir.path().join("big_labelled.jsonl"), &jsonl).unwrap();
+    std::fs::write(
+        dir.path().join("big_labelled.jsonl"),
+        as_json_lines(&labelled),
+    )
+    .unwrap();
     let scores: Vec<serde_json::Value> = ["big_labelled.csv", "big_labelled.jsonl"]
         .iter()
         .map(|input| kiln_json(dir.path(), &["eval", &run, "--data", input, "--json"]))
