@@ -8,7 +8,7 @@
 use kiln_config::AugmentConfig;
 use kiln_rng::SplitMix64;
 
-use crate::preprocess::{FeatureTransform, Preprocessor};
+use crate::preprocess::{ImageInput, Preprocessor};
 use crate::{DataError, Result};
 
 /// Applies a config's augmentation to rows of an image model's input.
@@ -42,33 +42,30 @@ impl ImageAugmenter {
         if !config.enabled() {
             return Ok(None);
         }
-        let [
-            FeatureTransform::Image {
-                channels,
-                height,
-                width,
-                mean,
-                std,
-                ..
-            },
-        ] = preprocessor.features.as_slice()
+        let Some(ImageInput {
+            channels,
+            height,
+            width,
+            mean,
+            std,
+        }) = preprocessor.image_input()
         else {
             return Err(DataError::Invalid(
                 "data.augment changes images, but this model's input is not an image column".into(),
             ));
         };
-        if config.saturation > 0.0 && *channels != 3 {
+        if config.saturation > 0.0 && channels != 3 {
             return Err(DataError::Invalid(
                 "data.augment.saturation needs colour images; these are grey".into(),
             ));
         }
         Ok(Some(Self {
             config: config.clone(),
-            channels: *channels,
-            height: *height,
-            width: *width,
-            mean: mean.clone(),
-            std: std.clone(),
+            channels,
+            height,
+            width,
+            mean: mean.to_vec(),
+            std: std.to_vec(),
         }))
     }
 

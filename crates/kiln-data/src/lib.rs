@@ -35,7 +35,8 @@ pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
 pub use jsonl_source::{JsonlChunks, parse_jsonl};
 pub use kiln_spec::InputShape;
 pub use preprocess::{
-    DenseSlot, Encoded, FeatureTransform, Preprocessor, SpecialTokens, Target, TargetTransform,
+    DenseSlot, Encoded, FeatureTransform, ImageInput, Preprocessor, SpecialTokens, Target,
+    TargetTransform,
 };
 pub use split::{Split, split_rows};
 pub use table::{Column, LoadReport, Table};

@@ -230,6 +230,21 @@ impl Target {
     }
 }
 
+/// A model input of one image column (see [`Preprocessor::image_input`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageInput<'a> {
+    /// Colour channels (1 or 3).
+    pub channels: usize,
+    /// Height.
+    pub height: usize,
+    /// Width.
+    pub width: usize,
+    /// Training pixel mean of each channel (after /255).
+    pub mean: &'a [f32],
+    /// Training pixel std of each channel (after /255).
+    pub std: &'a [f32],
+}
+
 /// Rows turned into model inputs.
 #[derive(Debug, Clone)]
 pub struct Encoded {
@@ -781,21 +796,36 @@ impl Preprocessor {
         Ok(fitted)
     }
 
-    /// Shape of one encoded row.
-    pub fn input_shape(&self) -> InputShape {
-        if let [
-            FeatureTransform::Image {
-                channels,
-                height,
-                width,
-                ..
-            },
-        ] = self.features.as_slice()
-        {
-            return InputShape::Image {
+    /// The model's input when it is one image column: its shape and per-channel statistics.
+    pub fn image_input(&self) -> Option<ImageInput<'_>> {
+        match self.features.as_slice() {
+            [
+                FeatureTransform::Image {
+                    channels,
+                    height,
+                    width,
+                    mean,
+                    std,
+                    ..
+                },
+            ] => Some(ImageInput {
                 channels: *channels,
                 height: *height,
                 width: *width,
+                mean,
+                std,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Shape of one encoded row.
+    pub fn input_shape(&self) -> InputShape {
+        if let Some(image) = self.image_input() {
+            return InputShape::Image {
+                channels: image.channels,
+                height: image.height,
+                width: image.width,
             };
         }
         InputShape::Flat {
@@ -873,15 +903,13 @@ impl Preprocessor {
                 detail,
             }
         };
-        if let [
-            FeatureTransform::Image {
-                mean,
-                std,
-                height,
-                width,
-                ..
-            },
-        ] = self.features.as_slice()
+        if let Some(ImageInput {
+            mean,
+            std,
+            height,
+            width,
+            ..
+        }) = self.image_input()
         {
             let plane = (height * width).max(1);
             let channels = mean.len().max(1);

@@ -111,15 +111,15 @@ impl Column {
             Column::Text(_) => Column::texts(rows.iter().map(|&r| self.str(r))),
             Column::Number(_) => Column::numbers(rows.iter().map(|&r| self.number(r))),
             Column::Image {
-                pixels,
                 channels,
                 height,
                 width,
+                ..
             } => {
                 let size = channels * height * width;
                 let mut out = Vec::with_capacity(rows.len() * size);
                 for &r in rows {
-                    out.extend_from_slice(&pixels[r * size..(r + 1) * size]);
+                    out.extend_from_slice(self.image(r).expect("a row of this column"));
                 }
                 Column::Image {
                     pixels: out,

@@ -55,8 +55,9 @@ pub(crate) struct Feed<'a> {
 }
 
 impl<'a> Feed<'a> {
-    /// A feed of `jobs`, in order. With an augmenter the batches are made on a thread of
-    /// `scope`, which ends when the jobs do or when the feed is dropped.
+    /// A feed of batches in the loop's order. With an augmenter, `jobs` (that order) are
+    /// made on a thread of `scope`, which ends when the jobs do or when the feed is dropped;
+    /// without one, `jobs` is unused.
     pub fn new<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         data: &'a Encoded,

@@ -558,9 +558,11 @@ pub fn train(
             _ => order.chunks(group).collect(),
         };
         let steps_started = Instant::now();
-        // Every micro-batch of the rest of the epoch, in the order the loop takes them.
+        // Every micro-batch of the rest of the epoch, in the order the loop takes them: what
+        // a batch thread makes ahead (none without one).
         let jobs: Vec<MicroBatch> = groups
             .iter()
+            .take(if augmenter.is_some() { groups.len() } else { 0 })
             .enumerate()
             .skip(state.group_in_epoch)
             .flat_map(|(gi, rows)| {

@@ -64,17 +64,9 @@ pub fn load_table(spec: &str, config: &Config) -> Result<Table> {
 /// on (a folder of other images is resized and converted the same way).
 fn data_for_model(config: &Config, pre: &Preprocessor) -> kiln_config::DataConfig {
     let mut data = config.data.clone();
-    if let [
-        kiln_data::FeatureTransform::Image {
-            channels,
-            height,
-            width,
-            ..
-        },
-    ] = pre.features.as_slice()
-    {
-        data.image.size = Some([*height, *width]);
-        data.image.channels = match channels {
+    if let Some(image) = pre.image_input() {
+        data.image.size = Some([image.height, image.width]);
+        data.image.channels = match image.channels {
             3 => kiln_config::ImageChannels::Rgb,
             _ => kiln_config::ImageChannels::Grey,
         };
