@@ -2,12 +2,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kiln_config::{CategoricalEncoding, FeatureType, MissingStrategy, Normalization, Task};
+use kiln_config::{FeatureType, MissingStrategy, Task};
 use kiln_text::TextTokenizer;
 use serde::{Deserialize, Serialize};
 
 use kiln_spec::InputShape;
 
+use crate::fit::{FitLimits, FitPass};
 use crate::infer::{Schema, not_a_number, parse_number};
 use crate::table::{Column, Table};
 use crate::{DataError, Result};
@@ -370,7 +371,11 @@ fn scale_pixel(p: f32, mean: f32, std: f32) -> f32 {
 }
 
 /// `Err(what)` unless `v` is finite as an f32 (and positive when `positive`).
-fn check_statistic(what: &str, v: f64, positive: bool) -> std::result::Result<(), String> {
+pub(crate) fn check_statistic(
+    what: &str,
+    v: f64,
+    positive: bool,
+) -> std::result::Result<(), String> {
     if !v.is_finite() || !(v as f32).is_finite() {
         Err(format!("{what} is {v}, expected a finite number"))
     } else if positive && v <= 0.0 {
@@ -380,11 +385,7 @@ fn check_statistic(what: &str, v: f64, positive: bool) -> std::result::Result<()
     }
 }
 
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -395,17 +396,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-fn mode<'a>(values: impl Iterator<Item = &'a str>) -> Option<String> {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for v in values {
-        *counts.entry(v).or_default() += 1;
-    }
-    let mut best: Vec<(&str, usize)> = counts.into_iter().collect();
-    best.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    best.first().map(|(v, _)| v.to_string())
-}
-
-fn numeric_values(
+pub(crate) fn numeric_values(
     table: &Table,
     column: &Column,
     name: &str,
@@ -457,7 +448,7 @@ fn same_value(text: &str, value: &str) -> bool {
     text == value || parse_number(text).is_some_and(|t| parse_number(value).is_some_and(|v| t == v))
 }
 
-fn sort_labels(labels: &mut [String]) {
+pub(crate) fn sort_labels(labels: &mut [String]) {
     if labels.iter().all(|l| parse_number(l).is_some()) {
         labels.sort_by(|a, b| {
             parse_number(a)
@@ -501,299 +492,102 @@ impl Preprocessor {
                 table.origin
             )));
         }
-        let mut features = Vec::new();
-        for plan in &schema.features {
+        let mut pass = FitPass::new(schema, FitLimits::EXACT);
+        pass.observe(table, train, labeled)?;
+        pass.finish(&table.origin, |plan| {
             let column = table.column(&plan.name, "feature")?;
             let drop_missing = plan.missing == MissingStrategy::Drop;
-            let transform = match plan.kind {
-                FeatureType::Numeric => {
-                    let values = numeric_values(table, column, &plan.name, train)?;
-                    let mut present: Vec<f64> = values.iter().flatten().copied().collect();
-                    if present.is_empty() {
-                        return Err(DataError::Invalid(format!(
-                            "feature \"{}\" has no values in the training split",
-                            plan.name
-                        )));
-                    }
-                    present.sort_by(f64::total_cmp);
-                    let fill = match plan.missing {
-                        MissingStrategy::Mean | MissingStrategy::Drop => mean(&present),
-                        MissingStrategy::Median => quantile(&present, 0.5),
-                        MissingStrategy::Mode => {
-                            let m = mode(
-                                present
-                                    .iter()
-                                    .map(|v| v.to_string())
-                                    .collect::<Vec<_>>()
-                                    .iter()
-                                    .map(String::as_str),
-                            );
-                            m.and_then(|s| s.parse().ok()).unwrap_or(0.0)
-                        }
-                        MissingStrategy::Constant => {
-                            let raw = plan.fill_value.clone().unwrap_or_default();
-                            parse_number(&raw).ok_or_else(|| {
-                                DataError::Invalid(format!(
-                                    "feature \"{}\": fill_value \"{raw}\" is not a number",
-                                    plan.name
-                                ))
-                            })?
-                        }
-                    };
-                    let (shift, scale) = match plan.normalization {
-                        Normalization::None => (0.0, 1.0),
-                        Normalization::Zscore => {
-                            let m = mean(&present);
-                            let var = present.iter().map(|v| (v - m) * (v - m)).sum::<f64>()
-                                / present.len() as f64;
-                            (m, if var > 0.0 { var.sqrt() } else { 1.0 })
-                        }
-                        Normalization::MinMax => {
-                            let (lo, hi) = (present[0], present[present.len() - 1]);
-                            (lo, if hi > lo { hi - lo } else { 1.0 })
-                        }
-                        Normalization::Robust => {
-                            let iqr = quantile(&present, 0.75) - quantile(&present, 0.25);
-                            (quantile(&present, 0.5), if iqr > 0.0 { iqr } else { 1.0 })
-                        }
-                    };
-                    for (what, v, positive) in [
-                        ("fill", fill, false),
-                        ("shift", shift, false),
-                        ("scale", scale, true),
-                    ] {
-                        if let Err(message) = check_statistic(what, v, positive) {
-                            // Name the row that drove the statistic: the largest magnitude.
-                            let (at, extreme) = values
-                                .iter()
-                                .enumerate()
-                                .filter_map(|(i, v)| v.map(|v| (i, v)))
-                                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-                                .unwrap_or((0, 0.0));
-                            return Err(DataError::BadValue {
-                                path: table.origin.clone(),
-                                line: table.lines[train[at]],
-                                column: plan.name.clone(),
-                                message: format!(
-                                    "fitting {:?} normalisation failed ({message}); the largest value, {extreme}, is here",
-                                    plan.normalization
-                                ),
-                            });
-                        }
-                    }
-                    FeatureTransform::Numeric {
-                        name: plan.name.clone(),
-                        fill,
-                        drop_missing,
-                        shift,
-                        scale,
-                    }
-                }
-                FeatureType::Categorical | FeatureType::Binary => {
-                    let texts: Vec<String> = train.iter().filter_map(|&r| column.text(r)).collect();
-                    let mut counts: HashMap<&str, usize> = HashMap::new();
-                    for t in &texts {
-                        *counts.entry(t.as_str()).or_default() += 1;
-                    }
-                    let mut categories: Vec<(&str, usize)> = counts.into_iter().collect();
-                    categories.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-                    let categories: Vec<String> =
-                        categories.into_iter().map(|(c, _)| c.to_string()).collect();
-                    let fill = match plan.missing {
-                        MissingStrategy::Constant => plan.fill_value.clone(),
-                        _ => categories.first().cloned(),
-                    };
-                    if plan.kind == FeatureType::Binary {
-                        if categories.len() > 2 {
-                            return Err(DataError::Invalid(format!(
-                                "feature \"{}\" is binary but has {} values in training: {:?}",
-                                plan.name,
-                                categories.len(),
-                                &categories[..categories.len().min(5)]
-                            )));
-                        }
-                        let mut values = categories.clone();
-                        sort_labels(&mut values);
-                        let values = match values.len() {
-                            0 => ["0".to_string(), "1".to_string()],
-                            1 => [values[0].clone(), format!("not {}", values[0])],
-                            _ => [values[0].clone(), values[1].clone()],
-                        };
-                        FeatureTransform::Binary {
-                            name: plan.name.clone(),
-                            values,
-                            fill,
-                            drop_missing,
-                        }
-                    } else {
-                        let embedding_dim = match plan.encoding {
-                            CategoricalEncoding::OneHot => None,
-                            CategoricalEncoding::Embedding => Some(if plan.embedding_dim > 0 {
-                                plan.embedding_dim
-                            } else {
-                                // fastai's rule of thumb.
-                                ((1.6 * (categories.len() as f64 + 1.0).powf(0.56)).round()
-                                    as usize)
-                                    .clamp(2, 600)
-                            }),
-                        };
-                        FeatureTransform::Categorical {
-                            name: plan.name.clone(),
-                            categories,
-                            fill,
-                            drop_missing,
-                            embedding_dim,
+            Ok(match plan.kind {
+            FeatureType::Image => {
+                let Column::Image {
+                    pixels,
+                    channels,
+                    height,
+                    width,
+                } = column
+                else {
+                    return Err(DataError::Invalid(format!(
+                        "column \"{}\" is not an image column",
+                        plan.name
+                    )));
+                };
+                let plane = height * width;
+                let size = channels * plane;
+                // Sums of pixel values and their squares, per channel: integers, exact.
+                let mut sums = vec![(0u64, 0u64); *channels];
+                for &r in train {
+                    let row = &pixels[r * size..(r + 1) * size];
+                    for (c, values) in row.chunks_exact(plane).enumerate() {
+                        for &p in values {
+                            sums[c].0 += u64::from(p);
+                            sums[c].1 += u64::from(p) * u64::from(p);
                         }
                     }
                 }
-                FeatureType::Image => {
-                    let Column::Image {
-                        pixels,
-                        channels,
-                        height,
-                        width,
-                    } = column
-                    else {
-                        return Err(DataError::Invalid(format!(
-                            "column \"{}\" is not an image column",
-                            plan.name
-                        )));
-                    };
-                    let plane = height * width;
-                    let size = channels * plane;
-                    // Sums of pixel values and their squares, per channel: integers, exact.
-                    let mut sums = vec![(0u64, 0u64); *channels];
-                    for &r in train {
-                        let row = &pixels[r * size..(r + 1) * size];
-                        for (c, values) in row.chunks_exact(plane).enumerate() {
-                            for &p in values {
-                                sums[c].0 += u64::from(p);
-                                sums[c].1 += u64::from(p) * u64::from(p);
-                            }
-                        }
-                    }
-                    let n = (train.len() * plane) as f64;
-                    let (mean, std) = sums
-                        .iter()
-                        .map(|&(sum, sq)| {
-                            let m = sum as f64 / 255.0 / n;
-                            let std = (sq as f64 / (255.0 * 255.0) / n - m * m).max(0.0).sqrt();
-                            // A constant channel (std 0 but for rounding) is only shifted.
-                            (m as f32, if std > 1e-6 { std as f32 } else { 1.0 })
-                        })
-                        .unzip();
-                    FeatureTransform::Image {
-                        name: plan.name.clone(),
-                        channels: *channels,
-                        height: *height,
-                        width: *width,
-                        mean,
-                        std,
-                    }
+                let n = (train.len() * plane) as f64;
+                let (mean, std) = sums
+                    .iter()
+                    .map(|&(sum, sq)| {
+                        let m = sum as f64 / 255.0 / n;
+                        let std = (sq as f64 / (255.0 * 255.0) / n - m * m).max(0.0).sqrt();
+                        // A constant channel (std 0 but for rounding) is only shifted.
+                        (m as f32, if std > 1e-6 { std as f32 } else { 1.0 })
+                    })
+                    .unzip();
+                FeatureTransform::Image {
+                    name: plan.name.clone(),
+                    channels: *channels,
+                    height: *height,
+                    width: *width,
+                    mean,
+                    std,
                 }
-                FeatureType::Text => {
-                    let texts: Vec<String> = train.iter().filter_map(|&r| column.text(r)).collect();
-                    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-                    let kind = plan.tokenizer.clone().ok_or_else(|| {
-                        DataError::Invalid(format!(
-                            "text feature \"{}\" has no tokenizer",
-                            plan.name
-                        ))
-                    })?;
-                    let tokenizer = TextTokenizer::build_normalized(&kind, &texts, plan.lowercase)
-                        .map_err(|e| {
-                            DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
-                        })?;
-                    let json = tokenizer.to_json().map_err(|e| {
+            }
+            FeatureType::Text => {
+                let texts: Vec<String> = train.iter().filter_map(|&r| column.text(r)).collect();
+                let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let kind = plan.tokenizer.clone().ok_or_else(|| {
+                    DataError::Invalid(format!(
+                        "text feature \"{}\" has no tokenizer",
+                        plan.name
+                    ))
+                })?;
+                let tokenizer = TextTokenizer::build_normalized(&kind, &texts, plan.lowercase)
+                    .map_err(|e| {
                         DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
                     })?;
-                    let special_tokens = if plan.special_tokens {
-                        let (before, after) = tokenizer.special_tokens_around().map_err(|e| {
-                            DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
-                        })?;
-                        if before.len() + after.len() >= plan.max_tokens {
-                            return Err(DataError::Invalid(format!(
-                                "text feature \"{}\": model.context = {} leaves no room for text between {} special tokens",
-                                plan.name,
-                                plan.max_tokens,
-                                before.len() + after.len()
-                            )));
-                        }
-                        Some(SpecialTokens { before, after })
-                    } else {
-                        None
-                    };
-                    FeatureTransform::Text {
-                        name: plan.name.clone(),
-                        tokenizer: json,
-                        vocab_size: tokenizer.vocab_size() + 1,
-                        max_tokens: plan.max_tokens.max(1),
-                        head_tokens: Some(plan.truncation.head_tokens(plan.max_tokens.max(1))),
-                        drop_missing,
-                        special_tokens,
+                let json = tokenizer.to_json().map_err(|e| {
+                    DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
+                })?;
+                let special_tokens = if plan.special_tokens {
+                    let (before, after) = tokenizer.special_tokens_around().map_err(|e| {
+                        DataError::Invalid(format!("text feature \"{}\": {e}", plan.name))
+                    })?;
+                    if before.len() + after.len() >= plan.max_tokens {
+                        return Err(DataError::Invalid(format!(
+                            "text feature \"{}\": model.context = {} leaves no room for text between {} special tokens",
+                            plan.name,
+                            plan.max_tokens,
+                            before.len() + after.len()
+                        )));
                     }
-                }
-                FeatureType::Id | FeatureType::Ignore => continue,
-            };
-            features.push(transform);
-        }
-        let target_column = table.column(&schema.target, "target")?;
-        let target = match schema.task {
-            Task::Classification => {
-                let mut classes: Vec<String> = labeled
-                    .iter()
-                    .filter_map(|&r| target_column.text(r))
-                    .collect();
-                sort_labels(&mut classes);
-                classes.dedup();
-                if classes.len() < 2 {
-                    return Err(DataError::Invalid(format!(
-                        "{}: target \"{}\" has {} distinct value(s); classification needs at least 2",
-                        table.origin,
-                        schema.target,
-                        classes.len()
-                    )));
-                }
-                TargetTransform::Classes {
-                    name: schema.target.clone(),
-                    classes,
+                    Some(SpecialTokens { before, after })
+                } else {
+                    None
+                };
+                FeatureTransform::Text {
+                    name: plan.name.clone(),
+                    tokenizer: json,
+                    vocab_size: tokenizer.vocab_size() + 1,
+                    max_tokens: plan.max_tokens.max(1),
+                    head_tokens: Some(plan.truncation.head_tokens(plan.max_tokens.max(1))),
+                    drop_missing,
+                    special_tokens,
                 }
             }
-            Task::Regression => {
-                let values: Vec<f64> = numeric_values(table, target_column, &schema.target, train)?
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                if values.is_empty() {
-                    return Err(DataError::Invalid(format!(
-                        "target \"{}\" is missing in every training row",
-                        schema.target
-                    )));
-                }
-                let m = mean(&values);
-                let var =
-                    values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / values.len() as f64;
-                TargetTransform::Regression {
-                    name: schema.target.clone(),
-                    mean: m,
-                    std: if var > 0.0 { var.sqrt() } else { 1.0 },
-                }
-            }
-        };
-        let fitted = Self {
-            version: 1,
-            features,
-            target,
-            id_column: schema.id_column.clone(),
-            task: schema.task,
-        };
-        fitted.validate().map_err(|e| {
-            DataError::Invalid(format!(
-                "{}: fitted preprocessing is unusable: {e}",
-                table.origin
-            ))
-        })?;
-        Ok(fitted)
+            _ => unreachable!("a pass fits numbers and categories"),
+            })
+        })
     }
 
     /// The model's input when it is one image column: its shape and per-channel statistics.
