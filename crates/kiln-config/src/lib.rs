@@ -431,6 +431,48 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             format!("expected at most 1024 pixels, got {}", a.crop_padding),
         ));
     }
+    if d.shuffle_buffer == 0 {
+        return Err(bad(
+            "data.shuffle_buffer",
+            "expected at least 1 row, got 0".to_string(),
+        ));
+    }
+    if d.streaming {
+        let refuse = |key: &str, why: &str| Err(bad(key, format!("{why} (data.streaming = true)")));
+        if d.drop_duplicates {
+            return refuse(
+                "data.drop_duplicates",
+                "finding duplicates needs every row in memory; a streamed run cannot",
+            );
+        }
+        if matches!(
+            d.split.method,
+            Some(SplitMethod::Stratified | SplitMethod::Kfold)
+        ) {
+            return refuse(
+                "data.split.method",
+                "a streamed run splits row by row: use \"random\" or \"column\"",
+            );
+        }
+        if c.trainer.batch_size == BatchSize::Full {
+            return refuse(
+                "trainer.batch_size",
+                "a full batch holds every row in memory; give a number of rows",
+            );
+        }
+        if c.trainer.class_weights == ClassWeights::Balanced {
+            return refuse(
+                "trainer.class_weights",
+                "balanced weights count every training row's class first; not yet for a streamed run",
+            );
+        }
+        if c.distill.teacher.is_some() {
+            return refuse(
+                "distill.teacher",
+                "distillation keeps the teacher's outputs for every training row in memory",
+            );
+        }
+    }
     if let Some(delim) = d.delimiter
         && (delim == '"' || delim == '\n' || !delim.is_ascii())
     {

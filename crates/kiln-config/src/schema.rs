@@ -109,6 +109,12 @@ pub struct DataConfig {
     pub image: ImageConfig,
     /// Random changes to training images, drawn anew every epoch.
     pub augment: AugmentConfig,
+    /// Train from a Parquet source larger than memory: read a row group at a time, in a new
+    /// order every epoch, with the preprocessing fitted in one pass first.
+    pub streaming: bool,
+    /// With `streaming`, the training rows shuffled together: row groups are read into a
+    /// buffer of at least this many rows, which is shuffled before it is cut into batches.
+    pub shuffle_buffer: usize,
 }
 
 impl Default for DataConfig {
@@ -131,6 +137,8 @@ impl Default for DataConfig {
             split: SplitConfig::default(),
             image: ImageConfig::default(),
             augment: AugmentConfig::default(),
+            streaming: false,
+            shuffle_buffer: 1 << 18,
         }
     }
 }

@@ -159,6 +159,106 @@ impl ParquetChunks {
     }
 }
 
+/// A row group of a Parquet source: what a streamed training run reads (and shuffles) as
+/// one piece.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParquetShard {
+    /// Index of its file among the source's files.
+    pub file: usize,
+    /// Row group within the file.
+    pub group: usize,
+    /// Its rows.
+    pub rows: usize,
+    /// Rows of the source before it (its rows are numbered on from there).
+    pub first_row: u64,
+    /// Rows of its file before it.
+    pub file_row: usize,
+}
+
+/// The Parquet files `path` names and their row groups, from the footers.
+pub(crate) fn parquet_shards(path: &Path) -> Result<(Vec<PathBuf>, Vec<ParquetShard>)> {
+    let files = parquet_files(path)?;
+    let mut shards = Vec::new();
+    let mut first_row = 0u64;
+    for (index, file) in files.iter().enumerate() {
+        let name = file.display().to_string();
+        let reader = File::open(file).map_err(|source| DataError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+            .parse_and_finish(&reader)
+            .map_err(|e| parquet_error(&name, &e))?;
+        let mut file_row = 0usize;
+        for (group, g) in meta.row_groups().iter().enumerate() {
+            let rows = usize::try_from(g.num_rows()).map_err(|_| {
+                DataError::Invalid(format!(
+                    "{name}: row group {group} claims {} rows",
+                    g.num_rows()
+                ))
+            })?;
+            if rows == 0 {
+                continue;
+            }
+            shards.push(ParquetShard {
+                file: index,
+                group,
+                rows,
+                first_row,
+                file_row,
+            });
+            first_row += rows as u64;
+            file_row += rows;
+        }
+    }
+    Ok((files, shards))
+}
+
+/// Reads one row group of `file`, a record batch (64 Ki rows) at a time, handing each to
+/// `visit` as a table whose row numbers count from the start of the source.
+pub(crate) fn read_parquet_shard(
+    origin: &str,
+    file: &Path,
+    shard: &ParquetShard,
+    columns: Option<&[String]>,
+    bad_rows: BadRows,
+    visit: &mut dyn FnMut(Table) -> Result<()>,
+) -> Result<()> {
+    let name = file.display().to_string();
+    let reader = File::open(file).map_err(|source| DataError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(reader)
+        .map_err(|e| parquet_error(&name, &e))?;
+    let mask = match columns {
+        Some(wanted) => {
+            let roots = projection(builder.schema(), wanted);
+            parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots)
+        }
+        None => parquet::arrow::ProjectionMask::all(),
+    };
+    let reader = builder
+        .with_projection(mask)
+        .with_row_groups(vec![shard.group])
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| parquet_error(&name, &e))?;
+    let schema = reader.schema();
+    let mut taken = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| parquet_error(&name, &e))?;
+        let mut table = TableBuilder::new(origin, bad_rows, batch.num_rows());
+        table.line_offset = shard.first_row + taken as u64;
+        table.start_file(&name, &schema)?;
+        table.file_offset = shard.file_row + taken;
+        table.push(&batch)?;
+        taken += batch.num_rows();
+        visit(table.finish("no rows")?)?;
+    }
+    Ok(())
+}
+
 /// A Parquet file's error, with a hint for a codec kiln was built without.
 fn parquet_error(name: &str, e: &dyn std::fmt::Display) -> DataError {
     let e = e.to_string();

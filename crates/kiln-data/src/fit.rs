@@ -296,6 +296,10 @@ pub struct FitPass {
     features: Vec<FeatureStats>,
     target: TargetStats,
     train_rows: u64,
+    /// Training rows the encoding keeps (a target, and a value wherever missing = "drop").
+    kept_rows: u64,
+    /// Missing values those rows have filled.
+    filled: u64,
 }
 
 impl FitPass {
@@ -328,6 +332,8 @@ impl FitPass {
             features,
             target,
             train_rows: 0,
+            kept_rows: 0,
+            filled: 0,
         }
     }
 
@@ -350,6 +356,12 @@ impl FitPass {
     /// Training rows seen so far.
     pub fn train_rows(&self) -> u64 {
         self.train_rows
+    }
+
+    /// Of the training rows, those encoding keeps (with a target, and a value in every
+    /// feature whose missing values drop the row), and the missing values they have filled.
+    pub fn kept_train_rows(&self) -> (usize, usize) {
+        (self.kept_rows as usize, self.filled as usize)
     }
 
     /// Adds the `train` rows of `table` to the statistics, and the class names of its
@@ -410,6 +422,22 @@ impl FitPass {
                     self.limits,
                 )?;
             }
+        }
+        let mut dropping = Vec::new();
+        let mut filling = Vec::new();
+        for plan in self.fitted_plans() {
+            let column = table.column(&plan.name, "feature")?;
+            match plan.missing {
+                MissingStrategy::Drop => dropping.push(column),
+                _ => filling.push(column),
+            }
+        }
+        for &r in train {
+            if target.is_missing(r) || dropping.iter().any(|c| c.is_missing(r)) {
+                continue;
+            }
+            self.kept_rows += 1;
+            self.filled += filling.iter().filter(|c| c.is_missing(r)).count() as u64;
         }
         self.train_rows += train.len() as u64;
         Ok(())

@@ -22,10 +22,11 @@ mod infer;
 mod jsonl_source;
 mod preprocess;
 mod split;
+mod stream;
 mod table;
 
 pub use arrow_sink::{ColumnarFormat, OutputColumn, write_columnar};
-pub use arrow_source::{ParquetChunks, read_arrow_ipc, read_parquet};
+pub use arrow_source::{ParquetChunks, ParquetShard, read_arrow_ipc, read_parquet};
 pub use augment::ImageAugmenter;
 pub use builtin::{BUILTIN_DATASETS, load_builtin};
 pub use csv_source::{CsvChunks, read_csv};
@@ -40,7 +41,8 @@ pub use preprocess::{
     DenseSlot, Encoded, FeatureTransform, ImageInput, Preprocessor, SpecialTokens, Target,
     TargetTransform,
 };
-pub use split::{Split, split_rows};
+pub use split::{Split, split_rows, split_rows_streamed};
+pub use stream::{StreamSource, StreamedData, TrainStream, prepare_streamed};
 pub use table::{Column, LoadReport, Table};
 
 use std::path::Path;

@@ -300,6 +300,46 @@ impl Encoded {
         (0..self.rows).map(|i| self.text_len(i)).collect()
     }
 
+    /// Appends `other`'s rows (encoded by the same preprocessor), its `source_rows` moved on
+    /// by `row_offset`, and adds up the counts.
+    pub fn append(&mut self, other: Encoded, row_offset: usize) -> Result<()> {
+        if other.shape != self.shape
+            || other.seq_len != self.seq_len
+            || other.cardinalities != self.cardinalities
+        {
+            return Err(DataError::Invalid(
+                "rows encoded by another preprocessor cannot be appended".into(),
+            ));
+        }
+        match (&mut self.y, other.y) {
+            (Some(a), Some(b)) => a.extend(b)?,
+            (None, None) => {}
+            _ => {
+                return Err(DataError::Invalid(
+                    "rows with a target cannot be appended to rows without one".into(),
+                ));
+            }
+        }
+        match (&mut self.ids, other.ids) {
+            (Some(a), Some(b)) => a.extend(b),
+            (a, _) => *a = None,
+        }
+        self.x.extend_from_slice(&other.x);
+        self.categories.extend_from_slice(&other.categories);
+        self.tokens.extend_from_slice(&other.tokens);
+        self.rows += other.rows;
+        self.source_rows
+            .extend(other.source_rows.iter().map(|r| r + row_offset));
+        for (k, v) in other.unknown_categories {
+            *self.unknown_categories.entry(k).or_default() += v;
+        }
+        self.texts_truncated += other.texts_truncated;
+        self.missing_filled += other.missing_filled;
+        self.missing_dropped += other.missing_dropped;
+        self.missing_target_dropped += other.missing_target_dropped;
+        Ok(())
+    }
+
     /// The rows `idx` (positions in this batch).
     pub fn select(&self, idx: &[usize]) -> Encoded {
         let size = self.shape.size();

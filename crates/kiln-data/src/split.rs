@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln_config::{DataConfig, SplitMethod, Task};
+use kiln_config::{DataConfig, SplitConfig, SplitMethod, Task};
 use serde::{Deserialize, Serialize};
 
 use crate::infer::Schema;
@@ -33,6 +33,65 @@ fn take(rows: &[usize], validation: f64, test: f64, out: &mut Split) {
     out.validation
         .extend_from_slice(&rows[n_test..n_test + n_val]);
     out.train.extend_from_slice(&rows[n_test + n_val..]);
+}
+
+/// Each row to the split its `data.split.column` value names.
+fn split_by_column(table: &Table, cfg: &SplitConfig, out: &mut Split) -> Result<()> {
+    let name = cfg.column.as_deref().expect("validated");
+    let column = table.column(name, "split.column")?;
+    for r in 0..table.num_rows() {
+        let v = column.text(r).unwrap_or_default().to_ascii_lowercase();
+        match v.as_str() {
+            "train" | "training" => out.train.push(r),
+            "validation" | "valid" | "val" | "dev" => out.validation.push(r),
+            "test" => out.test.push(r),
+            other => {
+                return Err(DataError::BadValue {
+                    path: table.origin.clone(),
+                    line: table.lines[r],
+                    column: name.to_string(),
+                    message: format!("split \"{other}\" is not one of train, validation, test"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The split of a streamed source's chunk: each row on its own, by a draw seeded from
+/// `seed` and its row number (`random`, the default), or by `data.split.column`. A row
+/// lands in the same split whatever chunk it is read in.
+pub fn split_rows_streamed(table: &Table, data: &DataConfig, seed: u64) -> Result<Split> {
+    let cfg = &data.split;
+    let mut out = Split::default();
+    match cfg.method {
+        Some(SplitMethod::Column) => split_by_column(table, cfg, &mut out)?,
+        None | Some(SplitMethod::Random) => {
+            let test = if data.test_source.is_some() {
+                0.0
+            } else {
+                cfg.test
+            };
+            for (r, &line) in table.lines.iter().enumerate() {
+                let u = (SplitMix64::derive(seed ^ SPLIT_STREAM, line).next_u64() >> 11) as f64
+                    / (1u64 << 53) as f64;
+                if u < test {
+                    out.test.push(r);
+                } else if u < test + cfg.validation {
+                    out.validation.push(r);
+                } else {
+                    out.train.push(r);
+                }
+            }
+        }
+        Some(other) => {
+            return Err(DataError::Invalid(format!(
+                "data.split.method = \"{}\" needs every row at once; a streamed run splits row by row (random or column)",
+                format!("{other:?}").to_lowercase()
+            )));
+        }
+    }
+    Ok(out)
 }
 
 /// Splits the rows of `table` as configured. With a separate test source, no test rows are
@@ -83,28 +142,7 @@ pub fn split_rows(table: &Table, schema: &Schema, data: &DataConfig, seed: u64) 
             rng.shuffle(&mut out.validation);
             rng.shuffle(&mut out.test);
         }
-        SplitMethod::Column => {
-            let name = cfg.column.as_deref().expect("validated");
-            let column = table.column(name, "split.column")?;
-            for r in 0..n {
-                let v = column.text(r).unwrap_or_default().to_ascii_lowercase();
-                match v.as_str() {
-                    "train" | "training" => out.train.push(r),
-                    "validation" | "valid" | "val" | "dev" => out.validation.push(r),
-                    "test" => out.test.push(r),
-                    other => {
-                        return Err(DataError::BadValue {
-                            path: table.origin.clone(),
-                            line: table.lines[r],
-                            column: name.to_string(),
-                            message: format!(
-                                "split \"{other}\" is not one of train, validation, test"
-                            ),
-                        });
-                    }
-                }
-            }
-        }
+        SplitMethod::Column => split_by_column(table, cfg, &mut out)?,
         SplitMethod::Kfold => {
             // Deal shuffled rows (class by class for classification) round-robin into folds.
             let groups = if schema.task == Task::Classification {

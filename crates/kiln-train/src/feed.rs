@@ -92,6 +92,17 @@ impl<'a> Feed<'a> {
         }
     }
 
+    /// A feed that gathers each batch when asked, on the loop's thread (no augmentation).
+    pub fn inline(data: &'a Encoded, seed: u64) -> Self {
+        Feed {
+            data,
+            augmenter: None,
+            seed,
+            queue: None,
+            waited: Duration::ZERO,
+        }
+    }
+
     /// The next batch, which must be `job` (the loop and the feed walk the same list).
     pub fn next(&mut self, job: MicroBatch) -> HostBatch {
         let started = Instant::now();

@@ -9,7 +9,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
 
 use burn::module::Module;
 use burn::prelude::{Device, Int, Tensor, TensorData};
@@ -133,6 +134,9 @@ pub struct TrainSetup<'a> {
     pub initial_model: Option<Network>,
     /// Distillation: the teacher's outputs for every training row.
     pub teacher: Option<TeacherLogits<'a>>,
+    /// A streamed run's training rows, read a block at a time each epoch (`train` then holds
+    /// no rows, only their shape).
+    pub stream: Option<&'a kiln_data::TrainStream>,
 }
 
 /// A teacher's logits for the training rows, and how the student learns from them.
@@ -224,6 +228,9 @@ struct TrainerState {
     /// float16 training's loss scale (absent in f32 and bf16, and in older checkpoints).
     #[serde(default)]
     loss_scaler: Option<LossScaler>,
+    /// A streamed run: the block of the epoch it is in, and the rows of that block taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream_position: Option<(usize, usize)>,
 }
 
 const STEP_STREAM: u64 = 0xD0_0D;
@@ -358,6 +365,126 @@ pub(crate) fn rank_seed(seed: u64, rank: usize) -> u64 {
     }
 }
 
+/// What every optimizer step of a run shares.
+struct StepContext<'a> {
+    config: &'a Config,
+    device: &'a Device,
+    ad: &'a Device,
+    rank: usize,
+    world: usize,
+    local_micro: usize,
+    compute_dtype: Option<burn::tensor::FloatDType>,
+    weights: Option<&'a [f32]>,
+    teacher: Option<&'a TeacherLogits<'a>>,
+    metrics_path: &'a Path,
+    leader: bool,
+}
+
+/// One optimizer step over `rows` of `data` (through `feed`, which hands out `data`'s
+/// batches): this process's share in micro-batches, forward, loss, backward, gradients summed
+/// over processes, update; the step is recorded in `state`, reported, and logged.
+#[allow(clippy::too_many_arguments)]
+fn train_group(
+    ctx: &StepContext<'_>,
+    model: Network,
+    optimizer: &mut Optimizer,
+    state: &mut TrainerState,
+    sync: &mut dyn GradientSync,
+    observer: &mut dyn Observer,
+    window: &mut (Instant, usize),
+    (feed, data): (&mut Feed<'_>, &Encoded),
+    rows: &[usize],
+    last_in_epoch: bool,
+) -> Result<Network, TrainError> {
+    let t = &ctx.config.trainer;
+    let (device, ad) = (ctx.device, ctx.ad);
+    let Some(target) = data.y.as_ref() else {
+        return Err(TrainError::NoTarget {
+            purpose: "train on",
+        });
+    };
+    let mut seeder = SplitMix64::derive(ctx.config.seed ^ STEP_STREAM, state.global_step);
+    device.seed(rank_seed(seeder.next_u64(), ctx.rank));
+    kiln_models::ops::keep_workers_ready();
+    let mut grads = ParamGrads::default();
+    let mut step_loss = 0.0;
+    let local_range = kiln_dist::shard(rows.len(), ctx.rank, ctx.world);
+    let local_start = local_range.start;
+    let local = &rows[local_range];
+    if local.is_empty() {
+        // Fewer rows than processes in the last step: this one adds nothing.
+        for (path, shape) in crate::grads::trainable_parameters(&model) {
+            let n = shape.iter().product::<usize>();
+            grads.grads.insert(path, Tensor::zeros([n], device));
+        }
+    }
+    for (k, micro_rows) in local.chunks(ctx.local_micro).enumerate() {
+        let batch = feed.next(MicroBatch {
+            rows: micro_rows.to_vec(),
+            step: state.global_step,
+            offset: local_start + k * ctx.local_micro,
+        });
+        let autocast = Autocast::enter(ctx.compute_dtype);
+        let out = model.forward(batch.into_inputs(ad));
+        let loss = match ctx.teacher {
+            Some(teacher) => {
+                let hard = loss_of(out.clone(), target, micro_rows, ctx.weights, ad);
+                distillation_loss(out, hard, teacher, micro_rows, ad)
+            }
+            None => loss_of(out, target, micro_rows, ctx.weights, ad),
+        };
+        drop(autocast);
+        let weight = micro_rows.len() as f64 / rows.len() as f64;
+        let loss = loss.mul_scalar(weight);
+        let g = match &state.loss_scaler {
+            Some(scaler) => scaler.scaled(loss.clone()).backward(),
+            None => loss.backward(),
+        };
+        step_loss += loss.into_scalar::<f64>();
+        grads.accumulate(ParamGrads::collect(&model, g));
+    }
+    if !step_loss.is_finite() {
+        return Err(TrainError::Diverged {
+            step: state.global_step + 1,
+            loss: step_loss,
+        });
+    }
+    if ctx.world > 1 {
+        step_loss = sync.sum_f64(vec![step_loss])?[0];
+    }
+    let lr = state.schedule.lr(state.global_step, state.epoch);
+    let update = apply_update(
+        model,
+        grads,
+        sync,
+        t.grad_clip_norm,
+        optimizer,
+        lr,
+        state.loss_scaler.as_mut(),
+    )?;
+    state.global_step += 1;
+    state.group_in_epoch += 1;
+    state.epoch_loss_sum += step_loss;
+    state.epoch_loss_steps += 1;
+    window.1 += rows.len();
+    let record = StepRecord {
+        step: state.global_step,
+        epoch: state.epoch,
+        loss: step_loss,
+        lr,
+        grad_norm: update.grad_norm,
+        samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
+        loss_scale: state.loss_scaler.as_ref().map(LossScaler::scale),
+        skipped: update.skipped,
+    };
+    observer.on_step(&record);
+    if ctx.leader && (state.global_step % t.log_every_steps as u64 == 0 || last_in_epoch) {
+        append_jsonl(ctx.metrics_path, &record, "step")?;
+        *window = (Instant::now(), 0);
+    }
+    Ok(update.model)
+}
+
 /// Trains as configured, from scratch or from `resume`. With several processes
 /// ([`GradientSync::world_size`] > 1) each takes its share of every step's rows and of the
 /// validation rows; only rank 0 writes `metrics.jsonl` and checkpoints.
@@ -378,14 +505,15 @@ pub fn train(
             purpose: "train on",
         });
     };
-    if train.rows == 0 {
+    let train_rows = setup.stream.map_or(train.rows, |s| s.rows());
+    if train_rows == 0 {
         return Err(TrainError::NoTrainingRows);
     }
     let micro = match t.batch_size {
-        BatchSize::Full => train.rows.div_ceil(t.grad_accum_steps),
-        BatchSize::Samples(n) => n.min(train.rows),
+        BatchSize::Full => train_rows.div_ceil(t.grad_accum_steps),
+        BatchSize::Samples(n) => n.min(train_rows),
     };
-    let group = (micro * t.grad_accum_steps).min(train.rows);
+    let group = (micro * t.grad_accum_steps).min(train_rows);
     // Data-parallel: every process takes its contiguous share of each step's rows.
     let (world, rank) = (sync.world_size(), sync.rank());
     let leader = rank == 0;
@@ -401,7 +529,7 @@ pub fn train(
         });
     }
     let local_micro = micro.div_ceil(world);
-    let steps_per_epoch = train.rows.div_ceil(group) as u64;
+    let steps_per_epoch = train_rows.div_ceil(group) as u64;
     let total_steps = steps_per_epoch * t.epochs as u64;
     let metrics_path = setup.run_dir.join("metrics.jsonl");
     let checkpoints_dir = setup.run_dir.join("checkpoints");
@@ -441,6 +569,7 @@ pub fn train(
                 best_epoch: None,
                 bad_epochs: 0,
                 loss_scaler: None,
+                stream_position: None,
             };
             (model, Optimizer::new(settings), state, None, None)
         }
@@ -498,7 +627,7 @@ pub fn train(
         total_steps,
         steps_done: state.global_step,
         steps_per_epoch,
-        train_rows: train.rows,
+        train_rows,
         parameters,
     });
 
@@ -543,141 +672,170 @@ pub fn train(
     let mut final_train_loss = f64::NAN;
     let mut epochs_run = state.epoch;
     let mut window = (Instant::now(), 0usize);
+    let ctx = StepContext {
+        config: cfg,
+        device: &device,
+        ad: &ad,
+        rank,
+        world,
+        local_micro,
+        compute_dtype,
+        weights: weights.as_deref(),
+        teacher: setup.teacher.as_ref(),
+        metrics_path: &metrics_path,
+        leader,
+    };
+    let checkpoint_due = |state: &TrainerState, last_in_epoch: bool| {
+        t.checkpoint_every_steps > 0
+            && state.global_step % t.checkpoint_every_steps as u64 == 0
+            && !last_in_epoch
+    };
     while !stopped_early && state.epoch < t.epochs {
         let epoch = state.epoch;
         let epoch_started = Instant::now();
-        let mut order: Vec<usize> = (0..train.rows).collect();
-        let mut rng = SplitMix64::derive(cfg.seed ^ EPOCH_STREAM, epoch as u64);
-        if t.batch_size != BatchSize::Full {
-            rng.shuffle(&mut order);
-        }
-        let groups: Vec<&[usize]> = match &text_lengths {
-            Some(lengths) if t.batch_size != BatchSize::Full => {
-                group_by_length(&mut order, lengths, group, &mut rng)
-            }
-            _ => order.chunks(group).collect(),
-        };
         let steps_started = Instant::now();
-        // Every micro-batch of the rest of the epoch, in the order the loop takes them: what
-        // a batch thread makes ahead (none without one).
-        let jobs: Vec<MicroBatch> = groups
-            .iter()
-            .take(if augmenter.is_some() { groups.len() } else { 0 })
-            .enumerate()
-            .skip(state.group_in_epoch)
-            .flat_map(|(gi, rows)| {
-                let step = state.global_step + (gi - state.group_in_epoch) as u64;
-                let local = kiln_dist::shard(rows.len(), rank, world);
-                let start = local.start;
-                rows[local]
-                    .chunks(local_micro)
-                    .enumerate()
-                    .map(move |(k, chunk)| MicroBatch {
-                        rows: chunk.to_vec(),
-                        step,
-                        offset: start + k * local_micro,
-                    })
-            })
-            .collect();
-        let mut epoch_wait = std::time::Duration::ZERO;
-        model = std::thread::scope(|scope| -> Result<Network, TrainError> {
-            let mut model = model;
-            let mut feed = Feed::new(scope, train, augmenter.as_ref(), cfg.seed, jobs);
-            for (gi, rows) in groups.iter().enumerate().skip(state.group_in_epoch) {
-                let mut seeder = SplitMix64::derive(cfg.seed ^ STEP_STREAM, state.global_step);
-                device.seed(rank_seed(seeder.next_u64(), rank));
-                kiln_models::ops::keep_workers_ready();
-                let mut grads = ParamGrads::default();
-                let mut step_loss = 0.0;
-                let local_range = kiln_dist::shard(rows.len(), rank, world);
-                let local_start = local_range.start;
-                let local = &rows[local_range];
-                if local.is_empty() {
-                    // Fewer rows than processes in the last step: this one adds nothing.
-                    for (path, shape) in crate::grads::trainable_parameters(&model) {
-                        let n = shape.iter().product::<usize>();
-                        grads.grads.insert(path, Tensor::zeros([n], &device));
+        let mut epoch_wait = Duration::ZERO;
+        model = match setup.stream {
+            None => {
+                let mut order: Vec<usize> = (0..train.rows).collect();
+                let mut rng = SplitMix64::derive(cfg.seed ^ EPOCH_STREAM, epoch as u64);
+                if t.batch_size != BatchSize::Full {
+                    rng.shuffle(&mut order);
+                }
+                let groups: Vec<&[usize]> = match &text_lengths {
+                    Some(lengths) if t.batch_size != BatchSize::Full => {
+                        group_by_length(&mut order, lengths, group, &mut rng)
                     }
-                }
-                for (k, micro_rows) in local.chunks(local_micro).enumerate() {
-                    let batch = feed.next(MicroBatch {
-                        rows: micro_rows.to_vec(),
-                        step: state.global_step,
-                        offset: local_start + k * local_micro,
-                    });
-                    let autocast = Autocast::enter(compute_dtype);
-                    let out = model.forward(batch.into_inputs(&ad));
-                    let loss = match &setup.teacher {
-                        Some(teacher) => {
-                            let hard =
-                                loss_of(out.clone(), target, micro_rows, weights.as_deref(), &ad);
-                            distillation_loss(out, hard, teacher, micro_rows, &ad)
-                        }
-                        None => loss_of(out, target, micro_rows, weights.as_deref(), &ad),
-                    };
-                    drop(autocast);
-                    let weight = micro_rows.len() as f64 / rows.len() as f64;
-                    let loss = loss.mul_scalar(weight);
-                    let g = match &state.loss_scaler {
-                        Some(scaler) => scaler.scaled(loss.clone()).backward(),
-                        None => loss.backward(),
-                    };
-                    step_loss += loss.into_scalar::<f64>();
-                    grads.accumulate(ParamGrads::collect(&model, g));
-                }
-                if !step_loss.is_finite() {
-                    return Err(TrainError::Diverged {
-                        step: state.global_step + 1,
-                        loss: step_loss,
-                    });
-                }
-                if world > 1 {
-                    step_loss = sync.sum_f64(vec![step_loss])?[0];
-                }
-                let lr = state.schedule.lr(state.global_step, epoch);
-                let update = apply_update(
-                    model,
-                    grads,
-                    sync,
-                    t.grad_clip_norm,
-                    &mut optimizer,
-                    lr,
-                    state.loss_scaler.as_mut(),
-                )?;
-                model = update.model;
-                state.global_step += 1;
-                state.group_in_epoch = gi + 1;
-                state.epoch_loss_sum += step_loss;
-                state.epoch_loss_steps += 1;
-                window.1 += rows.len();
-                let record = StepRecord {
-                    step: state.global_step,
-                    epoch,
-                    loss: step_loss,
-                    lr,
-                    grad_norm: update.grad_norm,
-                    samples_per_sec: window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9),
-                    loss_scale: state.loss_scaler.as_ref().map(LossScaler::scale),
-                    skipped: update.skipped,
+                    _ => order.chunks(group).collect(),
                 };
-                observer.on_step(&record);
-                if leader
-                    && (state.global_step % t.log_every_steps as u64 == 0 || gi + 1 == groups.len())
-                {
-                    append_jsonl(&metrics_path, &record, "step")?;
-                    window = (Instant::now(), 0);
-                }
-                if t.checkpoint_every_steps > 0
-                    && state.global_step % t.checkpoint_every_steps as u64 == 0
-                    && gi + 1 < groups.len()
-                    && let Some(dir) = save_checkpoint(&model, &optimizer, &state, &best_model)?
-                {
-                    observer.on_event(&format!("checkpoint {}", dir.display()));
-                }
+                // Every micro-batch of the rest of the epoch, in the order the loop takes
+                // them: what a batch thread makes ahead (none without one).
+                let jobs: Vec<MicroBatch> = groups
+                    .iter()
+                    .take(if augmenter.is_some() { groups.len() } else { 0 })
+                    .enumerate()
+                    .skip(state.group_in_epoch)
+                    .flat_map(|(gi, rows)| {
+                        let step = state.global_step + (gi - state.group_in_epoch) as u64;
+                        let local = kiln_dist::shard(rows.len(), rank, world);
+                        let start = local.start;
+                        rows[local]
+                            .chunks(local_micro)
+                            .enumerate()
+                            .map(move |(k, chunk)| MicroBatch {
+                                rows: chunk.to_vec(),
+                                step,
+                                offset: start + k * local_micro,
+                            })
+                    })
+                    .collect();
+                std::thread::scope(|scope| -> Result<Network, TrainError> {
+                    let mut model = model;
+                    let mut feed = Feed::new(scope, train, augmenter.as_ref(), cfg.seed, jobs);
+                    for (gi, rows) in groups.iter().enumerate().skip(state.group_in_epoch) {
+                        let last_in_epoch = gi + 1 == groups.len();
+                        model = train_group(
+                            &ctx,
+                            model,
+                            &mut optimizer,
+                            &mut state,
+                            sync,
+                            observer,
+                            &mut window,
+                            (&mut feed, train),
+                            rows,
+                            last_in_epoch,
+                        )?;
+                        if checkpoint_due(&state, last_in_epoch)
+                            && let Some(dir) =
+                                save_checkpoint(&model, &optimizer, &state, &best_model)?
+                        {
+                            observer.on_event(&format!("checkpoint {}", dir.display()));
+                        }
+                    }
+                    epoch_wait = feed.waited;
+                    Ok(model)
+                })?
             }
-            epoch_wait = feed.waited;
-            Ok(model)
-        })?;
+            Some(stream) => {
+                let blocks = stream.blocks(epoch);
+                let (first_block, first_skip) = state.stream_position.unwrap_or((0, 0));
+                std::thread::scope(|scope| -> Result<Network, TrainError> {
+                    // The next block is read and encoded while this one trains.
+                    let (sender, receiver) = sync_channel(1);
+                    let blocks = &blocks;
+                    std::thread::Builder::new()
+                        .name("kiln-blocks".into())
+                        .spawn_scoped(scope, move || {
+                            for (b, shards) in blocks.iter().enumerate().skip(first_block) {
+                                let read = stream.read_block(epoch, b, shards);
+                                let failed = read.is_err();
+                                if sender.send(read).is_err() || failed {
+                                    return;
+                                }
+                            }
+                        })
+                        .expect("spawn the block thread");
+                    let mut model = model;
+                    let mut carried: Option<Encoded> = None;
+                    for b in first_block..blocks.len() {
+                        let waiting = Instant::now();
+                        let block = receiver.recv().expect("the block thread ended early")?;
+                        epoch_wait += waiting.elapsed();
+                        let skip = if b == first_block { first_skip } else { 0 };
+                        let block = match skip {
+                            0 => block,
+                            _ => block
+                                .select(&(skip.min(block.rows)..block.rows).collect::<Vec<_>>()),
+                        };
+                        // Rows of the previous block that did not fill a step go first.
+                        let held = carried.as_ref().map_or(0, |c| c.rows);
+                        let rows_here = match carried.take() {
+                            Some(mut c) => {
+                                c.append(block, 0)?;
+                                c
+                            }
+                            None => block,
+                        };
+                        let last_block = b + 1 == blocks.len();
+                        let end = match last_block {
+                            true => rows_here.rows,
+                            false => rows_here.rows / group * group,
+                        };
+                        let order: Vec<usize> = (0..rows_here.rows).collect();
+                        let mut feed = Feed::inline(&rows_here, cfg.seed);
+                        for (k, rows) in order[..end].chunks(group).enumerate() {
+                            let last_in_epoch = last_block && k * group + rows.len() == end;
+                            model = train_group(
+                                &ctx,
+                                model,
+                                &mut optimizer,
+                                &mut state,
+                                sync,
+                                observer,
+                                &mut window,
+                                (&mut feed, &rows_here),
+                                rows,
+                                last_in_epoch,
+                            )?;
+                            // A step ends past the carried rows: within this block.
+                            state.stream_position = Some((b, skip + k * group + rows.len() - held));
+                            if checkpoint_due(&state, last_in_epoch)
+                                && let Some(dir) =
+                                    save_checkpoint(&model, &optimizer, &state, &best_model)?
+                            {
+                                observer.on_event(&format!("checkpoint {}", dir.display()));
+                            }
+                        }
+                        epoch_wait += feed.waited;
+                        if end < rows_here.rows {
+                            carried = Some(rows_here.select(&order[end..]));
+                        }
+                    }
+                    Ok(model)
+                })?
+            }
+        };
         let epoch_steps = steps_started.elapsed().as_secs_f64();
         step_seconds += epoch_steps;
         data_wait_seconds += epoch_wait.as_secs_f64();
@@ -751,6 +909,7 @@ pub fn train(
         observer.on_epoch(&record);
         state.epoch += 1;
         state.group_in_epoch = 0;
+        state.stream_position = None;
         state.epoch_loss_sum = 0.0;
         state.epoch_loss_steps = 0;
         epochs_run = state.epoch;

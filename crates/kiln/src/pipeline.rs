@@ -209,6 +209,16 @@ pub struct PreparedData {
     pub test: Encoded,
     /// Counts for the report.
     pub summary: DataSummary,
+    /// A streamed run's training rows (`train` then holds none, only their shape; `table`
+    /// holds only the held-out rows' line numbers).
+    pub stream: Option<kiln_data::TrainStream>,
+}
+
+impl PreparedData {
+    /// Training rows, in memory or streamed.
+    pub fn train_rows(&self) -> usize {
+        self.stream.as_ref().map_or(self.train.rows, |s| s.rows())
+    }
 }
 
 /// What happened to the rows, for reports.
@@ -246,8 +256,83 @@ pub struct DataSummary {
     pub features: Vec<String>,
 }
 
+/// The rows of `data.test_source`, encoded by the fitted `preprocessor`.
+fn encode_test_source(
+    config: &Config,
+    path: &str,
+    schema: &Schema,
+    preprocessor: &Preprocessor,
+) -> Result<Encoded> {
+    // Its categories as written in the training file, even where it holds only numbers.
+    let mut test_config = config.clone();
+    test_config.data = data_for_model(config, preprocessor);
+    let mut test_table = load_table_with_text(path, &test_config, &preprocessor.text_columns())?;
+    kiln_data::drop_bad_values(&mut test_table, schema, config.data.bad_rows)?;
+    let rows: Vec<usize> = (0..test_table.num_rows()).collect();
+    Ok(preprocessor.transform(&test_table, &rows, true, true)?)
+}
+
+/// [`prepare`] for `data.streaming`: one pass over the source fits the preprocessing and
+/// keeps the held-out rows; the training rows are read again every epoch.
+fn prepare_streamed(config: &Config) -> Result<PreparedData> {
+    let streamed = kiln_data::prepare_streamed(config)?;
+    let test = match &config.data.test_source {
+        Some(path) => encode_test_source(config, path, &streamed.schema, &streamed.preprocessor)?,
+        None => streamed.test,
+    };
+    let validation = streamed.validation;
+    let stream = streamed.train;
+    let schema = streamed.schema;
+    let held_out = [&validation, &test];
+    let mut unknown = BTreeMap::new();
+    for e in held_out {
+        for (k, v) in &e.unknown_categories {
+            *unknown.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    let summary = DataSummary {
+        source: config.data.source.clone(),
+        test_source: config.data.test_source.clone(),
+        load: streamed.held_out.report.clone(),
+        train_rows: stream.rows(),
+        validation_rows: validation.rows,
+        test_rows: test.rows,
+        missing_filled: stream.missing_filled()
+            + held_out.iter().map(|e| e.missing_filled).sum::<usize>(),
+        missing_dropped: stream.dropped()
+            + held_out.iter().map(|e| e.missing_dropped).sum::<usize>(),
+        missing_target_dropped: held_out.iter().map(|e| e.missing_target_dropped).sum(),
+        unknown_categories: unknown,
+        texts_truncated: 0,
+        ignored_columns: schema.ignored.clone(),
+        task: schema.task,
+        target: schema.target.clone(),
+        features: schema.features.iter().map(|f| f.name.clone()).collect(),
+    };
+    if stream.rows() == 0 {
+        return Err(KilnError::Invalid(format!(
+            "{}: no training rows left after cleaning ({} dropped for missing values)",
+            config.data.source, summary.missing_dropped
+        )));
+    }
+    Ok(PreparedData {
+        table: streamed.held_out,
+        schema,
+        split: kiln_data::Split::default(),
+        preprocessor: streamed.preprocessor,
+        train: validation.select(&[]),
+        validation,
+        test,
+        summary,
+        stream: Some(stream),
+    })
+}
+
 /// Loads, cleans, splits and preprocesses the data of `config`.
 pub fn prepare(config: &Config) -> Result<PreparedData> {
+    if config.data.streaming {
+        return prepare_streamed(config);
+    }
     let mut table = load_table(&config.data.source, config)?;
     if config.data.drop_duplicates {
         table.drop_duplicates();
@@ -260,16 +345,7 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
     let train = preprocessor.transform(&table, &split.train, true, true)?;
     let validation = preprocessor.transform(&table, &split.validation, true, true)?;
     let test = match &config.data.test_source {
-        Some(path) => {
-            // Its categories as written in the training file, even where it holds only numbers.
-            let mut test_config = config.clone();
-            test_config.data = data_for_model(config, &preprocessor);
-            let mut test_table =
-                load_table_with_text(path, &test_config, &preprocessor.text_columns())?;
-            kiln_data::drop_bad_values(&mut test_table, &schema, config.data.bad_rows)?;
-            let rows: Vec<usize> = (0..test_table.num_rows()).collect();
-            preprocessor.transform(&test_table, &rows, true, true)?
-        }
+        Some(path) => encode_test_source(config, path, &schema, &preprocessor)?,
         None => preprocessor.transform(&table, &split.test, true, true)?,
     };
     let mut unknown = BTreeMap::new();
@@ -311,6 +387,7 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
         validation,
         test,
         summary,
+        stream: None,
     })
 }
 
@@ -549,10 +626,9 @@ pub fn train_run_in(
     // The micro-batch a step's forward and backward hold at once, as the trainer cuts it.
     let batch = match config.trainer.batch_size {
         kiln_config::BatchSize::Full => data
-            .train
-            .rows
+            .train_rows()
             .div_ceil(config.trainer.grad_accum_steps.max(1)),
-        kiln_config::BatchSize::Samples(n) => n.min(data.train.rows),
+        kiln_config::BatchSize::Samples(n) => n.min(data.train_rows()),
     };
     // Parameters are initialised lazily: counting them allocates nothing.
     let parameters = burn::module::Module::num_params(&kiln_models::Network::new(&spec, &device));
@@ -572,7 +648,7 @@ pub fn train_run_in(
     let initial_model = initial_model(pretrained, &config, &spec, &device)?;
     let facts = format!(
         "{} train / {} validation / {} test rows, preprocessing {:08x}{}",
-        data.train.rows,
+        data.train_rows(),
         data.validation.rows,
         data.test.rows,
         crc32fast::hash(&serde_json::to_vec(&data.preprocessor).expect("serializes")),
@@ -623,6 +699,7 @@ pub fn train_run_in(
             temperature: config.distill.temperature,
             alpha: config.distill.alpha,
         }),
+        stream: data.stream.as_ref(),
     };
     let resumed_at = checkpoint.as_ref().map(|c| c.step);
     let bucket_bytes = (config.trainer.bucket_mb * 1e6) as usize;

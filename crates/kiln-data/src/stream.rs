@@ -1,0 +1,386 @@
+//! Training data larger than memory (`data.streaming`): a Parquet source read one row group
+//! (a shard) at a time. [`prepare_streamed`] makes one pass: the schema from the first
+//! record batch, each row's split from its row number, the preprocessor's statistics
+//! ([`FitPass`]) over the training rows, and the validation and test rows kept (encoded once
+//! the preprocessor is fitted). [`TrainStream`] then gives every epoch's training rows as
+//! blocks: the shards in an order drawn for the epoch, gathered until a block holds
+//! `data.shuffle_buffer` rows, and the block's rows shuffled. A block is the same for the
+//! same seed, epoch and position, so a run resumed in the middle of one reads it again and
+//! skips what it had taken.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use kiln_config::{BadRows, Config, DataConfig, DataFormat};
+use kiln_rng::SplitMix64;
+
+use crate::arrow_source::{ParquetShard, parquet_shards, read_parquet_shard};
+use crate::fit::{FitLimits, FitPass};
+use crate::infer::{Schema, drop_bad_values, infer_schema};
+use crate::preprocess::{Encoded, Preprocessor};
+use crate::split::split_rows_streamed;
+use crate::table::{LoadReport, Table};
+use crate::{DataError, Result};
+
+/// Seed stream of each epoch's shard order.
+const SHARD_STREAM: u64 = 0x5AAD_0E9C;
+/// Seed stream of the order of the rows within a block.
+const BLOCK_STREAM: u64 = 0xB10C_5EED;
+/// Held-out rows kept in memory at most (validation and test together), in bytes of their
+/// raw columns.
+const MAX_HELD_OUT_BYTES: usize = 1 << 30;
+
+/// A file's size and modification time when the run started.
+#[derive(Debug, Clone, PartialEq)]
+struct FileStamp {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|source| DataError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(FileStamp {
+            path: path.to_path_buf(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+/// A Parquet source read a row group at a time, in any order.
+#[derive(Debug)]
+pub struct StreamSource {
+    origin: String,
+    files: Vec<FileStamp>,
+    shards: Vec<ParquetShard>,
+    columns: Option<Vec<String>>,
+    bad_rows: BadRows,
+}
+
+impl StreamSource {
+    /// Opens `spec` (a Parquet file or a directory of part files) and reads its footers.
+    pub fn open(spec: &str, config: &DataConfig) -> Result<Self> {
+        let path = Path::new(spec);
+        let parquet = match config.format {
+            DataFormat::Parquet => true,
+            DataFormat::Auto if path.is_dir() => true,
+            DataFormat::Auto if path.is_file() => {
+                let head = crate::csv_source::read_head(path)?;
+                crate::detect_format(path, &head)? == DataFormat::Parquet
+            }
+            _ => false,
+        };
+        if !parquet || spec.starts_with("builtin:") {
+            return Err(DataError::Invalid(format!(
+                "{spec}: data.streaming reads Parquet (a file, or a directory of part files), whose row groups can be read in any order; \
+                 convert other formats first without loading them whole, e.g. \
+                 python3 -c \"import pyarrow.dataset as ds; ds.write_dataset(ds.dataset('{spec}', format='csv'), 'data-parquet', format='parquet', max_rows_per_group=131072)\" \
+                 (format='json' for JSON Lines)"
+            )));
+        }
+        if !path.exists() {
+            return Err(DataError::Io {
+                path: spec.into(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        let (files, shards) = parquet_shards(path)?;
+        if shards.is_empty() {
+            return Err(DataError::Empty {
+                path: spec.into(),
+                detail: " (no row group holds a row)".into(),
+            });
+        }
+        Ok(StreamSource {
+            origin: spec.into(),
+            files: files
+                .iter()
+                .map(|f| FileStamp::of(f))
+                .collect::<Result<_>>()?,
+            shards,
+            columns: None,
+            bad_rows: config.bad_rows,
+        })
+    }
+
+    /// Rows of each shard.
+    pub fn shard_rows(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| s.rows).collect()
+    }
+
+    /// Rows of the source.
+    pub fn rows(&self) -> u64 {
+        self.shards.iter().map(|s| s.rows as u64).sum()
+    }
+
+    /// Shard `index`, a record batch at a time.
+    pub fn read_shard(
+        &self,
+        index: usize,
+        visit: &mut dyn FnMut(Table) -> Result<()>,
+    ) -> Result<()> {
+        let shard = &self.shards[index];
+        read_parquet_shard(
+            &self.origin,
+            &self.files[shard.file].path,
+            shard,
+            self.columns.as_deref(),
+            self.bad_rows,
+            visit,
+        )
+    }
+
+    /// An error when a file's size or modification time is no longer what it was when the
+    /// source was opened: a streamed run reads its files again every epoch.
+    pub fn check_unchanged(&self) -> Result<()> {
+        for stamp in &self.files {
+            let now = FileStamp::of(&stamp.path)?;
+            if now != *stamp {
+                return Err(DataError::Invalid(format!(
+                    "{}: the file changed while a streamed run was reading it ({} bytes before, {} now{}); \
+                     a streamed run reads its files again every epoch, so they must stay as they were: \
+                     restore it, or start a new run",
+                    stamp.path.display(),
+                    stamp.len,
+                    now.len,
+                    if now.len == stamp.len {
+                        ", and a new modification time"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one pass over a streamed source gives: everything a run needs but the training
+/// rows, which [`TrainStream`] reads epoch by epoch.
+#[derive(Debug)]
+pub struct StreamedData {
+    /// Column roles (inferred from the first record batch).
+    pub schema: Schema,
+    /// Fitted on every training row.
+    pub preprocessor: Preprocessor,
+    /// Encoded validation rows.
+    pub validation: Encoded,
+    /// Encoded test rows (empty with `data.test_source`).
+    pub test: Encoded,
+    /// Row numbers of the held-out rows: `validation` and `test`'s `source_rows` index it
+    /// (`lines`), with nothing else in the table.
+    pub held_out: Table,
+    /// The training rows, a block at a time.
+    pub train: TrainStream,
+}
+
+/// The training rows of a streamed source, a shuffled block at a time.
+#[derive(Debug)]
+pub struct TrainStream {
+    source: StreamSource,
+    schema: Schema,
+    preprocessor: Preprocessor,
+    data: DataConfig,
+    seed: u64,
+    rows: usize,
+    missing_filled: usize,
+    dropped: usize,
+}
+
+/// Reads the source once: schema, split, preprocessing and the held-out rows (see the module
+/// documentation).
+pub fn prepare_streamed(config: &Config) -> Result<StreamedData> {
+    let data = &config.data;
+    let mut source = StreamSource::open(&data.source, data)?;
+    let mut first = None;
+    source.read_shard(0, &mut |table| {
+        if first.is_none() {
+            first = Some(table);
+        }
+        Ok(())
+    })?;
+    let first = first.ok_or_else(|| DataError::Empty {
+        path: data.source.clone(),
+        detail: " (its first row group has no rows)".into(),
+    })?;
+    let schema = infer_schema(&first, config)?;
+    // Its columns without rows: what an empty held-out split is encoded from.
+    let no_rows = first.select(&[]);
+    drop(first);
+    // Only the columns the run reads are decoded from here on.
+    let mut columns: Vec<String> = schema.features.iter().map(|f| f.name.clone()).collect();
+    columns.push(schema.target.clone());
+    columns.extend(schema.id_column.clone());
+    columns.extend(data.split.column.clone());
+    source.columns = Some(columns);
+
+    let mut pass = FitPass::new(&schema, FitLimits::STREAMING);
+    if let Some(name) = pass.whole_table_features().first() {
+        return Err(DataError::Invalid(format!(
+            "feature \"{name}\": a streamed run reads numbers and categories; images and text are fitted on a table in memory (set data.streaming = false)"
+        )));
+    }
+    let mut held_out: [Vec<Table>; 2] = [Vec::new(), Vec::new()];
+    let mut held_bytes = 0usize;
+    let mut report = LoadReport::default();
+    for shard in 0..source.shards.len() {
+        source.read_shard(shard, &mut |mut table| {
+            drop_bad_values(&mut table, &schema, data.bad_rows)?;
+            merge_report(&mut report, &table.report);
+            let split = split_rows_streamed(&table, data, config.seed)?;
+            let labeled: Vec<usize> = (0..table.num_rows()).collect();
+            pass.observe(&table, &split.train, &labeled)?;
+            for (kept, rows) in held_out.iter_mut().zip([&split.validation, &split.test]) {
+                if rows.is_empty() {
+                    continue;
+                }
+                held_bytes += rows.len() * table.columns.len() * 16;
+                if held_bytes > MAX_HELD_OUT_BYTES {
+                    return Err(DataError::Invalid(format!(
+                        "{}: the validation and test rows of a streamed run are kept in memory, and these splits pass {} MiB; \
+                         make data.split.validation and data.split.test smaller fractions (now {} and {}), or give data.test_source",
+                        data.source,
+                        MAX_HELD_OUT_BYTES >> 20,
+                        data.split.validation,
+                        data.split.test
+                    )));
+                }
+                kept.push(table.select(rows));
+            }
+            Ok(())
+        })?;
+    }
+    let train_rows = pass.kept_train_rows();
+    let dropped = pass.train_rows() as usize - train_rows.0;
+    let preprocessor = pass.finish(&data.source, |_| unreachable!("refused above"))?;
+    let mut lines = Vec::new();
+    let [validation, test] = held_out.map(|tables| -> Result<Encoded> {
+        let mut encoded: Option<Encoded> = None;
+        for table in tables {
+            let rows: Vec<usize> = (0..table.num_rows()).collect();
+            let part = preprocessor.transform(&table, &rows, true, true)?;
+            let offset = lines.len();
+            lines.extend_from_slice(&table.lines);
+            match &mut encoded {
+                None => {
+                    let mut part = part;
+                    part.source_rows.iter_mut().for_each(|r| *r += offset);
+                    encoded = Some(part);
+                }
+                Some(e) => e.append(part, offset)?,
+            }
+        }
+        Ok(match encoded {
+            Some(e) => e,
+            None => preprocessor.transform(&no_rows, &[], true, false)?,
+        })
+    });
+    let (validation, test) = (validation?, test?);
+    let held_out = Table {
+        origin: data.source.clone(),
+        names: Vec::new(),
+        columns: Vec::new(),
+        lines,
+        report,
+    };
+    Ok(StreamedData {
+        train: TrainStream {
+            source,
+            schema: schema.clone(),
+            preprocessor: preprocessor.clone(),
+            data: data.clone(),
+            seed: config.seed,
+            rows: train_rows.0,
+            missing_filled: train_rows.1,
+            dropped,
+        },
+        schema,
+        preprocessor,
+        validation,
+        test,
+        held_out,
+    })
+}
+
+/// Adds a chunk's loading counts to the source's.
+fn merge_report(total: &mut LoadReport, chunk: &LoadReport) {
+    total.bad_rows_skipped += chunk.bad_rows_skipped;
+    for example in &chunk.bad_row_examples {
+        if total.bad_row_examples.len() < 5 {
+            total.bad_row_examples.push(example.clone());
+        }
+    }
+}
+
+impl TrainStream {
+    /// Training rows (those the encoding keeps), counted in the pass.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Training rows dropped for a missing value (or target).
+    pub fn dropped(&self) -> usize {
+        self.dropped
+    }
+
+    /// Missing values the training rows have filled.
+    pub fn missing_filled(&self) -> usize {
+        self.missing_filled
+    }
+
+    /// The blocks of `epoch`, each a list of shards: all shards in an order drawn from the
+    /// seed and the epoch, gathered until a block holds `data.shuffle_buffer` rows.
+    pub fn blocks(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let rows = self.source.shard_rows();
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        SplitMix64::derive(self.seed ^ SHARD_STREAM, epoch as u64).shuffle(&mut order);
+        let mut blocks = Vec::new();
+        let mut block = Vec::new();
+        let mut held = 0;
+        for shard in order {
+            block.push(shard);
+            held += rows[shard];
+            if held >= self.data.shuffle_buffer {
+                blocks.push(std::mem::take(&mut block));
+                held = 0;
+            }
+        }
+        if !block.is_empty() {
+            blocks.push(block);
+        }
+        blocks
+    }
+
+    /// The training rows of block `index` of `epoch` (`shards`, from [`blocks`](Self::blocks)),
+    /// encoded and shuffled. The files must be as they were when the run started.
+    pub fn read_block(&self, epoch: usize, index: usize, shards: &[usize]) -> Result<Encoded> {
+        self.source.check_unchanged()?;
+        let mut block: Option<Encoded> = None;
+        for &shard in shards {
+            self.source.read_shard(shard, &mut |mut table| {
+                drop_bad_values(&mut table, &self.schema, self.data.bad_rows)?;
+                let split = split_rows_streamed(&table, &self.data, self.seed)?;
+                let part = self
+                    .preprocessor
+                    .transform(&table, &split.train, true, true)?;
+                match &mut block {
+                    None => block = Some(part),
+                    Some(b) => b.append(part, 0)?,
+                }
+                Ok(())
+            })?;
+        }
+        let block = block.ok_or_else(|| {
+            DataError::Invalid(format!("{}: a row group read no rows", self.source.origin))
+        })?;
+        let mut order: Vec<usize> = (0..block.rows).collect();
+        let stream = ((epoch as u64) << 32) | index as u64;
+        SplitMix64::derive(self.seed ^ BLOCK_STREAM, stream).shuffle(&mut order);
+        Ok(block.select(&order))
+    }
+}
