@@ -340,6 +340,48 @@ impl Encoded {
         Ok(())
     }
 
+    /// Room for `rows` more rows, so appending them moves nothing.
+    pub fn reserve(&mut self, rows: usize) {
+        self.x.reserve(rows * self.shape.size());
+        self.categories.reserve(rows * self.cardinalities.len());
+        self.tokens.reserve(rows * self.seq_len);
+        self.source_rows.reserve(rows);
+        match &mut self.y {
+            Some(Target::Classes(v)) => v.reserve(rows),
+            Some(Target::Values(v)) => v.reserve(rows),
+            None => {}
+        }
+    }
+
+    /// Puts the rows in an order drawn from `rng` (Fisher-Yates), in place.
+    pub fn shuffle_rows(&mut self, rng: &mut kiln_rng::SplitMix64) {
+        fn swap_rows<T>(values: &mut [T], width: usize, i: usize, j: usize) {
+            if width > 0 {
+                let (low, high) = values.split_at_mut(i * width);
+                low[j * width..(j + 1) * width].swap_with_slice(&mut high[..width]);
+            }
+        }
+        let (size, ncat, t) = (self.shape.size(), self.cardinalities.len(), self.seq_len);
+        for i in (1..self.rows).rev() {
+            let j = rng.below(i + 1);
+            if j == i {
+                continue;
+            }
+            swap_rows(&mut self.x, size, i, j);
+            swap_rows(&mut self.categories, ncat, i, j);
+            swap_rows(&mut self.tokens, t, i, j);
+            self.source_rows.swap(i, j);
+            match &mut self.y {
+                Some(Target::Classes(v)) => v.swap(i, j),
+                Some(Target::Values(v)) => v.swap(i, j),
+                None => {}
+            }
+            if let Some(ids) = &mut self.ids {
+                ids.swap(i, j);
+            }
+        }
+    }
+
     /// The rows `idx` (positions in this batch).
     pub fn select(&self, idx: &[usize]) -> Encoded {
         let size = self.shape.size();

@@ -360,6 +360,7 @@ impl TrainStream {
     /// encoded and shuffled. The files must be as they were when the run started.
     pub fn read_block(&self, epoch: usize, index: usize, shards: &[usize]) -> Result<Encoded> {
         self.source.check_unchanged()?;
+        let rows: usize = shards.iter().map(|&s| self.source.shards[s].rows).sum();
         let mut block: Option<Encoded> = None;
         for &shard in shards {
             self.source.read_shard(shard, &mut |mut table| {
@@ -369,18 +370,23 @@ impl TrainStream {
                     .preprocessor
                     .transform(&table, &split.train, true, true)?;
                 match &mut block {
-                    None => block = Some(part),
+                    None => {
+                        // Sized once for every row of the block's shards: growing by
+                        // doubling would hold two copies at once.
+                        let mut first = part;
+                        first.reserve(rows.saturating_sub(first.rows));
+                        block = Some(first);
+                    }
                     Some(b) => b.append(part, 0)?,
                 }
                 Ok(())
             })?;
         }
-        let block = block.ok_or_else(|| {
+        let mut block = block.ok_or_else(|| {
             DataError::Invalid(format!("{}: a row group read no rows", self.source.origin))
         })?;
-        let mut order: Vec<usize> = (0..block.rows).collect();
         let stream = ((epoch as u64) << 32) | index as u64;
-        SplitMix64::derive(self.seed ^ BLOCK_STREAM, stream).shuffle(&mut order);
-        Ok(block.select(&order))
+        block.shuffle_rows(&mut SplitMix64::derive(self.seed ^ BLOCK_STREAM, stream));
+        Ok(block)
     }
 }

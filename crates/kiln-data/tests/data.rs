@@ -944,3 +944,121 @@ fn a_csv_read_in_chunks_gives_the_rows_of_the_whole_file_in_order() {
     let err = chunks.next_chunk(2).unwrap_err().to_string();
     assert!(err.contains("line 3") && err.contains("on line 1"), "{err}");
 }
+
+/// 3 000 rows: `x` uniform in [0, 10) with a value missing every 50th row, `y` spread wide,
+/// a category `c` of 3 levels, and a label.
+fn mixed_csv() -> String {
+    let mut rng = kiln_rng::SplitMix64::new(7);
+    let mut text = String::from("x,y,c,label\n");
+    for i in 0..3000 {
+        let x = (rng.next_u64() % 10_000) as f64 / 1000.0;
+        let y = (rng.next_u64() % 1_000_000) as f64 * 1e3 - 4e8;
+        let x = if i % 50 == 0 {
+            String::new()
+        } else {
+            x.to_string()
+        };
+        let c = ["red", "green", "blue"][(rng.next_u64() % 3) as usize];
+        let label = if rng.next_u64() % 2 == 0 { "a" } else { "b" };
+        text.push_str(&format!("{x},{y},{c},{label}\n"));
+    }
+    text
+}
+
+/// A pass fed the table in chunks of `chunk` rows.
+fn fit_in_chunks(
+    table: &kiln_data::Table,
+    schema: &kiln_data::Schema,
+    chunk: usize,
+    limits: kiln_data::FitLimits,
+) -> kiln_data::Result<Preprocessor> {
+    let rows: Vec<usize> = (0..table.num_rows()).collect();
+    let mut pass = kiln_data::FitPass::new(schema, limits);
+    for part in rows.chunks(chunk) {
+        let t = table.select(part);
+        let all: Vec<usize> = (0..t.num_rows()).collect();
+        pass.observe(&t, &all, &all)?;
+    }
+    assert_eq!(pass.kept_train_rows(), (3000, 60));
+    pass.finish("t.csv", |_| unreachable!("no images or text"))
+}
+
+#[test]
+fn a_fit_in_chunks_matches_the_fit_of_the_whole_table() {
+    let table = csv_table(&mixed_csv());
+    let schema = infer_schema(&table, &config("label")).unwrap();
+    let rows: Vec<usize> = (0..table.num_rows()).collect();
+    let whole = Preprocessor::fit(&table, &schema, &rows, &rows).unwrap();
+    let chunked = fit_in_chunks(&table, &schema, 700, kiln_data::FitLimits::STREAMING).unwrap();
+    assert_eq!(whole.target, chunked.target);
+    assert_eq!(whole.features.len(), 3);
+    for (a, b) in whole.features.iter().zip(&chunked.features) {
+        match (a, b) {
+            (
+                kiln_data::FeatureTransform::Numeric {
+                    fill: f1,
+                    shift: s1,
+                    scale: c1,
+                    ..
+                },
+                kiln_data::FeatureTransform::Numeric {
+                    fill: f2,
+                    shift: s2,
+                    scale: c2,
+                    ..
+                },
+            ) => {
+                for (u, v) in [(f1, f2), (s1, s2), (c1, c2)] {
+                    assert!((u - v).abs() <= 1e-12 * u.abs().max(1.0), "{u} vs {v}");
+                }
+            }
+            _ => assert_eq!(a, b),
+        }
+    }
+}
+
+#[test]
+fn a_streamed_fit_samples_quantiles_and_caps_categories() {
+    let table = csv_table(&mixed_csv());
+    let mut c = config("label");
+    c.data.normalization = Normalization::Robust;
+    c.data.missing_numeric = MissingStrategy::Median;
+    let schema = infer_schema(&table, &c).unwrap();
+    let rows: Vec<usize> = (0..table.num_rows()).collect();
+    let exact = Preprocessor::fit(&table, &schema, &rows, &rows).unwrap();
+    let sampled = kiln_data::FitLimits {
+        sample: 500,
+        distinct: 100,
+    };
+    let fitted = fit_in_chunks(&table, &schema, 700, sampled).unwrap();
+    let x = |p: &Preprocessor| match &p.features[0] {
+        kiln_data::FeatureTransform::Numeric {
+            fill, shift, scale, ..
+        } => (*fill, *shift, *scale),
+        other => panic!("x is {other:?}"),
+    };
+    let ((fill, shift, scale), (fill2, shift2, scale2)) = (x(&exact), x(&fitted));
+    // A 500-value sample of a uniform [0, 10): median and quartiles within about 0.3.
+    assert!(
+        (fill - 5.0).abs() < 0.3 && (fill2 - fill).abs() < 0.5,
+        "{fill} {fill2}"
+    );
+    assert!((shift2 - shift).abs() < 0.5, "{shift} {shift2}");
+    assert!((scale2 - scale).abs() < 0.8, "{scale} {scale2}");
+    // The same seed draws the same sample.
+    assert_eq!(
+        fitted,
+        fit_in_chunks(&table, &schema, 700, sampled).unwrap()
+    );
+    let capped = kiln_data::FitLimits {
+        sample: 500,
+        distinct: 2,
+    };
+    let err = fit_in_chunks(&table, &schema, 700, capped)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"c\" has more than 2 distinct values"),
+        "{err}"
+    );
+}

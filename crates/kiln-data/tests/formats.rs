@@ -560,3 +560,43 @@ fn parquet_read_in_chunks_gives_the_rows_of_the_whole_source_in_order() {
         "{err}"
     );
 }
+
+#[test]
+fn a_streamed_source_notices_a_changed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.parquet");
+    let write = |rows: usize| {
+        let bytes = kiln_data::write_columnar(
+            kiln_data::ColumnarFormat::Parquet,
+            &["x".to_string(), "label".to_string()],
+            vec![
+                kiln_data::OutputColumn::Float((0..rows).map(|i| i as f32).collect()),
+                kiln_data::OutputColumn::Text((0..rows).map(|i| format!("c{}", i % 2)).collect()),
+            ],
+        )
+        .unwrap();
+        std::fs::write(&path, bytes).unwrap();
+    };
+    write(10);
+    let mut config = kiln_config::DataConfig::default();
+    config.streaming = true;
+    let source = kiln_data::StreamSource::open(path.to_str().unwrap(), &config).unwrap();
+    assert_eq!(source.rows(), 10);
+    source.check_unchanged().unwrap();
+    write(12);
+    let err = source.check_unchanged().unwrap_err().to_string();
+    assert!(
+        err.contains("rows.parquet") && err.contains("changed while a streamed run"),
+        "{err}"
+    );
+    // Other formats are refused with the way to convert them.
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(&csv, "x,label\n1,a\n").unwrap();
+    let err = kiln_data::StreamSource::open(csv.to_str().unwrap(), &config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data.streaming reads Parquet") && err.contains("write_dataset"),
+        "{err}"
+    );
+}

@@ -761,8 +761,9 @@ pub fn train(
                 let blocks = stream.blocks(epoch);
                 let (first_block, first_skip) = state.stream_position.unwrap_or((0, 0));
                 std::thread::scope(|scope| -> Result<Network, TrainError> {
-                    // The next block is read and encoded while this one trains.
-                    let (sender, receiver) = sync_channel(1);
+                    // The next block is read and encoded while this one trains, and handed
+                    // over when the loop asks for it (two blocks in memory at most).
+                    let (sender, receiver) = sync_channel(0);
                     let blocks = &blocks;
                     std::thread::Builder::new()
                         .name("kiln-blocks".into())
@@ -777,35 +778,31 @@ pub fn train(
                         })
                         .expect("spawn the block thread");
                     let mut model = model;
+                    // Rows of a block that did not fill a step, taken first in the next one.
                     let mut carried: Option<Encoded> = None;
                     for b in first_block..blocks.len() {
                         let waiting = Instant::now();
                         let block = receiver.recv().expect("the block thread ended early")?;
                         epoch_wait += waiting.elapsed();
-                        let skip = if b == first_block { first_skip } else { 0 };
-                        let block = match skip {
-                            0 => block,
-                            _ => block
-                                .select(&(skip.min(block.rows)..block.rows).collect::<Vec<_>>()),
-                        };
-                        // Rows of the previous block that did not fill a step go first.
-                        let held = carried.as_ref().map_or(0, |c| c.rows);
-                        let rows_here = match carried.take() {
-                            Some(mut c) => {
-                                c.append(block, 0)?;
-                                c
-                            }
-                            None => block,
-                        };
                         let last_block = b + 1 == blocks.len();
-                        let end = match last_block {
-                            true => rows_here.rows,
-                            false => rows_here.rows / group * group,
+                        // The next row of the block to train on.
+                        let mut start = if b == first_block {
+                            first_skip.min(block.rows)
+                        } else {
+                            0
                         };
-                        let order: Vec<usize> = (0..rows_here.rows).collect();
-                        let mut feed = Feed::inline(&rows_here, cfg.seed);
-                        for (k, rows) in order[..end].chunks(group).enumerate() {
-                            let last_in_epoch = last_block && k * group + rows.len() == end;
+                        if let Some(mut step_rows) = carried.take() {
+                            let need = (group - step_rows.rows).min(block.rows - start);
+                            let topping: Vec<usize> = (start..start + need).collect();
+                            step_rows.append(block.select(&topping), 0)?;
+                            start += need;
+                            let last_in_epoch = last_block && start == block.rows;
+                            if step_rows.rows < group && !last_in_epoch {
+                                carried = Some(step_rows); // a block smaller than a step
+                                continue;
+                            }
+                            let all: Vec<usize> = (0..step_rows.rows).collect();
+                            let mut feed = Feed::inline(&step_rows, cfg.seed);
                             model = train_group(
                                 &ctx,
                                 model,
@@ -814,12 +811,41 @@ pub fn train(
                                 sync,
                                 observer,
                                 &mut window,
-                                (&mut feed, &rows_here),
+                                (&mut feed, &step_rows),
+                                &all,
+                                last_in_epoch,
+                            )?;
+                            epoch_wait += feed.waited;
+                            state.stream_position = Some((b, start));
+                            if checkpoint_due(&state, last_in_epoch)
+                                && let Some(dir) =
+                                    save_checkpoint(&model, &optimizer, &state, &best_model)?
+                            {
+                                observer.on_event(&format!("checkpoint {}", dir.display()));
+                            }
+                        }
+                        let end = match last_block {
+                            true => block.rows,
+                            false => start + (block.rows - start) / group * group,
+                        };
+                        let order: Vec<usize> = (start..block.rows).collect();
+                        let mut feed = Feed::inline(&block, cfg.seed);
+                        for (k, rows) in order[..end - start].chunks(group).enumerate() {
+                            let done = start + k * group + rows.len();
+                            let last_in_epoch = last_block && done == end;
+                            model = train_group(
+                                &ctx,
+                                model,
+                                &mut optimizer,
+                                &mut state,
+                                sync,
+                                observer,
+                                &mut window,
+                                (&mut feed, &block),
                                 rows,
                                 last_in_epoch,
                             )?;
-                            // A step ends past the carried rows: within this block.
-                            state.stream_position = Some((b, skip + k * group + rows.len() - held));
+                            state.stream_position = Some((b, done));
                             if checkpoint_due(&state, last_in_epoch)
                                 && let Some(dir) =
                                     save_checkpoint(&model, &optimizer, &state, &best_model)?
@@ -828,8 +854,8 @@ pub fn train(
                             }
                         }
                         epoch_wait += feed.waited;
-                        if end < rows_here.rows {
-                            carried = Some(rows_here.select(&order[end..]));
+                        if end < block.rows {
+                            carried = Some(block.select(&order[end - start..]));
                         }
                     }
                     Ok(model)
