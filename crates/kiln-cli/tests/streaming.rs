@@ -8,9 +8,9 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use common::{kiln_err, kiln_json};
 
-/// 4 000 rows in row groups of 500: `x0..x3`, a category `c`, and a `label` from a rule of
-/// them (about 5 % of labels flipped).
-fn write_parquet(path: &Path) {
+/// 4 000 rows as `rows.parquet` (row groups of 500), `rows.csv` and `rows.jsonl`: `x0..x3`,
+/// a category `c`, and a `label` from a rule of them (about 5 % of labels flipped).
+fn write_rows(dir: &Path) {
     let rows = 4000;
     let mut state = 3u64;
     let mut unit = || {
@@ -37,6 +37,18 @@ fn write_parquet(path: &Path) {
             if (unit() < 0.05) ^ yes { "yes" } else { "no" }
         })
         .collect();
+    let mut csv = String::from("x0,x1,x2,x3,c,label\n");
+    let mut jsonl = String::new();
+    for i in 0..rows {
+        let xs: Vec<String> = x.iter().map(|v| v[i].to_string()).collect();
+        csv.push_str(&format!("{},{},{}\n", xs.join(","), c[i], label[i]));
+        jsonl.push_str(&format!(
+            "{{\"x0\": {}, \"x1\": {}, \"x2\": {}, \"x3\": {}, \"c\": \"{}\", \"label\": \"{}\"}}\n",
+            xs[0], xs[1], xs[2], xs[3], c[i], label[i]
+        ));
+    }
+    std::fs::write(dir.join("rows.csv"), csv).unwrap();
+    std::fs::write(dir.join("rows.jsonl"), jsonl).unwrap();
     let mut columns: Vec<(String, ArrayRef)> = x
         .into_iter()
         .enumerate()
@@ -48,7 +60,7 @@ fn write_parquet(path: &Path) {
     let props = parquet::file::properties::WriterProperties::builder()
         .set_max_row_group_row_count(Some(500))
         .build();
-    let file = std::fs::File::create(path).unwrap();
+    let file = std::fs::File::create(dir.join("rows.parquet")).unwrap();
     let mut writer =
         parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
     writer.write(&batch).unwrap();
@@ -77,11 +89,33 @@ checkpoint_every_steps = 30
 #[test]
 fn a_streamed_run_learns_and_resumes_mid_epoch_bit_identically() {
     let dir = tempfile::tempdir().unwrap();
-    write_parquet(&dir.path().join("rows.parquet"));
+    write_rows(dir.path());
     std::fs::write(dir.path().join("run.toml"), CONFIG).unwrap();
+    let mut splits = Vec::new();
+    for source in ["rows.parquet", "rows.csv", "rows.jsonl"] {
+        splits.push(train_and_resume(dir.path(), source));
+    }
+    // A row's split is drawn from its row number: Parquet and JSON Lines number rows from 1,
+    // a CSV from its line (2 for the first row under the header).
+    assert_eq!(splits[0], splits[2]);
+}
+
+/// Trains on `source`, checks the split and the accuracy, then resumes a copy of the run from
+/// a checkpoint inside an epoch (and a block) and checks the weights equal the run's. Returns
+/// the rows of each split.
+fn train_and_resume(dir: &Path, source: &str) -> (u64, u64, u64) {
+    let name = source.replace('.', "_");
     let out = kiln_json(
-        dir.path(),
-        &["train", "run.toml", "--json", "--set", "output.name=full"],
+        dir,
+        &[
+            "train",
+            "run.toml",
+            "--json",
+            "--set",
+            &format!("data.source={source}"),
+            "--set",
+            &format!("output.name={name}"),
+        ],
     );
     let rows = &out["rows"];
     let (train, validation, test) = (
@@ -90,15 +124,17 @@ fn a_streamed_run_learns_and_resumes_mid_epoch_bit_identically() {
         rows["test"].as_u64().unwrap(),
     );
     // Each row's split is its own draw: about 80/10/10 of 4 000.
-    assert_eq!(train + validation + test, 4000);
-    assert!((300..500).contains(&validation) && (300..500).contains(&test));
+    assert_eq!(train + validation + test, 4000, "{source}");
+    assert!(
+        (300..500).contains(&validation) && (300..500).contains(&test),
+        "{source}: {validation} validation and {test} test rows"
+    );
     let accuracy = out["test"]["accuracy"].as_f64().unwrap();
-    assert!(accuracy > 0.85, "held-out accuracy {accuracy}");
+    assert!(accuracy > 0.85, "{source}: held-out accuracy {accuracy}");
     let steps = out["steps"].as_u64().unwrap();
-    assert_eq!(steps, 3 * train.div_ceil(64));
+    assert_eq!(steps, 3 * train.div_ceil(64), "{source}");
 
-    // Resume from a checkpoint in the middle of an epoch's stream (not at a block's start).
-    let run = dir.path().join("runs/full");
+    let run = dir.join("runs").join(&name);
     let reference = std::fs::read(run.join("model.safetensors")).unwrap();
     let per_epoch = train.div_ceil(64);
     // The checkpoints kept: the last one and one before it, inside an epoch.
@@ -119,22 +155,26 @@ fn a_streamed_run_learns_and_resumes_mid_epoch_bit_identically() {
     )
     .unwrap();
     let position = &state["stream_position"];
-    assert!(position.is_array(), "no stream position in {state}");
-    let copy = dir.path().join("runs/resumed");
+    assert!(
+        position[1].as_u64().is_some_and(|r| r > 0),
+        "{source}: no position inside a block in {state}"
+    );
+    let copy = dir.join("runs").join(format!("{name}_resumed"));
     copy_dir(&run, &copy);
     std::fs::write(copy.join("checkpoints/latest"), format!("step-{mid:08}")).unwrap();
     std::fs::remove_file(copy.join("model.safetensors")).unwrap();
     std::fs::remove_file(copy.join("report.json")).unwrap();
     let resumed = kiln_json(
-        dir.path(),
+        dir,
         &["train", "--resume", copy.to_str().unwrap(), "--json"],
     );
     assert_eq!(resumed["resumed_from"].as_u64(), Some(mid));
     let weights = std::fs::read(copy.join("model.safetensors")).unwrap();
     assert!(
         weights == reference,
-        "resumed at step {mid} ({position}), the weights differ from the uninterrupted run"
+        "{source}: resumed at step {mid} ({position}), the weights differ from the uninterrupted run"
     );
+    (train, validation, test)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -153,21 +193,22 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn streaming_refuses_what_needs_every_row_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    write_parquet(&dir.path().join("rows.parquet"));
+    write_rows(dir.path());
     std::fs::write(dir.path().join("run.toml"), CONFIG).unwrap();
-    std::fs::write(dir.path().join("rows.csv"), "x0,label\n1,yes\n2,no\n").unwrap();
+    std::fs::write(dir.path().join("rows.csv.gz"), b"\x1f\x8b").unwrap();
     let err = kiln_err(
         dir.path(),
-        &["train", "run.toml", "--set", "data.source=rows.csv"],
+        &["train", "run.toml", "--set", "data.source=rows.csv.gz"],
     );
     assert!(
-        err.contains("rows.csv") && err.contains("data.streaming reads Parquet"),
+        err.contains("rows.csv.gz") && err.contains("decompress it first"),
         "{err}"
     );
     for (key, value) in [
         ("data.split.method", "stratified"),
         ("data.drop_duplicates", "true"),
         ("trainer.batch_size", "full"),
+        ("trainer.class_weights", "balanced"),
     ] {
         let err = kiln_err(
             dir.path(),

@@ -109,8 +109,9 @@ pub struct DataConfig {
     pub image: ImageConfig,
     /// Random changes to training images, drawn anew every epoch.
     pub augment: AugmentConfig,
-    /// Train from a Parquet source larger than memory: read a row group at a time, in a new
-    /// order every epoch, with the preprocessing fitted in one pass first.
+    /// Train from a source larger than memory (Parquet, or a plain CSV or JSON Lines file):
+    /// read a row group (or a run of records) at a time, in a new order every epoch, with the
+    /// preprocessing fitted in one pass first.
     pub streaming: bool,
     /// With `streaming`, the training rows shuffled together: row groups are read into a
     /// buffer of at least this many rows, which is shuffled before it is cut into batches.

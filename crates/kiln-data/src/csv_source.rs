@@ -199,6 +199,10 @@ pub struct CsvChunks {
     report: LoadReport,
     done: bool,
     chunks: usize,
+    /// Where the reader started in the file (a shard of a streamed run starts mid-file).
+    base: u64,
+    /// Lines of the file before the reader's start.
+    line_offset: u64,
 }
 
 impl CsvChunks {
@@ -263,7 +267,60 @@ impl CsvChunks {
             report: LoadReport::default(),
             done: false,
             chunks: 0,
+            base: 0,
+            line_offset: 0,
         })
+    }
+
+    /// A reader of `file` from byte `byte` (a record's start, where line `line` begins),
+    /// for a file whose header gave `names` and `delimiter` (read by [`open`](Self::open)).
+    pub(crate) fn open_at(
+        mut file: std::fs::File,
+        byte: u64,
+        line: u64,
+        names: Vec<String>,
+        delimiter: u8,
+        origin: &str,
+        options: CsvOptions<'_>,
+    ) -> Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(byte))
+            .map_err(|source| DataError::Io {
+                path: origin.into(),
+                source,
+            })?;
+        let reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .buffer_capacity(1 << 16)
+            .from_reader(Box::new(file) as Box<dyn Read>);
+        Ok(CsvChunks {
+            reader,
+            names,
+            delimiter,
+            origin: origin.into(),
+            bad_rows: options.bad_rows,
+            text_columns: options.text_columns.to_vec(),
+            report: LoadReport::default(),
+            done: false,
+            // Not the first chunk of the file: an empty read is no error.
+            chunks: 1,
+            base: byte,
+            line_offset: line.saturating_sub(1),
+        })
+    }
+
+    /// The byte offset and line of the next record.
+    pub(crate) fn position(&self) -> (u64, u64) {
+        let p = self.reader.position();
+        (self.base + p.byte(), self.line_offset + p.line())
+    }
+
+    /// The header's names and the delimiter.
+    pub(crate) fn layout(&self) -> (&[String], u8) {
+        (&self.names, self.delimiter)
     }
 
     /// The next chunk of at most `max_rows` rows (its report counts its own rows), or `None`
@@ -325,7 +382,7 @@ impl CsvChunks {
             let ok = match self.reader.read_byte_record(&mut record) {
                 Ok(ok) => ok,
                 Err(e) => {
-                    let line = e.position().map(|p| p.line()).unwrap_or(0);
+                    let line = e.position().map(|p| p.line()).unwrap_or(0) + self.line_offset;
                     // A read failing midway (a truncated .gz or .zst) is the file's fault, not
                     // a record's.
                     let message = e.to_string();
@@ -346,7 +403,7 @@ impl CsvChunks {
                 self.done = true;
                 break;
             }
-            let line = record.position().map(|p| p.line()).unwrap_or(0);
+            let line = record.position().map(|p| p.line()).unwrap_or(0) + self.line_offset;
             // A whitespace-only line (the csv crate skips empty ones itself); in a one-column
             // file the same record is an empty value (`""`, a missing text), and is kept.
             if width > 1 && record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {

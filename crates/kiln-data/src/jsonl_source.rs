@@ -191,6 +191,8 @@ pub struct JsonlChunks {
     line: u64,
     done: bool,
     chunks: usize,
+    /// Bytes read so far, from where the source started.
+    bytes: u64,
 }
 
 impl JsonlChunks {
@@ -212,7 +214,43 @@ impl JsonlChunks {
             line: 0,
             done: false,
             chunks: 0,
+            bytes: 0,
         }
+    }
+
+    /// A reader of `file` from byte `byte`, the start of line `line` (a streamed run's shard).
+    pub(crate) fn open_at(
+        mut file: std::fs::File,
+        byte: u64,
+        line: u64,
+        origin: &str,
+        bad_rows: BadRows,
+        text_columns: &[String],
+        always: &[String],
+    ) -> Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(byte))
+            .map_err(|source| DataError::Io {
+                path: origin.into(),
+                source,
+            })?;
+        let mut chunks = JsonlChunks::new(
+            Box::new(std::io::BufReader::new(file)),
+            origin,
+            bad_rows,
+            text_columns,
+            always,
+        );
+        chunks.line = line.saturating_sub(1);
+        chunks.bytes = byte;
+        // Not the first chunk of the file: an empty read is no error.
+        chunks.chunks = 1;
+        Ok(chunks)
+    }
+
+    /// The byte offset and line of the next line.
+    pub(crate) fn position(&self) -> (u64, u64) {
+        (self.bytes, self.line + 1)
     }
 
     /// The next chunk of at most `max_rows` rows (its report counts its own lines), or `None`
@@ -241,6 +279,7 @@ impl JsonlChunks {
                 self.done = true;
                 break;
             }
+            self.bytes += read as u64;
             self.line += 1;
             let line = self.line;
             let raw = match line {

@@ -360,7 +360,7 @@ pub fn source_chunks(
 
 /// `extra` and the config's target (`target` and `label` when none is set), id and split
 /// columns: those a text source keeps as written whatever they hold.
-fn named_columns(config: &DataConfig, extra: &[String]) -> Vec<String> {
+pub(crate) fn named_columns(config: &DataConfig, extra: &[String]) -> Vec<String> {
     let mut names = extra.to_vec();
     match &config.target {
         Some(target) => names.push(target.clone()),

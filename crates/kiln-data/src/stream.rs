@@ -1,6 +1,7 @@
-//! Training data larger than memory (`data.streaming`): a Parquet source read one row group
-//! (a shard) at a time. [`prepare_streamed`] makes one pass: the schema from the first
-//! record batch, each row's split from its row number, the preprocessor's statistics
+//! Training data larger than memory (`data.streaming`): a source read a shard at a time, in
+//! any order (a Parquet row group, or a run of a plain CSV or JSON Lines file's records whose
+//! byte offset the first pass notes). [`prepare_streamed`] makes one pass: the schema from
+//! the first rows, each row's split from its row number, the preprocessor's statistics
 //! ([`FitPass`]) over the training rows, and the validation and test rows kept (encoded once
 //! the preprocessor is fitted). [`TrainStream`] then gives every epoch's training rows as
 //! blocks: the shards in an order drawn for the epoch, gathered until a block holds
@@ -15,8 +16,10 @@ use kiln_config::{BadRows, Config, DataConfig, DataFormat};
 use kiln_rng::SplitMix64;
 
 use crate::arrow_source::{ParquetShard, parquet_shards, read_parquet_shard};
+use crate::csv_source::{CsvChunks, CsvOptions};
 use crate::fit::{FitLimits, FitPass};
 use crate::infer::{Schema, drop_bad_values, infer_schema};
+use crate::jsonl_source::JsonlChunks;
 use crate::preprocess::{Encoded, Preprocessor};
 use crate::split::split_rows_streamed;
 use crate::table::{LoadReport, Table};
@@ -52,36 +55,86 @@ impl FileStamp {
     }
 }
 
-/// A Parquet source read a row group at a time, in any order.
+/// Rows a shard of a CSV or JSON Lines source holds (the last one fewer): a quarter of the
+/// shuffle buffer, so a block mixes at least four parts of the file, within these bounds.
+fn text_shard_rows(shuffle_buffer: usize) -> usize {
+    (shuffle_buffer / 4).clamp(256, 1 << 16)
+}
+
+/// Where a shard of a CSV or JSON Lines file starts, found by the one pass.
+#[derive(Debug, Clone)]
+struct TextShard {
+    byte: u64,
+    line: u64,
+    rows: usize,
+}
+
+/// How a streamed source is cut into shards.
+#[derive(Debug)]
+enum Layout {
+    /// Row groups.
+    Parquet(Vec<ParquetShard>),
+    /// Runs of records, by byte offset; `delimiter` and `names` of a CSV's header.
+    Csv {
+        shards: Vec<TextShard>,
+        delimiter: u8,
+        names: Vec<String>,
+    },
+    /// Runs of lines, by byte offset.
+    Jsonl { shards: Vec<TextShard> },
+}
+
+/// A sequential reader of a CSV or JSON Lines source, for the pass.
+enum Sweep {
+    Csv(Box<CsvChunks>),
+    Jsonl(Box<JsonlChunks>),
+}
+
+impl Sweep {
+    fn position(&self) -> (u64, u64) {
+        match self {
+            Sweep::Csv(c) => c.position(),
+            Sweep::Jsonl(j) => j.position(),
+        }
+    }
+
+    fn next_chunk(&mut self, rows: usize) -> Result<Option<Table>> {
+        match self {
+            Sweep::Csv(c) => c.next_chunk(rows),
+            Sweep::Jsonl(j) => j.next_chunk(rows),
+        }
+    }
+}
+
+/// A source read a shard at a time, in any order: a Parquet file or directory of part files
+/// (a shard is a row group), or a plain CSV or JSON Lines file (a shard is a run of records
+/// whose byte offset the first pass notes).
 #[derive(Debug)]
 pub struct StreamSource {
     origin: String,
+    format: DataFormat,
     files: Vec<FileStamp>,
-    shards: Vec<ParquetShard>,
+    layout: Layout,
     columns: Option<Vec<String>>,
+    text_columns: Vec<String>,
     bad_rows: BadRows,
+    delimiter: Option<char>,
+    /// Rows of a CSV or JSON Lines shard.
+    text_shard_rows: usize,
 }
 
 impl StreamSource {
-    /// Opens `spec` (a Parquet file or a directory of part files) and reads its footers.
+    /// Opens `spec`: a Parquet source's footers are read; a CSV or JSON Lines file is cut
+    /// into shards by [`pass`](Self::pass).
     pub fn open(spec: &str, config: &DataConfig) -> Result<Self> {
         let path = Path::new(spec);
-        let parquet = match config.format {
-            DataFormat::Parquet => true,
-            DataFormat::Auto if path.is_dir() => true,
-            DataFormat::Auto if path.is_file() => {
-                let head = crate::csv_source::read_head(path)?;
-                crate::detect_format(path, &head)? == DataFormat::Parquet
-            }
-            _ => false,
+        let refuse = |what: &str| {
+            Err(DataError::Invalid(format!(
+                "{spec}: {what}; data.streaming reads Parquet (a file, or a directory of part files), and plain CSV and JSON Lines files"
+            )))
         };
-        if !parquet || spec.starts_with("builtin:") {
-            return Err(DataError::Invalid(format!(
-                "{spec}: data.streaming reads Parquet (a file, or a directory of part files), whose row groups can be read in any order; \
-                 convert other formats first without loading them whole, e.g. \
-                 python3 -c \"import pyarrow.dataset as ds; ds.write_dataset(ds.dataset('{spec}', format='csv'), 'data-parquet', format='parquet', max_rows_per_group=131072)\" \
-                 (format='json' for JSON Lines)"
-            )));
+        if spec.starts_with("builtin:") || crate::idx::idx_prefix(spec).is_some() {
+            return refuse("a built-in or IDX source is read whole");
         }
         if !path.exists() {
             return Err(DataError::Io {
@@ -89,50 +142,225 @@ impl StreamSource {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
-        let (files, shards) = parquet_shards(path)?;
-        if shards.is_empty() {
-            return Err(DataError::Empty {
-                path: spec.into(),
-                detail: " (no row group holds a row)".into(),
-            });
+        if crate::csv_source::plain_size(path).is_none() {
+            return refuse(
+                "a compressed file cannot be read from the middle, and every epoch reads its parts in a new order: decompress it first, or convert it to Parquet",
+            );
         }
+        let format = match config.format {
+            DataFormat::Auto if path.is_dir() => DataFormat::Parquet,
+            DataFormat::Auto => {
+                let head = crate::csv_source::read_head(path)?;
+                crate::detect_format(path, &head)?
+            }
+            chosen => chosen,
+        };
+        let (files, layout) = match format {
+            DataFormat::Parquet => {
+                let (files, shards) = parquet_shards(path)?;
+                if shards.is_empty() {
+                    return Err(DataError::Empty {
+                        path: spec.into(),
+                        detail: " (no row group holds a row)".into(),
+                    });
+                }
+                (files, Layout::Parquet(shards))
+            }
+            DataFormat::Csv | DataFormat::Jsonl if path.is_file() => {
+                let layout = match format {
+                    DataFormat::Csv => Layout::Csv {
+                        shards: Vec::new(),
+                        delimiter: b',',
+                        names: Vec::new(),
+                    },
+                    _ => Layout::Jsonl { shards: Vec::new() },
+                };
+                (vec![path.to_path_buf()], layout)
+            }
+            _ => return refuse("not a file of a format streaming reads"),
+        };
         Ok(StreamSource {
             origin: spec.into(),
+            format,
             files: files
                 .iter()
                 .map(|f| FileStamp::of(f))
                 .collect::<Result<_>>()?,
-            shards,
+            layout,
             columns: None,
+            text_columns: crate::named_columns(config, &[]),
             bad_rows: config.bad_rows,
+            delimiter: config.delimiter,
+            text_shard_rows: text_shard_rows(config.shuffle_buffer),
         })
     }
 
-    /// Rows of each shard.
+    /// Rows of each shard (known after [`pass`](Self::pass) for CSV and JSON Lines).
     pub fn shard_rows(&self) -> Vec<usize> {
-        self.shards.iter().map(|s| s.rows).collect()
+        match &self.layout {
+            Layout::Parquet(shards) => shards.iter().map(|s| s.rows).collect(),
+            Layout::Csv { shards, .. } | Layout::Jsonl { shards } => {
+                shards.iter().map(|s| s.rows).collect()
+            }
+        }
     }
 
-    /// Rows of the source.
+    /// Rows of the source (known after [`pass`](Self::pass) for CSV and JSON Lines).
     pub fn rows(&self) -> u64 {
-        self.shards.iter().map(|s| s.rows as u64).sum()
+        self.shard_rows().iter().map(|&r| r as u64).sum()
     }
 
-    /// Shard `index`, a record batch at a time.
+    /// A reader of a CSV or JSON Lines file from its start.
+    fn sweep(&self) -> Result<Sweep> {
+        let path = &self.files[0].path;
+        Ok(match self.format {
+            DataFormat::Csv => Sweep::Csv(Box::new(CsvChunks::open(
+                crate::csv_source::decompressed(path)?,
+                &crate::csv_source::read_head(path)?,
+                &self.origin,
+                CsvOptions {
+                    delimiter: self.delimiter,
+                    bad_rows: self.bad_rows,
+                    text_columns: &self.text_columns,
+                },
+            )?)),
+            _ => Sweep::Jsonl(Box::new(JsonlChunks::new(
+                Box::new(std::io::BufReader::new(crate::csv_source::decompressed(
+                    path,
+                )?)),
+                &self.origin,
+                self.bad_rows,
+                &self.text_columns,
+                self.columns.as_deref().unwrap_or(&[]),
+            ))),
+        })
+    }
+
+    /// The source's first rows (a record batch, or 65 536 records), to infer the schema from.
+    pub fn first_rows(&self) -> Result<Table> {
+        let mut first = None;
+        match &self.layout {
+            Layout::Parquet(_) => self.read_shard(0, &mut |table| {
+                if first.is_none() {
+                    first = Some(table);
+                }
+                Ok(())
+            })?,
+            _ => first = self.sweep()?.next_chunk(1 << 16)?,
+        }
+        first.ok_or_else(|| DataError::Empty {
+            path: self.origin.clone(),
+            detail: " (no rows)".into(),
+        })
+    }
+
+    /// Reads the whole source once, in order, a chunk at a time; a CSV or JSON Lines file is
+    /// cut into shards on the way.
+    pub fn pass(&mut self, visit: &mut dyn FnMut(Table) -> Result<()>) -> Result<()> {
+        if let Layout::Parquet(shards) = &self.layout {
+            for shard in 0..shards.len() {
+                self.read_shard(shard, visit)?;
+            }
+            return Ok(());
+        }
+        let mut sweep = self.sweep()?;
+        let mut found = Vec::new();
+        loop {
+            let (byte, line) = sweep.position();
+            let Some(table) = sweep.next_chunk(self.text_shard_rows)? else {
+                break;
+            };
+            found.push(TextShard {
+                byte,
+                line,
+                rows: table.num_rows(),
+            });
+            visit(table)?;
+        }
+        match (&mut self.layout, &sweep) {
+            (
+                Layout::Csv {
+                    shards,
+                    delimiter,
+                    names,
+                },
+                Sweep::Csv(csv),
+            ) => {
+                let (header, delim) = csv.layout();
+                *names = header.to_vec();
+                *delimiter = delim;
+                *shards = found;
+            }
+            (Layout::Jsonl { shards }, _) => *shards = found,
+            _ => unreachable!("a sweep of the source's own format"),
+        }
+        Ok(())
+    }
+
+    /// Shard `index`, a chunk at a time.
     pub fn read_shard(
         &self,
         index: usize,
         visit: &mut dyn FnMut(Table) -> Result<()>,
     ) -> Result<()> {
-        let shard = &self.shards[index];
-        read_parquet_shard(
-            &self.origin,
-            &self.files[shard.file].path,
-            shard,
-            self.columns.as_deref(),
-            self.bad_rows,
-            visit,
-        )
+        let open = || {
+            let path = &self.files[0].path;
+            std::fs::File::open(path).map_err(|source| DataError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let chunk = match &self.layout {
+            Layout::Parquet(shards) => {
+                let shard = &shards[index];
+                return read_parquet_shard(
+                    &self.origin,
+                    &self.files[shard.file].path,
+                    shard,
+                    self.columns.as_deref(),
+                    self.bad_rows,
+                    visit,
+                );
+            }
+            Layout::Csv {
+                shards,
+                delimiter,
+                names,
+            } => {
+                let shard = &shards[index];
+                CsvChunks::open_at(
+                    open()?,
+                    shard.byte,
+                    shard.line,
+                    names.clone(),
+                    *delimiter,
+                    &self.origin,
+                    CsvOptions {
+                        delimiter: self.delimiter,
+                        bad_rows: self.bad_rows,
+                        text_columns: &self.text_columns,
+                    },
+                )?
+                .next_chunk(shard.rows)?
+            }
+            Layout::Jsonl { shards } => {
+                let shard = &shards[index];
+                JsonlChunks::open_at(
+                    open()?,
+                    shard.byte,
+                    shard.line,
+                    &self.origin,
+                    self.bad_rows,
+                    &self.text_columns,
+                    self.columns.as_deref().unwrap_or(&[]),
+                )?
+                .next_chunk(shard.rows)?
+            }
+        };
+        match chunk {
+            Some(table) if table.num_rows() > 0 => visit(table),
+            _ => Ok(()),
+        }
     }
 
     /// An error when a file's size or modification time is no longer what it was when the
@@ -197,17 +425,7 @@ pub struct TrainStream {
 pub fn prepare_streamed(config: &Config) -> Result<StreamedData> {
     let data = &config.data;
     let mut source = StreamSource::open(&data.source, data)?;
-    let mut first = None;
-    source.read_shard(0, &mut |table| {
-        if first.is_none() {
-            first = Some(table);
-        }
-        Ok(())
-    })?;
-    let first = first.ok_or_else(|| DataError::Empty {
-        path: data.source.clone(),
-        detail: " (its first row group has no rows)".into(),
-    })?;
+    let first = source.first_rows()?;
     let schema = infer_schema(&first, config)?;
     // Its columns without rows: what an empty held-out split is encoded from.
     let no_rows = first.select(&[]);
@@ -228,8 +446,8 @@ pub fn prepare_streamed(config: &Config) -> Result<StreamedData> {
     let mut held_out: [Vec<Table>; 2] = [Vec::new(), Vec::new()];
     let mut held_bytes = 0usize;
     let mut report = LoadReport::default();
-    for shard in 0..source.shards.len() {
-        source.read_shard(shard, &mut |mut table| {
+    {
+        source.pass(&mut |mut table| {
             drop_bad_values(&mut table, &schema, data.bad_rows)?;
             merge_report(&mut report, &table.report);
             let split = split_rows_streamed(&table, data, config.seed)?;
@@ -360,7 +578,8 @@ impl TrainStream {
     /// encoded and shuffled. The files must be as they were when the run started.
     pub fn read_block(&self, epoch: usize, index: usize, shards: &[usize]) -> Result<Encoded> {
         self.source.check_unchanged()?;
-        let rows: usize = shards.iter().map(|&s| self.source.shards[s].rows).sum();
+        let shard_rows = self.source.shard_rows();
+        let rows: usize = shards.iter().map(|&s| shard_rows[s]).sum();
         let mut block: Option<Encoded> = None;
         for &shard in shards {
             self.source.read_shard(shard, &mut |mut table| {

@@ -589,14 +589,14 @@ fn a_streamed_source_notices_a_changed_file() {
         err.contains("rows.parquet") && err.contains("changed while a streamed run"),
         "{err}"
     );
-    // Other formats are refused with the way to convert them.
-    let csv = dir.path().join("rows.csv");
+    // A compressed file cannot be read from the middle.
+    let csv = dir.path().join("rows.csv.zst");
     std::fs::write(&csv, "x,label\n1,a\n").unwrap();
     let err = kiln_data::StreamSource::open(csv.to_str().unwrap(), &config)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("data.streaming reads Parquet") && err.contains("write_dataset"),
+        err.contains("rows.csv.zst") && err.contains("decompress it first"),
         "{err}"
     );
 }
