@@ -89,6 +89,44 @@ fn an_augmented_cnn_learns_colour_images_predicts_by_path_and_resumes_bit_identi
         .count();
     assert!(right >= 36, "{right} of 40 predictions right");
 
+    // New images, in one folder without classes: each named by its file.
+    let new = dir.path().join("new");
+    std::fs::create_dir_all(&new).unwrap();
+    for class in ["top", "bottom"] {
+        for i in 0..5 {
+            std::fs::copy(
+                dir.path().join(format!("test/{class}/{i:03}.png")),
+                new.join(format!("{class}-{i}.png")),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::write(new.join("notes.txt"), "not an image").unwrap();
+    kiln_ok(
+        dir.path(),
+        &[
+            "predict",
+            run.to_str().unwrap(),
+            "--data",
+            "new",
+            "--out",
+            "new.csv",
+        ],
+    );
+    let predictions = std::fs::read_to_string(dir.path().join("new.csv")).unwrap();
+    let mut lines = predictions.lines();
+    assert_eq!(lines.next(), Some("path,label"));
+    let rows: Vec<(&str, &str)> = lines.map(|l| l.split_once(',').unwrap()).collect();
+    assert_eq!(rows.len(), 10, "{predictions}");
+    let right = rows
+        .iter()
+        .filter(|(path, label)| path.starts_with(&format!("{label}-")))
+        .count();
+    assert!(
+        right >= 8,
+        "{right} of 10 predictions right:\n{predictions}"
+    );
+
     // Resumed from a checkpoint inside the last epoch, the run ends with the same weights:
     // each row's augmentation is drawn from the seed, the step and its place in the step.
     let copy = dir.path().join("copy");
@@ -176,6 +214,10 @@ fn bad_image_folders_are_refused_with_the_path() {
     std::fs::remove_dir_all(dir.path().join("one/bottom")).unwrap();
     let err = kiln_err(dir.path(), &["data", "describe", "one"]);
     assert!(err.contains("only one class folder (\"top\")"), "{err}");
+    // Images without class folders are for predict; training on them says what is missing.
+    std::fs::rename(dir.path().join("one/top"), dir.path().join("flat")).unwrap();
+    let err = kiln_err(dir.path(), &["train", "--data", "flat"]);
+    assert!(err.contains("images lie in the folder itself"), "{err}");
 
     write_image_folder(&dir.path().join("bad"), 6, 8, 4);
     std::fs::write(dir.path().join("bad/top/000.png"), b"\x89PNG but cut").unwrap();

@@ -87,7 +87,60 @@ pub(crate) fn is_image_folder(dir: &Path) -> bool {
     !parquet
         && entries
             .iter()
-            .any(|p| p.is_dir() && holds_image(p, MAX_DEPTH))
+            .any(|p| is_image(p) || (p.is_dir() && holds_image(p, MAX_DEPTH)))
+}
+
+/// Whether `dir` holds images directly and no sub-folder of them: new images to predict,
+/// without class folders.
+pub fn is_flat_image_folder(dir: &Path) -> bool {
+    sorted_entries(dir).is_ok_and(|entries| {
+        entries.iter().any(|p| is_image(p))
+            && !entries
+                .iter()
+                .any(|p| p.is_dir() && holds_image(p, MAX_DEPTH))
+    })
+}
+
+/// Reads the images directly in `root` (`*.{png,jpg,jpeg,bmp,webp}`, in name order, no class
+/// folders) into two columns: `image` and `path` (the file name, which kiln takes as the id):
+/// new images for `kiln predict`.
+pub fn read_image_files(root: &Path, config: &DataConfig) -> Result<Table> {
+    let origin = root.display().to_string();
+    let paths: Vec<PathBuf> = sorted_entries(root)?
+        .into_iter()
+        .filter(|p| is_image(p))
+        .collect();
+    if paths.is_empty() {
+        return Err(DataError::Empty {
+            path: origin,
+            detail: format!(": no images ({})", IMAGE_EXTENSIONS.join(", ")),
+        });
+    }
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let decoded = decode_images(&paths, &config.image, config.bad_rows)?;
+    let mut report = LoadReport {
+        rows_read: paths.len(),
+        ..Default::default()
+    };
+    let kept = decoded.kept(&names, &mut report);
+    Ok(Table {
+        origin,
+        names: vec!["image".into(), "path".into()],
+        columns: vec![
+            decoded.column,
+            Column::texts(kept.iter().map(|&i| Some(names[i].as_str()))),
+        ],
+        lines: kept.iter().map(|&i| i as u64 + 1).collect(),
+        report,
+    })
 }
 
 /// Whether an image lies in `dir` or below it, at most `depth` levels (stops at the first).

@@ -33,7 +33,9 @@ pub use csv_source::{CsvChunks, read_csv};
 pub use describe::{ColumnSummary, Description, describe};
 pub use fit::{FitLimits, FitPass};
 pub use idx::{IdxImages, read_idx_images, read_idx_labels};
-pub use image_source::{IMAGE_EXTENSIONS, decode_path_column, read_image_folder};
+pub use image_source::{
+    IMAGE_EXTENSIONS, decode_path_column, is_flat_image_folder, read_image_files, read_image_folder,
+};
 pub use infer::{ColumnPlan, Schema, drop_bad_values, infer_schema};
 pub use jsonl_source::{JsonlChunks, parse_jsonl};
 pub use kiln_spec::InputShape;

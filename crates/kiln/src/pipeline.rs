@@ -97,6 +97,12 @@ fn model_input_chunks(
     config: &Config,
     pre: &kiln_data::Preprocessor,
 ) -> Result<kiln_data::TableChunks> {
+    // New images to label: a folder of them, without class folders.
+    let path = Path::new(spec);
+    if pre.image_input().is_some() && path.is_dir() && kiln_data::is_flat_image_folder(path) {
+        let table = kiln_data::read_image_files(path, &data_for_model(config, pre))?;
+        return Ok(kiln_data::TableChunks::Whole(Some(table)));
+    }
     let text_columns = pre.text_columns();
     let columns: Vec<String> = pre
         .features
