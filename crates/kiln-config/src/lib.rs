@@ -355,6 +355,46 @@ fn bad(key: &str, message: impl Into<String>) -> Invalid {
     (key.to_string(), message.into())
 }
 
+/// The key of a setting that needs every training row in memory at once, and why: what a
+/// streamed run (`data.streaming`) cannot do.
+pub fn needs_every_row(c: &Config) -> Option<(&'static str, &'static str)> {
+    let d = &c.data;
+    if d.drop_duplicates {
+        return Some((
+            "data.drop_duplicates",
+            "finding duplicates needs every row in memory; a streamed run cannot",
+        ));
+    }
+    if matches!(
+        d.split.method,
+        Some(SplitMethod::Stratified | SplitMethod::Kfold)
+    ) {
+        return Some((
+            "data.split.method",
+            "a streamed run splits row by row: use \"random\" or \"column\"",
+        ));
+    }
+    if c.trainer.batch_size == BatchSize::Full {
+        return Some((
+            "trainer.batch_size",
+            "a full batch holds every row in memory; give a number of rows",
+        ));
+    }
+    if c.trainer.class_weights == ClassWeights::Balanced {
+        return Some((
+            "trainer.class_weights",
+            "balanced weights count every training row's class first; not yet for a streamed run",
+        ));
+    }
+    if c.distill.teacher.is_some() {
+        return Some((
+            "distill.teacher",
+            "distillation keeps the teacher's outputs for every training row in memory",
+        ));
+    }
+    None
+}
+
 /// Checks ranges and cross-field consistency. Returns the offending dotted key.
 pub fn validate(c: &Config) -> Result<(), Invalid> {
     c.device_request()
@@ -437,41 +477,10 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             "expected at least 1 row, got 0".to_string(),
         ));
     }
-    if d.streaming {
-        let refuse = |key: &str, why: &str| Err(bad(key, format!("{why} (data.streaming = true)")));
-        if d.drop_duplicates {
-            return refuse(
-                "data.drop_duplicates",
-                "finding duplicates needs every row in memory; a streamed run cannot",
-            );
-        }
-        if matches!(
-            d.split.method,
-            Some(SplitMethod::Stratified | SplitMethod::Kfold)
-        ) {
-            return refuse(
-                "data.split.method",
-                "a streamed run splits row by row: use \"random\" or \"column\"",
-            );
-        }
-        if c.trainer.batch_size == BatchSize::Full {
-            return refuse(
-                "trainer.batch_size",
-                "a full batch holds every row in memory; give a number of rows",
-            );
-        }
-        if c.trainer.class_weights == ClassWeights::Balanced {
-            return refuse(
-                "trainer.class_weights",
-                "balanced weights count every training row's class first; not yet for a streamed run",
-            );
-        }
-        if c.distill.teacher.is_some() {
-            return refuse(
-                "distill.teacher",
-                "distillation keeps the teacher's outputs for every training row in memory",
-            );
-        }
+    if d.streaming == Streaming::On
+        && let Some((key, why)) = needs_every_row(c)
+    {
+        return Err(bad(key, format!("{why} (data.streaming = true)")));
     }
     if let Some(delim) = d.delimiter
         && (delim == '"' || delim == '\n' || !delim.is_ascii())

@@ -111,8 +111,10 @@ pub struct DataConfig {
     pub augment: AugmentConfig,
     /// Train from a source larger than memory (Parquet, or a plain CSV or JSON Lines file):
     /// read a row group (or a run of records) at a time, in a new order every epoch, with the
-    /// preprocessing fitted in one pass first.
-    pub streaming: bool,
+    /// preprocessing fitted in one pass first. `"auto"` (the default) streams a source that,
+    /// held in memory, would take more than half the machine's (four times its columns' size),
+    /// when nothing in the config needs every row at once.
+    pub streaming: Streaming,
     /// With `streaming`, the training rows shuffled together: row groups are read into a
     /// buffer of at least this many rows, which is shuffled before it is cut into batches.
     pub shuffle_buffer: usize,
@@ -138,7 +140,7 @@ impl Default for DataConfig {
             split: SplitConfig::default(),
             image: ImageConfig::default(),
             augment: AugmentConfig::default(),
-            streaming: false,
+            streaming: Streaming::Auto,
             shuffle_buffer: 1 << 18,
         }
     }
@@ -299,6 +301,50 @@ pub enum DataFormat {
     Arrow,
     /// A folder with one sub-folder of images per class (PNG, JPEG, BMP, WebP).
     Images,
+}
+
+/// `data.streaming`: `true`, `false` or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Streaming {
+    /// Stream when the source would take more than half the memory and the config allows.
+    #[default]
+    Auto,
+    /// Always stream.
+    On,
+    /// Never stream: the source is read whole.
+    Off,
+}
+
+impl Serialize for Streaming {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Streaming::Auto => s.serialize_str("auto"),
+            Streaming::On => s.serialize_bool(true),
+            Streaming::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Streaming {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Choice;
+        impl serde::de::Visitor<'_> for Choice {
+            type Value = Streaming;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<Streaming, E> {
+                Ok(if v { Streaming::On } else { Streaming::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Streaming, E> {
+                match v {
+                    "auto" => Ok(Streaming::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Choice)
+    }
 }
 
 /// Handling of rows that fail to parse.

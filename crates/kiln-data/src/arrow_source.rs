@@ -173,6 +173,8 @@ pub struct ParquetShard {
     pub first_row: u64,
     /// Rows of its file before it.
     pub file_row: usize,
+    /// Its columns' size, uncompressed (from the footer).
+    pub bytes: u64,
 }
 
 /// The Parquet files `path` names and their row groups, from the footers.
@@ -206,6 +208,7 @@ pub(crate) fn parquet_shards(path: &Path) -> Result<(Vec<PathBuf>, Vec<ParquetSh
                 rows,
                 first_row,
                 file_row,
+                bytes: u64::try_from(g.total_byte_size()).unwrap_or(0),
             });
             first_row += rows as u64;
             file_row += rows;

@@ -44,7 +44,7 @@ pub use preprocess::{
     TargetTransform,
 };
 pub use split::{Split, split_rows, split_rows_streamed};
-pub use stream::{StreamSource, StreamedData, TrainStream, prepare_streamed};
+pub use stream::{StreamSource, StreamedData, TrainStream, prepare_streamed, streamable_size};
 pub use table::{Column, LoadReport, Table};
 
 use std::path::Path;

@@ -388,6 +388,17 @@ impl StreamSource {
     }
 }
 
+/// Roughly the bytes `spec`'s columns take in memory, for a source a run can stream: a
+/// Parquet source's uncompressed size (from its footers), a plain CSV or JSON Lines file's
+/// size; `None` for any other.
+pub fn streamable_size(spec: &str, config: &DataConfig) -> Option<u64> {
+    let source = StreamSource::open(spec, config).ok()?;
+    Some(match &source.layout {
+        Layout::Parquet(shards) => shards.iter().map(|s| s.bytes).sum(),
+        _ => source.files.iter().map(|f| f.len).sum(),
+    })
+}
+
 /// What one pass over a streamed source gives: everything a run needs but the training
 /// rows, which [`TrainStream`] reads epoch by epoch.
 #[derive(Debug)]

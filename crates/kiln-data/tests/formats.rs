@@ -579,7 +579,7 @@ fn a_streamed_source_notices_a_changed_file() {
     };
     write(10);
     let mut config = kiln_config::DataConfig::default();
-    config.streaming = true;
+    config.streaming = kiln_config::Streaming::On;
     let source = kiln_data::StreamSource::open(path.to_str().unwrap(), &config).unwrap();
     assert_eq!(source.rows(), 10);
     source.check_unchanged().unwrap();

@@ -21,6 +21,14 @@ pub fn available_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Bytes of memory of the machine (`MemTotal`), where it says.
+pub fn total_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Copies of the parameters a training step holds: weights, gradients, the accumulated
 /// gradient, and the optimizer's moments.
 fn parameter_copies(config: &Config) -> u64 {

@@ -260,6 +260,9 @@ pub struct DataSummary {
     pub target: String,
     /// Input features used.
     pub features: Vec<String>,
+    /// The training rows were streamed (`data.streaming`), not held in memory.
+    #[serde(default)]
+    pub streamed: bool,
 }
 
 /// The rows of `data.test_source`, encoded by the fitted `preprocessor`.
@@ -314,6 +317,7 @@ fn prepare_streamed(config: &Config) -> Result<PreparedData> {
         task: schema.task,
         target: schema.target.clone(),
         features: schema.features.iter().map(|f| f.name.clone()).collect(),
+        streamed: true,
     };
     if stream.rows() == 0 {
         return Err(KilnError::Invalid(format!(
@@ -334,9 +338,78 @@ fn prepare_streamed(config: &Config) -> Result<PreparedData> {
     })
 }
 
+/// `data.streaming = "auto"` decided: on for a source that, held in memory, would take more
+/// than half the machine's memory (four times its columns' size: a Parquet source's
+/// uncompressed size, a CSV or JSON Lines file's size), unless a setting needs every row at
+/// once; off otherwise. The run saves the decision,
+/// so a resumed run reads its data the same way.
+pub fn resolve_streaming(mut config: Config) -> Config {
+    if config.data.streaming == kiln_config::Streaming::Auto {
+        let size = kiln_data::streamable_size(&config.data.source, &config.data);
+        config.data.streaming = decide_streaming(&config, size, crate::memory::total_bytes());
+    }
+    config
+}
+
+/// [`resolve_streaming`]'s rule, for a source of `size` bytes (`None`: it cannot stream) on a
+/// machine of `memory` bytes.
+fn decide_streaming(
+    config: &Config,
+    size: Option<u64>,
+    memory: Option<u64>,
+) -> kiln_config::Streaming {
+    // A run in memory peaks at about four times its columns' size (the table, its encoding,
+    // the splits' copies: 1.8 GB for 468 MB of Parquet columns, BENCHMARKS.md).
+    let large = matches!((size, memory), (Some(size), Some(memory)) if 4 * size > memory / 2);
+    match large && kiln_config::needs_every_row(config).is_none() {
+        true => kiln_config::Streaming::On,
+        false => kiln_config::Streaming::Off,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_config::Streaming;
+
+    #[test]
+    fn auto_streams_a_source_larger_than_half_the_memory_when_the_config_allows() {
+        let mut config = Config::default();
+        let gib = 1u64 << 30;
+        assert_eq!(
+            decide_streaming(&config, Some(5 * gib), Some(8 * gib)),
+            Streaming::On
+        );
+        assert_eq!(
+            decide_streaming(&config, Some(gib + 1), Some(8 * gib)),
+            Streaming::On
+        );
+        assert_eq!(
+            decide_streaming(&config, Some(gib), Some(8 * gib)),
+            Streaming::Off
+        );
+        assert_eq!(
+            decide_streaming(&config, None, Some(8 * gib)),
+            Streaming::Off
+        );
+        assert_eq!(
+            decide_streaming(&config, Some(5 * gib), None),
+            Streaming::Off
+        );
+        config.data.drop_duplicates = true;
+        assert_eq!(
+            decide_streaming(&config, Some(5 * gib), Some(8 * gib)),
+            Streaming::Off
+        );
+        // A decided setting stays as it is.
+        config.data.streaming = Streaming::Off;
+        assert_eq!(resolve_streaming(config).data.streaming, Streaming::Off);
+    }
+}
+
 /// Loads, cleans, splits and preprocesses the data of `config`.
 pub fn prepare(config: &Config) -> Result<PreparedData> {
-    if config.data.streaming {
+    if config.data.streaming == kiln_config::Streaming::On {
         return prepare_streamed(config);
     }
     let mut table = load_table(&config.data.source, config)?;
@@ -377,6 +450,7 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
         task: schema.task,
         target: schema.target.clone(),
         features: schema.features.iter().map(|f| f.name.clone()).collect(),
+        streamed: false,
     };
     if train.rows == 0 {
         return Err(KilnError::Invalid(format!(
@@ -586,6 +660,7 @@ pub fn train_run_in(
                 None => (config.clone(), None, None),
             },
         };
+    let config = resolve_streaming(config);
     check_batch_splits(world, &config)?;
     check_program(world, &config)?;
     let device = training_device(&config, world, &mut run_info)?;

@@ -294,6 +294,13 @@ pub(crate) fn write_report(
         d.validation_rows,
         d.test_rows
     );
+    if d.streamed {
+        let _ = writeln!(
+            text,
+            "  streamed: the training rows read a block of at least {} rows at a time, every epoch",
+            config.data.shuffle_buffer
+        );
+    }
     if d.texts_truncated > 0 {
         let rows = d.train_rows + d.validation_rows + d.test_rows;
         let kept = match config.text.truncation {
