@@ -148,7 +148,7 @@ fn train_and_resume(dir: &Path, source: &str) -> (u64, u64, u64) {
                 .parse()
                 .ok()
         })
-        .find(|s: &u64| s % per_epoch != 0)
+        .find(|s: &u64| !s.is_multiple_of(per_epoch))
         .expect("a checkpoint inside an epoch");
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(run.join(format!("checkpoints/step-{mid:08}/trainer_state.json"))).unwrap(),

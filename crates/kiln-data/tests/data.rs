@@ -959,7 +959,11 @@ fn mixed_csv() -> String {
             x.to_string()
         };
         let c = ["red", "green", "blue"][(rng.next_u64() % 3) as usize];
-        let label = if rng.next_u64() % 2 == 0 { "a" } else { "b" };
+        let label = if rng.next_u64().is_multiple_of(2) {
+            "a"
+        } else {
+            "b"
+        };
         text.push_str(&format!("{x},{y},{c},{label}\n"));
     }
     text

@@ -578,8 +578,10 @@ fn a_streamed_source_notices_a_changed_file() {
         std::fs::write(&path, bytes).unwrap();
     };
     write(10);
-    let mut config = kiln_config::DataConfig::default();
-    config.streaming = kiln_config::Streaming::On;
+    let config = kiln_config::DataConfig {
+        streaming: kiln_config::Streaming::On,
+        ..Default::default()
+    };
     let source = kiln_data::StreamSource::open(path.to_str().unwrap(), &config).unwrap();
     assert_eq!(source.rows(), 10);
     source.check_unchanged().unwrap();

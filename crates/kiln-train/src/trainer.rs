@@ -478,7 +478,7 @@ fn train_group(
         skipped: update.skipped,
     };
     observer.on_step(&record);
-    if ctx.leader && (state.global_step % t.log_every_steps as u64 == 0 || last_in_epoch) {
+    if ctx.leader && (state.global_step.is_multiple_of(t.log_every_steps as u64) || last_in_epoch) {
         append_jsonl(ctx.metrics_path, &record, "step")?;
         *window = (Instant::now(), 0);
     }
@@ -687,7 +687,9 @@ pub fn train(
     };
     let checkpoint_due = |state: &TrainerState, last_in_epoch: bool| {
         t.checkpoint_every_steps > 0
-            && state.global_step % t.checkpoint_every_steps as u64 == 0
+            && state
+                .global_step
+                .is_multiple_of(t.checkpoint_every_steps as u64)
             && !last_in_epoch
     };
     while !stopped_early && state.epoch < t.epochs {
