@@ -8,7 +8,8 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use common::{kiln_err, kiln_json};
 
-/// 4 000 rows as `rows.parquet` (row groups of 500), `rows.csv` and `rows.jsonl`: `x0..x3`,
+/// 4 000 rows as `rows.parquet` (row groups of 500), `rows.arrow` (record batches of 500),
+/// `rows.csv` and `rows.jsonl`: `x0..x3`,
 /// a category `c`, and a `label` from a rule of them (about 5 % of labels flipped).
 fn write_rows(dir: &Path) {
     let rows = 4000;
@@ -65,6 +66,12 @@ fn write_rows(dir: &Path) {
         parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
+    let file = std::fs::File::create(dir.join("rows.arrow")).unwrap();
+    let mut writer = arrow_ipc::writer::FileWriter::try_new(file, &batch.schema()).unwrap();
+    for start in (0..rows).step_by(500) {
+        writer.write(&batch.slice(start, 500)).unwrap();
+    }
+    writer.finish().unwrap();
 }
 
 const CONFIG: &str = r#"
@@ -92,12 +99,28 @@ fn a_streamed_run_learns_and_resumes_mid_epoch_bit_identically() {
     write_rows(dir.path());
     std::fs::write(dir.path().join("run.toml"), CONFIG).unwrap();
     let mut splits = Vec::new();
-    for source in ["rows.parquet", "rows.csv", "rows.jsonl"] {
+    for source in ["rows.parquet", "rows.csv", "rows.jsonl", "rows.arrow"] {
         splits.push(train_and_resume(dir.path(), source));
     }
-    // A row's split is drawn from its row number: Parquet and JSON Lines number rows from 1,
-    // a CSV from its line (2 for the first row under the header).
+    // A row's split is drawn from its row number: Parquet, Arrow and JSON Lines number rows
+    // from 1, a CSV from its line (2 for the first row under the header).
     assert_eq!(splits[0], splits[2]);
+    assert_eq!(splits[0], splits[3]);
+    // `kiln predict` reads an Arrow IPC file a record batch at a time: one row out per row in.
+    kiln_json(
+        dir.path(),
+        &[
+            "predict",
+            "runs/rows_arrow",
+            "--data",
+            "rows.arrow",
+            "--out",
+            "p.csv",
+            "--json",
+        ],
+    );
+    let predictions = std::fs::read_to_string(dir.path().join("p.csv")).unwrap();
+    assert_eq!(predictions.lines().count(), 4001);
 }
 
 /// Trains on `source`, checks the split and the accuracy, then resumes a copy of the run from

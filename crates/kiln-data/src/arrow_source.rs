@@ -228,25 +228,7 @@ pub(crate) fn read_parquet_shard(
     visit: &mut dyn FnMut(Table) -> Result<()>,
 ) -> Result<()> {
     let name = file.display().to_string();
-    let reader = File::open(file).map_err(|source| DataError::Io {
-        path: name.clone(),
-        source,
-    })?;
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(reader)
-        .map_err(|e| parquet_error(&name, &e))?;
-    let mask = match columns {
-        Some(wanted) => {
-            let roots = projection(builder.schema(), wanted);
-            parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots)
-        }
-        None => parquet::arrow::ProjectionMask::all(),
-    };
-    let reader = builder
-        .with_projection(mask)
-        .with_row_groups(vec![shard.group])
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| parquet_error(&name, &e))?;
+    let reader = open_parquet_groups(file, columns, Some(vec![shard.group]))?;
     let schema = reader.schema();
     let mut taken = 0usize;
     for batch in reader {
@@ -275,6 +257,15 @@ fn parquet_error(name: &str, e: &dyn std::fmt::Display) -> DataError {
 
 /// A reader of `file`'s record batches, decoding only `columns` when given.
 fn open_parquet(file: &Path, columns: Option<&[String]>) -> Result<ParquetRecordBatchReader> {
+    open_parquet_groups(file, columns, None)
+}
+
+/// [`open_parquet`] of the row groups `groups` only (all when `None`).
+fn open_parquet_groups(
+    file: &Path,
+    columns: Option<&[String]>,
+    groups: Option<Vec<usize>>,
+) -> Result<ParquetRecordBatchReader> {
     let name = file.display().to_string();
     let reader = File::open(file).map_err(|source| DataError::Io {
         path: name.clone(),
@@ -288,6 +279,10 @@ fn open_parquet(file: &Path, columns: Option<&[String]>) -> Result<ParquetRecord
             parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots)
         }
         None => parquet::arrow::ProjectionMask::all(),
+    };
+    let builder = match groups {
+        Some(groups) => builder.with_row_groups(groups),
+        None => builder,
     };
     builder
         .with_projection(mask)
@@ -350,6 +345,123 @@ pub fn read_arrow_ipc(path: &Path, columns: Option<&[String]>, bad_rows: BadRows
         }
     }
     table.finish("no rows")
+}
+
+/// An Arrow IPC file (Feather v2) read a run of record batches at a time: `kiln predict` and
+/// `kiln eval` over files larger than memory, and the shards of a streamed training run.
+pub struct ArrowChunks {
+    origin: String,
+    reader: arrow_ipc::reader::FileReader<std::io::BufReader<File>>,
+    bad_rows: BadRows,
+    /// Rows of the file before the next batch.
+    rows_done: u64,
+    /// The next batch.
+    next_batch: usize,
+    chunks: usize,
+}
+
+impl ArrowChunks {
+    /// Opens `path`, decoding only `columns` when given; `None` for the IPC stream format,
+    /// which has no index to read it from the middle.
+    pub fn open(
+        path: &Path,
+        columns: Option<&[String]>,
+        bad_rows: BadRows,
+    ) -> Result<Option<Self>> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|source| DataError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let bad = |e: &dyn std::fmt::Display| {
+            DataError::Invalid(format!(
+                "{name}: not a readable Arrow IPC / Feather file: {e}"
+            ))
+        };
+        let mut head = [0u8; 6];
+        {
+            use std::io::Read;
+            let n = (&file).read(&mut head).map_err(|source| DataError::Io {
+                path: name.clone(),
+                source,
+            })?;
+            if !head[..n].starts_with(b"ARROW1") {
+                return Ok(None);
+            }
+        }
+        let schema = arrow_ipc::reader::FileReader::try_new_buffered(
+            File::open(path).map_err(|source| DataError::Io {
+                path: name.clone(),
+                source,
+            })?,
+            None,
+        )
+        .map_err(|e| bad(&e))?
+        .schema();
+        let projection = columns.map(|c| projection(&schema, c));
+        let reader = arrow_ipc::reader::FileReader::try_new_buffered(file, projection)
+            .map_err(|e| bad(&e))?;
+        Ok(Some(ArrowChunks {
+            origin: name,
+            reader,
+            bad_rows,
+            rows_done: 0,
+            next_batch: 0,
+            chunks: 0,
+        }))
+    }
+
+    /// Record batches in the file.
+    pub fn batches(&self) -> usize {
+        self.reader.num_batches()
+    }
+
+    /// Reads on from batch `index`, whose first row is row `first_row` of the file.
+    pub(crate) fn seek(&mut self, index: usize, first_row: u64) -> Result<()> {
+        self.reader.set_index(index).map_err(|e| {
+            DataError::Invalid(format!("{}: record batch {index}: {e}", self.origin))
+        })?;
+        self.next_batch = index;
+        self.rows_done = first_row;
+        // Not the first chunk of the file: an empty read is no error.
+        self.chunks = self.chunks.max(1);
+        Ok(())
+    }
+
+    /// The next batch and the row it starts at.
+    pub(crate) fn position(&self) -> (u64, u64) {
+        (self.next_batch as u64, self.rows_done + 1)
+    }
+
+    /// The next chunk: whole record batches until at least `max_rows` rows, or `None` at the
+    /// end. A file without rows is the error [`read_arrow_ipc`] gives.
+    pub fn next_chunk(&mut self, max_rows: usize) -> Result<Option<Table>> {
+        let mut table = TableBuilder::new(&self.origin, self.bad_rows, 0);
+        table.line_offset = self.rows_done;
+        table.start_file(&self.origin, &self.reader.schema())?;
+        table.file_offset = self.rows_done as usize;
+        let mut got = 0;
+        while got < max_rows.max(1) {
+            let Some(batch) = self.reader.next() else {
+                break;
+            };
+            let batch = batch.map_err(|e| {
+                DataError::Invalid(format!(
+                    "{}: not a readable Arrow IPC / Feather file: {e}",
+                    self.origin
+                ))
+            })?;
+            self.next_batch += 1;
+            table.push(&batch)?;
+            got += batch.num_rows();
+        }
+        self.chunks += 1;
+        if got == 0 && self.chunks > 1 {
+            return Ok(None);
+        }
+        self.rows_done += got as u64;
+        table.finish("no rows").map(Some)
+    }
 }
 
 /// The Parquet files `path` names: itself, or a directory's `*.parquet` files (Spark's and

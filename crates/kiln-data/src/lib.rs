@@ -26,7 +26,7 @@ mod stream;
 mod table;
 
 pub use arrow_sink::{ColumnarFormat, OutputColumn, write_columnar};
-pub use arrow_source::{ParquetChunks, ParquetShard, read_arrow_ipc, read_parquet};
+pub use arrow_source::{ArrowChunks, ParquetChunks, ParquetShard, read_arrow_ipc, read_parquet};
 pub use augment::ImageAugmenter;
 pub use builtin::{BUILTIN_DATASETS, load_builtin};
 pub use csv_source::{CsvChunks, read_csv};
@@ -248,14 +248,16 @@ fn load_file(
     }
 }
 
-/// A source read a chunk of rows at a time: CSV and JSON Lines files (also compressed) and
-/// Parquet (a file or a directory of part files) stream; other formats come whole, as one
-/// chunk.
+/// A source read a chunk of rows at a time: CSV and JSON Lines files (also compressed),
+/// Parquet (a file or a directory of part files) and Arrow IPC files stream; other formats
+/// (an Arrow IPC stream, images, built-in sets) come whole, as one chunk.
 pub enum TableChunks {
     /// JSON Lines, line by line.
     Jsonl(Box<JsonlChunks>),
     /// Parquet record batches, as they are decoded.
     Parquet(Box<ParquetChunks>),
+    /// An Arrow IPC file's record batches.
+    Arrow(Box<ArrowChunks>),
     /// A CSV file, read as it goes; `Some` base folder when a column of image paths is decoded
     /// chunk by chunk.
     Csv(Box<CsvChunks>, Option<std::path::PathBuf>, DataConfig),
@@ -280,6 +282,7 @@ impl TableChunks {
                 Ok(Some(table))
             }
             TableChunks::Parquet(chunks) => chunks.next_chunk(max_rows),
+            TableChunks::Arrow(chunks) => chunks.next_chunk(max_rows),
             TableChunks::Jsonl(chunks) => chunks.next_chunk(max_rows),
             TableChunks::Whole(table) => Ok(table.take()),
         }
@@ -317,6 +320,12 @@ pub fn source_chunks(
         if format == DataFormat::Parquet && config.image.column.is_none() {
             let chunks = ParquetChunks::open(path, columns, config.bad_rows)?;
             return Ok(TableChunks::Parquet(Box::new(chunks)));
+        }
+        if format == DataFormat::Arrow
+            && config.image.column.is_none()
+            && let Some(chunks) = ArrowChunks::open(path, columns, config.bad_rows)?
+        {
+            return Ok(TableChunks::Arrow(Box::new(chunks)));
         }
         if format == DataFormat::Jsonl && config.image.column.is_none() {
             // Every chunk has the columns asked for (missing where a chunk lacks the field),

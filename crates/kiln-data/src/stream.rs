@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use kiln_config::{BadRows, Config, DataConfig, DataFormat};
 use kiln_rng::SplitMix64;
 
-use crate::arrow_source::{ParquetShard, parquet_shards, read_parquet_shard};
+use crate::arrow_source::{ArrowChunks, ParquetShard, parquet_shards, read_parquet_shard};
 use crate::csv_source::{CsvChunks, CsvOptions};
 use crate::fit::{FitLimits, FitPass};
 use crate::infer::{Schema, drop_bad_values, infer_schema};
@@ -82,12 +82,15 @@ enum Layout {
     },
     /// Runs of lines, by byte offset.
     Jsonl { shards: Vec<TextShard> },
+    /// Runs of an Arrow IPC file's record batches: `byte` is the first batch's index.
+    Arrow { shards: Vec<TextShard> },
 }
 
 /// A sequential reader of a CSV or JSON Lines source, for the pass.
 enum Sweep {
     Csv(Box<CsvChunks>),
     Jsonl(Box<JsonlChunks>),
+    Arrow(Box<ArrowChunks>),
 }
 
 impl Sweep {
@@ -95,6 +98,7 @@ impl Sweep {
         match self {
             Sweep::Csv(c) => c.position(),
             Sweep::Jsonl(j) => j.position(),
+            Sweep::Arrow(a) => a.position(),
         }
     }
 
@@ -102,6 +106,7 @@ impl Sweep {
         match self {
             Sweep::Csv(c) => c.next_chunk(rows),
             Sweep::Jsonl(j) => j.next_chunk(rows),
+            Sweep::Arrow(a) => a.next_chunk(rows),
         }
     }
 }
@@ -130,7 +135,7 @@ impl StreamSource {
         let path = Path::new(spec);
         let refuse = |what: &str| {
             Err(DataError::Invalid(format!(
-                "{spec}: {what}; data.streaming reads Parquet (a file, or a directory of part files), and plain CSV and JSON Lines files"
+                "{spec}: {what}; data.streaming reads Parquet (a file, or a directory of part files), Arrow IPC files, and plain CSV and JSON Lines files"
             )))
         };
         if spec.starts_with("builtin:") || crate::idx::idx_prefix(spec).is_some() {
@@ -166,6 +171,15 @@ impl StreamSource {
                 }
                 (files, Layout::Parquet(shards))
             }
+            DataFormat::Arrow if path.is_file() => {
+                if ArrowChunks::open(path, None, config.bad_rows)?.is_none() {
+                    return refuse(
+                        "an Arrow IPC stream, which has no index to read it from the middle; write the file format (pyarrow.feather.write_feather, or pyarrow.ipc.new_file)",
+                    );
+                }
+                let layout = Layout::Arrow { shards: Vec::new() };
+                (vec![path.to_path_buf()], layout)
+            }
             DataFormat::Csv | DataFormat::Jsonl if path.is_file() => {
                 let layout = match format {
                     DataFormat::Csv => Layout::Csv {
@@ -199,7 +213,7 @@ impl StreamSource {
     pub fn shard_rows(&self) -> Vec<usize> {
         match &self.layout {
             Layout::Parquet(shards) => shards.iter().map(|s| s.rows).collect(),
-            Layout::Csv { shards, .. } | Layout::Jsonl { shards } => {
+            Layout::Csv { shards, .. } | Layout::Jsonl { shards } | Layout::Arrow { shards } => {
                 shards.iter().map(|s| s.rows).collect()
             }
         }
@@ -214,6 +228,7 @@ impl StreamSource {
     fn sweep(&self) -> Result<Sweep> {
         let path = &self.files[0].path;
         Ok(match self.format {
+            DataFormat::Arrow => Sweep::Arrow(Box::new(self.arrow_reader()?)),
             DataFormat::Csv => Sweep::Csv(Box::new(CsvChunks::open(
                 crate::csv_source::decompressed(path)?,
                 &crate::csv_source::read_head(path)?,
@@ -234,6 +249,12 @@ impl StreamSource {
                 self.columns.as_deref().unwrap_or(&[]),
             ))),
         })
+    }
+
+    /// An Arrow IPC file's reader (checked to be the file format on opening).
+    fn arrow_reader(&self) -> Result<ArrowChunks> {
+        ArrowChunks::open(&self.files[0].path, self.columns.as_deref(), self.bad_rows)?
+            .ok_or_else(|| DataError::Invalid(format!("{}: not an Arrow IPC file", self.origin)))
     }
 
     /// The source's first rows (a record batch, or 65 536 records), to infer the schema from.
@@ -291,7 +312,7 @@ impl StreamSource {
                 *delimiter = delim;
                 *shards = found;
             }
-            (Layout::Jsonl { shards }, _) => *shards = found,
+            (Layout::Jsonl { shards }, _) | (Layout::Arrow { shards }, _) => *shards = found,
             _ => unreachable!("a sweep of the source's own format"),
         }
         Ok(())
@@ -355,6 +376,12 @@ impl StreamSource {
                     self.columns.as_deref().unwrap_or(&[]),
                 )?
                 .next_chunk(shard.rows)?
+            }
+            Layout::Arrow { shards } => {
+                let shard = &shards[index];
+                let mut reader = self.arrow_reader()?;
+                reader.seek(shard.byte as usize, shard.line - 1)?;
+                reader.next_chunk(shard.rows)?
             }
         };
         match chunk {
