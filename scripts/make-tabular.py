@@ -59,7 +59,13 @@ def main():
         cat_text = [np.char.add(f"c{i}_", c.astype(str)) for i, c in enumerate(cats)]
         if columnar:
             arrays = [pa.array(x[:, i], mask=missing[:, i]) for i in range(NUMERIC)]
-            arrays += [pa.array(c).dictionary_encode() for c in cat_text] + [pa.array(label)]
+            # One dictionary of every level for all chunks: an Arrow IPC file allows no other.
+            arrays += [
+                pa.DictionaryArray.from_arrays(
+                    pa.array(c, type=pa.int32()), pa.array([f"c{i}_{k}" for k in range(n)])
+                )
+                for i, (c, n) in enumerate(zip(cats, LEVELS))
+            ] + [pa.array(label)]
             batch = pa.record_batch(arrays, names=names)
             if writer is None:
                 writer = (

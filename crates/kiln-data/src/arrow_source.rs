@@ -353,10 +353,12 @@ pub struct ArrowChunks {
     origin: String,
     reader: arrow_ipc::reader::FileReader<std::io::BufReader<File>>,
     bad_rows: BadRows,
-    /// Rows of the file before the next batch.
+    /// Rows of the file before the next row.
     rows_done: u64,
-    /// The next batch.
+    /// The next batch to read.
     next_batch: usize,
+    /// A batch read but not all taken, and the rows of it taken (chunks end inside a batch).
+    pending: Option<(RecordBatch, usize)>,
     chunks: usize,
 }
 
@@ -407,6 +409,7 @@ impl ArrowChunks {
             bad_rows,
             rows_done: 0,
             next_batch: 0,
+            pending: None,
             chunks: 0,
         }))
     }
@@ -416,44 +419,71 @@ impl ArrowChunks {
         self.reader.num_batches()
     }
 
-    /// Reads on from batch `index`, whose first row is row `first_row` of the file.
-    pub(crate) fn seek(&mut self, index: usize, first_row: u64) -> Result<()> {
+    /// Reads on from row `offset` of batch `index`, row `first_row` of the file (a
+    /// [`position`](Self::position)).
+    pub(crate) fn seek(&mut self, index: usize, offset: usize, first_row: u64) -> Result<()> {
         self.reader.set_index(index).map_err(|e| {
             DataError::Invalid(format!("{}: record batch {index}: {e}", self.origin))
         })?;
         self.next_batch = index;
+        self.pending = None;
+        if offset > 0 {
+            let batch = self.read_batch()?.ok_or_else(|| {
+                DataError::Invalid(format!("{}: no record batch {index}", self.origin))
+            })?;
+            self.pending = Some((batch, offset));
+        }
         self.rows_done = first_row;
         // Not the first chunk of the file: an empty read is no error.
         self.chunks = self.chunks.max(1);
         Ok(())
     }
 
-    /// The next batch and the row it starts at.
-    pub(crate) fn position(&self) -> (u64, u64) {
-        (self.next_batch as u64, self.rows_done + 1)
+    /// Where the next row is: its batch, its row within the batch, and its row of the file
+    /// (1-based).
+    pub(crate) fn position(&self) -> (u64, usize, u64) {
+        match &self.pending {
+            Some((_, taken)) => ((self.next_batch - 1) as u64, *taken, self.rows_done + 1),
+            None => (self.next_batch as u64, 0, self.rows_done + 1),
+        }
     }
 
-    /// The next chunk: whole record batches until at least `max_rows` rows, or `None` at the
-    /// end. A file without rows is the error [`read_arrow_ipc`] gives.
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let Some(batch) = self.reader.next() else {
+            return Ok(None);
+        };
+        self.next_batch += 1;
+        batch.map(Some).map_err(|e| {
+            DataError::Invalid(format!(
+                "{}: not a readable Arrow IPC / Feather file: {e}",
+                self.origin
+            ))
+        })
+    }
+
+    /// The next chunk of at most `max_rows` rows (a batch is cut where a chunk ends), or
+    /// `None` at the end. A file without rows is the error [`read_arrow_ipc`] gives.
     pub fn next_chunk(&mut self, max_rows: usize) -> Result<Option<Table>> {
         let mut table = TableBuilder::new(&self.origin, self.bad_rows, 0);
         table.line_offset = self.rows_done;
         table.start_file(&self.origin, &self.reader.schema())?;
         table.file_offset = self.rows_done as usize;
         let mut got = 0;
-        while got < max_rows.max(1) {
-            let Some(batch) = self.reader.next() else {
-                break;
+        let max_rows = max_rows.max(1);
+        while got < max_rows {
+            let (batch, taken) = match self.pending.take() {
+                Some(pending) => pending,
+                None => match self.read_batch()? {
+                    Some(batch) => (batch, 0),
+                    None => break,
+                },
             };
-            let batch = batch.map_err(|e| {
-                DataError::Invalid(format!(
-                    "{}: not a readable Arrow IPC / Feather file: {e}",
-                    self.origin
-                ))
-            })?;
-            self.next_batch += 1;
-            table.push(&batch)?;
-            got += batch.num_rows();
+            let take = (batch.num_rows() - taken).min(max_rows - got);
+            table.push(&batch.slice(taken, take))?;
+            got += take;
+            if taken + take < batch.num_rows() {
+                self.pending = Some((batch, taken + take));
+            }
         }
         self.chunks += 1;
         if got == 0 && self.chunks > 1 {

@@ -61,10 +61,12 @@ fn text_shard_rows(shuffle_buffer: usize) -> usize {
     (shuffle_buffer / 4).clamp(256, 1 << 16)
 }
 
-/// Where a shard of a CSV or JSON Lines file starts, found by the one pass.
+/// Where a shard of a CSV, JSON Lines or Arrow IPC file starts, found by the one pass: its
+/// byte offset (an Arrow file's record batch, and the row within it) and its first line (row).
 #[derive(Debug, Clone)]
 struct TextShard {
     byte: u64,
+    offset: usize,
     line: u64,
     rows: usize,
 }
@@ -82,7 +84,7 @@ enum Layout {
     },
     /// Runs of lines, by byte offset.
     Jsonl { shards: Vec<TextShard> },
-    /// Runs of an Arrow IPC file's record batches: `byte` is the first batch's index.
+    /// Runs of an Arrow IPC file's rows: `byte` is the first row's record batch.
     Arrow { shards: Vec<TextShard> },
 }
 
@@ -94,12 +96,13 @@ enum Sweep {
 }
 
 impl Sweep {
-    fn position(&self) -> (u64, u64) {
-        match self {
+    fn position(&self) -> (u64, usize, u64) {
+        let (byte, line) = match self {
             Sweep::Csv(c) => c.position(),
             Sweep::Jsonl(j) => j.position(),
-            Sweep::Arrow(a) => a.position(),
-        }
+            Sweep::Arrow(a) => return a.position(),
+        };
+        (byte, 0, line)
     }
 
     fn next_chunk(&mut self, rows: usize) -> Result<Option<Table>> {
@@ -287,12 +290,13 @@ impl StreamSource {
         let mut sweep = self.sweep()?;
         let mut found = Vec::new();
         loop {
-            let (byte, line) = sweep.position();
+            let (byte, offset, line) = sweep.position();
             let Some(table) = sweep.next_chunk(self.text_shard_rows)? else {
                 break;
             };
             found.push(TextShard {
                 byte,
+                offset,
                 line,
                 rows: table.num_rows(),
             });
@@ -380,7 +384,7 @@ impl StreamSource {
             Layout::Arrow { shards } => {
                 let shard = &shards[index];
                 let mut reader = self.arrow_reader()?;
-                reader.seek(shard.byte as usize, shard.line - 1)?;
+                reader.seek(shard.byte as usize, shard.offset, shard.line - 1)?;
                 reader.next_chunk(shard.rows)?
             }
         };
