@@ -562,6 +562,47 @@ fn parquet_read_in_chunks_gives_the_rows_of_the_whole_source_in_order() {
 }
 
 #[test]
+fn an_arrow_file_read_in_chunks_cuts_its_batches_and_keeps_row_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.arrow");
+    let v = |values: &[f64]| {
+        batch(vec![(
+            "v",
+            Arc::new(Float64Array::from(values.to_vec())) as ArrayRef,
+        )])
+    };
+    let batches = [v(&[1.0, 2.0, 3.0]), v(&[4.0]), v(&[5.0, f64::INFINITY])];
+    let file = std::fs::File::create(&path).unwrap();
+    let mut w = arrow_ipc::writer::FileWriter::try_new(file, &batches[0].schema()).unwrap();
+    for b in &batches {
+        w.write(b).unwrap();
+    }
+    w.finish().unwrap();
+    let data = kiln_config::DataConfig::default();
+    let mut chunks = kiln_data::source_chunks(path.to_str().unwrap(), &data, None, &[]).unwrap();
+    assert!(chunks.streams());
+    let mut seen = vec![];
+    let err = loop {
+        match chunks.next_chunk(2) {
+            Ok(Some(t)) => seen.push((
+                t.lines.clone(),
+                (0..t.num_rows())
+                    .map(|r| t.columns[0].number(r).unwrap())
+                    .collect::<Vec<_>>(),
+            )),
+            Ok(None) => panic!("the infinite value was not refused"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    // Two rows a chunk, a batch cut where a chunk ends, a chunk spanning batches.
+    assert_eq!(
+        seen,
+        [(vec![1, 2], vec![1.0, 2.0]), (vec![3, 4], vec![3.0, 4.0])]
+    );
+    assert!(err.contains("rows.arrow, line 6, column \"v\""), "{err}");
+}
+
+#[test]
 fn a_streamed_source_notices_a_changed_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rows.parquet");
