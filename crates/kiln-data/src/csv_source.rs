@@ -75,6 +75,17 @@ pub(crate) fn plain_size(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.len())
 }
 
+/// Moves `file` (of `origin`) to byte `byte`.
+pub(crate) fn seek_to(file: &mut std::fs::File, byte: u64, origin: &str) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    file.seek(SeekFrom::Start(byte))
+        .map(drop)
+        .map_err(|source| DataError::Io {
+            path: origin.into(),
+            source,
+        })
+}
+
 pub(crate) fn decompressed(path: &Path) -> Result<Box<dyn Read>> {
     let display = path.display().to_string();
     let io = |source| DataError::Io {
@@ -283,12 +294,7 @@ impl CsvChunks {
         origin: &str,
         options: CsvOptions<'_>,
     ) -> Result<Self> {
-        use std::io::{Seek, SeekFrom};
-        file.seek(SeekFrom::Start(byte))
-            .map_err(|source| DataError::Io {
-                path: origin.into(),
-                source,
-            })?;
+        seek_to(&mut file, byte, origin)?;
         let reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(false)

@@ -228,12 +228,7 @@ impl JsonlChunks {
         text_columns: &[String],
         always: &[String],
     ) -> Result<Self> {
-        use std::io::{Seek, SeekFrom};
-        file.seek(SeekFrom::Start(byte))
-            .map_err(|source| DataError::Io {
-                path: origin.into(),
-                source,
-            })?;
+        crate::csv_source::seek_to(&mut file, byte, origin)?;
         let mut chunks = JsonlChunks::new(
             Box::new(std::io::BufReader::new(file)),
             origin,

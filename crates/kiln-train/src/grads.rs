@@ -116,6 +116,23 @@ impl ParamGrads {
         }
     }
 
+    /// Backpropagates `loss` (multiplied by float16's loss scale first, under a scaler), adds
+    /// `module`'s gradients to these, and returns the loss.
+    pub fn backward_into<M: Module>(
+        &mut self,
+        module: &M,
+        loss: burn::prelude::Tensor<1>,
+        scaler: Option<&crate::precision::LossScaler>,
+    ) -> f64 {
+        let g = match scaler {
+            Some(scaler) => scaler.scaled(loss.clone()).backward(),
+            None => loss.backward(),
+        };
+        let value = loss.into_scalar::<f64>();
+        self.accumulate(ParamGrads::collect(module, g));
+        value
+    }
+
     /// Multiplies every gradient by `factor`.
     pub fn scale(&mut self, factor: f64) {
         for g in self.grads.values_mut() {

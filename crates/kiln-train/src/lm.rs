@@ -285,12 +285,7 @@ pub fn train_lm(
             let loss = lm_loss(&model, x, y, local_b, context, &ad);
             drop(autocast);
             let loss = loss.mul_scalar(share / t.grad_accum_steps as f64);
-            let g = match &state.loss_scaler {
-                Some(scaler) => scaler.scaled(loss.clone()).backward(),
-                None => loss.backward(),
-            };
-            step_loss += loss.into_scalar::<f64>();
-            grads.accumulate(ParamGrads::collect(&model, g));
+            step_loss += grads.backward_into(&model, loss, state.loss_scaler.as_ref());
         }
         if !step_loss.is_finite() {
             return Err(TrainError::Diverged {

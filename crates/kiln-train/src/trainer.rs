@@ -436,12 +436,7 @@ fn train_group(
         drop(autocast);
         let weight = micro_rows.len() as f64 / rows.len() as f64;
         let loss = loss.mul_scalar(weight);
-        let g = match &state.loss_scaler {
-            Some(scaler) => scaler.scaled(loss.clone()).backward(),
-            None => loss.backward(),
-        };
-        step_loss += loss.into_scalar::<f64>();
-        grads.accumulate(ParamGrads::collect(&model, g));
+        step_loss += grads.backward_into(&model, loss, state.loss_scaler.as_ref());
     }
     if !step_loss.is_finite() {
         return Err(TrainError::Diverged {
@@ -697,6 +692,43 @@ pub fn train(
         let epoch_started = Instant::now();
         let steps_started = Instant::now();
         let mut epoch_wait = Duration::ZERO;
+        // Where the epoch resumes: its step groups done, the step, a stream's position.
+        let (groups_done, step_at_start, stream_position) = (
+            state.group_in_epoch,
+            state.global_step,
+            state.stream_position,
+        );
+        // One optimizer step over `rows` of `data`, then a checkpoint when one is due; a
+        // streamed run's position after the step is `position`.
+        let mut take_step = |model: Network,
+                             feed: &mut Feed<'_>,
+                             data: &Encoded,
+                             rows: &[usize],
+                             last_in_epoch: bool,
+                             position: Option<(usize, usize)>|
+         -> Result<Network, TrainError> {
+            let model = train_group(
+                &ctx,
+                model,
+                &mut optimizer,
+                &mut state,
+                sync,
+                observer,
+                &mut window,
+                (feed, data),
+                rows,
+                last_in_epoch,
+            )?;
+            if position.is_some() {
+                state.stream_position = position;
+            }
+            if checkpoint_due(&state, last_in_epoch)
+                && let Some(dir) = save_checkpoint(&model, &optimizer, &state, &best_model)?
+            {
+                observer.on_event(&format!("checkpoint {}", dir.display()));
+            }
+            Ok(model)
+        };
         model = match setup.stream {
             None => {
                 let mut order: Vec<usize> = (0..train.rows).collect();
@@ -716,9 +748,9 @@ pub fn train(
                     .iter()
                     .take(if augmenter.is_some() { groups.len() } else { 0 })
                     .enumerate()
-                    .skip(state.group_in_epoch)
+                    .skip(groups_done)
                     .flat_map(|(gi, rows)| {
-                        let step = state.global_step + (gi - state.group_in_epoch) as u64;
+                        let step = step_at_start + (gi - groups_done) as u64;
                         let local = kiln_dist::shard(rows.len(), rank, world);
                         let start = local.start;
                         rows[local]
@@ -734,26 +766,9 @@ pub fn train(
                 std::thread::scope(|scope| -> Result<Network, TrainError> {
                     let mut model = model;
                     let mut feed = Feed::new(scope, train, augmenter.as_ref(), cfg.seed, jobs);
-                    for (gi, rows) in groups.iter().enumerate().skip(state.group_in_epoch) {
+                    for (gi, rows) in groups.iter().enumerate().skip(groups_done) {
                         let last_in_epoch = gi + 1 == groups.len();
-                        model = train_group(
-                            &ctx,
-                            model,
-                            &mut optimizer,
-                            &mut state,
-                            sync,
-                            observer,
-                            &mut window,
-                            (&mut feed, train),
-                            rows,
-                            last_in_epoch,
-                        )?;
-                        if checkpoint_due(&state, last_in_epoch)
-                            && let Some(dir) =
-                                save_checkpoint(&model, &optimizer, &state, &best_model)?
-                        {
-                            observer.on_event(&format!("checkpoint {}", dir.display()));
-                        }
+                        model = take_step(model, &mut feed, train, rows, last_in_epoch, None)?;
                     }
                     epoch_wait = feed.waited;
                     Ok(model)
@@ -761,7 +776,7 @@ pub fn train(
             }
             Some(stream) => {
                 let blocks = stream.blocks(epoch);
-                let (first_block, first_skip) = state.stream_position.unwrap_or((0, 0));
+                let (first_block, first_skip) = stream_position.unwrap_or((0, 0));
                 std::thread::scope(|scope| -> Result<Network, TrainError> {
                     // The next block is read and encoded while this one trains, and handed
                     // over when the loop asks for it (two blocks in memory at most).
@@ -805,26 +820,16 @@ pub fn train(
                             }
                             let all: Vec<usize> = (0..step_rows.rows).collect();
                             let mut feed = Feed::inline(&step_rows, cfg.seed);
-                            model = train_group(
-                                &ctx,
+                            let position = Some((b, start));
+                            model = take_step(
                                 model,
-                                &mut optimizer,
-                                &mut state,
-                                sync,
-                                observer,
-                                &mut window,
-                                (&mut feed, &step_rows),
+                                &mut feed,
+                                &step_rows,
                                 &all,
                                 last_in_epoch,
+                                position,
                             )?;
                             epoch_wait += feed.waited;
-                            state.stream_position = Some((b, start));
-                            if checkpoint_due(&state, last_in_epoch)
-                                && let Some(dir) =
-                                    save_checkpoint(&model, &optimizer, &state, &best_model)?
-                            {
-                                observer.on_event(&format!("checkpoint {}", dir.display()));
-                            }
                         }
                         let end = match last_block {
                             true => block.rows,
@@ -835,25 +840,9 @@ pub fn train(
                         for (k, rows) in order[..end - start].chunks(group).enumerate() {
                             let done = start + k * group + rows.len();
                             let last_in_epoch = last_block && done == end;
-                            model = train_group(
-                                &ctx,
-                                model,
-                                &mut optimizer,
-                                &mut state,
-                                sync,
-                                observer,
-                                &mut window,
-                                (&mut feed, &block),
-                                rows,
-                                last_in_epoch,
-                            )?;
-                            state.stream_position = Some((b, done));
-                            if checkpoint_due(&state, last_in_epoch)
-                                && let Some(dir) =
-                                    save_checkpoint(&model, &optimizer, &state, &best_model)?
-                            {
-                                observer.on_event(&format!("checkpoint {}", dir.display()));
-                            }
+                            let position = Some((b, done));
+                            model =
+                                take_step(model, &mut feed, &block, rows, last_in_epoch, position)?;
                         }
                         epoch_wait += feed.waited;
                         if end < block.rows {
