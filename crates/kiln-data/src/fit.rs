@@ -1,8 +1,9 @@
 //! The preprocessor's statistics, gathered in one pass over the training rows a chunk at a
 //! time ([`FitPass`]): numeric mean and variance (per-chunk two-pass sums merged with Chan's
-//! formula, so one chunk gives exactly the two-pass result), minimum and maximum, quantiles
-//! from a seeded reservoir sample, and value counts. Fitting a whole table is one chunk with
-//! no limits; a streamed fit caps the sample and the counts.
+//! formula), minimum and maximum, quantiles from a seeded reservoir sample, and value counts.
+//! Fitting a whole table is one chunk with no limits, every value kept: its mean and variance
+//! are summed over the sorted values as before the pass existed; a streamed fit caps the
+//! sample and the counts.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -146,13 +147,22 @@ impl NumericStats {
         Ok(())
     }
 
-    fn mean(&self) -> f64 {
-        self.sum / self.count.max(1) as f64
-    }
-
-    /// Population variance.
-    fn variance(&self) -> f64 {
-        self.m2 / self.count.max(1) as f64
+    /// Mean and population variance. With every value kept (a fit of a table in memory),
+    /// both are summed over the sorted values, as kiln always has (the same bits as before the
+    /// pass existed); otherwise from the running sums.
+    fn moments(&mut self) -> (f64, f64) {
+        let n = self.count.max(1) as f64;
+        match &mut self.sample {
+            Some((values, _)) if values.len() as u64 == self.count && self.count > 0 => {
+                if !values.is_sorted_by(|a, b| a <= b) {
+                    values.sort_by(f64::total_cmp);
+                }
+                let mean = values.iter().sum::<f64>() / n;
+                let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+                (mean, var)
+            }
+            _ => (self.sum / n, self.m2 / n),
+        }
     }
 
     /// The `q` quantile of the (sampled) values, interpolated as numpy's default.
@@ -183,8 +193,9 @@ impl NumericStats {
                 plan.name
             )));
         }
+        let (mean, variance) = self.moments();
         let fill = match plan.missing {
-            MissingStrategy::Mean | MissingStrategy::Drop => self.mean(),
+            MissingStrategy::Mean | MissingStrategy::Drop => mean,
             MissingStrategy::Median => self.quantile(0.5),
             MissingStrategy::Mode => self.mode().unwrap_or(0.0),
             MissingStrategy::Constant => {
@@ -199,10 +210,7 @@ impl NumericStats {
         };
         let (shift, scale) = match plan.normalization {
             Normalization::None => (0.0, 1.0),
-            Normalization::Zscore => {
-                let var = self.variance();
-                (self.mean(), if var > 0.0 { var.sqrt() } else { 1.0 })
-            }
+            Normalization::Zscore => (mean, if variance > 0.0 { variance.sqrt() } else { 1.0 }),
             Normalization::MinMax => {
                 let (lo, hi) = (self.min, self.max);
                 (lo, if hi > lo { hi - lo } else { 1.0 })
@@ -311,8 +319,11 @@ impl FitPass {
             .iter()
             .filter(|p| !matches!(p.kind, FeatureType::Id | FeatureType::Ignore))
             .map(|plan| match plan.kind {
+                // A fit in memory keeps every value (as it always has), a streamed one a
+                // sample when quantiles need it.
                 FeatureType::Numeric => FeatureStats::Numeric(NumericStats::new(
-                    plan.missing == MissingStrategy::Median
+                    limits.sample == usize::MAX
+                        || plan.missing == MissingStrategy::Median
                         || plan.normalization == Normalization::Robust,
                     plan.missing == MissingStrategy::Mode,
                 )),
@@ -481,17 +492,17 @@ impl FitPass {
                     classes,
                 }
             }
-            TargetStats::Values(stats) => {
+            TargetStats::Values(mut stats) => {
                 if stats.count == 0 {
                     return Err(DataError::Invalid(format!(
                         "target \"{}\" is missing in every training row",
                         schema.target
                     )));
                 }
-                let var = stats.variance();
+                let (mean, var) = stats.moments();
                 TargetTransform::Regression {
                     name: schema.target.clone(),
-                    mean: stats.mean(),
+                    mean,
                     std: if var > 0.0 { var.sqrt() } else { 1.0 },
                 }
             }

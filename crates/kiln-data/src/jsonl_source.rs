@@ -175,6 +175,9 @@ pub fn parse_jsonl(
         .expect("the first chunk is a table or an error"))
 }
 
+/// Field names in order of first appearance, and each one's JSON type and the line that set it.
+pub(crate) type FieldTypes = (Vec<String>, Vec<Option<(&'static str, u64)>>);
+
 /// JSON Lines read a chunk of lines at a time (`kiln predict` and `kiln eval` over files
 /// larger than memory). Each chunk is a [`Table`] of its own, with every field seen so far
 /// (and every `always` name) as a column; a field's JSON type is checked against the line that
@@ -219,6 +222,9 @@ impl JsonlChunks {
     }
 
     /// A reader of `file` from byte `byte`, the start of line `line` (a streamed run's shard).
+    /// `fields` are the names and types a reader of the whole file ended with
+    /// ([`fields`](Self::fields)): a line is checked against the type its field had first in
+    /// the file, as the whole read checked it, wherever this reader starts.
     pub(crate) fn open_at(
         mut file: std::fs::File,
         byte: u64,
@@ -226,7 +232,7 @@ impl JsonlChunks {
         origin: &str,
         bad_rows: BadRows,
         text_columns: &[String],
-        always: &[String],
+        fields: &FieldTypes,
     ) -> Result<Self> {
         crate::csv_source::seek_to(&mut file, byte, origin)?;
         let mut chunks = JsonlChunks::new(
@@ -234,13 +240,19 @@ impl JsonlChunks {
             origin,
             bad_rows,
             text_columns,
-            always,
+            &fields.0,
         );
+        chunks.types = fields.1.clone();
         chunks.line = line.saturating_sub(1);
         chunks.bytes = byte;
         // Not the first chunk of the file: an empty read is no error.
         chunks.chunks = 1;
         Ok(chunks)
+    }
+
+    /// The fields seen so far, in order, with each one's JSON type and the line that set it.
+    pub(crate) fn fields(&self) -> FieldTypes {
+        (self.known.clone(), self.types.clone())
     }
 
     /// The byte offset and line of the next line.

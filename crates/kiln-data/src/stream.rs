@@ -19,7 +19,7 @@ use crate::arrow_source::{ArrowChunks, ParquetShard, parquet_shards, read_parque
 use crate::csv_source::{CsvChunks, CsvOptions};
 use crate::fit::{FitLimits, FitPass};
 use crate::infer::{Schema, drop_bad_values, infer_schema};
-use crate::jsonl_source::JsonlChunks;
+use crate::jsonl_source::{FieldTypes, JsonlChunks};
 use crate::preprocess::{Encoded, Preprocessor};
 use crate::split::split_rows_streamed;
 use crate::table::{LoadReport, Table};
@@ -62,12 +62,15 @@ fn text_shard_rows(shuffle_buffer: usize) -> usize {
 }
 
 /// Where a shard of a CSV, JSON Lines or Arrow IPC file starts, found by the one pass: its
-/// byte offset (an Arrow file's record batch, and the row within it) and its first line (row).
+/// byte offset (an Arrow file's record batch, and the row within it) and its first line (row);
+/// `read`, the rows its reader takes (an Arrow reader counts rows with bad values too), and
+/// `rows`, the rows it holds.
 #[derive(Debug, Clone)]
 struct TextShard {
     byte: u64,
     offset: usize,
     line: u64,
+    read: usize,
     rows: usize,
 }
 
@@ -82,8 +85,11 @@ enum Layout {
         delimiter: u8,
         names: Vec<String>,
     },
-    /// Runs of lines, by byte offset.
-    Jsonl { shards: Vec<TextShard> },
+    /// Runs of lines, by byte offset; the fields and their types as the pass ended.
+    Jsonl {
+        shards: Vec<TextShard>,
+        fields: FieldTypes,
+    },
     /// Runs of an Arrow IPC file's rows: `byte` is the first row's record batch.
     Arrow { shards: Vec<TextShard> },
 }
@@ -190,7 +196,10 @@ impl StreamSource {
                         delimiter: b',',
                         names: Vec::new(),
                     },
-                    _ => Layout::Jsonl { shards: Vec::new() },
+                    _ => Layout::Jsonl {
+                        shards: Vec::new(),
+                        fields: FieldTypes::default(),
+                    },
                 };
                 (vec![path.to_path_buf()], layout)
             }
@@ -216,9 +225,9 @@ impl StreamSource {
     pub fn shard_rows(&self) -> Vec<usize> {
         match &self.layout {
             Layout::Parquet(shards) => shards.iter().map(|s| s.rows).collect(),
-            Layout::Csv { shards, .. } | Layout::Jsonl { shards } | Layout::Arrow { shards } => {
-                shards.iter().map(|s| s.rows).collect()
-            }
+            Layout::Csv { shards, .. }
+            | Layout::Jsonl { shards, .. }
+            | Layout::Arrow { shards } => shards.iter().map(|s| s.rows).collect(),
         }
     }
 
@@ -294,12 +303,20 @@ impl StreamSource {
             let Some(table) = sweep.next_chunk(self.text_shard_rows)? else {
                 break;
             };
-            found.push(TextShard {
-                byte,
-                offset,
-                line,
-                rows: table.num_rows(),
-            });
+            let read = match &sweep {
+                Sweep::Arrow(_) => (sweep.position().2 - line) as usize,
+                _ => table.num_rows(),
+            };
+            // A stretch of only malformed rows (or none, at the end) is no shard.
+            if table.num_rows() > 0 {
+                found.push(TextShard {
+                    byte,
+                    offset,
+                    line,
+                    read,
+                    rows: table.num_rows(),
+                });
+            }
             visit(table)?;
         }
         match (&mut self.layout, &sweep) {
@@ -316,7 +333,11 @@ impl StreamSource {
                 *delimiter = delim;
                 *shards = found;
             }
-            (Layout::Jsonl { shards }, _) | (Layout::Arrow { shards }, _) => *shards = found,
+            (Layout::Jsonl { shards, fields }, Sweep::Jsonl(jsonl)) => {
+                *shards = found;
+                *fields = jsonl.fields();
+            }
+            (Layout::Arrow { shards }, _) => *shards = found,
             _ => unreachable!("a sweep of the source's own format"),
         }
         Ok(())
@@ -366,9 +387,9 @@ impl StreamSource {
                         text_columns: &self.text_columns,
                     },
                 )?
-                .next_chunk(shard.rows)?
+                .next_chunk(shard.read)?
             }
-            Layout::Jsonl { shards } => {
+            Layout::Jsonl { shards, fields } => {
                 let shard = &shards[index];
                 JsonlChunks::open_at(
                     open()?,
@@ -377,15 +398,15 @@ impl StreamSource {
                     &self.origin,
                     self.bad_rows,
                     &self.text_columns,
-                    self.columns.as_deref().unwrap_or(&[]),
+                    fields,
                 )?
-                .next_chunk(shard.rows)?
+                .next_chunk(shard.read)?
             }
             Layout::Arrow { shards } => {
                 let shard = &shards[index];
                 let mut reader = self.arrow_reader()?;
                 reader.seek(shard.byte as usize, shard.offset, shard.line - 1)?;
-                reader.next_chunk(shard.rows)?
+                reader.next_chunk(shard.read)?
             }
         };
         match chunk {
@@ -569,6 +590,7 @@ pub fn prepare_streamed(config: &Config) -> Result<StreamedData> {
 
 /// Adds a chunk's loading counts to the source's.
 fn merge_report(total: &mut LoadReport, chunk: &LoadReport) {
+    total.rows_read += chunk.rows_read;
     total.bad_rows_skipped += chunk.bad_rows_skipped;
     for example in &chunk.bad_row_examples {
         if total.bad_row_examples.len() < 5 {

@@ -643,3 +643,85 @@ fn a_streamed_source_notices_a_changed_file() {
         "{err}"
     );
 }
+
+/// The lines of every chunk a streamed source's pass reads, and of every shard read again.
+fn pass_and_shards(path: &Path, config: &kiln_config::DataConfig) -> (Vec<u64>, Vec<Vec<u64>>) {
+    let mut source = kiln_data::StreamSource::open(path.to_str().unwrap(), config).unwrap();
+    let mut seen = Vec::new();
+    source
+        .pass(&mut |t| {
+            seen.extend(t.lines.clone());
+            Ok(())
+        })
+        .unwrap();
+    let shards = source.shard_rows();
+    let read: Vec<Vec<u64>> = (0..shards.len())
+        .map(|i| {
+            let mut lines = Vec::new();
+            source
+                .read_shard(i, &mut |t| {
+                    lines.extend(t.lines.clone());
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(lines.len(), shards[i], "shard {i} of {}", path.display());
+            lines
+        })
+        .collect();
+    (seen, read)
+}
+
+#[test]
+fn a_streamed_source_reads_each_shard_as_its_pass_saw_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A quarter of the buffer, 256 rows, a shard.
+    let config = kiln_config::DataConfig {
+        streaming: kiln_config::Streaming::On,
+        shuffle_buffer: 1024,
+        bad_rows: kiln_config::BadRows::Skip,
+        ..Default::default()
+    };
+    // A CSV of exactly two shards: no empty third one at the end.
+    let csv = dir.path().join("rows.csv");
+    let text: String = std::iter::once("x,label\n".to_string())
+        .chain((0..512).map(|i| format!("{i},c{}\n", i % 2)))
+        .collect();
+    std::fs::write(&csv, text).unwrap();
+    let (seen, shards) = pass_and_shards(&csv, &config);
+    assert_eq!(shards.iter().map(Vec::len).collect::<Vec<_>>(), [256, 256]);
+    assert_eq!(shards.concat(), seen);
+
+    // Arrow rows with bad values (skipped): a shard is read again as far as the pass read it.
+    let arrow = dir.path().join("rows.arrow");
+    let values: Vec<f64> = (0..600)
+        .map(|i| if i % 7 == 3 { f64::INFINITY } else { i as f64 })
+        .collect();
+    let file = std::fs::File::create(&arrow).unwrap();
+    let b = batch(vec![(
+        "x",
+        Arc::new(Float64Array::from(values)) as ArrayRef,
+    )]);
+    let mut w = arrow_ipc::writer::FileWriter::try_new(file, &b.schema()).unwrap();
+    for start in (0..600).step_by(200) {
+        w.write(&b.slice(start, 200)).unwrap();
+    }
+    w.finish().unwrap();
+    let (seen, shards) = pass_and_shards(&arrow, &config);
+    assert_eq!(seen.len(), 600 - 86);
+    assert_eq!(shards.concat(), seen);
+
+    // JSON Lines whose field changes type in a later shard (skipped there): each shard's
+    // lines are checked against the type the field had first in the file.
+    let jsonl = dir.path().join("rows.jsonl");
+    let text: String = (0..600)
+        .map(|i| match i {
+            256 => "{\"x\": \"a word\", \"label\": \"c0\"}\n".to_string(),
+            _ => format!("{{\"x\": {i}, \"label\": \"c{}\"}}\n", i % 2),
+        })
+        .collect();
+    std::fs::write(&jsonl, text).unwrap();
+    let (seen, shards) = pass_and_shards(&jsonl, &config);
+    assert_eq!(seen.len(), 599);
+    assert!(!seen.contains(&257));
+    assert_eq!(shards.concat(), seen);
+}

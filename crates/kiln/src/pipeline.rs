@@ -340,8 +340,9 @@ fn prepare_streamed(config: &Config) -> Result<PreparedData> {
 
 /// `data.streaming = "auto"` decided: on for a source that, held in memory, would take more
 /// than half the machine's memory (four times its columns' size: a Parquet source's
-/// uncompressed size, a CSV or JSON Lines file's size), unless a setting needs every row at
-/// once; off otherwise. The run saves the decision,
+/// uncompressed size, a CSV or JSON Lines file's size), for a tabular model (MLP or linear,
+/// no image or text feature declared), unless a setting needs every row at once; off
+/// otherwise. The run saves the decision,
 /// so a resumed run reads its data the same way.
 pub fn resolve_streaming(mut config: Config) -> Config {
     if config.data.streaming == kiln_config::Streaming::Auto {
@@ -361,7 +362,16 @@ fn decide_streaming(
     // A run in memory peaks at about four times its columns' size (the table, its encoding,
     // the splits' copies: 1.8 GB for 468 MB of Parquet columns, BENCHMARKS.md).
     let large = matches!((size, memory), (Some(size), Some(memory)) if 4 * size > memory / 2);
-    match large && kiln_config::needs_every_row(config).is_none() {
+    // Streaming reads numbers and categories: a model of images or text reads the table whole.
+    let tabular = matches!(
+        config.model.kind,
+        kiln_config::ModelKind::Mlp | kiln_config::ModelKind::Linear
+    ) && config.data.image.column.is_none()
+        && !config
+            .features
+            .iter()
+            .any(|f| matches!(f.kind, Some(FeatureType::Text | FeatureType::Image)));
+    match large && tabular && kiln_config::needs_every_row(config).is_none() {
         true => kiln_config::Streaming::On,
         false => kiln_config::Streaming::Off,
     }
@@ -396,6 +406,12 @@ mod tests {
             decide_streaming(&config, Some(5 * gib), None),
             Streaming::Off
         );
+        config.model.kind = kiln_config::ModelKind::Transformer;
+        assert_eq!(
+            decide_streaming(&config, Some(5 * gib), Some(8 * gib)),
+            Streaming::Off
+        );
+        config.model.kind = kiln_config::ModelKind::Mlp;
         config.data.drop_duplicates = true;
         assert_eq!(
             decide_streaming(&config, Some(5 * gib), Some(8 * gib)),
