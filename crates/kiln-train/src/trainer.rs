@@ -797,6 +797,9 @@ pub fn train(
                     let mut model = model;
                     // Rows of a block that did not fill a step, taken first in the next one.
                     let mut carried: Option<Encoded> = None;
+                    // Steps of the epoch taken: the last is the epoch's last (a trailing block
+                    // may hold no training rows).
+                    let mut taken = groups_done as u64;
                     for b in first_block..blocks.len() {
                         let waiting = Instant::now();
                         let block = receiver.recv().expect("the block thread ended early")?;
@@ -813,11 +816,13 @@ pub fn train(
                             let topping: Vec<usize> = (start..start + need).collect();
                             step_rows.append(block.select(&topping), 0)?;
                             start += need;
-                            let last_in_epoch = last_block && start == block.rows;
-                            if step_rows.rows < group && !last_in_epoch {
+                            let rows_left = !(last_block && start == block.rows);
+                            if step_rows.rows < group && rows_left {
                                 carried = Some(step_rows); // a block smaller than a step
                                 continue;
                             }
+                            taken += 1;
+                            let last_in_epoch = taken == steps_per_epoch;
                             let all: Vec<usize> = (0..step_rows.rows).collect();
                             let mut feed = Feed::inline(&step_rows, cfg.seed);
                             let position = Some((b, start));
@@ -839,7 +844,8 @@ pub fn train(
                         let mut feed = Feed::inline(&block, cfg.seed);
                         for (k, rows) in order[..end - start].chunks(group).enumerate() {
                             let done = start + k * group + rows.len();
-                            let last_in_epoch = last_block && done == end;
+                            taken += 1;
+                            let last_in_epoch = taken == steps_per_epoch;
                             let position = Some((b, done));
                             model =
                                 take_step(model, &mut feed, &block, rows, last_in_epoch, position)?;
