@@ -28,7 +28,8 @@ pub struct FitLimits {
 }
 
 impl FitLimits {
-    /// Everything kept: the exact statistics of a table in memory.
+    /// Everything kept: the exact statistics of a table in memory, observed once (each
+    /// numeric column's values are let go as soon as they are summed up).
     pub const EXACT: FitLimits = FitLimits {
         sample: usize::MAX,
         distinct: usize::MAX,
@@ -60,6 +61,17 @@ struct NumericStats {
     sample: Option<(Vec<f64>, SplitMix64)>,
     /// Counts of the values as written, when the mode is needed.
     counts: Option<HashMap<String, u64>>,
+    /// A fit of a whole table: the statistics of every value, its values let go.
+    settled: Option<Settled>,
+}
+
+/// What a whole column's sorted values give: mean and variance (summed in sorted order, as
+/// kiln always has) and the quartiles.
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    mean: f64,
+    variance: f64,
+    quartiles: [f64; 3],
 }
 
 impl NumericStats {
@@ -73,6 +85,7 @@ impl NumericStats {
             extreme: None,
             sample: quantiles.then(|| (Vec::new(), SplitMix64::new(SAMPLE_STREAM))),
             counts: mode.then(HashMap::new),
+            settled: None,
         }
     }
 
@@ -85,6 +98,7 @@ impl NumericStats {
         name: &str,
         limits: FitLimits,
     ) -> Result<()> {
+        debug_assert!(self.settled.is_none(), "an exact fit observes one table");
         let mut n = 0u64;
         let mut sum = 0.0;
         let mut at = None;
@@ -147,33 +161,46 @@ impl NumericStats {
         Ok(())
     }
 
-    /// Mean and population variance. With every value kept (a fit of a table in memory),
-    /// both are summed over the sorted values, as kiln always has (the same bits as before the
-    /// pass existed); otherwise from the running sums.
+    /// Sorts every value kept, works out the statistics they give, and lets them go: a fit of
+    /// a whole table holds one column's values at a time, not all of them.
+    fn settle(&mut self) {
+        if self
+            .sample
+            .as_ref()
+            .is_none_or(|(v, _)| v.len() as u64 != self.count)
+        {
+            return;
+        }
+        let Some((mut values, _)) = self.sample.take() else {
+            return;
+        };
+        self.settled = Some(Settled::of(&mut values));
+    }
+
+    /// Mean and population variance: of the sorted values where every one was kept (summed
+    /// in sorted order, the same bits as kiln's fits always gave), else from the running sums.
     fn moments(&mut self) -> (f64, f64) {
-        let n = self.count.max(1) as f64;
-        match &mut self.sample {
-            Some((values, _)) if values.len() as u64 == self.count && self.count > 0 => {
-                if !values.is_sorted_by(|a, b| a <= b) {
-                    values.sort_by(f64::total_cmp);
-                }
-                let mean = values.iter().sum::<f64>() / n;
-                let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-                (mean, var)
+        self.settle();
+        match self.settled {
+            Some(s) => (s.mean, s.variance),
+            None => {
+                let n = self.count.max(1) as f64;
+                (self.sum / n, self.m2 / n)
             }
-            _ => (self.sum / n, self.m2 / n),
         }
     }
 
-    /// The `q` quantile of the (sampled) values, interpolated as numpy's default.
-    fn quantile(&mut self, q: f64) -> f64 {
+    /// The quartiles of the values (of the sample when not all were kept), interpolated as
+    /// numpy's default.
+    fn quartiles(&mut self) -> [f64; 3] {
+        self.settle();
+        if let Some(s) = self.settled {
+            return s.quartiles;
+        }
         let Some((sample, _)) = &mut self.sample else {
             unreachable!("quantiles were asked for up front");
         };
-        if !sample.is_sorted_by(|a, b| a <= b) {
-            sample.sort_by(f64::total_cmp);
-        }
-        crate::preprocess::quantile(sample, q)
+        Settled::of(sample).quartiles
     }
 
     /// The most frequent value (the smallest as text on ties).
@@ -196,7 +223,7 @@ impl NumericStats {
         let (mean, variance) = self.moments();
         let fill = match plan.missing {
             MissingStrategy::Mean | MissingStrategy::Drop => mean,
-            MissingStrategy::Median => self.quantile(0.5),
+            MissingStrategy::Median => self.quartiles()[1],
             MissingStrategy::Mode => self.mode().unwrap_or(0.0),
             MissingStrategy::Constant => {
                 let raw = plan.fill_value.clone().unwrap_or_default();
@@ -216,8 +243,9 @@ impl NumericStats {
                 (lo, if hi > lo { hi - lo } else { 1.0 })
             }
             Normalization::Robust => {
-                let iqr = self.quantile(0.75) - self.quantile(0.25);
-                (self.quantile(0.5), if iqr > 0.0 { iqr } else { 1.0 })
+                let [q1, median, q3] = self.quartiles();
+                let iqr = q3 - q1;
+                (median, if iqr > 0.0 { iqr } else { 1.0 })
             }
         };
         for (what, v, positive) in [
@@ -246,6 +274,23 @@ impl NumericStats {
             shift,
             scale,
         })
+    }
+}
+
+impl Settled {
+    fn of(values: &mut [f64]) -> Settled {
+        if !values.is_sorted_by(|a, b| a <= b) {
+            values.sort_by(f64::total_cmp);
+        }
+        let n = values.len().max(1) as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let variance = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+        let q = |q| crate::preprocess::quantile(values, q);
+        Settled {
+            mean,
+            variance,
+            quartiles: [q(0.25), q(0.5), q(0.75)],
+        }
     }
 }
 
@@ -393,6 +438,10 @@ impl FitPass {
                         &plan.name,
                         self.limits,
                     )?;
+                    if self.limits.sample == usize::MAX {
+                        // A table in memory is one chunk: its values can go now.
+                        stats.settle();
+                    }
                 }
                 FeatureStats::Categories(counts) => {
                     let column = table.column(&plan.name, "feature")?;
