@@ -414,11 +414,6 @@ impl ArrowChunks {
         }))
     }
 
-    /// Record batches in the file.
-    pub fn batches(&self) -> usize {
-        self.reader.num_batches()
-    }
-
     /// Reads on from row `offset` of batch `index`, row `first_row` of the file (a
     /// [`position`](Self::position)).
     pub(crate) fn seek(&mut self, index: usize, offset: usize, first_row: u64) -> Result<()> {
