@@ -255,3 +255,73 @@ fn bad_image_folders_are_refused_with_the_path() {
     );
     assert!(err.contains("data.augment"), "{err}");
 }
+
+#[test]
+fn an_mlp_learns_from_a_cnn_teacher_that_sees_its_augmented_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_image_folder(&d.join("train"), 40, 12, 1);
+    write_image_folder(&d.join("test"), 20, 12, 2);
+    std::fs::write(d.join("run.toml"), CONFIG).unwrap();
+    let teacher = kiln_json(
+        d,
+        &[
+            "train",
+            "run.toml",
+            "--json",
+            "--quiet",
+            "--set",
+            "output.name=\"teacher\"",
+        ],
+    );
+    let teacher_dir = teacher["run_dir"].as_str().unwrap().to_string();
+    // The student: an MLP taught by the teacher alone (alpha = 1) on another split (its
+    // pixel statistics differ from the teacher's), the teacher run on each augmented batch.
+    let student = [
+        "seed=9".to_string(),
+        "model.type=\"mlp\"".into(),
+        "model.conv=[]".into(),
+        "model.hidden=[32]".into(),
+        "trainer.epochs=6".into(),
+        "trainer.checkpoint_every_steps=0".into(),
+        format!("distill.teacher=\"{teacher_dir}\""),
+        "distill.alpha=1.0".into(),
+        "distill.cache=false".into(),
+        "output.name=\"student\"".into(),
+    ];
+    let args = |extra: &[&str]| {
+        let mut args = vec!["train", "run.toml"];
+        for s in student
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+        {
+            args.extend(["--set", s]);
+        }
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let mut train = args(&[]);
+    train.extend(["--json".into(), "--quiet".into()]);
+    let train: Vec<&str> = train.iter().map(String::as_str).collect();
+    let out = kiln_json(d, &train);
+    let accuracy = out["test"]["accuracy"].as_f64().unwrap();
+    assert!(
+        accuracy >= 0.9,
+        "distilled student accuracy {accuracy}: {out}"
+    );
+    assert!(out["distillation"]["teacher_latency_ms"].as_f64().unwrap() > 0.0);
+
+    // The teacher must take the student's images as they are.
+    let smaller = args(&["data.image.size=[10, 10]", "output.name=\"small\""]);
+    let smaller: Vec<&str> = smaller.iter().map(String::as_str).collect();
+    let err = kiln_err(d, &smaller);
+    assert!(
+        err.contains("distill.teacher") && err.contains("12x12") && err.contains("10x10"),
+        "{err}"
+    );
+    // Without augmentation the cache gives the same logits.
+    let plain = args(&["data.augment={}", "output.name=\"plain\""]);
+    let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
+    let err = kiln_err(d, &plain);
+    assert!(err.contains("distill.cache"), "{err}");
+}

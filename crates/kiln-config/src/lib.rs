@@ -773,6 +773,12 @@ fn validate_pretrained(c: &Config) -> Result<(), Invalid> {
                 format!("expected a weight in [0, 1], got {}", d.alpha),
             ));
         }
+        if !d.cache && !c.data.augment.enabled() {
+            return Err(bad(
+                "distill.cache",
+                "false runs the teacher on each augmented batch; without data.augment the cached logits are the same, so leave it true",
+            ));
+        }
     }
     Ok(())
 }

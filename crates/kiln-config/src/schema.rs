@@ -652,6 +652,10 @@ pub struct DistillConfig {
     pub temperature: f64,
     /// Weight of the soft-target term; `1 − alpha` weighs the hard labels.
     pub alpha: f64,
+    /// Whether the teacher's logits are computed once per training row, before training.
+    /// `false` (with `data.augment`) runs the teacher on every batch as the student sees
+    /// it, augmented ("function matching", Beyer et al. 2022): slower, a consistent target.
+    pub cache: bool,
 }
 
 impl Default for DistillConfig {
@@ -660,6 +664,7 @@ impl Default for DistillConfig {
             teacher: None,
             temperature: 2.0,
             alpha: 0.5,
+            cache: true,
         }
     }
 }

@@ -21,8 +21,8 @@ pub mod weights;
 pub use grads::{AllReduceStats, DataParallel, GradientSync, ParamGrads, SingleProcess};
 pub use kiln_dist::{DistError, World};
 pub use trainer::{
-    EpochRecord, Observer, Silent, StartInfo, StepRecord, TeacherLogits, TrainOutcome, TrainSetup,
-    loss_of, train,
+    EpochRecord, LiveTeacher, Observer, Silent, StartInfo, StepRecord, TeacherLogits,
+    TeacherSource, TrainOutcome, TrainSetup, loss_of, train,
 };
 
 /// Training errors.

@@ -19,6 +19,7 @@ use kiln_config::{BatchSize, ClassWeights, Config};
 use kiln_data::{Encoded, Preprocessor, Target};
 use kiln_models::{ModelSpec, Network};
 use kiln_rng::SplitMix64;
+use kiln_runtime::inference::HostBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{LoadedCheckpoint, write_atomic, write_checkpoint};
@@ -139,11 +140,11 @@ pub struct TrainSetup<'a> {
     pub stream: Option<&'a kiln_data::TrainStream>,
 }
 
-/// A teacher's logits for the training rows, and how the student learns from them.
-#[derive(Debug, Clone, Copy)]
+/// A teacher for distillation, and how the student learns from it.
+#[derive(Debug, Clone)]
 pub struct TeacherLogits<'a> {
-    /// `[train rows, classes]`, row-major, in the training rows' order.
-    pub logits: &'a [f32],
+    /// Where the teacher's logits come from.
+    pub source: TeacherSource<'a>,
     /// Classes (the student's outputs).
     pub classes: usize,
     /// Softmax temperature of the soft term.
@@ -152,23 +153,72 @@ pub struct TeacherLogits<'a> {
     pub alpha: f64,
 }
 
+/// The teacher's logits: computed before training, or by the teacher on each batch.
+#[derive(Debug, Clone)]
+pub enum TeacherSource<'a> {
+    /// `[train rows, classes]`, row-major, in the training rows' order.
+    Cached(&'a [f32]),
+    /// The teacher itself, run on every batch as the student sees it (augmented).
+    Live(LiveTeacher<'a>),
+}
+
+/// A teacher run on the student's batches: both take one image of the same shape, and the
+/// student's standardised pixels are mapped to the teacher's per channel.
+#[derive(Debug, Clone)]
+pub struct LiveTeacher<'a> {
+    /// The teacher in inference mode, on the device without autodiff.
+    pub model: &'a Network,
+    /// Per channel: teacher input = student input × `scale` + `shift`.
+    pub scale: Vec<f32>,
+    /// See `scale`.
+    pub shift: Vec<f32>,
+}
+
+impl LiveTeacher<'_> {
+    /// The teacher's logits for `batch` (an image batch of the student's), row-major.
+    fn logits(&self, batch: &HostBatch, device: &Device) -> Vec<f32> {
+        let x = batch.x.as_deref().unwrap_or_default();
+        let plane = batch.width / self.scale.len().max(1);
+        let mut mapped = Vec::with_capacity(x.len());
+        for row in x.chunks_exact(batch.width) {
+            for (ch, values) in row.chunks_exact(plane).enumerate() {
+                let (a, b) = (self.scale[ch], self.shift[ch]);
+                mapped.extend(values.iter().map(|v| v * a + b));
+            }
+        }
+        let inputs = HostBatch {
+            rows: batch.rows,
+            x: Some(mapped),
+            width: batch.width,
+            categories: None,
+            categories_width: 0,
+            tokens: None,
+            tokens_width: 0,
+        }
+        .into_inputs(device);
+        self.model
+            .forward(inputs)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 logits")
+    }
+}
+
 /// The distillation loss of a batch: `alpha · T² · KL(p_teacher ‖ p_student)` at temperature
 /// `T`, averaged over rows (PyTorch's `kl_div(reduction = "batchmean")`), plus `1 − alpha`
-/// times `hard`, the labels' loss.
+/// times `hard`, the labels' loss. `teacher_rows` holds the batch's teacher logits.
 fn distillation_loss(
     outputs: Tensor<2>,
     hard: Tensor<1>,
     teacher: &TeacherLogits<'_>,
-    idx: &[usize],
+    teacher_rows: Vec<f32>,
     device: &Device,
 ) -> Tensor<1> {
     let k = teacher.classes;
     let t = teacher.temperature;
-    let rows: Vec<f32> = idx
-        .iter()
-        .flat_map(|&i| teacher.logits[i * k..(i + 1) * k].iter().copied())
-        .collect();
-    let teacher_logits = Tensor::<2>::from_data(TensorData::new(rows, [idx.len(), k]), device);
+    let n = teacher_rows.len() / k.max(1);
+    let teacher_logits = Tensor::<2>::from_data(TensorData::new(teacher_rows, [n, k]), device);
     let log_p_teacher = log_softmax(teacher_logits.div_scalar(t), 1);
     let p_teacher = log_p_teacher.clone().exp();
     let log_p_student = log_softmax(outputs.div_scalar(t), 1);
@@ -424,14 +474,24 @@ fn train_group(
             step: state.global_step,
             offset: local_start + k * ctx.local_micro,
         });
+        let teacher_rows = ctx.teacher.map(|teacher| match &teacher.source {
+            TeacherSource::Cached(logits) => {
+                let k = teacher.classes;
+                micro_rows
+                    .iter()
+                    .flat_map(|&i| logits[i * k..(i + 1) * k].iter().copied())
+                    .collect()
+            }
+            TeacherSource::Live(live) => live.logits(&batch, device),
+        });
         let autocast = Autocast::enter(ctx.compute_dtype);
         let out = model.forward(batch.into_inputs(ad));
-        let loss = match ctx.teacher {
-            Some(teacher) => {
+        let loss = match (ctx.teacher, teacher_rows) {
+            (Some(teacher), Some(rows)) => {
                 let hard = loss_of(out.clone(), target, micro_rows, ctx.weights, ad);
-                distillation_loss(out, hard, teacher, micro_rows, ad)
+                distillation_loss(out, hard, teacher, rows, ad)
             }
-            None => loss_of(out, target, micro_rows, ctx.weights, ad),
+            _ => loss_of(out, target, micro_rows, ctx.weights, ad),
         };
         drop(autocast);
         let weight = micro_rows.len() as f64 / rows.len() as f64;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::prelude::Device;
 use kiln_config::Task;
-use kiln_data::Encoded;
+use kiln_data::{Encoded, ImageInput};
 use kiln_models::Network;
 use kiln_runtime::inference::{predict, raw_outputs};
 use kiln_runtime::run::{self, LoadedRun};
@@ -20,11 +20,16 @@ use crate::{KilnError, Result};
 pub struct Teacher {
     /// The teacher run.
     pub run: LoadedRun,
-    /// `[training rows, classes]`, in the order of the student's encoded training rows.
+    /// `[training rows, classes]`, in the order of the student's encoded training rows
+    /// (empty when the teacher runs on each batch).
     pub logits: Vec<f32>,
+    /// With `distill.cache = false`: the teacher in inference mode and the per-channel map
+    /// of the student's image inputs to its own (scale, shift).
+    pub live: Option<(Network, Vec<f32>, Vec<f32>)>,
     /// Classes.
     pub classes: usize,
-    /// The student's training rows as the teacher's preprocessing encodes them.
+    /// The student's training rows as the teacher's preprocessing encodes them (the first
+    /// few only when the teacher runs on each batch: they time it).
     pub rows: Encoded,
 }
 
@@ -55,10 +60,16 @@ fn teacher_error(dir: &Path, message: impl std::fmt::Display) -> KilnError {
     KilnError::Invalid(format!("distill.teacher = {}: {message}", dir.display()))
 }
 
-/// Loads the teacher run at `dir` and computes its logits for `data`'s training rows (read
-/// from the same table through the teacher's own preprocessing). The teacher must be a
-/// classifier of exactly the student's classes, in the same order.
-pub fn load_teacher(dir: &Path, data: &PreparedData, device: &Device) -> Result<Teacher> {
+/// Loads the teacher run at `dir` and, with `cache`, computes its logits for `data`'s
+/// training rows (read from the same table through the teacher's own preprocessing);
+/// without, checks that it takes the student's images and maps their standardisation. The
+/// teacher must be a classifier of exactly the student's classes, in the same order.
+pub fn load_teacher(
+    dir: &Path,
+    data: &PreparedData,
+    device: &Device,
+    cache: bool,
+) -> Result<Teacher> {
     let run = run::load(dir, device).map_err(|e| teacher_error(dir, e))?;
     let student_classes = data.preprocessor.classes();
     if run.preprocessor.task != Task::Classification || student_classes.is_none() {
@@ -81,10 +92,40 @@ pub fn load_teacher(dir: &Path, data: &PreparedData, device: &Device) -> Result<
         ));
     }
     let classes = data.preprocessor.num_outputs();
+    let source_rows = &data.train.source_rows;
     let encoded = run
         .preprocessor
-        .transform(&data.table, &data.train.source_rows, false, false)
+        .transform(
+            &data.table,
+            if cache {
+                source_rows
+            } else {
+                &source_rows[..source_rows.len().min(32)]
+            },
+            false,
+            false,
+        )
         .map_err(|e| teacher_error(dir, format!("its preprocessing cannot read the data: {e}")))?;
+    if !cache {
+        let (Some(student), Some(teacher)) = (
+            data.preprocessor.image_input(),
+            run.preprocessor.image_input(),
+        ) else {
+            return Err(teacher_error(
+                dir,
+                "distill.cache = false runs the teacher on the student's augmented images: both models must take one image column",
+            ));
+        };
+        let (scale, shift) = image_map(&student, &teacher).map_err(|e| teacher_error(dir, e))?;
+        let model = burn::module::Module::valid(&run.model);
+        return Ok(Teacher {
+            run,
+            logits: Vec::new(),
+            live: Some((model, scale, shift)),
+            classes,
+            rows: encoded,
+        });
+    }
     let logits = raw_outputs(&run.model, &encoded, device);
     if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
         return Err(teacher_error(
@@ -98,9 +139,28 @@ pub fn load_teacher(dir: &Path, data: &PreparedData, device: &Device) -> Result<
     Ok(Teacher {
         run,
         logits,
+        live: None,
         classes,
         rows: encoded,
     })
+}
+
+/// The per-channel `(scale, shift)` taking the student's standardised pixels to the
+/// teacher's: `(p − m_s) / s_s` becomes `(p − m_t) / s_t`. Both inputs must be one image of
+/// the same shape.
+fn image_map(
+    s: &ImageInput<'_>,
+    t: &ImageInput<'_>,
+) -> std::result::Result<(Vec<f32>, Vec<f32>), String> {
+    if (s.channels, s.height, s.width) != (t.channels, t.height, t.width) {
+        return Err(format!(
+            "distill.cache = false runs the teacher on the student's images: the teacher takes {}×{}×{} images, the student {}×{}×{}",
+            t.channels, t.height, t.width, s.channels, s.height, s.width
+        ));
+    }
+    Ok((0..s.channels)
+        .map(|c| (s.std[c] / t.std[c], (s.mean[c] - t.mean[c]) / t.std[c]))
+        .unzip())
 }
 
 /// The teacher's test scores and both models' latencies.
@@ -170,4 +230,36 @@ pub fn latency_ms(model: &Network, rows: &Encoded, device: &Device) -> f64 {
         .collect();
     times.sort_by(f64::total_cmp);
     times[n / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_image_map_takes_the_students_pixels_to_the_teachers() {
+        let (mean_s, std_s) = ([0.2f32, 0.5, 0.7], [0.3f32, 0.25, 1.0]);
+        let (mean_t, std_t) = ([0.25f32, 0.4, 0.6], [0.2f32, 0.3, 0.5]);
+        let image = |mean, std| ImageInput {
+            channels: 3,
+            height: 2,
+            width: 2,
+            mean,
+            std,
+        };
+        let (scale, shift) = image_map(&image(&mean_s, &std_s), &image(&mean_t, &std_t)).unwrap();
+        for c in 0..3 {
+            for p in [0.0f32, 0.1, 0.5, 1.0] {
+                let student = (p - mean_s[c]) / std_s[c];
+                let teacher = (p - mean_t[c]) / std_t[c];
+                assert!((student * scale[c] + shift[c] - teacher).abs() < 1e-5);
+            }
+        }
+        let small = ImageInput {
+            height: 1,
+            ..image(&mean_t, &std_t)
+        };
+        let err = image_map(&image(&mean_s, &std_s), &small).unwrap_err();
+        assert!(err.contains("3×1×2") && err.contains("3×2×2"), "{err}");
+    }
 }

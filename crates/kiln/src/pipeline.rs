@@ -739,6 +739,7 @@ pub fn train_run_in(
             Path::new(dir),
             &data,
             &device,
+            config.distill.cache,
         )?),
         None => None,
     };
@@ -791,7 +792,16 @@ pub fn train_run_in(
         device: device.clone(),
         initial_model,
         teacher: teacher.as_ref().map(|t| kiln_train::TeacherLogits {
-            logits: &t.logits,
+            source: match &t.live {
+                Some((model, scale, shift)) => {
+                    kiln_train::TeacherSource::Live(kiln_train::LiveTeacher {
+                        model,
+                        scale: scale.clone(),
+                        shift: shift.clone(),
+                    })
+                }
+                None => kiln_train::TeacherSource::Cached(&t.logits),
+            },
             classes: t.classes,
             temperature: config.distill.temperature,
             alpha: config.distill.alpha,
