@@ -476,6 +476,7 @@ fn a_student_learns_from_a_fine_tuned_teacher_and_bad_teachers_are_refused() {
         teacher_out["parameters"].as_u64()
     );
     assert!(distill["teacher_latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(distill["cached"], true, "{distill}");
     assert!(
         distill["teacher_test"]["accuracy"].as_f64().unwrap() > 0.8,
         "{distill}"

@@ -310,6 +310,11 @@ fn an_mlp_learns_from_a_cnn_teacher_that_sees_its_augmented_images() {
         "distilled student accuracy {accuracy}: {out}"
     );
     assert!(out["distillation"]["teacher_latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(out["distillation"]["cached"], false, "{out}");
+    let report =
+        std::fs::read_to_string(d.join(out["run_dir"].as_str().unwrap()).join("report.txt"))
+            .unwrap();
+    assert!(report.contains("run on each augmented batch"), "{report}");
 
     // The teacher must take the student's images as they are.
     let smaller = args(&["data.image.size=[10, 10]", "output.name=\"small\""]);

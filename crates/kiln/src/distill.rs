@@ -38,6 +38,8 @@ pub struct Teacher {
 pub struct DistillSummary {
     /// Teacher run directory.
     pub teacher: String,
+    /// Whether the teacher's logits were computed once (`false`: on each augmented batch).
+    pub cached: bool,
     /// Teacher parameters.
     pub teacher_parameters: usize,
     /// The teacher's scores on the student's test rows (serialised as the student's are).
@@ -191,6 +193,7 @@ pub fn summarize(
     };
     Ok(DistillSummary {
         teacher: t.dir.display().to_string(),
+        cached: teacher.live.is_none(),
         teacher_parameters: burn::module::Module::num_params(&t.model),
         teacher_test,
         teacher_latency_ms: latency_ms(&t.model, &teacher.rows, device),

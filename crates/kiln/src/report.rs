@@ -239,9 +239,14 @@ fn format_distillation(d: &crate::DistillSummary, summary: &RunSummary) -> Strin
     };
     let (teacher, student) = (d.teacher_test.as_ref(), summary.test.as_ref());
     let mut text = format!(
-        "distillation (teacher {})
+        "distillation (teacher {}, {})
 ",
-        d.teacher
+        d.teacher,
+        if d.cached {
+            "its logits computed once"
+        } else {
+            "run on each augmented batch"
+        }
     );
     text.push_str(
         "                 teacher     student
