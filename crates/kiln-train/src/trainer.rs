@@ -175,8 +175,14 @@ pub struct LiveTeacher<'a> {
 }
 
 impl LiveTeacher<'_> {
-    /// The teacher's logits for `batch` (an image batch of the student's), row-major.
-    fn logits(&self, batch: &HostBatch, device: &Device) -> Vec<f32> {
+    /// The teacher's logits for `batch` (an image batch of the student's), row-major; an
+    /// error at `step` when one is not finite.
+    fn logits(
+        &self,
+        batch: &HostBatch,
+        device: &Device,
+        step: u64,
+    ) -> Result<Vec<f32>, TrainError> {
         let x = batch.x.as_deref().unwrap_or_default();
         let plane = batch.width / self.scale.len().max(1);
         let mut mapped = Vec::with_capacity(x.len());
@@ -196,12 +202,20 @@ impl LiveTeacher<'_> {
             tokens_width: 0,
         }
         .into_inputs(device);
-        self.model
+        let logits = self
+            .model
             .forward(inputs)
             .into_data()
             .convert::<f32>()
             .try_to_vec::<f32>()
-            .expect("f32 logits")
+            .expect("f32 logits");
+        if logits.iter().any(|v| !v.is_finite()) {
+            return Err(TrainError::Setting {
+                key: "distill.teacher",
+                reason: format!("the teacher's output at step {} is not finite", step + 1),
+            });
+        }
+        Ok(logits)
     }
 }
 
@@ -474,16 +488,21 @@ fn train_group(
             step: state.global_step,
             offset: local_start + k * ctx.local_micro,
         });
-        let teacher_rows = ctx.teacher.map(|teacher| match &teacher.source {
-            TeacherSource::Cached(logits) => {
-                let k = teacher.classes;
-                micro_rows
-                    .iter()
-                    .flat_map(|&i| logits[i * k..(i + 1) * k].iter().copied())
-                    .collect()
+        let teacher_rows = match ctx.teacher.map(|teacher| &teacher.source) {
+            Some(TeacherSource::Cached(logits)) => {
+                let k = ctx.teacher.map_or(0, |teacher| teacher.classes);
+                Some(
+                    micro_rows
+                        .iter()
+                        .flat_map(|&i| logits[i * k..(i + 1) * k].iter().copied())
+                        .collect(),
+                )
             }
-            TeacherSource::Live(live) => live.logits(&batch, device),
-        });
+            Some(TeacherSource::Live(live)) => {
+                Some(live.logits(&batch, device, state.global_step)?)
+            }
+            None => None,
+        };
         let autocast = Autocast::enter(ctx.compute_dtype);
         let out = model.forward(batch.into_inputs(ad));
         let loss = match (ctx.teacher, teacher_rows) {
