@@ -316,6 +316,48 @@ fn an_mlp_learns_from_a_cnn_teacher_that_sees_its_augmented_images() {
             .unwrap();
     assert!(report.contains("run on each augmented batch"), "{report}");
 
+    // An ensemble of two teachers, their logits cached once and computed per batch.
+    let second = kiln_json(
+        d,
+        &[
+            "train",
+            "run.toml",
+            "--json",
+            "--quiet",
+            "--set",
+            "seed=6",
+            "--set",
+            "output.name=\"second\"",
+        ],
+    );
+    let second_dir = second["run_dir"].as_str().unwrap().to_string();
+    let both = format!("distill.teacher=[\"{teacher_dir}\", \"{second_dir}\"]");
+    for cache in ["true", "false"] {
+        let mut ensemble = args(&[
+            both.as_str(),
+            &format!("distill.cache={cache}"),
+            &format!("output.name=\"ensemble-{cache}\""),
+        ]);
+        ensemble.extend(["--json".into(), "--quiet".into()]);
+        let ensemble: Vec<&str> = ensemble.iter().map(String::as_str).collect();
+        let out = kiln_json(d, &ensemble);
+        let accuracy = out["test"]["accuracy"].as_f64().unwrap();
+        assert!(
+            accuracy >= 0.9,
+            "ensemble-taught accuracy {accuracy}: {out}"
+        );
+        let distill = &out["distillation"];
+        assert_eq!(distill["teachers"], 2, "{distill}");
+        assert_eq!(
+            distill["teacher_parameters"].as_u64().unwrap(),
+            teacher["parameters"].as_u64().unwrap() + second["parameters"].as_u64().unwrap()
+        );
+        let report =
+            std::fs::read_to_string(d.join(out["run_dir"].as_str().unwrap()).join("report.txt"))
+                .unwrap();
+        assert!(report.contains("an ensemble of 2 teachers"), "{report}");
+    }
+
     // The teacher must take the student's images as they are.
     let smaller = args(&["data.image.size=[10, 10]", "output.name=\"small\""]);
     let smaller: Vec<&str> = smaller.iter().map(String::as_str).collect();

@@ -149,11 +149,23 @@ fn from_str_in(
     if let Some(folder) = folder {
         for key in PATH_KEYS {
             let (section, name) = key.split_once('.').expect("section.key");
-            if let Some(toml::Value::String(value)) = table
+            let values: Vec<&mut String> = match table
                 .get_mut(section)
                 .and_then(|s| s.as_table_mut())
                 .and_then(|s| s.get_mut(name))
             {
+                Some(toml::Value::String(value)) => vec![value],
+                // `distill.teacher` may list several runs.
+                Some(toml::Value::Array(values)) => values
+                    .iter_mut()
+                    .filter_map(|v| match v {
+                        toml::Value::String(value) => Some(value),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for value in values {
                 let path = resolve_path(folder, key, value);
                 resolved |= path != *value;
                 *value = path;
@@ -754,7 +766,21 @@ fn validate_pretrained(c: &Config) -> Result<(), Invalid> {
         }
     }
     let d = &c.distill;
-    if d.teacher.is_some() {
+    if let Some(teachers) = &d.teacher {
+        let dirs = teachers.dirs();
+        if dirs.is_empty() {
+            return Err(bad(
+                "distill.teacher",
+                "the list of teacher runs is empty; give one run directory or several",
+            ));
+        }
+        if let Some(dir) = dirs
+            .iter()
+            .enumerate()
+            .find_map(|(i, dir)| dirs[..i].contains(dir).then_some(dir))
+        {
+            return Err(bad("distill.teacher", format!("\"{dir}\" is listed twice")));
+        }
         if m.kind == ModelKind::Gpt {
             return Err(bad(
                 "distill.teacher",

@@ -646,8 +646,9 @@ impl Default for LoraConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DistillConfig {
-    /// Run directory of the trained teacher (classification, same classes).
-    pub teacher: Option<String>,
+    /// Run directory of the trained teacher (classification, same classes), or several
+    /// whose probabilities are averaged (an ensemble).
+    pub teacher: Option<Teachers>,
     /// Softmax temperature `T` of both teacher and student in the soft term.
     pub temperature: f64,
     /// Weight of the soft-target term; `1 − alpha` weighs the hard labels.
@@ -656,6 +657,26 @@ pub struct DistillConfig {
     /// `false` (with `data.augment`) runs the teacher on every batch as the student sees
     /// it, augmented ("function matching", Beyer et al. 2022): slower, a consistent target.
     pub cache: bool,
+}
+
+/// One teacher run directory, or a list of them (an ensemble).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, expecting = "a run directory or a list of run directories")]
+pub enum Teachers {
+    /// One run.
+    One(String),
+    /// An ensemble: the runs' softmax outputs at the distillation temperature are averaged.
+    Many(Vec<String>),
+}
+
+impl Teachers {
+    /// The run directories.
+    pub fn dirs(&self) -> Vec<&str> {
+        match self {
+            Teachers::One(dir) => vec![dir],
+            Teachers::Many(dirs) => dirs.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 impl Default for DistillConfig {

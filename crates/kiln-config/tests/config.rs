@@ -190,8 +190,8 @@ dir = "runs"
         Some("/opt/models/minilm")
     );
     assert_eq!(
-        config.distill.teacher.as_deref(),
-        Some(under("experiments/runs/teacher").as_str())
+        config.distill.teacher.as_ref().map(|t| t.dirs()),
+        Some(vec![under("experiments/runs/teacher").as_str()])
     );
     assert_eq!(
         config.text.tokenizer,
@@ -206,6 +206,31 @@ dir = "runs"
     .unwrap();
     assert_eq!(config.data.source, "mine.csv");
     assert_eq!(config.text.tokenizer, "bpe");
+    // A list of teachers (an ensemble): each is resolved; duplicates and none are refused.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "teacher = \"../runs/teacher\"",
+            "teacher = [\"../runs/a\", \"/abs/b\"]",
+        ),
+    )
+    .unwrap();
+    let config = kiln_config::load_user(&path, &[]).unwrap();
+    assert_eq!(
+        config.distill.teacher.as_ref().map(|t| t.dirs()),
+        Some(vec![under("experiments/runs/a").as_str(), "/abs/b"])
+    );
+    for (teachers, expected) in [
+        ("[\"a\", \"a\"]", "listed twice"),
+        ("[]", "empty"),
+        ("3", "a run directory or a list of run directories"),
+    ] {
+        let err = kiln_config::load_user(&path, &[format!("distill.teacher={teachers}")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{teachers}: {err}");
+    }
     // Names that are not paths are left alone; a run's saved config is read as written.
     std::fs::write(
         &path,

@@ -22,7 +22,7 @@ pub use grads::{AllReduceStats, DataParallel, GradientSync, ParamGrads, SinglePr
 pub use kiln_dist::{DistError, World};
 pub use trainer::{
     EpochRecord, LiveTeacher, Observer, Silent, StartInfo, StepRecord, TeacherLogits,
-    TeacherSource, TrainOutcome, TrainSetup, loss_of, train,
+    TeacherSource, TrainOutcome, TrainSetup, ensemble_logits, loss_of, train,
 };
 
 /// Training errors.

@@ -162,61 +162,98 @@ pub enum TeacherSource<'a> {
     Live(LiveTeacher<'a>),
 }
 
-/// A teacher run on the student's batches: both take one image of the same shape, and the
-/// student's standardised pixels are mapped to the teacher's per channel.
+/// Teachers run on the student's batches: each takes one image of the student's shape, and
+/// the student's standardised pixels are mapped to each teacher's per channel.
 #[derive(Debug, Clone)]
 pub struct LiveTeacher<'a> {
-    /// The teacher in inference mode, on the device without autodiff.
-    pub model: &'a Network,
-    /// Per channel: teacher input = student input × `scale` + `shift`.
-    pub scale: Vec<f32>,
-    /// See `scale`.
-    pub shift: Vec<f32>,
+    /// The teachers (several: an ensemble), each in inference mode on the device without
+    /// autodiff, with its per-channel map: teacher input = student input × scale + shift.
+    pub members: Vec<(&'a Network, Vec<f32>, Vec<f32>)>,
 }
 
 impl LiveTeacher<'_> {
-    /// The teacher's logits for `batch` (an image batch of the student's), row-major; an
-    /// error at `step` when one is not finite.
+    /// The teacher's logits for `batch` (an image batch of the student's), row-major, an
+    /// ensemble's combined by [`ensemble_logits`]; an error at `step` when one is not finite.
     fn logits(
         &self,
         batch: &HostBatch,
         device: &Device,
+        classes: usize,
+        temperature: f64,
         step: u64,
     ) -> Result<Vec<f32>, TrainError> {
         let x = batch.x.as_deref().unwrap_or_default();
-        let plane = batch.width / self.scale.len().max(1);
-        let mut mapped = Vec::with_capacity(x.len());
-        for row in x.chunks_exact(batch.width) {
-            for (ch, values) in row.chunks_exact(plane).enumerate() {
-                let (a, b) = (self.scale[ch], self.shift[ch]);
-                mapped.extend(values.iter().map(|v| v * a + b));
+        let mut members = Vec::with_capacity(self.members.len());
+        for (model, scale, shift) in &self.members {
+            let plane = batch.width / scale.len().max(1);
+            let mut mapped = Vec::with_capacity(x.len());
+            for row in x.chunks_exact(batch.width) {
+                for (ch, values) in row.chunks_exact(plane).enumerate() {
+                    let (a, b) = (scale[ch], shift[ch]);
+                    mapped.extend(values.iter().map(|v| v * a + b));
+                }
+            }
+            let inputs = HostBatch {
+                rows: batch.rows,
+                x: Some(mapped),
+                width: batch.width,
+                categories: None,
+                categories_width: 0,
+                tokens: None,
+                tokens_width: 0,
+            }
+            .into_inputs(device);
+            let logits = model
+                .forward(inputs)
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32 logits");
+            if logits.iter().any(|v| !v.is_finite()) {
+                return Err(TrainError::Setting {
+                    key: "distill.teacher",
+                    reason: format!("the teacher's output at step {} is not finite", step + 1),
+                });
+            }
+            members.push(logits);
+        }
+        Ok(ensemble_logits(&members, classes, temperature))
+    }
+}
+
+/// One teacher's logits from several teachers' (each `[rows, classes]`, row-major): one is
+/// returned as it is; several become `T · log(mean_i softmax(z_i / T))`, whose softmax at
+/// temperature `T` is the average of the teachers' (the distillation target of an ensemble).
+pub fn ensemble_logits(members: &[Vec<f32>], classes: usize, temperature: f64) -> Vec<f32> {
+    if let [one] = members {
+        return one.clone();
+    }
+    let Some(first) = members.first() else {
+        return Vec::new();
+    };
+    let k = classes.max(1);
+    let mut out = vec![0f32; first.len()];
+    let mut mean = vec![0f64; k];
+    for (r, row) in out.chunks_exact_mut(k).enumerate() {
+        mean.iter_mut().for_each(|m| *m = 0.0);
+        for member in members {
+            let z = &member[r * k..(r + 1) * k];
+            let top = z.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let exp: Vec<f64> = z
+                .iter()
+                .map(|&v| ((v as f64 - top) / temperature).exp())
+                .collect();
+            let sum: f64 = exp.iter().sum();
+            for (m, e) in mean.iter_mut().zip(&exp) {
+                *m += e / sum / members.len() as f64;
             }
         }
-        let inputs = HostBatch {
-            rows: batch.rows,
-            x: Some(mapped),
-            width: batch.width,
-            categories: None,
-            categories_width: 0,
-            tokens: None,
-            tokens_width: 0,
+        for (o, m) in row.iter_mut().zip(&mean) {
+            // A class every teacher rules out keeps a finite logit (p · log p must not be NaN).
+            *o = (temperature * m.max(f64::MIN_POSITIVE).ln()) as f32;
         }
-        .into_inputs(device);
-        let logits = self
-            .model
-            .forward(inputs)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 logits");
-        if logits.iter().any(|v| !v.is_finite()) {
-            return Err(TrainError::Setting {
-                key: "distill.teacher",
-                reason: format!("the teacher's output at step {} is not finite", step + 1),
-            });
-        }
-        Ok(logits)
     }
+    out
 }
 
 /// The distillation loss of a batch: `alpha · T² · KL(p_teacher ‖ p_student)` at temperature
@@ -499,7 +536,14 @@ fn train_group(
                 )
             }
             Some(TeacherSource::Live(live)) => {
-                Some(live.logits(&batch, device, state.global_step)?)
+                let teacher = ctx.teacher.expect("a teacher");
+                Some(live.logits(
+                    &batch,
+                    device,
+                    teacher.classes,
+                    teacher.temperature,
+                    state.global_step,
+                )?)
             }
             None => None,
         };

@@ -1,5 +1,6 @@
-//! Knowledge distillation: a trained teacher run's logits for the student's training rows,
-//! computed once before training, and the teacher-versus-student comparison of the report.
+//! Knowledge distillation: a trained teacher run's (or an ensemble's) logits for the
+//! student's training rows, computed once before training or on each augmented batch, and
+//! the teacher-versus-student comparison of the report.
 
 use std::path::Path;
 use std::time::Instant;
@@ -8,7 +9,7 @@ use burn::prelude::Device;
 use kiln_config::Task;
 use kiln_data::{Encoded, ImageInput};
 use kiln_models::Network;
-use kiln_runtime::inference::{predict, raw_outputs};
+use kiln_runtime::inference::{Predictions, predict, raw_outputs};
 use kiln_runtime::run::{self, LoadedRun};
 use kiln_train::evaluate::{Evaluation, score};
 use serde::Serialize;
@@ -16,36 +17,65 @@ use serde::Serialize;
 use crate::pipeline::PreparedData;
 use crate::{KilnError, Result};
 
-/// A loaded teacher and its logits for the student's training rows.
-pub struct Teacher {
-    /// The teacher run.
+/// One loaded teacher run.
+pub struct Member {
+    /// The run.
     pub run: LoadedRun,
-    /// `[training rows, classes]`, in the order of the student's encoded training rows
-    /// (empty when the teacher runs on each batch).
-    pub logits: Vec<f32>,
-    /// With `distill.cache = false`: the teacher in inference mode and the per-channel map
-    /// of the student's image inputs to its own (scale, shift).
+    /// With `distill.cache = false`: the model in inference mode and the per-channel map of
+    /// the student's image inputs to its own (scale, shift).
     pub live: Option<(Network, Vec<f32>, Vec<f32>)>,
+    /// The student's first training rows as this run's preprocessing encodes them (they
+    /// time it).
+    pub rows: Encoded,
+}
+
+/// The loaded teacher (one run, or an ensemble) and its logits for the student's training
+/// rows.
+pub struct Teacher {
+    /// The runs.
+    pub members: Vec<Member>,
+    /// `[training rows, classes]`, in the order of the student's encoded training rows, an
+    /// ensemble's combined (empty when the teachers run on each batch).
+    pub logits: Vec<f32>,
+    /// Whether `logits` holds them (`distill.cache`).
+    pub cached: bool,
     /// Classes.
     pub classes: usize,
-    /// The student's training rows as the teacher's preprocessing encodes them (the first
-    /// few only when the teacher runs on each batch: they time it).
-    pub rows: Encoded,
+}
+
+impl Teacher {
+    /// How the trainer takes the teacher's logits.
+    pub fn source(&self) -> kiln_train::TeacherSource<'_> {
+        if !self.cached {
+            kiln_train::TeacherSource::Live(kiln_train::LiveTeacher {
+                members: self
+                    .members
+                    .iter()
+                    .filter_map(|m| m.live.as_ref())
+                    .map(|(model, scale, shift)| (model, scale.clone(), shift.clone()))
+                    .collect(),
+            })
+        } else {
+            kiln_train::TeacherSource::Cached(&self.logits)
+        }
+    }
 }
 
 /// The teacher next to the student, for the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct DistillSummary {
-    /// Teacher run directory.
+    /// Teacher run directory (an ensemble's, joined by ", ").
     pub teacher: String,
+    /// Teacher runs: 1, or the size of an ensemble.
+    pub teachers: usize,
     /// Whether the teacher's logits were computed once (`false`: on each augmented batch).
     pub cached: bool,
-    /// Teacher parameters.
+    /// Teacher parameters (an ensemble's, summed).
     pub teacher_parameters: usize,
     /// The teacher's scores on the student's test rows (serialised as the student's are).
     #[serde(serialize_with = "evaluation_summary")]
     pub teacher_test: Option<Evaluation>,
-    /// Median milliseconds of the teacher's forward over one row.
+    /// Median milliseconds of the teacher's forward over one row (an ensemble's, summed).
     pub teacher_latency_ms: f64,
     /// Median milliseconds of the student's forward over one row.
     pub student_latency_ms: f64,
@@ -62,16 +92,41 @@ fn teacher_error(dir: &Path, message: impl std::fmt::Display) -> KilnError {
     KilnError::Invalid(format!("distill.teacher = {}: {message}", dir.display()))
 }
 
-/// Loads the teacher run at `dir` and, with `cache`, computes its logits for `data`'s
-/// training rows (read from the same table through the teacher's own preprocessing);
-/// without, checks that it takes the student's images and maps their standardisation. The
-/// teacher must be a classifier of exactly the student's classes, in the same order.
+/// Loads the teacher runs at `dirs` (several: an ensemble) and, with `cache`, computes their
+/// logits for `data`'s training rows (read from the same table through each run's own
+/// preprocessing), combined at `temperature`; without, checks that each takes the student's
+/// images and maps their standardisation. Each must be a classifier of exactly the
+/// student's classes, in the same order.
 pub fn load_teacher(
+    dirs: &[&str],
+    data: &PreparedData,
+    device: &Device,
+    cache: bool,
+    temperature: f64,
+) -> Result<Teacher> {
+    let classes = data.preprocessor.num_outputs();
+    let mut members = Vec::with_capacity(dirs.len());
+    let mut logits = Vec::with_capacity(if cache { dirs.len() } else { 0 });
+    for dir in dirs {
+        let (member, member_logits) = load_member(Path::new(dir), data, device, cache)?;
+        members.push(member);
+        logits.extend(member_logits);
+    }
+    Ok(Teacher {
+        members,
+        logits: kiln_train::ensemble_logits(&logits, classes, temperature),
+        cached: cache,
+        classes,
+    })
+}
+
+/// One teacher run, and its logits for the training rows with `cache`.
+fn load_member(
     dir: &Path,
     data: &PreparedData,
     device: &Device,
     cache: bool,
-) -> Result<Teacher> {
+) -> Result<(Member, Option<Vec<f32>>)> {
     let run = run::load(dir, device).map_err(|e| teacher_error(dir, e))?;
     let student_classes = data.preprocessor.classes();
     if run.preprocessor.task != Task::Classification || student_classes.is_none() {
@@ -95,19 +150,12 @@ pub fn load_teacher(
     }
     let classes = data.preprocessor.num_outputs();
     let source_rows = &data.train.source_rows;
-    let encoded = run
-        .preprocessor
-        .transform(
-            &data.table,
-            if cache {
-                source_rows
-            } else {
-                &source_rows[..source_rows.len().min(32)]
-            },
-            false,
-            false,
-        )
-        .map_err(|e| teacher_error(dir, format!("its preprocessing cannot read the data: {e}")))?;
+    let read = |rows: &[usize]| {
+        run.preprocessor
+            .transform(&data.table, rows, false, false)
+            .map_err(|e| teacher_error(dir, format!("its preprocessing cannot read the data: {e}")))
+    };
+    let first_rows = read(&source_rows[..source_rows.len().min(32)])?;
     if !cache {
         let (Some(student), Some(teacher)) = (
             data.preprocessor.image_input(),
@@ -120,15 +168,14 @@ pub fn load_teacher(
         };
         let (scale, shift) = image_map(&student, &teacher).map_err(|e| teacher_error(dir, e))?;
         let model = burn::module::Module::valid(&run.model);
-        return Ok(Teacher {
+        let member = Member {
             run,
-            logits: Vec::new(),
             live: Some((model, scale, shift)),
-            classes,
-            rows: encoded,
-        });
+            rows: first_rows,
+        };
+        return Ok((member, None));
     }
-    let logits = raw_outputs(&run.model, &encoded, device);
+    let logits = raw_outputs(&run.model, &read(source_rows)?, device);
     if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
         return Err(teacher_error(
             dir,
@@ -138,13 +185,12 @@ pub fn load_teacher(
             ),
         ));
     }
-    Ok(Teacher {
+    let member = Member {
         run,
-        logits,
         live: None,
-        classes,
-        rows: encoded,
-    })
+        rows: first_rows,
+    };
+    Ok((member, Some(logits)))
 }
 
 /// The per-channel `(scale, shift)` taking the student's standardised pixels to the
@@ -173,44 +219,88 @@ pub fn summarize(
     config_data: &kiln_config::DataConfig,
     device: &Device,
 ) -> Result<DistillSummary> {
-    let t = &teacher.run;
-    // The student's test rows, read again through the teacher's preprocessing: from the
+    let runs: Vec<&LoadedRun> = teacher.members.iter().map(|m| &m.run).collect();
+    // The student's test rows, read again through each teacher's preprocessing: from the
     // training table, or from the separate test file.
     let teacher_test = match &data.summary.test_source {
         _ if data.test.rows == 0 => None,
         Some(path) => {
-            let text_columns = t.preprocessor.text_columns();
+            let mut text_columns: Vec<String> = Vec::new();
+            for t in &runs {
+                for column in t.preprocessor.text_columns() {
+                    if !text_columns.contains(&column) {
+                        text_columns.push(column);
+                    }
+                }
+            }
             let mut table = kiln_data::load_source_columns(path, config_data, None, &text_columns)?;
             kiln_data::drop_bad_values(&mut table, &data.schema, config_data.bad_rows)?;
-            Some(teacher_scores(t, &table, &data.test.source_rows, device)?)
+            Some(teacher_scores(
+                &runs,
+                &table,
+                &data.test.source_rows,
+                device,
+            )?)
         }
         None => Some(teacher_scores(
-            t,
+            &runs,
             &data.table,
             &data.test.source_rows,
             device,
         )?),
     };
     Ok(DistillSummary {
-        teacher: t.dir.display().to_string(),
-        cached: teacher.live.is_none(),
-        teacher_parameters: burn::module::Module::num_params(&t.model),
+        teacher: runs
+            .iter()
+            .map(|t| t.dir.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        teachers: runs.len(),
+        cached: teacher.cached,
+        teacher_parameters: runs
+            .iter()
+            .map(|t| burn::module::Module::num_params(&t.model))
+            .sum(),
         teacher_test,
-        teacher_latency_ms: latency_ms(&t.model, &teacher.rows, device),
+        teacher_latency_ms: teacher
+            .members
+            .iter()
+            .map(|m| latency_ms(&m.run.model, &m.rows, device))
+            .sum(),
         student_latency_ms: latency_ms(student, &data.train, device),
     })
 }
 
-/// The teacher's scores on `rows` of `table`.
+/// The teachers' scores on `rows` of `table`: an ensemble's averaged probabilities.
 fn teacher_scores(
-    t: &LoadedRun,
+    runs: &[&LoadedRun],
     table: &kiln_data::Table,
     rows: &[usize],
     device: &Device,
 ) -> Result<Evaluation> {
-    let encoded = t.preprocessor.transform(table, rows, false, true)?;
-    let predictions = predict(&t.model, &encoded, &t.preprocessor, device);
-    Ok(score(&encoded, &predictions, &t.preprocessor)?)
+    let mut mean: Option<(Encoded, Predictions)> = None;
+    for t in runs {
+        let encoded = t.preprocessor.transform(table, rows, false, true)?;
+        let predictions = predict(&t.model, &encoded, &t.preprocessor, device);
+        match &mut mean {
+            None => mean = Some((encoded, predictions)),
+            Some((_, sum)) => sum
+                .values
+                .iter_mut()
+                .zip(&predictions.values)
+                .for_each(|(s, p)| *s += p),
+        }
+    }
+    let Some((encoded, mut predictions)) = mean else {
+        return Err(KilnError::Invalid(
+            "distill.teacher: no teacher runs".into(),
+        ));
+    };
+    if runs.len() > 1 {
+        let n = runs.len() as f32;
+        predictions.values.iter_mut().for_each(|v| *v /= n);
+    }
+    Ok(score(&encoded, &predictions, &runs[0].preprocessor)?)
 }
 
 /// Median milliseconds of a forward over one row, over the first 32 rows (after two

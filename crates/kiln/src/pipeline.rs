@@ -735,11 +735,12 @@ pub fn train_run_in(
     // Everything every rank reads is read before rank 0 writes: a rank that cannot read the
     // teacher or the pretrained weights stops the job before a run directory exists.
     let teacher = match &config.distill.teacher {
-        Some(dir) => Some(crate::distill::load_teacher(
-            Path::new(dir),
+        Some(teachers) => Some(crate::distill::load_teacher(
+            &teachers.dirs(),
             &data,
             &device,
             config.distill.cache,
+            config.distill.temperature,
         )?),
         None => None,
     };
@@ -792,16 +793,7 @@ pub fn train_run_in(
         device: device.clone(),
         initial_model,
         teacher: teacher.as_ref().map(|t| kiln_train::TeacherLogits {
-            source: match &t.live {
-                Some((model, scale, shift)) => {
-                    kiln_train::TeacherSource::Live(kiln_train::LiveTeacher {
-                        model,
-                        scale: scale.clone(),
-                        shift: shift.clone(),
-                    })
-                }
-                None => kiln_train::TeacherSource::Cached(&t.logits),
-            },
+            source: t.source(),
             classes: t.classes,
             temperature: config.distill.temperature,
             alpha: config.distill.alpha,

@@ -239,8 +239,12 @@ fn format_distillation(d: &crate::DistillSummary, summary: &RunSummary) -> Strin
     };
     let (teacher, student) = (d.teacher_test.as_ref(), summary.test.as_ref());
     let mut text = format!(
-        "distillation (teacher {}, {})
+        "distillation ({} {}, {})
 ",
+        match d.teachers {
+            1 => "teacher".to_string(),
+            n => format!("an ensemble of {n} teachers:"),
+        },
         d.teacher,
         if d.cached {
             "its logits computed once"
