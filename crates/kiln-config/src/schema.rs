@@ -387,6 +387,9 @@ pub struct SplitConfig {
     pub folds: usize,
     /// Which fold is the test split for `kfold` (0-based).
     pub fold: usize,
+    /// Seed of the split alone (unset: the run's `seed`), so runs that differ in their
+    /// initialisation can share one split (an ensemble's members, a spread over seeds).
+    pub seed: Option<u64>,
 }
 
 impl Default for SplitConfig {
@@ -398,6 +401,7 @@ impl Default for SplitConfig {
             column: None,
             folds: 5,
             fold: 0,
+            seed: None,
         }
     }
 }

@@ -59,10 +59,11 @@ fn split_by_column(table: &Table, cfg: &SplitConfig, out: &mut Split) -> Result<
 }
 
 /// The split of a streamed source's chunk: each row on its own, by a draw seeded from
-/// `seed` and its row number (`random`, the default), or by `data.split.column`. A row
+/// `data.split.seed` (else `seed`) and its row number (`random`, the default), or by `data.split.column`. A row
 /// lands in the same split whatever chunk it is read in.
 pub fn split_rows_streamed(table: &Table, data: &DataConfig, seed: u64) -> Result<Split> {
     let cfg = &data.split;
+    let seed = cfg.seed.unwrap_or(seed);
     let mut out = Split::default();
     match cfg.method {
         Some(SplitMethod::Column) => split_by_column(table, cfg, &mut out)?,
@@ -95,9 +96,10 @@ pub fn split_rows_streamed(table: &Table, data: &DataConfig, seed: u64) -> Resul
 }
 
 /// Splits the rows of `table` as configured. With a separate test source, no test rows are
-/// taken here. The same seed always gives the same split.
+/// taken here. The same seed (`data.split.seed`, else `seed`) always gives the same split.
 pub fn split_rows(table: &Table, schema: &Schema, data: &DataConfig, seed: u64) -> Result<Split> {
     let cfg = &data.split;
+    let seed = cfg.seed.unwrap_or(seed);
     let test_fraction = if data.test_source.is_some() {
         0.0
     } else {

@@ -247,6 +247,10 @@ fn stratified_split_keeps_balance_and_is_seeded() {
     let other = split_rows(&t, &s, &c.data, 2).unwrap();
     assert_eq!(a, b);
     assert_ne!(a.train, other.train);
+    // `data.split.seed` fixes the split whatever the run's seed.
+    c.data.split.seed = Some(1);
+    assert_eq!(split_rows(&t, &s, &c.data, 2).unwrap(), a);
+    c.data.split.seed = None;
     let all: HashSet<usize> = a
         .train
         .iter()
