@@ -348,6 +348,10 @@ fn an_mlp_learns_from_a_cnn_teacher_that_sees_its_augmented_images() {
         );
         let distill = &out["distillation"];
         assert_eq!(distill["teachers"], 2, "{distill}");
+        assert!(
+            distill["teacher_validation"]["accuracy"].as_f64().unwrap() >= 0.9,
+            "{distill}"
+        );
         assert_eq!(
             distill["teacher_parameters"].as_u64().unwrap(),
             teacher["parameters"].as_u64().unwrap() + second["parameters"].as_u64().unwrap()

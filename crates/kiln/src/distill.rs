@@ -72,6 +72,9 @@ pub struct DistillSummary {
     pub cached: bool,
     /// Teacher parameters (an ensemble's, summed).
     pub teacher_parameters: usize,
+    /// The teacher's scores on the student's validation rows (what to choose a teacher by).
+    #[serde(serialize_with = "evaluation_summary")]
+    pub teacher_validation: Option<Evaluation>,
     /// The teacher's scores on the student's test rows (serialised as the student's are).
     #[serde(serialize_with = "evaluation_summary")]
     pub teacher_test: Option<Evaluation>,
@@ -211,7 +214,7 @@ fn image_map(
         .unzip())
 }
 
-/// The teacher's test scores and both models' latencies.
+/// The teacher's validation and test scores and both models' latencies.
 pub fn summarize(
     teacher: &Teacher,
     student: &Network,
@@ -249,7 +252,17 @@ pub fn summarize(
             device,
         )?),
     };
+    let teacher_validation = match data.validation.rows {
+        0 => None,
+        _ => Some(teacher_scores(
+            &runs,
+            &data.table,
+            &data.validation.source_rows,
+            device,
+        )?),
+    };
     Ok(DistillSummary {
+        teacher_validation,
         teacher: runs
             .iter()
             .map(|t| t.dir.display().to_string())
