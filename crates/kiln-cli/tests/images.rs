@@ -311,6 +311,8 @@ fn an_mlp_learns_from_a_cnn_teacher_that_sees_its_augmented_images() {
     );
     assert!(out["distillation"]["teacher_latency_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(out["distillation"]["cached"], false, "{out}");
+    // The teacher was split otherwise: it may have trained on the student's validation rows.
+    assert!(out["distillation"]["teacher_validation"].is_null(), "{out}");
     let report =
         std::fs::read_to_string(d.join(out["run_dir"].as_str().unwrap()).join("report.txt"))
             .unwrap();
@@ -327,14 +329,18 @@ fn an_mlp_learns_from_a_cnn_teacher_that_sees_its_augmented_images() {
             "--set",
             "seed=6",
             "--set",
+            "data.split.seed=5",
+            "--set",
             "output.name=\"second\"",
         ],
     );
     let second_dir = second["run_dir"].as_str().unwrap().to_string();
     let both = format!("distill.teacher=[\"{teacher_dir}\", \"{second_dir}\"]");
     for cache in ["true", "false"] {
+        // Split as the teachers were, so they can be scored on the student's validation rows.
         let mut ensemble = args(&[
             both.as_str(),
+            "data.split.seed=5",
             &format!("distill.cache={cache}"),
             &format!("output.name=\"ensemble-{cache}\""),
         ]);
@@ -359,7 +365,10 @@ fn an_mlp_learns_from_a_cnn_teacher_that_sees_its_augmented_images() {
         let report =
             std::fs::read_to_string(d.join(out["run_dir"].as_str().unwrap()).join("report.txt"))
                 .unwrap();
-        assert!(report.contains("an ensemble of 2 teachers"), "{report}");
+        assert!(
+            report.contains("an ensemble of 2 teachers") && report.contains("val accuracy"),
+            "{report}"
+        );
     }
 
     // The teacher must take the student's images as they are.

@@ -774,10 +774,18 @@ fn validate_pretrained(c: &Config) -> Result<(), Invalid> {
                 "the list of teacher runs is empty; give one run directory or several",
             ));
         }
+        let same = |a: &str, b: &str| {
+            let parts = |p| {
+                Path::new(p)
+                    .components()
+                    .filter(|c| *c != std::path::Component::CurDir)
+            };
+            parts(a).eq(parts(b))
+        };
         if let Some(dir) = dirs
             .iter()
             .enumerate()
-            .find_map(|(i, dir)| dirs[..i].contains(dir).then_some(dir))
+            .find_map(|(i, dir)| dirs[..i].iter().any(|d| same(d, dir)).then_some(dir))
         {
             return Err(bad("distill.teacher", format!("\"{dir}\" is listed twice")));
         }

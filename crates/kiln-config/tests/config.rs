@@ -223,6 +223,7 @@ dir = "runs"
     );
     for (teachers, expected) in [
         ("[\"a\", \"a\"]", "listed twice"),
+        ("[\"runs/a\", \"./runs/a/\"]", "listed twice"),
         ("[]", "empty"),
         ("3", "a run directory or a list of run directories"),
     ] {

@@ -184,7 +184,7 @@ impl LiveTeacher<'_> {
     ) -> Result<Vec<f32>, TrainError> {
         let x = batch.x.as_deref().unwrap_or_default();
         let mut members = Vec::with_capacity(self.members.len());
-        for (model, scale, shift) in &self.members {
+        for (i, (model, scale, shift)) in self.members.iter().enumerate() {
             let plane = batch.width / scale.len().max(1);
             let mut mapped = Vec::with_capacity(x.len());
             for row in x.chunks_exact(batch.width) {
@@ -212,7 +212,14 @@ impl LiveTeacher<'_> {
             if logits.iter().any(|v| !v.is_finite()) {
                 return Err(TrainError::Setting {
                     key: "distill.teacher",
-                    reason: format!("the teacher's output at step {} is not finite", step + 1),
+                    reason: match self.members.len() {
+                        1 => format!("the teacher's output at step {} is not finite", step + 1),
+                        n => format!(
+                            "the output of teacher {} of {n} at step {} is not finite",
+                            i + 1,
+                            step + 1
+                        ),
+                    },
                 });
             }
             members.push(logits);

@@ -72,7 +72,9 @@ pub struct DistillSummary {
     pub cached: bool,
     /// Teacher parameters (an ensemble's, summed).
     pub teacher_parameters: usize,
-    /// The teacher's scores on the student's validation rows (what to choose a teacher by).
+    /// The teacher's scores on the student's validation rows (what to choose a teacher by);
+    /// only when every teacher was split as the student was (same data source, split settings
+    /// and split seed), so that no teacher trained on those rows.
     #[serde(serialize_with = "evaluation_summary")]
     pub teacher_validation: Option<Evaluation>,
     /// The teacher's scores on the student's test rows (serialised as the student's are).
@@ -219,9 +221,10 @@ pub fn summarize(
     teacher: &Teacher,
     student: &Network,
     data: &PreparedData,
-    config_data: &kiln_config::DataConfig,
+    config: &kiln_config::Config,
     device: &Device,
 ) -> Result<DistillSummary> {
+    let config_data = &config.data;
     let runs: Vec<&LoadedRun> = teacher.members.iter().map(|m| &m.run).collect();
     // The student's test rows, read again through each teacher's preprocessing: from the
     // training table, or from the separate test file.
@@ -252,8 +255,10 @@ pub fn summarize(
             device,
         )?),
     };
+    let same_split = runs.iter().all(|t| split_alike(config, &t.config));
     let teacher_validation = match data.validation.rows {
         0 => None,
+        _ if !same_split => None,
         _ => Some(teacher_scores(
             &runs,
             &data.table,
@@ -282,6 +287,20 @@ pub fn summarize(
             .sum(),
         student_latency_ms: latency_ms(student, &data.train, device),
     })
+}
+
+/// Whether runs of configs `a` and `b` split their data alike: the same source, split
+/// settings and split seed.
+fn split_alike(a: &kiln_config::Config, b: &kiln_config::Config) -> bool {
+    let split_seed = |c: &kiln_config::Config| c.data.split.seed.unwrap_or(c.seed);
+    let settings = |c: &kiln_config::Config| kiln_config::SplitConfig {
+        seed: None,
+        ..c.data.split.clone()
+    };
+    split_seed(a) == split_seed(b)
+        && settings(a) == settings(b)
+        && a.data.source == b.data.source
+        && a.data.test_source == b.data.test_source
 }
 
 /// The teachers' scores on `rows` of `table`: an ensemble's averaged probabilities.

@@ -897,7 +897,7 @@ pub fn train_run_in(
             t,
             &outcome.model,
             &data,
-            &config.data,
+            &config,
             &device,
         )?),
         None => None,

@@ -246,10 +246,10 @@ fn format_distillation(d: &crate::DistillSummary, summary: &RunSummary) -> Strin
             n => format!("an ensemble of {n} teachers:"),
         },
         d.teacher,
-        if d.cached {
-            "its logits computed once"
-        } else {
-            "run on each augmented batch"
+        match (d.cached, d.teachers) {
+            (true, 1) => "its logits computed once",
+            (true, _) => "their logits computed once",
+            (false, _) => "run on each augmented batch",
         }
     );
     text.push_str(
@@ -262,6 +262,15 @@ fn format_distillation(d: &crate::DistillSummary, summary: &RunSummary) -> Strin
 ",
             metric(teacher, name),
             metric(student, name)
+        ));
+    }
+    if d.teacher_validation.is_some() {
+        text.push_str(&format!(
+            "  {:<12} {:>9}   {:>9}
+",
+            "val accuracy",
+            metric(d.teacher_validation.as_ref(), "accuracy"),
+            metric(summary.validation.as_ref(), "accuracy")
         ));
     }
     text.push_str(&format!(
