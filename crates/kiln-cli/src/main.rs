@@ -1050,6 +1050,7 @@ fn default_sigpipe() {
 
 fn main() -> ExitCode {
     kiln_alloc::configure();
+    kiln::models::ops::configure_compute_threads();
     let cli = Cli::parse();
     let logging = match &cli.command {
         Command::Serve(a) => init_logging(a.log_level.as_deref(), a.log_format),

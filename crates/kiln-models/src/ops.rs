@@ -40,7 +40,10 @@ pub use attention::{AttentionSpec, MASKED_SCORE};
 pub use cross_entropy::{CrossEntropySpec, HeadLayout};
 pub use dropout::{DropoutMask, dropout_scales};
 pub use precision::{Autocast, autocast_dtype};
-pub use threads::{blocktime, compute_threads, in_thread_pool, keep_workers_ready};
+pub use threads::{
+    blocktime, compute_threads, configure_compute_threads, flush_subnormals, in_thread_pool,
+    keep_workers_ready,
+};
 
 use gemm::gemm_into;
 

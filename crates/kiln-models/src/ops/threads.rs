@@ -185,3 +185,42 @@ fn keep_worker_ready(_spinning: Spinning, owner: Option<usize>, done: &AtomicBoo
 pub fn compute_threads() -> usize {
     rayon::current_num_threads()
 }
+
+/// Makes the calling thread flush subnormal floats to zero (x86-64: MXCSR's flush-to-zero and
+/// denormals-are-zero bits; aarch64: FPCR.FZ). An operation on a subnormal costs about a
+/// hundred ordinary ones on these CPUs, and training makes them: Adam's second moments of
+/// weights whose gradients have died away sink below `f32::MIN_POSITIVE` and slow every later
+/// step (GPUs flush them too).
+#[allow(unsafe_code)]
+pub fn flush_subnormals() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads and writes the calling thread's SSE control register only; FTZ (bit 15)
+    // and DAZ (bit 6) change rounding of subnormal results and inputs, nothing else.
+    unsafe {
+        let mut csr: u32 = 0;
+        std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
+        csr |= (1 << 15) | (1 << 6);
+        std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads and writes the calling thread's FPCR only; FZ (bit 24) flushes subnormals.
+    unsafe {
+        let mut fpcr: u64;
+        std::arch::asm!("mrs {}, fpcr", out(reg) fpcr, options(nomem, nostack));
+        fpcr |= 1 << 24;
+        std::arch::asm!("msr fpcr, {}", in(reg) fpcr, options(nomem, nostack));
+    }
+}
+
+/// Sets up rayon's global pool (before any parallel work) with every worker flushing
+/// subnormals, and flushes on the calling thread; `KILN_KEEP_SUBNORMALS=1` leaves both as
+/// IEEE 754 has them. A pool that already exists is left as it is.
+pub fn configure_compute_threads() {
+    if std::env::var_os("KILN_KEEP_SUBNORMALS").is_some_and(|v| v == "1") {
+        return;
+    }
+    flush_subnormals();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .start_handler(|_| flush_subnormals())
+        .build_global();
+}
