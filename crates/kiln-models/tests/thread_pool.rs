@@ -107,3 +107,24 @@ fn workers_park_during_a_serial_stretch_and_wake_for_the_next_loop() {
         "{spent} clock ticks of CPU during a 600 ms serial stretch"
     );
 }
+
+#[test]
+fn a_thread_that_flushes_subnormals_computes_them_as_zero() {
+    let tiny = || std::hint::black_box(f32::MIN_POSITIVE) * std::hint::black_box(0.25f32);
+    // A fresh thread keeps IEEE subnormals; after the call, results and inputs flush to zero.
+    let (kept, flushed, input) = std::thread::spawn(move || {
+        let kept = tiny();
+        kiln_models::ops::flush_subnormals();
+        let input = std::hint::black_box(kept) * std::hint::black_box(1.0f32);
+        (kept, tiny(), input)
+    })
+    .join()
+    .unwrap();
+    assert!(kept > 0.0 && kept < f32::MIN_POSITIVE, "{kept:e}");
+    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        assert_eq!(flushed, 0.0);
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(input, 0.0, "denormals-are-zero");
+        }
+    }
+}
