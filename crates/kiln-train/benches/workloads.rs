@@ -30,6 +30,8 @@ static ALLOCATOR: kiln_alloc::Allocator = kiln_alloc::Allocator;
 
 fn main() {
     kiln_alloc::configure();
+    // As the CLI: subnormals flushed on the compute threads.
+    kiln_models::ops::configure_compute_threads();
     if std::env::var_os("KILN_NO_POOL").is_some() {
         return run_workloads();
     }
