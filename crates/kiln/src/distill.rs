@@ -160,8 +160,9 @@ fn load_member(
             .transform(&data.table, rows, false, false)
             .map_err(|e| teacher_error(dir, format!("its preprocessing cannot read the data: {e}")))
     };
-    let first_rows = read(&source_rows[..source_rows.len().min(32)])?;
+    let first = source_rows.len().min(32);
     if !cache {
+        let first_rows = read(&source_rows[..first])?;
         let (Some(student), Some(teacher)) = (
             data.preprocessor.image_input(),
             run.preprocessor.image_input(),
@@ -180,7 +181,9 @@ fn load_member(
         };
         return Ok((member, None));
     }
-    let logits = raw_outputs(&run.model, &read(source_rows)?, device);
+    let encoded = read(source_rows)?;
+    let first_rows = encoded.select(&(0..first).collect::<Vec<_>>());
+    let logits = raw_outputs(&run.model, &encoded, device);
     if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
         return Err(teacher_error(
             dir,
