@@ -6,7 +6,7 @@ mod progress;
 #[global_allocator]
 static ALLOCATOR: kiln_alloc::Allocator = kiln_alloc::Allocator;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -302,6 +302,20 @@ enum DataCommand {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Write a config's train / validation / test rows, as `kiln train` splits them, to CSV files.
+    Split {
+        /// TOML config (its `[data]` section and `seed` decide the split).
+        config: PathBuf,
+        /// Override a config value, e.g. `--set data.split.seed=7` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Output directory (train.csv, validation.csv, test.csv).
+        #[arg(long)]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Rows, column types, missing values and class balance.
     Describe {
@@ -934,6 +948,25 @@ fn predict(args: PredictArgs) -> Result<()> {
     Ok(())
 }
 
+fn split_files(config: &Path, overrides: &[String], out: &Path, json: bool) -> Result<()> {
+    let config = kiln::config::load_user(config, overrides)?;
+    let written = kiln::write_split_files(&config, out)?;
+    if json {
+        println!("{}", serde_json::to_string(&written)?);
+        return Ok(());
+    }
+    for (path, rows) in &written.files {
+        println!("{}: {rows} rows", path.display());
+    }
+    if written.dropped > 0 {
+        println!(
+            "{} rows of {} dropped by cleaning before the split",
+            written.dropped, written.source
+        );
+    }
+    Ok(())
+}
+
 fn describe(file: &str, target: Option<&str>, json: bool) -> Result<()> {
     let mut config = Config::default();
     config.data.bad_rows = kiln::config::BadRows::Skip;
@@ -1026,6 +1059,12 @@ fn run_command(command: Command) -> Result<()> {
         Command::Data(DataCommand::Describe { file, target, json }) => {
             describe(&file, target.as_deref(), json)
         }
+        Command::Data(DataCommand::Split {
+            config,
+            overrides,
+            out,
+            json,
+        }) => split_files(&config, &overrides, &out, json),
         Command::Data(DataCommand::PrepareText {
             files,
             tokenizer,

@@ -1007,3 +1007,83 @@ fn predict_streams_csv_and_json_lines_in_chunks_and_both_give_the_same_predictio
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn split_files_hold_the_rows_a_run_trains_validates_and_tests_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("churn.csv"), churn_csv(500, 11, true, None)).unwrap();
+    std::fs::write(
+        dir.path().join("churn.toml"),
+        "seed = 5\n[data]\nsource = \"churn.csv\"\ntarget = \"churn\"\nid_column = \"customer_id\"\n\
+         [data.split]\nmethod = \"stratified\"\nvalidation = 0.2\ntest = 0.2\n\
+         [trainer]\nepochs = 2\n[output]\nname = \"churn\"\n",
+    )
+    .unwrap();
+    let run = kiln_json(dir.path(), &["train", "churn.toml", "--json"]);
+    let split = kiln_json(
+        dir.path(),
+        &["data", "split", "churn.toml", "--out", "split", "--json"],
+    );
+    let ids = |name: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(dir.path().join("split").join(name)).unwrap();
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().starts_with("customer_id,age,city"));
+        lines
+            .map(|l| l.split(',').next().unwrap().to_string())
+            .collect()
+    };
+    let mut all = Vec::new();
+    for (i, name) in ["train", "validation", "test"].into_iter().enumerate() {
+        let file = format!("{name}.csv");
+        assert_eq!(split["files"][i][1], run["rows"][name], "{split}\n{run}");
+        let part = ids(&file);
+        assert_eq!(part.len() as u64, run["rows"][name].as_u64().unwrap());
+        all.extend(part);
+        if name == "train" {
+            continue;
+        }
+        // The run's own held-out rows score exactly as the run scored them.
+        let run_dir = run["run_dir"].as_str().unwrap();
+        let path = format!("split/{file}");
+        let eval = kiln_json(dir.path(), &["eval", run_dir, "--data", &path, "--json"]);
+        for metric in ["accuracy", "log_loss"] {
+            let (got, want) = (&eval["test"][metric], &run[name][metric]);
+            assert!(
+                (got.as_f64().unwrap() - want.as_f64().unwrap()).abs() < 1e-12,
+                "{name} {metric}: {got} from {path}, {want} in the run"
+            );
+        }
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 500, "the three files partition the rows");
+    // Another split seed, another test split.
+    kiln_ok(
+        dir.path(),
+        &[
+            "data",
+            "split",
+            "churn.toml",
+            "--out",
+            "s7",
+            "--set",
+            "data.split.seed=7",
+        ],
+    );
+    let other = std::fs::read_to_string(dir.path().join("s7/test.csv")).unwrap();
+    let test = std::fs::read_to_string(dir.path().join("split/test.csv")).unwrap();
+    assert_ne!(other, test);
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "data",
+            "split",
+            "churn.toml",
+            "--out",
+            "x",
+            "--set",
+            "data.source=\"none.csv\"",
+        ],
+    );
+    assert!(err.contains("none.csv"), "{err}");
+}

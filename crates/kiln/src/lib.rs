@@ -18,6 +18,7 @@ mod predictions;
 mod report;
 mod resume;
 mod run_info;
+mod split_files;
 
 pub use distill::DistillSummary;
 pub use embed::{EmbedSummary, embed_file};
@@ -33,6 +34,7 @@ pub use pipeline::{
 pub use report::format_evaluation;
 pub use resume::{RESUME_KEYS, Resume};
 pub use run_info::{Machine, PrecisionUsed, RunInfo};
+pub use split_files::{SplitFiles, write_split_files};
 
 pub use kiln_config as config;
 pub use kiln_data as data;

@@ -1,0 +1,95 @@
+//! A config's train / validation / test rows, as `kiln train` would use them, written out as
+//! CSV files: for work outside kiln that must not see the held-out rows (language-model
+//! pretraining on the training text, another tool's baseline on the same split).
+
+use std::path::{Path, PathBuf};
+
+use kiln_config::{Config, Streaming};
+use kiln_data::{Column, Table};
+use serde::Serialize;
+
+use crate::{KilnError, Result};
+
+/// What [`write_split_files`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitFiles {
+    /// The data source split.
+    pub source: String,
+    /// `train.csv`, `validation.csv` and (unless `data.test_source` gives the test rows)
+    /// `test.csv`, with their row counts.
+    pub files: Vec<(PathBuf, usize)>,
+    /// Rows dropped by cleaning before the split (duplicates, bad values).
+    pub dropped: usize,
+}
+
+/// Loads, cleans and splits the data of `config` exactly as training does (`data.source`,
+/// `drop_duplicates`, `bad_rows`, `split`, `seed`) and writes each split's rows, every column
+/// as read, to `out/{train,validation,test}.csv` (each written atomically). Missing values stay
+/// empty fields. A streamed source and image columns are refused.
+pub fn write_split_files(config: &Config, out: &Path) -> Result<SplitFiles> {
+    let config = crate::pipeline::resolve_streaming(config.clone());
+    if config.data.streaming == Streaming::On {
+        return Err(KilnError::Invalid(format!(
+            "{}: data.streaming is on (or the source is too large to hold); split files are \
+             written from a table in memory: set data.streaming = \"off\"",
+            config.data.source
+        )));
+    }
+    let mut table = crate::load_table(&config.data.source, &config)?;
+    let read = table.num_rows();
+    if config.data.drop_duplicates {
+        table.drop_duplicates();
+    }
+    let schema = kiln_data::infer_schema(&table, &config)?;
+    kiln_data::drop_bad_values(&mut table, &schema, config.data.bad_rows)?;
+    let split = kiln_data::split_rows(&table, &schema, &config.data, config.seed)?;
+    if let Some(i) = table
+        .columns
+        .iter()
+        .position(|c| matches!(c, Column::Image { .. }))
+    {
+        return Err(KilnError::Invalid(format!(
+            "{}: column {:?} holds images, which a CSV file cannot hold",
+            config.data.source, table.names[i]
+        )));
+    }
+    let mut parts = vec![("train", &split.train), ("validation", &split.validation)];
+    if config.data.test_source.is_none() {
+        parts.push(("test", &split.test));
+    }
+    let mut files = Vec::new();
+    for (name, rows) in parts {
+        let path = out.join(format!("{name}.csv"));
+        let bytes = csv_bytes(&table, rows).map_err(|e| KilnError::Output {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        kiln_runtime::fs::write_atomic(&path, &bytes)?;
+        files.push((path, rows.len()));
+    }
+    Ok(SplitFiles {
+        source: config.data.source.clone(),
+        files,
+        dropped: read - table.num_rows(),
+    })
+}
+
+/// `rows` of `table` as CSV: a header of the column names, then one record a row.
+fn csv_bytes(table: &Table, rows: &[usize]) -> csv::Result<Vec<u8>> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(&table.names)?;
+    let mut record = Vec::with_capacity(table.columns.len());
+    for &row in rows {
+        record.clear();
+        record.extend(
+            table
+                .columns
+                .iter()
+                .map(|c| c.text(row).unwrap_or_default()),
+        );
+        writer.write_record(&record)?;
+    }
+    writer
+        .into_inner()
+        .map_err(|e| csv::Error::from(e.into_error()))
+}
