@@ -386,7 +386,11 @@ fn pretrained_configuration_mistakes_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
     let d = dir.path();
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 7] = [
+        (
+            &["model.causal=true"],
+            &["model.causal", "BERT", "both ways"],
+        ),
         (
             &["model.type=\"mlp\""],
             &["model.pretrained", "transformer"],
@@ -696,9 +700,34 @@ fn a_gpt_kiln_pretrained_and_exported_fine_tunes_as_a_causal_text_encoder() {
     );
     let accuracy = out["test"]["accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.85, "fine-tuned GPT test accuracy {accuracy}");
+    let causal_loss = out["validation"]["log_loss"].clone();
     let spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
     assert_eq!(spec["text"]["causal"], true);
+    // `model.causal = false`: the same weights, every token seeing the whole text.
+    let (out, run) = train(
+        d,
+        "both-ways",
+        &[
+            "model.pretrained=\"gpt-hf\"",
+            "model.causal=false",
+            "model.context=32",
+            "trainer.epochs=6",
+            "trainer.lr=0.002",
+        ],
+    );
+    let both_ways = out["test"]["accuracy"].as_f64().unwrap();
+    assert!(
+        both_ways >= 0.85,
+        "bidirectional GPT test accuracy {both_ways}"
+    );
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(spec["text"]["causal"], false);
+    assert_ne!(
+        out["validation"]["log_loss"], causal_loss,
+        "a different network from the causal one"
+    );
 
     // The embeddings and the first block frozen: they keep the GPT's weights, the rest moves,
     // and the report counts only what trained.
@@ -745,10 +774,12 @@ fn a_gpt_kiln_pretrained_and_exported_fine_tunes_as_a_causal_text_encoder() {
         &gpt_wte[..wte.len() - 32],
         "frozen token embeddings"
     );
-    // More frozen layers than the GPT has, and LoRA (BERT's only), are refused by name.
+    // More frozen layers than the GPT has, LoRA (BERT's only) and the first token's state of
+    // a causal GPT are refused by name.
     for (setting, names) in [
         ("model.freeze=9", ["model.freeze", "layers"]),
         ("lora.rank=2", ["BERT", "GPT"]),
+        ("model.pooling=\"cls\"", ["model.pooling", "causal"]),
     ] {
         let err = kiln_err(
             d,

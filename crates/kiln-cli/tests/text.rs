@@ -101,6 +101,32 @@ fn transformer_reads_an_inferred_text_column_and_scores_held_out_reviews() {
 }
 
 #[test]
+fn a_causal_encoder_from_scratch_learns_and_differs_from_the_bidirectional_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reviews.csv"), reviews_csv(600, 5)).unwrap();
+    std::fs::write(dir.path().join("text.toml"), CONFIG).unwrap();
+    let mut losses = Vec::new();
+    for causal in ["false", "true"] {
+        let name = format!("output.name=\"causal-{causal}\"");
+        let setting = format!("model.causal={causal}");
+        let args = ["train", "text.toml", "--json", "--set", "trainer.epochs=8"];
+        let out = kiln_json(
+            dir.path(),
+            &[&args[..], &["--set", &setting, "--set", &name]].concat(),
+        );
+        let acc = out["test"]["accuracy"].as_f64().unwrap();
+        assert!(acc >= 0.85, "causal = {causal}: held-out accuracy {acc}");
+        let run = dir.path().join(out["run_dir"].as_str().unwrap());
+        let spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap())
+                .unwrap();
+        assert_eq!(spec["text"]["causal"].to_string(), causal);
+        losses.push(out["validation"]["log_loss"].clone());
+    }
+    assert_ne!(losses[0], losses[1], "the mask changes the network");
+}
+
+#[test]
 fn text_configuration_mistakes_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("reviews.csv"), reviews_csv(100, 1)).unwrap();

@@ -1086,4 +1086,48 @@ fn split_files_hold_the_rows_a_run_trains_validates_and_tests_on() {
         ],
     );
     assert!(err.contains("none.csv"), "{err}");
+    // Fields with the delimiter, quotes and line breaks, and codes of digits, come back as
+    // written, in a file of the source's delimiter; the source itself is never overwritten.
+    let mut source = String::from("code;note;label\n");
+    for i in 0..40 {
+        source.push_str(&format!(
+            "{:03};\"a; b, \"\"c\"\"\nline {i}\";{}\n",
+            i * 7,
+            ["x", "y"][i % 2]
+        ));
+    }
+    std::fs::create_dir(dir.path().join("raw")).unwrap();
+    std::fs::write(dir.path().join("raw/train.csv"), &source).unwrap();
+    std::fs::write(
+        dir.path().join("notes.toml"),
+        "[data]\nsource = \"raw/train.csv\"\ntarget = \"label\"\ndelimiter = \";\"\n\
+         [[features]]\nname = \"code\"\ntype = \"categorical\"\n",
+    )
+    .unwrap();
+    kiln_ok(
+        dir.path(),
+        &["data", "split", "notes.toml", "--out", "notes"],
+    );
+    let records = |path: &std::path::Path| -> Vec<Vec<String>> {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(b';')
+            .from_path(path)
+            .unwrap();
+        let mut rows: Vec<Vec<String>> = reader
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_string).collect())
+            .collect();
+        rows.sort();
+        rows
+    };
+    let mut written = Vec::new();
+    for name in ["train", "validation", "test"] {
+        written.extend(records(&dir.path().join(format!("notes/{name}.csv"))));
+    }
+    written.sort();
+    assert_eq!(written, records(&dir.path().join("raw/train.csv")));
+    let err = kiln_err(dir.path(), &["data", "split", "notes.toml", "--out", "raw"]);
+    assert!(err.contains("data source"), "{err}");
+    let kept = std::fs::read_to_string(dir.path().join("raw/train.csv")).unwrap();
+    assert_eq!(kept, source);
 }

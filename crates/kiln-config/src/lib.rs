@@ -695,6 +695,19 @@ fn validate_pretrained(c: &Config) -> Result<(), Invalid> {
             ),
         ));
     }
+    if m.causal.is_some() && m.kind != ModelKind::Transformer {
+        return Err(bad(
+            "model.causal",
+            "applies to text encoders (model.type = \"transformer\"); a GPT language model is always causal",
+        ));
+    }
+    if m.causal == Some(true) && m.pooling == Pooling::Cls {
+        return Err(bad(
+            "model.pooling",
+            "\"cls\" pools the first token, which under causal attention has seen only itself: \
+             use mean, max or mean_max",
+        ));
+    }
     if m.pretrained.is_none() {
         if m.freeze != Freeze::None {
             return Err(bad("model.freeze", "needs model.pretrained"));

@@ -561,6 +561,11 @@ pub struct ModelConfig {
     /// `"encoder"` (features only: the head alone learns), or a number K: the embeddings and
     /// the first K layers.
     pub freeze: Freeze,
+    /// Causal attention in a text encoder (transformer): each token sees only itself and the
+    /// tokens before it. Unset: as the model was made (a pretrained GPT causal, a BERT or a
+    /// from-scratch encoder not); `false` lets a pretrained GPT's tokens see the whole text
+    /// while it is fine-tuned.
+    pub causal: Option<bool>,
 }
 
 /// The frozen part of a pretrained encoder (`model.freeze`).
@@ -739,6 +744,7 @@ impl Default for ModelConfig {
             pretrained: None,
             pretrained_weights: true,
             freeze: Freeze::None,
+            causal: None,
         }
     }
 }

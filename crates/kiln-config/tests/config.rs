@@ -247,3 +247,34 @@ dir = "runs"
         "data/x.csv"
     );
 }
+
+#[test]
+fn causal_attention_is_a_text_encoder_setting() {
+    let err = from_str(BASE, "t.toml", &["model.causal=true".into()]).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("model.causal") && msg.contains("transformer"),
+        "{msg}"
+    );
+    let c = from_str(
+        BASE,
+        "t.toml",
+        &[
+            "model.type=\"transformer\"".into(),
+            "model.causal=true".into(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.model.causal, Some(true));
+    let err = from_str(
+        BASE,
+        "t.toml",
+        &[
+            "model.type=\"transformer\"".into(),
+            "model.causal=true".into(),
+            "model.pooling=\"cls\"".into(),
+        ],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("model.pooling"), "{err}");
+}

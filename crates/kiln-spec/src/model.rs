@@ -174,7 +174,7 @@ impl ModelSpec {
                 dropout: config.dropout,
                 bias: config.bias,
                 pooling: config.pooling,
-                causal: false,
+                causal: config.causal.unwrap_or(false),
                 freeze: Default::default(),
             }),
             pretrained: None,

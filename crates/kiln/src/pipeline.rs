@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::Device;
-use kiln_config::{Config, FeatureType, Task};
+use kiln_config::{Config, FeatureType, Pooling, Task};
 use kiln_data::{Encoded, LoadReport, Preprocessor, Schema, Split, Table};
 use kiln_models::{ModelSpec, PretrainedEncoderSpec};
 use kiln_runtime::inference::{Predictions, non_finite_output, predict};
@@ -513,6 +513,13 @@ fn load_pretrained(config: &Config, dir: &Path, device: &Device) -> Result<Pretr
                     dir.display()
                 )));
             }
+            if config.model.causal.unwrap_or(true) && config.model.pooling == Pooling::Cls {
+                return Err(KilnError::Invalid(format!(
+                    "model.pooling = \"cls\": {} is a causal GPT, whose first token has seen \
+                     only itself; use mean, max or mean_max, or model.causal = false",
+                    dir.display()
+                )));
+            }
             let positions = gpt.n_positions;
             (
                 Pretrained::Gpt2 {
@@ -523,6 +530,12 @@ fn load_pretrained(config: &Config, dir: &Path, device: &Device) -> Result<Pretr
             )
         }
         _ => {
+            if config.model.causal == Some(true) {
+                return Err(KilnError::Invalid(format!(
+                    "model.causal = true: {} is a BERT encoder, which attends both ways",
+                    dir.display()
+                )));
+            }
             let ad = device.clone().autodiff();
             let encoder = if config.model.pretrained_weights {
                 PretrainedEncoder::load(dir, &ad)?
@@ -710,7 +723,7 @@ pub fn train_run_in(
                         text.heads = gpt.n_head;
                         text.embd = gpt.n_embd;
                         text.bias = true;
-                        text.causal = true;
+                        text.causal = config.model.causal.unwrap_or(true);
                         text.freeze = config.model.freeze;
                     }
                     spec

@@ -23,17 +23,43 @@ pub struct SplitFiles {
 }
 
 /// Loads, cleans and splits the data of `config` exactly as training does (`data.source`,
-/// `drop_duplicates`, `bad_rows`, `split`, `seed`) and writes each split's rows, every column
-/// as read, to `out/{train,validation,test}.csv` (each written atomically). Missing values stay
-/// empty fields. A streamed source and image columns are refused.
+/// `drop_duplicates`, `bad_rows`, `split`, `seed`) and writes each split's rows, every column,
+/// to `out/{train,validation,test}.csv` (each written atomically, with the config's delimiter).
+/// Numbers are written in their shortest exact form, missing values as empty fields; rows
+/// whose target is missing stay in (training skips them). Refused: a language model (its text
+/// splits by `text.val_fraction`), a streamed source (it splits by each line's hash, which
+/// this in-memory split does not reproduce), image columns, and an output that is an input.
 pub fn write_split_files(config: &Config, out: &Path) -> Result<SplitFiles> {
+    if config.model.kind == kiln_config::ModelKind::Gpt {
+        return Err(KilnError::Invalid(format!(
+            "{}: a GPT language model splits its text by text.val_fraction, not into rows",
+            config.data.source
+        )));
+    }
     let config = crate::pipeline::resolve_streaming(config.clone());
     if config.data.streaming == Streaming::On {
         return Err(KilnError::Invalid(format!(
-            "{}: data.streaming is on (or the source is too large to hold); split files are \
-             written from a table in memory: set data.streaming = \"off\"",
+            "{}: data.streaming is on (or the source is too large to hold in memory): a streamed \
+             run splits by each line's hash, which split files read into memory cannot reproduce",
             config.data.source
         )));
+    }
+    let names = ["train", "validation", "test"];
+    for input in [Some(&config.data.source), config.data.test_source.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let input = Path::new(input);
+        for name in names {
+            let path = out.join(format!("{name}.csv"));
+            if same_file(&path, input) {
+                return Err(KilnError::Output {
+                    path: path.display().to_string(),
+                    message: "this is the data source; write the split files to another --out"
+                        .into(),
+                });
+            }
+        }
     }
     let mut table = crate::load_table(&config.data.source, &config)?;
     let read = table.num_rows();
@@ -53,14 +79,15 @@ pub fn write_split_files(config: &Config, out: &Path) -> Result<SplitFiles> {
             config.data.source, table.names[i]
         )));
     }
-    let mut parts = vec![("train", &split.train), ("validation", &split.validation)];
+    let mut parts = vec![(names[0], &split.train), (names[1], &split.validation)];
     if config.data.test_source.is_none() {
-        parts.push(("test", &split.test));
+        parts.push((names[2], &split.test));
     }
+    let delimiter = config.data.delimiter.unwrap_or(',');
     let mut files = Vec::new();
     for (name, rows) in parts {
         let path = out.join(format!("{name}.csv"));
-        let bytes = csv_bytes(&table, rows).map_err(|e| KilnError::Output {
+        let bytes = csv_bytes(&table, rows, delimiter).map_err(|e| KilnError::Output {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
@@ -75,8 +102,12 @@ pub fn write_split_files(config: &Config, out: &Path) -> Result<SplitFiles> {
 }
 
 /// `rows` of `table` as CSV: a header of the column names, then one record a row.
-fn csv_bytes(table: &Table, rows: &[usize]) -> csv::Result<Vec<u8>> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
+fn csv_bytes(table: &Table, rows: &[usize], delimiter: char) -> csv::Result<Vec<u8>> {
+    // The config allows ASCII delimiters only.
+    let delimiter = u8::try_from(delimiter).unwrap_or(b',');
+    let mut writer = csv::WriterBuilder::new()
+        .delimiter(delimiter)
+        .from_writer(Vec::new());
     writer.write_record(&table.names)?;
     let mut record = Vec::with_capacity(table.columns.len());
     for &row in rows {
@@ -92,4 +123,19 @@ fn csv_bytes(table: &Table, rows: &[usize]) -> csv::Result<Vec<u8>> {
     writer
         .into_inner()
         .map_err(|e| csv::Error::from(e.into_error()))
+}
+
+/// Whether `a` and `b` name one file (both canonicalised; a path that does not exist yet is
+/// compared through its folder).
+fn same_file(a: &Path, b: &Path) -> bool {
+    fn canonical(p: &Path) -> Option<PathBuf> {
+        p.canonicalize().ok().or_else(|| {
+            let parent = p.parent().filter(|d| !d.as_os_str().is_empty())?;
+            Some(parent.canonicalize().ok()?.join(p.file_name()?))
+        })
+    }
+    match (canonical(a), canonical(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
 }
