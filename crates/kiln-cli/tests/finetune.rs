@@ -543,6 +543,15 @@ fn fine_tuned_lora_and_gpt_onnx_exports_match_kiln_in_onnxruntime() {
                 "trainer.epochs=1",
             ],
         ),
+        (
+            "gpt-both-ways",
+            vec![
+                "model.pretrained=\"gpt-hf\"",
+                "model.causal=false",
+                "model.context=32",
+                "trainer.epochs=1",
+            ],
+        ),
         ("full", vec!["trainer.epochs=2", "model.pooling=\"cls\""]),
         (
             "lora",
