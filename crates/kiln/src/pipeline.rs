@@ -423,11 +423,9 @@ mod tests {
     }
 }
 
-/// Loads, cleans, splits and preprocesses the data of `config`.
-pub fn prepare(config: &Config) -> Result<PreparedData> {
-    if config.data.streaming == kiln_config::Streaming::On {
-        return prepare_streamed(config);
-    }
+/// The in-memory source of `config`, loaded, cleaned (duplicates, bad values) and split, as
+/// training uses it (`kiln data split` writes the same rows).
+pub(crate) fn load_and_split(config: &Config) -> Result<(Table, Schema, Split)> {
     let mut table = load_table(&config.data.source, config)?;
     if config.data.drop_duplicates {
         table.drop_duplicates();
@@ -435,6 +433,15 @@ pub fn prepare(config: &Config) -> Result<PreparedData> {
     let schema = kiln_data::infer_schema(&table, config)?;
     kiln_data::drop_bad_values(&mut table, &schema, config.data.bad_rows)?;
     let split = kiln_data::split_rows(&table, &schema, &config.data, config.seed)?;
+    Ok((table, schema, split))
+}
+
+/// Loads, cleans, splits and preprocesses the data of `config`.
+pub fn prepare(config: &Config) -> Result<PreparedData> {
+    if config.data.streaming == kiln_config::Streaming::On {
+        return prepare_streamed(config);
+    }
+    let (table, schema, split) = load_and_split(config)?;
     let all: Vec<usize> = (0..table.num_rows()).collect();
     let preprocessor = Preprocessor::fit(&table, &schema, &split.train, &all)?;
     let train = preprocessor.transform(&table, &split.train, true, true)?;

@@ -18,7 +18,7 @@ pub struct SplitFiles {
     /// `train.csv`, `validation.csv` and (unless `data.test_source` gives the test rows)
     /// `test.csv`, with their row counts.
     pub files: Vec<(PathBuf, usize)>,
-    /// Rows dropped by cleaning before the split (duplicates, bad values).
+    /// Rows of the source not in the files: malformed and skipped, duplicates, bad values.
     pub dropped: usize,
 }
 
@@ -61,14 +61,8 @@ pub fn write_split_files(config: &Config, out: &Path) -> Result<SplitFiles> {
             }
         }
     }
-    let mut table = crate::load_table(&config.data.source, &config)?;
-    let read = table.num_rows();
-    if config.data.drop_duplicates {
-        table.drop_duplicates();
-    }
-    let schema = kiln_data::infer_schema(&table, &config)?;
-    kiln_data::drop_bad_values(&mut table, &schema, config.data.bad_rows)?;
-    let split = kiln_data::split_rows(&table, &schema, &config.data, config.seed)?;
+    let (table, _, split) = crate::pipeline::load_and_split(&config)?;
+    let read = table.report.rows_read;
     if let Some(i) = table
         .columns
         .iter()
@@ -97,7 +91,7 @@ pub fn write_split_files(config: &Config, out: &Path) -> Result<SplitFiles> {
     Ok(SplitFiles {
         source: config.data.source.clone(),
         files,
-        dropped: read - table.num_rows(),
+        dropped: read.saturating_sub(table.num_rows()),
     })
 }
 
