@@ -126,6 +126,109 @@ fn a_causal_encoder_from_scratch_learns_and_differs_from_the_bidirectional_one()
     assert_ne!(losses[0], losses[1], "the mask changes the network");
 }
 
+/// Reviews of 24–28 filler words whose one sentiment word sits between words 12 and 20:
+/// never in the first 10 tokens.
+fn long_reviews_csv(rows: usize, seed: u64) -> String {
+    let mut state = seed;
+    let mut next = move |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % n
+    };
+    let filler = ["the", "film", "was", "a", "plot", "with", "actors", "and", "music"];
+    let mut out = String::from("id,review,sentiment\n");
+    for i in 0..rows {
+        let positive = next(2) == 0;
+        let at = 12 + next(8);
+        let words: Vec<&str> = (0..24 + next(5))
+            .map(|w| match w {
+                _ if w == at && positive => ["great", "superb"][next(2)],
+                _ if w == at => ["awful", "boring"][next(2)],
+                _ => filler[next(filler.len())],
+            })
+            .collect();
+        let label = if positive { "pos" } else { "neg" };
+        out.push_str(&format!("r{i},\"{}\",{label}\n", words.join(" ")));
+    }
+    out
+}
+
+#[test]
+fn windows_let_a_classifier_read_past_its_context() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reviews.csv"), long_reviews_csv(800, 3)).unwrap();
+    std::fs::write(dir.path().join("text.toml"), CONFIG).unwrap();
+    let train = |windows: usize| {
+        let args = [
+            "train",
+            "text.toml",
+            "--json",
+            "--set",
+            "trainer.epochs=10",
+            "--set",
+            "model.context=10",
+        ];
+        let windows_set = format!("text.windows={windows}");
+        let name = format!("output.name=\"windows-{windows}\"");
+        kiln_json(
+            dir.path(),
+            &[&args[..], &["--set", &windows_set, "--set", &name]].concat(),
+        )
+    };
+    // One window of 10 tokens never holds the sentiment word: a coin toss.
+    let one = train(1);
+    let acc = one["test"]["accuracy"].as_f64().unwrap();
+    assert!(acc < 0.7, "one window: held-out accuracy {acc}");
+    // Three windows of 10 hold all of it; the windows' pooled states are averaged.
+    let three = train(3);
+    let acc = three["test"]["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.9, "three windows: held-out accuracy {acc}");
+    let run = dir.path().join(three["run_dir"].as_str().unwrap());
+    // predict and eval read new text in windows too.
+    std::fs::write(
+        dir.path().join("new.csv"),
+        "id,review\nn1,\"the film was a plot with actors and music the film was a plot superb the film\"\nn2,\"the film was a plot with actors and music the film was a plot awful the film\"\nn3,\"\"\n",
+    )
+    .unwrap();
+    let r = run.to_str().unwrap();
+    kiln_ok(
+        dir.path(),
+        &["predict", r, "--data", "new.csv", "--out", "pred.csv"],
+    );
+    let pred = std::fs::read_to_string(dir.path().join("pred.csv")).unwrap();
+    let lines: Vec<&str> = pred.lines().collect();
+    assert_eq!(lines.len(), 4, "{pred}");
+    assert!(lines[1].ends_with("pos") && lines[2].ends_with("neg"), "{pred}");
+    std::fs::write(dir.path().join("more.csv"), long_reviews_csv(200, 99)).unwrap();
+    let eval = kiln_json(dir.path(), &["eval", r, "--data", "more.csv", "--json"]);
+    assert!(eval["test"]["accuracy"].as_f64().unwrap() >= 0.9, "{eval}");
+    // Windows are for text classifiers; the overlap needs windows and room.
+    for (setting, key) in [
+        ("text.window_overlap=2", "text.window_overlap"),
+        ("text.windows=0", "text.windows"),
+        ("text.windows=65", "text.windows"),
+    ] {
+        let err = kiln_err(
+            dir.path(),
+            &["train", "text.toml", "--set", setting],
+        );
+        assert!(err.contains(key), "{setting}: {err}");
+    }
+    let err = kiln_err(
+        dir.path(),
+        &[
+            "train",
+            "text.toml",
+            "--set",
+            "text.windows=2",
+            "--set",
+            "text.window_overlap=5",
+        ],
+    );
+    assert!(err.contains("half of model.context"), "{err}");
+}
+
 #[test]
 fn text_configuration_mistakes_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -583,6 +583,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             ));
         }
     }
+    validate_windows(c)?;
     validate_pretrained(c)?;
     let t = &c.trainer;
     if t.epochs == 0 {
@@ -684,6 +685,47 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
 }
 
 /// The keys of pretrained fine-tuning, LoRA and distillation.
+/// Most windows a text may be read in.
+pub const MAX_TEXT_WINDOWS: usize = 64;
+
+fn validate_windows(c: &Config) -> Result<(), Invalid> {
+    let t = &c.text;
+    if !(1..=MAX_TEXT_WINDOWS).contains(&t.windows) {
+        return Err(bad(
+            "text.windows",
+            format!(
+                "expected 1 to {MAX_TEXT_WINDOWS} windows per text, got {}",
+                t.windows
+            ),
+        ));
+    }
+    if t.windows > 1 && c.model.kind != ModelKind::Transformer {
+        return Err(bad(
+            "text.windows",
+            format!(
+                "model.type = \"{}\" does not read text in windows; windows are for text classifiers (model.type = \"transformer\")",
+                format!("{:?}", c.model.kind).to_lowercase()
+            ),
+        ));
+    }
+    if t.window_overlap > 0 && t.windows == 1 {
+        return Err(bad(
+            "text.window_overlap",
+            "one window has nothing to overlap: set text.windows above 1",
+        ));
+    }
+    if t.window_overlap > 0 && t.window_overlap >= c.model.context / 2 {
+        return Err(bad(
+            "text.window_overlap",
+            format!(
+                "{} tokens of overlap leave each window little new text: expected less than half of model.context ({})",
+                t.window_overlap, c.model.context
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_pretrained(c: &Config) -> Result<(), Invalid> {
     let m = &c.model;
     if m.pretrained.is_some() && m.kind != ModelKind::Transformer {

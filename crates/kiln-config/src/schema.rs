@@ -1018,8 +1018,16 @@ pub struct TextConfig {
     pub lowercase: bool,
     /// Fraction of the corpus (its end) held out for validation.
     pub val_fraction: f64,
-    /// Which tokens of a text longer than `model.context` a text feature keeps.
+    /// Which tokens of a text longer than the windows hold a text feature keeps.
     pub truncation: Truncation,
+    /// Windows of `model.context` tokens a text classifier reads per text (1: one window). A
+    /// longer text is cut into consecutive windows, each with the model's special tokens;
+    /// the model pools each window and averages the windows that hold text (Hugging Face's
+    /// overflowing tokens, averaged per document).
+    pub windows: usize,
+    /// Tokens each window repeats from the end of the one before it (Hugging Face's
+    /// `stride`), so no token loses all its context at a window boundary.
+    pub window_overlap: usize,
 }
 
 /// Which tokens of a text longer than the model's context a text feature keeps.
@@ -1055,6 +1063,8 @@ impl Default for TextConfig {
             lowercase: false,
             val_fraction: 0.1,
             truncation: Truncation::Head,
+            windows: 1,
+            window_overlap: 0,
         }
     }
 }

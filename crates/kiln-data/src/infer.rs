@@ -47,6 +47,16 @@ pub struct ColumnPlan {
     /// pretrained model it belongs to saw them.
     #[serde(default)]
     pub special_tokens: bool,
+    /// Windows of `max_tokens` a long text is read in (`text.windows`).
+    #[serde(default = "one")]
+    pub windows: usize,
+    /// Tokens a window repeats from the one before it (`text.window_overlap`).
+    #[serde(default)]
+    pub window_overlap: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The resolved roles of all columns.
@@ -443,6 +453,16 @@ pub fn infer_schema(table: &Table, config: &Config) -> Result<Schema> {
                 && config.model.pretrained.is_none(),
             truncation: config.text.truncation,
             special_tokens: kind == FeatureType::Text && config.model.pretrained.is_some(),
+            windows: if kind == FeatureType::Text {
+                config.text.windows
+            } else {
+                1
+            },
+            window_overlap: if kind == FeatureType::Text {
+                config.text.window_overlap
+            } else {
+                0
+            },
         });
     }
     if features.is_empty() {

@@ -92,6 +92,13 @@ pub enum FeatureTransform {
         /// counted in `max_tokens`.
         #[serde(default)]
         special_tokens: Option<SpecialTokens>,
+        /// Windows of `max_tokens` a text is read in, each with the special tokens around
+        /// it; absent in older runs (one window).
+        #[serde(default = "one_window")]
+        windows: usize,
+        /// Tokens each window repeats from the end of the window before it.
+        #[serde(default)]
+        window_overlap: usize,
     },
 }
 
@@ -137,6 +144,24 @@ impl FeatureTransform {
 
 fn one_channel() -> usize {
     1
+}
+
+fn one_window() -> usize {
+    1
+}
+
+/// Text tokens (special tokens not counted) that `windows` windows of `max_tokens` hold,
+/// each window with `specials` special tokens and repeating `overlap` tokens of the one
+/// before; `None` when a window has no room beyond its overlap.
+pub fn window_capacity(
+    max_tokens: usize,
+    specials: usize,
+    windows: usize,
+    overlap: usize,
+) -> Option<usize> {
+    let room = max_tokens.checked_sub(specials)?;
+    let step = room.checked_sub(overlap).filter(|&s| s > 0)?;
+    Some(room + (windows.max(1) - 1) * step)
 }
 
 /// A per-channel statistic: a list, or the one number a grey image's run recorded.
@@ -259,8 +284,11 @@ pub struct Encoded {
     pub categories: Vec<u32>,
     /// Token ids of the text feature, `rows * seq_len` values, 0-padded at the end.
     pub tokens: Vec<u32>,
-    /// Tokens per row of `tokens` (0 without a text feature).
+    /// Tokens per row of `tokens`, all windows (0 without a text feature).
     pub seq_len: usize,
+    /// Windows per row of `tokens`, `seq_len / windows` tokens each, each 0-padded at its
+    /// end (1 when texts are read in one window).
+    pub windows: usize,
     /// Texts cut to `seq_len` tokens.
     pub texts_truncated: usize,
     /// Table size of each embedded feature (known categories + 1).
@@ -292,6 +320,21 @@ impl Encoded {
             .map_or(0, |p| p + 1)
     }
 
+    /// Tokens per window of `tokens`.
+    pub fn window_len(&self) -> usize {
+        self.seq_len / self.windows.max(1)
+    }
+
+    /// Tokens (before padding) in window `w` of row `i`.
+    pub fn window_text_len(&self, i: usize, w: usize) -> usize {
+        let t = self.window_len();
+        let start = i * self.seq_len + w * t;
+        self.tokens[start..start + t]
+            .iter()
+            .rposition(|&v| v != 0)
+            .map_or(0, |p| p + 1)
+    }
+
     /// [`text_len`](Self::text_len) of every row; empty without a text feature.
     pub fn text_lengths(&self) -> Vec<usize> {
         if self.seq_len == 0 {
@@ -305,6 +348,7 @@ impl Encoded {
     pub fn append(&mut self, other: Encoded, row_offset: usize) -> Result<()> {
         if other.shape != self.shape
             || other.seq_len != self.seq_len
+            || other.windows != self.windows
             || other.cardinalities != self.cardinalities
         {
             return Err(DataError::Invalid(
@@ -402,6 +446,7 @@ impl Encoded {
             categories,
             tokens,
             seq_len: t,
+            windows: self.windows,
             texts_truncated: self.texts_truncated,
             cardinalities: self.cardinalities.clone(),
             y: self.y.as_ref().map(|y| y.select(idx)),
@@ -657,14 +702,28 @@ impl Preprocessor {
                 } else {
                     None
                 };
+                let max_tokens = plan.max_tokens.max(1);
+                let specials = special_tokens
+                    .as_ref()
+                    .map_or(0, |s| s.before.len() + s.after.len());
+                if window_capacity(max_tokens, specials, plan.windows, plan.window_overlap)
+                    .is_none()
+                {
+                    return Err(DataError::Invalid(format!(
+                        "text feature \"{}\": text.window_overlap = {} leaves no new text in a window of {} tokens ({specials} of them special)",
+                        plan.name, plan.window_overlap, max_tokens
+                    )));
+                }
                 FeatureTransform::Text {
                     name: plan.name.clone(),
                     tokenizer: json,
                     vocab_size: tokenizer.vocab_size() + 1,
-                    max_tokens: plan.max_tokens.max(1),
-                    head_tokens: Some(plan.truncation.head_tokens(plan.max_tokens.max(1))),
+                    max_tokens,
+                    head_tokens: Some(plan.truncation.head_tokens(plan.windows.max(1) * max_tokens)),
                     drop_missing,
                     special_tokens,
+                    windows: plan.windows.max(1),
+                    window_overlap: plan.window_overlap,
                 }
             }
             _ => unreachable!("a pass fits numbers and categories"),
@@ -920,12 +979,31 @@ impl Preprocessor {
                     vocab_size,
                     max_tokens,
                     head_tokens,
+                    special_tokens,
+                    windows,
+                    window_overlap,
                     ..
                 } => {
-                    if *max_tokens == 0 || head_tokens.is_some_and(|h| h > *max_tokens) {
+                    if *max_tokens == 0
+                        || head_tokens.is_some_and(|h| h > *max_tokens * *windows)
+                    {
                         return Err(invalid(
                             name,
                             format!("max_tokens {max_tokens}, head_tokens {head_tokens:?}"),
+                        ));
+                    }
+                    let specials = special_tokens
+                        .as_ref()
+                        .map_or(0, |s| s.before.len() + s.after.len());
+                    if !(1..=kiln_config::MAX_TEXT_WINDOWS).contains(windows)
+                        || window_capacity(*max_tokens, specials, *windows, *window_overlap)
+                            .is_none()
+                    {
+                        return Err(invalid(
+                            name,
+                            format!(
+                                "{windows} windows of {max_tokens} tokens ({specials} special) overlapping by {window_overlap}"
+                            ),
                         ));
                     }
                     let t = TextTokenizer::from_json(tokenizer)
@@ -990,6 +1068,17 @@ impl Preprocessor {
             } => Some((*vocab_size, *max_tokens)),
             _ => None,
         })
+    }
+
+    /// Windows a text is read in (1 without a text feature or without windows).
+    pub fn text_windows(&self) -> usize {
+        self.features
+            .iter()
+            .find_map(|f| match f {
+                FeatureTransform::Text { windows, .. } => Some(*windows),
+                _ => None,
+            })
+            .unwrap_or(1)
     }
 
     /// Number of classes (1 for regression: one output).
@@ -1070,7 +1159,8 @@ impl Preprocessor {
                 _ => Ok(None),
             })
             .collect::<Result<_>>()?;
-        let seq_len = self.text_input().map(|(_, t)| t).unwrap_or(0);
+        let windows = self.text_windows();
+        let seq_len = self.text_input().map(|(_, t)| t * windows).unwrap_or(0);
         let mut out = Encoded {
             x: Vec::with_capacity(rows.len() * size),
             rows: 0,
@@ -1078,6 +1168,7 @@ impl Preprocessor {
             categories: Vec::with_capacity(rows.len() * cardinalities.len()),
             tokens: Vec::with_capacity(rows.len() * seq_len),
             seq_len,
+            windows,
             texts_truncated: 0,
             cardinalities: cardinalities.clone(),
             y: None,
@@ -1292,6 +1383,8 @@ impl Preprocessor {
                         head_tokens,
                         drop_missing,
                         special_tokens,
+                        windows,
+                        window_overlap,
                         ..
                     } => {
                         let text = match column.text(r) {
@@ -1311,11 +1404,18 @@ impl Preprocessor {
                             .map(|s| (s.before.as_slice(), s.after.as_slice()))
                             .unwrap_or_default();
                         let room = max_tokens.saturating_sub(before.len() + after.len());
+                        let capacity = window_capacity(
+                            *max_tokens,
+                            before.len() + after.len(),
+                            *windows,
+                            *window_overlap,
+                        )
+                        .unwrap_or(room);
                         let (ids, truncated) = tokenizer
                             .encode_head_tail(
                                 &text,
-                                room,
-                                head_tokens.unwrap_or(*max_tokens).min(room),
+                                capacity,
+                                head_tokens.unwrap_or(*max_tokens).min(capacity),
                             )
                             .map_err(|e| DataError::BadValue {
                                 path: table.origin.clone(),
@@ -1324,9 +1424,22 @@ impl Preprocessor {
                                 message: e.to_string(),
                             })?;
                         out.texts_truncated += usize::from(truncated);
-                        let ids = before.iter().chain(&ids).chain(after);
-                        row_tokens.extend(ids.map(|&id| id + 1));
-                        row_tokens.resize(*max_tokens, 0);
+                        // Consecutive windows of `room` text tokens, each repeating the last
+                        // `window_overlap` of the one before, each between the special tokens
+                        // and padded to `max_tokens`; windows after the text are padding.
+                        let step = room.saturating_sub(*window_overlap).max(1);
+                        let mut start = 0;
+                        loop {
+                            let end = (start + room).min(ids.len());
+                            let window = before.iter().chain(&ids[start..end]).chain(after);
+                            row_tokens.extend(window.map(|&id| id + 1));
+                            row_tokens.resize(row_tokens.len().next_multiple_of(*max_tokens), 0);
+                            if end >= ids.len() {
+                                break;
+                            }
+                            start += step;
+                        }
+                        row_tokens.resize(*max_tokens * *windows, 0);
                     }
                 }
             }

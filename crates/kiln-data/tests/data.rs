@@ -496,6 +496,92 @@ fn text_becomes_shifted_token_ids_padded_and_truncated() {
     }
 }
 
+#[test]
+fn a_long_text_is_cut_into_overlapping_windows_each_padded_to_the_context() {
+    let t = csv_table(&reviews(40));
+    let mut c = config("label");
+    c.model.kind = kiln_config::ModelKind::Transformer;
+    c.model.context = 8;
+    c.text.tokenizer = "char".into();
+    c.text.windows = 3;
+    c.text.window_overlap = 2;
+    c.features = vec![FeatureConfig {
+        name: "id".into(),
+        kind: Some(FeatureType::Ignore),
+        missing: None,
+        fill_value: None,
+        normalization: None,
+        encoding: None,
+        embedding_dim: None,
+    }];
+    let schema = infer_schema(&t, &c).unwrap();
+    let rows: Vec<usize> = (0..40).collect();
+    let p = Preprocessor::fit(&t, &schema, &rows, &rows).unwrap();
+    assert_eq!(p.text_input().unwrap().1, 8, "max_tokens is one window");
+    assert_eq!(p.text_windows(), 3);
+    let e = p.transform(&t, &rows, true, true).unwrap();
+    assert_eq!((e.seq_len, e.windows, e.window_len()), (24, 3, 8));
+    assert_eq!(e.tokens.len(), 40 * 24);
+    let json = p.features.iter().find_map(|f| match f {
+        kiln_data::FeatureTransform::Text { tokenizer, .. } => Some(tokenizer),
+        _ => None,
+    });
+    let tk = kiln_text::TextTokenizer::from_json(json.unwrap()).unwrap();
+    let text_of = |ids: &[u32]| -> String {
+        ids.iter()
+            .filter(|&&id| id > 0)
+            .map(|&id| tk.decode(&[id - 1]).unwrap())
+            .collect()
+    };
+    let column = t.column("review", "feature").unwrap();
+    let mut truncated = 0;
+    for r in 0..40 {
+        let chars: Vec<char> = column.text(r).unwrap().chars().collect();
+        // Windows of 8 characters starting every 6: 8 + 6 + 6 = 20 characters kept.
+        let windows: Vec<String> = (0..3)
+            .map(|w| text_of(&e.tokens[r * 24 + w * 8..r * 24 + (w + 1) * 8]))
+            .collect();
+        for (w, window) in windows.iter().enumerate() {
+            let start = (6 * w).min(chars.len());
+            let expected: String = if w > 0 && 6 * w + 2 >= chars.len() {
+                String::new() // the window before held the end of the text
+            } else {
+                chars[start..(start + 8).min(chars.len())].iter().collect()
+            };
+            assert_eq!(*window, expected, "row {r} window {w}");
+            let len = e.window_text_len(r, w);
+            assert_eq!(len, window.chars().count(), "padding only after the text");
+        }
+        truncated += usize::from(chars.len() > 20);
+    }
+    assert_eq!(e.texts_truncated, truncated);
+    assert!(truncated > 0 && truncated < 40, "{truncated}");
+    // head_tail splits the 20 kept characters: the first 6 (a quarter of 3 × 8), the last 14.
+    c.text.truncation = kiln_config::Truncation::HeadTail;
+    let schema = infer_schema(&t, &c).unwrap();
+    let p = Preprocessor::fit(&t, &schema, &rows, &rows).unwrap();
+    let e = p.transform(&t, &rows, true, true).unwrap();
+    let r = (0..40)
+        .find(|&r| column.text(r).unwrap().chars().count() > 20)
+        .unwrap();
+    let chars: Vec<char> = column.text(r).unwrap().chars().collect();
+    let mut kept: Vec<char> = chars[..6].to_vec();
+    kept.extend(&chars[chars.len() - 14..]);
+    let windows: Vec<String> = (0..3)
+        .map(|w| text_of(&e.tokens[r * 24 + w * 8..r * 24 + (w + 1) * 8]))
+        .collect();
+    let expected: Vec<String> = [0, 6, 12]
+        .iter()
+        .map(|&s| kept[s..s + 8].iter().collect())
+        .collect();
+    assert_eq!(windows, expected);
+    // An overlap that leaves a window no new text is refused when fitting.
+    c.text.window_overlap = 8;
+    let schema = infer_schema(&t, &c).unwrap();
+    let err = Preprocessor::fit(&t, &schema, &rows, &rows).unwrap_err();
+    assert!(err.to_string().contains("window_overlap"), "{err}");
+}
+
 /// Numbers that are finite in f64 but not in f32 are not numbers to kiln: they would reach
 /// the model as `inf`.
 #[test]

@@ -191,6 +191,14 @@ pub fn network(
             spec.embeddings.len()
         ));
     }
+    let windows = preprocessor.text_windows();
+    let in_windows = if windows > 1 {
+        format!(
+            ", {windows} windows of sequence / {windows} each (the model averages those that hold a token)"
+        )
+    } else {
+        String::new()
+    };
     if let Some(text) = &spec.text {
         let tokens = g.input(
             inputs::TOKENS,
@@ -198,11 +206,13 @@ pub fn network(
             &[batch.clone(), Dim::Named("sequence")],
             "token ids + 1 (0 = padding), at most max_tokens per row",
         );
-        parts.push(text_encoder(&mut g, w, text, &tokens)?);
+        parts.push(in_token_windows(&mut g, &tokens, windows, text.output_width(), |g, t| {
+            text_encoder(g, w, text, t)
+        })?);
         docs.push(format!(
-            "{}: i64 [batch, sequence <= {}], tokenizer id + 1, 0 = padding",
+            "{}: i64 [batch, sequence <= {}], tokenizer id + 1, 0 = padding{in_windows}",
             inputs::TOKENS,
-            text.max_tokens
+            text.max_tokens * windows
         ));
     }
     if let Some(pretrained) = &spec.pretrained {
@@ -213,11 +223,14 @@ pub fn network(
             "token ids + 1 (0 = padding), [CLS] and [SEP] included",
         );
         let merged = w.with_lora_merged(spec)?;
-        parts.push(bert_encoder(&mut g, &merged, pretrained, &tokens)?);
+        let width = pretrained.output_width();
+        parts.push(in_token_windows(&mut g, &tokens, windows, width, |g, t| {
+            bert_encoder(g, &merged, pretrained, t)
+        })?);
         docs.push(format!(
-            "{}: i64 [batch, sequence <= {}], pretrained tokenizer id + 1 with its special tokens, 0 = padding",
+            "{}: i64 [batch, sequence <= {}], pretrained tokenizer id + 1 with its special tokens, 0 = padding{in_windows}",
             inputs::TOKENS,
-            pretrained.bert.max_position_embeddings
+            pretrained.bert.max_position_embeddings * windows
         ));
     }
     let mut h = match parts.len() {
@@ -282,6 +295,47 @@ pub fn network(
         }
     }
     Ok(g.finish("kiln model with its dense preprocessing", metadata))
+}
+
+/// `encode` (token ids `[N, T]` to pooled states `[N, width]`) of `tokens`: with one window,
+/// of the rows as they are; otherwise of each row's `windows` windows (`[batch, windows * T]`),
+/// the pooled states of the windows that hold a token averaged (none: zeros), as kiln-models.
+fn in_token_windows(
+    g: &mut GraphBuilder,
+    tokens: &str,
+    windows: usize,
+    width: usize,
+    encode: impl FnOnce(&mut GraphBuilder, &str) -> Result<String, ExportError>,
+) -> Result<String, ExportError> {
+    if windows <= 1 {
+        return encode(g, tokens);
+    }
+    let shape = g.const_i64("window_shape", &[3], &[0, windows as i64, -1]);
+    let split = g.op("Reshape", &[tokens, &shape], &[]); // [B, W, T]
+    let flat = g.op("Flatten", &[&split], &[("axis", Attr::Int(2))]); // [B * W, T]
+    let pooled = encode(g, &flat)?; // [B * W, width]
+    let shape = g.const_i64("pooled_shape", &[3], &[-1, windows as i64, width as i64]);
+    let pooled = g.op("Reshape", &[&pooled, &shape], &[]); // [B, W, width]
+    let zero = g.const_i64("window_pad", &[], &[0]);
+    let pad = g.op("Equal", &[&split, &zero], &[]);
+    let real = g.op("Not", &[&pad], &[]);
+    let real = layers::to_float(g, &real);
+    let used = g.op(
+        "ReduceMax",
+        &[&real],
+        &[("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(1))],
+    ); // [B, W, 1]
+    let masked = g.op("Mul", &[&pooled, &used], &[]);
+    let axis1 = g.const_i64("window_axis", &[1], &[1]);
+    let sum = g.op(
+        "ReduceSum",
+        &[&masked, &axis1],
+        &[("keepdims", Attr::Int(0))],
+    ); // [B, width]
+    let count = g.op("ReduceSum", &[&used, &axis1], &[("keepdims", Attr::Int(0))]); // [B, 1]
+    let one = g.const_f32("one_window", &[], &[1.0]);
+    let count = g.op("Max", &[&count, &one], &[]);
+    Ok(g.op("Div", &[&sum, &count], &[]))
 }
 
 /// The text encoder: embeddings, bidirectional blocks with a padding mask, final LayerNorm,

@@ -5,7 +5,7 @@ use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear,
     LinearConfig, PaddingConfig2d,
 };
-use burn::prelude::{Device, Int, Tensor};
+use burn::prelude::{Device, Int, Tensor, TensorData};
 use burn::tensor::activation;
 use kiln_config::{Activation, ModelKind, Pooling};
 
@@ -59,6 +59,9 @@ pub struct Inputs {
     pub categories: Option<Tensor<2, Int>>,
     /// Token ids `[batch, tokens]` (0 = padding), when the model reads text.
     pub tokens: Option<Tensor<2, Int>>,
+    /// Windows each row of `tokens` holds, `tokens / token_windows` ids each: the model
+    /// pools every window that holds a token and averages them (1: the row is one window).
+    pub token_windows: usize,
 }
 
 impl Inputs {
@@ -68,6 +71,7 @@ impl Inputs {
             x: Some(x),
             categories: None,
             tokens: None,
+            token_windows: 1,
         }
     }
 }
@@ -303,14 +307,18 @@ impl Network {
         }
         if let Some(encoder) = &self.text {
             let tokens = inputs.tokens.expect("the model reads text: pass token ids");
-            parts.push(encoder.forward(tokens));
+            parts.push(pool_windows(tokens, inputs.token_windows, |t| {
+                encoder.forward(t)
+            }));
         } else if let Some(bert) = &self.bert {
-            // Token ids are the tokenizer's + 1, 0 pads.
             let tokens = inputs.tokens.expect("the model reads text: pass token ids");
-            let pad = tokens.clone().equal_elem(0);
-            let padding = padding_on_host(&pad);
-            let states = bert.forward((tokens - 1).clamp_min(0), padding);
-            parts.push(pool(states, pad, self.pooling));
+            parts.push(pool_windows(tokens, inputs.token_windows, |tokens| {
+                // Token ids are the tokenizer's + 1, 0 pads.
+                let pad = tokens.clone().equal_elem(0);
+                let padding = padding_on_host(&pad);
+                let states = bert.forward((tokens - 1).clamp_min(0), padding);
+                pool(states, pad, self.pooling)
+            }));
         }
         let mut h = if parts.len() == 1 {
             parts.pop().expect("one part")
@@ -327,6 +335,53 @@ impl Network {
         }
         crate::ops::linear(&self.output, h)
     }
+}
+
+/// `encode` (token ids `[N, T]` to pooled states `[N, C]`) of each row of `tokens`
+/// `[B, windows * T]`: with one window, of the row; otherwise of the windows that hold a
+/// token only, their pooled states averaged per row (a row without any pools to zeros).
+fn pool_windows(
+    tokens: Tensor<2, Int>,
+    windows: usize,
+    encode: impl Fn(Tensor<2, Int>) -> Tensor<2>,
+) -> Tensor<2> {
+    if windows <= 1 {
+        return encode(tokens);
+    }
+    let [b, width] = tokens.dims();
+    assert!(
+        width.is_multiple_of(windows),
+        "{width} tokens per row do not split into {windows} windows"
+    );
+    let t = width / windows;
+    let device = tokens.device();
+    let tokens = tokens.reshape([b * windows, t]);
+    let pad = padding_on_host(&tokens.clone().equal_elem(0));
+    let used: Vec<usize> = (0..b * windows)
+        .filter(|&w| pad[w * t..(w + 1) * t].iter().any(|&p| !p))
+        .collect();
+    if used.is_empty() {
+        // Nothing but padding: every row pools as one empty window.
+        let first: Vec<i64> = (0..b).map(|r| (r * windows) as i64).collect();
+        let first = Tensor::<1, Int>::from_data(TensorData::new(first, [b]), &device);
+        return encode(tokens.select(0, first));
+    }
+    let mut count = vec![0usize; b];
+    for &w in &used {
+        count[w / windows] += 1;
+    }
+    // [B, used]: 1 / (windows the row uses) where window k belongs to the row.
+    let mut average = vec![0f32; b * used.len()];
+    for (k, &w) in used.iter().enumerate() {
+        let row = w / windows;
+        average[row * used.len() + k] = 1.0 / count[row] as f32;
+    }
+    let n = used.len();
+    let used: Vec<i64> = used.into_iter().map(|w| w as i64).collect();
+    let used = Tensor::<1, Int>::from_data(TensorData::new(used, [n]), &device);
+    let pooled = encode(tokens.select(0, used)); // [used, C]
+    let average = Tensor::<2>::from_data(TensorData::new(average, [b, n]), &device);
+    average.matmul(pooled)
 }
 
 /// A pretrained encoder with the spec's adapters and frozen parts.

@@ -150,6 +150,7 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
             x: None,
             categories: None,
             tokens: Some(tokens),
+            token_windows: 1,
         });
         common::mean_cross_entropy(out, &[0, 1, 2, 1])
     };
@@ -233,6 +234,7 @@ fn fused_and_generic_paths_agree_on_values_and_gradients() {
             x: None,
             categories: None,
             tokens: Some(tokens),
+            token_windows: 1,
         });
         ops::set_fused_kernels(true);
         common::values(out)

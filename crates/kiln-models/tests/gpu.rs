@@ -179,6 +179,7 @@ fn inference_and_generation_agree_with_the_cpu() {
             x: None,
             categories: None,
             tokens: Some(padded_tokens(d)),
+            token_windows: 1,
         }))
     };
     let d = common::max_diff(&infer(&text, &cpu), &infer(&text, gpu));

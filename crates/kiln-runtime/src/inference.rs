@@ -45,10 +45,13 @@ pub struct HostBatch {
     pub categories: Option<Vec<i64>>,
     /// Embedded features per row.
     pub categories_width: usize,
-    /// Token ids, `rows * tokens_width`, cut to the batch's longest text.
+    /// Token ids, `rows * tokens_width`, cut to the batch's longest text (longest window,
+    /// every window cut alike, when texts are read in windows).
     pub tokens: Option<Vec<i64>>,
     /// Tokens per row.
     pub tokens_width: usize,
+    /// Windows per row of `tokens` (1: the row is one window).
+    pub token_windows: usize,
 }
 
 impl HostBatch {
@@ -75,9 +78,16 @@ impl HostBatch {
             }
             c
         });
+        let windows = data.windows.max(1);
         // At least one column, so an all-empty batch still has a shape.
         let len = match t {
             0 => 0,
+            _ if windows > 1 => idx
+                .iter()
+                .flat_map(|&i| (0..windows).map(move |w| data.window_text_len(i, w)))
+                .max()
+                .unwrap_or(0)
+                .max(1),
             _ => idx
                 .iter()
                 .map(|&i| data.text_len(i))
@@ -86,9 +96,13 @@ impl HostBatch {
                 .max(1),
         };
         let tokens = (t > 0).then(|| {
-            let mut ids = Vec::with_capacity(idx.len() * len);
+            let mut ids = Vec::with_capacity(idx.len() * windows * len);
+            let window = data.window_len();
             for &i in idx {
-                ids.extend(data.tokens[i * t..i * t + len].iter().map(|&v| v as i64));
+                for w in 0..windows {
+                    let start = i * t + w * window;
+                    ids.extend(data.tokens[start..start + len].iter().map(|&v| v as i64));
+                }
             }
             ids
         });
@@ -99,7 +113,8 @@ impl HostBatch {
             categories,
             categories_width: ncat,
             tokens,
-            tokens_width: len,
+            tokens_width: windows * len,
+            token_windows: windows,
         }
     }
 
@@ -116,6 +131,7 @@ impl HostBatch {
             tokens: self.tokens.map(|ids| {
                 Tensor::<2, Int>::from_data(TensorData::new(ids, [n, self.tokens_width]), device)
             }),
+            token_windows: self.token_windows,
         }
     }
 }

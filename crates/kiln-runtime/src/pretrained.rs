@@ -574,6 +574,12 @@ impl PretrainedEncoder {
         }) else {
             return Err(unsupported("the run has no text feature".into()));
         };
+        let windows = run.preprocessor.text_windows();
+        if windows > 1 {
+            return Err(unsupported(format!(
+                "the run reads each text in {windows} windows of {max_tokens} tokens and averages them; kiln embed embeds one window per text"
+            )));
+        }
         let tokenizer = TextTokenizer::from_json(json)
             .and_then(|t| t.for_model(max_tokens))
             .map_err(tokenizer_error)?;

@@ -69,6 +69,7 @@ fn kiln_serve_bench_rows(
         categories: vec![0; rows * pre.cardinalities().len()],
         tokens: Vec::new(),
         seq_len: 0,
+        windows: 1,
         texts_truncated: 0,
         cardinalities: pre.cardinalities(),
         y: None,

@@ -319,6 +319,7 @@ mod tests {
             categories: Vec::new(),
             tokens: Vec::new(),
             seq_len: 0,
+            windows: 1,
             texts_truncated: 0,
             cardinalities: Vec::new(),
             y: None,

@@ -478,11 +478,12 @@ pub(crate) async fn infer_inputs(
         }
         if let (Body::Network { preprocessor, .. }, "tokens") = (&model.body, input.name.as_str())
             && let Some((_, max_tokens)) = preprocessor.text_input()
-            && t.shape[1] > max_tokens
+            && t.shape[1] > max_tokens * preprocessor.text_windows()
         {
-            return Err(ApiError::bad_request(format!(
-                "input \"tokens\": {} tokens per row; this model reads at most {max_tokens}",
-                t.shape[1]
+            return Err(ApiError::bad_request(tokens_too_long(
+                t.shape[1],
+                max_tokens,
+                preprocessor.text_windows(),
             )));
         }
         tensors.push((input.name.clone(), t));
@@ -584,25 +585,33 @@ async fn run(
                     ("tokens", Values::I64(v)) => {
                         let (vocab_size, max_tokens) =
                             preprocessor.text_input().expect("text model");
+                        let windows = preprocessor.text_windows();
                         let t = t.shape[1];
-                        if t > max_tokens {
-                            return Err(ApiError::bad_request(format!(
-                                "input \"tokens\": {t} tokens per row; this model reads at most {max_tokens}"
+                        if t > max_tokens * windows || !t.is_multiple_of(windows) {
+                            return Err(ApiError::bad_request(tokens_too_long(
+                                t, max_tokens, windows,
                             )));
                         }
-                        let mut out = Vec::with_capacity(rows * max_tokens);
+                        // A row holds `windows` windows of `t / windows` ids each; kiln's
+                        // rows hold windows of `max_tokens`.
+                        let per_window = t / windows;
+                        let mut out = Vec::with_capacity(rows * max_tokens * windows);
                         for (r, row) in v.chunks(t.max(1)).enumerate().take(rows) {
-                            for (j, &id) in row.iter().enumerate() {
-                                if id < 0 || id as usize >= vocab_size {
-                                    return Err(ApiError::bad_request(format!(
-                                        "input \"tokens\": row {r} position {j} is {id}; valid ids are 0..{vocab_size} (0 = padding)"
-                                    )));
+                            for (w, window) in row.chunks(per_window.max(1)).enumerate() {
+                                for (i, &id) in window.iter().enumerate() {
+                                    if id < 0 || id as usize >= vocab_size {
+                                        return Err(ApiError::bad_request(format!(
+                                            "input \"tokens\": row {r} position {} is {id}; valid ids are 0..{vocab_size} (0 = padding)",
+                                            w * per_window + i
+                                        )));
+                                    }
+                                    out.push(id as u32);
                                 }
-                                out.push(id as u32);
+                                out.resize((r * windows + w + 1) * max_tokens, 0);
                             }
-                            out.resize((r + 1) * max_tokens, 0);
+                            out.resize((r + 1) * windows * max_tokens, 0);
                         }
-                        out.resize(rows * max_tokens, 0);
+                        out.resize(rows * windows * max_tokens, 0);
                         encoded.tokens = out;
                     }
                     _ => unreachable!("datatypes checked against the model's inputs"),
@@ -708,5 +717,16 @@ async fn run(
                 values,
             }])
         }
+    }
+}
+
+/// The message for a `tokens` input row that does not fit the model's windows.
+fn tokens_too_long(t: usize, max_tokens: usize, windows: usize) -> String {
+    if windows == 1 {
+        format!("input \"tokens\": {t} tokens per row; this model reads at most {max_tokens}")
+    } else {
+        format!(
+            "input \"tokens\": {t} tokens per row; this model reads {windows} windows of at most {max_tokens} tokens, a row of {windows} × n tokens with n <= {max_tokens}"
+        )
     }
 }

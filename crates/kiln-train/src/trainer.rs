@@ -201,6 +201,7 @@ impl LiveTeacher<'_> {
                 categories_width: 0,
                 tokens: None,
                 tokens_width: 0,
+                token_windows: 1,
             }
             .into_inputs(device);
             let logits = model

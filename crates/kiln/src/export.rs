@@ -256,7 +256,8 @@ fn normal(rng: &mut SplitMix64) -> f64 {
 
 /// `rows` seeded input rows in the ONNX graph's raw form, and the same rows as kiln's network
 /// inputs (dense values through [`Preprocessor::normalise_dense`]). Row 0 has a missing numeric value and
-/// the longest text; row 1 an empty text.
+/// the longest text; row 1 an empty text. Texts read in windows fill a random number of
+/// windows (row 0 all, row 1 the first), the rest padding.
 fn sample_inputs(
     spec: &kiln_models::ModelSpec,
     pre: &Preprocessor,
@@ -268,6 +269,7 @@ fn sample_inputs(
     let mut categories = Vec::new();
     let mut tokens = Vec::new();
     let seq = pre.text_input().map(|(_, t)| t).unwrap_or(0);
+    let windows = pre.text_windows();
     // A pretrained model's texts always hold its special tokens: never an empty row.
     let shortest = if spec.pretrained.is_some() { 2 } else { 0 };
     for r in 0..rows {
@@ -303,17 +305,25 @@ fn sample_inputs(
                     raw.extend((0..channels * height * width).map(|_| rng.below(256) as f32));
                 }
                 FeatureTransform::Text { vocab_size, .. } => {
-                    let len = match r {
-                        0 => seq,
-                        1 => shortest,
-                        _ => rng.below(seq + 1).max(shortest),
+                    let used = match r {
+                        0 => windows,
+                        1 => 1,
+                        _ => 1 + rng.below(windows),
                     };
-                    for i in 0..seq {
-                        tokens.push(if i < len {
-                            1 + rng.below(vocab_size - 1) as i64
-                        } else {
-                            0
-                        });
+                    for w in 0..windows {
+                        let len = match r {
+                            _ if w >= used => 0,
+                            0 => seq,
+                            1 => shortest,
+                            _ => rng.below(seq + 1).max(shortest),
+                        };
+                        for i in 0..seq {
+                            tokens.push(if i < len {
+                                1 + rng.below(vocab_size - 1) as i64
+                            } else {
+                                0
+                            });
+                        }
                     }
                 }
             }
@@ -324,6 +334,7 @@ fn sample_inputs(
         x: None,
         categories: None,
         tokens: None,
+        token_windows: 1,
     };
     let width = spec.input.size();
     if width > 0 {
@@ -364,12 +375,13 @@ fn sample_inputs(
     }
     if seq > 0 {
         model.tokens = Some(Tensor::from_data(
-            TensorData::new(tokens.clone(), [rows, seq]),
+            TensorData::new(tokens.clone(), [rows, windows * seq]),
             device,
         ));
+        model.token_windows = windows;
         onnx_inputs.push(TestTensor::I64 {
             name: inputs::TOKENS.into(),
-            shape: vec![rows, seq],
+            shape: vec![rows, windows * seq],
             values: tokens,
         });
     }

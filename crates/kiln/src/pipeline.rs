@@ -1158,7 +1158,9 @@ fn chunk_rows(pre: &Preprocessor) -> usize {
     const BUDGET: usize = 256 << 20;
     let values = pre.input_shape().size()
         + pre.cardinalities().len()
-        + pre.text_input().map_or(0, |(_, tokens)| tokens);
+        + pre
+            .text_input()
+            .map_or(0, |(_, tokens)| tokens * pre.text_windows());
     (BUDGET / (4 * values.max(1))).clamp(1, PREDICT_CHUNK_ROWS)
 }
 

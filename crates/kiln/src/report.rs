@@ -321,20 +321,23 @@ pub(crate) fn write_report(
     }
     if d.texts_truncated > 0 {
         let rows = d.train_rows + d.validation_rows + d.test_rows;
+        let windows = config.text.windows.max(1);
         let kept = match config.text.truncation {
             kiln_config::Truncation::Head => "their start kept".to_string(),
             kiln_config::Truncation::Tail => "their end kept".to_string(),
             kiln_config::Truncation::HeadTail => {
-                let head = config.text.truncation.head_tokens(config.model.context);
-                format!(
-                    "their first {head} and last {} tokens kept",
-                    config.model.context - head
-                )
+                let head = config.text.truncation.head_tokens(windows * config.model.context);
+                format!("their first {head} tokens and the rest from their end kept")
             }
+        };
+        let room = if windows > 1 {
+            format!("{windows} windows of model.context tokens hold")
+        } else {
+            "model.context tokens".to_string()
         };
         let _ = writeln!(
             text,
-            "text: {} of {} texts longer than model.context tokens, {kept}",
+            "text: {} of {} texts longer than {room}, {kept}",
             d.texts_truncated, rows
         );
     }

@@ -187,6 +187,7 @@ pub fn text_loss(m: &Network, d: &Device) -> Tensor<1> {
         x: None,
         categories: None,
         tokens: Some(padded_tokens(d)),
+        token_windows: 1,
     });
     mean_cross_entropy(out, &[0, 1, 2, 1])
 }

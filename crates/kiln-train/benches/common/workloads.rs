@@ -161,6 +161,7 @@ pub fn text_classifier_steps(warmup: usize, timed: usize, device: &Device) -> St
         x: None,
         categories: None,
         tokens: Some(tokens),
+        token_windows: 1,
     };
     let target = Target::Classes(labels);
     fixed_batch_steps(
@@ -417,6 +418,7 @@ pub fn loader_samples_per_second(
         categories: Vec::new(),
         tokens: Vec::new(),
         seq_len: 0,
+        windows: 1,
         texts_truncated: 0,
         cardinalities: Vec::new(),
         y: None,
