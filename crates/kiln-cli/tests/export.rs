@@ -166,7 +166,36 @@ fn export_errors_are_clear() {
 #[ignore]
 fn onnx_exports_match_kiln_in_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
-    let exports = train_and_export_all(dir.path());
+    let mut exports = train_and_export_all(dir.path());
+    // The text classifier reading its notes in overlapping windows.
+    let d = dir.path();
+    let windows = kiln_json(
+        d,
+        &[
+            "train",
+            "text.toml",
+            "--json",
+            "--set",
+            "text.windows=3",
+            "--set",
+            "text.window_overlap=2",
+            "--set",
+            "output.name=\"text-windows\"",
+        ],
+    );
+    let out = d.join("export/text-windows-onnx");
+    kiln_ok(
+        d,
+        &[
+            "export",
+            windows["run_dir"].as_str().unwrap(),
+            "--format",
+            "onnx",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    exports.push(out);
     let args: Vec<_> = exports.iter().map(|p| p.clone().into_os_string()).collect();
     python_check("check-onnx.py", &args);
 }

@@ -1349,3 +1349,109 @@ print("ok")
         assert!(metrics.contains(line), "no {line} in\n{metrics}");
     }
 }
+
+#[test]
+fn a_model_reading_windows_takes_token_rows_of_any_window_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("reviews.csv"), reviews_csv(200, 5)).unwrap();
+    std::fs::write(
+        d.join("windows.toml"),
+        r#"
+seed = 2
+[data]
+source = "reviews.csv"
+target = "sentiment"
+id_column = "id"
+[text]
+tokenizer = "bpe"
+vocab_size = 300
+windows = 3
+window_overlap = 1
+[model]
+type = "transformer"
+layers = 1
+heads = 2
+embd = 16
+context = 8
+[trainer]
+epochs = 1
+[output]
+name = "windows"
+plots = false
+"#,
+    )
+    .unwrap();
+    kiln_ok(d, &["train", "windows.toml"]);
+    let server = start(d, &["runs/windows"]);
+    let port = server.port;
+    let infer = |width: usize, data: Vec<i64>| {
+        post_json(
+            port,
+            "/v2/models/windows/infer",
+            &json!({"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, width], "data": data}]}),
+        )
+    };
+    let logits = |body: &Value| -> Vec<f64> {
+        body["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "logits")
+            .unwrap()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    // Three windows of 4 ids, and the same windows each padded to the context of 8.
+    let (a, b, c) = ([5, 9, 3, 0], [7, 2, 11, 4], [12, 0, 0, 0]);
+    let short: Vec<i64> = [a, b, c].concat();
+    let pad = |w: [i64; 4]| [&w[..], &[0; 4]].concat();
+    let full: Vec<i64> = [pad(a), pad(b), pad(c)].concat();
+    let (status, narrow) = infer(12, short);
+    assert_eq!(status, 200, "{narrow}");
+    let (status, wide) = infer(24, full);
+    assert_eq!(status, 200, "{wide}");
+    let (x, y) = (logits(&narrow), logits(&wide));
+    assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-5), "{x:?} {y:?}");
+    // Window 2 of another text changes the output: every window is read.
+    let (_, other) = infer(12, [a, b, [30, 0, 0, 0]].concat());
+    assert_ne!(logits(&other), x);
+    // Rows that do not split into the windows, or windows wider than the context.
+    for width in [13, 27] {
+        let (status, body) = infer(width, vec![1; width]);
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("3 windows"), "{body}");
+    }
+    // An id outside the vocabulary is named at its position in the row.
+    let (status, body) = infer(12, [a, [7, 2, 99999, 4], c].concat());
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("position 6"),
+        "{body}"
+    );
+    // Raw text is read in windows as kiln predict reads it.
+    let long = "the film was a plot with actors and music the film was a plot superb the film";
+    let (status, body) = post_json(
+        port,
+        "/v1/models/windows/predict",
+        &json!({"instances": [long]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    std::fs::write(d.join("new.csv"), format!("id,review\nn1,\"{long}\"\n")).unwrap();
+    kiln_ok(
+        d,
+        &[
+            "predict", "runs/windows", "--data", "new.csv", "--out", "pred.csv", "--proba",
+        ],
+    );
+    let pred = std::fs::read_to_string(d.join("pred.csv")).unwrap();
+    let served = body["predictions"][0]["probabilities"]["pos"].as_f64().unwrap();
+    let row: Vec<&str> = pred.lines().nth(1).unwrap().split(',').collect();
+    let header: Vec<&str> = pred.lines().next().unwrap().split(',').collect();
+    let at = header.iter().position(|h| *h == "proba_pos").unwrap();
+    let predicted: f64 = row[at].parse().unwrap();
+    assert!((served - predicted).abs() < 1e-5, "{served} vs {pred}");
+}

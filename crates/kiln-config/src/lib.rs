@@ -684,7 +684,6 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// The keys of pretrained fine-tuning, LoRA and distillation.
 /// Most windows a text may be read in.
 pub const MAX_TEXT_WINDOWS: usize = 64;
 
@@ -726,6 +725,7 @@ fn validate_windows(c: &Config) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The keys of pretrained fine-tuning, LoRA and distillation.
 fn validate_pretrained(c: &Config) -> Result<(), Invalid> {
     let m = &c.model;
     if m.pretrained.is_some() && m.kind != ModelKind::Transformer {

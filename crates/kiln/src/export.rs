@@ -308,7 +308,8 @@ fn sample_inputs(
                     let used = match r {
                         0 => windows,
                         1 => 1,
-                        _ => 1 + rng.below(windows),
+                        _ if windows > 1 => 1 + rng.below(windows),
+                        _ => 1,
                     };
                     for w in 0..windows {
                         let len = match r {

@@ -84,6 +84,8 @@ pub fn network_estimate(
             }
         }
     }
+    // A text read in windows is that many sequences.
+    let windows = config.text.windows.max(1) as u64;
     if let Some(t) = &spec.text {
         let (tokens, embd, heads) = (t.max_tokens as u64, t.embd as u64, t.heads as u64);
         // Per block: LayerNorms, qkv, attention output, MLP (4x), residuals; and the
@@ -92,7 +94,11 @@ pub fn network_estimate(
             .saturating_mul(embd)
             .saturating_mul(12)
             .saturating_add(tokens.saturating_mul(tokens).saturating_mul(heads));
-        per_row = per_row.saturating_add((t.layers as u64).saturating_mul(block));
+        per_row = per_row.saturating_add(
+            (t.layers as u64)
+                .saturating_mul(block)
+                .saturating_mul(windows),
+        );
     }
     if let Some(p) = &spec.pretrained {
         let b = &p.bert;
@@ -105,7 +111,11 @@ pub fn network_estimate(
         let block = tokens
             .saturating_mul(embd.saturating_mul(8).saturating_add(ff.saturating_mul(2)))
             .saturating_add(tokens.saturating_mul(tokens).saturating_mul(heads));
-        per_row = per_row.saturating_add((b.num_hidden_layers as u64).saturating_mul(block));
+        per_row = per_row.saturating_add(
+            (b.num_hidden_layers as u64)
+                .saturating_mul(block)
+                .saturating_mul(windows),
+        );
     }
     Estimate {
         parameters,

@@ -750,7 +750,11 @@ pub fn train_run_in(
     // Parameters are initialised lazily: counting them allocates nothing.
     let parameters = burn::module::Module::num_params(&kiln_models::Network::new(&spec, &device));
     let estimate = crate::memory::network_estimate(&config, &spec, parameters as u64, batch as u64);
-    let shrink = "model.hidden, model.conv, model.embd or trainer.batch_size";
+    let shrink = if config.text.windows > 1 {
+        "model.hidden, model.embd, model.context, text.windows or trainer.batch_size"
+    } else {
+        "model.hidden, model.conv, model.embd or trainer.batch_size"
+    };
     crate::memory::check_fits(&estimate, shrink)?;
     // Everything every rank reads is read before rank 0 writes: a rank that cannot read the
     // teacher or the pretrained weights stops the job before a run directory exists.

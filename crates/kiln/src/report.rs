@@ -325,6 +325,13 @@ pub(crate) fn write_report(
         let kept = match config.text.truncation {
             kiln_config::Truncation::Head => "their start kept".to_string(),
             kiln_config::Truncation::Tail => "their end kept".to_string(),
+            kiln_config::Truncation::HeadTail if windows == 1 => {
+                let head = config.text.truncation.head_tokens(config.model.context);
+                format!(
+                    "their first {head} and last {} tokens kept",
+                    config.model.context - head
+                )
+            }
             kiln_config::Truncation::HeadTail => {
                 let head = config.text.truncation.head_tokens(windows * config.model.context);
                 format!("their first {head} tokens and the rest from their end kept")
