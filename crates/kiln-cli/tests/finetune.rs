@@ -555,7 +555,11 @@ fn fine_tuned_lora_and_gpt_onnx_exports_match_kiln_in_onnxruntime() {
         ("full", vec!["trainer.epochs=2", "model.pooling=\"cls\""]),
         (
             "windows",
-            vec!["trainer.epochs=1", "text.windows=3", "text.window_overlap=2"],
+            vec![
+                "trainer.epochs=1",
+                "text.windows=3",
+                "text.window_overlap=2",
+            ],
         ),
         (
             "lora",

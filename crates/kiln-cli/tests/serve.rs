@@ -1415,7 +1415,10 @@ plots = false
     let (status, wide) = infer(24, full);
     assert_eq!(status, 200, "{wide}");
     let (x, y) = (logits(&narrow), logits(&wide));
-    assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-5), "{x:?} {y:?}");
+    assert!(
+        x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-5),
+        "{x:?} {y:?}"
+    );
     // Window 2 of another text changes the output: every window is read.
     let (_, other) = infer(12, [a, b, [30, 0, 0, 0]].concat());
     assert_ne!(logits(&other), x);
@@ -1423,7 +1426,10 @@ plots = false
     for width in [13, 27] {
         let (status, body) = infer(width, vec![1; width]);
         assert_eq!(status, 400, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("3 windows"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("3 windows"),
+            "{body}"
+        );
     }
     // An id outside the vocabulary is named at its position in the row.
     let (status, body) = infer(12, [a, [7, 2, 99999, 4], c].concat());
@@ -1444,11 +1450,19 @@ plots = false
     kiln_ok(
         d,
         &[
-            "predict", "runs/windows", "--data", "new.csv", "--out", "pred.csv", "--proba",
+            "predict",
+            "runs/windows",
+            "--data",
+            "new.csv",
+            "--out",
+            "pred.csv",
+            "--proba",
         ],
     );
     let pred = std::fs::read_to_string(d.join("pred.csv")).unwrap();
-    let served = body["predictions"][0]["probabilities"]["pos"].as_f64().unwrap();
+    let served = body["predictions"][0]["probabilities"]["pos"]
+        .as_f64()
+        .unwrap();
     let row: Vec<&str> = pred.lines().nth(1).unwrap().split(',').collect();
     let header: Vec<&str> = pred.lines().next().unwrap().split(',').collect();
     let at = header.iter().position(|h| *h == "proba_pos").unwrap();

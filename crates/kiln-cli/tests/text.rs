@@ -136,7 +136,9 @@ fn long_reviews_csv(rows: usize, seed: u64) -> String {
             .wrapping_add(1442695040888963407);
         ((state >> 33) as usize) % n
     };
-    let filler = ["the", "film", "was", "a", "plot", "with", "actors", "and", "music"];
+    let filler = [
+        "the", "film", "was", "a", "plot", "with", "actors", "and", "music",
+    ];
     let mut out = String::from("id,review,sentiment\n");
     for i in 0..rows {
         let positive = next(2) == 0;
@@ -199,7 +201,10 @@ fn windows_let_a_classifier_read_past_its_context() {
     let pred = std::fs::read_to_string(dir.path().join("pred.csv")).unwrap();
     let lines: Vec<&str> = pred.lines().collect();
     assert_eq!(lines.len(), 4, "{pred}");
-    assert!(lines[1].ends_with("pos") && lines[2].ends_with("neg"), "{pred}");
+    assert!(
+        lines[1].ends_with("pos") && lines[2].ends_with("neg"),
+        "{pred}"
+    );
     std::fs::write(dir.path().join("more.csv"), long_reviews_csv(200, 99)).unwrap();
     let eval = kiln_json(dir.path(), &["eval", r, "--data", "more.csv", "--json"]);
     assert!(eval["test"]["accuracy"].as_f64().unwrap() >= 0.9, "{eval}");
@@ -209,10 +214,7 @@ fn windows_let_a_classifier_read_past_its_context() {
         ("text.windows=0", "text.windows"),
         ("text.windows=65", "text.windows"),
     ] {
-        let err = kiln_err(
-            dir.path(),
-            &["train", "text.toml", "--set", setting],
-        );
+        let err = kiln_err(dir.path(), &["train", "text.toml", "--set", setting]);
         assert!(err.contains(key), "{setting}: {err}");
     }
     let err = kiln_err(
@@ -224,6 +226,8 @@ fn windows_let_a_classifier_read_past_its_context() {
             "text.windows=2",
             "--set",
             "text.window_overlap=5",
+            "--set",
+            "model.context=10",
         ],
     );
     assert!(err.contains("half of model.context"), "{err}");

@@ -984,9 +984,7 @@ impl Preprocessor {
                     window_overlap,
                     ..
                 } => {
-                    if *max_tokens == 0
-                        || head_tokens.is_some_and(|h| h > *max_tokens * *windows)
-                    {
+                    if *max_tokens == 0 || head_tokens.is_some_and(|h| h > *max_tokens * *windows) {
                         return Err(invalid(
                             name,
                             format!("max_tokens {max_tokens}, head_tokens {head_tokens:?}"),

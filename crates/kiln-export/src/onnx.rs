@@ -206,9 +206,13 @@ pub fn network(
             &[batch.clone(), Dim::Named("sequence")],
             "token ids + 1 (0 = padding), at most max_tokens per row",
         );
-        parts.push(in_token_windows(&mut g, &tokens, windows, text.output_width(), |g, t| {
-            text_encoder(g, w, text, t)
-        })?);
+        parts.push(in_token_windows(
+            &mut g,
+            &tokens,
+            windows,
+            text.output_width(),
+            |g, t| text_encoder(g, w, text, t),
+        )?);
         docs.push(format!(
             "{}: i64 [batch, sequence <= {}], tokenizer id + 1, 0 = padding{in_windows}",
             inputs::TOKENS,
@@ -224,9 +228,13 @@ pub fn network(
         );
         let merged = w.with_lora_merged(spec)?;
         let width = pretrained.output_width();
-        parts.push(in_token_windows(&mut g, &tokens, windows, width, |g, t| {
-            bert_encoder(g, &merged, pretrained, t)
-        })?);
+        parts.push(in_token_windows(
+            &mut g,
+            &tokens,
+            windows,
+            width,
+            |g, t| bert_encoder(g, &merged, pretrained, t),
+        )?);
         docs.push(format!(
             "{}: i64 [batch, sequence <= {}], pretrained tokenizer id + 1 with its special tokens, 0 = padding{in_windows}",
             inputs::TOKENS,

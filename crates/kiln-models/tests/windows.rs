@@ -35,7 +35,12 @@ fn a_row_of_windows_averages_the_windows_that_hold_text() {
     let c = vec![12, 30, 0, 0, 0, 0];
     let empty = vec![0; 6];
     let join = |w: &[&Vec<i64>]| w.iter().flat_map(|v| v.iter().copied()).collect::<Vec<_>>();
-    let one = logits(&m, &[a.clone(), b.clone(), c.clone(), empty.clone()], 1, &device);
+    let one = logits(
+        &m,
+        &[a.clone(), b.clone(), c.clone(), empty.clone()],
+        1,
+        &device,
+    );
     let rows = [
         join(&[&a, &b, &c]),
         join(&[&a, &empty, &empty]),
@@ -50,9 +55,15 @@ fn a_row_of_windows_averages_the_windows_that_hold_text() {
     };
     // The head is linear: the logits of the averaged pooled states are the averaged logits.
     assert!(max_diff(&three[0], &mean(&[&one[0], &one[1], &one[2]])) < 1e-5);
-    assert!(max_diff(&three[1], &one[0]) < 1e-5, "empty windows are left out");
+    assert!(
+        max_diff(&three[1], &one[0]) < 1e-5,
+        "empty windows are left out"
+    );
     assert!(max_diff(&three[2], &mean(&[&one[1], &one[2]])) < 1e-5);
-    assert!(max_diff(&three[3], &one[3]) < 1e-6, "no text pools as one empty window");
+    assert!(
+        max_diff(&three[3], &one[3]) < 1e-6,
+        "no text pools as one empty window"
+    );
     // A batch of empty texts only still has its rows.
     let none = logits(&m, &[join(&[&empty, &empty, &empty])], 3, &device);
     assert!(max_diff(&none[0], &one[3]) < 1e-6);

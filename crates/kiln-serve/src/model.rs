@@ -271,7 +271,10 @@ pub fn empty_rows(pre: &Preprocessor) -> Encoded {
         shape: pre.input_shape(),
         categories: Vec::new(),
         tokens: Vec::new(),
-        seq_len: pre.text_input().map(|(_, t)| t * pre.text_windows()).unwrap_or(0),
+        seq_len: pre
+            .text_input()
+            .map(|(_, t)| t * pre.text_windows())
+            .unwrap_or(0),
         windows: pre.text_windows(),
         texts_truncated: 0,
         cardinalities: pre.cardinalities(),

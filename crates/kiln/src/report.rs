@@ -333,7 +333,10 @@ pub(crate) fn write_report(
                 )
             }
             kiln_config::Truncation::HeadTail => {
-                let head = config.text.truncation.head_tokens(windows * config.model.context);
+                let head = config
+                    .text
+                    .truncation
+                    .head_tokens(windows * config.model.context);
                 format!("their first {head} tokens and the rest from their end kept")
             }
         };
