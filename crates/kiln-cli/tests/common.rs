@@ -418,17 +418,22 @@ pub fn train_small_models(dir: &Path) -> Vec<(&'static str, serde_json::Value)> 
     runs.into_iter().collect()
 }
 
-/// Reviews of random filler words with one opinion word placed anywhere; the label is the
-/// opinion's polarity, with 3% of labels flipped. Only a model that reads the words (not
-/// the length, not a fixed position) can learn it.
-pub fn reviews_csv(rows: usize, seed: u64) -> String {
+/// A seeded draw in `0..n` (a 64-bit LCG's high bits), for test data.
+pub fn below(seed: u64) -> impl FnMut(usize) -> usize {
     let mut state = seed;
-    let mut next = move |n: usize| {
+    move |n: usize| {
         state = state
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         ((state >> 33) as usize) % n
-    };
+    }
+}
+
+/// Reviews of random filler words with one opinion word placed anywhere; the label is the
+/// opinion's polarity, with 3% of labels flipped. Only a model that reads the words (not
+/// the length, not a fixed position) can learn it.
+pub fn reviews_csv(rows: usize, seed: u64) -> String {
+    let mut next = below(seed);
     let filler = [
         "the", "film", "was", "a", "plot", "with", "actors", "and", "music", "scenes", "it",
         "story", "ending", "quite", "some", "director", "camera", "very", "of", "this",

@@ -129,13 +129,7 @@ fn a_causal_encoder_from_scratch_learns_and_differs_from_the_bidirectional_one()
 /// Reviews of 24–28 filler words whose one sentiment word sits between words 12 and 20:
 /// never in the first 10 tokens.
 fn long_reviews_csv(rows: usize, seed: u64) -> String {
-    let mut state = seed;
-    let mut next = move |n: usize| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) as usize) % n
-    };
+    let mut next = below(seed);
     let filler = [
         "the", "film", "was", "a", "plot", "with", "actors", "and", "music",
     ];

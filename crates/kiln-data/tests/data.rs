@@ -428,12 +428,12 @@ fn free_text_is_inferred_for_a_transformer_and_left_out_otherwise() {
     assert_eq!(review.max_tokens, c.model.context);
 }
 
-#[test]
-fn text_becomes_shifted_token_ids_padded_and_truncated() {
-    let t = csv_table(&reviews(40));
+/// A transformer over [`reviews`]' text with a char tokenizer and `context` tokens, the id
+/// column ignored.
+fn char_text_config(context: usize) -> Config {
     let mut c = config("label");
     c.model.kind = kiln_config::ModelKind::Transformer;
-    c.model.context = 12;
+    c.model.context = context;
     c.text.tokenizer = "char".into();
     c.features = vec![FeatureConfig {
         name: "id".into(),
@@ -444,6 +444,13 @@ fn text_becomes_shifted_token_ids_padded_and_truncated() {
         encoding: None,
         embedding_dim: None,
     }];
+    c
+}
+
+#[test]
+fn text_becomes_shifted_token_ids_padded_and_truncated() {
+    let t = csv_table(&reviews(40));
+    let mut c = char_text_config(12);
     let schema = infer_schema(&t, &c).unwrap();
     let rows: Vec<usize> = (0..40).collect();
     let p = Preprocessor::fit(&t, &schema, &rows, &rows).unwrap();
@@ -499,21 +506,9 @@ fn text_becomes_shifted_token_ids_padded_and_truncated() {
 #[test]
 fn a_long_text_is_cut_into_overlapping_windows_each_padded_to_the_context() {
     let t = csv_table(&reviews(40));
-    let mut c = config("label");
-    c.model.kind = kiln_config::ModelKind::Transformer;
-    c.model.context = 8;
-    c.text.tokenizer = "char".into();
+    let mut c = char_text_config(8);
     c.text.windows = 3;
     c.text.window_overlap = 2;
-    c.features = vec![FeatureConfig {
-        name: "id".into(),
-        kind: Some(FeatureType::Ignore),
-        missing: None,
-        fill_value: None,
-        normalization: None,
-        encoding: None,
-        embedding_dim: None,
-    }];
     let schema = infer_schema(&t, &c).unwrap();
     let rows: Vec<usize> = (0..40).collect();
     let p = Preprocessor::fit(&t, &schema, &rows, &rows).unwrap();
