@@ -2,7 +2,9 @@
 # SpamAssassin, all-MiniLM-L6-v2 fine-tuned (examples/spam_minilm.toml) against the transformer
 # from scratch (examples/spam.toml) on the same splits: seeds 42, 1 and 2 (SEEDS=...), each its
 # own split, initialisation and dropout masks. ARMS names the fine-tuning variants, each
-# `name:setting;setting` (--set values); SCRATCH=0 skips the from-scratch runs. Prints
+# `name:setting;setting` (--set values; default: the example as it is), e.g.
+# ARMS="windows4:text.windows=4 lr5e-5:trainer.lr=5e-5;trainer.epochs=5"; SCRATCH=0 skips the
+# from-scratch runs. Prints
 # validation and test F1(spam), training time and peak RSS per run, and per arm the mean and
 # whether every seed beats from scratch. A run whose JSON exists is not trained again.
 # Needs scripts/setup-text-data.sh, scripts/setup-pretrained.sh and a release build.
@@ -12,7 +14,7 @@ KILN=${KILN:-target/release/kiln}
 OUT=${OUT:-runs/bench-spam}
 SEEDS=${SEEDS:-"42 1 2"}
 SCRATCH=${SCRATCH:-1}
-ARMS=${ARMS:-"windows4:text.windows=4"}
+ARMS=${ARMS:-"minilm:"}
 mkdir -p "$OUT"
 run() { # NAME CONFIG SEED SETTINGS...
   local name=$1 config=$2 seed=$3
