@@ -161,7 +161,7 @@ pub fn window_capacity(
 ) -> Option<usize> {
     let room = max_tokens.checked_sub(specials)?;
     let step = room.checked_sub(overlap).filter(|&s| s > 0)?;
-    Some(room + (windows.max(1) - 1) * step)
+    step.checked_mul(windows.max(1) - 1)?.checked_add(room)
 }
 
 /// A per-channel statistic: a list, or the one number a grey image's run recorded.
@@ -984,10 +984,16 @@ impl Preprocessor {
                     window_overlap,
                     ..
                 } => {
-                    if *max_tokens == 0 || head_tokens.is_some_and(|h| h > *max_tokens * *windows) {
+                    let row_tokens = max_tokens.checked_mul(*windows);
+                    if *max_tokens == 0
+                        || row_tokens.is_none()
+                        || head_tokens.is_some_and(|h| Some(h) > row_tokens)
+                    {
                         return Err(invalid(
                             name,
-                            format!("max_tokens {max_tokens}, head_tokens {head_tokens:?}"),
+                            format!(
+                                "max_tokens {max_tokens}, windows {windows}, head_tokens {head_tokens:?}"
+                            ),
                         ));
                     }
                     let specials = special_tokens
